@@ -1,0 +1,13 @@
+"""Exceptions that carry a message meant for the user (CLI line, napari notification)."""
+
+
+class StarlocError(Exception):
+    """Base class: the message says what is wrong and what to do about it."""
+
+
+class InputError(StarlocError, ValueError):
+    """Bad user input: wrong dimensionality, NaNs, empty or out-of-bounds crop, ..."""
+
+
+class ModelFileError(StarlocError):
+    """A model file that cannot be read: missing, corrupt, foreign or of the wrong kind."""

@@ -1,0 +1,179 @@
+"""From LodeSTAR maps to positions: single-object pooling and multi-object detection.
+
+All positions are (row, col) in input pixels, pixel centres at integers; frames 0-based.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from starloc.lodestar.model import Maps
+
+CUTOFF_MODES = ("quantile", "ratio", "absolute")
+
+
+def pool_single(maps: Maps) -> np.ndarray:
+    """One object per frame: the weight-averaged prediction ``sum(P w) / sum(w)``.
+
+    Returns ``(T, K)`` properties (columns 0, 1 = row, col).
+    """
+    w = maps.weights[:, None]
+    return (maps.positions * w).sum(axis=(2, 3)) / np.maximum(w.sum(axis=(2, 3)), 1e-12)
+
+
+def local_mean(x: np.ndarray) -> np.ndarray:
+    """3x3 mean over the last two axes that averages only neighbours inside the map.
+
+    Zero padding would bias border statistics; this keeps them exact.
+    """
+    size = (1,) * (x.ndim - 2) + (3, 3)
+    total = ndimage.uniform_filter(x, size=size, mode="constant")
+    count = ndimage.uniform_filter(np.ones(x.shape[-2:]), size=3, mode="constant")
+    return total / count
+
+
+def clustering_map(positions: np.ndarray) -> np.ndarray:
+    """Paper's clustering metric ``c = 1 / (sum_k var3x3(P_k) + 1e-6)`` for ``(..., K, h, w)``."""
+    p = positions.astype(np.float64)
+    var = (local_mean(p**2) - local_mean(p) ** 2).sum(axis=-3)
+    return 1.0 / (np.clip(var, 0, None) + 1e-6)
+
+
+def score_map(maps: Maps, alpha: float, beta: float | None = None) -> np.ndarray:
+    """Detection score ``S = w**alpha * c**beta`` per output pixel, ``(T, h, w)``.
+
+    ``beta`` defaults to ``1 - alpha`` (as in the paper).
+    """
+    beta = 1.0 - alpha if beta is None else beta
+    c = clustering_map(maps.positions[:, :2])
+    return np.power(maps.weights.astype(np.float64), alpha) * np.power(c, beta)
+
+
+def threshold(score: np.ndarray, cutoff: float, mode: str) -> float:
+    """Absolute score threshold for one frame's score map.
+
+    quantile: the ``cutoff`` quantile of the score (paper: 0.99); ratio: ``cutoff`` times the
+    maximum score; absolute: ``cutoff`` itself.
+    """
+    if mode == "quantile":
+        if not 0 <= cutoff <= 1:
+            raise ValueError(f"a quantile cutoff must lie in [0, 1], got {cutoff}")
+        return float(np.quantile(score, cutoff))
+    if mode == "ratio":
+        return float(cutoff * score.max())
+    if mode == "absolute":
+        return float(cutoff)
+    raise ValueError(f"unknown cutoff mode {mode!r}; expected one of {CUTOFF_MODES}")
+
+
+@dataclass(frozen=True)
+class DetectParams:
+    """Multi-object detection settings.
+
+    alpha, beta: exponents of weight and clustering in the score (beta None -> 1 - alpha).
+    cutoff, mode: score threshold (see :func:`threshold`).
+    min_weight: peaks whose weight is below this are ignored (empty background).
+    radius: half-size in input pixels of the neighbourhood used for peak finding and for
+        refinement; predictions farther than ``cluster_radius`` px from a detection do not
+        take part in its refinement.
+    """
+
+    alpha: float = 0.2
+    beta: float | None = None
+    cutoff: float = 0.1
+    mode: str = "ratio"
+    min_weight: float = 0.1
+    radius: float = 4.0
+    cluster_radius: float = 2.0
+
+
+@dataclass
+class Detections:
+    """Detections of a stack: ``frame`` (N,), ``positions`` (N, K) (row, col, ...) and
+    per-detection features (score, weight, consistency)."""
+
+    frame: np.ndarray
+    positions: np.ndarray
+    features: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+
+def detect(maps: Maps, params: DetectParams = DetectParams()) -> Detections:
+    """Multi-object detection on every frame of ``maps``.
+
+    Peaks of the score map above the threshold, each refined as the weighted mean of the
+    predictions that cluster around it (not the raw peak pixel), then duplicates merged.
+    Features: ``score`` (score at the peak), ``weight`` (summed weight of the cluster),
+    ``consistency`` (weighted variance of the cluster's predictions, px^2; small = sure).
+    """
+    scores = score_map(maps, params.alpha, params.beta)
+    out = [_detect_frame(maps.positions[t], maps.weights[t], scores[t], maps.stride, params)
+           for t in range(len(scores))]
+    frames = np.concatenate([np.full(len(d[0]), t, dtype=np.int64) for t, d in enumerate(out)])
+    positions = np.concatenate([d[0] for d in out]) if out else np.zeros((0, 2))
+    names = ("score", "weight", "consistency")
+    features = {n: np.concatenate([d[1][n] for d in out]) if out else np.zeros(0) for n in names}
+    return Detections(frames, positions, features)
+
+
+def _detect_frame(P, w, score, stride, params):
+    k = P.shape[0]
+    r = max(1, int(round(params.radius / stride)))
+    peaks = (score == ndimage.maximum_filter(score, size=2 * r + 1, mode="nearest"))
+    peaks &= score >= threshold(score, params.cutoff, params.mode)
+    peaks &= w >= params.min_weight
+    ii, jj = np.nonzero(peaks)
+    if len(ii) == 0:
+        return np.zeros((0, k)), {n: np.zeros(0) for n in ("score", "weight", "consistency")}
+    pos, mass, spread = _refine(P, w, ii, jj, r, params.cluster_radius)
+    keep = _merge(pos[:, :2], score[ii, jj], params.cluster_radius)
+    return pos[keep], {"score": score[ii, jj][keep], "weight": mass[keep], "consistency": spread[keep]}
+
+
+def _refine(P, w, ii, jj, r, cluster_radius, iterations=3):
+    """Weighted mean of the predictions in a ``(2r+1)^2`` window that lie near the estimate."""
+    k, h, wd = P.shape
+    off = np.arange(-r, r + 1)
+    rows = np.clip(ii[:, None, None] + off[None, :, None], 0, h - 1)
+    cols = np.clip(jj[:, None, None] + off[None, None, :], 0, wd - 1)
+    inside = ((ii[:, None, None] + off[None, :, None] >= 0) & (ii[:, None, None] + off[None, :, None] < h)
+              & (jj[:, None, None] + off[None, None, :] >= 0) & (jj[:, None, None] + off[None, None, :] < wd))
+    cand = P[:, rows, cols].reshape(k, len(ii), -1).transpose(1, 2, 0).astype(np.float64)  # (N, M, K)
+    cw = (w[rows, cols] * inside).reshape(len(ii), -1).astype(np.float64)  # (N, M)
+    est = P[:, ii, jj].T.astype(np.float64)
+    for _ in range(iterations):
+        near = np.linalg.norm(cand[..., :2] - est[:, None, :2], axis=-1) <= cluster_radius
+        ww = cw * near
+        total = ww.sum(axis=1)
+        new = (cand * ww[..., None]).sum(axis=1) / np.maximum(total, 1e-12)[:, None]
+        est = np.where(total[:, None] > 0, new, est)
+    dev = ((cand[..., :2] - est[:, None, :2]) ** 2).sum(-1)
+    spread = (dev * ww).sum(1) / np.maximum(total, 1e-12)
+    return est, total, spread
+
+
+def _merge(pos: np.ndarray, score: np.ndarray, distance: float) -> np.ndarray:
+    """Indices of detections kept after dropping any within ``distance`` px of a higher score."""
+    order = np.argsort(-score, kind="stable")
+    kept: list[int] = []
+    for i in order:
+        if all(np.hypot(*(pos[i] - pos[j])) > distance for j in kept):
+            kept.append(i)
+    return np.sort(np.array(kept, dtype=np.int64))
+
+
+def to_image_resolution(values: np.ndarray, stride: int, image_shape: tuple[int, int]) -> np.ndarray:
+    """Upsample an output-grid map ``(..., h, w)`` to input pixels ``(..., H, W)``.
+
+    Output pixel (i, j) covers input pixels ``[i*stride, (i+1)*stride)``; the pixels the
+    network's pooling dropped at odd sizes repeat the nearest edge value.
+    """
+    up = values.repeat(stride, axis=-2).repeat(stride, axis=-1)
+    pad_h, pad_w = image_shape[0] - up.shape[-2], image_shape[1] - up.shape[-1]
+    pad = [(0, 0)] * (up.ndim - 2) + [(0, max(pad_h, 0)), (0, max(pad_w, 0))]
+    return np.pad(up, pad, mode="edge")[..., : image_shape[0], : image_shape[1]]

@@ -1,0 +1,103 @@
+"""Whole-image and whole-stack LodeSTAR work, as generators for GUIs and the CLI.
+
+Each ``iter_*`` function yields ``(frames_done, frames_total)`` after every chunk of frames
+(so the caller can show progress and cancel between chunks) and returns its result. Images
+are read chunk by chunk through :func:`starloc.io.iter_frame_chunks`, so memory stays
+bounded for long stacks. Positions are (row, col) in pixels, frames 0-based.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+
+import numpy as np
+
+from starloc.errors import InputError
+from starloc.io import as_frames, frames_shape, iter_frame_chunks, validate_crop
+from starloc.lodestar.detection import DetectParams, Detections, detect, pool_single
+from starloc.lodestar.model import LodeSTAR
+
+Progress = tuple[int, int]
+
+
+def extract_crops(
+    image, crops: Sequence[Sequence[float]], frame: int = 0, min_size: int = 1, rgb: str = "error",
+    channel_axis: int | None = None,
+) -> list[np.ndarray]:
+    """Cut ``(C, h, w)`` float32 training crops from one frame of a user image.
+
+    ``crops`` are ``(row, col, height, width)`` rectangles in pixels (see
+    :func:`starloc.io.validate_crop`); ``frame`` is the 0-based frame of a stack.
+    """
+    t, _, h, w = frames_shape(image, rgb=rgb, channel_axis=channel_axis)
+    if not 0 <= frame < t:
+        raise InputError(f"frame {frame} is out of range: the image has {t} frame(s) (0..{t - 1})")
+    if not crops:
+        raise InputError("no crop given; select a rectangle around one object")
+    boxes = [validate_crop((h, w), c, min_size) for c in crops]
+    frames = next(iter_frame_chunks(_frame_slice(image, frame, t), 1, rgb=rgb, channel_axis=channel_axis))[1]
+    return [frames[0, :, r : r + hh, c : c + ww].copy() for r, c, hh, ww in boxes]
+
+
+def _frame_slice(image, frame: int, n_frames: int):
+    """The one frame to read (all of it when the image is a single frame)."""
+    return image if n_frames == 1 else image[frame : frame + 1]
+
+
+def iter_maps(model: LodeSTAR, image, chunk: int = 8, rgb: str = "error", channel_axis=None):
+    """Yield ``(start, frames, maps)`` per chunk of a user image (2D, T×Y×X or with channels)."""
+    for start, frames in iter_frame_chunks(image, chunk, rgb=rgb, channel_axis=channel_axis):
+        if frames.shape[1] != model.config.in_channels:
+            raise InputError(
+                f"the model expects {model.config.in_channels} channel(s), the image has {frames.shape[1]}"
+            )
+        yield start, frames, model.maps(frames)
+
+
+def iter_detect(
+    model: LodeSTAR, image, params: DetectParams = DetectParams(), chunk: int = 8, rgb: str = "error",
+    channel_axis=None,
+) -> Generator[Progress, None, Detections]:
+    """Multi-object detection on every frame; returns :class:`Detections` (frames 0-based)."""
+    total = frames_shape(image, rgb=rgb, channel_axis=channel_axis)[0]
+    parts: list[Detections] = []
+    for start, frames, maps in iter_maps(model, image, chunk, rgb, channel_axis):
+        found = detect(maps, params)
+        found.frame += start
+        parts.append(found)
+        yield start + len(frames), total
+    return Detections(
+        np.concatenate([p.frame for p in parts]),
+        np.concatenate([p.positions for p in parts]),
+        {k: np.concatenate([p.features[k] for p in parts]) for k in parts[0].features},
+    )
+
+
+def iter_single(
+    model: LodeSTAR, image, chunk: int = 8, rgb: str = "error", channel_axis=None
+) -> Generator[Progress, None, Detections]:
+    """One object per frame (weighted pooling); returns one detection per frame.
+
+    Features: ``weight`` (mean of the weight map) and ``consistency`` (weighted variance of
+    the per-pixel predictions around the pooled one, px^2).
+    """
+    total = frames_shape(image, rgb=rgb, channel_axis=channel_axis)[0]
+    pos, weight, spread = [], [], []
+    for start, frames, maps in iter_maps(model, image, chunk, rgb, channel_axis):
+        p = pool_single(maps)
+        w = maps.weights[:, None]
+        dev = ((maps.positions[:, :2] - p[:, :2, None, None]) ** 2).sum(1, keepdims=True)
+        pos.append(p)
+        weight.append(maps.weights.mean(axis=(1, 2)))
+        spread.append(((dev * w).sum((1, 2, 3)) / np.maximum(w.sum((1, 2, 3)), 1e-12)))
+        yield start + len(frames), total
+    positions = np.concatenate(pos)
+    return Detections(np.arange(len(positions)), positions,
+                      {"weight": np.concatenate(weight), "consistency": np.concatenate(spread)})
+
+
+def predict_single(model: LodeSTAR, image) -> np.ndarray:
+    """``(T, K)`` single-object predictions for an in-memory image; 2D input gives ``(K,)``."""
+    frames = as_frames(image)
+    out = pool_single(model.maps(frames))
+    return out[0] if np.ndim(image) == 2 else out

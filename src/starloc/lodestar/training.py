@@ -1,0 +1,195 @@
+"""LodeSTAR training by geometric self-distillation, as a generator.
+
+``train(crops, config)`` yields a :class:`Progress` after every optimizer step (so a GUI
+worker or CLI can show progress and cancel between steps) and returns the trained
+:class:`~starloc.lodestar.model.LodeSTAR` when it stops (step budget or loss plateau).
+
+Each step takes S crops, makes ``copies`` randomly transformed copies of each, and
+minimizes (1) the mean absolute deviation of the back-transformed pooled predictions
+from their mean within each group of copies and (2) ``within_weight`` times the weighted
+spread of the per-pixel predictions around the pooled prediction (which clusters the
+predictions and makes multi-object detection work).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from starloc.lodestar.model import LodeSTAR, normalize
+from starloc.lodestar.network import NetworkConfig
+from starloc.lodestar.transforms import Compose, Geometric, Intensity
+
+WEIGHT_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyper-parameters (stored in the model file).
+
+    max_steps: hard step budget. Training stops earlier once the consistency loss has not
+    improved by ``plateau_tol`` (relative) for ``patience`` steps, twice: the first plateau
+    divides the learning rate by 10, the second ends training. No stop before ``min_steps``.
+    translate: max translation per axis in pixels.
+    """
+
+    max_steps: int = 2000
+    min_steps: int = 300
+    patience: int = 150
+    plateau_tol: float = 0.02
+    copies: int = 8
+    crops_per_step: int = 1
+    lr: float = 1e-3
+    translate: float = 2.0
+    rotate: bool = True
+    flip: bool = True
+    gain: float = 0.1
+    offset: float = 0.1
+    noise: float = 0.0
+    within_weight: float = 0.1
+    dropout: float = 0.01
+    seed: int = 0
+    device: str = "cpu"
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["network"] = self.network.to_dict()
+        return d
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One training step: losses in pixels (per property component), elapsed seconds."""
+
+    step: int
+    max_steps: int
+    loss: float
+    consistency: float
+    within: float
+    lr: float
+    elapsed: float
+
+
+def pooled_weights(rho: torch.Tensor, dropout: float, generator: torch.Generator) -> torch.Tensor:
+    """Training weights ``(D(sigmoid(rho)) + eps) / sum(...)`` over each map, ``(N, h, w)``.
+
+    ``D`` is dropout with rate ``dropout`` (it stops the weight collapsing onto one pixel).
+    """
+    keep = torch.rand(rho.shape, generator=generator, device=generator.device).to(rho.device) >= dropout
+    w = torch.sigmoid(rho) * keep / (1 - dropout) + WEIGHT_EPS
+    return w / w.sum(dim=(1, 2), keepdim=True)
+
+
+def self_distillation_losses(model, images, transform, generator, copies, dropout):
+    """The two LodeSTAR losses for a batch ``(S, C, H, W)`` of normalized crops."""
+    s, _, h, w = images.shape
+    batch = images.repeat_interleave(copies, dim=0)
+    params = transform.sample(batch.shape, generator, device=batch.device)
+    batch = transform.apply(batch, params)
+    P, rho = model.forward(batch, origin=((h - 1) / 2, (w - 1) / 2))
+    wn = pooled_weights(rho, dropout, generator)[:, None]
+    pooled = (P * wn).sum(dim=(2, 3))
+    back = transform.invert(pooled, params).view(s, copies, -1)
+    consistency = (back - back.mean(dim=1, keepdim=True)).abs().mean()
+    within = ((P - pooled[..., None, None]).abs() * wn).sum(dim=(2, 3)).mean()
+    return consistency, within
+
+
+def _as_crop_tensors(crops: Sequence[np.ndarray], in_channels: int) -> list[torch.Tensor]:
+    """Crops as float32 ``(C, H, W)`` tensors; 2D crops get one channel."""
+    out = []
+    for crop in crops:
+        a = np.asarray(crop, dtype=np.float32)
+        if a.ndim == 2:
+            a = a[None]
+        if a.ndim != 3 or a.shape[0] != in_channels:
+            raise ValueError(f"crop of shape {a.shape} does not match {in_channels} input channel(s)")
+        out.append(torch.from_numpy(a))
+    return out
+
+
+def train(
+    crops: Sequence[np.ndarray], config: TrainConfig = TrainConfig(), model: LodeSTAR | None = None
+) -> Generator[Progress, None, LodeSTAR]:
+    """Train LodeSTAR on one or several crops, each ``(H, W)`` or ``(C, H, W)``, one object each.
+
+    Yields a :class:`Progress` after every step; returns the model. Stop early by closing the
+    generator (the model then keeps the weights of the last finished step). Seeded: the same
+    crops, config and seed give the same model on the same device.
+    """
+    device = torch.device(config.device)
+    if model is None:
+        model = LodeSTAR.new(config.network, seed=config.seed)
+    model.to(device)
+    tensors = _as_crop_tensors(crops, model.config.in_channels)
+    groups = _group_by_shape([normalize(t[None].to(device), model.normalization)[0] for t in tensors])
+    transform = Compose((Intensity(config.gain, config.offset, config.noise),
+                         Geometric(config.translate, config.rotate, config.flip)))
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    optimizer = torch.optim.Adam(model.net.parameters(), lr=config.lr)
+    stopper = PlateauStopper(config)
+    model.net.train()
+    start = time.perf_counter()
+    for step in range(1, config.max_steps + 1):
+        group = groups[int(torch.randint(len(groups), (1,), generator=generator, device=device))]
+        pick = torch.randperm(len(group), generator=generator, device=device)[: config.crops_per_step]
+        images = torch.stack([group[i] for i in pick.tolist()])
+        consistency, within = self_distillation_losses(
+            model, images, transform, generator, config.copies, config.dropout
+        )
+        loss = consistency + config.within_weight * within
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        progress = Progress(step, config.max_steps, loss.item(), consistency.item(), within.item(),
+                            optimizer.param_groups[0]["lr"], time.perf_counter() - start)
+        action = stopper.update(step, progress.consistency)
+        yield progress
+        if action == "stop":
+            break
+        if action == "decay":
+            for g in optimizer.param_groups:
+                g["lr"] *= 0.1
+    model.net.eval()
+    model.metadata = {**model.metadata, "training": {**config.to_dict(), "steps_done": step,
+                      "final_consistency": progress.consistency, "seconds": progress.elapsed,
+                      "crop_shapes": [list(t.shape) for t in tensors]}}
+    return model
+
+
+def _group_by_shape(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault(tuple(t.shape), []).append(t)
+    return list(groups.values())
+
+
+class PlateauStopper:
+    """Learning-rate decay and early stopping on a plateau of an exponential moving average."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.ema = math.nan
+        self.best = math.inf
+        self.best_step = 0
+        self.decayed = False
+
+    def update(self, step: int, value: float) -> str | None:
+        c = self.config
+        alpha = 2 / (min(step, c.patience / 3) + 1)
+        self.ema = value if math.isnan(self.ema) else (1 - alpha) * self.ema + alpha * value
+        if self.ema < self.best * (1 - c.plateau_tol):
+            self.best, self.best_step = self.ema, step
+        if step < c.min_steps or step - self.best_step < c.patience:
+            return None
+        if self.decayed:
+            return "stop"
+        self.decayed, self.best, self.best_step = True, self.ema, step
+        return "decay"
+

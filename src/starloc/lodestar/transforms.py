@@ -1,0 +1,141 @@
+"""Equivariant transforms for LodeSTAR training.
+
+A transform acts on a batch of images and, inversely, on the pooled property vectors the
+network predicts for the transformed images. Each transform draws its own random parameters
+per image (vectorized over the batch), so ``Compose`` can chain geometric and, later,
+property transforms (Fourier propagation -> z, signal scaling -> polarizability).
+
+Conventions: images are ``(N, C, H, W)`` tensors; property vectors ``(N, K)`` with
+``[row, col, *extra]``. Positions are in input pixels relative to the rotation centre
+``((H - 1)/2, (W - 1)/2)`` of the image, pixel centres at integer coordinates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+
+class Transform(Protocol):
+    """What LodeSTAR needs from a transform."""
+
+    def sample(self, shape: torch.Size, generator: torch.Generator, device=None) -> dict[str, torch.Tensor]:
+        """Draw parameters for a batch of images of ``shape`` ``(N, C, H, W)``."""
+
+    def apply(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Transform the images."""
+
+    def invert(self, properties: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Map properties predicted on transformed images back to the original frame."""
+
+
+@dataclass(frozen=True)
+class Geometric:
+    """Random rotation, reflection and translation about the image centre, in one warp.
+
+    The forward map of positions (relative to the centre) is ``x' = A x + t`` with ``A`` a
+    rotation (optionally composed with a reflection of the row axis) and ``t`` a translation
+    in pixels drawn uniformly from ``[-translate, translate]`` per axis. Images are resampled
+    once (bilinear, reflect padding) so composing rotation and translation costs one
+    interpolation. Property channels beyond (row, col) are unchanged.
+    """
+
+    translate: float = 2.0
+    rotate: bool = True
+    flip: bool = True
+
+    def sample(self, shape, generator, device=None):
+        n = shape[0]
+        u = torch.rand(n, 4, generator=generator, device=generator.device).to(device)
+        theta = (u[:, 0] * 2 - 1) * math.pi if self.rotate else torch.zeros(n, device=device)
+        sign = torch.where(u[:, 1] < 0.5, -1.0, 1.0) if self.flip else torch.ones(n, device=device)
+        shift = (u[:, 2:] * 2 - 1) * self.translate
+        return {"matrix": linear_part(theta, sign), "shift": shift}
+
+    def apply(self, images, params):
+        return warp(images, params["matrix"], params["shift"])
+
+    def invert(self, properties, params):
+        inverse = torch.linalg.inv(params["matrix"])
+        pos = torch.einsum("nij,nj->ni", inverse, properties[:, :2] - params["shift"])
+        return torch.cat([pos, properties[:, 2:]], dim=1)
+
+
+def linear_part(theta: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+    """``(N, 2, 2)`` matrices acting on (row, col): rotation by ``theta`` after scaling rows by ``sign``."""
+    c, s = torch.cos(theta), torch.sin(theta)
+    rot = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
+    reflect = torch.diag_embed(torch.stack([sign, torch.ones_like(sign)], -1))
+    return rot @ reflect
+
+
+def warp(images: torch.Tensor, matrix: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Resample ``images`` so that content at ``x`` moves to ``matrix @ x + shift``.
+
+    ``x`` is (row, col) relative to the image centre. Bilinear, reflect padding.
+    """
+    n, _, h, w = images.shape
+    dtype, device = images.dtype, images.device
+    rows = torch.arange(h, dtype=dtype, device=device) - (h - 1) / 2
+    cols = torch.arange(w, dtype=dtype, device=device) - (w - 1) / 2
+    out = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), -1).reshape(1, -1, 2)
+    src = torch.einsum("nij,npj->npi", torch.linalg.inv(matrix).to(dtype), out - shift[:, None].to(dtype))
+    # grid_sample wants (x=col, y=row) normalized so that -1/1 are corner pixel centres.
+    norm = torch.tensor([(h - 1) / 2, (w - 1) / 2], dtype=dtype, device=device).clamp(min=0.5)
+    grid = (src / norm).flip(-1).reshape(n, h, w, 2)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
+
+
+@dataclass(frozen=True)
+class Compose:
+    """Apply transforms in order; invert properties in reverse order."""
+
+    transforms: tuple
+
+    def sample(self, shape, generator, device=None):
+        return [t.sample(shape, generator, device) for t in self.transforms]
+
+    def apply(self, images, params):
+        for t, p in zip(self.transforms, params):
+            images = t.apply(images, p)
+        return images
+
+    def invert(self, properties, params):
+        for t, p in zip(reversed(self.transforms), reversed(params)):
+            properties = t.invert(properties, p)
+        return properties
+
+
+@dataclass(frozen=True)
+class Intensity:
+    """Random gain ``1 ± gain``, offset ``± offset`` and added Gaussian noise of standard
+    deviation ``U(0, noise)`` on normalized images (unit standard deviation).
+
+    Leaves every property unchanged: it teaches invariance, not equivariance. The noise
+    lets a model trained on one crop at one SNR cope with noisier images.
+    """
+
+    gain: float = 0.1
+    offset: float = 0.1
+    noise: float = 0.0
+
+    def sample(self, shape, generator, device=None):
+        n = shape[0]
+        u = torch.rand(n, 3, generator=generator, device=generator.device).to(device)
+        field = torch.randn(shape, generator=generator, device=generator.device).to(device)
+        return {
+            "gain": 1 + (u[:, 0] * 2 - 1) * self.gain,
+            "offset": (u[:, 1] * 2 - 1) * self.offset,
+            "noise": field * (u[:, 2] * self.noise).view(-1, *(1,) * (len(shape) - 1)),
+        }
+
+    def apply(self, images, params):
+        shape = (-1,) + (1,) * (images.ndim - 1)
+        return images * params["gain"].view(shape) + params["offset"].view(shape) + params["noise"]
+
+    def invert(self, properties, params):
+        return properties

@@ -1,0 +1,85 @@
+import math
+
+import numpy as np
+import torch
+
+from starloc import sim
+from starloc.lodestar.network import decode, output_grid
+from starloc.lodestar.transforms import Compose, Geometric, Intensity, linear_part, warp
+
+
+def _centroid(images: torch.Tensor) -> torch.Tensor:
+    """(N, 2) intensity centroid (row, col) relative to the image centre."""
+    n, _, h, w = images.shape
+    rows = torch.arange(h, dtype=torch.float64) - (h - 1) / 2
+    cols = torch.arange(w, dtype=torch.float64) - (w - 1) / 2
+    im = images[:, 0].double()
+    total = im.sum((1, 2))
+    return torch.stack([(im.sum(2) * rows).sum(1) / total, (im.sum(1) * cols).sum(1) / total], 1)
+
+
+def test_inverse_maps_every_copy_back_to_the_true_position():
+    true = np.array([1.3, -0.7])  # relative to the centre of a 48x48 image
+    image = sim.render("point", (48, 48), [true + 23.5])
+    batch = torch.from_numpy(image).float()[None, None].repeat(16, 1, 1, 1)
+    transform = Compose((Intensity(0.1, 0.0), Geometric(translate=2.0, rotate=True, flip=True)))
+    params = transform.sample(batch.shape, torch.Generator().manual_seed(0))
+    moved = transform.apply(batch, params)
+    back = transform.invert(_centroid(moved).float(), params)
+    assert torch.allclose(back, torch.tensor(true, dtype=torch.float32).expand(16, 2), atol=0.02)
+
+
+def test_invert_is_the_exact_inverse_of_the_point_map():
+    g = Geometric(translate=3.0)
+    params = g.sample((100, 1, 8, 8), torch.Generator().manual_seed(1))
+    x = torch.randn(100, 3, dtype=torch.float64)
+    moved = torch.einsum("nij,nj->ni", params["matrix"].double(), x[:, :2]) + params["shift"].double()
+    params64 = {k: v.double() for k, v in params.items()}
+    back = g.invert(torch.cat([moved, x[:, 2:]], 1), params64)
+    assert torch.allclose(back, x, atol=1e-12)
+
+
+def test_rotation_matrices_are_orthogonal_with_the_expected_determinant():
+    theta = torch.linspace(-math.pi, math.pi, 7)
+    sign = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, -1.0, 1.0])
+    m = linear_part(theta, sign)
+    eye = torch.eye(2).expand(7, 2, 2)
+    assert torch.allclose(m @ m.transpose(1, 2), eye, atol=1e-6)
+    assert torch.allclose(torch.linalg.det(m), sign, atol=1e-6)
+
+
+def test_warp_by_integer_translation_is_an_exact_shift():
+    img = torch.arange(100, dtype=torch.float32).reshape(1, 1, 10, 10)
+    out = warp(img, torch.eye(2)[None], torch.tensor([[1.0, 2.0]]))
+    # content at (r, c) moves to (r + 1, c + 2)
+    assert torch.allclose(out[0, 0, 1:, 2:], img[0, 0, :-1, :-2], atol=1e-4)
+
+
+def test_quarter_turn_moves_rows_to_columns():
+    img = torch.zeros(1, 1, 9, 9)
+    img[0, 0, 4, 6] = 1.0  # 2 px right of the centre
+    params = {"matrix": linear_part(torch.tensor([math.pi / 2]), torch.tensor([1.0])),
+              "shift": torch.zeros(1, 2)}
+    out = warp(img, params["matrix"], params["shift"])
+    # [[cos, -sin], [sin, cos]] maps (row, col) = (0, 2) to (-2, 0): 2 px above the centre
+    assert out[0, 0, 2, 4] > 0.99
+
+
+def test_intensity_changes_images_but_not_properties():
+    t = Intensity(gain=0.2, offset=0.1, noise=0.5)
+    params = t.sample((4, 1, 8, 8), torch.Generator().manual_seed(0))
+    x = torch.ones(4, 1, 8, 8)
+    assert not torch.equal(t.apply(x, params), x)
+    props = torch.randn(4, 3)
+    assert torch.equal(t.invert(props, params), props)
+
+
+def test_decode_places_positions_on_the_pooled_grid_for_odd_sizes():
+    rows, cols = output_grid(3, 4, 2)
+    assert rows.tolist() == [0.5, 2.5, 4.5]
+    raw = torch.zeros(1, 4, 3, 4)
+    raw[0, 3] = 2.0
+    P, rho = decode(raw, 2, origin=(1.0, 2.0))
+    assert P.shape == (1, 3, 3, 4) and rho.shape == (1, 3, 4)
+    assert P[0, 0, 2, 0] == 4.5 - 1.0 and P[0, 1, 0, 3] == 6.5 - 2.0
+    assert torch.all(P[0, 2] == 0) and torch.all(rho == 2.0)
