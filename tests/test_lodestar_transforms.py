@@ -22,7 +22,7 @@ def test_inverse_maps_every_copy_back_to_the_true_position():
     true = np.array([1.3, -0.7])  # relative to the centre of a 48x48 image
     image = sim.render("point", (48, 48), [true + 23.5])
     batch = torch.from_numpy(image).float()[None, None].repeat(16, 1, 1, 1)
-    transform = Compose((Intensity(0.1, 0.0), Geometric(translate=2.0, rotate=True, flip=True)))
+    transform = Compose((Intensity(2.0, 0.0), Geometric(translate=2.0, rotate=True, flip=True)))
     params = transform.sample(batch.shape, torch.Generator().manual_seed(0))
     moved = transform.apply(batch, params)
     back = transform.invert(_centroid(moved).float(), params)
@@ -66,7 +66,7 @@ def test_quarter_turn_moves_rows_to_columns():
 
 
 def test_intensity_changes_images_but_not_properties():
-    t = Intensity(gain=0.2, offset=0.1, noise=0.5)
+    t = Intensity(gain=2.0, offset=0.1, noise=0.5)
     params = t.sample((4, 1, 8, 8), torch.Generator().manual_seed(0))
     x = torch.ones(4, 1, 8, 8)
     assert not torch.equal(t.apply(x, params), x)

@@ -47,6 +47,7 @@ class Geometric:
     translate: float = 2.0
     rotate: bool = True
     flip: bool = True
+    interpolation: str = "bilinear"
 
     def sample(self, shape, generator, device=None):
         n = shape[0]
@@ -57,7 +58,7 @@ class Geometric:
         return {"matrix": linear_part(theta, sign), "shift": shift}
 
     def apply(self, images, params):
-        return warp(images, params["matrix"], params["shift"])
+        return warp(images, params["matrix"], params["shift"], self.interpolation)
 
     def invert(self, properties, params):
         inverse = torch.linalg.inv(params["matrix"])
@@ -73,10 +74,11 @@ def linear_part(theta: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
     return rot @ reflect
 
 
-def warp(images: torch.Tensor, matrix: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+def warp(images: torch.Tensor, matrix: torch.Tensor, shift: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
     """Resample ``images`` so that content at ``x`` moves to ``matrix @ x + shift``.
 
-    ``x`` is (row, col) relative to the image centre. Bilinear, reflect padding.
+    ``x`` is (row, col) relative to the image centre. ``mode`` is a ``grid_sample`` mode
+    (bilinear or bicubic); reflect padding.
     """
     n, _, h, w = images.shape
     dtype, device = images.dtype, images.device
@@ -87,7 +89,7 @@ def warp(images: torch.Tensor, matrix: torch.Tensor, shift: torch.Tensor) -> tor
     # grid_sample wants (x=col, y=row) normalized so that -1/1 are corner pixel centres.
     norm = torch.tensor([(h - 1) / 2, (w - 1) / 2], dtype=dtype, device=device).clamp(min=0.5)
     grid = (src / norm).flip(-1).reshape(n, h, w, 2)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
+    return F.grid_sample(images, grid, mode=mode, padding_mode="reflection", align_corners=True)
 
 
 @dataclass(frozen=True)
@@ -112,15 +114,17 @@ class Compose:
 
 @dataclass(frozen=True)
 class Intensity:
-    """Random gain ``1 ± gain``, offset ``± offset`` and added Gaussian noise of standard
-    deviation ``U(0, noise)`` on normalized images (unit standard deviation).
+    """Random gain, offset and added noise on normalized images (unit standard deviation).
 
-    Leaves every property unchanged: it teaches invariance, not equivariance. The noise
-    lets a model trained on one crop at one SNR cope with noisier images.
+    gain: the images are multiplied by a log-uniform factor in ``[1/gain, gain]``;
+    offset: plus a uniform ``± offset``; noise: plus Gaussian noise of standard deviation
+    ``U(0, noise)``. Leaves every property unchanged: it teaches invariance, not
+    equivariance. A whole frame is normalized differently from a crop holding one object,
+    and test images are noisier than the training crop; these cover both.
     """
 
-    gain: float = 0.1
-    offset: float = 0.1
+    gain: float = 1.0
+    offset: float = 0.0
     noise: float = 0.0
 
     def sample(self, shape, generator, device=None):
@@ -128,7 +132,7 @@ class Intensity:
         u = torch.rand(n, 3, generator=generator, device=generator.device).to(device)
         field = torch.randn(shape, generator=generator, device=generator.device).to(device)
         return {
-            "gain": 1 + (u[:, 0] * 2 - 1) * self.gain,
+            "gain": torch.exp((u[:, 0] * 2 - 1) * math.log(self.gain)),
             "offset": (u[:, 1] * 2 - 1) * self.offset,
             "noise": field * (u[:, 2] * self.noise).view(-1, *(1,) * (len(shape) - 1)),
         }

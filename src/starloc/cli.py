@@ -1,0 +1,166 @@
+"""The ``starloc`` command line.
+
+Exit codes: 0 success, 2 bad input or usage (one-line message on stderr), 130 interrupted.
+Pixel coordinates are (row, col), pixel centres at integers, frames 0-based.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from starloc import __version__
+from starloc.errors import StarlocError
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise StarlocError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return name
+
+
+def _progress_bar(total: int, desc: str, unit: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=True)
+
+
+def cmd_lodestar_train(args) -> int:
+    from starloc.io import read_image
+    from starloc.lodestar.inference import extract_crops
+    from starloc.lodestar.training import TrainConfig, train
+
+    config = TrainConfig(max_steps=args.steps, seed=args.seed, device=_device(args.device))
+    image = read_image(args.image)
+    crops = extract_crops(image, args.crop, frame=args.frame,
+                          min_size=config.network.receptive_field, rgb=args.rgb)
+    gen = train(crops, config)
+    with _progress_bar(config.max_steps, "training", "step") as bar:
+        while True:
+            try:
+                p = next(gen)
+            except StopIteration as stop:
+                model = stop.value
+                break
+            bar.update(1)
+            bar.set_postfix(consistency=f"{p.consistency:.4f}", within=f"{p.within:.3f}")
+    model.metadata["source"] = {"image": str(args.image), "crops": [list(c) for c in args.crop],
+                                "frame": args.frame}
+    model.save(args.output)
+    steps = model.metadata["training"]["steps_done"]
+    print(f"trained {steps} steps in {p.elapsed:.1f} s (consistency {p.consistency:.4f} px); "
+          f"model written to {args.output}")
+    return 0
+
+
+def cmd_lodestar_detect(args) -> int:
+    from starloc.io import frames_shape, read_image, write_points_csv
+    from starloc.lodestar.detection import DetectParams
+    from starloc.lodestar.inference import iter_detect, iter_single
+    from starloc.lodestar.model import LodeSTAR
+
+    model = LodeSTAR.load(args.model, device=_device(args.device))
+    image = read_image(args.image)
+    total = frames_shape(image, rgb=args.rgb)[0]
+    if args.single:
+        gen = iter_single(model, image, rgb=args.rgb)
+    else:
+        given = {k: getattr(args, k) for k in ("alpha", "beta", "cutoff", "mode")}
+        params = DetectParams(**{k: v for k, v in given.items() if v is not None})
+        gen = iter_detect(model, image, params, rgb=args.rgb)
+    with _progress_bar(total, "detecting", "frame") as bar:
+        while True:
+            try:
+                done, _ = next(gen)
+            except StopIteration as stop:
+                found = stop.value
+                break
+            bar.update(done - bar.n)
+    write_points_csv(args.output, found.frame, found.positions[:, :2], found.features)
+    print(f"{len(found)} detection(s) in {total} frame(s) written to {args.output}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from starloc.demo import run_demo
+
+    return run_demo(out_dir=Path(args.out), shape=args.shape, seed=args.seed)
+
+
+def _add_common_image_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rgb", choices=("error", "gray"), default="error",
+                   help="what to do with RGB/RGBA images: refuse (default) or convert to gray")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="compute device (default: cuda when available, else cpu)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="starloc", description=__doc__.splitlines()[0] + " "
+                                     "LodeSTAR (self-supervised tracking from one crop) and DeepLoco.")
+    parser.add_argument("--version", action="version", version=f"starloc {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    lode = sub.add_parser("lodestar", help="LodeSTAR: train from one crop, detect objects")
+    lsub = lode.add_subparsers(dest="action", required=True)
+
+    t = lsub.add_parser("train", help="train a model from one or more crops of an image",
+                        description="Train LodeSTAR on crops around single objects. Coordinates "
+                                    "are pixels: ROW, COL of the crop's top-left pixel, then its size.")
+    t.add_argument("image", type=Path, help="TIFF (2D or T×Y×X) or .npy image")
+    t.add_argument("--crop", nargs=4, type=float, action="append", required=True,
+                   metavar=("ROW", "COL", "HEIGHT", "WIDTH"),
+                   help="crop rectangle in pixels; repeat for several crops")
+    t.add_argument("--frame", type=int, default=0, help="0-based frame of a stack to crop from")
+    t.add_argument("--steps", type=int, default=2000,
+                   help="maximum training steps (training stops earlier on a loss plateau)")
+    t.add_argument("--seed", type=int, default=0, help="random seed (same seed, same model)")
+    _add_common_image_options(t)
+    t.add_argument("-o", "--output", type=Path, required=True, help="model file to write")
+    t.set_defaults(func=cmd_lodestar_train)
+
+    d = lsub.add_parser("detect", help="detect objects in every frame and write a CSV",
+                        description="Write frame,row,col (pixels, frames 0-based) and features.")
+    d.add_argument("image", type=Path, help="TIFF (2D or T×Y×X) or .npy image")
+    d.add_argument("--model", type=Path, required=True, help="model file from 'lodestar train'")
+    d.add_argument("--single", action="store_true",
+                   help="exactly one object per frame (weighted pooling of the whole frame)")
+    d.add_argument("--alpha", type=float, help="weight exponent of the score (default 0.2)")
+    d.add_argument("--beta", type=float, help="clustering exponent (default 1 - alpha)")
+    d.add_argument("--cutoff", type=float, help="score threshold, its meaning set by --mode (default 0.1)")
+    d.add_argument("--mode", choices=("quantile", "ratio", "absolute"),
+                   help="cutoff as a quantile of the score map, a fraction of its maximum (default), "
+                        "or an absolute value")
+    _add_common_image_options(d)
+    d.add_argument("-o", "--output", type=Path, required=True, help="CSV file to write")
+    d.set_defaults(func=cmd_lodestar_detect)
+
+    demo = sub.add_parser("demo", help="simulate, train from one crop, detect, score, write a CSV")
+    demo.add_argument("--out", default="starloc-demo", help="folder for the demo's files")
+    demo.add_argument("--shape", default="point", help="particle shape to simulate")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except StarlocError as exc:
+        print(f"starloc: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("starloc: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
