@@ -36,12 +36,14 @@ def _progress_bar(total: int, desc: str, unit: str):
 def cmd_lodestar_train(args) -> int:
     from starloc.io import read_image
     from starloc.lodestar.inference import extract_crops
+    from starloc.lodestar.network import NetworkConfig
     from starloc.lodestar.training import TrainConfig, train
 
-    config = TrainConfig(max_steps=args.steps, seed=args.seed, device=_device(args.device))
     image = read_image(args.image)
-    crops = extract_crops(image, args.crop, frame=args.frame,
-                          min_size=config.network.receptive_field, rgb=args.rgb)
+    crops = extract_crops(image, args.crop, frame=args.frame, min_size=NetworkConfig().receptive_field,
+                          rgb=args.rgb, channel_axis=args.channel_axis)
+    config = TrainConfig(max_steps=args.steps, min_steps=min(args.steps, TrainConfig.min_steps), seed=args.seed,
+                         device=_device(args.device), network=NetworkConfig(in_channels=crops[0].shape[0]))
     gen = train(crops, config)
     with _progress_bar(config.max_steps, "training", "step") as bar:
         while True:
@@ -69,13 +71,14 @@ def cmd_lodestar_detect(args) -> int:
 
     model = LodeSTAR.load(args.model, device=_device(args.device))
     image = read_image(args.image)
-    total = frames_shape(image, rgb=args.rgb)[0]
+    layout = {"rgb": args.rgb, "channel_axis": args.channel_axis}
+    total = frames_shape(image, **layout)[0]
     if args.single:
-        gen = iter_single(model, image, rgb=args.rgb)
+        gen = iter_single(model, image, **layout)
     else:
         given = {k: getattr(args, k) for k in ("alpha", "beta", "cutoff", "mode")}
         params = DetectParams(**{k: v for k, v in given.items() if v is not None})
-        gen = iter_detect(model, image, params, rgb=args.rgb)
+        gen = iter_detect(model, image, params, **layout)
     with _progress_bar(total, "detecting", "frame") as bar:
         while True:
             try:
@@ -98,6 +101,8 @@ def cmd_demo(args) -> int:
 def _add_common_image_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rgb", choices=("error", "gray"), default="error",
                    help="what to do with RGB/RGBA images: refuse (default) or convert to gray")
+    p.add_argument("--channel-axis", type=int, default=None,
+                   help="axis of a multichannel image that holds the channels (no colour detection)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="compute device (default: cuda when available, else cpu)")
 

@@ -91,7 +91,7 @@ class LodeSTAR:
     @torch.inference_mode()
     def maps(self, frames: np.ndarray | torch.Tensor, batch_size: int = 16) -> Maps:
         """Property and weight maps for ``(T, C, H, W)`` frames (any H, W >= 2)."""
-        frames = torch.as_tensor(np.asarray(frames, dtype=np.float32))
+        frames = torch.from_numpy(np.require(frames, np.float32, ["C", "W"]))
         self.net.eval()
         pos, wts = [], []
         for start in range(0, frames.shape[0], batch_size):

@@ -1,0 +1,138 @@
+"""The starloc command end to end on tiny data, and its answers to bad input."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from starloc import sim
+from starloc.cli import EXIT_BAD_INPUT, main
+from starloc.io import read_points_csv
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    image, truth, _ = sim.simulate_scene("point", 6, size=(64, 64), snr=10, rng=3)
+    stack = np.stack([image, sim.simulate_scene("point", 6, size=(64, 64), snr=10, rng=4)[0]])
+    tifffile.imwrite(folder / "scene.tif", stack)
+    row, col = np.round(truth[0] - 19.5).clip(0, 64 - 40).astype(int)
+    return folder, (row, col)
+
+
+@pytest.fixture(scope="module")
+def model_path(scene):
+    folder, (row, col) = scene
+    out = folder / "model.pt"
+    code = main(["lodestar", "train", str(folder / "scene.tif"), "--crop", str(row), str(col), "40", "40",
+                 "--steps", "15", "--seed", "1", "--device", "cpu", "-o", str(out)])
+    assert code == 0
+    return out
+
+
+def test_train_writes_a_model(model_path, capsys):
+    assert model_path.stat().st_size > 10_000
+
+
+def test_detect_writes_frame_row_col_and_features(scene, model_path):
+    folder, _ = scene
+    out = folder / "det.csv"
+    assert main(["lodestar", "detect", str(folder / "scene.tif"), "--model", str(model_path),
+                 "--mode", "quantile", "--cutoff", "0.99", "-o", str(out)]) == 0
+    frames, positions, features = read_points_csv(out)
+    assert set(frames.tolist()) <= {0, 1} and positions.shape[1] == 2
+    assert {"score", "weight", "consistency"} <= set(features)
+    assert np.all((positions >= -0.5) & (positions <= 63.5))
+
+
+def test_detect_single_gives_one_row_per_frame(scene, model_path):
+    folder, _ = scene
+    out = folder / "single.csv"
+    assert main(["lodestar", "detect", str(folder / "scene.tif"), "--model", str(model_path),
+                 "--single", "-o", str(out)]) == 0
+    frames, positions, _ = read_points_csv(out)
+    assert frames.tolist() == [0, 1] and positions.shape == (2, 2)
+
+
+def _bad(capsys, argv, message):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == EXIT_BAD_INPUT
+    assert err[-1].startswith("starloc: error:") and message in err[-1]
+
+
+def test_missing_image(capsys, tmp_path):
+    _bad(capsys, ["lodestar", "train", str(tmp_path / "nope.tif"), "--crop", "0", "0", "40", "40",
+                  "-o", str(tmp_path / "m.pt")], "nope.tif")
+    assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize("crop, message", [
+    (("0", "0", "0", "40"), "empty"),
+    (("50", "50", "40", "40"), "outside"),
+    (("0", "0", "10", "10"), "smaller than the minimum"),
+])
+def test_bad_crops(capsys, scene, tmp_path, crop, message):
+    folder, _ = scene
+    _bad(capsys, ["lodestar", "train", str(folder / "scene.tif"), "--crop", *crop, "-o",
+                  str(tmp_path / "m.pt")], message)
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_frame_out_of_range(capsys, scene, tmp_path):
+    folder, _ = scene
+    _bad(capsys, ["lodestar", "train", str(folder / "scene.tif"), "--crop", "0", "0", "40", "40",
+                  "--frame", "5", "-o", str(tmp_path / "m.pt")], "frame 5")
+
+
+def test_nan_image(capsys, tmp_path):
+    image = np.zeros((64, 64), np.float32)
+    image[3, 4] = np.nan
+    np.save(tmp_path / "nan.npy", image)
+    _bad(capsys, ["lodestar", "train", str(tmp_path / "nan.npy"), "--crop", "0", "0", "40", "40",
+                  "-o", str(tmp_path / "m.pt")], "NaN")
+
+
+def test_rgb_image_is_refused_unless_converted(capsys, tmp_path, scene, model_path):
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    _bad(capsys, ["lodestar", "detect", str(tmp_path / "rgb.tif"), "--model", str(model_path),
+                  "-o", str(tmp_path / "d.csv")], "RGB")
+    assert not (tmp_path / "d.csv").exists()
+    assert main(["lodestar", "detect", str(tmp_path / "rgb.tif"), "--model", str(model_path), "--rgb", "gray",
+                 "-o", str(tmp_path / "d.csv")]) == 0
+
+
+def test_foreign_model_file(capsys, scene, tmp_path):
+    import torch
+
+    folder, _ = scene
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "foreign.pt")
+    _bad(capsys, ["lodestar", "detect", str(folder / "scene.tif"), "--model", str(tmp_path / "foreign.pt"),
+                  "-o", str(tmp_path / "d.csv")], "not a starloc model")
+    (tmp_path / "garbage.pt").write_bytes(b"\x00garbage")
+    _bad(capsys, ["lodestar", "detect", str(folder / "scene.tif"), "--model", str(tmp_path / "garbage.pt"),
+                  "-o", str(tmp_path / "d.csv")], "cannot read model file")
+    assert not (tmp_path / "d.csv").exists()
+
+
+def test_wrong_dimensionality(capsys, tmp_path, model_path):
+    np.save(tmp_path / "line.npy", np.zeros(100, np.float32))
+    _bad(capsys, ["lodestar", "detect", str(tmp_path / "line.npy"), "--model", str(model_path),
+                  "-o", str(tmp_path / "d.csv")], "1D")
+
+
+def test_channel_count_mismatch(capsys, tmp_path, model_path):
+    np.save(tmp_path / "two.npy", np.zeros((2, 48, 48), np.float32))
+    _bad(capsys, ["lodestar", "detect", str(tmp_path / "two.npy"), "--model", str(model_path),
+                  "--channel-axis", "0", "-o", str(tmp_path / "d.csv")], "channel")
+
+
+def test_help_and_usage_errors_exit_cleanly():
+    run = subprocess.run([sys.executable, "-m", "starloc.cli", "lodestar", "detect", "--help"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0 and "--single" in run.stdout
+    run = subprocess.run([sys.executable, "-m", "starloc.cli", "lodestar", "detect"], capture_output=True, text=True)
+    assert run.returncode == 2 and "required" in run.stderr
