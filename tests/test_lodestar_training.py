@@ -124,3 +124,13 @@ def test_loading_a_damaged_lodestar_model_is_refused(tmp_path):
     save_model_file(tmp_path / "bad.pt", "lodestar", {"network": {}}, {})
     with pytest.raises(ModelFileError, match="damaged"):
         LodeSTAR.load(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("shape", [(70, 90), (67, 45)])
+def test_tiled_maps_equal_maps_in_one_piece(trained_point_model, shape):
+    image = sim.simulate_scene("point", 4, size=shape, rng=2)[0][None, None]
+    whole = trained_point_model.maps(image)
+    tiled = trained_point_model.maps(image, tile=24)
+    assert whole.positions.shape == tiled.positions.shape == (1, 2, shape[0] // 2, shape[1] // 2)
+    np.testing.assert_allclose(tiled.positions, whole.positions, atol=1e-4)
+    np.testing.assert_allclose(tiled.weights, whole.weights, atol=1e-5)

@@ -5,7 +5,7 @@ import torch
 
 from starloc import sim
 from starloc.lodestar.network import decode, output_grid
-from starloc.lodestar.transforms import Compose, Geometric, Intensity, linear_part, warp
+from starloc.lodestar.transforms import Compose, Geometric, Noise, linear_part, warp
 
 
 def _centroid(images: torch.Tensor) -> torch.Tensor:
@@ -22,7 +22,7 @@ def test_inverse_maps_every_copy_back_to_the_true_position():
     true = np.array([1.3, -0.7])  # relative to the centre of a 48x48 image
     image = sim.render("point", (48, 48), [true + 23.5])
     batch = torch.from_numpy(image).float()[None, None].repeat(16, 1, 1, 1)
-    transform = Compose((Intensity(2.0, 0.0), Geometric(translate=2.0, rotate=True, flip=True)))
+    transform = Compose((Noise(1.0), Geometric(translate=2.0, rotate=True, flip=True)))
     params = transform.sample(batch.shape, torch.Generator().manual_seed(0))
     moved = transform.apply(batch, params)
     back = transform.invert(_centroid(moved).float(), params)
@@ -65,11 +65,12 @@ def test_quarter_turn_moves_rows_to_columns():
     assert out[0, 0, 2, 4] > 0.99
 
 
-def test_intensity_changes_images_but_not_properties():
-    t = Intensity(gain=2.0, offset=0.1, noise=0.5)
+def test_noise_changes_images_but_not_properties():
+    t = Noise(max_factor=3.0)
     params = t.sample((4, 1, 8, 8), torch.Generator().manual_seed(0))
     x = torch.ones(4, 1, 8, 8)
     assert not torch.equal(t.apply(x, params), x)
+    assert (params["noise"].std(dim=(1, 2, 3)) < 3).all()
     props = torch.randn(4, 3)
     assert torch.equal(t.invert(props, params), props)
 
@@ -83,3 +84,17 @@ def test_decode_places_positions_on_the_pooled_grid_for_odd_sizes():
     assert P.shape == (1, 3, 3, 4) and rho.shape == (1, 3, 4)
     assert P[0, 0, 2, 0] == 4.5 - 1.0 and P[0, 1, 0, 3] == 6.5 - 2.0
     assert torch.all(P[0, 2] == 0) and torch.all(rho == 2.0)
+
+
+def test_normalization_ignores_gain_offset_and_object_count():
+    from starloc.lodestar.model import normalize
+
+    rng = np.random.default_rng(0)
+    sparse = sim.add_poisson_noise(sim.render("point", (128, 128), [(60.2, 70.7)]), 10, rng=rng)
+    crowded = sim.add_poisson_noise(
+        sim.render("point", (128, 128), [(60.2, 70.7)] + [(r, c) for r in (15, 40, 100) for c in (15, 40, 100)]),
+        10, rng=rng)
+    a, b = (normalize(torch.from_numpy(x)[None, None]) for x in (sparse, crowded))
+    assert abs(float(a[0, 0, 60, 71]) - float(b[0, 0, 60, 71])) < 0.1 * float(a[0, 0, 60, 71])
+    c = normalize(torch.from_numpy(sparse * 7.0 + 100)[None, None])
+    assert torch.allclose(a, c, atol=1e-4)

@@ -15,13 +15,47 @@ from starloc.lodestar.model import Maps
 CUTOFF_MODES = ("quantile", "ratio", "absolute")
 
 
-def pool_single(maps: Maps) -> np.ndarray:
-    """One object per frame: the weight-averaged prediction ``sum(P w) / sum(w)``.
+def pool_single(maps: Maps, radius: float = 2.0, iterations: int = 3) -> np.ndarray:
+    """One object per frame: the weighted mean of the predictions that cluster on it.
 
-    Returns ``(T, K)`` properties (columns 0, 1 = row, col).
+    The paper pools ``sum(P w) / sum(w)`` over the whole map. That is kept, but restricted to
+    the predictions within ``radius`` px of the densest cluster of predictions (the mode of
+    a weighted histogram of the predicted positions): at low SNR the weights of every pixel
+    are small and the plain mean is dragged away by pixels far from the object, whose
+    predictions scatter, while those that see the object still agree. At high SNR the
+    result equals the plain weighted mean over the object.
+
+    Returns ``(T, K)`` properties (columns 0, 1 = row, col, in pixels).
     """
-    w = maps.weights[:, None]
-    return (maps.positions * w).sum(axis=(2, 3)) / np.maximum(w.sum(axis=(2, 3)), 1e-12)
+    t, k, h, w = maps.positions.shape
+    P = maps.positions.reshape(t, k, -1).astype(np.float64)
+    wt = maps.weights.reshape(t, -1).astype(np.float64)
+    wt = wt + 1e-3 * wt.max(axis=1, keepdims=True) + 1e-30
+    est = _densest_prediction(P[:, :2], wt, maps.image_shape)
+    for _ in range(iterations):
+        near = np.hypot(P[:, 0] - est[:, :1], P[:, 1] - est[:, 1:2]) <= radius
+        ww = wt * near
+        total = ww.sum(axis=1, keepdims=True)
+        est = np.where(total > 0, (P[:, :2] * ww[:, None]).sum(-1) / np.maximum(total, 1e-300), est)
+    return np.concatenate([est, (P[:, 2:] * ww[:, None]).sum(-1) / np.maximum(total, 1e-300)], axis=1)
+
+
+def _densest_prediction(P: np.ndarray, wt: np.ndarray, image_shape) -> np.ndarray:
+    """``(T, 2)`` peak of the weighted, 1 px-smoothed histogram of predictions ``(T, 2, M)``.
+
+    Predictions outside the image do not vote.
+    """
+    t = P.shape[0]
+    hh, ww = image_shape
+    r = np.round(P[:, 0]).astype(np.int64).ravel()
+    c = np.round(P[:, 1]).astype(np.int64).ravel()
+    frame = np.repeat(np.arange(t), P.shape[-1])
+    inside = (r >= 0) & (r < hh) & (c >= 0) & (c < ww)
+    hist = np.zeros((t, hh, ww))
+    np.add.at(hist, (frame[inside], r[inside], c[inside]), wt.ravel()[inside])
+    hist = ndimage.gaussian_filter(hist, sigma=(0, 1.0, 1.0))
+    peak = hist.reshape(t, -1).argmax(axis=1)
+    return np.stack(np.unravel_index(peak, (hh, ww)), axis=1).astype(np.float64)
 
 
 def local_mean(x: np.ndarray) -> np.ndarray:

@@ -19,21 +19,32 @@ MODEL_KIND = "lodestar"
 NORMALIZATIONS = ("robust",)
 
 
+BACKGROUND_QUANTILE = 0.75
+
+
 def normalize(frames: torch.Tensor, method: str = "robust") -> torch.Tensor:
     """Normalize ``(N, C, H, W)`` frames per frame and channel.
 
-    ``robust``: subtract the median (the background of sparse images) and divide by the
-    standard deviation, so an image means the same to the network at any gain, offset or
-    photon count. Computed per frame, so crops and whole frames are treated alike only if
-    their content is similar; that is what lets a model trained on one crop at one SNR
-    generalize across SNR (Fig. 1g-k of the paper).
+    ``robust``: subtract the median and divide by the standard deviation of the pixels at or
+    below the 75th percentile, i.e. of the background of an image whose objects cover less
+    than a quarter of it. The scale therefore does not depend on how many objects are in
+    view: an object looks the same to the network in a 40 px training crop and in a
+    crowded 2048 px frame, at any gain or offset of the camera.
     """
     if method != "robust":
         raise ValueError(f"unknown normalization {method!r}; expected one of {NORMALIZATIONS}")
     flat = frames.flatten(2)
-    med = flat.median(dim=2).values[..., None, None]
-    std = flat.std(dim=2)[..., None, None]
-    return (frames - med) / (std + 1e-6 * std.mean().abs() + 1e-12)
+    n = flat.shape[-1]
+    med = flat.median(dim=2, keepdim=True).values
+    cut = flat.kthvalue(max(1, int(BACKGROUND_QUANTILE * n)), dim=2, keepdim=True).values
+    low = (flat <= cut).to(flat.dtype)
+    count = low.sum(dim=2, keepdim=True)
+    mean = (flat * low).sum(dim=2, keepdim=True) / count
+    scale = torch.sqrt(((flat - mean) ** 2 * low).sum(dim=2, keepdim=True) / count)
+    # A flat background (e.g. zeros between sparse photons) has no spread: use the whole frame's.
+    scale = torch.where(scale > 0, scale, flat.std(dim=2, keepdim=True))
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return ((flat - med) / scale).view_as(frames)
 
 
 @dataclass
@@ -89,17 +100,67 @@ class LodeSTAR:
         return decode(self.net(frames), self.config.stride, origin)
 
     @torch.inference_mode()
-    def maps(self, frames: np.ndarray | torch.Tensor, batch_size: int = 16) -> Maps:
-        """Property and weight maps for ``(T, C, H, W)`` frames (any H, W >= 2)."""
+    def maps(self, frames: np.ndarray | torch.Tensor, batch_size: int = 16, tile: int = 1024) -> Maps:
+        """Property and weight maps for ``(T, C, H, W)`` frames of any size (H, W >= 2).
+
+        Frames are normalized whole, then frames larger than ``tile`` pixels along an axis
+        go through the network in overlapping tiles, so memory stays bounded; the result
+        is the same as in one piece.
+        """
         frames = torch.from_numpy(np.require(frames, np.float32, ["C", "W"]))
         self.net.eval()
         pos, wts = [], []
+        generator = torch.Generator(device=self.device).manual_seed(0)
         for start in range(0, frames.shape[0], batch_size):
-            batch = frames[start : start + batch_size].to(self.device)
-            P, rho = self.forward(batch)
+            batch = normalize(frames[start : start + batch_size].to(self.device), self.normalization)
+            P, rho = self._forward_padded(batch, tile, generator)
             pos.append(P.float().cpu().numpy())
             wts.append(torch.sigmoid(rho).float().cpu().numpy())
         return Maps(np.concatenate(pos), np.concatenate(wts), self.config.stride, tuple(frames.shape[-2:]))
+
+    def _forward_padded(self, x: torch.Tensor, tile: int, generator: torch.Generator):
+        """:meth:`_forward_tiled` on frames extended by background noise around their border.
+
+        Zero padding inside the network shows it a flat, noise-free margin that it never saw
+        in training and biases objects near the image border; a margin of unit-variance
+        noise (the normalized background) is what it saw. The margin is half the receptive
+        field, a multiple of the stride, and cut off again from the output.
+        """
+        s = self.config.stride
+        m = -(-self.config.receptive_field // (2 * s)) * s
+        n, c, h, w = x.shape
+        padded = torch.randn((n, c, h + 2 * m, w + 2 * m), generator=generator, device=x.device, dtype=x.dtype)
+        padded[..., m : m + h, m : m + w] = x
+        P, rho = self._forward_tiled(padded, tile)
+        P[:, :2] -= m
+        k = m // s
+        return P[..., k : k + h // s, k : k + w // s], rho[..., k : k + h // s, k : k + w // s]
+
+    def _forward_tiled(self, x: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward_normalized` in absolute coordinates, tile by tile.
+
+        Tiles start at multiples of the stride and overlap by half the receptive field, so
+        every output pixel is computed with its whole receptive field in view.
+        """
+        s = self.config.stride
+        h, w = x.shape[-2:]
+        if h <= tile and w <= tile:
+            return self.forward_normalized(x)
+        tile = max(s, tile - tile % s)
+        margin = -(-self.config.receptive_field // (2 * s)) * s
+        P = x.new_empty((x.shape[0], self.config.n_properties, h // s, w // s))
+        rho = x.new_empty((x.shape[0], h // s, w // s))
+        for r0 in range(0, h - h % s, tile):
+            for c0 in range(0, w - w % s, tile):
+                r1, c1 = max(0, r0 - margin), max(0, c0 - margin)
+                part = x[..., r1 : min(h, r0 + tile + margin), c1 : min(w, c0 + tile + margin)]
+                p, q = self.forward_normalized(part, origin=(-r1, -c1))
+                nr, nc = min(tile // s, h // s - r0 // s), min(tile // s, w // s - c0 // s)
+                src = (slice((r0 - r1) // s, (r0 - r1) // s + nr), slice((c0 - c1) // s, (c0 - c1) // s + nc))
+                dst = (slice(r0 // s, r0 // s + nr), slice(c0 // s, c0 // s + nc))
+                P[(..., *dst)] = p[(..., *src)]
+                rho[(..., *dst)] = q[(..., *src)]
+        return P, rho
 
     def save(self, path) -> None:
         """Write the model as one self-describing file (atomic; see :mod:`starloc.io`)."""

@@ -23,7 +23,7 @@ import torch
 
 from starloc.lodestar.model import LodeSTAR, normalize
 from starloc.lodestar.network import NetworkConfig
-from starloc.lodestar.transforms import Compose, Geometric, Intensity
+from starloc.lodestar.transforms import Compose, Geometric, Noise
 
 WEIGHT_EPS = 1e-6
 
@@ -36,8 +36,8 @@ class TrainConfig:
     improved by ``plateau_tol`` (relative) for ``patience`` steps, twice: the first plateau
     divides the learning rate by 10, the second ends training. No stop before ``min_steps``.
     translate: max translation per axis in pixels.
-    gain, offset, noise: intensity augmentation of the normalized crops, see
-    :class:`~starloc.lodestar.transforms.Intensity`.
+    noise: the largest factor by which noise augmentation lowers the SNR of a crop, see
+    :class:`~starloc.lodestar.transforms.Noise`.
     """
 
     max_steps: int = 2000
@@ -51,9 +51,7 @@ class TrainConfig:
     rotate: bool = True
     flip: bool = True
     interpolation: str = "bilinear"
-    gain: float = 3.0
-    offset: float = 0.1
-    noise: float = 1.0
+    noise: float = 4.0
     within_weight: float = 0.1
     dropout: float = 0.01
     seed: int = 0
@@ -95,7 +93,7 @@ def self_distillation_losses(model, images, transform, generator, copies, dropou
     batch = images.repeat_interleave(copies, dim=0)
     params = transform.sample(batch.shape, generator, device=batch.device)
     batch = transform.apply(batch, params)
-    P, rho = model.forward_normalized(batch, origin=((h - 1) / 2, (w - 1) / 2))
+    P, rho = model.forward(batch, origin=((h - 1) / 2, (w - 1) / 2))
     wn = pooled_weights(rho, dropout, generator)[:, None]
     pooled = (P * wn).sum(dim=(2, 3))
     back = transform.invert(pooled, params).view(s, copies, -1)
@@ -132,7 +130,7 @@ def train(
     model.to(device)
     tensors = _as_crop_tensors(crops, model.config.in_channels)
     groups = _group_by_shape([normalize(t[None].to(device), model.normalization)[0] for t in tensors])
-    transform = Compose((Intensity(config.gain, config.offset, config.noise),
+    transform = Compose((Noise(config.noise),
                          Geometric(config.translate, config.rotate, config.flip, config.interpolation)))
     generator = torch.Generator(device=device).manual_seed(config.seed)
     optimizer = torch.optim.Adam(model.net.parameters(), lr=config.lr)

@@ -113,33 +113,26 @@ class Compose:
 
 
 @dataclass(frozen=True)
-class Intensity:
-    """Random gain, offset and added noise on normalized images (unit standard deviation).
+class Noise:
+    """Add Gaussian noise to normalized images (background of unit standard deviation).
 
-    gain: the images are multiplied by a log-uniform factor in ``[1/gain, gain]``;
-    offset: plus a uniform ``± offset``; noise: plus Gaussian noise of standard deviation
-    ``U(0, noise)``. Leaves every property unchanged: it teaches invariance, not
-    equivariance. A whole frame is normalized differently from a crop holding one object,
-    and test images are noisier than the training crop; these cover both.
+    The signal-to-noise ratio drops by a log-uniform factor in ``[1, max_factor]`` (noise of
+    standard deviation ``sqrt(f**2 - 1)``); the model renormalizes the result, so a crop at
+    SNR 10 teaches the network what the same object looks like at SNR ``10 / f``. Leaves every
+    property unchanged: it teaches invariance, not equivariance. (Gain and offset need no
+    augmentation: the per-frame normalization removes them.)
     """
 
-    gain: float = 1.0
-    offset: float = 0.0
-    noise: float = 0.0
+    max_factor: float = 1.0
 
     def sample(self, shape, generator, device=None):
-        n = shape[0]
-        u = torch.rand(n, 3, generator=generator, device=generator.device).to(device)
+        u = torch.rand(shape[0], generator=generator, device=generator.device).to(device)
+        factor = torch.exp(u * math.log(self.max_factor))
         field = torch.randn(shape, generator=generator, device=generator.device).to(device)
-        return {
-            "gain": torch.exp((u[:, 0] * 2 - 1) * math.log(self.gain)),
-            "offset": (u[:, 1] * 2 - 1) * self.offset,
-            "noise": field * (u[:, 2] * self.noise).view(-1, *(1,) * (len(shape) - 1)),
-        }
+        return {"noise": field * torch.sqrt(factor**2 - 1).view(-1, *(1,) * (len(shape) - 1))}
 
     def apply(self, images, params):
-        shape = (-1,) + (1,) * (images.ndim - 1)
-        return images * params["gain"].view(shape) + params["offset"].view(shape) + params["noise"]
+        return images + params["noise"]
 
     def invert(self, properties, params):
         return properties
