@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from starloc import baselines, sim
-from starloc.lodestar.detection import DetectParams, detect, pool_single
+from starloc.lodestar.detection import DetectParams, detect
+from starloc.lodestar.inference import predict_single
 from starloc.lodestar.training import TrainConfig, train
 from starloc.metrics import detection_metrics
 from starloc.progress import finish
@@ -59,7 +60,7 @@ def single_object_rows(shape, model, n_test, seed):
     for snr in SNRS:
         images, truth, angles = sim.simulate_single(shape, snr, n_test, size=64, rng=seed + 1000 + snr)
         preds = {
-            "lodestar": pool_single(model.maps(images[:, None]))[:, :2],
+            "lodestar": predict_single(model, images)[:, :2],
             "centroid": baselines.centroid(images),
             "radial": baselines.radial_center(images),
         }

@@ -136,3 +136,16 @@ def test_help_and_usage_errors_exit_cleanly():
     assert run.returncode == 0 and "--single" in run.stdout
     run = subprocess.run([sys.executable, "-m", "starloc.cli", "lodestar", "detect"], capture_output=True, text=True)
     assert run.returncode == 2 and "required" in run.stderr
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--steps", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "F1" in out and "RMSE" in out
+    frames, positions, features = read_points_csv(tmp_path / "detections.csv")
+    assert {"score", "weight", "consistency"} <= set(features)
+    assert (tmp_path / "scene.tif").exists() and (tmp_path / "model.pt").exists()
+
+
+def test_demo_rejects_an_unknown_shape(capsys, tmp_path):
+    _bad(capsys, ["demo", "--out", str(tmp_path), "--shape", "cube"], "unknown shape")

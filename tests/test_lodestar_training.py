@@ -134,3 +134,12 @@ def test_tiled_maps_equal_maps_in_one_piece(trained_point_model, shape):
     assert whole.positions.shape == tiled.positions.shape == (1, 2, shape[0] // 2, shape[1] // 2)
     np.testing.assert_allclose(tiled.positions, whole.positions, atol=1e-4)
     np.testing.assert_allclose(tiled.weights, whole.weights, atol=1e-5)
+
+
+def test_grid_symmetry_averaging_keeps_shapes_and_positions(trained_point_model):
+    images, truth, _ = sim.simulate_single("point", 10, 20, size=31, max_offset=2.0, rng=12)
+    plain = trained_point_model.maps(images[:, None])
+    averaged = trained_point_model.maps(images[:, None], augment=True)
+    assert averaged.positions.shape == plain.positions.shape == (20, 2, 15, 15)
+    err = np.sqrt(np.mean((pool_single(averaged)[:, :2] - truth) ** 2))
+    assert err < 0.3

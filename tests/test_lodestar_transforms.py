@@ -98,3 +98,20 @@ def test_normalization_ignores_gain_offset_and_object_count():
     assert abs(float(a[0, 0, 60, 71]) - float(b[0, 0, 60, 71])) < 0.1 * float(a[0, 0, 60, 71])
     c = normalize(torch.from_numpy(sparse * 7.0 + 100)[None, None])
     assert torch.allclose(a, c, atol=1e-4)
+
+
+def test_dihedral_average_maps_grids_and_maps_back_exactly():
+    import torch.nn.functional as F
+
+    from starloc.lodestar.dihedral import dihedral_average
+
+    def forward(y):
+        """Positions = centres of the output pixels; weight logits = 2x2 means of the input."""
+        rho = F.avg_pool2d(y, 2)[:, 0]
+        raw = torch.cat([torch.zeros(y.shape[0], 2, *rho.shape[-2:]), rho[:, None]], 1)
+        return decode(raw, 2)
+
+    x = torch.rand(2, 1, 6, 10)
+    P, rho = dihedral_average(forward, x)
+    P0, rho0 = forward(x)
+    assert torch.allclose(P, P0, atol=1e-5) and torch.allclose(rho, rho0, atol=1e-6)

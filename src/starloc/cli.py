@@ -73,12 +73,13 @@ def cmd_lodestar_detect(args) -> int:
     image = read_image(args.image)
     layout = {"rgb": args.rgb, "channel_axis": args.channel_axis}
     total = frames_shape(image, **layout)[0]
+    augment = args.single if args.tta is None else args.tta
     if args.single:
-        gen = iter_single(model, image, **layout)
+        gen = iter_single(model, image, augment=augment, **layout)
     else:
         given = {k: getattr(args, k) for k in ("alpha", "beta", "cutoff", "mode")}
         params = DetectParams(**{k: v for k, v in given.items() if v is not None})
-        gen = iter_detect(model, image, params, **layout)
+        gen = iter_detect(model, image, params, augment=augment, **layout)
     with _progress_bar(total, "detecting", "frame") as bar:
         while True:
             try:
@@ -95,7 +96,7 @@ def cmd_lodestar_detect(args) -> int:
 def cmd_demo(args) -> int:
     from starloc.demo import run_demo
 
-    return run_demo(out_dir=Path(args.out), shape=args.shape, seed=args.seed)
+    return run_demo(out_dir=Path(args.out), shape=args.shape, seed=args.seed, max_steps=args.steps)
 
 
 def _add_common_image_options(p: argparse.ArgumentParser) -> None:
@@ -139,18 +140,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exactly one object per frame (weighted pooling of the whole frame)")
     d.add_argument("--alpha", type=float, help="weight exponent of the score (default 0.2)")
     d.add_argument("--beta", type=float, help="clustering exponent (default 1 - alpha)")
-    d.add_argument("--cutoff", type=float, help="score threshold, its meaning set by --mode (default 0.1)")
+    d.add_argument("--cutoff", type=float, help="score threshold, its meaning set by --mode (default 0.99)")
     d.add_argument("--mode", choices=("quantile", "ratio", "absolute"),
-                   help="cutoff as a quantile of the score map, a fraction of its maximum (default), "
+                   help="cutoff as a quantile of the score map (default), a fraction of its maximum, "
                         "or an absolute value")
+    d.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average the network over the 8 quarter-turns and flips of each frame: more "
+                        "accurate, 8x slower (default: on with --single, off otherwise)")
     _add_common_image_options(d)
     d.add_argument("-o", "--output", type=Path, required=True, help="CSV file to write")
     d.set_defaults(func=cmd_lodestar_detect)
 
     demo = sub.add_parser("demo", help="simulate, train from one crop, detect, score, write a CSV")
     demo.add_argument("--out", default="starloc-demo", help="folder for the demo's files")
-    demo.add_argument("--shape", default="point", help="particle shape to simulate")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--shape", default="point",
+                      help="particle shape to simulate: point, sphere, annulus, ellipse or crescent")
+    demo.add_argument("--seed", type=int, default=0, help="random seed of the simulation and training")
+    demo.add_argument("--steps", type=int, default=2000, help="maximum training steps")
     demo.set_defaults(func=cmd_demo)
     return parser
 

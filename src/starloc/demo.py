@@ -14,6 +14,7 @@ import numpy as np
 import tifffile
 
 from starloc import sim
+from starloc.errors import InputError
 from starloc.io import atomic_path, write_points_csv
 from starloc.lodestar.detection import DetectParams, detect
 from starloc.lodestar.inference import extract_crops
@@ -31,8 +32,11 @@ def crop_around(position: np.ndarray, size: int, image_shape: tuple[int, int]) -
     return int(top_left[0]), int(top_left[1]), size, size
 
 
-def run_demo(out_dir: Path, shape: str = "point", seed: int = 0, n_objects: int = 30, snr: float = 10) -> int:
+def run_demo(out_dir: Path, shape: str = "point", seed: int = 0, n_objects: int = 30, snr: float = 10,
+             max_steps: int = TrainConfig.max_steps) -> int:
     """Run the demo; returns the exit code (0)."""
+    if shape not in sim.SHAPES:
+        raise InputError(f"unknown shape {shape!r}; choose one of {', '.join(sim.SHAPES)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     image, truth, _ = sim.simulate_scene(shape, n_objects, size=(256, 256), snr=snr, rng=seed)
     centre = np.array(image.shape) / 2
@@ -47,7 +51,8 @@ def run_demo(out_dir: Path, shape: str = "point", seed: int = 0, n_objects: int 
         if p.step % 100 == 0:
             print(f"  step {p.step:5d}  consistency {p.consistency:.4f} px  elapsed {p.elapsed:5.1f} s")
 
-    model = finish(train(crops, TrainConfig(seed=seed)), report)
+    config = TrainConfig(seed=seed, max_steps=max_steps, min_steps=min(max_steps, TrainConfig.min_steps))
+    model = finish(train(crops, config), report)
     print(f"trained {model.metadata['training']['steps_done']} steps in {time.perf_counter() - start:.1f} s")
     found = detect(model.maps(image[None, None]), DetectParams())
     m = detection_metrics(found.positions[:, :2], truth, tolerance=3.0)

@@ -117,8 +117,8 @@ class DetectParams:
 
     alpha: float = 0.2
     beta: float | None = None
-    cutoff: float = 0.1
-    mode: str = "ratio"
+    cutoff: float = 0.99
+    mode: str = "quantile"
     min_weight: float = 0.1
     radius: float = 4.0
     cluster_radius: float = 2.0

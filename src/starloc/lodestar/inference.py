@@ -44,24 +44,28 @@ def _frame_slice(image, frame: int, n_frames: int):
     return image if n_frames == 1 else image[frame : frame + 1]
 
 
-def iter_maps(model: LodeSTAR, image, chunk: int = 8, rgb: str = "error", channel_axis=None):
-    """Yield ``(start, frames, maps)`` per chunk of a user image (2D, T×Y×X or with channels)."""
+def iter_maps(model: LodeSTAR, image, chunk: int = 8, rgb: str = "error", channel_axis=None,
+              augment: bool = False):
+    """Yield ``(start, frames, maps)`` per chunk of a user image (2D, T×Y×X or with channels).
+
+    ``augment``: average over the 8 grid symmetries (see :meth:`LodeSTAR.maps`).
+    """
     for start, frames in iter_frame_chunks(image, chunk, rgb=rgb, channel_axis=channel_axis):
         if frames.shape[1] != model.config.in_channels:
             raise InputError(
                 f"the model expects {model.config.in_channels} channel(s), the image has {frames.shape[1]}"
             )
-        yield start, frames, model.maps(frames)
+        yield start, frames, model.maps(frames, augment=augment)
 
 
 def iter_detect(
     model: LodeSTAR, image, params: DetectParams = DetectParams(), chunk: int = 8, rgb: str = "error",
-    channel_axis=None,
+    channel_axis=None, augment: bool = False,
 ) -> Generator[Progress, None, Detections]:
     """Multi-object detection on every frame; returns :class:`Detections` (frames 0-based)."""
     total = frames_shape(image, rgb=rgb, channel_axis=channel_axis)[0]
     parts: list[Detections] = []
-    for start, frames, maps in iter_maps(model, image, chunk, rgb, channel_axis):
+    for start, frames, maps in iter_maps(model, image, chunk, rgb, channel_axis, augment):
         found = detect(maps, params)
         found.frame += start
         parts.append(found)
@@ -74,7 +78,7 @@ def iter_detect(
 
 
 def iter_single(
-    model: LodeSTAR, image, chunk: int = 8, rgb: str = "error", channel_axis=None
+    model: LodeSTAR, image, chunk: int = 8, rgb: str = "error", channel_axis=None, augment: bool = True
 ) -> Generator[Progress, None, Detections]:
     """One object per frame (weighted pooling); returns one detection per frame.
 
@@ -83,7 +87,7 @@ def iter_single(
     """
     total = frames_shape(image, rgb=rgb, channel_axis=channel_axis)[0]
     pos, weight, spread = [], [], []
-    for start, frames, maps in iter_maps(model, image, chunk, rgb, channel_axis):
+    for start, frames, maps in iter_maps(model, image, chunk, rgb, channel_axis, augment):
         p = pool_single(maps)
         w = maps.weights[:, None]
         dev = ((maps.positions[:, :2] - p[:, :2, None, None]) ** 2).sum(1, keepdims=True)
@@ -96,8 +100,8 @@ def iter_single(
                       {"weight": np.concatenate(weight), "consistency": np.concatenate(spread)})
 
 
-def predict_single(model: LodeSTAR, image) -> np.ndarray:
+def predict_single(model: LodeSTAR, image, augment: bool = True) -> np.ndarray:
     """``(T, K)`` single-object predictions for an in-memory image; 2D input gives ``(K,)``."""
     frames = as_frames(image)
-    out = pool_single(model.maps(frames))
+    out = pool_single(model.maps(frames, augment=augment))
     return out[0] if np.ndim(image) == 2 else out

@@ -12,6 +12,7 @@ import torch
 
 from starloc.errors import ModelFileError
 from starloc.io import load_model_file, save_model_file
+from starloc.lodestar.dihedral import dihedral_average
 from starloc.lodestar.network import LodeSTARNet, NetworkConfig, decode
 
 MODEL_KIND = "lodestar"
@@ -100,12 +101,14 @@ class LodeSTAR:
         return decode(self.net(frames), self.config.stride, origin)
 
     @torch.inference_mode()
-    def maps(self, frames: np.ndarray | torch.Tensor, batch_size: int = 16, tile: int = 1024) -> Maps:
+    def maps(self, frames: np.ndarray | torch.Tensor, batch_size: int = 16, tile: int = 1024,
+             augment: bool = False) -> Maps:
         """Property and weight maps for ``(T, C, H, W)`` frames of any size (H, W >= 2).
 
         Frames are normalized whole, then frames larger than ``tile`` pixels along an axis
         go through the network in overlapping tiles, so memory stays bounded; the result
-        is the same as in one piece.
+        is the same as in one piece. ``augment`` averages the maps over the 8 quarter-turns
+        and flips of each frame (more accurate, 8x slower; see :mod:`.dihedral`).
         """
         frames = torch.from_numpy(np.require(frames, np.float32, ["C", "W"]))
         self.net.eval()
@@ -113,25 +116,30 @@ class LodeSTAR:
         generator = torch.Generator(device=self.device).manual_seed(0)
         for start in range(0, frames.shape[0], batch_size):
             batch = normalize(frames[start : start + batch_size].to(self.device), self.normalization)
-            P, rho = self._forward_padded(batch, tile, generator)
+            P, rho = self._forward_padded(batch, tile, generator, augment)
             pos.append(P.float().cpu().numpy())
             wts.append(torch.sigmoid(rho).float().cpu().numpy())
         return Maps(np.concatenate(pos), np.concatenate(wts), self.config.stride, tuple(frames.shape[-2:]))
 
-    def _forward_padded(self, x: torch.Tensor, tile: int, generator: torch.Generator):
+    def _forward_padded(self, x: torch.Tensor, tile: int, generator: torch.Generator, augment: bool):
         """:meth:`_forward_tiled` on frames extended by background noise around their border.
 
         Zero padding inside the network shows it a flat, noise-free margin that it never saw
         in training and biases objects near the image border; a margin of unit-variance
         noise (the normalized background) is what it saw. The margin is half the receptive
-        field, a multiple of the stride, and cut off again from the output.
+        field, a multiple of the stride, and cut off again from the output. The padded
+        size is a multiple of the stride, so the output grid turns with the image.
         """
         s = self.config.stride
         m = -(-self.config.receptive_field // (2 * s)) * s
         n, c, h, w = x.shape
-        padded = torch.randn((n, c, h + 2 * m, w + 2 * m), generator=generator, device=x.device, dtype=x.dtype)
+        size = (h + 2 * m + (-h) % s, w + 2 * m + (-w) % s)
+        padded = torch.randn((n, c, *size), generator=generator, device=x.device, dtype=x.dtype)
         padded[..., m : m + h, m : m + w] = x
-        P, rho = self._forward_tiled(padded, tile)
+        if augment:
+            P, rho = dihedral_average(lambda y: self._forward_tiled(y, tile), padded)
+        else:
+            P, rho = self._forward_tiled(padded, tile)
         P[:, :2] -= m
         k = m // s
         return P[..., k : k + h // s, k : k + w // s], rho[..., k : k + h // s, k : k + w // s]

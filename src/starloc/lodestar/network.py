@@ -25,7 +25,7 @@ class NetworkConfig:
     in_channels: int = 1
     n_properties: int = 2
     full_res_widths: tuple[int, ...] = (16, 32)
-    half_res_widths: tuple[int, ...] = (32,) * 7
+    half_res_widths: tuple[int, ...] = (32,) * 5
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -1,0 +1,52 @@
+"""Test-time averaging over the 8 exact symmetries of the pixel grid (quarter turns, flips).
+
+Quarter turns and flips move pixels without interpolation, so the network can be evaluated
+on all 8 versions of an image and the maps mapped back exactly. Averaging them removes the
+part of the network's error that is not equivariant (the residual the training could not
+remove), at 8x the inference cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _unrotate_points(pos: torch.Tensor, height: int) -> torch.Tensor:
+    """Undo one ``torch.rot90(k=1)`` on (row, col) maps; ``height`` of the rotated array.
+
+    ``rot90`` sends (r, c) of an array of width B to (B - 1 - c, r); B is the rotated
+    array's height.
+    """
+    return torch.stack([pos[:, 1], height - 1 - pos[:, 0]], dim=1)
+
+
+def dihedral_average(forward: Forward, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average ``forward`` (returning absolute ``(P, rho)`` maps) over the 8 grid symmetries.
+
+    ``x`` is ``(N, C, H, W)`` with H, W multiples of the network stride, so that the output
+    grid turns with the image. Positions are mapped back to ``x``'s coordinates; the weight
+    logits are averaged as logits.
+    """
+    width = x.shape[-1]
+    P_sum = rho_sum = None
+    for flip in (False, True):
+        flipped = x.flip(-1) if flip else x
+        for k in range(4):
+            P, rho = forward(torch.rot90(flipped, k, dims=(-2, -1)))
+            pos = P[:, :2]
+            for turn in range(k):
+                rotated_height = x.shape[-2] if (k - turn) % 2 == 0 else x.shape[-1]
+                pos = _unrotate_points(pos, rotated_height)
+            if flip:
+                pos = torch.stack([pos[:, 0], width - 1 - pos[:, 1]], dim=1)
+            P = torch.cat([pos, P[:, 2:]], dim=1)
+            P, rho = torch.rot90(P, -k, dims=(-2, -1)), torch.rot90(rho, -k, dims=(-2, -1))
+            if flip:
+                P, rho = P.flip(-1), rho.flip(-1)
+            P_sum = P if P_sum is None else P_sum + P
+            rho_sum = rho if rho_sum is None else rho_sum + rho
+    return P_sum / 8, rho_sum / 8

@@ -1,0 +1,75 @@
+"""Detection and pooling on hand-made maps, where the right answer is known exactly."""
+
+import numpy as np
+import pytest
+
+from starloc.lodestar.detection import (
+    DetectParams, clustering_map, detect, local_mean, pool_single, threshold, to_image_resolution,
+)
+from starloc.lodestar.model import Maps
+
+
+def _maps_for(objects, shape=(40, 40), stride=2, scatter=3.0):
+    """Maps whose pixels within 5 px of an object predict it exactly with weight 1; other
+    pixels predict positions scattered by ``scatter`` px around themselves, weight 0.01
+    (``scatter=None``: far outside the image, so they never join an object's cluster)."""
+    rng = np.random.default_rng(0)
+    h, w = shape[0] // stride, shape[1] // stride
+    centres = np.stack(np.meshgrid(np.arange(h) * stride + 0.5, np.arange(w) * stride + 0.5, indexing="ij"))
+    P = centres + (rng.normal(0, scatter, size=centres.shape) if scatter else 100.0)
+    weights = np.full((h, w), 0.01)
+    for obj in objects:
+        near = np.hypot(centres[0] - obj[0], centres[1] - obj[1]) <= 5
+        P[:, near] = np.asarray(obj)[:, None]
+        weights[near] = 1.0
+    return Maps(P[None].astype(np.float32), weights[None].astype(np.float32), stride, shape)
+
+
+def test_local_mean_averages_only_neighbours_inside_the_map():
+    x = np.arange(12, dtype=float).reshape(3, 4)
+    m = local_mean(x)
+    assert m[0, 0] == pytest.approx(np.mean([0, 1, 4, 5]))
+    assert m[1, 1] == pytest.approx(np.mean(x[:3, :3]))
+    assert m[2, 3] == pytest.approx(np.mean([6, 7, 10, 11]))
+
+
+def test_clustering_is_maximal_where_predictions_agree_even_at_borders():
+    P = np.zeros((1, 2, 5, 6))
+    c = clustering_map(P)
+    assert np.allclose(c, 1e6)
+
+
+def test_threshold_modes():
+    s = np.arange(101, dtype=float)
+    assert threshold(s, 0.9, "quantile") == pytest.approx(90)
+    assert threshold(s, 0.5, "ratio") == pytest.approx(50)
+    assert threshold(s, 7.0, "absolute") == 7.0
+    with pytest.raises(ValueError, match="mode"):
+        threshold(s, 0.5, "median")
+    with pytest.raises(ValueError, match="quantile"):
+        threshold(s, 1.5, "quantile")
+
+
+def test_detect_finds_each_object_exactly_including_one_at_the_border():
+    objects = [(10.3, 12.7), (27.1, 30.4), (0.6, 35.2)]
+    found = detect(_maps_for(objects, scatter=None), DetectParams(cutoff=0.0, mode="absolute", min_weight=0.5))
+    assert len(found) == 3
+    order = np.argsort(found.positions[:, 0])
+    np.testing.assert_allclose(found.positions[order], np.array(objects)[[2, 0, 1]], atol=1e-5)
+    assert np.all(found.frame == 0)
+    np.testing.assert_allclose(found.features["consistency"], 0, atol=1e-8)
+
+
+def test_pool_single_ignores_scattered_low_weight_predictions():
+    maps = _maps_for([(8.4, 30.8)])
+    maps.weights[:] = np.where(maps.weights > 0.5, 1e-4, 0.9e-4)  # weights nearly flat, as at low SNR
+    plain_mean = (maps.positions[0] * maps.weights[0]).sum((1, 2)) / maps.weights[0].sum()
+    assert np.hypot(*(plain_mean - [8.4, 30.8])) > 3
+    np.testing.assert_allclose(pool_single(maps)[0], [8.4, 30.8], atol=0.15)
+
+
+def test_maps_at_image_resolution_align_with_the_pooled_blocks():
+    values = np.arange(6, dtype=float).reshape(2, 3)
+    up = to_image_resolution(values, 2, (5, 7))
+    assert up.shape == (5, 7)
+    assert up[0, 0] == up[1, 1] == 0 and up[2, 2] == 4 and up[4, 6] == 5
