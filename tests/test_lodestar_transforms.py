@@ -103,7 +103,7 @@ def test_normalization_ignores_gain_offset_and_object_count():
 def test_dihedral_average_maps_grids_and_maps_back_exactly():
     import torch.nn.functional as F
 
-    from starloc.lodestar.dihedral import dihedral_average
+    from starloc.lodestar.dihedral import dihedral_maps
 
     def forward(y):
         """Positions = centres of the output pixels; weight logits = 2x2 means of the input."""
@@ -112,6 +112,8 @@ def test_dihedral_average_maps_grids_and_maps_back_exactly():
         return decode(raw, 2)
 
     x = torch.rand(2, 1, 6, 10)
-    P, rho = dihedral_average(forward, x)
+    P, rho = dihedral_maps(forward, x)
     P0, rho0 = forward(x)
-    assert torch.allclose(P, P0, atol=1e-5) and torch.allclose(rho, rho0, atol=1e-6)
+    assert P.shape == (8, *P0.shape) and rho.shape == (8, *rho0.shape)
+    for k in range(8):  # every symmetry, mapped back, gives the untransformed maps exactly
+        assert torch.allclose(P[k], P0, atol=1e-5) and torch.allclose(rho[k], rho0, atol=1e-6)

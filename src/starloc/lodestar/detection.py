@@ -40,6 +40,17 @@ def pool_single(maps: Maps, radius: float = 2.0, iterations: int = 3) -> np.ndar
     return np.concatenate([est, (P[:, 2:] * ww[:, None]).sum(-1) / np.maximum(total, 1e-300)], axis=1)
 
 
+def pool_single_symmetries(maps: Maps) -> np.ndarray:
+    """Median over the 8 grid symmetries of :func:`pool_single` (maps from
+    :meth:`LodeSTAR.symmetry_maps`, leading axis 8). ``(T, K)``.
+
+    Pooling each symmetry on its own and taking the median is more robust at low SNR than
+    pooling the averaged maps, where clusters of different symmetries blur together.
+    """
+    each = [pool_single(Maps(p, w, maps.stride, maps.image_shape)) for p, w in zip(maps.positions, maps.weights)]
+    return np.median(np.stack(each), axis=0)
+
+
 def _densest_prediction(P: np.ndarray, wt: np.ndarray, image_shape) -> np.ndarray:
     """``(T, 2)`` peak of the weighted, 1 px-smoothed histogram of predictions ``(T, 2, M)``.
 

@@ -24,15 +24,15 @@ def _unrotate_points(pos: torch.Tensor, height: int) -> torch.Tensor:
     return torch.stack([pos[:, 1], height - 1 - pos[:, 0]], dim=1)
 
 
-def dihedral_average(forward: Forward, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Average ``forward`` (returning absolute ``(P, rho)`` maps) over the 8 grid symmetries.
+def dihedral_maps(forward: Forward, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``forward`` (returning absolute ``(P, rho)`` maps) on the 8 grid symmetries of ``x``,
+    each mapped back to ``x``'s frame: ``(8, N, K, h, w)`` positions, ``(8, N, h, w)`` logits.
 
     ``x`` is ``(N, C, H, W)`` with H, W multiples of the network stride, so that the output
-    grid turns with the image. Positions are mapped back to ``x``'s coordinates; the weight
-    logits are averaged as logits.
+    grid turns with the image.
     """
     width = x.shape[-1]
-    P_sum = rho_sum = None
+    out_P, out_rho = [], []
     for flip in (False, True):
         flipped = x.flip(-1) if flip else x
         for k in range(4):
@@ -43,10 +43,8 @@ def dihedral_average(forward: Forward, x: torch.Tensor) -> tuple[torch.Tensor, t
                 pos = _unrotate_points(pos, rotated_height)
             if flip:
                 pos = torch.stack([pos[:, 0], width - 1 - pos[:, 1]], dim=1)
-            P = torch.cat([pos, P[:, 2:]], dim=1)
-            P, rho = torch.rot90(P, -k, dims=(-2, -1)), torch.rot90(rho, -k, dims=(-2, -1))
-            if flip:
-                P, rho = P.flip(-1), rho.flip(-1)
-            P_sum = P if P_sum is None else P_sum + P
-            rho_sum = rho if rho_sum is None else rho_sum + rho
-    return P_sum / 8, rho_sum / 8
+            P = torch.rot90(torch.cat([pos, P[:, 2:]], dim=1), -k, dims=(-2, -1))
+            rho = torch.rot90(rho, -k, dims=(-2, -1))
+            out_P.append(P.flip(-1) if flip else P)
+            out_rho.append(rho.flip(-1) if flip else rho)
+    return torch.stack(out_P), torch.stack(out_rho)

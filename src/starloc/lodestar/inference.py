@@ -14,8 +14,8 @@ import numpy as np
 
 from starloc.errors import InputError
 from starloc.io import as_frames, frames_shape, iter_frame_chunks, validate_crop
-from starloc.lodestar.detection import DetectParams, Detections, detect, pool_single
-from starloc.lodestar.model import LodeSTAR
+from starloc.lodestar.detection import DetectParams, Detections, detect, pool_single, pool_single_symmetries
+from starloc.lodestar.model import LodeSTAR, Maps
 
 Progress = tuple[int, int]
 
@@ -51,11 +51,13 @@ def iter_maps(model: LodeSTAR, image, chunk: int = 8, rgb: str = "error", channe
     ``augment``: average over the 8 grid symmetries (see :meth:`LodeSTAR.maps`).
     """
     for start, frames in iter_frame_chunks(image, chunk, rgb=rgb, channel_axis=channel_axis):
-        if frames.shape[1] != model.config.in_channels:
-            raise InputError(
-                f"the model expects {model.config.in_channels} channel(s), the image has {frames.shape[1]}"
-            )
+        _check_channels(model, frames)
         yield start, frames, model.maps(frames, augment=augment)
+
+
+def _check_channels(model: LodeSTAR, frames: np.ndarray) -> None:
+    if frames.shape[1] != model.config.in_channels:
+        raise InputError(f"the model expects {model.config.in_channels} channel(s), the image has {frames.shape[1]}")
 
 
 def iter_detect(
@@ -77,18 +79,32 @@ def iter_detect(
     )
 
 
+def single_object(model: LodeSTAR, frames: np.ndarray, augment: bool = True) -> tuple[np.ndarray, Maps]:
+    """``(T, K)`` single-object predictions for ``(T, C, H, W)`` frames, and the maps used.
+
+    ``augment``: the median of the poolings over the 8 grid symmetries of each frame
+    (the returned maps are their average).
+    """
+    if augment:
+        maps = model.symmetry_maps(frames)
+        return pool_single_symmetries(maps), maps.averaged()
+    maps = model.maps(frames)
+    return pool_single(maps), maps
+
+
 def iter_single(
     model: LodeSTAR, image, chunk: int = 8, rgb: str = "error", channel_axis=None, augment: bool = True
 ) -> Generator[Progress, None, Detections]:
-    """One object per frame (weighted pooling); returns one detection per frame.
+    """One object per frame (see :func:`single_object`); returns one detection per frame.
 
     Features: ``weight`` (mean of the weight map) and ``consistency`` (weighted variance of
     the per-pixel predictions around the pooled one, px^2).
     """
     total = frames_shape(image, rgb=rgb, channel_axis=channel_axis)[0]
     pos, weight, spread = [], [], []
-    for start, frames, maps in iter_maps(model, image, chunk, rgb, channel_axis, augment):
-        p = pool_single(maps)
+    for start, frames in iter_frame_chunks(image, chunk, rgb=rgb, channel_axis=channel_axis):
+        _check_channels(model, frames)
+        p, maps = single_object(model, frames, augment)
         w = maps.weights[:, None]
         dev = ((maps.positions[:, :2] - p[:, :2, None, None]) ** 2).sum(1, keepdims=True)
         pos.append(p)
@@ -102,6 +118,5 @@ def iter_single(
 
 def predict_single(model: LodeSTAR, image, augment: bool = True) -> np.ndarray:
     """``(T, K)`` single-object predictions for an in-memory image; 2D input gives ``(K,)``."""
-    frames = as_frames(image)
-    out = pool_single(model.maps(frames, augment=augment))
+    out = single_object(model, as_frames(image), augment)[0]
     return out[0] if np.ndim(image) == 2 else out

@@ -12,7 +12,7 @@ import torch
 
 from starloc.errors import ModelFileError
 from starloc.io import load_model_file, save_model_file
-from starloc.lodestar.dihedral import dihedral_average
+from starloc.lodestar.dihedral import dihedral_maps
 from starloc.lodestar.network import LodeSTARNet, NetworkConfig, decode
 
 MODEL_KIND = "lodestar"
@@ -64,6 +64,10 @@ class Maps:
     stride: int
     image_shape: tuple[int, int]
 
+    def averaged(self) -> Maps:
+        """Mean over a leading axis (e.g. the 8 grid symmetries of :meth:`LodeSTAR.symmetry_maps`)."""
+        return Maps(self.positions.mean(0), self.weights.mean(0), self.stride, self.image_shape)
+
 
 @dataclass
 class LodeSTAR:
@@ -110,18 +114,28 @@ class LodeSTAR:
         is the same as in one piece. ``augment`` averages the maps over the 8 quarter-turns
         and flips of each frame (more accurate, 8x slower; see :mod:`.dihedral`).
         """
+        return self._maps(frames, batch_size, tile, symmetries=augment).averaged()
+
+    def symmetry_maps(self, frames: np.ndarray | torch.Tensor, batch_size: int = 16, tile: int = 1024) -> Maps:
+        """Like :meth:`maps` but for each of the 8 grid symmetries of each frame, mapped back:
+        positions ``(8, T, K, h, w)`` and weights ``(8, T, h, w)``."""
+        return self._maps(frames, batch_size, tile, symmetries=True)
+
+    @torch.inference_mode()
+    def _maps(self, frames, batch_size: int, tile: int, symmetries: bool) -> Maps:
         frames = torch.from_numpy(np.require(frames, np.float32, ["C", "W"]))
         self.net.eval()
-        pos, wts = [], []
         generator = torch.Generator(device=self.device).manual_seed(0)
+        pos, wts = [], []
         for start in range(0, frames.shape[0], batch_size):
             batch = normalize(frames[start : start + batch_size].to(self.device), self.normalization)
-            P, rho = self._forward_padded(batch, tile, generator, augment)
+            P, rho = self._forward_padded(batch, tile, generator, symmetries)
             pos.append(P.float().cpu().numpy())
             wts.append(torch.sigmoid(rho).float().cpu().numpy())
-        return Maps(np.concatenate(pos), np.concatenate(wts), self.config.stride, tuple(frames.shape[-2:]))
+        return Maps(np.concatenate(pos, axis=1), np.concatenate(wts, axis=1), self.config.stride,
+                    tuple(frames.shape[-2:]))
 
-    def _forward_padded(self, x: torch.Tensor, tile: int, generator: torch.Generator, augment: bool):
+    def _forward_padded(self, x: torch.Tensor, tile: int, generator: torch.Generator, symmetries: bool):
         """:meth:`_forward_tiled` on frames extended by background noise around their border.
 
         Zero padding inside the network shows it a flat, noise-free margin that it never saw
@@ -129,6 +143,7 @@ class LodeSTAR:
         noise (the normalized background) is what it saw. The margin is half the receptive
         field, a multiple of the stride, and cut off again from the output. The padded
         size is a multiple of the stride, so the output grid turns with the image.
+        Returns maps with a leading axis: 8 grid symmetries, or 1 without ``symmetries``.
         """
         s = self.config.stride
         m = -(-self.config.receptive_field // (2 * s)) * s
@@ -136,11 +151,11 @@ class LodeSTAR:
         size = (h + 2 * m + (-h) % s, w + 2 * m + (-w) % s)
         padded = torch.randn((n, c, *size), generator=generator, device=x.device, dtype=x.dtype)
         padded[..., m : m + h, m : m + w] = x
-        if augment:
-            P, rho = dihedral_average(lambda y: self._forward_tiled(y, tile), padded)
+        if symmetries:
+            P, rho = dihedral_maps(lambda y: self._forward_tiled(y, tile), padded)
         else:
-            P, rho = self._forward_tiled(padded, tile)
-        P[:, :2] -= m
+            P, rho = (v[None] for v in self._forward_tiled(padded, tile))
+        P[:, :, :2] -= m
         k = m // s
         return P[..., k : k + h // s, k : k + w // s], rho[..., k : k + h // s, k : k + w // s]
 
