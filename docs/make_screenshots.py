@@ -1,0 +1,122 @@
+"""Regenerate the screenshots of docs/lodestar.md with the real widget, headless.
+
+    xvfb-run -a -s "-screen 0 1400x1000x24" python docs/make_screenshots.py [--steps 300]
+
+Writes docs/images/lodestar_*.png (palette PNGs, each well under 300 KB). Seeded: the same
+machine gives the same pictures, apart from timings shown in the widget.
+"""
+
+import argparse
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from qtpy.QtWidgets import QApplication
+
+import napari
+from starloc import sim
+from starloc.gui import lodestar_widget
+from starloc.gui.lodestar_source import ALL_POINTS_LAYER, CROP_LAYER, SCORE_LAYER, WEIGHT_LAYER
+
+OUT = Path(__file__).resolve().parent / "images"
+
+
+def snap(viewer, name: str) -> None:
+    for _ in range(5):
+        QApplication.processEvents()
+    pixels = viewer.screenshot(canvas_only=False, flash=False)
+    image = Image.fromarray(np.asarray(pixels)[..., :3]).quantize(colors=128, method=Image.Quantize.MEDIANCUT)
+    path = OUT / f"lodestar_{name}.png"
+    image.save(path, optimize=True)
+    print(f"{path} ({path.stat().st_size // 1024} KB)")
+
+
+def wait(widget, kind: str) -> None:
+    done = []
+    widget.job_finished.connect(lambda k, outcome: done.append((k, outcome)) if k == kind else None)
+    while not done:
+        QApplication.processEvents()
+    assert done[0][1] == "returned", done
+
+
+def main(steps: int) -> None:
+    OUT.mkdir(exist_ok=True)
+    warnings.filterwarnings("ignore", message=".*PyQt5 backend is deprecated")
+    lodestar_widget.show_info = print  # no notification toasts over the screenshots
+    viewer = napari.Viewer(title="napari-starloc: LodeSTAR")
+    viewer.window._qt_window.resize(1400, 950)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-starloc", "LodeSTAR")
+    image, truth, _ = sim.simulate_scene("point", 30, size=(192, 192), snr=6, rng=4)
+    viewer.add_image(image, name="spots", colormap="gray")
+
+    # 1. draw a crop around one object
+    widget.start_drawing()
+    # the object farthest from its neighbours: one object per crop
+    d = np.hypot(*(truth[:, None] - truth[None]).transpose(2, 0, 1)) + np.eye(len(truth)) * 1e9
+    inside = np.all((truth > 20) & (truth < 172), axis=1)
+    r, c = (int(round(v)) for v in truth[np.argmax(np.where(inside, d.min(1), 0))])
+    viewer.layers[CROP_LAYER].add_rectangles(np.array([[r - 14.5, c - 14.5], [r + 13.5, c + 13.5]]))
+    widget._update_crop_preview()
+    snap(viewer, "1_crop")
+
+    # 2. training progress (screenshot taken from the progress slot, mid-training)
+    widget.max_steps_spin.setValue(steps)
+    widget.advanced_box.setChecked(True)
+    widget.min_steps_spin.setValue(steps)
+    worker = widget.train()
+    taken = []
+
+    def during(progress):
+        if progress.step >= steps // 2 and not taken:
+            taken.append(progress.step)
+            snap(viewer, "2_training")
+
+    worker.yielded.connect(during)
+    wait(widget, "train")
+    widget.advanced_box.setChecked(False)
+
+    # 3. maps and detections
+    found = viewer.layers["LodeSTAR detections"].data
+    dist = np.hypot(*(truth[:, None] - found[None]).transpose(2, 0, 1)).min(1)
+    print(f"default cutoff: {len(found)} detections, {np.mean(dist <= 1):.0%} of {len(truth)} objects within 1 px")
+    viewer.layers[SCORE_LAYER].visible = False
+    viewer.layers[CROP_LAYER].visible = False
+    viewer.layers.selection.active = viewer.layers["spots"]
+    snap(viewer, "3_maps_detections")
+
+    # 4. tuned detection: cutoff as a fraction of the best score, weight map hidden
+    widget.mode_combo.setCurrentText("ratio")
+    widget.cutoff_spin.setValue(0.1)
+    widget.redetect()
+    found = viewer.layers["LodeSTAR detections"].data
+    dist = np.hypot(*(truth[:, None] - found[None]).transpose(2, 0, 1)).min(1)
+    print(f"{len(found)} detections, {np.mean(dist <= 1):.0%} of {len(truth)} objects within 1 px")
+    viewer.layers[WEIGHT_LAYER].visible = False
+    snap(viewer, "4_tuned")
+
+    # 5. detect all frames of a time-lapse, ready for export
+    for name in [layer.name for layer in viewer.layers]:
+        viewer.layers.remove(name)
+    stack, _ = sim.simulate_timelapse(20, 12, size=(128, 128), diffusion=1.0, snr=6, rng=2)
+    viewer.add_image(stack, name="diffusing particles", colormap="gray")
+    widget.detect_all()
+    wait(widget, "detect_all")
+    viewer.layers.selection.active = viewer.layers[ALL_POINTS_LAYER]
+    viewer.dims.set_current_step(0, 10)
+    wait(widget, "maps")  # the current-frame layers follow the slider
+    for name in (WEIGHT_LAYER, SCORE_LAYER, "LodeSTAR detections"):
+        viewer.layers[name].visible = False
+    snap(viewer, "5_all_frames")
+    with tempfile.TemporaryDirectory() as tmp:
+        csv = Path(tmp) / "detections.csv"
+        widget.export_points(csv)
+        print("".join(csv.read_text().splitlines(keepends=True)[:4]))
+    viewer.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
+    main(parser.parse_args().steps)

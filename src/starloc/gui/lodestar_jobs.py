@@ -1,0 +1,86 @@
+"""The long-running work of the LodeSTAR widget, as generators for napari workers.
+
+Every job is a generator that yields progress and returns its result; it gets copies of
+its inputs (crops, one frame, frozen parameter dataclasses) made on the main thread and
+never touches a layer, widget or the viewer. User-facing errors (``StarlocError``) are
+returned as :class:`Failure` rather than raised, so the GUI shows their one-line message
+instead of napari's traceback notification. Cancelling = the worker stops iterating.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from starloc.errors import StarlocError
+from starloc.lodestar.detection import DetectParams, detect, score_map
+from starloc.lodestar.inference import iter_detect
+from starloc.lodestar.model import LodeSTAR, Maps
+from starloc.lodestar.training import TrainConfig, train
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A user-facing error raised inside a job (its message is shown as a notification)."""
+
+    error: StarlocError
+
+
+@dataclass(frozen=True)
+class Detected:
+    """Result of re-running detection on cached maps: detections and the score map ``(h, w)``."""
+
+    detections: object
+    score: np.ndarray
+
+
+def _limit_threads() -> None:
+    """Leave one core to the GUI (torch releases the GIL while it computes)."""
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+
+
+def train_job(crops: list[np.ndarray], config: TrainConfig, frame: np.ndarray, augment: bool):
+    """Train on the crops (yields :class:`~starloc.lodestar.training.Progress`), then compute
+    the maps of ``frame`` ``(1, C, H, W)``. Returns ``(model, maps)`` or a :class:`Failure`."""
+    _limit_threads()
+    try:
+        model = yield from train(crops, config)
+        maps = model.maps(frame, augment=augment)
+    except StarlocError as exc:
+        return Failure(exc)
+    finally:
+        if config.device.startswith("cuda") and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return model, maps
+
+
+def maps_job(model: LodeSTAR, frame: np.ndarray, augment: bool):
+    """Maps of one frame ``(1, C, H, W)``; yields once first so a queued job can be cancelled."""
+    _limit_threads()
+    yield (0, 1)
+    try:
+        return model.maps(frame, augment=augment)
+    except StarlocError as exc:
+        return Failure(exc)
+
+
+def detect_job(maps: Maps, params: DetectParams):
+    """Detection (and the score map) on cached maps of one frame, for large images."""
+    yield (0, 1)
+    return run_detect(maps, params)
+
+
+def run_detect(maps: Maps, params: DetectParams) -> Detected:
+    return Detected(detect(maps, params), score_map(maps, params.alpha, params.beta)[0])
+
+
+def detect_all_job(model: LodeSTAR, image, params: DetectParams, rgb: str, augment: bool, chunk: int = 4):
+    """Detection on every frame of a (possibly lazy) image; yields ``(done, total)``."""
+    _limit_threads()
+    try:
+        return (yield from iter_detect(model, image, params, chunk=chunk, rgb=rgb, augment=augment))
+    except StarlocError as exc:
+        return Failure(exc)

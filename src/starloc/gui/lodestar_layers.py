@@ -1,0 +1,87 @@
+"""Result layers of the LodeSTAR widget: add them once, refresh them in place afterwards.
+
+Main thread only. Each layer gets the scale and translate of the source image layer, so
+maps and detections sit exactly on the image whatever its pixel size or offset.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from starloc.gui.lodestar_source import OUTPUT_KEY, ImageSource
+from starloc.lodestar.detection import Detections
+
+FEATURES = ("score", "weight", "consistency")
+POINT_SIZE = 4  # in image pixels (the layer's scale applies)
+
+
+def _existing(viewer, name: str, kind: str):
+    for layer in viewer.layers:
+        if layer.name == name and type(layer).__name__ == kind:
+            return layer
+    return None
+
+
+def show_map(viewer, name: str, values: np.ndarray, src: ImageSource, colormap: str, frame: int):
+    """Add or refresh a 2D Image layer ``(H, W)`` aligned with the source's spatial axes."""
+    meta = {OUTPUT_KEY: True, "source": src.name, "frame": frame}
+    layer = _existing(viewer, name, "Image")
+    if layer is not None and layer.ndim == 2:
+        layer.data = values
+        layer.scale, layer.translate = src.scale, src.translate
+        layer.metadata.update(meta)
+        layer.contrast_limits = _limits(values)
+        return layer
+    if layer is not None:
+        viewer.layers.remove(layer)
+    return viewer.add_image(
+        values, name=name, scale=src.scale, translate=src.translate, colormap=colormap,
+        blending="additive", opacity=0.6, contrast_limits=_limits(values), metadata=meta,
+    )
+
+
+def _limits(values: np.ndarray) -> tuple[float, float]:
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+def points_data(found: Detections, src: ImageSource, with_frame: bool) -> np.ndarray:
+    """``(N, 2)`` (row, col), or ``(N, 3)`` (frame, row, col) when ``with_frame``."""
+    pos = np.asarray(found.positions, dtype=float)[:, :2].reshape(-1, 2)
+    if with_frame:
+        return np.column_stack([np.asarray(found.frame, dtype=float), pos])
+    return pos
+
+
+def show_points(viewer, name: str, found: Detections, src: ImageSource, with_frame: bool, metadata=None):
+    """Add or refresh a Points layer of detections with features coloured by score.
+
+    ``with_frame``: data ``(frame, row, col)`` with the source's full scale/translate (a
+    time-lapse); else ``(row, col)`` with its spatial scale/translate.
+    """
+    data = points_data(found, src, with_frame)
+    features = {k: np.asarray(found.features.get(k, np.zeros(len(data))), dtype=float) for k in FEATURES}
+    scale = src.full_scale if with_frame else src.scale
+    translate = src.full_translate if with_frame else src.translate
+    meta = {OUTPUT_KEY: True, "source": src.name, **(metadata or {})}
+    layer = _existing(viewer, name, "Points")
+    if layer is not None and layer.ndim == data.shape[1]:
+        layer.data = data
+        layer.features = features
+        layer.scale, layer.translate = scale, translate
+        layer.metadata.update(meta)
+        layer.refresh_colors(update_color_mapping=True)
+        return layer
+    if layer is not None:
+        viewer.layers.remove(layer)
+    return viewer.add_points(
+        data, name=name, features=features, face_color="score", face_colormap="viridis",
+        border_color="white", border_width=0.1, size=POINT_SIZE, scale=scale, translate=translate,
+        metadata=meta, out_of_slice_display=False,
+    )
+
+
+def remove(viewer, *names: str) -> None:
+    for layer in list(viewer.layers):
+        if layer.name in names and layer.metadata.get(OUTPUT_KEY):
+            viewer.layers.remove(layer)

@@ -1,0 +1,162 @@
+"""How the LodeSTAR widget reads napari layers: image axes, the current frame, crop rectangles.
+
+No Qt here, only napari layer objects and numpy. Everything the training or inference
+worker needs is copied out of the layers on the main thread by these functions, so the
+worker never touches a layer. Positions are (row, col) in the image layer's *data*
+coordinates (pixels, centres at integers); frames are 0-based.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from starloc.errors import InputError
+from starloc.io import as_frames
+
+#: Names of the layers the widget creates (and refreshes in place).
+CROP_LAYER = "LodeSTAR crop"
+WEIGHT_LAYER = "LodeSTAR weight map"
+SCORE_LAYER = "LodeSTAR score map"
+POINTS_LAYER = "LodeSTAR detections"
+ALL_POINTS_LAYER = "LodeSTAR detections (all frames)"
+#: Marks the layers made by the widget (not offered as input images).
+OUTPUT_KEY = "starloc_output"
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """A napari image layer as LodeSTAR sees it.
+
+    data: the array (level 0 of a multiscale image), possibly lazy (dask, zarr).
+    rgb: ``"gray"`` for RGB(A) layers (converted to gray by luminance), else ``"error"``.
+    n_frames: 1 for a 2D image, T for a T×Y×X time-lapse.
+    height, width: frame size in pixels.
+    scale, translate: of the layer's last two (spatial) axes; ``full_scale``/``full_translate``
+    of all its axes (with the time axis first for a time-lapse).
+    """
+
+    name: str
+    data: Any
+    rgb: str
+    n_frames: int
+    height: int
+    width: int
+    scale: tuple[float, float]
+    translate: tuple[float, float]
+    full_scale: tuple[float, ...]
+    full_translate: tuple[float, ...]
+
+    @property
+    def is_timelapse(self) -> bool:
+        return self.ndim == 3
+
+    @property
+    def ndim(self) -> int:
+        return len(self.full_scale)
+
+    def describe(self) -> str:
+        size = f"{self.height}×{self.width} px"
+        if self.is_timelapse:
+            return f"time-lapse: {self.n_frames} frames of {size} (first axis = time)"
+        return f"2D image, {size}" + (" (RGB → gray)" if self.rgb == "gray" else "")
+
+
+def image_source(layer) -> ImageSource:
+    """Interpret an Image layer: 2D, T×Y×X (first axis = time), or RGB(A) of either.
+
+    InputError for layers LodeSTAR cannot read unambiguously: 4D+ non-RGB data (e.g.
+    T×Z×Y×X or with a channel axis), 1D data.
+    """
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    rgb = bool(getattr(layer, "rgb", False))
+    shape = tuple(int(s) for s in np.shape(data))
+    spatial_ndim = len(shape) - (1 if rgb else 0)
+    if spatial_ndim > 3:
+        raise InputError(
+            f"layer {layer.name!r} has {spatial_ndim} dimensions {shape}; LodeSTAR works on 2D "
+            "images or T×Y×X time-lapses (first axis = time). Split the channels or z-planes "
+            "into separate layers (layer list: right-click › Split Stack) and choose one"
+        )
+    if spatial_ndim < 2:
+        raise InputError(f"layer {layer.name!r} has shape {shape}; LodeSTAR needs a 2D image or a T×Y×X time-lapse")
+    if rgb and shape[-1] not in (3, 4):
+        raise InputError(f"layer {layer.name!r} is RGB with {shape[-1]} samples per pixel; expected 3 or 4")
+    h, w = shape[spatial_ndim - 2 : spatial_ndim]
+    n_frames = shape[0] if spatial_ndim == 3 else 1
+    scale = tuple(float(s) for s in layer.scale)
+    translate = tuple(float(t) for t in layer.translate)
+    return ImageSource(
+        name=layer.name, data=data, rgb="gray" if rgb else "error", n_frames=n_frames,
+        height=h, width=w, scale=scale[-2:], translate=translate[-2:],
+        full_scale=scale, full_translate=translate,
+    )
+
+
+def current_frame(layer, world_point) -> int:
+    """0-based frame of a time-lapse layer shown at the viewer's world position (0 for 2D)."""
+    src = image_source(layer)
+    if not src.is_timelapse:
+        return 0
+    data_point = np.asarray(layer.world_to_data(tuple(world_point)), dtype=float)
+    return int(np.clip(round(float(data_point[0])), 0, src.n_frames - 1))
+
+
+def read_frame(src: ImageSource, frame: int) -> np.ndarray:
+    """One frame as float32 ``(1, C, H, W)`` (a copy, safe to hand to a worker)."""
+    part = src.data[frame : frame + 1] if src.is_timelapse else src.data
+    return as_frames(part, rgb=src.rgb)
+
+
+def rectangle_to_crop(vertices_data: np.ndarray) -> tuple[int, int, int, int]:
+    """``(row, col, height, width)`` of the pixels whose centres lie inside a rectangle.
+
+    ``vertices_data``: ``(M, 2)`` vertices in image data coordinates (row, col); a rotated
+    rectangle counts by its bounding box.
+    """
+    v = np.asarray(vertices_data, dtype=float)
+    lo, hi = v.min(axis=0), v.max(axis=0)
+    eps = 1e-6
+    first = [math.ceil(x - eps) for x in lo]
+    last = [math.floor(x + eps) for x in hi]
+    return first[0], first[1], last[0] - first[0] + 1, last[1] - first[1] + 1
+
+
+def rectangles_in_image(shapes_layer, image_layer, use_all: bool = False) -> list[tuple[int, int, int, int]]:
+    """Crops ``(row, col, height, width)`` of the image layer drawn as rectangles.
+
+    The last rectangle (or all of them with ``use_all``) of ``shapes_layer``; vertices go
+    from the Shapes layer's data to world coordinates and then to the image's data
+    coordinates, so the two layers may have different scale and translate.
+    InputError when there is no rectangle.
+    """
+    rects = [
+        np.asarray(d) for d, kind in zip(shapes_layer.data, shapes_layer.shape_type) if kind == "rectangle"
+    ] if shapes_layer is not None else []
+    if not rects:
+        raise InputError(
+            f"no rectangle to train on: click 'Draw crop', then drag a rectangle around one object "
+            f"in the {CROP_LAYER!r} layer"
+        )
+    chosen = rects if use_all else rects[-1:]
+    crops = []
+    for verts in chosen:
+        in_image = np.array([
+            np.asarray(image_layer.world_to_data(shapes_layer.data_to_world(v)), dtype=float)[-2:]
+            for v in verts
+        ])
+        crops.append(rectangle_to_crop(in_image))
+    return crops
+
+
+def to_uint8(crop: np.ndarray) -> np.ndarray:
+    """A crop ``(C, h, w)`` or ``(h, w)`` as a contrast-stretched uint8 ``(h, w)`` for display."""
+    a = np.asarray(crop, dtype=np.float32)
+    if a.ndim == 3:
+        a = a.mean(axis=0)
+    lo, hi = np.percentile(a, (1, 99.5)) if a.size else (0.0, 1.0)
+    scaled = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+    return np.ascontiguousarray(np.clip(scaled * 255, 0, 255).astype(np.uint8))

@@ -1,0 +1,813 @@
+"""The LodeSTAR dock widget: draw one crop, train, inspect maps and detections, export.
+
+Layout and wiring only; reading layers is in :mod:`.lodestar_source`, the work that runs on
+napari workers in :mod:`.lodestar_jobs`, the result layers in :mod:`.lodestar_layers`.
+Bad input is reported with ``show_error`` (one line saying what to do), never a traceback.
+
+No ``from __future__ import annotations`` here: napari injects the viewer by reading the
+real annotation of ``__init__`` (a string annotation breaks ``add_plugin_dock_widget``).
+"""
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import napari
+import numpy as np
+import torch
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtGui import QImage, QPixmap
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from starloc.errors import InputError, StarlocError
+from starloc.gui import lodestar_layers as layers_
+from starloc.gui.lodestar_jobs import (
+    Detected,
+    Failure,
+    detect_all_job,
+    detect_job,
+    maps_job,
+    run_detect,
+    train_job,
+)
+from starloc.gui.lodestar_source import (
+    ALL_POINTS_LAYER,
+    CROP_LAYER,
+    OUTPUT_KEY,
+    POINTS_LAYER,
+    SCORE_LAYER,
+    WEIGHT_LAYER,
+    current_frame,
+    image_source,
+    read_frame,
+    rectangles_in_image,
+    to_uint8,
+)
+from starloc.lodestar.detection import CUTOFF_MODES, DetectParams, to_image_resolution
+from starloc.lodestar.inference import extract_crops
+from starloc.lodestar.model import LodeSTAR
+from starloc.lodestar.network import NetworkConfig
+from starloc.lodestar.training import TrainConfig
+from starloc.progress import finish
+
+THUMBNAIL_PX = 96
+DEBOUNCE_MS = 200
+
+
+def available_devices() -> list[str]:
+    """Torch devices that can actually be used here (cpu first)."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+class LodeSTARWidget(QWidget):
+    """Train LodeSTAR on a drawn crop and detect objects, without leaving napari.
+
+    Signals (for scripts and tests): ``job_finished(kind, outcome)`` after every job
+    (kind: train, maps, detect, detect_all; outcome: returned, aborted, failed) and
+    ``detection_updated()`` whenever the detection layers have been refreshed.
+
+    ``use_threads = False`` runs the jobs on the calling thread (debugging, tests).
+    ``network_config`` is the architecture of newly trained models (``in_channels`` is
+    set from the image).
+    """
+
+    job_finished = Signal(str, str)
+    detection_updated = Signal()
+
+    def __init__(self, viewer: napari.viewer.Viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = viewer
+        self.use_threads = True
+        self.network_config = NetworkConfig()
+        #: Re-run detection on a worker when the frame has more pixels than this.
+        self.worker_pixels = 2048 * 2048
+        self.model = None
+        self.model_origin = ""
+        self.worker = None
+        self._job_kind = None
+        self._job_id = 0
+        self._cancelled = False
+        self._maps = None  # Maps of one frame, cached: detection reruns without the network
+        self._maps_key = None  # (layer name, frame, augment) the cached maps belong to
+        self._detections = None
+        self._announced = set()
+
+        self._build_ui()
+        self._detect_timer = self._timer(self._redetect)
+        self._frame_timer = self._timer(self._follow_frame)
+        self._preview_timer = self._timer(self._update_crop_preview, 100)
+
+        self.viewer.layers.events.inserted.connect(self._on_layers_changed)
+        self.viewer.layers.events.removed.connect(self._on_layers_changed)
+        self.viewer.layers.events.moved.connect(self._on_layers_changed)
+        self.viewer.dims.events.current_step.connect(self._on_step)
+        for layer in self.viewer.layers:
+            layer.events.name.connect(self._on_layers_changed)
+        self._refresh_image_choices()
+        crop = self._crop_layer()
+        if crop is not None:
+            crop.events.data.connect(self._schedule_preview)
+        self._set_busy(None)
+        # Results of a job that ends after the widget is gone (viewer closed) are dropped.
+        self.destroyed.connect(lambda *_: self._shutdown())
+
+    def _shutdown(self) -> None:
+        self._job_id += 1
+        self._job_kind = None
+        if self.worker is not None:
+            self.worker.quit()
+        try:
+            self.viewer.dims.events.current_step.disconnect(self._on_step)
+            self.viewer.layers.events.inserted.disconnect(self._on_layers_changed)
+            self.viewer.layers.events.removed.disconnect(self._on_layers_changed)
+            self.viewer.layers.events.moved.disconnect(self._on_layers_changed)
+        except Exception:  # the viewer may be gone already
+            pass
+
+    # ------------------------------------------------------------------ UI
+    def _timer(self, slot, ms=DEBOUNCE_MS) -> QTimer:
+        timer = QTimer(self)
+        timer.setSingleShot(True)
+        timer.setInterval(ms)
+        timer.timeout.connect(slot)
+        return timer
+
+    def _build_ui(self) -> None:
+        root = QVBoxLayout(self)
+
+        top = QFormLayout()
+        self.image_combo = QComboBox()
+        self.image_combo.setToolTip("2D image, T×Y×X time-lapse (first axis = time) or RGB (used as gray)")
+        self.image_combo.currentIndexChanged.connect(self._on_image_changed)
+        top.addRow("Image", self.image_combo)
+        self.image_info = QLabel("no image layer")
+        self.image_info.setWordWrap(True)
+        top.addRow(self.image_info)
+        root.addLayout(top)
+
+        # Training crop
+        crop_box = QGroupBox("Training crop")
+        crop_layout = QVBoxLayout(crop_box)
+        row = QHBoxLayout()
+        self.draw_button = QPushButton("Draw crop")
+        self.draw_button.setToolTip(f"Add a rectangle around ONE object in the {CROP_LAYER!r} layer")
+        self.draw_button.clicked.connect(self.start_drawing)
+        row.addWidget(self.draw_button)
+        self.all_rects_check = QCheckBox("Use all rectangles")
+        self.all_rects_check.setToolTip("Train on every rectangle (one object each) instead of the last one")
+        self.all_rects_check.toggled.connect(self._schedule_preview)
+        row.addWidget(self.all_rects_check)
+        crop_layout.addLayout(row)
+        row = QHBoxLayout()
+        self.thumbnail = QLabel()
+        self.thumbnail.setFixedSize(THUMBNAIL_PX, THUMBNAIL_PX)
+        self.thumbnail.setAlignment(Qt.AlignCenter)
+        self.thumbnail.setStyleSheet("border: 1px solid gray;")
+        row.addWidget(self.thumbnail)
+        self.crop_info = QLabel("no crop yet")
+        self.crop_info.setWordWrap(True)
+        row.addWidget(self.crop_info, 1)
+        crop_layout.addLayout(row)
+        root.addWidget(crop_box)
+
+        # Training
+        train_box = QGroupBox("Training")
+        train_layout = QVBoxLayout(train_box)
+        form = QFormLayout()
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(available_devices())
+        form.addRow("Device", self.device_combo)
+        self.seed_spin = QSpinBox()
+        self.seed_spin.setRange(0, 2**31 - 1)
+        form.addRow("Seed", self.seed_spin)
+        self.max_steps_spin = QSpinBox()
+        self.max_steps_spin.setRange(1, 100_000)
+        self.max_steps_spin.setValue(TrainConfig.max_steps)
+        self.max_steps_spin.setToolTip("Upper bound; training stops earlier when the loss stops improving")
+        form.addRow("Max steps", self.max_steps_spin)
+        train_layout.addLayout(form)
+
+        self.advanced_box = QGroupBox("Advanced")
+        self.advanced_box.setCheckable(True)
+        self.advanced_box.setChecked(False)
+        adv_outer = QVBoxLayout(self.advanced_box)
+        self._advanced_content = QWidget()
+        adv = QFormLayout(self._advanced_content)
+        adv.setContentsMargins(0, 0, 0, 0)
+        self.min_steps_spin = self._int_spin(0, 100_000, TrainConfig.min_steps, "No early stop before this step")
+        adv.addRow("Min steps", self.min_steps_spin)
+        self.patience_spin = self._int_spin(1, 100_000, TrainConfig.patience, "Steps without improvement = plateau")
+        adv.addRow("Patience", self.patience_spin)
+        self.copies_spin = self._int_spin(2, 64, TrainConfig.copies, "Transformed copies of the crop per step")
+        adv.addRow("Copies", self.copies_spin)
+        self.lr_spin = self._float_spin(1e-5, 1.0, TrainConfig.lr, 5, 1e-4)
+        adv.addRow("Learning rate", self.lr_spin)
+        self.noise_spin = self._float_spin(1.0, 100.0, TrainConfig.noise, 2, 0.5)
+        self.noise_spin.setToolTip("Noise augmentation: SNR lowered by up to this factor (1 = off)")
+        adv.addRow("Noise factor", self.noise_spin)
+        self.translate_spin = self._float_spin(0.0, 10.0, TrainConfig.translate, 2, 0.5)
+        adv.addRow("Translation (px)", self.translate_spin)
+        self.rf_label = QLabel()
+        adv.addRow("Receptive field", self.rf_label)
+        adv_outer.addWidget(self._advanced_content)
+        self._advanced_content.setVisible(False)
+        self.advanced_box.toggled.connect(self._advanced_content.setVisible)
+        train_layout.addWidget(self.advanced_box)
+
+        row = QHBoxLayout()
+        self.train_button = QPushButton("Train")
+        self.train_button.clicked.connect(self.train)
+        row.addWidget(self.train_button)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel)
+        row.addWidget(self.cancel_button)
+        train_layout.addLayout(row)
+        self.progress = QProgressBar()
+        self.progress.setFormat("%v / %m")
+        train_layout.addWidget(self.progress)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        train_layout.addWidget(self.status)
+        self.model_info = QLabel("Model: none")
+        self.model_info.setWordWrap(True)
+        train_layout.addWidget(self.model_info)
+        root.addWidget(train_box)
+
+        # Detection
+        det_box = QGroupBox("Detection")
+        det_layout = QVBoxLayout(det_box)
+        form = QFormLayout()
+        defaults = DetectParams()
+        self.alpha_spin = self._float_spin(0.0, 1.0, defaults.alpha, 3, 0.05)
+        self.alpha_spin.setToolTip("Score = weight^α · clustering^β")
+        form.addRow("α", self.alpha_spin)
+        self.beta_spin = self._float_spin(-0.05, 10.0, -0.05, 3, 0.05)
+        self.beta_spin.setSpecialValueText("auto (1 − α)")
+        form.addRow("β", self.beta_spin)
+        self.mode_combo = QComboBox()
+        self.mode_combo.addItems(CUTOFF_MODES)
+        self.mode_combo.setToolTip("quantile: of the score map; ratio: of its maximum; absolute: the score itself")
+        form.addRow("Cutoff mode", self.mode_combo)
+        self.cutoff_spin = self._float_spin(0.0, 1.0, defaults.cutoff, 4, 0.01)
+        form.addRow("Cutoff", self.cutoff_spin)
+        self.augment_check = QCheckBox("Average 8 rotations/flips (8× slower)")
+        form.addRow(self.augment_check)
+        det_layout.addLayout(form)
+        for spin in (self.alpha_spin, self.beta_spin, self.cutoff_spin):
+            spin.valueChanged.connect(self._schedule_detect)
+        self.mode_combo.currentTextChanged.connect(self._on_mode_changed)
+        self.augment_check.toggled.connect(self._on_augment_changed)
+        self.detect_info = QLabel("")
+        det_layout.addWidget(self.detect_info)
+        self.detect_all_button = QPushButton("Detect all frames")
+        self.detect_all_button.clicked.connect(self.detect_all)
+        det_layout.addWidget(self.detect_all_button)
+        root.addWidget(det_box)
+
+        # Model and export
+        io_box = QGroupBox("Model and results")
+        row = QHBoxLayout(io_box)
+        self.save_button = QPushButton("Save model…")
+        self.save_button.clicked.connect(self._save_dialog)
+        self.load_button = QPushButton("Load model…")
+        self.load_button.clicked.connect(self._load_dialog)
+        self.export_button = QPushButton("Export points…")
+        self.export_button.clicked.connect(self._export_dialog)
+        for b in (self.save_button, self.load_button, self.export_button):
+            row.addWidget(b)
+        root.addWidget(io_box)
+        root.addStretch(1)
+        self._update_rf_label()
+
+    @staticmethod
+    def _int_spin(lo, hi, value, tip=""):
+        spin = QSpinBox()
+        spin.setRange(lo, hi)
+        spin.setValue(value)
+        spin.setToolTip(tip)
+        return spin
+
+    @staticmethod
+    def _float_spin(lo, hi, value, decimals, step):
+        spin = QDoubleSpinBox()
+        spin.setDecimals(decimals)
+        spin.setRange(lo, hi)
+        spin.setSingleStep(step)
+        spin.setValue(value)
+        return spin
+
+    def _update_rf_label(self) -> None:
+        rf = self.network_config.receptive_field
+        self.rf_label.setText(f"{rf} px (smallest crop)")
+
+    def set_network_config(self, config: NetworkConfig) -> None:
+        """Architecture of the next trained model (e.g. deeper for objects > 20 px)."""
+        self.network_config = config
+        self._update_rf_label()
+        self._schedule_preview()
+
+    # ------------------------------------------------------------------ parameters
+    def train_config(self) -> TrainConfig:
+        """The training settings of the widget, frozen (handed to the worker)."""
+        return TrainConfig(
+            max_steps=self.max_steps_spin.value(),
+            min_steps=min(self.min_steps_spin.value(), self.max_steps_spin.value()),
+            patience=self.patience_spin.value(),
+            copies=self.copies_spin.value(),
+            lr=self.lr_spin.value(),
+            noise=self.noise_spin.value(),
+            translate=self.translate_spin.value(),
+            seed=self.seed_spin.value(),
+            device=self.device_combo.currentText(),
+            network=self.network_config,
+        )
+
+    def detect_params(self) -> DetectParams:
+        beta = self.beta_spin.value()
+        return DetectParams(
+            alpha=self.alpha_spin.value(),
+            beta=None if beta <= self.beta_spin.minimum() else beta,
+            cutoff=self.cutoff_spin.value(),
+            mode=self.mode_combo.currentText(),
+        )
+
+    @property
+    def device(self) -> str:
+        return self.device_combo.currentText()
+
+    # ------------------------------------------------------------------ layers
+    def _image_layers(self):
+        return [
+            layer for layer in self.viewer.layers
+            if isinstance(layer, napari.layers.Image) and not layer.metadata.get(OUTPUT_KEY)
+        ]
+
+    def _refresh_image_choices(self) -> None:
+        current = self.image_combo.currentText()
+        names = [layer.name for layer in self._image_layers()]
+        self.image_combo.blockSignals(True)
+        self.image_combo.clear()
+        self.image_combo.addItems(names)
+        if current in names:
+            self.image_combo.setCurrentText(current)
+        self.image_combo.blockSignals(False)
+        if self.image_combo.currentText() != current:
+            self._on_image_changed()
+
+    def _on_layers_changed(self, event=None) -> None:
+        if event is not None and getattr(event, "type", "") == "inserted":
+            event.value.events.name.connect(self._on_layers_changed)
+            if event.value.name == CROP_LAYER:
+                event.value.events.data.connect(self._schedule_preview)
+        self._refresh_image_choices()
+
+    def image_layer(self):
+        name = self.image_combo.currentText()
+        for layer in self._image_layers():
+            if layer.name == name:
+                return layer
+        return None
+
+    def set_image_layer(self, layer) -> None:
+        self.image_combo.setCurrentText(layer.name)
+
+    def _crop_layer(self):
+        for layer in self.viewer.layers:
+            if layer.name == CROP_LAYER and isinstance(layer, napari.layers.Shapes):
+                return layer
+        return None
+
+    def _on_image_changed(self, *_) -> None:
+        self._maps, self._maps_key, self._detections = None, None, None
+        layer = self.image_layer()
+        if layer is None:
+            self.image_info.setText("no image layer: open an image or a sample (File › Open Sample)")
+        else:
+            try:
+                src = image_source(layer)
+            except InputError as exc:
+                self.image_info.setText(str(exc))
+            else:
+                self.image_info.setText(src.describe())
+                if src.is_timelapse and layer.name not in self._announced:
+                    self._announced.add(layer.name)
+                    show_info(
+                        f"LodeSTAR: the first axis of {layer.name!r} ({src.n_frames}) is taken as time; "
+                        "each frame is a separate 2D image (a z-stack is treated the same way)"
+                    )
+                if self.model is not None:
+                    self._frame_timer.start()
+        self._schedule_preview()
+
+    def _source(self):
+        """``(layer, ImageSource)`` of the chosen image, or None after telling the user why."""
+        layer = self.image_layer()
+        if layer is None:
+            show_error("LodeSTAR: no image layer; open an image or a sample (File › Open Sample) and choose it")
+            return None
+        try:
+            return layer, image_source(layer)
+        except InputError as exc:
+            show_error(f"LodeSTAR: {exc}")
+            return None
+
+    def _frame_of(self, layer) -> int:
+        return current_frame(layer, self.viewer.dims.point)
+
+    # ------------------------------------------------------------------ crop
+    def start_drawing(self) -> None:
+        """Create (or reuse) the crop Shapes layer and switch it to rectangle mode."""
+        found = self._source()
+        if found is None:
+            return
+        _, src = found
+        shapes = self._crop_layer()
+        if shapes is None:
+            shapes = self.viewer.add_shapes(
+                ndim=2, name=CROP_LAYER, scale=src.scale, translate=src.translate,
+                edge_color="yellow", face_color="transparent", edge_width=0.5,
+            )
+        self.viewer.layers.selection.active = shapes
+        shapes.mode = "add_rectangle"
+        show_info("LodeSTAR: drag a rectangle around ONE object (a bit larger than it), then click Train")
+
+    def crops(self):
+        """``(rectangles, crops, frame, src)`` for training, or raises InputError."""
+        layer = self.image_layer()
+        if layer is None:
+            raise InputError("no image layer; open an image or a sample (File › Open Sample) and choose it")
+        src = image_source(layer)
+        rects = rectangles_in_image(self._crop_layer(), layer, self.all_rects_check.isChecked())
+        frame = self._frame_of(layer)
+        crops = extract_crops(src.data, rects, frame=frame, min_size=self.network_config.receptive_field, rgb=src.rgb)
+        return rects, crops, frame, src
+
+    def _schedule_preview(self, *_) -> None:
+        self._preview_timer.start()
+
+    def _update_crop_preview(self) -> None:
+        try:
+            rects, crops, frame, src = self.crops()
+        except InputError as exc:
+            self.crop_info.setText(str(exc))
+            self.thumbnail.clear()
+            return
+        sizes = ", ".join(f"{h}×{w}" for _, _, h, w in rects)
+        where = f" (frame {frame})" if src.is_timelapse else ""
+        self.crop_info.setText(
+            f"{len(crops)} crop(s): {sizes} px{where}; minimum {self.network_config.receptive_field} px"
+        )
+        pixels = to_uint8(crops[-1])
+        h, w = pixels.shape
+        image = QImage(pixels.data, w, h, w, QImage.Format_Grayscale8).copy()
+        self.thumbnail.setPixmap(
+            QPixmap.fromImage(image).scaled(THUMBNAIL_PX, THUMBNAIL_PX, Qt.KeepAspectRatio, Qt.FastTransformation)
+        )
+
+    # ------------------------------------------------------------------ jobs
+    def _set_busy(self, kind) -> None:
+        self._job_kind = kind
+        long_job = kind in ("train", "detect_all")
+        for button in (self.train_button, self.detect_all_button, self.load_button, self.draw_button):
+            button.setEnabled(not long_job)
+        self.cancel_button.setEnabled(kind is not None)
+
+    def is_busy(self) -> bool:
+        return self._job_kind is not None
+
+    def _start(self, kind, gen, on_yield, on_return):
+        """Run ``gen`` on a napari worker (or inline); returns the worker (None inline)."""
+        if self._job_kind is not None:
+            if self._job_kind in ("maps", "detect") and kind in ("train", "detect_all", "maps", "detect"):
+                self._quit_worker()
+            else:
+                show_error("LodeSTAR: busy; wait for the current job or cancel it")
+                return None
+        self._job_id += 1
+        job = self._job_id
+        self._cancelled = False
+        self._set_busy(kind)
+
+        def returned(result):
+            if job != self._job_id:
+                return
+            self._set_busy(None)
+            if self._cancelled:
+                self.job_finished.emit(kind, "aborted")
+                return
+            if isinstance(result, Failure):
+                show_error(f"LodeSTAR: {result.error}")
+                self.job_finished.emit(kind, "failed")
+                return
+            on_return(result)
+            self.job_finished.emit(kind, "returned")
+            self._after_job()
+
+        def aborted():
+            if job != self._job_id:
+                return
+            self._set_busy(None)
+            self.job_finished.emit(kind, "aborted")
+
+        def errored(exc):  # a bug: napari also shows it with its traceback
+            if job != self._job_id:
+                return
+            self._set_busy(None)
+            self.job_finished.emit(kind, "failed")
+
+        def yielded(value):
+            if job == self._job_id:
+                on_yield(value)
+
+        if not self.use_threads:
+            self.worker = None
+            try:
+                result = finish(gen, yielded)
+            except Exception as exc:
+                errored(exc)
+                raise
+            returned(result)
+            return None
+        worker = create_worker(
+            lambda: (yield from gen), _start_thread=False,
+            _connect={"yielded": yielded, "returned": returned, "aborted": aborted, "errored": errored},
+        )
+        self.worker = worker
+        worker.start()
+        return worker
+
+    def _quit_worker(self) -> None:
+        self._job_id += 1  # results of the old job are ignored from now on
+        if self.worker is not None:
+            self.worker.quit()
+        self._set_busy(None)
+
+    def cancel(self) -> None:
+        """Stop the running job; training keeps the previous model and layers."""
+        if self._job_kind is None:
+            return
+        self._cancelled = True
+        if self.worker is not None:
+            self.worker.quit()
+        self.status.setText(f"{self._job_kind.replace('_', ' ')}: cancelled")
+
+    def _after_job(self) -> None:
+        """Maps of the frame now shown, if the user moved while a job ran."""
+        if self.model is not None and self._maps_key != self._wanted_maps_key():
+            self._frame_timer.start()
+
+    # ------------------------------------------------------------------ train
+    def train(self):
+        """Train a new model on the drawn crop(s) in a worker; returns the worker."""
+        if self._job_kind in ("train", "detect_all"):
+            show_error("LodeSTAR: busy; wait for the current job or cancel it")
+            return None
+        try:
+            _, crops, frame, src = self.crops()
+            frame_data = read_frame(src, frame)
+        except InputError as exc:
+            show_error(f"LodeSTAR: {exc}")
+            return None
+        config = self.train_config()
+        config = replace(config, network=replace(config.network, in_channels=frame_data.shape[1]))
+        augment = self.augment_check.isChecked()
+        key = (src.name, frame, augment)
+        self.progress.setRange(0, config.max_steps)
+        self.progress.setValue(0)
+        self.status.setText("training…")
+
+        def on_yield(p):
+            self.progress.setMaximum(p.max_steps)
+            self.progress.setValue(p.step)
+            self.status.setText(f"step {p.step}/{p.max_steps} · loss {p.loss:.4f} · {p.elapsed:.1f} s")
+
+        def on_return(result):
+            model, maps = result
+            self.model = model
+            t = model.metadata.get("training", {})
+            self.model_origin = (
+                f"trained on {len(crops)} crop(s), {t.get('steps_done', '?')} steps, "
+                f"{t.get('seconds', 0):.1f} s, consistency {t.get('final_consistency', float('nan')):.3f} px"
+            )
+            self.model_info.setText(f"Model: {self.model_origin}")
+            self.progress.setValue(self.progress.maximum())
+            self.status.setText(f"done: {self.model_origin}")
+            self._set_maps(maps, key)
+
+        return self._start("train", train_job(crops, config, frame_data, augment), on_yield, on_return)
+
+    # ------------------------------------------------------------------ maps and detection
+    def _wanted_maps_key(self):
+        layer = self.image_layer()
+        if layer is None:
+            return None
+        try:
+            return (layer.name, self._frame_of(layer), self.augment_check.isChecked())
+        except InputError:
+            return None
+
+    def _on_step(self, event=None) -> None:
+        if self.model is not None and self._maps_key is not None and self._maps_key != self._wanted_maps_key():
+            self._frame_timer.start()
+        self._schedule_preview()
+
+    def _on_augment_changed(self, *_) -> None:
+        if self.model is not None:
+            self._frame_timer.start()
+
+    def _follow_frame(self):
+        """(Re)compute the maps of the frame on screen (worker); returns the worker."""
+        if self.model is None or self._job_kind in ("train", "detect_all"):
+            return None
+        layer = self.image_layer()
+        if layer is None:
+            return None
+        try:
+            src = image_source(layer)
+            frame = self._frame_of(layer)
+            frame_data = read_frame(src, frame)
+        except InputError as exc:
+            show_error(f"LodeSTAR: {exc}")
+            return None
+        key = (src.name, frame, self.augment_check.isChecked())
+        self.status.setText(f"computing maps of frame {frame}…" if src.is_timelapse else "computing maps…")
+        return self._start("maps", maps_job(self.model, frame_data, key[2]), lambda _: None,
+                           lambda maps: self._set_maps(maps, key))
+
+    def _set_maps(self, maps, key) -> None:
+        self._maps, self._maps_key = maps, key
+        found = self._source()
+        if found is None:
+            return
+        _, src = found
+        weight = to_image_resolution(maps.weights[0], maps.stride, maps.image_shape)
+        layers_.show_map(self.viewer, WEIGHT_LAYER, weight, src, "magma", key[1])
+        if self.status.text().startswith("computing maps"):
+            self.status.setText(f"maps of frame {key[1]} ready" if src.is_timelapse else "maps ready")
+        self._redetect()
+
+    def _on_mode_changed(self, mode: str) -> None:
+        if mode == "absolute":
+            self.cutoff_spin.setMaximum(1e9)
+        else:
+            self.cutoff_spin.setMaximum(1.0)
+            if mode == "ratio" and self.cutoff_spin.value() > 0.9:
+                self.cutoff_spin.setValue(0.3)
+        self._schedule_detect()
+
+    def _schedule_detect(self, *_) -> None:
+        if self._maps is not None:
+            self._detect_timer.start()
+
+    def redetect(self) -> None:
+        """Detection on the cached maps with the current α, β, cutoff (no debounce)."""
+        self._redetect(force_sync=True)
+
+    def _redetect(self, force_sync: bool = False):
+        if self._maps is None:
+            return None
+        params = self.detect_params()
+        key = self._maps_key
+        if self._job_kind == "maps":
+            return None  # new maps are on their way; they trigger detection themselves
+        large = int(np.prod(self._maps.image_shape)) > self.worker_pixels
+        if large and not force_sync and self._job_kind in (None, "detect"):
+            return self._start("detect", detect_job(self._maps, params), lambda _: None,
+                               lambda res: self._show_detections(res, key))
+        try:
+            result = run_detect(self._maps, params)
+        except ValueError as exc:
+            show_error(f"LodeSTAR: {exc}")
+            return None
+        self._show_detections(result, key)
+        return None
+
+    def _show_detections(self, result: Detected, key) -> None:
+        found = self._source()
+        if found is None or self._maps is None:
+            return
+        _, src = found
+        frame = key[1]
+        detections = result.detections
+        detections.frame = np.full(len(detections), frame, dtype=np.int64)
+        self._detections = detections
+        score = to_image_resolution(result.score, self._maps.stride, self._maps.image_shape)
+        layers_.show_map(self.viewer, SCORE_LAYER, score, src, "viridis", frame)
+        layers_.show_points(self.viewer, POINTS_LAYER, detections, src, with_frame=src.is_timelapse,
+                            metadata={"frame": frame})
+        where = f" on frame {frame}" if src.is_timelapse else ""
+        self.detect_info.setText(f"{len(detections)} detection(s){where}")
+        self.detection_updated.emit()
+
+    def detect_all(self):
+        """Detect on every frame (worker) → one Points layer (frame, row, col); returns the worker."""
+        if self.model is None:
+            show_error("LodeSTAR: no model; train one on a crop or load one first")
+            return None
+        found = self._source()
+        if found is None:
+            return None
+        _, src = found
+        params = self.detect_params()
+        self.progress.setRange(0, src.n_frames)
+        self.progress.setValue(0)
+        self.status.setText("detecting on all frames…")
+
+        def on_yield(p):
+            done, total = p
+            self.progress.setMaximum(total)
+            self.progress.setValue(done)
+            self.status.setText(f"detecting: frame {done}/{total}")
+
+        def on_return(detections):
+            layers_.show_points(self.viewer, ALL_POINTS_LAYER, detections, src, with_frame=src.is_timelapse)
+            self.status.setText(f"{len(detections)} detection(s) in {src.n_frames} frame(s)")
+
+        gen = detect_all_job(self.model, src.data, params, src.rgb, self.augment_check.isChecked())
+        return self._start("detect_all", gen, on_yield, on_return)
+
+    # ------------------------------------------------------------------ files
+    def save_model(self, path) -> bool:
+        if self.model is None:
+            show_error("LodeSTAR: no model to save; train one first")
+            return False
+        try:
+            self.model.save(path)
+        except (StarlocError, OSError) as exc:
+            show_error(f"LodeSTAR: could not save the model: {exc}")
+            return False
+        show_info(f"LodeSTAR: model saved to {path}")
+        return True
+
+    def load_model(self, path) -> bool:
+        """Load a model file; a foreign or damaged file keeps the current model."""
+        try:
+            model = LodeSTAR.load(path, device=self.device)
+        except StarlocError as exc:
+            show_error(f"LodeSTAR: {exc}")
+            return False
+        except OSError as exc:
+            show_error(f"LodeSTAR: cannot read {str(path)!r}: {exc}")
+            return False
+        self.model = model
+        self.model_origin = f"loaded from {Path(path).name}"
+        self.model_info.setText(f"Model: {self.model_origin}")
+        self._maps, self._maps_key = None, None
+        if self.image_layer() is not None:
+            self._follow_frame()
+        return True
+
+    def export_points(self, path) -> list:
+        """Write the detections (all frames if detected, else the current frame) as CSV."""
+        layer = None
+        for name in (ALL_POINTS_LAYER, POINTS_LAYER):
+            layer = next((l for l in self.viewer.layers if l.name == name and isinstance(l, napari.layers.Points)), None)
+            if layer is not None:
+                break
+        if layer is None:
+            show_error("LodeSTAR: no detections to export; train or load a model first")
+            return []
+        try:
+            written = napari.save_layers(os.fspath(path), [layer], plugin="napari-starloc")
+        except (ValueError, OSError) as exc:
+            show_error(f"LodeSTAR: could not export {layer.name!r}: {exc}")
+            return []
+        show_info(f"LodeSTAR: {len(layer.data)} detection(s) written to {path}")
+        return written
+
+    def _save_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save LodeSTAR model", "lodestar.pt", "LodeSTAR model (*.pt)")
+        if path:
+            self.save_model(path)
+
+    def _load_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load LodeSTAR model", "", "LodeSTAR model (*.pt);;All files (*)")
+        if path:
+            self.load_model(path)
+
+    def _export_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export detections", "detections.csv", "CSV (*.csv)")
+        if path:
+            self.export_points(path)

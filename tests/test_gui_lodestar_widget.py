@@ -1,0 +1,254 @@
+"""The LodeSTAR dock widget under Xvfb: crop → train (real worker) → layers → tune → export.
+
+A tiny network (conftest.TINY) keeps training to a few seconds on a 2-core machine.
+"""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+import napari  # noqa: E402
+
+from starloc import sim  # noqa: E402
+from starloc.gui import lodestar_widget as lw  # noqa: E402
+from starloc.gui.lodestar_source import (  # noqa: E402
+    ALL_POINTS_LAYER,
+    CROP_LAYER,
+    POINTS_LAYER,
+    SCORE_LAYER,
+    WEIGHT_LAYER,
+    rectangles_in_image,
+)
+from starloc.io import read_points_csv  # noqa: E402
+from starloc.lodestar.training import TrainConfig, train  # noqa: E402
+from starloc.progress import finish  # noqa: E402
+from tests.conftest import TINY  # noqa: E402
+
+SCALE = (0.5, 0.25)
+TRANSLATE = (10.0, -5.0)
+CROP = 20  # px; TINY's receptive field is 16
+OUTPUTS = (WEIGHT_LAYER, SCORE_LAYER, POINTS_LAYER, ALL_POINTS_LAYER)
+
+
+@pytest.fixture
+def messages(monkeypatch):
+    """What the user is told: errors and infos shown by the widget."""
+    seen = {"error": [], "info": []}
+    monkeypatch.setattr(lw, "show_error", seen["error"].append)
+    monkeypatch.setattr(lw, "show_info", seen["info"].append)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def scene():
+    image, truth, _ = sim.simulate_scene("point", 12, size=(96, 96), snr=10, rng=5)
+    return image.astype(np.float32), truth
+
+
+def _crop_around(image, center, size=CROP):
+    r0, c0 = (int(round(v)) - size // 2 for v in center)
+    return image[r0 : r0 + size, c0 : c0 + size]
+
+
+@pytest.fixture(scope="module")
+def point_model(scene):
+    """A tiny model trained with the core (no Qt) for tests that only need some model."""
+    image, truth = scene
+    config = TrainConfig(max_steps=150, min_steps=150, network=TINY, seed=0)
+    return finish(train([_crop_around(image, truth[0])], config))
+
+
+def _widget(make_napari_viewer, steps=150):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-starloc", "LodeSTAR")
+    assert isinstance(widget, lw.LodeSTARWidget)
+    widget.set_network_config(TINY)
+    widget.max_steps_spin.setValue(steps)
+    widget.advanced_box.setChecked(True)
+    widget.min_steps_spin.setValue(steps)
+    widget.seed_spin.setValue(0)
+    return viewer, widget
+
+
+def _draw(widget, center, size=CROP):
+    """Draw a size×size rectangle (in image pixels) around ``center`` in the crop layer."""
+    widget.start_drawing()
+    shapes = widget.viewer.layers[CROP_LAYER]
+    r0, c0 = (int(round(v)) - size // 2 for v in center)
+    # The crop layer has the image's transform: its data coordinates are image pixels.
+    shapes.add_rectangles(np.array([[r0 - 0.5, c0 - 0.5], [r0 + size - 0.5, c0 + size - 0.5]]))
+    return shapes
+
+
+def _fraction_within(found, truth, tol=1.0):
+    d = np.hypot(*(truth[:, None, :] - found[None, :, :]).transpose(2, 0, 1))
+    return float(np.mean(d.min(axis=1) <= tol)) if len(found) else 0.0
+
+
+def _wait_job(qtbot, widget, kind, timeout=60_000):
+    return qtbot.waitSignal(widget.job_finished, timeout=timeout,
+                            check_params_cb=lambda k, outcome: k == kind)
+
+
+def test_train_in_a_worker_then_tune_save_load_and_export(make_napari_viewer, qtbot, messages, scene, tmp_path):
+    image, truth = scene
+    viewer, widget = _widget(make_napari_viewer)
+    layer = viewer.add_image(image, name="scene", scale=SCALE, translate=TRANSLATE)
+    assert widget.image_layer() is layer
+    shapes = _draw(widget, truth[0])
+    assert shapes.mode == "add_rectangle"
+    widget._update_crop_preview()
+    assert f"{CROP}×{CROP}" in widget.crop_info.text() and not widget.thumbnail.pixmap().isNull()
+
+    with _wait_job(qtbot, widget, "train") as blocker:
+        worker = widget.train()
+        assert worker is not None and widget.is_busy()
+        assert not widget.train_button.isEnabled()
+    assert blocker.args == ["train", "returned"], messages["error"]
+    assert widget.model is not None and widget.progress.value() == 150
+    assert "step 150/150" in widget.status.text() or "done" in widget.status.text()
+
+    weight, score, points = (viewer.layers[n] for n in (WEIGHT_LAYER, SCORE_LAYER, POINTS_LAYER))
+    for out in (weight, score):
+        assert out.data.shape == image.shape
+    for out in (weight, score, points):
+        np.testing.assert_allclose(out.scale, SCALE)
+        np.testing.assert_allclose(out.translate, TRANSLATE)
+    assert points.data.shape[1] == 2
+    assert set(points.features.columns) >= {"score", "weight", "consistency"}
+
+    # Tuning reruns only the detection on the cached maps (debounced).
+    maps = widget._maps
+    with qtbot.waitSignal(widget.detection_updated, timeout=5000):
+        widget.mode_combo.setCurrentText("ratio")
+        widget.cutoff_spin.setValue(0.3)
+    assert widget._maps is maps
+    assert _fraction_within(points.data, truth) >= 0.9
+    assert len(points.data) <= len(truth) + 1
+    assert messages["error"] == []
+
+    model_file = tmp_path / "model.pt"
+    assert widget.save_model(model_file)
+    foreign = tmp_path / "foreign.pt"
+    foreign.write_bytes(b"not a model")
+    trained = widget.model
+    assert not widget.load_model(foreign)
+    assert widget.model is trained and len(messages["error"]) == 1
+    with _wait_job(qtbot, widget, "maps"):
+        assert widget.load_model(model_file)
+    assert widget.model is not trained and "loaded" in widget.model_info.text()
+
+    csv = tmp_path / "points.csv"
+    assert widget.export_points(csv)
+    frames, positions, features = read_points_csv(csv)
+    np.testing.assert_allclose(positions, viewer.layers[POINTS_LAYER].data)
+    assert set(features) >= {"score", "weight", "consistency"} and np.all(frames == 0)
+
+
+def test_cancel_keeps_the_previous_model_and_adds_no_layers(make_napari_viewer, qtbot, messages, scene, point_model):
+    image, truth = scene
+    viewer, widget = _widget(make_napari_viewer, steps=5000)
+    viewer.add_image(image, name="scene")
+    _draw(widget, truth[0])
+
+    def cancel_at_step_3(progress):
+        if progress.step == 3:
+            widget.cancel()
+
+    with _wait_job(qtbot, widget, "train") as blocker:
+        widget.train().yielded.connect(cancel_at_step_3)
+    assert blocker.args == ["train", "aborted"]
+    assert widget.model is None
+    assert not any(n in viewer.layers for n in OUTPUTS)
+    assert widget.train_button.isEnabled() and not widget.is_busy()
+
+    widget.model = point_model
+    with _wait_job(qtbot, widget, "train") as blocker:
+        widget.train().yielded.connect(cancel_at_step_3)
+    assert blocker.args == ["train", "aborted"] and widget.model is point_model
+    assert messages["error"] == []
+
+
+def test_detect_all_frames_of_a_timelapse(make_napari_viewer, qtbot, messages, point_model):
+    stack, tracks = sim.simulate_timelapse(4, 5, size=(64, 64), diffusion=1.0, rng=3)
+    viewer, widget = _widget(make_napari_viewer)
+    layer = viewer.add_image(stack.astype(np.float32), name="movie", scale=(2.0, *SCALE), translate=(0, *TRANSLATE))
+    assert any("first axis" in m for m in messages["info"])
+    widget.mode_combo.setCurrentText("ratio")
+    widget.cutoff_spin.setValue(0.3)
+    widget.model = point_model
+    with _wait_job(qtbot, widget, "detect_all") as blocker:
+        widget.detect_all()
+    assert blocker.args == ["detect_all", "returned"], messages["error"]
+    points = viewer.layers[ALL_POINTS_LAYER]
+    assert points.data.shape[1] == 3
+    assert set(np.unique(points.data[:, 0])) == {0, 1, 2, 3}
+    np.testing.assert_allclose(points.scale, layer.scale)
+    np.testing.assert_allclose(points.translate, layer.translate)
+    for t in range(4):
+        assert _fraction_within(points.data[points.data[:, 0] == t, 1:], tracks[t]) >= 0.8
+
+    # The current-frame layers follow the frame slider (maps recomputed in a worker).
+    with qtbot.waitSignal(widget.detection_updated, timeout=20_000):
+        viewer.dims.set_current_step(0, 2)
+    current = viewer.layers[POINTS_LAYER]
+    assert np.all(current.data[:, 0] == 2) and len(current.data) > 0
+    assert viewer.layers[WEIGHT_LAYER].data.shape == (64, 64)
+    assert messages["error"] == []
+
+
+def test_inline_mode_and_rgb_layers(make_napari_viewer, messages, scene):
+    image, truth = scene
+    viewer, widget = _widget(make_napari_viewer, steps=3)
+    widget.use_threads = False
+    rgb = np.repeat(image[..., None], 3, axis=-1)
+    viewer.add_image(rgb, name="colour", rgb=True)
+    assert "RGB" in widget.image_info.text()
+    _draw(widget, truth[0])
+    assert widget.train() is None and widget.model is not None
+    assert viewer.layers[WEIGHT_LAYER].data.shape == image.shape
+    assert messages["error"] == []
+
+
+def test_bad_input_tells_the_user_what_to_do(make_napari_viewer, messages, scene, tmp_path):
+    image, truth = scene
+    viewer, widget = _widget(make_napari_viewer)
+
+    def last_error_after(action):
+        n = len(messages["error"])
+        action()
+        assert len(messages["error"]) == n + 1, messages["error"]
+        return messages["error"][-1]
+
+    assert "no image layer" in last_error_after(widget.train)
+    assert "no image layer" in last_error_after(widget.start_drawing)
+    viewer.add_image(image, name="scene")
+    assert "no rectangle" in last_error_after(widget.train)
+    assert "no model" in last_error_after(widget.detect_all)
+    assert "no model to save" in last_error_after(lambda: widget.save_model(tmp_path / "m.pt"))
+    assert "no detections" in last_error_after(lambda: widget.export_points(tmp_path / "p.csv"))
+    shapes = _draw(widget, truth[0], size=8)
+    assert "smaller than the minimum 16x16" in last_error_after(widget.train)
+    shapes.data = []
+    shapes.add_rectangles(np.array([[80.0, 80.0], [120.0, 120.0]]))
+    assert "outside the image" in last_error_after(widget.train)
+    (tmp_path / "foreign.pt").write_bytes(b"\x00junk")
+    assert "foreign.pt" in last_error_after(lambda: widget.load_model(tmp_path / "foreign.pt"))
+    viewer.add_image(np.zeros((2, 3, 32, 32), np.float32), name="4d")
+    widget.set_image_layer(viewer.layers["4d"])
+    assert "T×Y×X" in last_error_after(widget.train)
+    assert widget.model is None
+
+
+def test_rectangles_map_between_layers_with_different_transforms():
+    image = napari.layers.Image(np.zeros((5, 40, 60)), scale=(1, 0.5, 2.0), translate=(0, 3.0, -4.0))
+    shapes = napari.layers.Shapes(ndim=2)  # identity transform: data = world
+    # image pixels rows 10..29, cols 5..24 → world = pixel * scale + translate
+    top_left = np.array([9.5 * 0.5 + 3.0, 4.5 * 2.0 - 4.0])
+    bottom_right = np.array([29.5 * 0.5 + 3.0, 24.5 * 2.0 - 4.0])
+    shapes.add_rectangles(np.array([top_left, bottom_right]))
+    shapes.add_rectangles(np.array([[0.0, 0.0], [10.0, 10.0]]))
+    assert rectangles_in_image(shapes, image, use_all=False) == [(-6, 2, 21, 6)]
+    assert rectangles_in_image(shapes, image, use_all=True)[0] == (10, 5, 20, 20)
