@@ -13,14 +13,21 @@ import napari  # noqa: E402
 
 from starloc import sim  # noqa: E402
 from starloc.gui import lodestar_widget as lw  # noqa: E402
+from starloc.gui import lodestar_layers  # noqa: E402
 from starloc.gui.lodestar_source import (  # noqa: E402
     ALL_POINTS_LAYER,
+    CENTRE_LAYER,
     CROP_LAYER,
+    CROP_POINT,
+    CROP_RECTANGLE,
     POINTS_LAYER,
     SCORE_LAYER,
     WEIGHT_LAYER,
+    image_source,
+    points_in_image,
     rectangles_in_image,
 )
+from starloc.lodestar.detection import Detections  # noqa: E402
 from starloc.io import read_points_csv  # noqa: E402
 from starloc.lodestar.training import TrainConfig, train  # noqa: E402
 from starloc.progress import finish  # noqa: E402
@@ -64,11 +71,13 @@ def _widget(make_napari_viewer, steps=150):
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-starloc", "LodeSTAR")
     assert isinstance(widget, lw.LodeSTARWidget)
+    assert widget.crop_size_spin.value() == 40  # Point + size default
     widget.set_network_config(TINY)
     widget.max_steps_spin.setValue(steps)
     widget.advanced_box.setChecked(True)
     widget.min_steps_spin.setValue(steps)
     widget.seed_spin.setValue(0)
+    widget.crop_size_spin.setValue(CROP)
     return viewer, widget
 
 
@@ -252,3 +261,76 @@ def test_rectangles_map_between_layers_with_different_transforms():
     shapes.add_rectangles(np.array([[0.0, 0.0], [10.0, 10.0]]))
     assert rectangles_in_image(shapes, image, use_all=False) == [(-6, 2, 21, 6)]
     assert rectangles_in_image(shapes, image, use_all=True)[0] == (10, 5, 20, 20)
+
+
+def test_point_and_size_crop_matches_the_rectangle_and_trains(make_napari_viewer, qtbot, messages, scene):
+    image, truth = scene
+    viewer, widget = _widget(make_napari_viewer, steps=20)
+    layer = viewer.add_image(image, name="scene", scale=SCALE, translate=TRANSLATE)
+    assert widget.crop_size_spin.minimum() == TINY.receptive_field
+    _draw(widget, truth[0])
+    boxes_rect, crops_rect, _, _ = widget.crops()
+
+    widget.crop_source_combo.setCurrentText(CROP_POINT)
+    widget.start_drawing()
+    points = viewer.layers[CENTRE_LAYER]
+    assert isinstance(points, napari.layers.Points) and points.mode == "add"
+    assert viewer.layers.selection.active is points
+    points.add(np.asarray(truth[0]))  # the layer has the image's transform: data = image pixels
+    boxes, crops, _, _ = widget.crops()
+    expected = tuple(int(round(v)) - CROP // 2 for v in truth[0]) + (CROP, CROP)
+    assert boxes == boxes_rect == [expected]
+    np.testing.assert_array_equal(crops[0], crops_rect[0])
+    widget._update_crop_preview()
+    assert f"{CROP}×{CROP}" in widget.crop_info.text() and not widget.thumbnail.pixmap().isNull()
+
+    points.add(np.asarray(truth[1]))
+    assert len(widget.crops()[1]) == 1
+    widget.all_rects_check.setChecked(True)
+    assert len(widget.crops()[1]) == 2
+    widget.all_rects_check.setChecked(False)
+
+    with _wait_job(qtbot, widget, "train") as blocker:
+        widget.train()
+    assert blocker.args == ["train", "returned"], messages["error"]
+    assert "1 crop(s)" in widget.model_info.text()
+    assert viewer.layers[WEIGHT_LAYER].data.shape == image.shape
+
+    # Near the border the square sticks out: the core's message, no silent clipping.
+    points.add(np.array([3.0, 50.0]))
+    widget.train()
+    assert len(messages["error"]) == 1 and "outside the image" in messages["error"][0]
+    widget._update_crop_preview()
+    assert "outside the image" in widget.crop_info.text()
+
+    # No point at all, and back to rectangles.
+    points.data = np.zeros((0, 2))
+    widget.train()
+    assert "no crop centre" in messages["error"][-1]
+    widget.crop_source_combo.setCurrentText(CROP_RECTANGLE)
+    assert widget.crops()[0] == boxes_rect and layer is widget.image_layer()
+
+
+def test_points_map_between_layers_with_different_transforms():
+    image = napari.layers.Image(np.zeros((5, 40, 60)), scale=(1, 0.5, 2.0), translate=(0, 3.0, -4.0))
+    points = napari.layers.Points(np.array([[0.0, 0.0], [12.0 * 0.5 + 3.0, 20.0 * 2.0 - 4.0]]))
+    assert points_in_image(points, image, 10) == [(7, 15, 10, 10)]  # centre pixel (12, 20)
+    assert points_in_image(points, image, 9, use_all=True) == [(-10, -2, 9, 9), (8, 16, 9, 9)]
+
+
+def test_detections_stay_visible_with_a_nan_score():
+    viewer = napari.components.ViewerModel()
+    src = image_source(viewer.add_image(np.zeros((32, 32), np.float32), scale=SCALE))
+
+    def found(scores):
+        n = len(scores)
+        return Detections(np.zeros(n, np.int64), np.full((n, 2), 5.0),
+                          {"score": np.array(scores), "weight": np.ones(n), "consistency": np.ones(n)})
+
+    points = lodestar_layers.show_points(viewer, POINTS_LAYER, found([1.0, np.nan]), src, with_frame=False)
+    assert np.all(points.face_color[:, 3] > 0) and np.all(np.isfinite(points.face_color))
+    lodestar_layers.show_points(viewer, POINTS_LAYER, found([1.0, 2.0, 3.0]), src, with_frame=False)
+    assert viewer.layers[POINTS_LAYER] is points and points._face.color_mode == "colormap"
+    assert not np.allclose(points.face_color[0], points.face_color[2])
+    lodestar_layers.show_points(viewer, POINTS_LAYER, found([np.nan]), src, with_frame=False)
+    assert points._face.color_mode == "direct" and np.all(points.face_color[:, 3] > 0)

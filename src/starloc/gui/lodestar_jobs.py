@@ -10,13 +10,13 @@ instead of napari's traceback notification. Cancelling = the worker stops iterat
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from starloc.errors import StarlocError
-from starloc.lodestar.detection import DetectParams, detect, score_map
+from starloc.lodestar.detection import DetectParams, detect, score_map, to_image_resolution
 from starloc.lodestar.inference import iter_detect
 from starloc.lodestar.model import LodeSTAR, Maps
 from starloc.lodestar.training import TrainConfig, train
@@ -31,7 +31,8 @@ class Failure:
 
 @dataclass(frozen=True)
 class Detected:
-    """Result of re-running detection on cached maps: detections and the score map ``(h, w)``."""
+    """Result of re-running detection on cached maps: detections and the score map ``(H, W)``
+    (upsampled to image resolution)."""
 
     detections: object
     score: np.ndarray
@@ -44,8 +45,12 @@ def _limit_threads() -> None:
 
 def train_job(crops: list[np.ndarray], config: TrainConfig, frame: np.ndarray, augment: bool):
     """Train on the crops (yields :class:`~starloc.lodestar.training.Progress`), then compute
-    the maps of ``frame`` ``(1, C, H, W)``. Returns ``(model, maps)`` or a :class:`Failure`."""
+    the maps of ``frame`` ``(1, C, H, W)``. Returns ``(model, maps)`` or a :class:`Failure`.
+
+    The network's ``in_channels`` is taken from ``frame`` (the crops come from the same image).
+    """
     _limit_threads()
+    config = replace(config, network=replace(config.network, in_channels=frame.shape[1]))
     try:
         model = yield from train(crops, config)
         maps = model.maps(frame, augment=augment)
@@ -74,7 +79,23 @@ def detect_job(maps: Maps, params: DetectParams):
 
 
 def run_detect(maps: Maps, params: DetectParams) -> Detected:
-    return Detected(detect(maps, params), score_map(maps, params.alpha, params.beta)[0])
+    """Detections and the score map at image resolution of the one frame of ``maps``."""
+    score = score_map(maps, params.alpha, params.beta)[0]
+    return Detected(detect(maps, params), to_image_resolution(score, maps.stride, maps.image_shape))
+
+
+def weight_image(maps: Maps) -> np.ndarray:
+    """The weight map of the one frame of ``maps`` at image resolution ``(H, W)``."""
+    return to_image_resolution(maps.weights[0], maps.stride, maps.image_shape)
+
+
+def describe_training(model: LodeSTAR, n_crops: int) -> str:
+    """One line on how a freshly trained model was made (from its training metadata)."""
+    t = model.metadata.get("training", {})
+    return (
+        f"trained on {n_crops} crop(s), {t.get('steps_done', '?')} steps, "
+        f"{t.get('seconds', 0):.1f} s, consistency {t.get('final_consistency', float('nan')):.3f} px"
+    )
 
 
 def detect_all_job(model: LodeSTAR, image, params: DetectParams, rgb: str, augment: bool, chunk: int = 4):

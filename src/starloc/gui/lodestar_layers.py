@@ -13,9 +13,12 @@ from starloc.lodestar.detection import Detections
 
 FEATURES = ("score", "weight", "consistency")
 POINT_SIZE = 4  # in image pixels (the layer's scale applies)
+#: Face colour of detections when they cannot be coloured by score (a non-finite score).
+PLAIN_COLOUR = "orange"
 
 
-def _existing(viewer, name: str, kind: str):
+def find_layer(viewer, name: str, kind: str):
+    """The layer called ``name`` whose type is called ``kind`` (``"Image"``, ``"Points"``, …)."""
     for layer in viewer.layers:
         if layer.name == name and type(layer).__name__ == kind:
             return layer
@@ -25,7 +28,7 @@ def _existing(viewer, name: str, kind: str):
 def show_map(viewer, name: str, values: np.ndarray, src: ImageSource, colormap: str, frame: int):
     """Add or refresh a 2D Image layer ``(H, W)`` aligned with the source's spatial axes."""
     meta = {OUTPUT_KEY: True, "source": src.name, "frame": frame}
-    layer = _existing(viewer, name, "Image")
+    layer = find_layer(viewer, name, "Image")
     if layer is not None and layer.ndim == 2:
         layer.data = values
         layer.scale, layer.translate = src.scale, src.translate
@@ -57,25 +60,32 @@ def show_points(viewer, name: str, found: Detections, src: ImageSource, with_fra
     """Add or refresh a Points layer of detections with features coloured by score.
 
     ``with_frame``: data ``(frame, row, col)`` with the source's full scale/translate (a
-    time-lapse); else ``(row, col)`` with its spatial scale/translate.
+    time-lapse); else ``(row, col)`` with its spatial scale/translate. Points are coloured by
+    ``score`` only when every score is finite: napari makes *all* points transparent when one
+    is NaN. :func:`~starloc.lodestar.detection.detect` only keeps peaks whose score passes the
+    threshold (never NaN), but a ``PLAIN_COLOUR`` fallback keeps any other input visible.
     """
     data = points_data(found, src, with_frame)
     features = {k: np.asarray(found.features.get(k, np.zeros(len(data))), dtype=float) for k in FEATURES}
+    face = "score" if np.all(np.isfinite(features["score"])) else PLAIN_COLOUR
     scale = src.full_scale if with_frame else src.scale
     translate = src.full_translate if with_frame else src.translate
     meta = {OUTPUT_KEY: True, "source": src.name, **(metadata or {})}
-    layer = _existing(viewer, name, "Points")
+    layer = find_layer(viewer, name, "Points")
     if layer is not None and layer.ndim == data.shape[1]:
         layer.data = data
         layer.features = features
         layer.scale, layer.translate = scale, translate
         layer.metadata.update(meta)
-        layer.refresh_colors(update_color_mapping=True)
+        layer.face_color = face  # back to (or away from) the score colormap as needed
+        if face == "score":
+            layer.face_colormap = "viridis"
+            layer.refresh_colors(update_color_mapping=True)
         return layer
     if layer is not None:
         viewer.layers.remove(layer)
     return viewer.add_points(
-        data, name=name, features=features, face_color="score", face_colormap="viridis",
+        data, name=name, features=features, face_color=face, face_colormap="viridis",
         border_color="white", border_width=0.1, size=POINT_SIZE, scale=scale, translate=translate,
         metadata=meta, out_of_slice_display=False,
     )

@@ -19,12 +19,18 @@ from starloc.io import as_frames
 
 #: Names of the layers the widget creates (and refreshes in place).
 CROP_LAYER = "LodeSTAR crop"
+CENTRE_LAYER = "LodeSTAR crop centre"
 WEIGHT_LAYER = "LodeSTAR weight map"
 SCORE_LAYER = "LodeSTAR score map"
 POINTS_LAYER = "LodeSTAR detections"
 ALL_POINTS_LAYER = "LodeSTAR detections (all frames)"
 #: Marks the layers made by the widget (not offered as input images).
 OUTPUT_KEY = "starloc_output"
+#: How the training crop is given: a drawn rectangle, or a clicked centre and a size.
+CROP_RECTANGLE = "Rectangle"
+CROP_POINT = "Point + size"
+CROP_SOURCES = (CROP_RECTANGLE, CROP_POINT)
+NO_IMAGE = "no image layer; open an image or a sample (File › Open Sample) and choose it"
 
 
 @dataclass(frozen=True)
@@ -125,6 +131,31 @@ def rectangle_to_crop(vertices_data: np.ndarray) -> tuple[int, int, int, int]:
     return first[0], first[1], last[0] - first[0] + 1, last[1] - first[1] + 1
 
 
+def _to_image_data(layer, image_layer, coords) -> np.ndarray:
+    """``(M, 2)`` (row, col) in the image layer's data coordinates of points of ``layer``'s data.
+
+    Through world coordinates (``layer.data_to_world`` then ``image_layer.world_to_data``), so
+    the two layers may have different scale and translate; the last two axes are spatial.
+    """
+    return np.array([
+        np.asarray(image_layer.world_to_data(layer.data_to_world(np.asarray(v))), dtype=float)[-2:]
+        for v in coords
+    ], dtype=float).reshape(-1, 2)
+
+
+def centre_to_crop(centre_data, size: int) -> tuple[int, int, int, int]:
+    """``(row, col, size, size)``: the square of ``size`` × ``size`` pixels centred on a point.
+
+    ``centre_data``: (row, col) in image data coordinates (pixel centres at integers). The
+    point is rounded to the nearest pixel (halves up), which becomes pixel ``size // 2`` of
+    the crop on both axes. Not clipped to the image: a crop that sticks out is refused by the
+    core with a message (:func:`starloc.io.validate_crop`).
+    """
+    size = int(size)
+    row, col = (math.floor(float(v) + 0.5) - size // 2 for v in np.asarray(centre_data, dtype=float)[-2:])
+    return row, col, size, size
+
+
 def rectangles_in_image(shapes_layer, image_layer, use_all: bool = False) -> list[tuple[int, int, int, int]]:
     """Crops ``(row, col, height, width)`` of the image layer drawn as rectangles.
 
@@ -142,14 +173,24 @@ def rectangles_in_image(shapes_layer, image_layer, use_all: bool = False) -> lis
             f"in the {CROP_LAYER!r} layer"
         )
     chosen = rects if use_all else rects[-1:]
-    crops = []
-    for verts in chosen:
-        in_image = np.array([
-            np.asarray(image_layer.world_to_data(shapes_layer.data_to_world(v)), dtype=float)[-2:]
-            for v in verts
-        ])
-        crops.append(rectangle_to_crop(in_image))
-    return crops
+    return [rectangle_to_crop(_to_image_data(shapes_layer, image_layer, verts)) for verts in chosen]
+
+
+def points_in_image(points_layer, image_layer, size: int, use_all: bool = False) -> list[tuple[int, int, int, int]]:
+    """Square crops ``(row, col, size, size)`` of the image layer centred on clicked points.
+
+    The last point (or all of them with ``use_all``) of ``points_layer``, mapped to the
+    image's data coordinates like rectangles (see :func:`rectangles_in_image`).
+    InputError when there is no point.
+    """
+    data = np.asarray(points_layer.data) if points_layer is not None else np.zeros((0, 2))
+    if len(data) == 0:
+        raise InputError(
+            f"no crop centre to train on: click 'Place centre', then click on one object in the "
+            f"{CENTRE_LAYER!r} layer"
+        )
+    chosen = data if use_all else data[-1:]
+    return [centre_to_crop(centre, size) for centre in _to_image_data(points_layer, image_layer, chosen)]
 
 
 def to_uint8(crop: np.ndarray) -> np.ndarray:

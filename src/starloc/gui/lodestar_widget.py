@@ -9,7 +9,6 @@ real annotation of ``__init__`` (a string annotation breaks ``add_plugin_dock_wi
 """
 
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import napari
@@ -40,26 +39,33 @@ from starloc.gui import lodestar_layers as layers_
 from starloc.gui.lodestar_jobs import (
     Detected,
     Failure,
+    describe_training,
     detect_all_job,
     detect_job,
     maps_job,
     run_detect,
     train_job,
+    weight_image,
 )
 from starloc.gui.lodestar_source import (
     ALL_POINTS_LAYER,
+    CENTRE_LAYER,
     CROP_LAYER,
+    CROP_POINT,
+    CROP_SOURCES,
+    NO_IMAGE,
     OUTPUT_KEY,
     POINTS_LAYER,
     SCORE_LAYER,
     WEIGHT_LAYER,
     current_frame,
     image_source,
+    points_in_image,
     read_frame,
     rectangles_in_image,
     to_uint8,
 )
-from starloc.lodestar.detection import CUTOFF_MODES, DetectParams, to_image_resolution
+from starloc.lodestar.detection import CUTOFF_MODES, DetectParams
 from starloc.lodestar.inference import extract_crops
 from starloc.lodestar.model import LodeSTAR
 from starloc.lodestar.network import NetworkConfig
@@ -68,6 +74,8 @@ from starloc.progress import finish
 
 THUMBNAIL_PX = 96
 DEBOUNCE_MS = 200
+BUSY = "LodeSTAR: busy; wait for the current job or cancel it"
+DEFAULT_CROP_SIZE = 40  # px, side of the square crop around a clicked centre
 
 
 def available_devices() -> list[str]:
@@ -111,24 +119,20 @@ class LodeSTARWidget(QWidget):
         self._cancelled = False
         self._maps = None  # Maps of one frame, cached: detection reruns without the network
         self._maps_key = None  # (layer name, frame, augment) the cached maps belong to
-        self._detections = None
         self._announced = set()
 
-        self._build_ui()
         self._detect_timer = self._timer(self._redetect)
         self._frame_timer = self._timer(self._follow_frame)
         self._preview_timer = self._timer(self._update_crop_preview, 100)
+        self._build_ui()
 
         self.viewer.layers.events.inserted.connect(self._on_layers_changed)
         self.viewer.layers.events.removed.connect(self._on_layers_changed)
         self.viewer.layers.events.moved.connect(self._on_layers_changed)
         self.viewer.dims.events.current_step.connect(self._on_step)
         for layer in self.viewer.layers:
-            layer.events.name.connect(self._on_layers_changed)
+            self._watch(layer)
         self._refresh_image_choices()
-        crop = self._crop_layer()
-        if crop is not None:
-            crop.events.data.connect(self._schedule_preview)
         self._set_busy(None)
         # Results of a job that ends after the widget is gone (viewer closed) are dropped.
         self.destroyed.connect(lambda *_: self._shutdown())
@@ -171,15 +175,31 @@ class LodeSTARWidget(QWidget):
         crop_box = QGroupBox("Training crop")
         crop_layout = QVBoxLayout(crop_box)
         row = QHBoxLayout()
-        self.draw_button = QPushButton("Draw crop")
-        self.draw_button.setToolTip(f"Add a rectangle around ONE object in the {CROP_LAYER!r} layer")
+        self.crop_source_combo = QComboBox()
+        self.crop_source_combo.addItems(CROP_SOURCES)
+        self.crop_source_combo.setToolTip(
+            f"Rectangle: drag a box in {CROP_LAYER!r}; Point + size: click the centre of one object "
+            f"in {CENTRE_LAYER!r}, the crop is a square of the size on the right"
+        )
+        row.addWidget(self.crop_source_combo)
+        self.crop_size_spin = self._int_spin(
+            self.network_config.receptive_field, 4096, DEFAULT_CROP_SIZE,
+            "Side of the square crop around the clicked centre (px); at least the receptive field",
+        )
+        self.crop_size_spin.setSuffix(" px")
+        self.crop_size_spin.valueChanged.connect(self._schedule_preview)
+        row.addWidget(self.crop_size_spin)
+        crop_layout.addLayout(row)
+        row = QHBoxLayout()
+        self.draw_button = QPushButton()
         self.draw_button.clicked.connect(self.start_drawing)
         row.addWidget(self.draw_button)
-        self.all_rects_check = QCheckBox("Use all rectangles")
-        self.all_rects_check.setToolTip("Train on every rectangle (one object each) instead of the last one")
+        self.all_rects_check = QCheckBox()
         self.all_rects_check.toggled.connect(self._schedule_preview)
         row.addWidget(self.all_rects_check)
         crop_layout.addLayout(row)
+        self.crop_source_combo.currentTextChanged.connect(self._on_crop_source_changed)
+        self._on_crop_source_changed()
         row = QHBoxLayout()
         self.thumbnail = QLabel()
         self.thumbnail.setFixedSize(THUMBNAIL_PX, THUMBNAIL_PX)
@@ -321,6 +341,7 @@ class LodeSTARWidget(QWidget):
     def _update_rf_label(self) -> None:
         rf = self.network_config.receptive_field
         self.rf_label.setText(f"{rf} px (smallest crop)")
+        self.crop_size_spin.setMinimum(rf)
 
     def set_network_config(self, config: NetworkConfig) -> None:
         """Architecture of the next trained model (e.g. deeper for objects > 20 px)."""
@@ -340,7 +361,7 @@ class LodeSTARWidget(QWidget):
             noise=self.noise_spin.value(),
             translate=self.translate_spin.value(),
             seed=self.seed_spin.value(),
-            device=self.device_combo.currentText(),
+            device=self.device,
             network=self.network_config,
         )
 
@@ -376,11 +397,15 @@ class LodeSTARWidget(QWidget):
         if self.image_combo.currentText() != current:
             self._on_image_changed()
 
+    def _watch(self, layer) -> None:
+        """Follow renames of a layer, and edits of the crop rectangles / centres."""
+        layer.events.name.connect(self._on_layers_changed)
+        if layer.name in (CROP_LAYER, CENTRE_LAYER):
+            layer.events.data.connect(self._schedule_preview)
+
     def _on_layers_changed(self, event=None) -> None:
         if event is not None and getattr(event, "type", "") == "inserted":
-            event.value.events.name.connect(self._on_layers_changed)
-            if event.value.name == CROP_LAYER:
-                event.value.events.data.connect(self._schedule_preview)
+            self._watch(event.value)
         self._refresh_image_choices()
 
     def image_layer(self):
@@ -394,13 +419,16 @@ class LodeSTARWidget(QWidget):
         self.image_combo.setCurrentText(layer.name)
 
     def _crop_layer(self):
-        for layer in self.viewer.layers:
-            if layer.name == CROP_LAYER and isinstance(layer, napari.layers.Shapes):
-                return layer
-        return None
+        return layers_.find_layer(self.viewer, CROP_LAYER, "Shapes")
+
+    def _centre_layer(self):
+        return layers_.find_layer(self.viewer, CENTRE_LAYER, "Points")
+
+    def _point_mode(self) -> bool:
+        return self.crop_source_combo.currentText() == CROP_POINT
 
     def _on_image_changed(self, *_) -> None:
-        self._maps, self._maps_key, self._detections = None, None, None
+        self._maps, self._maps_key = None, None
         layer = self.image_layer()
         if layer is None:
             self.image_info.setText("no image layer: open an image or a sample (File › Open Sample)")
@@ -421,14 +449,17 @@ class LodeSTARWidget(QWidget):
                     self._frame_timer.start()
         self._schedule_preview()
 
-    def _source(self):
-        """``(layer, ImageSource)`` of the chosen image, or None after telling the user why."""
+    def _require_source(self):
+        """``(layer, ImageSource)`` of the chosen image; InputError when there is none."""
         layer = self.image_layer()
         if layer is None:
-            show_error("LodeSTAR: no image layer; open an image or a sample (File › Open Sample) and choose it")
-            return None
+            raise InputError(NO_IMAGE)
+        return layer, image_source(layer)
+
+    def _source(self):
+        """``(layer, ImageSource)`` of the chosen image, or None after telling the user why."""
         try:
-            return layer, image_source(layer)
+            return self._require_source()
         except InputError as exc:
             show_error(f"LodeSTAR: {exc}")
             return None
@@ -437,32 +468,63 @@ class LodeSTARWidget(QWidget):
         return current_frame(layer, self.viewer.dims.point)
 
     # ------------------------------------------------------------------ crop
+    def _on_crop_source_changed(self, *_) -> None:
+        point = self._point_mode()
+        self.crop_size_spin.setEnabled(point)
+        if point:
+            self.draw_button.setText("Place centre")
+            self.draw_button.setToolTip(f"Click the centre of ONE object in the {CENTRE_LAYER!r} layer")
+            self.all_rects_check.setText("Use all points")
+            self.all_rects_check.setToolTip("Train on a square around every point (one object each)")
+        else:
+            self.draw_button.setText("Draw crop")
+            self.draw_button.setToolTip(f"Add a rectangle around ONE object in the {CROP_LAYER!r} layer")
+            self.all_rects_check.setText("Use all rectangles")
+            self.all_rects_check.setToolTip("Train on every rectangle (one object each) instead of the last one")
+        self._schedule_preview()
+
     def start_drawing(self) -> None:
-        """Create (or reuse) the crop Shapes layer and switch it to rectangle mode."""
+        """Create (or reuse) the crop input layer: Shapes in rectangle mode, or (Point + size)
+        Points in add mode."""
         found = self._source()
         if found is None:
             return
         _, src = found
-        shapes = self._crop_layer()
-        if shapes is None:
-            shapes = self.viewer.add_shapes(
-                ndim=2, name=CROP_LAYER, scale=src.scale, translate=src.translate,
-                edge_color="yellow", face_color="transparent", edge_width=0.5,
-            )
-        self.viewer.layers.selection.active = shapes
-        shapes.mode = "add_rectangle"
-        show_info("LodeSTAR: drag a rectangle around ONE object (a bit larger than it), then click Train")
+        if self._point_mode():
+            layer = self._centre_layer()
+            if layer is None:
+                layer = self.viewer.add_points(
+                    ndim=2, name=CENTRE_LAYER, scale=src.scale, translate=src.translate,
+                    face_color="yellow", border_color="black", size=3,
+                )
+            mode, hint = "add", f"click the centre of ONE object ({self.crop_size_spin.value()} px square)"
+        else:
+            layer = self._crop_layer()
+            if layer is None:
+                layer = self.viewer.add_shapes(
+                    ndim=2, name=CROP_LAYER, scale=src.scale, translate=src.translate,
+                    edge_color="yellow", face_color="transparent", edge_width=0.5,
+                )
+            mode, hint = "add_rectangle", "drag a rectangle around ONE object (a bit larger than it)"
+        self.viewer.layers.selection.active = layer
+        layer.mode = mode
+        show_info(f"LodeSTAR: {hint}, then click Train")
+
+    def crop_boxes(self, image_layer) -> list:
+        """Crops ``(row, col, height, width)`` in ``image_layer``'s pixels from the chosen input
+        (rectangles, or squares around points); InputError when there is none."""
+        use_all = self.all_rects_check.isChecked()
+        if self._point_mode():
+            return points_in_image(self._centre_layer(), image_layer, self.crop_size_spin.value(), use_all)
+        return rectangles_in_image(self._crop_layer(), image_layer, use_all)
 
     def crops(self):
-        """``(rectangles, crops, frame, src)`` for training, or raises InputError."""
-        layer = self.image_layer()
-        if layer is None:
-            raise InputError("no image layer; open an image or a sample (File › Open Sample) and choose it")
-        src = image_source(layer)
-        rects = rectangles_in_image(self._crop_layer(), layer, self.all_rects_check.isChecked())
+        """``(boxes, crops, frame, src)`` for training, or raises InputError."""
+        layer, src = self._require_source()
+        boxes = self.crop_boxes(layer)
         frame = self._frame_of(layer)
-        crops = extract_crops(src.data, rects, frame=frame, min_size=self.network_config.receptive_field, rgb=src.rgb)
-        return rects, crops, frame, src
+        crops = extract_crops(src.data, boxes, frame=frame, min_size=self.network_config.receptive_field, rgb=src.rgb)
+        return boxes, crops, frame, src
 
     def _schedule_preview(self, *_) -> None:
         self._preview_timer.start()
@@ -500,10 +562,10 @@ class LodeSTARWidget(QWidget):
     def _start(self, kind, gen, on_yield, on_return):
         """Run ``gen`` on a napari worker (or inline); returns the worker (None inline)."""
         if self._job_kind is not None:
-            if self._job_kind in ("maps", "detect") and kind in ("train", "detect_all", "maps", "detect"):
+            if self._job_kind in ("maps", "detect"):  # short jobs give way to any new one
                 self._quit_worker()
             else:
-                show_error("LodeSTAR: busy; wait for the current job or cancel it")
+                show_error(BUSY)
                 return None
         self._job_id += 1
         job = self._job_id
@@ -575,14 +637,14 @@ class LodeSTARWidget(QWidget):
 
     def _after_job(self) -> None:
         """Maps of the frame now shown, if the user moved while a job ran."""
-        if self.model is not None and self._maps_key != self._wanted_maps_key():
+        if self._maps_stale():
             self._frame_timer.start()
 
     # ------------------------------------------------------------------ train
     def train(self):
         """Train a new model on the drawn crop(s) in a worker; returns the worker."""
         if self._job_kind in ("train", "detect_all"):
-            show_error("LodeSTAR: busy; wait for the current job or cancel it")
+            show_error(BUSY)
             return None
         try:
             _, crops, frame, src = self.crops()
@@ -591,7 +653,6 @@ class LodeSTARWidget(QWidget):
             show_error(f"LodeSTAR: {exc}")
             return None
         config = self.train_config()
-        config = replace(config, network=replace(config.network, in_channels=frame_data.shape[1]))
         augment = self.augment_check.isChecked()
         key = (src.name, frame, augment)
         self.progress.setRange(0, config.max_steps)
@@ -606,11 +667,7 @@ class LodeSTARWidget(QWidget):
         def on_return(result):
             model, maps = result
             self.model = model
-            t = model.metadata.get("training", {})
-            self.model_origin = (
-                f"trained on {len(crops)} crop(s), {t.get('steps_done', '?')} steps, "
-                f"{t.get('seconds', 0):.1f} s, consistency {t.get('final_consistency', float('nan')):.3f} px"
-            )
+            self.model_origin = describe_training(model, len(crops))
             self.model_info.setText(f"Model: {self.model_origin}")
             self.progress.setValue(self.progress.maximum())
             self.status.setText(f"done: {self.model_origin}")
@@ -619,6 +676,10 @@ class LodeSTARWidget(QWidget):
         return self._start("train", train_job(crops, config, frame_data, augment), on_yield, on_return)
 
     # ------------------------------------------------------------------ maps and detection
+    def _maps_stale(self) -> bool:
+        """A model exists but the cached maps are not those of the image/frame on screen."""
+        return self.model is not None and self._maps_key != self._wanted_maps_key()
+
     def _wanted_maps_key(self):
         layer = self.image_layer()
         if layer is None:
@@ -629,7 +690,7 @@ class LodeSTARWidget(QWidget):
             return None
 
     def _on_step(self, event=None) -> None:
-        if self.model is not None and self._maps_key is not None and self._maps_key != self._wanted_maps_key():
+        if self._maps_key is not None and self._maps_stale():
             self._frame_timer.start()
         self._schedule_preview()
 
@@ -662,8 +723,7 @@ class LodeSTARWidget(QWidget):
         if found is None:
             return
         _, src = found
-        weight = to_image_resolution(maps.weights[0], maps.stride, maps.image_shape)
-        layers_.show_map(self.viewer, WEIGHT_LAYER, weight, src, "magma", key[1])
+        layers_.show_map(self.viewer, WEIGHT_LAYER, weight_image(maps), src, "magma", key[1])
         if self.status.text().startswith("computing maps"):
             self.status.setText(f"maps of frame {key[1]} ready" if src.is_timelapse else "maps ready")
         self._redetect()
@@ -712,9 +772,7 @@ class LodeSTARWidget(QWidget):
         frame = key[1]
         detections = result.detections
         detections.frame = np.full(len(detections), frame, dtype=np.int64)
-        self._detections = detections
-        score = to_image_resolution(result.score, self._maps.stride, self._maps.image_shape)
-        layers_.show_map(self.viewer, SCORE_LAYER, score, src, "viridis", frame)
+        layers_.show_map(self.viewer, SCORE_LAYER, result.score, src, "viridis", frame)
         layers_.show_points(self.viewer, POINTS_LAYER, detections, src, with_frame=src.is_timelapse,
                             metadata={"frame": frame})
         where = f" on frame {frame}" if src.is_timelapse else ""
@@ -781,11 +839,9 @@ class LodeSTARWidget(QWidget):
 
     def export_points(self, path) -> list:
         """Write the detections (all frames if detected, else the current frame) as CSV."""
-        layer = None
-        for name in (ALL_POINTS_LAYER, POINTS_LAYER):
-            layer = next((l for l in self.viewer.layers if l.name == name and isinstance(l, napari.layers.Points)), None)
-            if layer is not None:
-                break
+        layer = layers_.find_layer(self.viewer, ALL_POINTS_LAYER, "Points")
+        if layer is None:
+            layer = layers_.find_layer(self.viewer, POINTS_LAYER, "Points")
         if layer is None:
             show_error("LodeSTAR: no detections to export; train or load a model first")
             return []
