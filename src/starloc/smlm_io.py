@@ -1,0 +1,398 @@
+"""Localization tables of SMLM: challenge ground truth, ThunderSTORM CSV, Picasso HDF5.
+
+In memory a localization table is a plain ``dict`` of equal-length 1-D numpy arrays:
+
+- ``frame``: int64, **0-based** (whatever the file's convention);
+- ``x``, ``y`` (and ``z`` for 3D): float64, **nm**, x along columns, y along rows, origin at the
+  image's top-left *corner* (pixel j's centre at ``(j + 0.5)·pixel_size``), as ThunderSTORM and
+  the SMLM Challenge; z in nm;
+- optional float64 columns: ``sigma`` (nm), ``intensity`` (photons), ``offset`` (photons),
+  ``bkgstd`` (photons), ``uncertainty`` (lateral, nm), ``id`` (int64); any other column is
+  carried under its own name.
+
+Files:
+
+- SMLM Challenge 2016 ground truth ``activations.csv``: header
+  ``Ground-truth,frame,xnano,ynano,znano,intensity`` (fields may be space-padded), frames
+  **1-based** in the file -> ``frame`` is returned 0-based (file frame − 1).
+- ThunderSTORM CSV: quoted header ``"id","frame","x [nm]","y [nm]",["z [nm]",]"sigma [nm]",
+  "intensity [photon]","offset [photon]","bkgstd [photon]","uncertainty [nm]"``, frames
+  **1-based** in the file. The writer writes ``id``, ``frame``, ``x``, ``y`` (``z``) always and
+  an optional column *only when the table has it* (missing values are omitted, never written
+  as 0, which would read as e.g. a perfect 0 nm uncertainty); extra columns follow under their
+  own names. The reader accepts any subset of ThunderSTORM's columns as long as ``frame``,
+  ``x`` and ``y`` are there (including its other spellings such as ``"uncertainty_xy [nm]"``);
+  positions in px need ``pixel_size_nm``.
+- Picasso: HDF5 with a structured dataset ``/locs`` and a YAML sidecar (same name, ``.yaml``)
+  with ``Width``, ``Height``, ``Frames``, ``Pixelsize`` (see :func:`write_picasso`).
+
+All writers write atomically (:func:`starloc.io.atomic_path`). Malformed or foreign files
+raise :class:`starloc.errors.InputError` with a one-line message naming the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+from .io import atomic_path
+
+__all__ = [
+    "ACTIVATIONS_HEADER",
+    "THUNDERSTORM_COLUMNS",
+    "read_activations",
+    "write_thunderstorm_csv",
+    "read_thunderstorm_csv",
+    "is_thunderstorm_csv",
+    "write_picasso",
+]
+
+Table = dict[str, np.ndarray]
+
+ACTIVATIONS_HEADER = ("Ground-truth", "frame", "xnano", "ynano", "znano", "intensity")
+
+#: Table key -> ThunderSTORM header, in ThunderSTORM's column order (z only for 3D tables).
+THUNDERSTORM_COLUMNS: dict[str, str] = {
+    "id": "id",
+    "frame": "frame",
+    "x": "x [nm]",
+    "y": "y [nm]",
+    "z": "z [nm]",
+    "sigma": "sigma [nm]",
+    "intensity": "intensity [photon]",
+    "offset": "offset [photon]",
+    "bkgstd": "bkgstd [photon]",
+    "uncertainty": "uncertainty [nm]",
+}
+
+#: Other spellings ThunderSTORM versions write, read as the same table key.
+_THUNDERSTORM_ALIASES = {
+    "uncertainty_xy [nm]": "uncertainty",
+    "frame number": "frame",
+}
+
+_PX_COLUMNS = {"x [px]": "x", "y [px]": "y"}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _read_rows(path: str | os.PathLike, what: str) -> tuple[Path, list[list[str]]]:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{what} file {str(p)!r} not found")
+    try:
+        with open(p, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.reader(fh, skipinitialspace=True))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"cannot read {str(p)!r} as a {what} CSV: {_one_line(exc)}") from exc
+    rows = [[c.strip() for c in r] for r in rows]
+    return p, [r for r in rows if any(r)]
+
+
+def _numbers(tokens: list[str], name: str, p: Path, integer: bool = False) -> np.ndarray:
+    try:
+        values = np.array([float(t) for t in tokens], dtype=np.float64)
+    except ValueError as exc:
+        raise InputError(f"{str(p)!r}: column {name!r} has a non-numeric value ({_one_line(exc)})") from None
+    if integer:
+        if not np.all(np.isfinite(values)) or not np.all(values == np.round(values)):
+            raise InputError(f"{str(p)!r}: column {name!r} must hold integers")
+        return values.astype(np.int64)
+    return values
+
+
+# --------------------------------------------------------------------------------------
+# SMLM Challenge 2016 ground truth
+# --------------------------------------------------------------------------------------
+
+
+def read_activations(path: str | os.PathLike) -> Table:
+    """Read an SMLM Challenge 2016 ``activations.csv`` (ground truth).
+
+    Returns ``{"id", "frame", "x", "y", "z", "intensity"}``: ``frame`` **0-based** (the file's
+    1-based frame − 1), positions in nm (corner origin), ``intensity`` in photons (NaN where a
+    row has no intensity field, as some challenge tools write). Space padding around fields
+    and a trailing space after the header are accepted. InputError for a missing file, a
+    header other than ``Ground-truth,frame,xnano,ynano,znano[,intensity]``, short rows,
+    non-numeric values or frames < 1.
+    """
+    p, rows = _read_rows(path, "activations")
+    header = [h.lower() for h in (rows[0] if rows else [])]
+    expected = [h.lower() for h in ACTIVATIONS_HEADER]
+    if header[:5] != expected[:5] or (len(header) > 5 and header[5] != expected[5]):
+        found = ",".join(rows[0])[:80] if rows else "an empty file"
+        raise InputError(
+            f"{str(p)!r} is not an SMLM Challenge activations.csv: expected the header "
+            f"{','.join(ACTIVATIONS_HEADER)}, found {found!r}"
+        )
+    body = rows[1:]
+    for lineno, r in enumerate(body, start=2):
+        if len(r) < 5 or len(r) > 6 and any(r[6:]):
+            raise InputError(f"{str(p)!r}: a row near line {lineno} has {len(r)} fields, expected 5 or 6")
+    cols = [[r[k] if k < len(r) and r[k] else "nan" for r in body] for k in range(6)]
+    frame = _numbers(cols[1], "frame", p, integer=True)
+    if len(frame) and frame.min() < 1:
+        raise InputError(f"{str(p)!r}: frames in activations.csv are 1-based, found frame {frame.min()}")
+    return {
+        "id": _numbers(cols[0], "Ground-truth", p, integer=True),
+        "frame": frame - 1,
+        "x": _numbers(cols[2], "xnano", p),
+        "y": _numbers(cols[3], "ynano", p),
+        "z": _numbers(cols[4], "znano", p),
+        "intensity": _numbers(cols[5], "intensity", p),
+    }
+
+
+# --------------------------------------------------------------------------------------
+# ThunderSTORM CSV
+# --------------------------------------------------------------------------------------
+
+
+def _format(values: np.ndarray) -> list[str]:
+    if values.dtype.kind == "b":
+        values = values.astype(np.int64)
+    if values.dtype.kind in "iu":
+        return [str(v) for v in values.tolist()]
+    return [repr(v) for v in values.astype(np.float64).tolist()]  # shortest exact round trip
+
+
+def _validated_table(table: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], int]:
+    cols = {str(k): np.asarray(v).reshape(-1) for k, v in table.items()}
+    for key in ("frame", "x", "y"):
+        if key not in cols:
+            raise ValueError(f"a localization table needs a {key!r} column (has {sorted(cols)})")
+    n = len(cols["frame"])
+    for key, values in cols.items():
+        if len(values) != n:
+            raise ValueError(f"column {key!r} has {len(values)} values, 'frame' has {n}")
+        if values.dtype.kind not in "biuf":
+            raise ValueError(f"column {key!r} must be numeric, got dtype {values.dtype}")
+    frame = cols["frame"]
+    if n and frame.dtype.kind not in "iu":
+        as_float = frame.astype(np.float64)
+        if not (np.all(np.isfinite(as_float)) and np.all(as_float == np.round(as_float))):
+            raise ValueError("frames must be integers")
+    cols["frame"] = frame.astype(np.int64)
+    if n and cols["frame"].min() < 0:
+        raise ValueError("frames must be >= 0 (0-based in memory)")
+    return cols, n
+
+
+def write_thunderstorm_csv(path: str | os.PathLike, table: Mapping[str, Any]) -> Path:
+    """Write a localization table as a ThunderSTORM CSV (atomically).
+
+    ``table``: see the module docstring; ``frame`` 0-based (written +1), positions in nm.
+    Columns: ``"id"`` (``table["id"]`` or 1..N), ``"frame"``, ``"x [nm]"``, ``"y [nm]"``,
+    ``"z [nm]"`` if the table has ``z``, then ``sigma``, ``intensity``, ``offset``, ``bkgstd``,
+    ``uncertainty`` under their ThunderSTORM names *if present* (absent ones are omitted), then
+    any other column under its own name. Floats are written with Python's ``repr`` so that
+    :func:`read_thunderstorm_csv` returns exactly the values written.
+    """
+    cols, n = _validated_table(table)
+    cols.setdefault("id", np.arange(1, n + 1, dtype=np.int64))
+    known = [k for k in THUNDERSTORM_COLUMNS if k in cols]
+    extra = [k for k in cols if k not in THUNDERSTORM_COLUMNS]
+    headers = set(THUNDERSTORM_COLUMNS.values()) | set(_THUNDERSTORM_ALIASES) | set(_PX_COLUMNS)
+    for name in extra:
+        if not name or any(ch in name for ch in ',"\r\n') or name != name.strip() or name in headers:
+            raise ValueError(f"column {name!r} cannot be written as a ThunderSTORM column name")
+    names = [THUNDERSTORM_COLUMNS[k] for k in known] + extra
+    columns = []
+    for key in known + extra:
+        values = cols[key] + 1 if key == "frame" else cols[key]
+        columns.append(_format(values))
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            fh.write(",".join(f'"{name}"' for name in names) + "\n")
+            fh.writelines(",".join(row) + "\n" for row in zip(*columns))
+    return Path(path)
+
+
+def read_thunderstorm_csv(path: str | os.PathLike, pixel_size_nm: float | None = None) -> Table:
+    """Read a ThunderSTORM CSV (quoted or unquoted header) into a localization table.
+
+    Returns ``frame`` 0-based (file frame − 1, int64), ``x``, ``y`` (``z`` if present) in nm
+    and every other column: ThunderSTORM's known ones under the keys of
+    :data:`THUNDERSTORM_COLUMNS` (``"uncertainty_xy [nm]"`` also as ``uncertainty``), others
+    under their header (e.g. ``"chi2"``, ``"sigma1 [nm]"``); ``id`` int64, the rest float64.
+    Files with positions in px (``"x [px]"``) need ``pixel_size_nm`` (x_nm = x_px·pixel size).
+    InputError for a missing/unreadable file, a header without frame and x/y columns (not a
+    ThunderSTORM file), ragged rows, non-numeric values, non-integer frames or frames < 1.
+    """
+    p, rows = _read_rows(path, "ThunderSTORM")
+    header = rows[0] if rows else []
+    keys: list[str] = []
+    for h in header:
+        key = next((k for k, v in THUNDERSTORM_COLUMNS.items() if v == h), None)
+        key = key or _THUNDERSTORM_ALIASES.get(h) or _PX_COLUMNS.get(h)
+        if key is None and h in THUNDERSTORM_COLUMNS:  # e.g. a bare "x": unit unknown, foreign
+            key = ""
+        keys.append(key if key is not None else h)
+    in_px = any(h in _PX_COLUMNS for h in header)
+    if not {"frame", "x", "y"} <= set(keys) or "" in keys:
+        found = ",".join(header)[:80] if header else "an empty file"
+        raise InputError(
+            f"{str(p)!r} is not a ThunderSTORM CSV: its header needs \"frame\", \"x [nm]\" and "
+            f"\"y [nm]\" columns, found {found!r}"
+        )
+    if len(set(keys)) != len(keys):
+        raise InputError(f"{str(p)!r}: duplicate columns in the header")
+    if in_px and not (pixel_size_nm and math.isfinite(pixel_size_nm) and pixel_size_nm > 0):
+        raise InputError(f"{str(p)!r} gives positions in px; pass the camera pixel size in nm to read it")
+    body = rows[1:]
+    for lineno, r in enumerate(body, start=2):
+        if len(r) != len(keys):
+            raise InputError(f"{str(p)!r}: a row near line {lineno} has {len(r)} fields, expected {len(keys)}")
+    cols = list(zip(*body)) if body else [()] * len(keys)
+    table: Table = {}
+    for key, tokens in zip(keys, cols):
+        table[key] = _numbers(list(tokens), key, p, integer=key in ("frame", "id"))
+    if len(table["frame"]) and table["frame"].min() < 1:
+        raise InputError(
+            f"{str(p)!r}: frames in ThunderSTORM files are 1-based, found frame {table['frame'].min()}"
+        )
+    table["frame"] = table["frame"] - 1
+    if in_px:
+        for h, key in _PX_COLUMNS.items():
+            if h in header:
+                table[key] = table[key] * float(pixel_size_nm)
+    order = [k for k in ("frame", "x", "y", "z") if k in table]
+    return {**{k: table[k] for k in order}, **{k: v for k, v in table.items() if k not in order}}
+
+
+def is_thunderstorm_csv(path: str | os.PathLike) -> bool:
+    """Cheap sniff: a file whose first line names frame and x/y [nm|px] columns. Never raises."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except (OSError, TypeError, ValueError):
+        return False
+    if head.startswith(b"\xef\xbb\xbf"):
+        head = head[3:]
+    first = head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace")
+    names = {n.strip().strip('"') for n in first.split(",")}
+    return "frame" in names and (
+        {"x [nm]", "y [nm]"} <= names or {"x [px]", "y [px]"} <= names
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Picasso HDF5 + YAML
+# --------------------------------------------------------------------------------------
+
+
+def write_picasso(
+    path: str | os.PathLike,
+    table: Mapping[str, Any],
+    *,
+    pixel_size_nm: float,
+    width: int,
+    height: int,
+    n_frames: int | None = None,
+    precision_nm: float | None = None,
+    origin: str = "pixel-center",
+    info: Mapping[str, Any] | None = None,
+) -> tuple[Path, Path]:
+    """Write a localization table as Picasso HDF5 (``/locs``) plus its YAML sidecar.
+
+    ``path`` is the ``.hdf5`` file; the sidecar is ``path`` with suffix ``.yaml``. Both are
+    written atomically (YAML first). Returns ``(hdf5_path, yaml_path)``.
+
+    ``/locs`` is a structured dataset with fields ``frame`` (uint32, 0-based), ``x``, ``y``
+    (float32, camera pixels), ``photons`` (from ``intensity``), ``sx``, ``sy`` (from ``sigma``,
+    nm -> px), ``bg`` (from ``offset``), ``lpx``, ``lpy`` (from ``uncertainty``, nm -> px),
+    then ``z`` (float32, **nm**, as Picasso stores z) for 3D tables. Missing photons, sigma
+    and offset are written as 0. Picasso drops localizations whose ``lpx``/``lpy`` are not
+    > 0 when it loads a file, so a table without ``uncertainty`` needs ``precision_nm`` (one
+    value for all); ValueError otherwise.
+
+    Pixel convention: Picasso Localize reports a spot fitted in the centre of camera pixel
+    column j at ``x = j`` (its fitters add the sub-pixel offset from the box's central pixel to
+    that pixel's integer index), i.e. pixel centres at integers. With the default
+    ``origin="pixel-center"``, ``x_px = x_nm / pixel_size_nm - 0.5`` (same for y), which puts a
+    localization where Picasso Localize would have put it. Picasso's own ThunderSTORM import
+    (``picasso csv2hdf``) does not subtract the half pixel; ``origin="corner"``
+    (``x_px = x_nm / pixel_size_nm``) reproduces that. (Picasso Render bins ``floor(x)``, and
+    on load keeps only ``0 < x < Width``, ``0 < y < Height``: with the default convention the
+    outer half of the first row/column is dropped there, as for Picasso Localize's own output.)
+
+    YAML sidecar (``yaml.dump_all`` of one document, as Picasso writes): ``Width``, ``Height``,
+    ``Frames`` (``n_frames`` or max frame + 1), ``Pixelsize`` (nm), ``Generated by``, plus
+    ``info``. Needs h5py and PyYAML (imported here only).
+    """
+    import h5py
+    import yaml
+
+    cols, n = _validated_table(table)
+    if not (isinstance(pixel_size_nm, (int, float)) and math.isfinite(pixel_size_nm) and pixel_size_nm > 0):
+        raise ValueError(f"pixel_size_nm must be a positive number, got {pixel_size_nm!r}")
+    for name, v in (("width", width), ("height", height)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be a positive integer number of camera pixels, got {v!r}")
+    if origin not in ("pixel-center", "corner"):
+        raise ValueError(f"origin must be 'pixel-center' or 'corner', got {origin!r}")
+    frames_needed = int(cols["frame"].max()) + 1 if n else 0
+    if n_frames is None:
+        n_frames = frames_needed
+    elif n_frames < frames_needed:
+        raise ValueError(f"n_frames={n_frames} but the table has frame index {frames_needed - 1}")
+    if "uncertainty" in cols:
+        lp = cols["uncertainty"].astype(np.float64)
+    elif precision_nm is not None and math.isfinite(precision_nm) and precision_nm > 0:
+        lp = np.full(n, float(precision_nm))
+    else:
+        raise ValueError(
+            "Picasso needs a localization precision > 0 for every localization: the table has no "
+            "'uncertainty' column, pass precision_nm"
+        )
+    shift = 0.5 if origin == "pixel-center" else 0.0
+    zeros = np.zeros(n)
+    fields: list[tuple[str, np.dtype, np.ndarray]] = [
+        ("frame", np.dtype(np.uint32), cols["frame"]),
+        ("x", np.dtype(np.float32), cols["x"] / pixel_size_nm - shift),
+        ("y", np.dtype(np.float32), cols["y"] / pixel_size_nm - shift),
+        ("photons", np.dtype(np.float32), cols.get("intensity", zeros)),
+        ("sx", np.dtype(np.float32), cols.get("sigma", zeros) / pixel_size_nm),
+        ("sy", np.dtype(np.float32), cols.get("sigma", zeros) / pixel_size_nm),
+        ("bg", np.dtype(np.float32), cols.get("offset", zeros)),
+        ("lpx", np.dtype(np.float32), lp / pixel_size_nm),
+        ("lpy", np.dtype(np.float32), lp / pixel_size_nm),
+    ]
+    if "z" in cols:
+        fields.append(("z", np.dtype(np.float32), cols["z"]))
+    locs = np.empty(n, dtype=[(name, dt) for name, dt, _ in fields])
+    for name, _, values in fields:
+        locs[name] = values
+
+    from . import __version__
+
+    doc = {
+        "Width": int(width),
+        "Height": int(height),
+        "Frames": int(n_frames),
+        "Pixelsize": float(pixel_size_nm),
+        "Generated by": f"napari-starloc {__version__}",
+    }
+    doc.update(dict(info or {}))
+    h5_path = Path(path)
+    yaml_path = h5_path.with_suffix(".yaml")
+    if yaml_path == h5_path:
+        raise ValueError(f"{str(h5_path)!r}: give the HDF5 file a .hdf5 suffix")
+    with atomic_path(yaml_path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            yaml.dump_all([doc], fh, default_flow_style=False)
+    with atomic_path(h5_path) as tmp:
+        with h5py.File(tmp, "w") as fh:
+            fh.create_dataset("locs", data=locs)
+    return h5_path, yaml_path

@@ -1,0 +1,173 @@
+"""Challenge ground truth, ThunderSTORM CSV and Picasso HDF5/YAML localization files."""
+
+import numpy as np
+import pytest
+
+from starloc.errors import InputError
+from starloc.smlm_io import (
+    is_thunderstorm_csv,
+    read_activations,
+    read_thunderstorm_csv,
+    write_picasso,
+    write_thunderstorm_csv,
+)
+
+ACTIVATIONS = (
+    "Ground-truth,frame,xnano,ynano,znano,intensity \n"
+    "     1,     1,  4267.5,  1203.25,  -250.0,  3012.7\n"
+    "     2,     1,    50.0,    150.0,     0.0,   812.0\n"
+    "     3,    17, 6399.99,     0.01,   498.5,  1500\n"
+)
+
+
+def test_read_activations_space_padded(tmp_path):
+    path = tmp_path / "activations.csv"
+    path.write_text(ACTIVATIONS)
+    t = read_activations(path)
+    np.testing.assert_array_equal(t["frame"], [0, 0, 16])  # 1-based in the file
+    np.testing.assert_array_equal(t["id"], [1, 2, 3])
+    np.testing.assert_array_equal(t["x"], [4267.5, 50.0, 6399.99])
+    np.testing.assert_array_equal(t["y"], [1203.25, 150.0, 0.01])
+    np.testing.assert_array_equal(t["z"], [-250.0, 0.0, 498.5])
+    np.testing.assert_array_equal(t["intensity"], [3012.7, 812.0, 1500.0])
+    assert t["frame"].dtype == np.int64 and t["x"].dtype == np.float64
+
+
+def test_read_activations_rejects_foreign_and_bad_frames(tmp_path):
+    foreign = tmp_path / "foreign.csv"
+    foreign.write_text("frame,row,col\n0,1.5,2.5\n")
+    with pytest.raises(InputError, match="not an SMLM Challenge activations.csv"):
+        read_activations(foreign)
+    zero = tmp_path / "zero.csv"
+    zero.write_text("Ground-truth,frame,xnano,ynano,znano,intensity\n1, 0, 1, 2, 3, 4\n")
+    with pytest.raises(InputError, match="1-based"):
+        read_activations(zero)
+    with pytest.raises(InputError, match="not found"):
+        read_activations(tmp_path / "missing.csv")
+
+
+def _table(rng, n=25, dim=3):
+    t = {
+        "frame": rng.integers(0, 50, n),
+        "x": rng.uniform(0, 6400, n),
+        "y": rng.uniform(0, 6400, n),
+        "sigma": rng.uniform(80, 200, n),
+        "intensity": rng.uniform(500, 5000, n),
+        "offset": rng.uniform(50, 150, n),
+        "bkgstd": rng.uniform(5, 15, n),
+        "uncertainty": rng.uniform(5, 30, n),
+        "confidence": rng.uniform(0, 1, n),
+    }
+    if dim == 3:
+        t["z"] = rng.uniform(-750, 750, n)
+    return t
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_thunderstorm_round_trip_exact(tmp_path, rng, dim):
+    table = _table(rng, dim=dim)
+    path = tmp_path / "locs.csv"
+    write_thunderstorm_csv(path, table)
+    header = path.read_text().splitlines()[0]
+    expected = '"id","frame","x [nm]","y [nm]",' + ('"z [nm]",' if dim == 3 else "")
+    assert header.startswith(expected)
+    assert header.endswith('"bkgstd [photon]","uncertainty [nm]","confidence"')
+    # Frames are 1-based in the file.
+    first = path.read_text().splitlines()[1].split(",")
+    assert int(first[1]) == table["frame"][0] + 1 and int(first[0]) == 1
+    back = read_thunderstorm_csv(path)
+    assert list(back)[:3] == ["frame", "x", "y"]
+    np.testing.assert_array_equal(back["id"], np.arange(1, 26))
+    for key, values in table.items():
+        np.testing.assert_array_equal(back[key], values, err_msg=key)
+    assert back["frame"].dtype == np.int64
+    assert is_thunderstorm_csv(path)
+
+
+def test_thunderstorm_minimal_table_omits_missing_columns(tmp_path):
+    path = tmp_path / "min.csv"
+    write_thunderstorm_csv(path, {"frame": [0, 3], "x": [10.5, 20.0], "y": [1.0, 2.0]})
+    assert path.read_text().splitlines() == ['"id","frame","x [nm]","y [nm]"', "1,1,10.5,1.0", "2,4,20.0,2.0"]
+    assert not any(tmp_path.glob(".*tmp*"))  # atomic write left nothing behind
+
+
+def test_thunderstorm_reads_a_subset_and_other_spellings(tmp_path):
+    path = tmp_path / "ts.csv"
+    path.write_text(
+        '"frame","x [nm]","y [nm]","sigma1 [nm]","chi2","uncertainty_xy [nm]"\n'
+        "1.0,100.5,200.25,130.0,2.5,12.0\n"
+        "7.0,300.0,400.0,140.0,1.5,9.0\n"
+    )
+    t = read_thunderstorm_csv(path)
+    np.testing.assert_array_equal(t["frame"], [0, 6])
+    np.testing.assert_array_equal(t["x"], [100.5, 300.0])
+    np.testing.assert_array_equal(t["uncertainty"], [12.0, 9.0])
+    np.testing.assert_array_equal(t["chi2"], [2.5, 1.5])
+    assert "sigma1 [nm]" in t and "z" not in t
+    px = tmp_path / "px.csv"
+    px.write_text('"frame","x [px]","y [px]"\n1,1.5,2.0\n')
+    with pytest.raises(InputError, match="pixel size"):
+        read_thunderstorm_csv(px)
+    np.testing.assert_array_equal(read_thunderstorm_csv(px, pixel_size_nm=100.0)["x"], [150.0])
+
+
+def test_thunderstorm_rejects_foreign_and_malformed(tmp_path):
+    foreign = tmp_path / "points.csv"
+    foreign.write_text("frame,row,col\n0,1.5,2.5\n")
+    with pytest.raises(InputError, match=r"not a ThunderSTORM CSV.*frame,row,col"):
+        read_thunderstorm_csv(foreign)
+    assert not is_thunderstorm_csv(foreign)
+    unitless = tmp_path / "unitless.csv"
+    unitless.write_text("frame,x,y\n1,1.5,2.5\n")
+    with pytest.raises(InputError, match="not a ThunderSTORM CSV"):
+        read_thunderstorm_csv(unitless)
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text('"frame","x [nm]","y [nm]"\n1,2\n')
+    with pytest.raises(InputError, match="line 2"):
+        read_thunderstorm_csv(ragged)
+    text = tmp_path / "text.csv"
+    text.write_text('"frame","x [nm]","y [nm]"\n1,abc,2\n')
+    with pytest.raises(InputError, match="non-numeric"):
+        read_thunderstorm_csv(text)
+    zero = tmp_path / "zero.csv"
+    zero.write_text('"frame","x [nm]","y [nm]"\n0,1,2\n')
+    with pytest.raises(InputError, match="1-based"):
+        read_thunderstorm_csv(zero)
+    with pytest.raises(ValueError, match="frame"):
+        write_thunderstorm_csv(tmp_path / "bad.csv", {"x": [1.0], "y": [1.0]})
+
+
+def test_picasso_file_readable_with_h5py_and_yaml(tmp_path, rng):
+    h5py = pytest.importorskip("h5py")
+    yaml = pytest.importorskip("yaml")
+    table = _table(rng, n=10, dim=3)
+    table["x"][0], table["y"][0] = 250.0, 50.0  # centre of camera pixel (row 0, col 2) at 100 nm
+    h5, ym = write_picasso(tmp_path / "locs.hdf5", table, pixel_size_nm=100.0, width=64, height=64)
+    assert ym == tmp_path / "locs.yaml"
+    with h5py.File(h5, "r") as fh:
+        locs = fh["locs"][...]
+    assert locs.dtype.names == ("frame", "x", "y", "photons", "sx", "sy", "bg", "lpx", "lpy", "z")
+    assert locs.dtype["frame"] == np.uint32 and locs.dtype["x"] == np.float32
+    np.testing.assert_array_equal(locs["frame"], table["frame"])  # 0-based
+    assert (locs["x"][0], locs["y"][0]) == (2.0, 0.0)  # Picasso: pixel centres at integers
+    np.testing.assert_allclose(locs["x"], table["x"] / 100 - 0.5, rtol=1e-6)
+    np.testing.assert_allclose(locs["lpx"], table["uncertainty"] / 100, rtol=1e-6)
+    np.testing.assert_allclose(locs["sx"], table["sigma"] / 100, rtol=1e-6)
+    np.testing.assert_allclose(locs["photons"], table["intensity"], rtol=1e-6)
+    np.testing.assert_allclose(locs["z"], table["z"], rtol=1e-6)  # nm
+    docs = list(yaml.safe_load_all(ym.read_text()))
+    assert docs[0]["Width"] == 64 and docs[0]["Height"] == 64
+    assert docs[0]["Frames"] == int(table["frame"].max()) + 1
+    assert docs[0]["Pixelsize"] == 100.0
+    # Corner convention (as Picasso's csv2hdf), and the precision fallback.
+    minimal = {"frame": [0], "x": [250.0], "y": [50.0]}
+    with pytest.raises(ValueError, match="precision_nm"):
+        write_picasso(tmp_path / "m.hdf5", minimal, pixel_size_nm=100.0, width=8, height=8)
+    h5, _ = write_picasso(
+        tmp_path / "m.hdf5", minimal, pixel_size_nm=100.0, width=8, height=8,
+        precision_nm=10.0, origin="corner", n_frames=5,
+    )
+    with h5py.File(h5, "r") as fh:
+        loc = fh["locs"][0]
+    assert (loc["x"], loc["y"], loc["lpx"], loc["photons"]) == (2.5, 0.5, np.float32(0.1), 0.0)
+    assert yaml.safe_load((tmp_path / "m.yaml").read_text())["Frames"] == 5
