@@ -1,0 +1,378 @@
+"""DeepLoco training on simulated frames, as a generator.
+
+``train(simulator, config)`` draws a fresh simulated batch every step (seeded
+``torch.Generator``), minimizes :func:`~starloc.deeploco.loss.kernel_loss` with Adam, yields a
+:class:`Progress` after every step and returns the trained :class:`~starloc.deeploco.model.DeepLoco`.
+
+- Learning rate: ``lr`` halved every ``stage_steps`` steps (Adam's state is reset at each stage when
+  ``reset_optimizer`` is set, as in the authors' chained runs).
+- Validation: every ``val_every`` steps (and at the last step) on a FIXED validation set simulated
+  once from ``val_seed``: kernel loss, Jaccard and lateral RMSE at ``tolerance`` nm (axial
+  tolerance ``axial_tolerance`` for 3D) after :func:`~starloc.deeploco.postprocess.postprocess`.
+- Cancel by closing the generator; the model keeps the weights of the last finished step (and a
+  checkpoint is written when ``checkpoint_path`` is given).
+- Resume: :meth:`Trainer.save_checkpoint` stores weights, optimizer, step and RNG state;
+  ``train(..., resume=path)`` continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Generator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import InputError, ModelFileError
+from ..io import atomic_write
+from ..metrics import match
+from .loss import DEFAULT_SIGMAS, kernel_loss
+from .model import DeepLoco
+from .network import DeepLocoConfig
+from .postprocess import postprocess
+from .simulate import Simulator
+
+__all__ = ["DeepLocoTrainConfig", "Progress", "Trainer", "train", "truth_positions", "validation_metrics"]
+
+CHECKPOINT_FORMAT = "starloc-deeploco-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DeepLocoTrainConfig:
+    """Training hyper-parameters (stored in the model's metadata).
+
+    steps : total optimizer steps. batch : frames per step.
+    lr : initial learning rate, halved every ``stage_steps`` steps.
+    reset_optimizer : restart Adam at each stage.
+    seed : seeds the network initialisation and the training batches.
+    val_size, val_seed, val_every : the fixed validation set and how often to evaluate it.
+    tolerance, axial_tolerance : nm, for validation matching.
+    n_candidates, conv_widths, fc_width, n_res_blocks, input_scale : architecture of a new model.
+    sigmas, kernel, z_scale : the loss.
+    link_distance, threshold : post-processing (validation and the model's defaults).
+    """
+
+    steps: int = 10000
+    batch: int = 32
+    lr: float = 1e-4
+    stage_steps: int = 2500
+    reset_optimizer: bool = True
+    seed: int = 0
+    device: str = "cpu"
+    val_size: int = 256
+    val_seed: int = 12345
+    val_every: int = 500
+    tolerance: float = 100.0
+    axial_tolerance: float = 500.0
+    n_candidates: int = 64
+    conv_widths: tuple[int, int, int] = (16, 64, 256)
+    fc_width: int = 1024
+    n_res_blocks: int = 2
+    input_scale: float = 100.0
+    sigmas: tuple[float, ...] = DEFAULT_SIGMAS
+    kernel: str = "laplacian"
+    z_scale: float = 0.2
+    link_distance: float = 100.0
+    threshold: float = 0.3
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch", "stage_steps", "val_every"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if int(self.val_size) < 0:
+            raise InputError(f"val_size must be >= 0, got {self.val_size!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise InputError(f"lr must be positive, got {self.lr!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["conv_widths"] = list(self.conv_widths)
+        d["sigmas"] = list(self.sigmas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DeepLocoTrainConfig:
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        for key in ("conv_widths", "sigmas"):
+            if key in kw:
+                kw[key] = tuple(kw[key])
+        return cls(**kw)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of (1-based) ``step``."""
+        return self.lr * 0.5 ** ((int(step) - 1) // self.stage_steps)
+
+    def network_config(self, simulator: Simulator) -> DeepLocoConfig:
+        return DeepLocoConfig.for_simulator(
+            simulator, n_candidates=self.n_candidates, conv_widths=tuple(self.conv_widths),
+            fc_width=self.fc_width, n_res_blocks=self.n_res_blocks, input_scale=self.input_scale)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One training step. ``val_*`` are ``None`` except on validation steps (every ``val_every``
+    steps and the last); RMSEs in nm (NaN without matches), ``val_rmse_axial`` only for 3D."""
+
+    step: int
+    max_steps: int
+    loss: float
+    lr: float
+    elapsed: float
+    val_loss: float | None = None
+    val_jaccard: float | None = None
+    val_rmse_lateral: float | None = None
+    val_rmse_axial: float | None = None
+
+
+def truth_positions(truth: dict[str, torch.Tensor], dim: int) -> torch.Tensor:
+    """``(B, N, dim)`` nm positions (x, y[, z]) from a simulator truth dict."""
+    keys = ("x", "y", "z")[:dim]
+    return torch.stack([truth[k] for k in keys], dim=-1)
+
+
+def validation_metrics(
+    table: dict[str, np.ndarray],
+    truth: dict[str, torch.Tensor],
+    tolerance: float = 100.0,
+    axial_tolerance: float = 500.0,
+) -> dict[str, float]:
+    """Jaccard and RMSE of a localization table against simulator truth, per frame matching on
+    the lateral distance (``<= tolerance``); for 3D, matched pairs with ``|dz| > axial_tolerance``
+    count as one false positive and one false negative. RMSE lateral = sqrt(mean(dx² + dy²))."""
+    mask = truth["mask"].cpu().numpy()
+    tx, ty, tz = (truth[k].cpu().numpy() for k in ("x", "y", "z"))
+    three_d = "z" in table
+    tp = fp = fn = 0
+    lat, ax = [], []
+    frames = table["frame"]
+    for b in range(mask.shape[0]):
+        sel = frames == b
+        pred = np.stack([table["x"][sel], table["y"][sel]], 1)
+        m = mask[b]
+        true = np.stack([tx[b][m], ty[b][m]], 1)
+        pi, ti = match(pred, true, tolerance)
+        if three_d:
+            dz = table["z"][sel][pi] - tz[b][m][ti]
+            ok = np.abs(dz) <= axial_tolerance
+            pi, ti, dz = pi[ok], ti[ok], dz[ok]
+            ax.append(dz)
+        tp += len(pi)
+        fp += len(pred) - len(pi)
+        fn += len(true) - len(ti)
+        lat.append(np.sum((pred[pi] - true[ti]) ** 2, axis=1))
+    total = tp + fp + fn
+    lat_all = np.concatenate(lat) if lat else np.zeros(0)
+    out = {
+        "jaccard": tp / total if total else 1.0,
+        "rmse_lateral": float(np.sqrt(lat_all.mean())) if len(lat_all) else math.nan,
+        "tp": tp, "fp": fp, "fn": fn,
+    }
+    if three_d:
+        ax_all = np.concatenate(ax) if ax else np.zeros(0)
+        out["rmse_axial"] = float(np.sqrt(np.mean(ax_all**2))) if len(ax_all) else math.nan
+    return out
+
+
+class Trainer:
+    """Training state (model, optimizer, RNG, step) and the step loop; see :func:`train`."""
+
+    def __init__(self, simulator: Simulator, config: DeepLocoTrainConfig = DeepLocoTrainConfig(),
+                 model: DeepLoco | None = None):
+        if not isinstance(simulator, Simulator):
+            raise InputError(f"simulator must be a Simulator, got {type(simulator).__name__}")
+        self.simulator = simulator
+        self.config = config
+        self.device = torch.device(config.device)
+        if simulator.device.type != self.device.type:
+            raise InputError(f"simulator is on {simulator.device}, training on {self.device}")
+        if model is None:
+            model = DeepLoco.new(config.network_config(simulator), seed=config.seed, psf=simulator.psf,
+                                 camera=simulator.camera, link_distance=config.link_distance,
+                                 threshold=config.threshold)
+        self._check_compatible(model)
+        self.model = model.to(self.device)
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self.optimizer = self._new_optimizer(config.lr_at(1))
+        self.step = 0
+        self.elapsed = 0.0
+        self._validation: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
+
+    def _check_compatible(self, model: DeepLoco) -> None:
+        c, sim = model.config, self.simulator
+        want = DeepLocoConfig.for_simulator(sim)
+        if (c.frame_size, c.dim) != (want.frame_size, want.dim) or abs(c.pixel_size - sim.pixel_size) > 1e-6:
+            raise InputError(
+                f"model (frames {c.frame_size} px, {c.dim}D, {c.pixel_size:g} nm/px) does not match the "
+                f"simulator (frames {want.frame_size} px, {want.dim}D, {sim.pixel_size:g} nm/px)")
+
+    def _new_optimizer(self, lr: float) -> torch.optim.Adam:
+        return torch.optim.Adam(self.model.net.parameters(), lr=lr)
+
+    # ------------------------------------------------------------------ validation
+    def validation_set(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The fixed validation frames and truth (simulated once from ``val_seed``)."""
+        if self._validation is None:
+            g = torch.Generator(device=self.device).manual_seed(self.config.val_seed)
+            self._validation = self.simulator.sample(self.config.val_size, g)
+        return self._validation
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        c = self.config
+        frames, truth = self.validation_set()
+        net = self.model.net
+        was_training = net.training
+        net.eval()
+        losses, tables = [], []
+        for start in range(0, frames.shape[0], max(c.batch, 64)):
+            sl = slice(start, start + max(c.batch, 64))
+            pos, w = net(frames[sl])
+            tpos = truth_positions({k: v[sl] for k, v in truth.items() if k in ("x", "y", "z")}, net.config.dim)
+            losses.append(kernel_loss(pos, w, tpos, truth["mask"][sl], c.sigmas, c.kernel, c.z_scale,
+                                      reduction="none"))
+            tables.append(postprocess(pos, w, c.link_distance, c.threshold, c.z_scale, frame_offset=start))
+        net.train(was_training)
+        table = {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}
+        out = validation_metrics(table, truth, c.tolerance, c.axial_tolerance)
+        out["loss"] = float(torch.cat(losses).mean())
+        return out
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> Generator[Progress, None, DeepLoco]:
+        """Train up to ``config.steps``; yields Progress after each step; returns the model."""
+        c = self.config
+        net = self.model.net
+        if c.val_size:
+            self.validation_set()
+        net.train()
+        start = time.perf_counter() - self.elapsed
+        progress = None
+        while self.step < c.steps:
+            step = self.step + 1
+            lr = c.lr_at(step)
+            if lr != self.optimizer.param_groups[0]["lr"]:
+                if c.reset_optimizer:
+                    self.optimizer = self._new_optimizer(lr)
+                else:
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+            frames, truth = self.simulator.sample(c.batch, self.generator)
+            pos, w = net(frames)
+            loss = kernel_loss(pos, w, truth_positions(truth, net.config.dim), truth["mask"],
+                               c.sigmas, c.kernel, c.z_scale)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.step = step
+            self.elapsed = time.perf_counter() - start
+            val: dict[str, Any] = {}
+            if c.val_size and (step % c.val_every == 0 or step == c.steps):
+                m = self.validate()
+                val = dict(val_loss=m["loss"], val_jaccard=m["jaccard"], val_rmse_lateral=m["rmse_lateral"],
+                           val_rmse_axial=m.get("rmse_axial"))
+            progress = Progress(step, c.steps, loss.item(), lr, self.elapsed, **val)
+            yield progress
+        net.eval()
+        self.model.metadata = {**self.model.metadata, "training": self.training_metadata(progress)}
+        return self.model
+
+    def training_metadata(self, progress: Progress | None) -> dict[str, Any]:
+        meta: dict[str, Any] = {**self.config.to_dict(), "steps_done": self.step, "seconds": self.elapsed,
+                                "simulator": self.simulator.to_dict()}
+        if progress is not None:
+            meta["final_loss"] = progress.loss
+        return meta
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, path: Any) -> Path:
+        """Weights, optimizer, step, elapsed time and RNG state in one file (atomic, plain data)."""
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_VERSION,
+            "model": {"config": self.model.file_config(),
+                      "state_dict": {k: v.detach().cpu().clone() for k, v in self.model.net.state_dict().items()},
+                      "metadata": self.model.metadata},
+            "train_config": self.config.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "rng_state": self.generator.get_state(),
+        }
+        return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+    @classmethod
+    def from_checkpoint(cls, path: Any, simulator: Simulator,
+                        config: DeepLocoTrainConfig | None = None) -> Trainer:
+        """Restore a trainer; ``config`` (e.g. with more ``steps``) defaults to the stored one."""
+        name = str(path)
+        if not Path(path).is_file():
+            raise ModelFileError(f"checkpoint {name!r} not found")
+        try:
+            obj = torch.load(path, weights_only=True, map_location="cpu")
+        except Exception:
+            raise ModelFileError(f"cannot read checkpoint {name!r}: not a torch file, or corrupt") from None
+        if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
+            raise ModelFileError(f"{name!r} is not a DeepLoco training checkpoint")
+        try:
+            stored = DeepLocoTrainConfig.from_dict(obj["train_config"])
+            model = DeepLoco.from_file_dict({"config": obj["model"]["config"], "state_dict": obj["model"]["state_dict"],
+                                             "metadata": obj["model"]["metadata"]}, name)
+            trainer = cls(simulator, config or stored, model)
+            trainer.optimizer = trainer._new_optimizer(stored.lr_at(max(int(obj["step"]), 1)))
+            trainer.optimizer.load_state_dict(obj["optimizer"])
+            trainer.step = int(obj["step"])
+            trainer.elapsed = float(obj["elapsed"])
+            trainer.generator.set_state(obj["rng_state"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            text = str(exc).strip().splitlines()
+            raise ModelFileError(f"{name!r}: damaged checkpoint ({text[0] if text else type(exc).__name__})") from None
+        return trainer
+
+
+def train(
+    simulator: Simulator,
+    config: DeepLocoTrainConfig = DeepLocoTrainConfig(),
+    model: DeepLoco | None = None,
+    resume: Any = None,
+    checkpoint_path: Any = None,
+    checkpoint_every: int = 0,
+) -> Generator[Progress, None, DeepLoco]:
+    """Train DeepLoco on frames from ``simulator``; yields :class:`Progress`, returns the model.
+
+    ``model``: continue from these weights (fresh optimizer); ``resume``: a checkpoint written by
+    :meth:`Trainer.save_checkpoint` (weights, optimizer, step, RNG: the run continues exactly as
+    if uninterrupted; ``config`` may raise ``steps``). ``checkpoint_path``: written every
+    ``checkpoint_every`` steps (0: never periodically), when the generator is closed (cancel) and
+    at the end. Seeded: same simulator, config and seed give the same model on the same device.
+    """
+    if resume is not None:
+        if model is not None:
+            raise InputError("give either model or resume, not both")
+        trainer = Trainer.from_checkpoint(resume, simulator, config)
+    else:
+        trainer = Trainer(simulator, config, model)
+    gen = trainer.run()
+    try:
+        while True:
+            try:
+                progress = next(gen)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            if checkpoint_path is not None and checkpoint_every and progress.step % checkpoint_every == 0:
+                trainer.save_checkpoint(checkpoint_path)
+            yield progress
+    except GeneratorExit:
+        if checkpoint_path is not None:
+            trainer.save_checkpoint(checkpoint_path)
+        trainer.model.net.eval()
+        raise
+    if checkpoint_path is not None:
+        trainer.save_checkpoint(checkpoint_path)
+    return result

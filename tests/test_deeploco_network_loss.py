@@ -1,0 +1,249 @@
+"""DeepLoco network shapes/box, kernel MMD loss and post-processing."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from starloc.deeploco.loss import kernel_loss
+from starloc.deeploco.network import DeepLocoConfig, DeepLocoNet
+from starloc.deeploco.postprocess import postprocess
+from starloc.errors import InputError
+
+SIGMAS = (64.0, 320.0, 640.0, 1920.0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny tensors: one thread is faster, and much faster on a busy 2-core machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny(**kw) -> DeepLocoConfig:
+    base = dict(frame_size=32, n_candidates=8, conv_widths=(4, 8, 16), fc_width=32)
+    base.update(kw)
+    return DeepLocoConfig(**base)
+
+
+# ----------------------------------------------------------------------------- network
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_network_output_shapes_box_and_nonnegative_weights(dim):
+    cfg = tiny(dim=dim, z_range=(-750.0, 750.0) if dim == 3 else (0.0, 0.0), pixel_size=110.0)
+    torch.manual_seed(0)
+    net = DeepLocoNet(cfg)
+    frames = 100 + 30 * torch.randn(5, 1, 32, 32)
+    frames[:, :, 10:13, 20:23] += 2000
+    pos, w = net(frames)
+    assert pos.shape == (5, 8, dim) and w.shape == (5, 8)
+    assert bool((w >= 0).all())
+    assert bool(((pos[..., :2] >= 0) & (pos[..., :2] <= 32 * 110.0)).all())
+    if dim == 3:
+        assert bool(((pos[..., 2] >= -750) & (pos[..., 2] <= 750)).all())
+    assert cfg.n_features == 16 * 2 * 2
+
+
+def test_default_architecture_matches_the_paper():
+    cfg = DeepLocoConfig()
+    assert cfg.n_features == 4096 and cfg.fc_width == 1024 and cfg.n_candidates == 64
+    net = DeepLocoNet(cfg)
+    convs = [m for m in net.features if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size[0], c.stride[0]) for c in convs] == [
+        (1, 16, 5, 1), (16, 16, 5, 1), (16, 64, 2, 2), (64, 64, 3, 1), (64, 64, 3, 1),
+        (64, 256, 2, 2), (256, 256, 3, 1), (256, 256, 3, 1), (256, 256, 4, 4)]
+
+
+def test_residual_blocks_start_near_identity():
+    net = DeepLocoNet(tiny(fc_width=64))
+    x = torch.randn(4, 64)
+    for block in net.blocks:
+        with torch.no_grad():
+            y = block(x)
+        assert float((y - x).abs().max()) < 0.05 * float(x.abs().max())
+
+
+def test_network_input_scaling_ignores_a_constant_background():
+    net = DeepLocoNet(tiny())
+    frames = 50 * torch.randn(2, 1, 32, 32)
+    a = net(frames)
+    b = net(frames + 123.0)
+    assert torch.allclose(a[0], b[0], atol=1e-4) and torch.allclose(a[1], b[1], atol=1e-4)
+
+
+def test_network_config_validation_and_round_trip():
+    with pytest.raises(InputError):
+        tiny(frame_size=40)
+    with pytest.raises(InputError):
+        tiny(dim=4)
+    with pytest.raises(InputError):
+        tiny(dim=3)  # needs a z range
+    cfg = tiny(dim=3, z_range=(-500.0, 600.0))
+    assert DeepLocoConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(InputError, match="expects frames"):
+        DeepLocoNet(cfg)(torch.zeros(1, 1, 64, 64))
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def _truth(B=3, N=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.rand(B, N, 2, generator=g) * 6400
+    mask = torch.arange(N)[None] < torch.tensor([5, 2, 0])[:B, None]
+    return pos, mask
+
+
+def test_loss_is_zero_when_prediction_equals_truth():
+    true_pos, mask = _truth()
+    K = 8
+    pred = torch.rand(3, K, 2) * 6400
+    w = torch.zeros(3, K)
+    pred[:, :5] = true_pos
+    w[:, :5] = mask.float()
+    for kind in ("laplacian", "gaussian"):
+        assert float(kernel_loss(pred, w, true_pos, mask, kind=kind)) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_loss_is_positive_otherwise():
+    true_pos, mask = _truth()
+    pred = torch.rand(3, 8, 2) * 6400
+    w = torch.rand(3, 8)
+    loss = kernel_loss(pred, w, true_pos, mask, reduction="none")
+    assert loss.shape == (3,) and bool((loss > 0).all())
+
+
+def test_loss_equals_a_hand_computed_value():
+    # One predicted point (weight 0.7) 30 nm in x and 40 nm in y from one true point.
+    pred = torch.tensor([[[1000.0, 1000.0]]])
+    w = torch.tensor([[0.7]])
+    true = torch.tensor([[[1030.0, 1040.0]]])
+    mask = torch.tensor([[True]])
+    lap = sum(0.7**2 + 1 - 2 * 0.7 * math.exp(-70.0 / s) for s in SIGMAS)
+    gau = sum(0.7**2 + 1 - 2 * 0.7 * math.exp(-2500.0 / (4 * s * s)) for s in SIGMAS)
+    assert float(kernel_loss(pred, w, true, mask)) == pytest.approx(lap, rel=1e-5)
+    assert float(kernel_loss(pred, w, true, mask, kind="gaussian")) == pytest.approx(gau, rel=1e-5)
+    assert lap != pytest.approx(gau, rel=1e-3)
+
+
+def test_loss_is_symmetric():
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.rand(2, 6, 2, generator=g) * 3000, torch.rand(2, 4, 2, generator=g) * 3000
+    ones_a, ones_b = torch.ones(2, 6), torch.ones(2, 4)
+    for kind in ("laplacian", "gaussian"):
+        ab = kernel_loss(a, ones_a, b, ones_b.bool(), kind=kind)
+        ba = kernel_loss(b, ones_b, a, ones_a.bool(), kind=kind)
+        assert float(ab) == pytest.approx(float(ba), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["laplacian", "gaussian"])
+def test_loss_decreases_as_the_predicted_point_moves_to_the_truth(kind):
+    true = torch.tensor([[[2000.0, 3000.0], [5000.0, 1000.0]]])
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    losses = []
+    for offset in (800.0, 400.0, 200.0, 100.0, 50.0, 10.0, 0.0):
+        pred = true.clone()
+        pred[0, 0, 0] += offset
+        losses.append(float(kernel_loss(pred, torch.ones(1, 2), true, mask, kind=kind)))
+    assert all(a > b for a, b in zip(losses, losses[1:]))
+    assert losses[-1] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_padded_truth_slots_have_no_effect():
+    true_pos, mask = _truth()
+    pred, w = torch.rand(3, 8, 2) * 6400, torch.rand(3, 8)
+    ref = kernel_loss(pred, w, true_pos, mask, reduction="none")
+    garbage = true_pos.clone()
+    garbage[~mask] = torch.tensor([1e6, float("nan")])
+    assert torch.allclose(kernel_loss(pred, w, garbage, mask, reduction="none"), ref)
+    # Extra padding slots change nothing either.
+    padded = torch.cat([true_pos, torch.full((3, 4, 2), 777.0)], 1)
+    pmask = torch.cat([mask, torch.zeros(3, 4, dtype=torch.bool)], 1)
+    assert torch.allclose(kernel_loss(pred, w, padded, pmask, reduction="none"), ref)
+
+
+def test_batched_loss_equals_per_frame_loss():
+    true_pos, mask = _truth()
+    pred, w = torch.rand(3, 8, 2) * 6400, torch.rand(3, 8)
+    batched = kernel_loss(pred, w, true_pos, mask, reduction="none")
+    for b in range(3):
+        m = mask[b]
+        single = kernel_loss(pred[b : b + 1], w[b : b + 1], true_pos[b : b + 1, m], m[m][None])
+        assert float(single) == pytest.approx(float(batched[b]), rel=1e-5)
+    assert float(kernel_loss(pred, w, true_pos, mask)) == pytest.approx(float(batched.mean()), rel=1e-6)
+
+
+def test_z_is_scaled_before_distances():
+    true = torch.tensor([[[1000.0, 1000.0, 0.0]]])
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    dz = kernel_loss(torch.tensor([[[1000.0, 1000.0, 500.0]]]), torch.ones(1, 1), true, mask, z_scale=0.2)
+    dx = kernel_loss(torch.tensor([[[1100.0, 1000.0, 0.0]]]), torch.ones(1, 1), true, mask, z_scale=0.2)
+    assert float(dz) == pytest.approx(float(dx), rel=1e-5)
+
+
+def test_gradients_flow_and_are_finite_even_at_coincident_points():
+    true_pos, mask = _truth()
+    pred = true_pos.clone().requires_grad_(True)  # coincident points: |d| = 0
+    extra = (torch.rand(3, 3, 2) * 6400).requires_grad_(True)
+    w = torch.rand(3, 8, requires_grad=True)
+    for kind in ("laplacian", "gaussian"):
+        loss = kernel_loss(torch.cat([pred, extra], 1), w, true_pos, mask, kind=kind)
+        gp, ge, gw = torch.autograd.grad(loss, (pred, extra, w))
+        for g in (gp, ge, gw):
+            assert bool(torch.isfinite(g).all())
+        assert float(ge.abs().sum()) > 0 and float(gw.abs().sum()) > 0
+
+
+def test_loss_rejects_bad_arguments():
+    true_pos, mask = _truth()
+    pred, w = torch.rand(3, 8, 2), torch.rand(3, 8)
+    with pytest.raises(InputError):
+        kernel_loss(pred, w, true_pos, mask, kind="cauchy")
+    with pytest.raises(InputError):
+        kernel_loss(pred, w[:, :4], true_pos, mask)
+    with pytest.raises(InputError):
+        kernel_loss(pred, w, true_pos, mask, sigmas=(0.0,))
+
+
+# ----------------------------------------------------------------------------- post-processing
+
+
+def test_postprocess_merges_close_candidates_and_keeps_distant_ones():
+    pos = torch.tensor([[[1000.0, 1000.0], [1030.0, 1000.0], [3000.0, 3000.0], [3300.0, 3000.0]]])
+    w = torch.tensor([[0.2, 0.6, 0.9, 0.8]])
+    t = postprocess(pos, w)
+    assert list(t) == ["frame", "x", "y", "confidence"]
+    np.testing.assert_array_equal(t["frame"], [0, 0, 0])
+    np.testing.assert_allclose(t["x"], [(0.2 * 1000 + 0.6 * 1030) / 0.8, 3000.0, 3300.0])
+    np.testing.assert_allclose(t["y"], [1000.0, 3000.0, 3000.0])
+    np.testing.assert_allclose(t["confidence"], [0.8, 0.9, 0.8], rtol=1e-6)
+
+
+def test_postprocess_links_chains_drops_small_weights_and_thresholds():
+    # A chain 80 + 80 nm is one component (160 nm end to end); the 1e-4 candidate is ignored
+    # (it would otherwise link the lone 0.2 candidate); below-threshold components are dropped.
+    pos = torch.tensor([[[1000.0, 1000.0], [1080.0, 1000.0], [1160.0, 1000.0],
+                         [4000.0, 4000.0], [4090.0, 4000.0], [4180.0, 4000.0]]])
+    w = torch.tensor([[0.1, 0.1, 0.2, 0.2, 1e-4, 0.25]])
+    t = postprocess(pos, w)
+    np.testing.assert_allclose(t["confidence"], [0.4])
+    np.testing.assert_allclose(t["x"], [(100 + 108 + 232) / 0.4], rtol=1e-6)
+    t = postprocess(pos, w, threshold=0.2)
+    np.testing.assert_allclose(t["confidence"], [0.4, 0.2, 0.25])
+
+
+def test_postprocess_keeps_frames_apart_and_scales_z():
+    pos = torch.tensor([[[500.0, 500.0, 0.0], [500.0, 500.0, 400.0]],
+                        [[500.0, 500.0, 0.0], [500.0, 500.0, 600.0]]])
+    w = torch.full((2, 2), 0.5)
+    t = postprocess(pos, w, frame_offset=10)
+    # Frame 10: dz = 400 nm -> 80 nm after scaling: merged. Frame 11: 600 -> 120 nm: kept apart.
+    np.testing.assert_array_equal(t["frame"], [10, 11, 11])
+    np.testing.assert_allclose(t["z"], [200.0, 0.0, 600.0])
+    np.testing.assert_allclose(t["confidence"], [1.0, 0.5, 0.5])
+    empty = postprocess(pos, torch.zeros(2, 2))
+    assert all(len(v) == 0 for v in empty.values()) and "z" in empty
