@@ -130,7 +130,7 @@ class DetectParams:
     beta: float | None = None
     cutoff: float = 0.99
     mode: str = "quantile"
-    min_weight: float = 0.1
+    min_weight: float = 0.01
     radius: float = 4.0
     cluster_radius: float = 2.0
 
