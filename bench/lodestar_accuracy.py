@@ -130,6 +130,8 @@ def plot(single, path):
             ax.loglog(snr, [r[key] for r in rows], style, label=key, ms=4)
         ax.set_title(shape)
         ax.set_xlabel("SNR")
+        ax.set_xticks(snr, [str(v) for v in snr], minor=False)
+        ax.minorticks_off()
         ax.axhline(0.1, color="0.8", lw=0.8)
     np.atleast_1d(axes)[0].set_ylabel("RMSE per axis (px)")
     np.atleast_1d(axes)[0].legend(fontsize=7)
