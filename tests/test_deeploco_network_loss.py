@@ -14,13 +14,7 @@ from starloc.errors import InputError
 SIGMAS = (64.0, 320.0, 640.0, 1920.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: one thread is faster, and much faster on a busy 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**kw) -> DeepLocoConfig:

@@ -26,13 +26,7 @@ from starloc.progress import finish
 TINY = dict(n_candidates=8, conv_widths=(4, 8, 8), fc_width=64, batch=4, val_size=6, val_every=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: one thread is faster, and much faster on a busy 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
