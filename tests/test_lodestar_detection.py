@@ -73,3 +73,13 @@ def test_maps_at_image_resolution_align_with_the_pooled_blocks():
     up = to_image_resolution(values, 2, (5, 7))
     assert up.shape == (5, 7)
     assert up[0, 0] == up[1, 1] == 0 and up[2, 2] == 4 and up[4, 6] == 5
+
+
+def test_merge_keeps_the_best_of_close_detections_greedily():
+    from starloc.lodestar.detection import _merge
+
+    pos = np.array([[0, 0], [0, 1.5], [0, 3.0], [10, 10]], float)
+    # 1 (best) drops 0 and 2, which are each within 2 px of it; 3 is alone.
+    assert _merge(pos, np.array([1, 3, 2, 0.5]), 2.0).tolist() == [1, 3]
+    # 2 (best) drops 1; 0 is 3 px from 2, so it stays though 1 was close to it.
+    assert _merge(pos, np.array([1, 2, 3, 0.5]), 2.0).tolist() == [0, 2, 3]

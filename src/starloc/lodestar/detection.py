@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from starloc.lodestar.model import Maps
 
@@ -204,12 +205,16 @@ def _refine(P, w, ii, jj, r, cluster_radius, iterations=3):
 
 def _merge(pos: np.ndarray, score: np.ndarray, distance: float) -> np.ndarray:
     """Indices of detections kept after dropping any within ``distance`` px of a higher score."""
-    order = np.argsort(-score, kind="stable")
-    kept: list[int] = []
-    for i in order:
-        if all(np.hypot(*(pos[i] - pos[j])) > distance for j in kept):
-            kept.append(i)
-    return np.sort(np.array(kept, dtype=np.int64))
+    close = cKDTree(pos).query_pairs(distance, output_type="ndarray")
+    neighbours: dict[int, list[int]] = {}
+    for a, b in close.tolist():
+        neighbours.setdefault(a, []).append(b)
+        neighbours.setdefault(b, []).append(a)
+    dropped = np.zeros(len(pos), dtype=bool)
+    for i in np.argsort(-score, kind="stable"):
+        if not dropped[i]:
+            dropped[neighbours.get(int(i), [])] = True
+    return np.flatnonzero(~dropped)
 
 
 def to_image_resolution(values: np.ndarray, stride: int, image_shape: tuple[int, int]) -> np.ndarray:
