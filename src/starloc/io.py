@@ -45,6 +45,7 @@ __all__ = [
     "write_points_csv",
     "read_points_csv",
     "is_points_csv",
+    "read_header_line",
     "MODEL_FORMAT",
     "MODEL_FORMAT_VERSION",
     "save_model_file",
@@ -517,24 +518,31 @@ def read_points_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, di
     return frames, positions, parsed
 
 
+def read_header_line(path: str | os.PathLike) -> str | None:
+    """The first line of a text file (BOM and line ending removed), read from at most its
+    first 4 KiB; None when the file cannot be read. Never raises: for cheap format sniffing."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except (OSError, TypeError, ValueError):
+        return None
+    if head.startswith(b"\xef\xbb\xbf"):
+        head = head[3:]
+    return head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace")
+
+
 def is_points_csv(path: str | os.PathLike) -> bool:
     """Cheap sniff: True when ``path`` is a file whose first line starts with ``frame,row,col``.
 
     Reads at most 4 KiB whatever the file is; never raises.
     """
     try:
-        p = Path(path)
-        if not p.is_file():
+        if not Path(path).is_file():
             return False
-        with open(p, "rb") as fh:
-            head = fh.read(4096)
-    except (OSError, TypeError, ValueError):
+    except (TypeError, ValueError):
         return False
-    if head.startswith(b"\xef\xbb\xbf"):
-        head = head[3:]
-    first = head.split(b"\n", 1)[0].rstrip(b"\r")
-    names = [h.strip() for h in first.split(b",")]
-    return names[:3] == [b"frame", b"row", b"col"]
+    first = read_header_line(path)
+    return first is not None and [h.strip() for h in first.split(",")][:3] == list(POINTS_HEADER)
 
 
 # --------------------------------------------------------------------------------------

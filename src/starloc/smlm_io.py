@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .io import atomic_path
+from .io import atomic_path, read_header_line
 
 __all__ = [
     "ACTIVATIONS_HEADER",
@@ -273,14 +273,9 @@ def read_thunderstorm_csv(path: str | os.PathLike, pixel_size_nm: float | None =
 
 def is_thunderstorm_csv(path: str | os.PathLike) -> bool:
     """Cheap sniff: a file whose first line names frame and x/y [nm|px] columns. Never raises."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(4096)
-    except (OSError, TypeError, ValueError):
+    first = read_header_line(path)
+    if first is None:
         return False
-    if head.startswith(b"\xef\xbb\xbf"):
-        head = head[3:]
-    first = head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace")
     names = {n.strip().strip('"') for n in first.split(",")}
     return "frame" in names and (
         {"x [nm]", "y [nm]"} <= names or {"x [px]", "y [px]"} <= names

@@ -17,7 +17,7 @@ from starloc.io import as_frames, frames_shape, iter_frame_chunks, validate_crop
 from starloc.lodestar.detection import DetectParams, Detections, detect, pool_single, pool_single_symmetries
 from starloc.lodestar.model import LodeSTAR, Maps
 
-Progress = tuple[int, int]
+FrameProgress = tuple[int, int]  # (frames done, frames in total)
 
 
 def extract_crops(
@@ -63,7 +63,7 @@ def _check_channels(model: LodeSTAR, frames: np.ndarray) -> None:
 def iter_detect(
     model: LodeSTAR, image, params: DetectParams = DetectParams(), chunk: int = 8, rgb: str = "error",
     channel_axis=None, augment: bool = False,
-) -> Generator[Progress, None, Detections]:
+) -> Generator[FrameProgress, None, Detections]:
     """Multi-object detection on every frame; returns :class:`Detections` (frames 0-based)."""
     total = frames_shape(image, rgb=rgb, channel_axis=channel_axis)[0]
     parts: list[Detections] = []
@@ -94,7 +94,7 @@ def single_object(model: LodeSTAR, frames: np.ndarray, augment: bool = True) -> 
 
 def iter_single(
     model: LodeSTAR, image, chunk: int = 8, rgb: str = "error", channel_axis=None, augment: bool = True
-) -> Generator[Progress, None, Detections]:
+) -> Generator[FrameProgress, None, Detections]:
     """One object per frame (see :func:`single_object`); returns one detection per frame.
 
     Features: ``weight`` (mean of the weight map) and ``consistency`` (weighted variance of
