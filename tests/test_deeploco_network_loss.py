@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from starloc.deeploco.loss import kernel_loss
-from starloc.deeploco.network import DeepLocoConfig, DeepLocoNet
+from starloc.deeploco.network import CELL, DeepLocoConfig, DeepLocoFCN, DeepLocoNet, build_network
 from starloc.deeploco.postprocess import postprocess
 from starloc.errors import InputError
 
@@ -40,6 +40,45 @@ def test_network_output_shapes_box_and_nonnegative_weights(dim):
     if dim == 3:
         assert bool(((pos[..., 2] >= -750) & (pos[..., 2] <= 750)).all())
     assert cfg.n_features == 16 * 2 * 2
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_fcn_gives_one_candidate_per_cell_inside_its_cell_neighbourhood(dim):
+    cfg = tiny(dim=dim, z_range=(-750.0, 750.0) if dim == 3 else (0.0, 0.0), architecture="fcn")
+    torch.manual_seed(0)
+    net = build_network(cfg)
+    assert isinstance(net, DeepLocoFCN)
+    frames = 100 + 30 * torch.randn(2, 1, 48, 40)  # any multiple of the cell size, not just 32
+    pos, w = net(frames)
+    K = (48 // CELL) * (40 // CELL)
+    assert pos.shape == (2, K, dim) and w.shape == (2, K)
+    assert bool(((w > 0) & (w < 1)).all())
+    cell = CELL * cfg.pixel_size
+    rows, cols = np.divmod(np.arange(K), 40 // CELL)
+    centre = np.stack([(cols + 0.5) * cell, (rows + 0.5) * cell], 1)
+    assert np.abs(pos[0, :, :2].detach().numpy() - centre).max() <= cell + 1e-3
+    if dim == 3:
+        assert bool(((pos[..., 2] >= -750) & (pos[..., 2] <= 750)).all())
+    with pytest.raises(InputError, match="multiples"):
+        net(torch.zeros(1, 1, 30, 32))
+
+
+def test_fcn_is_translation_equivariant_by_whole_cells():
+    torch.manual_seed(0)
+    net = build_network(tiny(architecture="fcn")).eval()
+    frame = 100 + 10 * torch.randn(1, 1, 128, 128)
+    frame[..., 60:63, 60:63] += 500
+    shifted = torch.roll(frame, shifts=(8, 4), dims=(-2, -1))
+    with torch.no_grad():
+        p0, w0 = net(frame)
+        p1, w1 = net(shifted)
+    g = 128 // CELL
+    w0, w1 = w0.view(g, g), w1.view(g, g)
+    # away from the borders (receptive field ~ 24 px) the maps move by (2, 1) cells and the
+    # positions by (800, 400) nm
+    assert torch.allclose(w0[10:20, 10:20], w1[12:22, 11:21], atol=1e-5)
+    d = p1.view(g, g, 2)[12:22, 11:21] - p0.view(g, g, 2)[10:20, 10:20]
+    assert torch.allclose(d, torch.tensor([400.0, 800.0]).expand_as(d), atol=1e-2)
 
 
 def test_default_architecture_matches_the_paper():
@@ -190,6 +229,36 @@ def test_gradients_flow_and_are_finite_even_at_coincident_points():
         for g in (gp, ge, gw):
             assert bool(torch.isfinite(g).all())
         assert float(ge.abs().sum()) > 0 and float(gw.abs().sum()) > 0
+
+
+def _reference_loss(pp, pw, tp, tm, kind, z_scale=0.2):
+    """Plain autograd version of the kernel loss, to check the hand-written backward."""
+    tp = torch.where(tm[..., None], tp, torch.zeros((), dtype=tp.dtype))
+    pts = torch.cat([pp, tp], 1) * torch.tensor([1.0, 1.0, z_scale], dtype=pp.dtype)
+    v = torch.cat([pw, -tm.to(pp.dtype)], 1)
+    diff = pts[:, :, None] - pts[:, None]
+    if kind == "laplacian":
+        K = sum(torch.exp(-diff.abs().sum(-1) / s) for s in SIGMAS)
+    else:
+        K = sum(torch.exp(-diff.square().sum(-1) / (4 * s * s)) for s in SIGMAS)
+    return torch.einsum("bi,bij,bj->b", v, K, v)
+
+
+@pytest.mark.parametrize("kind", ["laplacian", "gaussian"])
+def test_hand_written_gradient_equals_autograd(kind):
+    g = torch.Generator().manual_seed(0)
+    pp = (torch.rand(3, 7, 3, generator=g, dtype=torch.float64) * 1000).requires_grad_()
+    pw = torch.rand(3, 7, generator=g, dtype=torch.float64).requires_grad_()
+    tp = torch.rand(3, 5, 3, generator=g, dtype=torch.float64) * 1000
+    tm = torch.rand(3, 5, generator=g) < 0.6
+    tm[:, 4] = False  # a slot empty in every frame is trimmed
+    ours = kernel_loss(pp, pw, tp, tm, SIGMAS, kind, reduction="none")
+    ref = _reference_loss(pp, pw, tp, tm, kind)
+    assert torch.allclose(ours, ref, rtol=1e-12, atol=1e-10)
+    for a, b in zip(torch.autograd.grad(ours.sum(), [pp, pw]), torch.autograd.grad(ref.sum(), [pp, pw])):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-10)
+    assert torch.autograd.gradcheck(lambda p, w: kernel_loss(p, w, tp, tm, SIGMAS, kind, reduction="none"),
+                                    (pp, pw))
 
 
 def test_loss_rejects_bad_arguments():

@@ -18,7 +18,7 @@ import torch
 from ..errors import InputError, ModelFileError
 from ..io import load_model_file, save_model_file
 from .camera import Camera
-from .network import DeepLocoConfig, DeepLocoNet
+from .network import DeepLocoConfig, build_network
 from .postprocess import empty_table, postprocess
 from .psf import AstigmaticPSF, EmpiricalPSF, Gaussian2DPSF, PSFModel
 
@@ -59,7 +59,7 @@ def psf_from_dict(d: dict[str, Any] | None) -> PSFModel | None:
 class DeepLoco:
     """A DeepLoco model ready for inference (train it with :mod:`starloc.deeploco.training`)."""
 
-    net: DeepLocoNet
+    net: torch.nn.Module
     psf: PSFModel | None = None
     camera: Camera | None = None
     link_distance: float = 100.0
@@ -71,7 +71,7 @@ class DeepLoco:
         """Fresh, seeded weights (the global torch RNG is left untouched)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            net = DeepLocoNet(config)
+            net = build_network(config)
         return cls(net=net, **kw)
 
     @property
@@ -140,7 +140,7 @@ class DeepLoco:
         try:
             cfg = obj["config"]
             config = DeepLocoConfig.from_dict(cfg["network"])
-            net = DeepLocoNet(config)
+            net = build_network(config)
             net.load_state_dict(obj["state_dict"])
             post = cfg.get("postprocess") or {}
             return cls(

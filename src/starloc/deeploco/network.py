@@ -31,12 +31,16 @@ from torch import nn
 
 from ..errors import InputError
 
-__all__ = ["DeepLocoConfig", "DeepLocoNet", "DOWNSAMPLING"]
+__all__ = ["ARCHITECTURES", "CELL", "DeepLocoConfig", "DeepLocoFCN", "DeepLocoNet", "DOWNSAMPLING",
+           "build_network"]
 
 Tensor = torch.Tensor
 
 #: total spatial downsampling of the conv stack (2 * 2 * 4)
 DOWNSAMPLING = 16
+#: side in pixels of the cell that owns one candidate in the fully convolutional network
+CELL = 4
+ARCHITECTURES = ("paper", "fcn")
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,9 @@ class DeepLocoConfig:
     z_range : nm, the box in z (used when ``dim == 3``).
     input_scale : photons per unit of network input.
     subtract_median : subtract each frame's median before scaling.
+    architecture : ``"paper"`` (:class:`DeepLocoNet`, the paper's conv stack + FC ResNet with K
+        global candidates) or ``"fcn"`` (:class:`DeepLocoFCN`, fully convolutional: one candidate
+        per 4x4-pixel cell; ``n_candidates``, ``fc_width`` and ``n_res_blocks`` are unused).
     """
 
     frame_size: int = 64
@@ -65,10 +72,13 @@ class DeepLocoConfig:
     z_range: tuple[float, float] = (0.0, 0.0)
     input_scale: float = 100.0
     subtract_median: bool = True
+    architecture: str = "paper"
 
     def __post_init__(self) -> None:
         if int(self.frame_size) < DOWNSAMPLING or int(self.frame_size) % DOWNSAMPLING:
             raise InputError(f"frame_size must be a positive multiple of {DOWNSAMPLING}, got {self.frame_size!r}")
+        if self.architecture not in ARCHITECTURES:
+            raise InputError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         if self.dim not in (2, 3):
             raise InputError(f"dim must be 2 or 3, got {self.dim!r}")
         if int(self.n_candidates) < 1 or int(self.fc_width) < 1 or int(self.n_res_blocks) < 0:
@@ -111,6 +121,7 @@ class DeepLocoConfig:
             n_res_blocks=int(d["n_res_blocks"]), pixel_size=float(d["pixel_size"]),
             z_range=tuple(float(v) for v in d["z_range"]), input_scale=float(d["input_scale"]),
             subtract_median=bool(d["subtract_median"]),
+            architecture=str(d.get("architecture", "paper")),
         )
 
     @classmethod
@@ -172,11 +183,7 @@ class DeepLocoNet(nn.Module):
 
     def normalize_input(self, frames: Tensor) -> Tensor:
         """The fixed input scaling (see the module docstring)."""
-        c = self.config
-        x = frames
-        if c.subtract_median:
-            x = x - x.flatten(1).median(dim=1).values.view(-1, *([1] * (x.ndim - 1)))
-        return x / c.input_scale
+        return _median_scaled(frames, self.config)
 
     def forward(self, frames: Tensor) -> tuple[Tensor, Tensor]:
         c = self.config
@@ -191,3 +198,77 @@ class DeepLocoNet(nn.Module):
         positions = self.box_low + u * self.box_extent
         weights = torch.relu(self.weight_head(h))
         return positions, weights
+
+
+def _median_scaled(frames: Tensor, config: DeepLocoConfig) -> Tensor:
+    x = frames
+    if config.subtract_median:
+        x = x - x.flatten(1).median(dim=1).values.view(-1, *([1] * (x.ndim - 1)))
+    return x / config.input_scale
+
+
+class DeepLocoFCN(nn.Module):
+    """Fully convolutional DeepLoco: one weighted candidate per ``CELL x CELL`` pixel cell.
+
+    The same contract as :class:`DeepLocoNet` (``forward -> (positions (B, K, D) nm, weights
+    (B, K))``, the same kernel loss and post-processing) with ``K = (H / 4) * (W / 4)`` for a
+    frame of ``H x W`` pixels (any multiple of 4): translation equivariant, so it learns from far
+    fewer examples, costs ~0.1 GFLOP per 64x64 frame instead of ~1, and runs on whole frames of
+    any size.
+
+    Layers (widths ``(c0, c1, c2)``): two 3x3 convs at full resolution, a 2x2/2 conv and two
+    3x3 convs at 1/2, a 2x2/2 conv and three 3x3 convs (the last dilated by 2 for context) at
+    1/4, then 1x1 heads. Candidate ``k`` of cell ``(i, j)`` sits at the cell centre
+    ``((j + 0.5) * 4, (i + 0.5) * 4)`` px plus ``tanh`` offsets of at most one cell, so an
+    emitter on a cell border can be claimed from either side; ``z = sigmoid`` mapped into
+    ``z_range``; weight = sigmoid (neighbouring cells sharing one emitter are linked and summed
+    by the post-processing).
+    """
+
+    def __init__(self, config: DeepLocoConfig):
+        super().__init__()
+        self.config = config
+        c0, c1, c2 = (int(c) for c in config.conv_widths)
+
+        def conv(i: int, o: int, k: int = 3, **kw: Any) -> list[nn.Module]:
+            return [nn.Conv2d(i, o, k, padding=kw.pop("padding", k // 2), **kw), nn.ReLU()]
+
+        self.features = nn.Sequential(
+            *conv(1, c0), *conv(c0, c0),
+            *conv(c0, c1, 2, stride=2, padding=0), *conv(c1, c1), *conv(c1, c1),
+            *conv(c1, c2, 2, stride=2, padding=0), *conv(c2, c2), *conv(c2, c2),
+            *conv(c2, c2, dilation=2, padding=2),
+            *conv(c2, c2, 1),
+        )
+        self.head = nn.Conv2d(c2, 1 + config.dim, 1)
+        with torch.no_grad():
+            self.head.bias[0].fill_(-4.0)  # start with low weights everywhere (few emitters)
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+        c = self.config
+        if frames.ndim != 4 or frames.shape[1] != 1 or frames.shape[-1] % CELL or frames.shape[-2] % CELL \
+                or min(frames.shape[-2:]) < 4 * CELL:
+            raise InputError(f"DeepLocoFCN expects frames (B, 1, H, W) with H, W multiples of {CELL} "
+                             f"and >= {4 * CELL}, got {tuple(frames.shape)}")
+        x = _median_scaled(frames, c).contiguous(memory_format=torch.channels_last)
+        out = self.head(self.features(x))  # (B, 1 + D, H/4, W/4)
+        B, _, h, w = out.shape
+        out = out.permute(0, 2, 3, 1).reshape(B, h * w, 1 + c.dim)
+        weights = torch.sigmoid(out[..., 0])
+        dev, dt = out.device, out.dtype
+        rows, cols = torch.meshgrid(torch.arange(h, device=dev, dtype=dt), torch.arange(w, device=dev, dtype=dt),
+                                    indexing="ij")
+        cell_nm = CELL * c.pixel_size
+        centre = torch.stack([(cols.reshape(-1) + 0.5) * cell_nm, (rows.reshape(-1) + 0.5) * cell_nm], -1)
+        xy = centre + torch.tanh(out[..., 1:3]) * cell_nm
+        if c.dim == 3:
+            lo, hi = c.z_range
+            z = lo + torch.sigmoid(out[..., 3:4]) * (hi - lo)
+            xy = torch.cat([xy, z], -1)
+        return xy, weights
+
+
+def build_network(config: DeepLocoConfig) -> nn.Module:
+    """The network named by ``config.architecture``."""
+    return DeepLocoFCN(config) if config.architecture == "fcn" else DeepLocoNet(config)

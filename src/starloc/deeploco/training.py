@@ -52,6 +52,7 @@ class DeepLocoTrainConfig:
     seed : seeds the network initialisation and the training batches.
     val_size, val_seed, val_every : the fixed validation set and how often to evaluate it.
     tolerance, axial_tolerance : nm, for validation matching.
+    architecture : ``"paper"`` or ``"fcn"`` (see :class:`~starloc.deeploco.network.DeepLocoConfig`).
     n_candidates, conv_widths, fc_width, n_res_blocks, input_scale : architecture of a new model.
     sigmas, kernel, z_scale : the loss.
     link_distance, threshold : post-processing (validation and the model's defaults).
@@ -69,6 +70,7 @@ class DeepLocoTrainConfig:
     val_every: int = 500
     tolerance: float = 100.0
     axial_tolerance: float = 500.0
+    architecture: str = "paper"
     n_candidates: int = 64
     conv_widths: tuple[int, int, int] = (16, 64, 256)
     fc_width: int = 1024
@@ -111,7 +113,8 @@ class DeepLocoTrainConfig:
     def network_config(self, simulator: Simulator) -> DeepLocoConfig:
         return DeepLocoConfig.for_simulator(
             simulator, n_candidates=self.n_candidates, conv_widths=tuple(self.conv_widths),
-            fc_width=self.fc_width, n_res_blocks=self.n_res_blocks, input_scale=self.input_scale)
+            fc_width=self.fc_width, n_res_blocks=self.n_res_blocks, input_scale=self.input_scale,
+            architecture=self.architecture)
 
 
 @dataclass(frozen=True)
