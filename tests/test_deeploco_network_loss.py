@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from starloc.deeploco.loss import kernel_loss
+from starloc.deeploco.loss import cell_loss, kernel_loss
 from starloc.deeploco.network import CELL, DeepLocoConfig, DeepLocoFCN, DeepLocoNet, build_network
 from starloc.deeploco.postprocess import postprocess
 from starloc.errors import InputError
@@ -56,7 +56,7 @@ def test_fcn_gives_one_candidate_per_cell_inside_its_cell_neighbourhood(dim):
     cell = CELL * cfg.pixel_size
     rows, cols = np.divmod(np.arange(K), 40 // CELL)
     centre = np.stack([(cols + 0.5) * cell, (rows + 0.5) * cell], 1)
-    assert np.abs(pos[0, :, :2].detach().numpy() - centre).max() <= cell + 1e-3
+    assert np.abs(pos[0, :, :2].detach().numpy() - centre).max() <= 0.6 * cell + 1e-3
     if dim == 3:
         assert bool(((pos[..., 2] >= -750) & (pos[..., 2] <= 750)).all())
     with pytest.raises(InputError, match="multiples"):
@@ -259,6 +259,22 @@ def test_hand_written_gradient_equals_autograd(kind):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-10)
     assert torch.autograd.gradcheck(lambda p, w: kernel_loss(p, w, tp, tm, SIGMAS, kind, reduction="none"),
                                     (pp, pw))
+
+
+def test_cell_loss_on_a_hand_computed_case():
+    # 2x2 grid of 400 nm cells; one emitter in cell (row 1, col 0) at (x=100, y=500) nm
+    true_pos = torch.tensor([[[100.0, 500.0], [0.0, 0.0]]])
+    mask = torch.tensor([[True, False]])
+    pos = torch.tensor([[[200.0, 200.0], [600.0, 200.0], [140.0, 480.0], [600.0, 600.0]]])
+    w = torch.tensor([[0.5, 1e-9, 0.8, 1e-9]])
+    got = cell_loss(pos, w, true_pos, mask, (2, 2), 400.0)
+    want = -math.log(0.5) - math.log(0.8) + (40.0 + 20.0) / 400.0
+    assert got.item() == pytest.approx(want, rel=1e-5)
+    perfect = cell_loss(torch.tensor([[[0.0, 0.0], [0.0, 0.0], [100.0, 500.0], [0.0, 0.0]]]),
+                        torch.tensor([[0.0, 0.0, 1.0, 0.0]]), true_pos, mask, (2, 2), 400.0)
+    assert perfect.item() < 1e-4
+    with pytest.raises(InputError, match="grid"):
+        cell_loss(pos, w, true_pos, mask, (3, 2), 400.0)
 
 
 def test_loss_rejects_bad_arguments():

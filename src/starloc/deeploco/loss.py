@@ -136,3 +136,44 @@ class _KernelQuadraticForm(torch.autograd.Function):
                 grad_points = 4.0 * (G.sum(-1, keepdim=True) * points - torch.bmm(G, points))
             grad_points = grad_points * g[..., None]
         return grad_points, grad_v, None, None
+
+
+def cell_loss(
+    pred_pos: Tensor,
+    pred_w: Tensor,
+    true_pos: Tensor,
+    true_mask: Tensor,
+    grid: tuple[int, int],
+    cell_nm: float,
+    z_scale: float = 0.2,
+    reduction: str = "mean",
+) -> Tensor:
+    """Auxiliary per-cell loss for the fully convolutional network (candidate ``k`` belongs to
+    cell ``(k // w, k % w)`` of a ``grid = (h, w)`` of ``cell_nm`` cells, x along columns).
+
+    ``sum_cells BCE(w_k, occupied_k) + sum_emitters |pos_k(e) - e|_1 / cell_nm`` per frame, where
+    ``k(e)`` is the cell holding emitter ``e`` (z multiplied by ``z_scale``). It tells each cell
+    directly whether it owns an emitter and where, which the set-level MMD conveys only through
+    slowly vanishing gradients on low-weight candidates; weights must lie in (0, 1).
+    """
+    if reduction not in ("mean", "none"):
+        raise InputError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    h, w = (int(v) for v in grid)
+    B, K, D = pred_pos.shape
+    if K != h * w or pred_w.shape != (B, K):
+        raise InputError(f"{K} candidates do not form a {h}x{w} grid of cells")
+    mask = true_mask.to(torch.bool)
+    col = torch.div(true_pos[..., 0], cell_nm, rounding_mode="floor").clamp(0, w - 1).long()
+    row = torch.div(true_pos[..., 1], cell_nm, rounding_mode="floor").clamp(0, h - 1).long()
+    cell = torch.where(mask, row * w + col, torch.zeros_like(col))
+    occupied = torch.zeros(B, K, dtype=pred_w.dtype, device=pred_w.device)
+    occupied.scatter_(1, cell, mask.to(pred_w.dtype))
+    occupied.clamp_(max=1.0)
+    bce = torch.nn.functional.binary_cross_entropy(pred_w.clamp(1e-6, 1 - 1e-6), occupied, reduction="none").sum(1)
+    owner = torch.gather(pred_pos, 1, cell[..., None].expand(-1, -1, D))
+    scale = torch.ones(D, dtype=pred_pos.dtype, device=pred_pos.device)
+    if D == 3:
+        scale[2] = z_scale
+    err = ((owner - true_pos.to(pred_pos.dtype)).abs() * scale).sum(-1) / cell_nm
+    loss = bce + (err * mask).sum(1)
+    return loss.mean() if reduction == "mean" else loss

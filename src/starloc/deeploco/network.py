@@ -41,6 +41,8 @@ DOWNSAMPLING = 16
 #: side in pixels of the cell that owns one candidate in the fully convolutional network
 CELL = 4
 ARCHITECTURES = ("paper", "fcn")
+#: largest offset of an FCN candidate from its cell centre, in cells (0.5 = the cell border)
+OFFSET_RANGE = 0.6
 
 
 @dataclass(frozen=True)
@@ -219,10 +221,10 @@ class DeepLocoFCN(nn.Module):
     Layers (widths ``(c0, c1, c2)``): two 3x3 convs at full resolution, a 2x2/2 conv and two
     3x3 convs at 1/2, a 2x2/2 conv and three 3x3 convs (the last dilated by 2 for context) at
     1/4, then 1x1 heads. Candidate ``k`` of cell ``(i, j)`` sits at the cell centre
-    ``((j + 0.5) * 4, (i + 0.5) * 4)`` px plus ``tanh`` offsets of at most one cell, so an
-    emitter on a cell border can be claimed from either side; ``z = sigmoid`` mapped into
-    ``z_range``; weight = sigmoid (neighbouring cells sharing one emitter are linked and summed
-    by the post-processing).
+    ``((j + 0.5) * 4, (i + 0.5) * 4)`` px plus ``tanh`` offsets of at most ``OFFSET_RANGE``
+    (0.6) cells: each cell owns the emitters inside it (a little beyond, so an emitter on a
+    border can be claimed from either side, and two cells sharing one are linked and summed by
+    the post-processing); ``z = sigmoid`` mapped into ``z_range``; weight = sigmoid.
     """
 
     def __init__(self, config: DeepLocoConfig):
@@ -261,7 +263,7 @@ class DeepLocoFCN(nn.Module):
                                     indexing="ij")
         cell_nm = CELL * c.pixel_size
         centre = torch.stack([(cols.reshape(-1) + 0.5) * cell_nm, (rows.reshape(-1) + 0.5) * cell_nm], -1)
-        xy = centre + torch.tanh(out[..., 1:3]) * cell_nm
+        xy = centre + torch.tanh(out[..., 1:3]) * (OFFSET_RANGE * cell_nm)
         if c.dim == 3:
             lo, hi = c.z_range
             z = lo + torch.sigmoid(out[..., 3:4]) * (hi - lo)

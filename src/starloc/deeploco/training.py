@@ -30,9 +30,9 @@ import torch
 from ..errors import InputError, ModelFileError
 from ..io import atomic_write
 from ..metrics import match
-from .loss import DEFAULT_SIGMAS, kernel_loss
+from .loss import DEFAULT_SIGMAS, cell_loss, kernel_loss
 from .model import DeepLoco
-from .network import DeepLocoConfig
+from .network import CELL, DeepLocoConfig
 from .postprocess import postprocess
 from .simulate import Simulator
 
@@ -55,6 +55,8 @@ class DeepLocoTrainConfig:
     architecture : ``"paper"`` or ``"fcn"`` (see :class:`~starloc.deeploco.network.DeepLocoConfig`).
     n_candidates, conv_widths, fc_width, n_res_blocks, input_scale : architecture of a new model.
     sigmas, kernel, z_scale : the loss.
+    cell_loss_weight : weight of :func:`~starloc.deeploco.loss.cell_loss` added to the kernel loss
+        (``"fcn"`` only; 0 trains on the kernel loss alone).
     link_distance, threshold : post-processing (validation and the model's defaults).
     """
 
@@ -79,6 +81,7 @@ class DeepLocoTrainConfig:
     sigmas: tuple[float, ...] = DEFAULT_SIGMAS
     kernel: str = "laplacian"
     z_scale: float = 0.2
+    cell_loss_weight: float = 0.0
     link_distance: float = 100.0
     threshold: float = 0.3
 
@@ -267,8 +270,12 @@ class Trainer:
                         group["lr"] = lr
             frames, truth = self.simulator.sample(c.batch, self.generator)
             pos, w = net(frames)
-            loss = kernel_loss(pos, w, truth_positions(truth, net.config.dim), truth["mask"],
-                               c.sigmas, c.kernel, c.z_scale)
+            true_pos = truth_positions(truth, net.config.dim)
+            loss = kernel_loss(pos, w, true_pos, truth["mask"], c.sigmas, c.kernel, c.z_scale)
+            if c.cell_loss_weight and net.config.architecture == "fcn":
+                grid = (frames.shape[-2] // CELL, frames.shape[-1] // CELL)
+                loss = loss + c.cell_loss_weight * cell_loss(pos, w, true_pos, truth["mask"], grid,
+                                                             CELL * net.config.pixel_size, c.z_scale)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
