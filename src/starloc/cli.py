@@ -1,7 +1,9 @@
 """The ``starloc`` command line.
 
 Exit codes: 0 success, 2 bad input or usage (one-line message on stderr), 130 interrupted.
-Pixel coordinates are (row, col), pixel centres at integers, frames 0-based.
+Pixel coordinates are (row, col), pixel centres at integers, frames 0-based. The DeepLoco
+commands (``deeploco train|localize``) and ``render`` live in :mod:`starloc.cli_deeploco`; their
+tables are in nm (x along columns, y along rows, origin at the image's top-left corner).
 """
 
 from __future__ import annotations
@@ -150,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_image_options(d)
     d.add_argument("-o", "--output", type=Path, required=True, help="CSV file to write")
     d.set_defaults(func=cmd_lodestar_detect)
+
+    from starloc.cli_deeploco import add_commands as add_deeploco_commands
+
+    add_deeploco_commands(sub)
 
     demo = sub.add_parser("demo", help="simulate, train from one crop, detect, score, write a CSV")
     demo.add_argument("--out", default="starloc-demo", help="folder for the demo's files")

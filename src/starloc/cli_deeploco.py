@@ -1,0 +1,612 @@
+"""``starloc deeploco train|localize`` and ``starloc render`` (registered by :mod:`starloc.cli`).
+
+SMLM tables are physical: nm, x along columns, y along rows, origin at the image's top-left
+corner; frames 0-based in memory, 1-based in ThunderSTORM files (as ThunderSTORM writes them).
+Errors meant for the user are :class:`~starloc.errors.StarlocError` (exit 2, one line);
+Ctrl-C exits 130 (``deeploco train`` first saves the model trained so far).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import re
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from starloc.errors import InputError
+
+CAMERA_KINDS = ("smlm2016", "emccd", "scmos")
+#: camera options: argparse dest -> Camera keyword
+CAMERA_OPTIONS = {"baseline": "baseline", "e_per_adu": "e_per_adu", "em_gain": "em_gain", "qe": "qe",
+                  "read_noise": "read_noise"}
+#: Picasso needs a localization precision; DeepLoco gives none per localization
+PICASSO_PRECISION_NM = 10.0
+HDF5_SUFFIXES = (".hdf5", ".h5")
+
+
+# ------------------------------------------------------------------------------------------
+# argument types
+# ------------------------------------------------------------------------------------------
+
+
+def _range_type(kind: type = float):
+    """``LO:HI`` -> (lo, hi) (argparse type)."""
+
+    def parse(text: str) -> tuple[Any, Any]:
+        parts = text.split(":")
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            lo, hi = (kind(p.strip()) for p in parts)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected LO:HI ({kind.__name__}s), got {text!r}") from None
+        if not lo <= hi:
+            raise argparse.ArgumentTypeError(f"expected LO <= HI, got {text!r}")
+        return lo, hi
+
+    parse.__name__ = f"{kind.__name__} range"
+    return parse
+
+
+def frames_type(text: str) -> slice:
+    """``A:B`` (0-based, B excluded, either may be omitted or negative, as a Python slice) or
+    ``A`` (one frame) -> slice."""
+    m = re.fullmatch(r"\s*(-?\d+)?\s*:\s*(-?\d+)?\s*", text)
+    if m:
+        a, b = (None if g is None else int(g) for g in m.groups())
+        return slice(a, b)
+    if re.fullmatch(r"\s*-?\d+\s*", text):
+        a = int(text)
+        return slice(a, a + 1 if a != -1 else None)
+    raise argparse.ArgumentTypeError(f"expected A:B (0-based, B excluded), got {text!r}")
+
+
+def _positive(kind: type = float):
+    def parse(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not (v > 0 and math.isfinite(v)):
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return v
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def _check_out_dir(path: Path) -> None:
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise InputError(f"cannot write {str(path)!r}: directory {str(parent)!r} does not exist")
+
+
+# ------------------------------------------------------------------------------------------
+# cameras
+# ------------------------------------------------------------------------------------------
+
+
+def _camera_overrides(args) -> dict[str, float]:
+    return {kw: getattr(args, dest) for dest, kw in CAMERA_OPTIONS.items() if getattr(args, dest, None) is not None}
+
+
+def build_camera(kind: str | None, overrides: dict[str, float], base: Any = None):
+    """A camera of ``kind`` (smlm2016, emccd, scmos) with ``overrides``; with ``kind=None`` the
+    ``base`` camera (e.g. a model's) with ``overrides``, or None when neither is given."""
+    from starloc.deeploco.camera import EMCCD, SCMOS, Camera
+
+    if kind is None:
+        if base is None:
+            if overrides:
+                raise InputError("camera settings (" + ", ".join("--" + k.replace("_", "-") for k in overrides)
+                                 + ") need --camera smlm2016|emccd|scmos")
+            return None
+        if not overrides:
+            return base
+        d = base.to_dict()
+        if d.get("kind") == "SCMOS" and "em_gain" in overrides:
+            raise InputError("--em-gain does not apply to an sCMOS camera")
+        return Camera.from_dict({**d, **overrides})
+    if kind == "smlm2016":
+        d = EMCCD.smlm2016().to_dict()
+        d.pop("kind")
+        return EMCCD(**{**d, **overrides})
+    if kind == "emccd":
+        return EMCCD(**overrides)
+    if kind == "scmos":
+        if "em_gain" in overrides:
+            raise InputError("--em-gain does not apply to an sCMOS camera")
+        return SCMOS(**overrides)
+    raise InputError(f"unknown camera {kind!r}; choose one of {', '.join(CAMERA_KINDS)}")
+
+
+def _add_camera_options(p: argparse.ArgumentParser, what: str) -> None:
+    g = p.add_argument_group("camera", what)
+    g.add_argument("--camera", choices=CAMERA_KINDS, default=None,
+                   help="camera model: smlm2016 (the SMLM Challenge 2016 EMCCD), emccd or scmos "
+                        "(their defaults, see starloc.deeploco.camera), changed by the options below")
+    g.add_argument("--baseline", type=float, default=None, help="camera offset (ADU)")
+    g.add_argument("--e-per-adu", type=_positive(), default=None, help="electrons per ADU (after EM gain)")
+    g.add_argument("--em-gain", type=_positive(), default=None, help="EM gain (EMCCD)")
+    g.add_argument("--qe", type=_positive(), default=None, help="quantum efficiency (0..1)")
+    g.add_argument("--read-noise", type=float, default=None, help="read noise (electrons rms)")
+
+
+# ------------------------------------------------------------------------------------------
+# deeploco train
+# ------------------------------------------------------------------------------------------
+
+
+def _build_psf(args):
+    from starloc.deeploco.psf import AstigmaticPSF, EmpiricalPSF, Gaussian2DPSF
+
+    spec = str(args.psf)
+    bead_opts = {"z_step": args.psf_z_step, "z0": args.psf_z0, "baseline": args.psf_baseline}
+    bead_given = [k for k, v in bead_opts.items() if v is not None]
+    kind = spec.lower()
+    if kind in ("gaussian", "astigmatic"):
+        if bead_given:
+            raise InputError("--psf-z-step, --psf-z0 and --psf-baseline apply to a bead-stack PSF, not to "
+                             f"--psf {kind}")
+        if kind == "gaussian":
+            if args.astig_c is not None or args.astig_d is not None:
+                raise InputError("--astig-c and --astig-d apply to --psf astigmatic")
+            return Gaussian2DPSF(**({} if args.sigma is None else {"sigma_nm": args.sigma}))
+        kw: dict[str, Any] = {}
+        if args.sigma is not None:
+            kw["sigma0"] = args.sigma
+        if args.astig_c is not None:
+            kw["c"] = args.astig_c
+        if args.astig_d is not None:
+            kw["d"] = args.astig_d
+        if args.z_range is not None:
+            kw["z_range"] = args.z_range
+        return AstigmaticPSF(**kw)
+    path = Path(spec)
+    if not path.exists():
+        raise InputError(f"--psf {spec!r} is neither 'gaussian', 'astigmatic' nor an existing bead z-stack file")
+    if args.sigma is not None or args.astig_c is not None or args.astig_d is not None:
+        raise InputError("--sigma, --astig-c and --astig-d apply to the gaussian and astigmatic PSFs, "
+                         "not to a bead stack")
+    from starloc.io import read_image
+
+    import numpy as np
+
+    stack = np.asarray(read_image(path))
+    kw = {k: v for k, v in bead_opts.items() if v is not None}
+    if args.pixel_size is not None:
+        kw["pixel_size"] = args.pixel_size
+    return EmpiricalPSF.from_bead_stack(stack, **kw)
+
+
+def _parse_value(key: str, text: str, default: Any) -> Any:
+    t = text.strip()
+    try:
+        if isinstance(default, bool):
+            low = t.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if isinstance(default, int):
+            return int(t)
+        if isinstance(default, float):
+            return float(t)
+        if isinstance(default, (tuple, list)):
+            kind = type(default[0]) if len(default) else float
+            kind = float if kind is bool else kind
+            return tuple(kind(v.strip()) for v in t.split(",") if v.strip())
+        if isinstance(default, str):
+            return t
+        for kind in (int, float):
+            try:
+                return kind(t)
+            except ValueError:
+                pass
+        return t
+    except ValueError:
+        raise InputError(f"--set {key}={text}: expected a value like {default!r}") from None
+
+
+def parse_settings(items: list[str] | None, cls: type) -> dict[str, Any]:
+    """``KEY=VALUE`` strings -> keyword arguments of the dataclass ``cls`` (values typed like the
+    fields' defaults; tuples comma-separated)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in fields:
+            raise InputError(f"--set {item!r}: unknown training setting; known: {', '.join(sorted(fields))}")
+        f = fields[key]
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        out[key] = _parse_value(key, value, default)
+    return out
+
+
+def _train_config(args, device: str, sim: Any):
+    """The DeepLocoTrainConfig (only the options the user set; the rest keeps the defaults, or the
+    checkpoint's settings when resuming) and, when the architecture is not a config field, the
+    new model to pass to ``train``."""
+    from starloc.deeploco.training import DeepLocoTrainConfig, Trainer
+
+    names = {f.name for f in dataclasses.fields(DeepLocoTrainConfig)}
+    given = parse_settings(args.set, DeepLocoTrainConfig)
+    for dest in ("steps", "batch", "lr", "seed"):
+        value = getattr(args, dest)
+        if value is not None:
+            given[dest] = value
+    given["device"] = device
+    arch = args.arch
+    if args.resume is not None and arch is not None:
+        raise InputError("--arch cannot be combined with --resume: the architecture comes from the checkpoint")
+    if arch is not None and "architecture" in names:
+        given["architecture"] = arch
+        arch = None
+    if args.resume is not None:
+        stored = Trainer.from_checkpoint(args.resume, sim).config
+        return dataclasses.replace(stored, **given), None
+    config = DeepLocoTrainConfig(**given)
+    if arch is None:
+        return config, None
+    from starloc.deeploco.model import DeepLoco
+
+    net_cfg = dataclasses.replace(config.network_config(sim), architecture=arch)
+    model = DeepLoco.new(net_cfg, seed=config.seed, psf=sim.psf, camera=sim.camera,
+                         link_distance=config.link_distance, threshold=config.threshold)
+    return config, model
+
+
+class _Interrupt:
+    """SIGINT -> a flag checked between training steps (a second Ctrl-C stops at once)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: Any = None
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> _Interrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
+
+
+def cmd_deeploco_train(args) -> int:
+    from starloc.cli import EXIT_INTERRUPTED, _device, _progress_bar
+    from starloc.deeploco import training
+    from starloc.deeploco.simulate import Simulator
+    from starloc.deeploco.training import Trainer
+
+    _check_out_dir(args.output)
+    if args.checkpoint is not None:
+        _check_out_dir(args.checkpoint)
+    if args.checkpoint_every is not None and args.checkpoint is None:
+        raise InputError("--checkpoint-every needs --checkpoint PATH")
+    device = _device(args.device)
+    psf = _build_psf(args)
+    camera = build_camera(args.camera, _camera_overrides(args))
+    sim_kw: dict[str, Any] = {"psf": psf, "camera": camera, "device": device}
+    if args.frame_size is not None:
+        sim_kw["frame_shape"] = (args.frame_size, args.frame_size)
+    pixel_size = args.pixel_size if args.pixel_size is not None else getattr(psf, "pixel_size", None)
+    if pixel_size is not None:
+        sim_kw["pixel_size"] = pixel_size
+    for dest, key in (("density", "density"), ("emitters", "n_range"), ("photons", "photons_range"),
+                      ("background", "background_range"), ("z_range", "z_range")):
+        if getattr(args, dest) is not None:
+            sim_kw[key] = getattr(args, dest)
+    sim = Simulator(**sim_kw)
+    config, model = _train_config(args, device, sim)
+
+    own_ckpt = args.checkpoint is None
+    if own_ckpt:  # a private checkpoint, so that Ctrl-C can save the model trained so far
+        fd, name = tempfile.mkstemp(dir=Path(args.output).parent, prefix=f".{Path(args.output).name}.",
+                                    suffix=".ckpt")
+        os.close(fd)
+        os.unlink(name)
+        ckpt = Path(name)
+    else:
+        ckpt = Path(args.checkpoint)
+    gen = training.train(sim, config, model=model, resume=args.resume, checkpoint_path=ckpt,
+                         checkpoint_every=args.checkpoint_every or 0)
+    last = None
+    val: dict[str, str] = {}
+    try:
+        with _Interrupt() as interrupt, _progress_bar(config.steps, "training", "step") as bar:
+            while True:
+                if interrupt.requested:
+                    gen.close()
+                    break
+                try:
+                    p = next(gen)
+                except StopIteration as stop:
+                    model = stop.value
+                    break
+                last = p
+                bar.update(p.step - bar.n)
+                if p.val_jaccard is not None:
+                    val = {"val_J": f"{p.val_jaccard:.3f}"}
+                    if p.val_rmse_lateral is not None and math.isfinite(p.val_rmse_lateral):
+                        val["rmse"] = f"{p.val_rmse_lateral:.1f}nm"
+                bar.set_postfix(loss=f"{p.loss:.4g}", **val)
+        if interrupt.requested:
+            if last is None:
+                print("starloc: interrupted before the first training step; nothing written", file=sys.stderr)
+                return EXIT_INTERRUPTED
+            trainer = Trainer.from_checkpoint(ckpt, sim, config)
+            model = trainer.model
+            model.metadata = {**model.metadata, "training": {**trainer.training_metadata(last), "interrupted": True}}
+            model.net.eval()
+            _record_source(model, args)
+            model.save(args.output)
+            tail = "" if own_ckpt else f"; resume with --resume {ckpt}"
+            print(f"starloc: interrupted after step {trainer.step}: the model so far was written to "
+                  f"{args.output}{tail}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+    finally:
+        if own_ckpt and ckpt.exists():
+            ckpt.unlink()
+    _record_source(model, args)
+    model.save(args.output)
+    meta = model.metadata.get("training", {})
+    done = meta.get("steps_done", last.step if last else 0)
+    extra = f", validation Jaccard {val['val_J']}" if "val_J" in val else ""
+    seconds = f" in {last.elapsed:.1f} s" if last is not None else ""
+    loss = f" (loss {last.loss:.4g}{extra})" if last is not None else ""
+    print(f"trained {done} steps{seconds}{loss}; model written to {args.output}")
+    if model.camera is None:
+        print("note: the model has no camera model: localize stacks already in photons (--units photons) "
+              "or give camera settings to 'starloc deeploco localize'")
+    return 0
+
+
+def _record_source(model: Any, args) -> None:
+    model.metadata = {**model.metadata, "source": {"command": "deeploco train", "psf": str(args.psf)}}
+
+
+# ------------------------------------------------------------------------------------------
+# deeploco localize
+# ------------------------------------------------------------------------------------------
+
+
+def cmd_deeploco_localize(args) -> int:
+    from starloc.cli import _device, _progress_bar
+    from starloc.deeploco.model import DeepLoco
+    from starloc.deeploco.stack import iter_localize_stack, open_stack
+    from starloc.smlm_io import write_picasso, write_thunderstorm_csv
+
+    out = Path(args.output)
+    fmt = args.format or ("picasso" if out.suffix.lower() in HDF5_SUFFIXES else "thunderstorm")
+    if fmt == "picasso" and out.suffix.lower() not in HDF5_SUFFIXES:
+        raise InputError(f"Picasso output needs a .hdf5 file name, got {str(out)!r}")
+    _check_out_dir(out)
+    model = DeepLoco.load(args.model, device=_device(args.device))
+    camera = build_camera(args.camera, _camera_overrides(args), base=model.camera)
+    options = {"pixel_size": args.pixel_size, "frames": args.frames, "batch_size": args.batch_size,
+               "threshold": args.threshold, "tile": args.tile, "overlap": args.overlap,
+               "chunk_frames": args.chunk_frames}
+    with open_stack(args.stack) as src:
+        frames = args.frames or slice(None)
+        total = len(range(*frames.indices(src.n_frames)))
+        gen = iter_localize_stack(model, src, camera=camera, input_units=args.units,
+                                  **{k: v for k, v in options.items() if v is not None})
+        with _progress_bar(total, "localizing", "frame") as bar:
+            while True:
+                try:
+                    p = next(gen)
+                except StopIteration as stop:
+                    table = stop.value
+                    break
+                bar.update(p.frames_done - bar.n)
+                bar.set_postfix(locs=p.localizations)
+        T, (H, W) = src.n_frames, src.frame_shape
+    n = len(table["frame"])
+    if fmt == "picasso":
+        precision = PICASSO_PRECISION_NM if args.precision is None else args.precision
+        h5, yml = write_picasso(out, table, pixel_size_nm=float(model.config.pixel_size), width=W, height=H,
+                                n_frames=T, precision_nm=precision,
+                                info={"Localized by": "starloc deeploco localize", "Model": str(args.model)})
+        print(f"{n} localization(s) in {total} frame(s) written to {h5} (+ {yml.name})")
+    else:
+        write_thunderstorm_csv(out, table)
+        print(f"{n} localization(s) in {total} frame(s) written to {out}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# render
+# ------------------------------------------------------------------------------------------
+
+
+def _read_locs(path: Path, camera_pixel_size: float | None) -> dict[str, Any]:
+    import numpy as np
+
+    from starloc.io import is_points_csv, read_points_csv
+    from starloc.smlm_io import is_thunderstorm_csv, read_thunderstorm_csv
+
+    if not path.is_file():
+        raise InputError(f"localization file {str(path)!r} not found")
+    if is_thunderstorm_csv(path):
+        return read_thunderstorm_csv(path, pixel_size_nm=camera_pixel_size)
+    if is_points_csv(path):
+        if camera_pixel_size is None:
+            raise InputError(f"{str(path)!r} is a starloc points table (row, col in camera pixels): give "
+                             "--camera-pixel-size NM to place it in nm")
+        frames, pos, features = read_points_csv(path)
+        table = {"frame": frames, "x": (pos[:, 1] + 0.5) * camera_pixel_size,
+                 "y": (pos[:, 0] + 0.5) * camera_pixel_size}
+        table.update({k: np.asarray(v) for k, v in features.items() if k not in table})
+        return table
+    raise InputError(f"{str(path)!r} is neither a ThunderSTORM CSV (\"frame\",\"x [nm]\",\"y [nm]\",...) nor "
+                     "a starloc points table (frame,row,col,...)")
+
+
+def cmd_render(args) -> int:
+    import numpy as np
+    import tifffile
+
+    from starloc.io import atomic_write
+    from starloc.render import render_gaussian, render_histogram, render_z_rgb
+
+    out = Path(args.output)
+    _check_out_dir(out)
+    table = _read_locs(Path(args.locs), args.camera_pixel_size)
+    x, y = np.asarray(table["x"], np.float64), np.asarray(table["y"], np.float64)
+    p = float(args.pixel_size)
+    if args.extent is not None:
+        field: dict[str, Any] = {"extent": tuple(args.extent)}
+    elif len(x):
+        field = {"shape": (int(max(float(y.max()), 0.0) // p) + 1, int(max(float(x.max()), 0.0) // p) + 1)}
+    else:
+        raise InputError(f"{str(args.locs)!r} holds no localization: give --extent to render an empty field")
+    sigma: Any = args.sigma
+    if sigma is None and args.method == "gaussian":
+        sigma = table["uncertainty"] if "uncertainty" in table else p
+    try:
+        if args.color_by_z:
+            if "z" not in table:
+                raise InputError(f"--color-by-z: {str(args.locs)!r} has no z column")
+            rgb = render_z_rgb(x, y, table["z"], p, sigma_nm=sigma if args.method == "gaussian" else None,
+                               **field)
+            image = np.round(rgb * 255).astype(np.uint8)
+        elif args.method == "histogram":
+            image = render_histogram(x, y, p, **field)
+        else:
+            image = render_gaussian(x, y, p, sigma, **field)
+    except ValueError as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"cannot render {str(args.locs)!r}: {exc}") from None
+    extra = {"photometric": "rgb"} if image.ndim == 3 else {}
+    atomic_write(out, lambda tmp: tifffile.imwrite(tmp, image, imagej=True, resolution=(1000.0 / p, 1000.0 / p),
+                                                   metadata={"unit": "um"}, **extra))
+    print(f"{len(x)} localization(s) rendered into a {image.shape[0]}x{image.shape[1]} image "
+          f"({p:g} nm/px) written to {out}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# parsers
+# ------------------------------------------------------------------------------------------
+
+
+def add_commands(sub) -> None:
+    """Add ``deeploco`` (train, localize) and ``render`` to the ``starloc`` subparsers."""
+    deep = sub.add_parser("deeploco", help="DeepLoco SMLM: train on simulated frames, localize stacks")
+    dsub = deep.add_subparsers(dest="action", required=True)
+
+    t = dsub.add_parser(
+        "train", help="train a DeepLoco model on frames simulated from a PSF and a camera model",
+        description="Train DeepLoco on simulated SMLM frames. Options left out keep the defaults of "
+                    "starloc.deeploco (Simulator, DeepLocoTrainConfig) - or the checkpoint's settings "
+                    "with --resume. Ctrl-C stops cleanly and saves the model trained so far.")
+    t.add_argument("-o", "--output", type=Path, required=True, help="model file to write")
+    g = t.add_argument_group("PSF")
+    g.add_argument("--psf", required=True,
+                   help="'gaussian', 'astigmatic', or a bead z-stack TIFF (Z, Y, X) in ADU for an empirical PSF")
+    g.add_argument("--sigma", type=_positive(), default=None,
+                   help="nm: the Gaussian PSF's sigma, or the astigmatic PSF's in-focus sigma0")
+    g.add_argument("--astig-c", type=float, default=None, help="nm: astigmatic focal offset c")
+    g.add_argument("--astig-d", type=_positive(), default=None, help="nm: astigmatic depth of focus d")
+    g.add_argument("--psf-z-step", type=_positive(), default=None, help="nm between bead-stack slices")
+    g.add_argument("--psf-z0", type=float, default=None, help="nm: z of the bead stack's first slice")
+    g.add_argument("--psf-baseline", type=float, default=None,
+                   help="bead stack camera baseline (ADU; estimated when left out)")
+    g.add_argument("--pixel-size", type=_positive(), default=None, help="camera pixel size (nm)")
+    _add_camera_options(t, "the simulated camera (none: Poisson noise only, the model then expects photons)")
+    s = t.add_argument_group("simulation")
+    s.add_argument("--frame-size", type=int, default=None, help="side of the square training frames (px)")
+    dens = s.add_mutually_exclusive_group()
+    dens.add_argument("--density", type=_positive(), default=None, help="emitters per µm²")
+    dens.add_argument("--emitters", type=_range_type(int), default=None, metavar="LO:HI",
+                      help="emitters per frame, uniform in LO..HI")
+    s.add_argument("--photons", type=_range_type(), default=None, metavar="LO:HI", help="photons per emitter")
+    s.add_argument("--background", type=_range_type(), default=None, metavar="LO:HI",
+                   help="background photons per pixel")
+    s.add_argument("--z-range", type=_range_type(), default=None, metavar="LO:HI",
+                   help="nm (3D PSFs); write --z-range=-750:750 for a negative LO")
+    r = t.add_argument_group("training")
+    r.add_argument("--steps", type=int, default=None, help="optimizer steps")
+    r.add_argument("--batch", type=int, default=None, help="frames per step")
+    r.add_argument("--lr", type=_positive(), default=None, help="initial learning rate")
+    r.add_argument("--arch", choices=("paper", "fcn"), default=None,
+                   help="network: 'paper' (conv + fully connected, fixed frame size) or 'fcn' (fully "
+                        "convolutional)")
+    r.add_argument("--seed", type=int, default=None, help="random seed (same seed, same model)")
+    r.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
+                   help="any other DeepLocoTrainConfig setting, e.g. --set val_every=250 or "
+                        "--set conv_widths=16,64,256; repeatable")
+    r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="compute device (default: cuda when available, else cpu)")
+    r.add_argument("--checkpoint", type=Path, default=None,
+                   help="checkpoint file (weights, optimizer, RNG), written at the end, on Ctrl-C and "
+                        "every --checkpoint-every steps")
+    r.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
+    r.add_argument("--resume", type=Path, default=None,
+                   help="continue a run from its checkpoint (give the same simulation options)")
+    t.set_defaults(func=cmd_deeploco_train)
+
+    lo = dsub.add_parser(
+        "localize", help="localize emitters in a stack of any frame size -> ThunderSTORM CSV or Picasso HDF5",
+        description="Localize every frame of a TIFF/.npy stack (read chunk by chunk, tiled for the network). "
+                    "Writes nm positions (corner origin) with a confidence column: a ThunderSTORM CSV "
+                    "(frames 1-based, as ThunderSTORM) or Picasso HDF5 + YAML (frames 0-based).")
+    lo.add_argument("stack", type=Path, help="TIFF (T×H×W or H×W) or .npy stack, camera ADU by default")
+    lo.add_argument("--model", type=Path, required=True, help="model file from 'deeploco train'")
+    lo.add_argument("-o", "--output", type=Path, required=True, help="output .csv (or .hdf5 for Picasso)")
+    lo.add_argument("--pixel-size", type=float, default=None,
+                    help="the stack's pixel size (nm): checked against the model's (must match)")
+    lo.add_argument("--frames", type=frames_type, default=None, metavar="A:B",
+                    help="0-based frames A..B-1 (Python slice); output frame numbers keep the stack's numbering")
+    lo.add_argument("--threshold", type=float, default=None, help="confidence threshold (default: the model's)")
+    lo.add_argument("--batch-size", type=int, default=None, help="tiles per network call (default 32)")
+    lo.add_argument("--tile", type=int, default=None,
+                    help="tile side in px for fully convolutional models (default: whole frame up to 128 px)")
+    lo.add_argument("--overlap", type=int, default=None, help="tile overlap in px (default: 2 µm, >= 16 px)")
+    lo.add_argument("--chunk-frames", type=int, default=None, help="frames read at a time (default: ~32 MiB)")
+    lo.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="compute device (default: cuda when available, else cpu)")
+    lo.add_argument("--format", choices=("thunderstorm", "picasso"), default=None,
+                    help="output format (default: picasso for .hdf5/.h5 names, else thunderstorm)")
+    lo.add_argument("--precision", type=_positive(), default=None,
+                    help=f"Picasso only: localization precision (nm) written for every localization "
+                         f"(default {PICASSO_PRECISION_NM:g}; DeepLoco gives none)")
+    lo.add_argument("--units", choices=("adu", "photons"), default="adu",
+                    help="stack units: camera ADU (converted with the model's camera, default) or photons")
+    _add_camera_options(lo, "override the model's camera (e.g. --baseline for another offset)")
+    lo.set_defaults(func=cmd_deeploco_localize)
+
+    rd = sub.add_parser("render", help="render a localization table as a super-resolution image",
+                        description="Render a ThunderSTORM CSV (or a starloc points table with "
+                                    "--camera-pixel-size) as a TIFF with pixel-size metadata.")
+    rd.add_argument("locs", type=Path, help="ThunderSTORM CSV or starloc points CSV")
+    rd.add_argument("-o", "--output", type=Path, required=True, help="TIFF image to write")
+    rd.add_argument("--pixel-size", type=_positive(), default=10.0, help="output pixel size in nm (default 10)")
+    rd.add_argument("--method", choices=("histogram", "gaussian"), default="histogram",
+                    help="histogram (counts per pixel) or gaussian (each localization a unit-mass Gaussian)")
+    rd.add_argument("--sigma", type=_positive(), default=None,
+                    help="gaussian: sigma in nm (default: the 'uncertainty' column, else one output pixel)")
+    rd.add_argument("--color-by-z", action="store_true", help="RGB image, hue by z (needs a z column)")
+    rd.add_argument("--extent", type=float, nargs=4, default=None, metavar=("XMIN", "XMAX", "YMIN", "YMAX"),
+                    help="field in nm (default: from 0 to the largest x and y)")
+    rd.add_argument("--camera-pixel-size", type=_positive(), default=None,
+                    help="camera pixel size (nm) for tables in camera pixels (points CSV, x [px])")
+    rd.set_defaults(func=cmd_render)

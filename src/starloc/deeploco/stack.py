@@ -1,0 +1,656 @@
+"""DeepLoco on whole SMLM stacks: any frame size, read lazily chunk by chunk, tiled.
+
+A stack ``(T, H, W)`` (or one frame ``(H, W)``) in camera ADU (or photons) is read
+``chunk_frames`` frames at a time (:func:`open_stack`: numpy arrays and memmaps, any lazy
+array with ``shape``/``dtype``/slicing such as zarr or dask, ``.npy`` files memory-mapped,
+TIFF stacks memory-mapped when uncompressed and read page by page otherwise), so memory is
+bounded by the chunk, never the whole stack. Each chunk is normalized with the camera
+(``camera.normalize``: ADU -> photons) and cut into overlapping tiles the network accepts
+(:func:`plan_tiles`):
+
+- ``"paper"`` networks take tiles of exactly ``frame_size x frame_size`` pixels;
+- ``"fcn"`` networks take any tile whose sides are multiples of 4 (>= 16): the whole frame
+  when it is at most 128 px a side, else 128 px tiles (``tile`` overrides).
+
+Frames smaller than a tile are padded at the bottom/right with the frame's median (the
+network sees background there) and localizations in the padding are dropped. Tiles overlap
+by ``overlap`` pixels (default: 2 µm worth of pixels, at least 16, at most half a tile).
+Every tile is post-processed (:func:`~starloc.deeploco.postprocess.postprocess`), shifted to
+frame coordinates, and a localization is kept only in the tile that *owns* its position: the
+Voronoi cell of the tile centres (overlaps split halfway, half-open intervals, so a position
+belongs to exactly one tile and seams make no duplicates by construction). A final safety
+merge drops the lower-confidence one of two same-frame localizations from *different* tiles
+closer than ``merge_distance`` nm (default: the link distance; a k-d tree). A frame of exactly
+the network's size is one tile without padding: the result equals
+:meth:`~starloc.deeploco.model.DeepLoco.localize`.
+
+Output: a localization table (dict of numpy arrays) ``frame`` (int64, 0-based index in the
+*source* stack), ``x``, ``y`` [, ``z``] nm (corner origin: pixel ``j``'s centre at
+``(j + 0.5) * pixel_size``), ``confidence``; rows sorted by frame, then x.
+
+:func:`iter_localize_stack` is a generator (yields :class:`StackProgress` after every chunk:
+show progress, cancel by closing it) returning the table; :func:`localize_stack` runs it to the
+end. Bad input raises :class:`~starloc.errors.InputError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..progress import finish
+from .camera import Camera
+from .network import CELL
+from .postprocess import empty_table, postprocess
+
+__all__ = [
+    "FrameSource",
+    "StackProgress",
+    "TilePlan",
+    "open_stack",
+    "plan_tiles",
+    "iter_localize_stack",
+    "localize_stack",
+    "tiff_pixel_size",
+    "INPUT_UNITS",
+    "FCN_TILE",
+]
+
+Table = dict[str, np.ndarray]
+
+INPUT_UNITS = ("adu", "photons")
+#: default tile side (px) of fully convolutional networks on frames larger than it
+FCN_TILE = 128
+#: smallest tile side of a fully convolutional network (px)
+FCN_MIN_TILE = 4 * CELL
+#: default overlap: this much of the sample (nm), at least MIN_OVERLAP px
+OVERLAP_NM = 2000.0
+MIN_OVERLAP = 16
+#: bytes of float32 frames per chunk when ``chunk_frames`` is not given
+CHUNK_BYTES = 32 << 20
+#: bytes of the dense (B, K, K, D) work array of one post-processing call
+_POSTPROCESS_BYTES = 64 << 20
+_PIXEL_SIZE_RANGE = (1.0, 10000.0)  # nm
+
+
+# ------------------------------------------------------------------------------------------
+# Reading stacks lazily
+# ------------------------------------------------------------------------------------------
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class FrameSource:
+    """A stack of frames read on demand: ``shape`` ``(T, H, W)``, ``dtype``, ``read(start, stop)``.
+
+    Made by :func:`open_stack`. ``pixel_size_nm`` is the pixel size stated by the file's
+    metadata (ImageJ or OME TIFF), or None. Close it (or use it as a context manager) to release
+    an open file.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], dtype: np.dtype, reader: Callable[[int, int], Any],
+                 name: str = "stack", pixel_size_nm: float | None = None,
+                 closer: Callable[[], None] | None = None):
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.name = name
+        self.pixel_size_nm = pixel_size_nm
+        self._reader = reader
+        self._closer = closer
+
+    @property
+    def n_frames(self) -> int:
+        return self.shape[0]
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return self.shape[1], self.shape[2]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Frames ``start .. stop - 1`` as an array ``(stop - start, H, W)`` of the stored dtype."""
+        start, stop = int(start), int(stop)
+        if not 0 <= start < stop <= self.shape[0]:
+            raise IndexError(f"frames {start}:{stop} out of range for {self.shape[0]} frame(s)")
+        try:
+            block = np.asarray(self._reader(start, stop))
+        except InputError:
+            raise
+        except Exception as exc:  # truncated or corrupt file, I/O error, ...
+            raise InputError(f"cannot read frames {start}..{stop - 1} of {self.name}: {_one_line(exc)}") from exc
+        return block.reshape((stop - start,) + self.shape[1:])
+
+    def close(self) -> None:
+        if self._closer is not None:
+            closer, self._closer = self._closer, None
+            closer()
+
+    def __enter__(self) -> FrameSource:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"FrameSource({self.name}, shape={self.shape}, dtype={self.dtype})"
+
+
+def _check_layout(shape: tuple[int, ...], dtype: Any, name: str, rgb: bool = False) -> tuple[int, int, int]:
+    """(T, H, W) of a user stack, or InputError (dimensionality, RGB, dtype, empty)."""
+    shape = tuple(int(s) for s in shape)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = np.dtype(np.float64)
+    if dt.kind not in "iuf":
+        raise InputError(f"{name} has data type {dt}; expected integer or floating-point intensities")
+    looks_rgb = len(shape) == 3 and shape[-1] in (3, 4) and min(shape[:2]) >= 16
+    if rgb or looks_rgb:
+        raise InputError(f"{name} looks like an RGB image (shape {shape}); SMLM needs single-channel "
+                         "camera frames (T, H, W)")
+    if len(shape) not in (2, 3):
+        raise InputError(f"{name} has shape {shape} ({len(shape)}D); expected one frame (H, W) or a "
+                         "stack of single-channel frames (T, H, W)")
+    if 0 in shape:
+        raise InputError(f"{name} is empty (shape {shape})")
+    return (1,) + shape if len(shape) == 2 else shape  # type: ignore[return-value]
+
+
+def _array_source(arr: Any, name: str, pixel_size_nm: float | None = None,
+                  closer: Callable[[], None] | None = None) -> FrameSource:
+    shape = tuple(np.shape(arr)) if not hasattr(arr, "shape") else tuple(arr.shape)
+    dtype = getattr(arr, "dtype", None)
+    if dtype is None:
+        arr = np.asarray(arr)
+        dtype = arr.dtype
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:  # e.g. a torch dtype
+        arr = np.asarray(arr)
+        dtype = arr.dtype
+    full = _check_layout(shape, dtype, name)
+    if len(shape) == 2:
+        def reader(start: int, stop: int) -> Any:
+            return np.asarray(arr)[None]
+    else:
+        def reader(start: int, stop: int) -> Any:
+            return arr[start:stop]
+    return FrameSource(full, dtype, reader, name=name, pixel_size_nm=pixel_size_nm, closer=closer)
+
+
+def tiff_pixel_size(tif: Any) -> float | None:
+    """Pixel size (nm) stated by an open :class:`tifffile.TiffFile`'s ImageJ or OME metadata, or
+    None (no metadata, unknown unit, or anisotropic pixels). Never raises."""
+    try:
+        if tif.is_ome and tif.ome_metadata:
+            import re
+
+            xml = tif.ome_metadata
+            m = re.search(r'PhysicalSizeX="([^"]+)"', xml)
+            if m:
+                unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', xml)
+                scale = {"µm": 1000.0, "um": 1000.0, "nm": 1.0, "mm": 1e6}.get(unit.group(1) if unit else "µm")
+                if scale:
+                    value = float(m.group(1)) * scale
+                    return value if math.isfinite(value) and value > 0 else None
+        meta = tif.imagej_metadata or {}
+        unit = str(meta.get("unit", "")).strip().lower().replace("\\u00b5", "µ")
+        scale = {"micron": 1000.0, "microns": 1000.0, "µm": 1000.0, "um": 1000.0, "nm": 1.0}.get(unit)
+        if scale is None:
+            return None
+        tags = tif.pages[0].tags
+        xr, yr = tags["XResolution"].value, tags["YResolution"].value
+        px_x, px_y = xr[1] / xr[0], yr[1] / yr[0]  # unit per pixel
+        if not (px_x > 0 and abs(px_x - px_y) <= 1e-6 * px_x):
+            return None
+        value = px_x * scale
+        return value if math.isfinite(value) and value > 0 else None
+    except Exception:
+        return None
+
+
+def _open_tiff(p: Path) -> FrameSource:
+    import tifffile
+
+    name = repr(str(p))
+    try:
+        tif = tifffile.TiffFile(p)
+    except Exception as exc:
+        raise InputError(f"cannot read {name}: not a valid TIFF file ({_one_line(exc)})") from exc
+    try:
+        series = tif.series[0]
+        shape, dtype = tuple(series.shape), series.dtype
+        rgb = "S" in str(getattr(series, "axes", "")) and len(shape) == 3 and shape[-1] in (3, 4)
+        full = _check_layout(shape, dtype, name, rgb=rgb)
+        pixel_size = tiff_pixel_size(tif)
+        try:  # uncompressed and contiguous: memory-map (nothing is read until sliced)
+            mm = tifffile.memmap(p, mode="r", series=0)
+        except Exception:
+            mm = None
+        if mm is not None and tuple(mm.shape) == shape:
+            tif.close()
+            return _array_source(mm, name, pixel_size)
+        pages = len(series.pages)
+        if len(shape) == 3 and pages == shape[0]:  # one page per frame: read only the pages asked for
+            def reader(start: int, stop: int) -> Any:
+                return tif.asarray(key=range(start, stop), series=0)
+
+            return FrameSource(full, dtype, reader, name=name, pixel_size_nm=pixel_size, closer=tif.close)
+        # anything else (e.g. one compressed page holding several frames): read it all
+        data = series.asarray()
+        tif.close()
+        return _array_source(data, name, pixel_size)
+    except InputError:
+        tif.close()
+        raise
+    except Exception as exc:
+        tif.close()
+        raise InputError(f"cannot read {name} as a TIFF stack (truncated or corrupt?): {_one_line(exc)}") from exc
+
+
+def open_stack(source: Any) -> FrameSource:
+    """A :class:`FrameSource` over ``source``: a path to a TIFF (``.tif``/``.tiff``) or ``.npy``
+    stack (read lazily), a numpy array or memmap, any array-like with ``shape``, ``dtype`` and
+    slicing along the first axis (zarr, dask, h5py), or a FrameSource (returned as is).
+
+    ``(H, W)`` is one frame, ``(T, H, W)`` a stack; anything else (1D, 4D+, RGB) raises
+    InputError, as do empty stacks, non-numeric data and missing or unreadable files.
+    """
+    if isinstance(source, FrameSource):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        p = Path(source)
+        if not p.exists():
+            raise InputError(f"stack file {str(p)!r} not found")
+        if p.is_dir():
+            raise InputError(f"{str(p)!r} is a directory, expected a TIFF or .npy stack")
+        suffix = p.suffix.lower()
+        if suffix in (".tif", ".tiff"):
+            return _open_tiff(p)
+        if suffix == ".npy":
+            try:
+                arr = np.load(p, mmap_mode="r", allow_pickle=False)
+            except Exception as exc:
+                raise InputError(f"cannot read {str(p)!r} as a .npy array: {_one_line(exc)}") from exc
+            return _array_source(arr, repr(str(p)))
+        raise InputError(f"cannot read {str(p)!r}: unsupported file type {suffix or '(no extension)'!r}; "
+                         "expected .tif, .tiff or .npy")
+    if isinstance(source, torch.Tensor):
+        source = source.detach().cpu().numpy()
+    if not hasattr(source, "shape"):
+        try:
+            source = np.asarray(source)
+        except Exception as exc:
+            raise InputError(f"the stack is not an array: {_one_line(exc)}") from None
+    return _array_source(source, "the stack")
+
+
+# ------------------------------------------------------------------------------------------
+# Tiling
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How frames of ``frame_shape`` are cut into tiles of ``tile`` ``(th, tw)`` pixels.
+
+    ``y_starts``/``x_starts``: tile origins (px) along rows/columns; ``y_own``/``x_own``: the
+    half-open interval ``[lo, hi)`` (px, corner origin, may be infinite) of positions each tile
+    owns along that axis; ``pad``: pixels of padding added at the bottom and right
+    (frames smaller than a tile)."""
+
+    frame_shape: tuple[int, int]
+    tile: tuple[int, int]
+    overlap: int
+    y_starts: tuple[int, ...]
+    x_starts: tuple[int, ...]
+    y_own: tuple[tuple[float, float], ...]
+    x_own: tuple[tuple[float, float], ...]
+    pad: tuple[int, int]
+
+    @property
+    def n_tiles(self) -> int:
+        return len(self.y_starts) * len(self.x_starts)
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        return self.frame_shape[0] + self.pad[0], self.frame_shape[1] + self.pad[1]
+
+    def tiles(self) -> list[tuple[int, int, tuple[float, float], tuple[float, float]]]:
+        """``(y0, x0, y_own, x_own)`` per tile, row-major."""
+        return [(y0, x0, yo, xo) for y0, yo in zip(self.y_starts, self.y_own)
+                for x0, xo in zip(self.x_starts, self.x_own)]
+
+
+def _axis(length: int, tile: int, overlap: int) -> tuple[list[int], list[tuple[float, float]], int]:
+    if length <= tile:
+        pad = tile - length
+        return [0], [(-math.inf, float(length) if pad else math.inf)], pad
+    n = math.ceil((length - overlap) / (tile - overlap))
+    starts = [int(s) for s in np.round(np.linspace(0, length - tile, n)).astype(int)]
+    centres = [s + tile / 2 for s in starts]
+    cuts = [(a + b) / 2 for a, b in zip(centres[:-1], centres[1:])]
+    bounds = [-math.inf] + cuts + [math.inf]
+    return starts, list(zip(bounds[:-1], bounds[1:])), 0
+
+
+def _round_up(v: int, m: int) -> int:
+    return -(-int(v) // m) * m
+
+
+def plan_tiles(frame_shape: tuple[int, int], config: Any, tile: int | None = None,
+               overlap: int | None = None) -> TilePlan:
+    """The tiles for frames of ``frame_shape`` (H, W) and a network ``config``
+    (:class:`~starloc.deeploco.network.DeepLocoConfig`); see the module docstring."""
+    H, W = (int(s) for s in frame_shape)
+    arch = getattr(config, "architecture", "paper")
+    S = int(config.frame_size)
+    if arch == "fcn":
+        if tile is None:
+            th, tw = (_round_up(L, CELL) if L <= FCN_TILE else FCN_TILE for L in (H, W))
+        else:
+            if int(tile) < 1:
+                raise InputError(f"tile must be a positive number of pixels, got {tile!r}")
+            th = tw = _round_up(int(tile), CELL)
+        th, tw = max(th, FCN_MIN_TILE), max(tw, FCN_MIN_TILE)
+    else:
+        if tile is not None and int(tile) != S:
+            raise InputError(f"this model (architecture 'paper') takes tiles of exactly {S} px, "
+                             f"not {tile}; leave the tile size unset")
+        th = tw = S
+    if overlap is None:
+        overlap = max(MIN_OVERLAP, math.ceil(OVERLAP_NM / float(config.pixel_size)))
+    overlap = int(overlap)
+    if overlap < 0:
+        raise InputError(f"overlap must be >= 0 pixels, got {overlap}")
+    overlap = min(overlap, min(th, tw) // 2)
+    ys, yo, ph = _axis(H, th, overlap)
+    xs, xo, pw = _axis(W, tw, overlap)
+    return TilePlan((H, W), (th, tw), overlap, tuple(ys), tuple(xs), tuple(yo), tuple(xo), (ph, pw))
+
+
+# ------------------------------------------------------------------------------------------
+# Localization
+# ------------------------------------------------------------------------------------------
+
+
+class StackProgress(NamedTuple):
+    """After each chunk: frames done and in total (of the selection), localizations so far,
+    seconds since the start."""
+
+    frames_done: int
+    frames_total: int
+    localizations: int
+    elapsed: float
+
+
+def _frame_range(frames: Any, n: int, name: str) -> range:
+    if frames is None:
+        r = range(n)
+    elif isinstance(frames, range):
+        if frames.step != 1:
+            raise InputError("frames must be a contiguous range (step 1)")
+        r = range(*slice(frames.start, frames.stop).indices(n))
+    elif isinstance(frames, slice):
+        if frames.step not in (None, 1):
+            raise InputError("frames must be a contiguous range (step 1)")
+        r = range(*slice(frames.start, frames.stop).indices(n))
+    elif isinstance(frames, (tuple, list)) and len(frames) == 2:
+        r = range(*slice(*frames).indices(n))
+    else:
+        raise InputError(f"frames must be a slice or range of frame indices, got {frames!r}")
+    if len(r) == 0:
+        raise InputError(f"the frame selection {frames!r} selects no frame of {name} ({n} frame(s))")
+    return r
+
+
+def _check_pixel_size(model_ps: float, given: float | None, stated: float | None, name: str) -> None:
+    lo, hi = _PIXEL_SIZE_RANGE
+    if given is not None:
+        try:
+            v = float(given)
+        except (TypeError, ValueError):
+            raise InputError(f"pixel size must be a number of nm, got {given!r}") from None
+        if not (math.isfinite(v) and lo <= v <= hi):
+            raise InputError(f"pixel size {given!r} nm is absurd (expected {lo:g}..{hi:g} nm)")
+        if abs(v - model_ps) > 1e-3 * model_ps:
+            raise InputError(
+                f"model/stack pixel-size mismatch: the stack has {v:g} nm pixels, the model was trained "
+                f"at {model_ps:g} nm/px; train a model for this camera (starloc deeploco train "
+                f"--pixel-size {v:g})")
+    elif stated is not None and abs(stated - model_ps) > 1e-2 * model_ps:
+        raise InputError(
+            f"model/stack pixel-size mismatch: the metadata of {name} say {stated:g} nm/px, the model "
+            f"was trained at {model_ps:g} nm/px; train a model for this pixel size, or give the pixel "
+            "size explicitly (--pixel-size) if the metadata are wrong")
+
+
+def _check_finite(block: np.ndarray, start: int, name: str) -> None:
+    if block.dtype.kind == "f" and not np.isfinite(block).all():
+        bad = int(np.flatnonzero(~np.isfinite(block.reshape(len(block), -1)).all(axis=1))[0])
+        raise InputError(f"frame {start + bad} of {name} contains NaN or inf values")
+
+
+def _to_photons(block: np.ndarray, camera: Camera | None, start: int, name: str, check: bool) -> np.ndarray:
+    if camera is None:
+        return block.astype(np.float32, copy=False)
+    t = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
+    if check:
+        try:
+            camera.check_adu(t, what=f"the frames of {name}")
+        except InputError as exc:
+            raise InputError(f"{exc} (wrong camera settings? if the stack is already in photons, use "
+                             "input units 'photons')") from None
+    return camera.normalize(t).to(torch.float32).numpy()
+
+
+def _pad_frames(frames: np.ndarray, pad: tuple[int, int]) -> np.ndarray:
+    ph, pw = pad
+    if not (ph or pw):
+        return frames
+    t, H, W = frames.shape
+    med = np.median(frames.reshape(t, -1), axis=1).astype(frames.dtype)
+    out = np.empty((t, H + ph, W + pw), dtype=frames.dtype)
+    out[:] = med[:, None, None]
+    out[:, :H, :W] = frames
+    return out
+
+
+def _merge_across_seams(table: Table, tile_id: np.ndarray, distance: float, extent: float) -> np.ndarray:
+    """Keep-mask: of two same-frame localizations from different tiles closer than ``distance`` nm
+    (lateral), the lower-confidence one is dropped (greedy, strongest first)."""
+    n = len(tile_id)
+    keep = np.ones(n, dtype=bool)
+    if n < 2 or not distance > 0:
+        return keep
+    from scipy.spatial import cKDTree
+
+    sep = 4.0 * (extent + distance)  # frames are this far apart along a third axis
+    pts = np.column_stack([table["x"], table["y"], table["frame"].astype(np.float64) * sep])
+    pairs = cKDTree(pts).query_pairs(float(distance), output_type="ndarray")
+    if not len(pairs):
+        return keep
+    a, b = pairs[:, 0], pairs[:, 1]
+    cross = (tile_id[a] != tile_id[b]) & (table["frame"][a] == table["frame"][b])
+    a, b = a[cross], b[cross]
+    if not len(a):
+        return keep
+    rank = np.empty(n, dtype=np.int64)
+    rank[np.lexsort((np.arange(n), -table["confidence"]))] = np.arange(n)
+    strong = np.where(rank[a] < rank[b], a, b)
+    weak = np.where(rank[a] < rank[b], b, a)
+    for s, w in zip(*(v[np.argsort(rank[strong], kind="stable")] for v in (strong, weak))):
+        if keep[s]:
+            keep[w] = False
+    return keep
+
+
+@torch.inference_mode()
+def _localize_chunk(model: Any, frames: np.ndarray, plan: TilePlan, batch_size: int, threshold: float,
+                    link_distance: float, z_scale: float, merge_distance: float) -> Table:
+    """Localizations in photon frames ``(t, H, W)``; ``frame`` 0-based within the chunk."""
+    cfg = model.config
+    ps = float(cfg.pixel_size)
+    dim = int(cfg.dim)
+    th, tw = plan.tile
+    padded = torch.from_numpy(np.ascontiguousarray(_pad_frames(frames, plan.pad), dtype=np.float32))
+    tiles = plan.tiles()
+    n_tiles = len(tiles)
+    tile_y0 = np.array([t[0] for t in tiles], dtype=np.float64)
+    tile_x0 = np.array([t[1] for t in tiles], dtype=np.float64)
+    own = np.array([[t[2][0], t[2][1], t[3][0], t[3][1]] for t in tiles], dtype=np.float64) * ps  # nm
+    jobs = [(f, k) for f in range(frames.shape[0]) for k in range(n_tiles)]
+    device = model.device
+    parts: list[Table] = []
+    part_tiles: list[np.ndarray] = []
+    for b0 in range(0, len(jobs), batch_size):
+        batch = jobs[b0 : b0 + batch_size]
+        batch_f = np.array([f for f, _ in batch], dtype=np.int64)
+        batch_k = np.array([k for _, k in batch], dtype=np.int64)
+        x = torch.stack([padded[f, tiles[k][0] : tiles[k][0] + th, tiles[k][1] : tiles[k][1] + tw]
+                         for f, k in batch])[:, None].to(device)
+        pos, w = model.forward(x)
+        K = pos.shape[1]
+        sub = max(1, _POSTPROCESS_BYTES // max(1, K * K * pos.shape[2] * 8))
+        for s0 in range(0, len(batch), sub):
+            tb = postprocess(pos[s0 : s0 + sub], w[s0 : s0 + sub], link_distance=link_distance,
+                             threshold=threshold, z_scale=z_scale)
+            if not len(tb["frame"]):
+                continue
+            idx = tb["frame"] + s0  # index in the batch
+            f, k = batch_f[idx], batch_k[idx]
+            xs = tb["x"] + tile_x0[k] * ps
+            ys = tb["y"] + tile_y0[k] * ps
+            o = own[k]
+            mine = (ys >= o[:, 0]) & (ys < o[:, 1]) & (xs >= o[:, 2]) & (xs < o[:, 3])
+            table = {"frame": f[mine], "x": xs[mine], "y": ys[mine]}
+            if dim == 3:
+                table["z"] = tb["z"][mine]
+            table["confidence"] = tb["confidence"][mine]
+            parts.append(table)
+            part_tiles.append((f * n_tiles + k)[mine])
+    if not parts:
+        return empty_table(dim)
+    table = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    tile_id = np.concatenate(part_tiles)
+    if n_tiles > 1:
+        extent = max(plan.padded_shape) * ps
+        keep = _merge_across_seams(table, tile_id, merge_distance, extent)
+        table = {key: v[keep] for key, v in table.items()}
+    order = np.lexsort((table["x"], table["frame"]))
+    return {key: v[order] for key, v in table.items()}
+
+
+def iter_localize_stack(
+    model: Any,
+    source: Any,
+    *,
+    camera: Camera | None = None,
+    pixel_size: float | None = None,
+    frames: Any = None,
+    chunk_frames: int | None = None,
+    batch_size: int = 32,
+    threshold: float | None = None,
+    link_distance: float | None = None,
+    input_units: str = "adu",
+    tile: int | None = None,
+    overlap: int | None = None,
+    merge_distance: float | None = None,
+    z_scale: float = 0.2,
+) -> Generator[StackProgress, None, Table]:  # returns a generator (see _run)
+    """Localize every selected frame of a stack with a :class:`~starloc.deeploco.model.DeepLoco`
+    model: a generator that yields :class:`StackProgress` after every chunk and returns the
+    localization table. The settings, the stack's shape and its pixel size are checked when
+    this function is *called* (InputError at once); the pixels (NaN/inf, camera baseline) as
+    they are read. A file opened here is closed when the generator ends or is closed.
+
+    source : path (TIFF/.npy, read lazily), array ``(T, H, W)`` or ``(H, W)``, lazy array-like,
+        or a :class:`FrameSource` (see :func:`open_stack`). ADU (any int or float dtype) unless
+        ``input_units="photons"``.
+    camera : ADU -> photons conversion; default the model's camera (needed for ADU input).
+    pixel_size : the stack's pixel size (nm) if known: must equal the model's. When None, the
+        pixel size in the file's metadata (if any) is checked instead.
+    frames : slice/range (or ``(start, stop)``) of 0-based frame indices; default all. Output
+        frames keep the source numbering.
+    chunk_frames : frames read at a time (default: about 32 MiB of float32 frames).
+    batch_size : tiles per network call. threshold, link_distance : post-processing (default
+        the model's). tile, overlap : see :func:`plan_tiles`. merge_distance : nm, the seam
+        safety merge (default the link distance; 0 disables it).
+    """
+    if input_units not in INPUT_UNITS:
+        raise InputError(f"input units must be one of {INPUT_UNITS}, got {input_units!r}")
+    batch_size = int(batch_size)
+    if batch_size < 1:
+        raise InputError(f"batch size must be >= 1, got {batch_size}")
+    cfg = model.config
+    thr = float(model.threshold if threshold is None else threshold)
+    link = float(model.link_distance if link_distance is None else link_distance)
+    if not (math.isfinite(thr) and thr >= 0):
+        raise InputError(f"threshold must be >= 0, got {threshold!r}")
+    merge = link if merge_distance is None else float(merge_distance)
+    cam = None
+    if input_units == "adu":
+        cam = camera if camera is not None else getattr(model, "camera", None)
+        if cam is None:
+            raise InputError("the model has no camera to convert ADU to photons: give the camera settings, "
+                             "or input units 'photons' if the stack is already in photons")
+    src = open_stack(source)
+    owned = src is not source
+    try:
+        _check_pixel_size(float(cfg.pixel_size), pixel_size, src.pixel_size_nm, src.name)
+        selected = _frame_range(frames, src.n_frames, src.name)
+        H, W = src.frame_shape
+        plan = plan_tiles((H, W), cfg, tile=tile, overlap=overlap)
+        if chunk_frames is None:
+            chunk_frames = max(1, min(1024, CHUNK_BYTES // (4 * H * W)))
+        chunk_frames = int(chunk_frames)
+        if chunk_frames < 1:
+            raise InputError(f"chunk_frames must be >= 1, got {chunk_frames}")
+    except BaseException:
+        if owned:
+            src.close()
+        raise
+    return _run(model, src, owned, cam, selected, plan, chunk_frames, batch_size, thr, link, z_scale, merge)
+
+
+def _run(model: Any, src: FrameSource, owned: bool, cam: Camera | None, selected: range, plan: TilePlan,
+         chunk_frames: int, batch_size: int, thr: float, link: float, z_scale: float,
+         merge: float) -> Generator[StackProgress, None, Table]:
+    tables: list[Table] = []
+    try:
+        model.net.eval()
+        start_time = time.perf_counter()
+        found = 0
+        total = len(selected)
+        for c0 in range(selected.start, selected.stop, chunk_frames):
+            c1 = min(c0 + chunk_frames, selected.stop)
+            block = src.read(c0, c1)
+            _check_finite(block, c0, src.name)
+            photons = _to_photons(block, cam, c0, src.name, check=(c0 == selected.start))
+            del block
+            table = _localize_chunk(model, photons, plan, batch_size, thr, link, z_scale, merge)
+            table["frame"] = table["frame"] + c0
+            tables.append(table)
+            found += len(table["frame"])
+            yield StackProgress(c1 - selected.start, total, found, time.perf_counter() - start_time)
+    finally:
+        if owned:
+            src.close()
+    return {key: np.concatenate([t[key] for t in tables]) for key in tables[0]}
+
+
+def localize_stack(model: Any, source: Any, *, progress: Callable[[StackProgress], None] | None = None,
+                   **kwargs: Any) -> Table:
+    """:func:`iter_localize_stack` run to the end; ``progress(StackProgress)`` after every chunk."""
+    return finish(iter_localize_stack(model, source, **kwargs), progress)

@@ -1,0 +1,209 @@
+"""``starloc deeploco train|localize`` and ``starloc render`` end to end on tiny data."""
+
+import dataclasses
+import os
+import signal
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from starloc.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, main
+from starloc.cli_deeploco import frames_type, parse_settings
+from starloc.deeploco import EMCCD, Gaussian2DPSF, Simulator
+from starloc.deeploco.model import DeepLoco
+from starloc.deeploco.training import DeepLocoTrainConfig
+from starloc.errors import InputError
+from starloc.smlm_io import read_thunderstorm_csv, write_thunderstorm_csv
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+#: a tiny network and validation set (as TINY in test_deeploco_training.py)
+TINY = ["--set", "n_candidates=8", "--set", "conv_widths=4,8,8", "--set", "fc_width=64", "--set", "val_size=6",
+        "--set", "val_every=2", "--batch", "4"]
+TRAIN = ["deeploco", "train", "--psf", "gaussian", "--sigma", "130", "--frame-size", "32", "--camera", "smlm2016",
+         "--emitters", "1:3", "--device", "cpu", *TINY]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("deeploco_cli")
+    cam = EMCCD.smlm2016()
+    sim = Simulator(Gaussian2DPSF(130.0), camera=cam, frame_shape=(80, 72), n_range=(3, 6))
+    frames, _ = sim.sample(3, torch.Generator().manual_seed(0))
+    adu = cam.to_adu(frames[:, 0]).round().clamp(0, 65535).numpy().astype(np.uint16)
+    tifffile.imwrite(folder / "stack.tif", adu, photometric="minisblack")
+    assert main([*TRAIN, "--steps", "3", "-o", str(folder / "model.pt")]) == 0
+    return folder
+
+
+def _bad(capsys, argv, message):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == EXIT_BAD_INPUT, err
+    assert err[-1].startswith("starloc: error:") and message in err[-1], err[-1]
+
+
+def test_train_writes_a_tiny_model(folder, capsys):
+    model = DeepLoco.load(folder / "model.pt")
+    assert model.config.frame_size == 32 and model.config.n_candidates == 8
+    assert model.config.conv_widths == (4, 8, 8) and isinstance(model.camera, EMCCD)
+    assert model.camera.baseline == 100.0 and model.metadata["training"]["steps_done"] == 3
+    assert model.metadata["source"]["psf"] == "gaussian"
+    assert not list(folder.glob(".*ckpt"))  # the private checkpoint is gone
+
+
+def test_localize_writes_thunderstorm_csv_with_1_based_frames(folder, capsys):
+    out = folder / "locs.csv"
+    assert main(["deeploco", "localize", str(folder / "stack.tif"), "--model", str(folder / "model.pt"),
+                 "--threshold", "0", "-o", str(out)]) == 0
+    assert "written to" in capsys.readouterr().out
+    header = out.read_text().splitlines()[0]
+    assert header == '"id","frame","x [nm]","y [nm]","confidence"'
+    raw_frames = np.loadtxt(out, delimiter=",", skiprows=1, usecols=1, ndmin=1)
+    assert len(raw_frames) > 0 and raw_frames.min() >= 1 and raw_frames.max() <= 3
+    table = read_thunderstorm_csv(out)
+    assert set(table["frame"].tolist()) <= {0, 1, 2}
+    assert np.all((table["x"] > -400) & (table["x"] < 72 * 100 + 400))
+    assert np.all((table["y"] > -400) & (table["y"] < 80 * 100 + 400))
+
+
+def test_localize_frames_and_picasso_output(folder, capsys):
+    out = folder / "locs.hdf5"
+    assert main(["deeploco", "localize", str(folder / "stack.tif"), "--model", str(folder / "model.pt"),
+                 "--threshold", "0", "--frames", "1:3", "--batch-size", "8", "-o", str(out)]) == 0
+    import h5py
+    import yaml
+
+    with h5py.File(out) as fh:
+        locs = fh["locs"][()]
+    assert len(locs) > 0 and set(locs["frame"].tolist()) <= {1, 2}
+    info = yaml.safe_load((folder / "locs.yaml").read_text())
+    assert (info["Width"], info["Height"], info["Frames"], info["Pixelsize"]) == (72, 80, 3, 100.0)
+
+
+def test_fully_convolutional_model_trains_and_localizes_whole_frames(folder, tmp_path, capsys):
+    model_path = tmp_path / "fcn.pt"
+    assert main([*TRAIN, "--arch", "fcn", "--steps", "2", "-o", str(model_path)]) == 0
+    model = DeepLoco.load(model_path)
+    assert model.config.architecture == "fcn"
+    if "architecture" in {f.name for f in dataclasses.fields(DeepLocoTrainConfig)}:
+        assert model.metadata["training"]["architecture"] == "fcn"  # passed through the training config
+    out = tmp_path / "fcn.csv"
+    assert main(["deeploco", "localize", str(folder / "stack.tif"), "--model", str(model_path), "--threshold", "0.01",
+                 "-o", str(out)]) == 0
+    table = read_thunderstorm_csv(out)
+    assert len(table["x"]) > 0 and set(table["frame"].tolist()) <= {0, 1, 2}
+    _bad(capsys, ["deeploco", "localize", str(folder / "stack.tif"), "--model", str(folder / "model.pt"),
+                  "--tile", "48", "-o", str(out)], "exactly 32 px")
+
+
+def test_render_histogram_gaussian_and_z(tmp_path, capsys):
+    table = {"frame": np.array([0, 0, 1]), "x": np.array([5.0, 1000.0, 1999.0]),
+             "y": np.array([5.0, 500.0, 995.0]), "z": np.array([-300.0, 0.0, 300.0])}
+    write_thunderstorm_csv(tmp_path / "l.csv", table)
+    out = tmp_path / "img.tif"
+    assert main(["render", str(tmp_path / "l.csv"), "-o", str(out), "--pixel-size", "20"]) == 0
+    with tifffile.TiffFile(out) as tif:
+        img = tif.asarray()
+        assert tif.imagej_metadata["unit"] == "um"
+        num, den = tif.pages[0].tags["XResolution"].value
+    assert img.shape == (995 // 20 + 1, 1999 // 20 + 1) and img.sum() == 3  # (50, 100)
+    assert num / den == pytest.approx(50.0)  # 50 px per µm = 20 nm/px
+    assert main(["render", str(tmp_path / "l.csv"), "-o", str(out), "--method", "gaussian", "--sigma", "15",
+                 "--extent", "-100", "2100", "-100", "1100"]) == 0
+    img = tifffile.imread(out)
+    assert img.shape == (120, 220) and img.sum() == pytest.approx(3, abs=1e-3)
+    assert main(["render", str(tmp_path / "l.csv"), "-o", str(out), "--color-by-z"]) == 0
+    rgb = tifffile.imread(out)
+    assert rgb.shape == (100, 200, 3) and rgb.dtype == np.uint8 and rgb.max() == 255
+    _bad(capsys, ["render", str(tmp_path / "nope.csv"), "-o", str(out)], "not found")
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    _bad(capsys, ["render", str(tmp_path / "other.csv"), "-o", str(out)], "neither a ThunderSTORM")
+    write_thunderstorm_csv(tmp_path / "flat.csv", {k: v for k, v in table.items() if k != "z"})
+    _bad(capsys, ["render", str(tmp_path / "flat.csv"), "-o", str(out), "--color-by-z"], "no z column")
+
+
+@pytest.mark.parametrize("name, data, extra, message", [
+    ("missing.tif", None, [], "not found"),
+    ("four.tif", np.zeros((2, 2, 40, 40), np.uint16), [], "4D"),
+    ("nan.tif", np.where(np.arange(3 * 40 * 40).reshape(3, 40, 40) == 1700, np.nan, 150.0).astype(np.float32),
+     [], "frame 1 of"),
+    ("ok.tif", np.full((2, 40, 40), 150, np.uint16), ["--pixel-size", "160"], "pixel-size mismatch"),
+    ("dark.tif", np.zeros((2, 40, 40), np.uint16), [], "far below the camera baseline"),
+    ("ok.tif", np.full((2, 40, 40), 150, np.uint16), ["--frames", "5:9"], "selects no frame"),
+])
+def test_localize_bad_input_exits_2_and_writes_nothing(folder, tmp_path, capsys, name, data, extra, message):
+    if data is not None:
+        tifffile.imwrite(tmp_path / name, data, photometric="minisblack")
+    out = tmp_path / "out.csv"
+    _bad(capsys, ["deeploco", "localize", str(tmp_path / name), "--model", str(folder / "model.pt"),
+                  "-o", str(out), *extra], message)
+    assert not out.exists() and not list(tmp_path.glob(".out.csv*"))
+
+
+def test_localize_refuses_a_non_model_file(folder, tmp_path, capsys):
+    (tmp_path / "garbage.pt").write_bytes(b"\x00garbage")
+    _bad(capsys, ["deeploco", "localize", str(folder / "stack.tif"), "--model", str(tmp_path / "garbage.pt"),
+                  "-o", str(tmp_path / "o.csv")], "cannot read model file")
+    torch.save({"w": torch.zeros(2)}, tmp_path / "bare.pt")
+    _bad(capsys, ["deeploco", "localize", str(folder / "stack.tif"), "--model", str(tmp_path / "bare.pt"),
+                  "-o", str(tmp_path / "o.csv")], "not a starloc model")
+    _bad(capsys, ["deeploco", "localize", str(folder / "stack.tif"), "--model", str(folder / "model.pt"),
+                  "-o", str(tmp_path / "o.csv"), "--format", "picasso"], ".hdf5")
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_train_bad_options_exit_2(tmp_path, capsys):
+    out = str(tmp_path / "m.pt")
+    _bad(capsys, [*TRAIN, "--set", "nonsense=1", "-o", out], "unknown training setting")
+    _bad(capsys, [*TRAIN, "--set", "steps=many", "-o", out], "steps=many")
+    _bad(capsys, ["deeploco", "train", "--psf", str(tmp_path / "beads.tif"), "-o", out], "neither")
+    _bad(capsys, ["deeploco", "train", "--psf", "gaussian", "--baseline", "90", "-o", out], "need --camera")
+    _bad(capsys, ["deeploco", "train", "--psf", "gaussian", "-o", str(tmp_path / "no" / "m.pt")], "does not exist")
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_ctrl_c_saves_the_model_so_far_and_resume_continues(tmp_path, capsys, monkeypatch):
+    from starloc.deeploco import training
+
+    real = training.train
+
+    def interrupted_after_two_steps(*args, **kwargs):
+        inner = real(*args, **kwargs)
+        n = 0
+        try:
+            while True:
+                try:
+                    p = next(inner)
+                except StopIteration as stop:
+                    return stop.value
+                n += 1
+                if n == 2:
+                    os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does
+                yield p
+        finally:
+            inner.close()
+
+    monkeypatch.setattr(training, "train", interrupted_after_two_steps)
+    out, ckpt = tmp_path / "m.pt", tmp_path / "run.ckpt"
+    code = main([*TRAIN, "--steps", "5", "--checkpoint", str(ckpt), "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == EXIT_INTERRUPTED and "interrupted after step 2" in err and "--resume" in err
+    model = DeepLoco.load(out)
+    assert model.metadata["training"]["steps_done"] == 2 and model.metadata["training"]["interrupted"]
+    monkeypatch.setattr(training, "train", real)
+    assert main([*TRAIN, "--resume", str(ckpt), "--steps", "4", "-o", str(out)]) == 0
+    assert DeepLoco.load(out).metadata["training"]["steps_done"] == 4
+
+
+def test_argument_parsers():
+    assert frames_type("2:5") == slice(2, 5) and frames_type(":5") == slice(None, 5)
+    assert frames_type("3") == slice(3, 4) and frames_type("-2:") == slice(-2, None)
+    got = parse_settings(["conv_widths=4,8,8", "reset_optimizer=false", "lr=1e-3", "kernel=gaussian"],
+                         DeepLocoTrainConfig)
+    assert got == {"conv_widths": (4, 8, 8), "reset_optimizer": False, "lr": 1e-3, "kernel": "gaussian"}
+    with pytest.raises(InputError):
+        parse_settings(["batch"], DeepLocoTrainConfig)

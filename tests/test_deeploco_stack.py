@@ -1,0 +1,296 @@
+"""DeepLoco on whole stacks: tiling without seam duplicates, lazy reading, bounded memory, bad input."""
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from starloc.deeploco import EMCCD, Gaussian2DPSF, Simulator
+from starloc.deeploco.model import DeepLoco
+from starloc.deeploco.network import DeepLocoConfig
+from starloc.deeploco.stack import (
+    FrameSource,
+    StackProgress,
+    iter_localize_stack,
+    localize_stack,
+    open_stack,
+    plan_tiles,
+)
+from starloc.errors import InputError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PS = 100.0
+SPOT = 1000.0  # photons of a one-pixel "spot" the fake network detects
+BG = 10.0
+
+
+def tiny(arch="paper", frame_size=32, camera=None, seed=0):
+    cfg = DeepLocoConfig(frame_size=frame_size, n_candidates=8, conv_widths=(4, 8, 8), fc_width=64,
+                         pixel_size=PS, architecture=arch)
+    return DeepLoco.new(cfg, seed=seed, camera=camera)
+
+
+def spot_model(arch="paper", bias_nm=0.0, ghost=False, seen=None):
+    """A model whose forward returns the exact centres of the bright pixels of each tile (weight 1).
+
+    ``bias_nm``: report each spot that much closer to the tile's centre (along x and y), with a
+    confidence that falls with the distance from the centre (so that a spot on a seam can be
+    claimed by two tiles). ``ghost``: also a candidate at the tile's bottom-right pixel.
+    ``seen``: a list that receives every batch of tiles."""
+    model = tiny(arch)
+    K = 64
+
+    def forward(tiles):
+        if seen is not None:
+            seen.append(tiles.clone())
+        B, _, h, w = tiles.shape
+        pos = torch.zeros(B, K, 2)
+        wt = torch.zeros(B, K)
+        for b in range(B):
+            rows, cols = torch.nonzero(tiles[b, 0] > SPOT / 2, as_tuple=True)
+            items = [((c.item() + 0.5) * PS, (r.item() + 0.5) * PS) for r, c in zip(rows, cols)]
+            if ghost:
+                items.append(((w - 0.5) * PS, (h - 0.5) * PS))
+            for k, (x, y) in enumerate(items[:K]):
+                cx, cy = w * PS / 2, h * PS / 2
+                x += bias_nm * np.sign(cx - x)
+                y += bias_nm * np.sign(cy - y)
+                pos[b, k] = torch.tensor([x, y])
+                wt[b, k] = 1.0 - 1e-5 * np.hypot(x - cx, y - cy) if bias_nm else 1.0
+        return pos, wt
+
+    model.forward = forward
+    return model
+
+
+def spot_stack(shape=(2, 80, 72), step=5, offset=2):
+    T, H, W = shape
+    frames = np.full(shape, BG, np.float32)
+    truth = []
+    for t in range(T):
+        for r in range(offset + t, H, step):
+            for c in range(offset, W, step):
+                frames[t, r, c] = SPOT
+                truth.append((t, (c + 0.5) * PS, (r + 0.5) * PS))
+    return frames, np.array(truth)
+
+
+def as_rows(table):
+    return sorted(zip(table["frame"].tolist(), table["x"].tolist(), table["y"].tolist()))
+
+
+def test_tile_plan_covers_the_frame_and_owns_every_position_once():
+    cfg = tiny().config
+    plan = plan_tiles((80, 72), cfg)
+    assert plan.tile == (32, 32) and plan.pad == (0, 0) and plan.overlap == 16
+    for starts, own, length in ((plan.y_starts, plan.y_own, 80), (plan.x_starts, plan.x_own, 72)):
+        assert starts[0] == 0 and starts[-1] == length - 32
+        assert all(b - a <= 32 - 16 for a, b in zip(starts[:-1], starts[1:]))
+        assert own[0][0] == -np.inf and own[-1][1] == np.inf
+        assert all(a[1] == b[0] for a, b in zip(own[:-1], own[1:]))  # contiguous, no overlap
+        for s, (lo, hi) in zip(starts, own):  # each tile owns only positions inside itself
+            assert max(lo, 0) >= s and min(hi, length) <= s + 32
+    small = plan_tiles((20, 24), cfg)
+    assert small.pad == (12, 8) and small.n_tiles == 1 and small.y_own == ((-np.inf, 20.0),)
+    fcn = tiny("fcn").config
+    assert plan_tiles((80, 70), fcn).tile == (80, 72)
+    big = plan_tiles((300, 90), fcn)
+    assert big.tile == (128, 92) and len(big.y_starts) == 3 and big.overlap == 20
+    assert plan_tiles((300, 90), fcn, tile=62).tile == (64, 64)
+    with pytest.raises(InputError, match="exactly 32"):
+        plan_tiles((80, 72), cfg, tile=48)
+
+
+@pytest.mark.parametrize("arch, tile", [("paper", None), ("fcn", 32)])
+def test_spots_on_and_near_seams_are_found_exactly_once(arch, tile):
+    frames, truth = spot_stack()
+    plan = plan_tiles((80, 72), tiny(arch).config, tile=tile)
+    assert plan.n_tiles > 4
+    # some spots lie exactly on an own-region boundary (x = 22.5 px is a pixel centre)
+    assert any(lo == 22.5 for lo, _ in plan.x_own)
+    table = localize_stack(spot_model(arch), frames, input_units="photons", tile=tile, chunk_frames=1)
+    assert as_rows(table) == sorted(map(tuple, truth.tolist()))
+    assert set(table) == {"frame", "x", "y", "confidence"} and table["frame"].dtype == np.int64
+    order = np.lexsort((table["x"], table["frame"]))
+    assert np.array_equal(order, np.arange(len(order)))
+
+
+def test_safety_merge_removes_a_seam_duplicate_and_keeps_the_more_confident():
+    frames, truth = spot_stack(shape=(1, 80, 72))
+    model = spot_model(bias_nm=0.5)
+    kept = localize_stack(model, frames, input_units="photons")
+    assert len(kept["x"]) == len(truth)
+    no_merge = localize_stack(model, frames, input_units="photons", merge_distance=0)
+    assert len(no_merge["x"]) > len(truth)  # the spots on x = 22.5 px were claimed by two tiles
+    for t, x, y in truth:  # every spot within the bias of its truth, once
+        close = np.hypot(kept["x"] - x, kept["y"] - y) <= 0.5 * np.sqrt(2) + 1e-9
+        assert close.sum() == 1
+
+
+@pytest.mark.parametrize("arch, tile", [("paper", (32, 32)), ("fcn", (20, 24))])
+def test_small_frames_are_padded_with_the_median_and_the_padding_is_dropped(arch, tile):
+    frames, truth = spot_stack(shape=(2, 18, 22), step=6)
+    seen = []
+    table = localize_stack(spot_model(arch, ghost=True, seen=seen), frames, input_units="photons")
+    assert as_rows(table) == sorted(map(tuple, truth.tolist()))  # the ghost in the padding is gone
+    tiles = torch.cat(seen)
+    assert tuple(tiles.shape[-2:]) == tile
+    for t in range(2):
+        med = float(np.median(frames[t]))
+        assert torch.all(tiles[t, 0, 18:, :] == med) and torch.all(tiles[t, 0, :, 22:] == med)
+        assert torch.equal(tiles[t, 0, :18, :22], torch.from_numpy(frames[t]))
+
+
+@pytest.mark.parametrize("arch", ["paper", "fcn"])
+def test_a_frame_of_the_network_size_gives_exactly_localize(arch):
+    sim = Simulator(Gaussian2DPSF(130.0), camera=EMCCD.smlm2016(), frame_shape=(32, 32), n_range=(1, 3),
+                    background_range=(20, 40))
+    frames, _ = sim.sample(6, torch.Generator().manual_seed(0))
+    model = tiny(arch, camera=EMCCD.smlm2016())
+    ref = model.localize(frames, threshold=0.0, batch_size=3)
+    assert len(ref["x"]) > 0
+    got = localize_stack(model, frames[:, 0].numpy(), input_units="photons", threshold=0.0, batch_size=3,
+                         chunk_frames=3)
+    assert list(got) == list(ref) and all(np.array_equal(got[k], ref[k]) for k in ref)
+    # in ADU through the model's camera: the same up to float rounding of the round trip
+    adu = EMCCD.smlm2016().to_adu(frames[:, 0]).numpy()
+    got_adu = localize_stack(model, adu, threshold=0.0, batch_size=3, chunk_frames=3)
+    assert np.array_equal(got_adu["frame"], ref["frame"])
+    assert np.allclose(got_adu["x"], ref["x"], atol=1e-2) and np.allclose(got_adu["y"], ref["y"], atol=1e-2)
+
+
+@pytest.fixture
+def adu_stack():
+    cam = EMCCD.smlm2016()
+    sim = Simulator(Gaussian2DPSF(130.0), camera=cam, frame_shape=(40, 52), n_range=(2, 5))
+    frames, _ = sim.sample(5, torch.Generator().manual_seed(1))
+    return cam.to_adu(frames[:, 0]).round().clamp(0, 65535).numpy().astype(np.uint16)
+
+
+def test_lazy_tiff_reading_gives_the_in_memory_result(tmp_path, adu_stack, monkeypatch):
+    model = tiny(camera=EMCCD.smlm2016())
+    kw = dict(threshold=0.0, chunk_frames=2, batch_size=8)
+    ref = localize_stack(model, adu_stack, **kw)
+    assert len(ref["x"]) > 0
+    tifffile.imwrite(tmp_path / "plain.tif", adu_stack)
+    tifffile.imwrite(tmp_path / "zip.tif", adu_stack, compression="zlib")
+    np.save(tmp_path / "stack.npy", adu_stack)
+    with open_stack(tmp_path / "plain.tif") as src:  # memory-mapped: nothing read yet
+        assert src.shape == (5, 40, 52) and src.dtype == np.uint16
+    keys = []
+    real = tifffile.TiffFile.asarray
+
+    def spy(self, *args, **kwargs):
+        keys.append(kwargs.get("key"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(tifffile.TiffFile, "asarray", spy)
+    for name in ("plain.tif", "zip.tif", "stack.npy"):
+        got = localize_stack(model, tmp_path / name, **kw)
+        assert all(np.array_equal(got[k], ref[k]) for k in ref), name
+    # the compressed file was read page range by page range, never the whole series
+    assert keys and all(isinstance(k, range) and len(k) <= 2 for k in keys)
+    sub = localize_stack(model, tmp_path / "zip.tif", frames=slice(1, 4), **kw)
+    keep = (ref["frame"] >= 1) & (ref["frame"] < 4)
+    assert np.array_equal(sub["frame"], ref["frame"][keep]) and set(sub["frame"].tolist()) <= {1, 2, 3}
+
+
+class Recorder:
+    """A lazy array that records how many frames each read asks for."""
+
+    def __init__(self, data):
+        self.data, self.shape, self.dtype, self.sizes = data, data.shape, data.dtype, []
+
+    def __getitem__(self, key):
+        start, stop, _ = key.indices(self.shape[0])
+        self.sizes.append(stop - start)
+        return self.data[key]
+
+
+def test_memory_is_bounded_by_the_chunk_and_progress_is_reported(adu_stack):
+    model = spot_model()
+    model.camera = EMCCD.smlm2016()
+    lazy = Recorder(adu_stack)
+    seen = []
+    gen = iter_localize_stack(model, lazy, chunk_frames=2)
+    assert lazy.sizes == []  # nothing is read before the generator runs
+    table = None
+    while True:
+        try:
+            seen.append(next(gen))
+        except StopIteration as stop:
+            table = stop.value
+            break
+    assert lazy.sizes == [2, 2, 1]
+    assert all(isinstance(p, StackProgress) for p in seen)
+    assert [p.frames_done for p in seen] == [2, 4, 5] and {p.frames_total for p in seen} == {5}
+    assert seen[-1].localizations == len(table["x"])
+    lazy.sizes.clear()
+    got = []
+    localize_stack(model, lazy, chunk_frames=3, frames=range(1, 5), progress=got.append)
+    assert lazy.sizes == [3, 1] and [p.frames_done for p in got] == [3, 4]
+    # closing the generator early stops reading
+    lazy.sizes.clear()
+    gen = iter_localize_stack(model, lazy, chunk_frames=1)
+    next(gen)
+    gen.close()
+    assert lazy.sizes == [1]
+
+
+def test_a_single_frame_and_a_frame_source():
+    model = spot_model()
+    frames, truth = spot_stack(shape=(1, 40, 36))
+    one = localize_stack(model, frames[0], input_units="photons")
+    assert as_rows(one) == sorted(map(tuple, truth.tolist()))
+    src = open_stack(frames)
+    assert isinstance(src, FrameSource) and open_stack(src) is src and src.frame_shape == (40, 36)
+
+
+def test_bad_input_raises_input_error(tmp_path, adu_stack):
+    model = tiny(camera=EMCCD.smlm2016())
+    ok = adu_stack.astype(np.float32)
+
+    def bad(source, match, **kw):
+        with pytest.raises(InputError, match=match):
+            localize_stack(model, source, **kw)
+
+    bad(np.zeros(100, np.float32), "1D")
+    bad(np.zeros((2, 2, 40, 40), np.float32), "4D")
+    bad(np.zeros((40, 40, 3), np.uint8), "RGB")
+    bad(np.zeros((0, 40, 40), np.float32), "empty")
+    bad(np.array([["a"]]), "data type")
+    nan = ok.copy()
+    nan[3, 5, 5] = np.nan
+    bad(nan, "frame 3 .*NaN")
+    inf = ok.copy()
+    inf[0, 1, 1] = np.inf
+    bad(inf, "frame 0 .*NaN or inf")
+    bad(np.zeros((2, 40, 40), np.uint16), "far below the camera baseline.*wrong camera settings")
+    bad(ok, "pixel-size mismatch.*160", pixel_size=160)
+    bad(ok, "absurd", pixel_size=-5)
+    bad(ok, "absurd", pixel_size=float("nan"))
+    bad(ok, "selects no frame", frames=slice(10, 20))
+    bad(ok, "input units", input_units="volts")
+    bad(tmp_path / "missing.tif", "not found")
+    (tmp_path / "garbage.tif").write_bytes(b"not a tiff at all")
+    bad(tmp_path / "garbage.tif", "not a valid TIFF")
+    (tmp_path / "x.png").write_bytes(b"")
+    bad(tmp_path / "x.png", "unsupported file type")
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((40, 40, 3), np.uint8), photometric="rgb")
+    bad(tmp_path / "rgb.tif", "RGB")
+    no_camera = tiny()
+    with pytest.raises(InputError, match="no camera"):
+        localize_stack(no_camera, ok)
+    assert len(localize_stack(model, ok, pixel_size=100.0)["frame"]) >= 0  # the model's size is fine
+
+
+def test_pixel_size_from_tiff_metadata_is_checked(tmp_path, adu_stack):
+    model = tiny(camera=EMCCD.smlm2016())
+    tifffile.imwrite(tmp_path / "ij.tif", adu_stack, imagej=True, resolution=(1 / 0.16, 1 / 0.16),
+                     metadata={"unit": "um"})
+    with open_stack(tmp_path / "ij.tif") as src:
+        assert src.pixel_size_nm == pytest.approx(160.0)
+    with pytest.raises(InputError, match="metadata .* say 160 nm/px"):
+        localize_stack(model, tmp_path / "ij.tif")
+    localize_stack(model, tmp_path / "ij.tif", pixel_size=100.0)  # an explicit pixel size wins
