@@ -292,7 +292,7 @@ class _Interrupt:
 def cmd_deeploco_train(args) -> int:
     from starloc.cli import EXIT_INTERRUPTED, _device, _progress_bar
     from starloc.deeploco import training
-    from starloc.deeploco.simulate import Simulator
+    from starloc.deeploco.recipes import default_simulator
     from starloc.deeploco.training import Trainer
 
     _check_out_dir(args.output)
@@ -313,7 +313,9 @@ def cmd_deeploco_train(args) -> int:
                       ("background", "background_range"), ("z_range", "z_range")):
         if getattr(args, dest) is not None:
             sim_kw[key] = getattr(args, dest)
-    sim = Simulator(**sim_kw)
+    psf = sim_kw.pop("psf")
+    camera = sim_kw.pop("camera")
+    sim = default_simulator(psf, camera, **sim_kw)
     config, model = _train_config(args, device, sim)
 
     own_ckpt = args.checkpoint is None
@@ -535,12 +537,13 @@ def add_commands(sub) -> None:
     s = t.add_argument_group("simulation")
     s.add_argument("--frame-size", type=int, default=None, help="side of the square training frames (px)")
     dens = s.add_mutually_exclusive_group()
-    dens.add_argument("--density", type=_positive(), default=None, help="emitters per µm²")
+    dens.add_argument("--density", type=_positive(), default=None, help="emitters per µm² (Poisson counts)")
     dens.add_argument("--emitters", type=_range_type(int), default=None, metavar="LO:HI",
-                      help="emitters per frame, uniform in LO..HI")
-    s.add_argument("--photons", type=_range_type(), default=None, metavar="LO:HI", help="photons per emitter")
+                      help="emitters per frame, uniform in LO..HI (default: 0 to 2.5 per µm² of frame)")
+    s.add_argument("--photons", type=_range_type(), default=None, metavar="LO:HI",
+                   help="photons per emitter (default 500:8000)")
     s.add_argument("--background", type=_range_type(), default=None, metavar="LO:HI",
-                   help="background photons per pixel")
+                   help="background photons per pixel (default 20:200)")
     s.add_argument("--z-range", type=_range_type(), default=None, metavar="LO:HI",
                    help="nm (3D PSFs); write --z-range=-750:750 for a negative LO")
     r = t.add_argument_group("training")

@@ -1,0 +1,67 @@
+"""Default training data for DeepLoco: what the simulator draws when the user says nothing.
+
+The network only learns what it is shown, so the defaults cover a wide range of SMLM data
+rather than one benchmark: 0 to ``MAX_DENSITY`` emitters/µm² (a count uniform per frame, so
+sparse and dense frames are equally common), ``PHOTONS`` per emitter and ``BACKGROUND``
+photons/pixel (uniform, one background level per frame). Narrow them to your data with the
+``starloc deeploco train`` options ``--emitters``, ``--photons`` and ``--background``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from .camera import Camera
+from .psf import EmpiricalPSF, PSFModel
+from .simulate import Simulator
+
+__all__ = ["MAX_DENSITY", "PHOTONS", "BACKGROUND", "default_n_range", "default_simulator", "bead_psf"]
+
+#: emitters per µm² at the top of the default range
+MAX_DENSITY = 2.5
+#: photons per emitter (uniform)
+PHOTONS = (500.0, 8000.0)
+#: background photons per pixel (uniform per frame)
+BACKGROUND = (20.0, 200.0)
+
+
+def default_n_range(frame_shape: tuple[int, int], pixel_size: float) -> tuple[int, int]:
+    """``(0, n)`` emitters per frame, ``n`` = ``MAX_DENSITY`` times the frame's area."""
+    area_um2 = frame_shape[0] * frame_shape[1] * pixel_size**2 / 1e6
+    return 0, max(1, int(math.ceil(MAX_DENSITY * area_um2)))
+
+
+def default_simulator(psf: PSFModel, camera: Camera | None, frame_shape: tuple[int, int] = (64, 64),
+                      pixel_size: float | None = None, **overrides: Any) -> Simulator:
+    """A :class:`Simulator` with the default training ranges; ``overrides`` replace any of them
+    (``density`` replaces the default count range)."""
+    ps = float(pixel_size if pixel_size is not None else getattr(psf, "pixel_size", 100.0))
+    kw: dict[str, Any] = dict(frame_shape=tuple(frame_shape), pixel_size=ps, photons_range=PHOTONS,
+                              background_range=BACKGROUND)
+    if overrides.get("density") is None and overrides.get("n_range") is None:
+        kw["n_range"] = default_n_range(tuple(frame_shape), ps)
+    kw.update({k: v for k, v in overrides.items() if v is not None})
+    return Simulator(psf, camera, **kw)
+
+
+def bead_psf(path: str | Path, modality: str = "3D", **kw: Any) -> EmpiricalPSF:
+    """Empirical PSF from a bead z-stack TIFF (``EmpiricalPSF.from_bead_stack``; ``kw`` passed
+    on). ``modality="2D"`` keeps only the in-focus slice (z = 0), for 2D localization."""
+    import tifffile
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"bead stack {str(p)!r} not found")
+    try:
+        stack = tifffile.imread(p)
+    except Exception as exc:
+        raise InputError(f"cannot read bead stack {str(p)!r}: {str(exc).splitlines()[0] if str(exc) else exc}") \
+            from None
+    psf = EmpiricalPSF.from_bead_stack(stack, **kw)
+    if modality.upper() == "2D":
+        return EmpiricalPSF(psf.slice_at(0.0)[None], psf.pixel_size, psf.z_step, 0.0, pad=psf.pad,
+                            meta={**psf.meta, "slice": "in focus (z = 0)"})
+    return psf
