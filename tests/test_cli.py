@@ -139,12 +139,27 @@ def test_help_and_usage_errors_exit_cleanly():
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--steps", "20"]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--steps", "20", "--method", "lodestar"]) == 0
     out = capsys.readouterr().out
     assert "F1" in out and "RMSE" in out
     frames, positions, features = read_points_csv(tmp_path / "detections.csv")
     assert {"score", "weight", "consistency"} <= set(features)
     assert (tmp_path / "scene.tif").exists() and (tmp_path / "model.pt").exists()
+
+
+def test_deeploco_demo_runs_end_to_end_on_the_bundled_bead_stack(tmp_path, capsys):
+    from starloc.smlm_io import read_thunderstorm_csv
+
+    assert main(["demo", "--out", str(tmp_path), "--method", "deeploco", "--deeploco-steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Jaccard" in out and "bundled bead z-stack" in out
+    truth = read_thunderstorm_csv(tmp_path / "smlm-truth.csv")
+    assert len(truth["x"]) > 100 and set(np.unique(truth["frame"])) <= set(range(100))
+    read_thunderstorm_csv(tmp_path / "smlm-locs.csv")  # parses (a 2-step model finds little)
+    with tifffile.TiffFile(tmp_path / "smlm-stack.tif") as tif:
+        assert tif.asarray().shape == (100, 64, 64) and tif.asarray().dtype == np.uint16
+    assert tifffile.imread(tmp_path / "smlm-render.tif").shape == (640, 640)
+    assert (tmp_path / "deeploco.pt").exists()
 
 
 def test_demo_rejects_an_unknown_shape(capsys, tmp_path):

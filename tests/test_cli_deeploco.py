@@ -22,8 +22,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 #: a tiny network and validation set (as TINY in test_deeploco_training.py)
 TINY = ["--set", "n_candidates=8", "--set", "conv_widths=4,8,8", "--set", "fc_width=64", "--set", "val_size=6",
         "--set", "val_every=2", "--batch", "4"]
-TRAIN = ["deeploco", "train", "--psf", "gaussian", "--sigma", "130", "--frame-size", "32", "--camera", "smlm2016",
-         "--emitters", "1:3", "--device", "cpu", *TINY]
+RESUME = ["deeploco", "train", "--psf", "gaussian", "--sigma", "130", "--frame-size", "32", "--camera", "smlm2016",
+          "--emitters", "1:3", "--device", "cpu", *TINY]
+TRAIN = [*RESUME, "--arch", "paper"]
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +196,7 @@ def test_ctrl_c_saves_the_model_so_far_and_resume_continues(tmp_path, capsys, mo
     model = DeepLoco.load(out)
     assert model.metadata["training"]["steps_done"] == 2 and model.metadata["training"]["interrupted"]
     monkeypatch.setattr(training, "train", real)
-    assert main([*TRAIN, "--resume", str(ckpt), "--steps", "4", "-o", str(out)]) == 0
+    assert main([*RESUME, "--resume", str(ckpt), "--steps", "4", "-o", str(out)]) == 0
     assert DeepLoco.load(out).metadata["training"]["steps_done"] == 4
 
 

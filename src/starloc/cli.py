@@ -96,9 +96,14 @@ def cmd_lodestar_detect(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from starloc.deeploco.demo import run_deeploco_demo
     from starloc.demo import run_demo
 
-    return run_demo(out_dir=Path(args.out), shape=args.shape, seed=args.seed, max_steps=args.steps)
+    if args.method in ("all", "lodestar"):
+        run_demo(out_dir=Path(args.out), shape=args.shape, seed=args.seed, max_steps=args.steps)
+    if args.method in ("all", "deeploco"):
+        run_deeploco_demo(out_dir=Path(args.out), seed=args.seed, steps=args.deeploco_steps)
+    return 0
 
 
 def _add_common_image_options(p: argparse.ArgumentParser) -> None:
@@ -162,7 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--shape", default="point",
                       help="particle shape to simulate: point, sphere, annulus, ellipse or crescent")
     demo.add_argument("--seed", type=int, default=0, help="random seed of the simulation and training")
-    demo.add_argument("--steps", type=int, default=2000, help="maximum training steps")
+    demo.add_argument("--steps", type=int, default=2000, help="maximum LodeSTAR training steps")
+    demo.add_argument("--method", choices=("all", "lodestar", "deeploco"), default="all",
+                      help="which method's demo to run (default: both)")
+    demo.add_argument("--deeploco-steps", type=int, default=400,
+                      help="DeepLoco training steps (a short demo run; the default recipe trains longer)")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -152,7 +152,8 @@ def cell_loss(
     cell ``(k // w, k % w)`` of a ``grid = (h, w)`` of ``cell_nm`` cells, x along columns).
 
     ``sum_cells BCE(w_k, occupied_k) + sum_emitters |pos_k(e) - e|_1 / cell_nm`` per frame, where
-    ``k(e)`` is the cell holding emitter ``e`` (z multiplied by ``z_scale``). It tells each cell
+    ``k(e)`` is the cell holding emitter ``e`` (z multiplied by ``z_scale``; training uses 1, so
+    an axial error costs as much as a lateral one of the same nm). It tells each cell
     directly whether it owns an emitter and where, which the set-level MMD conveys only through
     slowly vanishing gradients on low-weight candidates; weights must lie in (0, 1).
     """

@@ -46,6 +46,11 @@ CHECKPOINT_VERSION = 1
 class DeepLocoTrainConfig:
     """Training hyper-parameters (stored in the model's metadata).
 
+    The defaults are the CPU recipe (see docs/deeploco.md): the fully convolutional network
+    with widths (16, 32, 64), kernel + cell loss, Adam at 1e-3 halved every 600 steps, 3000
+    steps of 32 frames. The paper's network is ``architecture="paper"`` with
+    ``conv_widths=(16, 64, 256)``, ``lr=1e-4`` and many more steps (a GPU job).
+
     steps : total optimizer steps. batch : frames per step.
     lr : initial learning rate, halved every ``stage_steps`` steps.
     reset_optimizer : restart Adam at each stage.
@@ -60,10 +65,10 @@ class DeepLocoTrainConfig:
     link_distance, threshold : post-processing (validation and the model's defaults).
     """
 
-    steps: int = 10000
+    steps: int = 3000
     batch: int = 32
-    lr: float = 1e-4
-    stage_steps: int = 2500
+    lr: float = 1e-3
+    stage_steps: int = 600
     reset_optimizer: bool = True
     seed: int = 0
     device: str = "cpu"
@@ -72,16 +77,16 @@ class DeepLocoTrainConfig:
     val_every: int = 500
     tolerance: float = 100.0
     axial_tolerance: float = 500.0
-    architecture: str = "paper"
+    architecture: str = "fcn"
     n_candidates: int = 64
-    conv_widths: tuple[int, int, int] = (16, 64, 256)
+    conv_widths: tuple[int, int, int] = (16, 32, 64)
     fc_width: int = 1024
     n_res_blocks: int = 2
     input_scale: float = 100.0
     sigmas: tuple[float, ...] = DEFAULT_SIGMAS
     kernel: str = "laplacian"
     z_scale: float = 0.2
-    cell_loss_weight: float = 0.0
+    cell_loss_weight: float = 1.0
     link_distance: float = 100.0
     threshold: float = 0.3
 
@@ -275,7 +280,7 @@ class Trainer:
             if c.cell_loss_weight and net.config.architecture == "fcn":
                 grid = (frames.shape[-2] // CELL, frames.shape[-1] // CELL)
                 loss = loss + c.cell_loss_weight * cell_loss(pos, w, true_pos, truth["mask"], grid,
-                                                             CELL * net.config.pixel_size, c.z_scale)
+                                                             CELL * net.config.pixel_size, z_scale=1.0)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
