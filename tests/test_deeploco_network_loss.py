@@ -81,6 +81,24 @@ def test_fcn_is_translation_equivariant_by_whole_cells():
     assert torch.allclose(d, torch.tensor([400.0, 800.0]).expand_as(d), atol=1e-2)
 
 
+def test_fcn_with_batch_norm_folded_gives_the_same_output():
+    torch.manual_seed(0)
+    net = build_network(tiny(architecture="fcn", dim=3, z_range=(-500.0, 500.0)))
+    net.train()
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+    for _ in range(3):  # move the batch-norm statistics away from their initial values
+        pos, w = net(100 + 30 * torch.randn(8, 1, 32, 32))
+        (pos.mean() * 1e-3 + w.mean()).backward()
+        opt.step()
+        opt.zero_grad()
+    net.eval()
+    frames = 100 + 30 * torch.randn(4, 1, 32, 32)
+    with torch.no_grad():
+        a, b = net(frames), net.fused()(frames)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.fused().modules())
+    assert torch.allclose(a[0], b[0], atol=1e-2) and torch.allclose(a[1], b[1], atol=1e-5)
+
+
 def test_default_architecture_matches_the_paper():
     cfg = DeepLocoConfig()
     assert cfg.n_features == 4096 and cfg.fc_width == 1024 and cfg.n_candidates == 64

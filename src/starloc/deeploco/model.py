@@ -71,7 +71,7 @@ class DeepLoco:
         """Fresh, seeded weights (the global torch RNG is left untouched)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            net = build_network(config)
+            net = build_network(config).eval()  # inference mode (batch norm) until trained
         return cls(net=net, **kw)
 
     @property
@@ -85,6 +85,12 @@ class DeepLoco:
     def to(self, device: Any) -> DeepLoco:
         self.net.to(device)
         return self
+
+    def inference_net(self) -> torch.nn.Module:
+        """The network in eval mode for inference; for the FCN a copy with batch norm folded into
+        the convs (call again after further training)."""
+        fused = getattr(self.net, "fused", None)
+        return fused() if fused is not None else self.net.eval()
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(positions (B, K, D) nm, weights (B, K))`` for normalized frames ``(B, 1, S, S)``."""
@@ -112,10 +118,10 @@ class DeepLoco:
             raise InputError("frames contain NaN or inf values")
         thr = self.threshold if threshold is None else float(threshold)
         link = self.link_distance if link_distance is None else float(link_distance)
-        self.net.eval()
+        net = self.inference_net()
         tables = []
         for start in range(0, t.shape[0], int(batch_size)):
-            pos, w = self.net(t[start : start + int(batch_size)].to(self.device))
+            pos, w = net(t[start : start + int(batch_size)].to(self.device))
             tables.append(postprocess(pos, w, link_distance=link, threshold=thr, frame_offset=start))
         if not tables:
             return empty_table(self.config.dim)
@@ -142,6 +148,7 @@ class DeepLoco:
             config = DeepLocoConfig.from_dict(cfg["network"])
             net = build_network(config)
             net.load_state_dict(obj["state_dict"])
+            net.eval()
             post = cfg.get("postprocess") or {}
             return cls(
                 net=net,

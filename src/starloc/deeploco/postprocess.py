@@ -2,8 +2,8 @@
 
 1. Drop candidates with weight ``< min_weight`` (1e-3).
 2. Link candidates of the same frame closer than ``link_distance`` nm (Euclidean, z multiplied by
-   ``z_scale``) and take connected components of that graph (all frames at once: one sparse graph
-   over ``B * K`` nodes, ``scipy.sparse.csgraph.connected_components``).
+   ``z_scale``) and take connected components of that graph (all frames at once: pairs from one
+   k-d tree over the kept candidates, ``scipy.sparse.csgraph.connected_components``).
 3. Each component -> weight-averaged position; its summed weight is the confidence.
 4. Keep components with confidence ``>= threshold`` (0.3).
 
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 
 from ..errors import InputError
 
@@ -59,26 +60,26 @@ def postprocess(
     keep = (w >= min_weight) & np.isfinite(w) & np.isfinite(pos).all(-1)
     if not keep.any():
         return empty_table(D)
-    scaled = pos.copy()
+    b, k = np.nonzero(keep)
+    wn = w[b, k]
+    flat = pos[b, k]
+    scaled = flat.copy()
     if D == 3:
-        scaled[..., 2] *= z_scale
-    # Pairwise links within each frame (B, K, K); candidate node id = b * K + k.
-    d2 = np.square(scaled[:, :, None, :] - scaled[:, None, :, :]).sum(-1)
-    linked = (d2 < float(link_distance) ** 2) & keep[:, :, None] & keep[:, None, :]
-    b, i, j = np.nonzero(linked)
-    n = B * K
-    graph = coo_matrix((np.ones(len(b), dtype=np.int8), (b * K + i, b * K + j)), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    nodes = np.flatnonzero(keep.reshape(-1))
-    lab = labels[nodes]
-    uniq, comp = np.unique(lab, return_inverse=True)
-    wn = w.reshape(-1)[nodes]
-    conf = np.bincount(comp, weights=wn, minlength=len(uniq))
-    flat = pos.reshape(-1, D)[nodes]
-    centre = np.stack([np.bincount(comp, weights=wn * flat[:, d], minlength=len(uniq)) for d in range(D)], 1)
+        scaled[:, 2] *= z_scale
+    # Links between kept candidates of the same frame closer than link_distance: a k-d tree over
+    # (position, frame * spacing), frames spaced far beyond the link distance.
+    spacing = 4.0 * (np.abs(scaled).max() + float(link_distance)) + 1.0
+    tree = cKDTree(np.column_stack([scaled, b * spacing]))
+    pairs = tree.query_pairs(float(link_distance), p=2.0, output_type="ndarray")
+    n = len(b)
+    graph = coo_matrix((np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    n_comp = int(comp.max()) + 1
+    conf = np.bincount(comp, weights=wn, minlength=n_comp)
+    centre = np.stack([np.bincount(comp, weights=wn * flat[:, d], minlength=n_comp) for d in range(D)], 1)
     centre /= conf[:, None]
-    frame = np.zeros(len(uniq), dtype=np.int64)
-    frame[comp] = nodes // K  # every node of a component is in the same frame
+    frame = np.zeros(n_comp, dtype=np.int64)
+    frame[comp] = b  # every node of a component is in the same frame
     good = conf >= threshold
     frame, centre, conf = frame[good], centre[good], conf[good]
     order = np.lexsort((centre[:, 0], frame))

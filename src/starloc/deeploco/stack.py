@@ -498,7 +498,8 @@ def _merge_across_seams(table: Table, tile_id: np.ndarray, distance: float, exte
 
 @torch.inference_mode()
 def _localize_chunk(model: Any, frames: np.ndarray, plan: TilePlan, batch_size: int, threshold: float,
-                    link_distance: float, z_scale: float, merge_distance: float) -> Table:
+                    link_distance: float, z_scale: float, merge_distance: float,
+                    net: Any = None) -> Table:
     """Localizations in photon frames ``(t, H, W)``; ``frame`` 0-based within the chunk."""
     cfg = model.config
     ps = float(cfg.pixel_size)
@@ -520,7 +521,7 @@ def _localize_chunk(model: Any, frames: np.ndarray, plan: TilePlan, batch_size: 
         batch_k = np.array([k for _, k in batch], dtype=np.int64)
         x = torch.stack([padded[f, tiles[k][0] : tiles[k][0] + th, tiles[k][1] : tiles[k][1] + tw]
                          for f, k in batch])[:, None].to(device)
-        pos, w = model.forward(x)
+        pos, w = (model.forward if net is None else net)(x)
         K = pos.shape[1]
         sub = max(1, _POSTPROCESS_BYTES // max(1, K * K * pos.shape[2] * 8))
         for s0 in range(0, len(batch), sub):
@@ -629,7 +630,7 @@ def _run(model: Any, src: FrameSource, owned: bool, cam: Camera | None, selected
          merge: float) -> Generator[StackProgress, None, Table]:
     tables: list[Table] = []
     try:
-        model.net.eval()
+        net = model.inference_net() if hasattr(model, "inference_net") else None
         start_time = time.perf_counter()
         found = 0
         total = len(selected)
@@ -639,7 +640,7 @@ def _run(model: Any, src: FrameSource, owned: bool, cam: Camera | None, selected
             _check_finite(block, c0, src.name)
             photons = _to_photons(block, cam, c0, src.name, check=(c0 == selected.start))
             del block
-            table = _localize_chunk(model, photons, plan, batch_size, thr, link, z_scale, merge)
+            table = _localize_chunk(model, photons, plan, batch_size, thr, link, z_scale, merge, net=net)
             table["frame"] = table["frame"] + c0
             tables.append(table)
             found += len(table["frame"])

@@ -86,7 +86,7 @@ class DeepLocoTrainConfig:
     sigmas: tuple[float, ...] = DEFAULT_SIGMAS
     kernel: str = "laplacian"
     z_scale: float = 0.2
-    cell_loss_weight: float = 1.0
+    cell_loss_weight: float = 10.0
     link_distance: float = 100.0
     threshold: float = 0.3
 
