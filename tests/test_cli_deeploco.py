@@ -208,3 +208,17 @@ def test_argument_parsers():
     assert got == {"conv_widths": (4, 8, 8), "reset_optimizer": False, "lr": 1e-3, "kernel": "gaussian"}
     with pytest.raises(InputError):
         parse_settings(["batch"], DeepLocoTrainConfig)
+
+
+def test_train_from_a_bead_stack_in_3d_and_in_focus_2d(tmp_path, capsys):
+    from starloc.deeploco.demo import bundled_bead_stack
+
+    common = ["deeploco", "train", "--psf", str(bundled_bead_stack()), "--psf-z-step", "20", "--camera", "smlm2016",
+              "--frame-size", "32", "--steps", "1", "--batch", "2", "--set", "val_size=0", "--device", "cpu"]
+    assert main([*common, "-o", str(tmp_path / "3d.pt")]) == 0
+    m3 = DeepLoco.load(tmp_path / "3d.pt")
+    assert m3.config.dim == 3 and m3.config.z_range == (-750.0, 750.0) and m3.psf.stack.shape[0] == 76
+    assert main([*common, "--in-focus", "-o", str(tmp_path / "2d.pt")]) == 0
+    m2 = DeepLoco.load(tmp_path / "2d.pt")
+    assert m2.config.dim == 2 and m2.psf.stack.shape[0] == 1
+    _bad(capsys, ["deeploco", "train", "--psf", "gaussian", "--in-focus", "-o", str(tmp_path / "g.pt")], "--in-focus")

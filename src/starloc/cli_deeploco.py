@@ -152,6 +152,8 @@ def _build_psf(args):
     bead_given = [k for k, v in bead_opts.items() if v is not None]
     kind = spec.lower()
     if kind in ("gaussian", "astigmatic"):
+        if args.in_focus:
+            raise InputError("--in-focus applies to a bead-stack PSF")
         if bead_given:
             raise InputError("--psf-z-step, --psf-z0 and --psf-baseline apply to a bead-stack PSF, not to "
                              f"--psf {kind}")
@@ -183,7 +185,11 @@ def _build_psf(args):
     kw = {k: v for k, v in bead_opts.items() if v is not None}
     if args.pixel_size is not None:
         kw["pixel_size"] = args.pixel_size
-    return EmpiricalPSF.from_bead_stack(stack, **kw)
+    psf = EmpiricalPSF.from_bead_stack(stack, **kw)
+    if args.in_focus:
+        return EmpiricalPSF(psf.slice_at(0.0)[None], psf.pixel_size, psf.z_step, 0.0, pad=psf.pad,
+                            meta={**psf.meta, "slice": "in focus (z = 0)"})
+    return psf
 
 
 def _parse_value(key: str, text: str, default: Any) -> Any:
@@ -533,6 +539,8 @@ def add_commands(sub) -> None:
     g.add_argument("--psf-baseline", type=float, default=None,
                    help="bead stack camera baseline (ADU; estimated when left out)")
     g.add_argument("--pixel-size", type=_positive(), default=None, help="camera pixel size (nm)")
+    g.add_argument("--in-focus", action="store_true",
+                   help="bead stack: use only its in-focus slice (z = 0) and train a 2D model")
     _add_camera_options(t, "the simulated camera (none: Poisson noise only, the model then expects photons)")
     s = t.add_argument_group("simulation")
     s.add_argument("--frame-size", type=int, default=None, help="side of the square training frames (px)")
