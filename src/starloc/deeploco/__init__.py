@@ -1,4 +1,11 @@
-"""DeepLoco: simulate SMLM frames from a PSF and a camera model, and (later) localize with a network.
+"""DeepLoco: simulate SMLM frames from a PSF and a camera model, train a network on them, and
+localize whole stacks with it.
+
+Modules: :mod:`.psf` and :mod:`.camera` (forward model), :mod:`.simulate` (training frames),
+:mod:`.recipes` (default training data), :mod:`.network`, :mod:`.loss`, :mod:`.training`,
+:mod:`.model` (model files, per-frame localization), :mod:`.postprocess`, :mod:`.stack` (whole
+stacks: tiles, lazy reading), :mod:`.baseline` (classical Gaussian fitting, for comparison),
+:mod:`.demo`.
 
 Conventions shared by every module of this package:
 
