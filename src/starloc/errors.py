@@ -11,3 +11,9 @@ class InputError(StarlocError, ValueError):
 
 class ModelFileError(StarlocError):
     """A model file that cannot be read: missing, corrupt, foreign or of the wrong kind."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when empty), for one-line errors."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

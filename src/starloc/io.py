@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, ModelFileError
+from .errors import InputError, ModelFileError, one_line
 
 __all__ = [
     "TIFF_SUFFIXES",
@@ -82,7 +82,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         try:
             arr = np.load(p, mmap_mode="r", allow_pickle=False)
         except Exception as exc:  # ValueError (pickled/object data, bad header), OSError, ...
-            raise InputError(f"cannot read {str(p)!r} as a .npy array: {_one_line(exc)}") from exc
+            raise InputError(f"cannot read {str(p)!r} as a .npy array: {one_line(exc)}") from exc
         if not isinstance(arr, np.ndarray):  # pragma: no cover - np.load of .npy gives arrays
             raise InputError(f"{str(p)!r} does not contain a single array")
         return arr
@@ -92,13 +92,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         try:
             return tifffile.memmap(p, mode="r")
         except tifffile.TiffFileError as exc:
-            raise InputError(f"cannot read {str(p)!r}: not a valid TIFF file ({_one_line(exc)})") from exc
+            raise InputError(f"cannot read {str(p)!r}: not a valid TIFF file ({one_line(exc)})") from exc
         except Exception:
             pass  # compressed, tiled, non-contiguous, truncated, ...: try a regular read
         try:
             return np.asarray(tifffile.imread(p))
         except Exception as exc:
-            raise InputError(f"cannot read {str(p)!r} as a TIFF image (truncated or corrupt?): {_one_line(exc)}") from exc
+            raise InputError(f"cannot read {str(p)!r} as a TIFF image (truncated or corrupt?): {one_line(exc)}") from exc
     raise InputError(
         f"cannot read {str(p)!r}: unsupported file type {suffix or '(no extension)'!r}; "
         f"expected one of {', '.join(IMAGE_SUFFIXES)}"
@@ -475,7 +475,7 @@ def _parse_column(name: str, tokens: list[str], path: Path) -> np.ndarray:
     try:
         return np.array([float(t) for t in tokens], dtype=np.float64)
     except ValueError as exc:
-        raise InputError(f"{str(path)!r}: column {name!r} has a non-numeric value ({_one_line(exc)})") from exc
+        raise InputError(f"{str(path)!r}: column {name!r} has a non-numeric value ({one_line(exc)})") from exc
 
 
 def read_points_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
@@ -493,7 +493,7 @@ def read_points_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, di
         with open(p, newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.reader(fh))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"cannot read {str(p)!r}: {_one_line(exc)}") from exc
+        raise InputError(f"cannot read {str(p)!r}: {one_line(exc)}") from exc
     if not rows or [h.strip() for h in rows[0][:3]] != list(POINTS_HEADER):
         raise InputError(f"{str(p)!r} is not a starloc points table: the header must start with frame,row,col")
     header = [h.strip() for h in rows[0]]
@@ -662,7 +662,7 @@ def load_model_file(path: str | os.PathLike, kind: str | None = None) -> dict[st
                 "which are not loaded (no code is executed)"
             )
         elif zipfile.is_zipfile(p):
-            reason = f"the file is corrupt ({_one_line(exc)})"
+            reason = f"the file is corrupt ({one_line(exc)})"
         else:
             reason = "not a torch file, or truncated/corrupt"
         raise ModelFileError(f"cannot read model file {name!r}: {reason}") from None
@@ -687,6 +687,3 @@ def load_model_file(path: str | os.PathLike, kind: str | None = None) -> dict[st
     return obj
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

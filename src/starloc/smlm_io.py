@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, one_line
 from .io import atomic_path, read_header_line
 
 __all__ = [
@@ -81,9 +81,6 @@ _THUNDERSTORM_ALIASES = {
 _PX_COLUMNS = {"x [px]": "x", "y [px]": "y"}
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _read_rows(path: str | os.PathLike, what: str) -> tuple[Path, list[list[str]]]:
@@ -94,7 +91,7 @@ def _read_rows(path: str | os.PathLike, what: str) -> tuple[Path, list[list[str]
         with open(p, newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.reader(fh, skipinitialspace=True))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"cannot read {str(p)!r} as a {what} CSV: {_one_line(exc)}") from exc
+        raise InputError(f"cannot read {str(p)!r} as a {what} CSV: {one_line(exc)}") from exc
     rows = [[c.strip() for c in r] for r in rows]
     return p, [r for r in rows if any(r)]
 
@@ -103,7 +100,7 @@ def _numbers(tokens: list[str], name: str, p: Path, integer: bool = False) -> np
     try:
         values = np.array([float(t) for t in tokens], dtype=np.float64)
     except ValueError as exc:
-        raise InputError(f"{str(p)!r}: column {name!r} has a non-numeric value ({_one_line(exc)})") from None
+        raise InputError(f"{str(p)!r}: column {name!r} has a non-numeric value ({one_line(exc)})") from None
     if integer:
         if not np.all(np.isfinite(values)) or not np.all(values == np.round(values)):
             raise InputError(f"{str(p)!r}: column {name!r} must hold integers")

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, one_line
 from .camera import Camera
 from .psf import EmpiricalPSF, PSFModel
 from .simulate import Simulator
@@ -58,8 +58,7 @@ def bead_psf(path: str | Path, modality: str = "3D", **kw: Any) -> EmpiricalPSF:
     try:
         stack = tifffile.imread(p)
     except Exception as exc:
-        raise InputError(f"cannot read bead stack {str(p)!r}: {str(exc).splitlines()[0] if str(exc) else exc}") \
-            from None
+        raise InputError(f"cannot read bead stack {str(p)!r}: {one_line(exc)}") from None
     psf = EmpiricalPSF.from_bead_stack(stack, **kw)
     if modality.upper() == "2D":
         return EmpiricalPSF(psf.slice_at(0.0)[None], psf.pixel_size, psf.z_step, 0.0, pad=psf.pad,

@@ -46,7 +46,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, one_line
+from ..io import read_image
 from ..progress import finish
 from .camera import Camera
 from .network import CELL
@@ -87,9 +88,6 @@ _PIXEL_SIZE_RANGE = (1.0, 10000.0)  # nm
 # ------------------------------------------------------------------------------------------
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 class FrameSource:
@@ -128,7 +126,7 @@ class FrameSource:
         except InputError:
             raise
         except Exception as exc:  # truncated or corrupt file, I/O error, ...
-            raise InputError(f"cannot read frames {start}..{stop - 1} of {self.name}: {_one_line(exc)}") from exc
+            raise InputError(f"cannot read frames {start}..{stop - 1} of {self.name}: {one_line(exc)}") from exc
         return block.reshape((stop - start,) + self.shape[1:])
 
     def close(self) -> None:
@@ -227,7 +225,7 @@ def _open_tiff(p: Path) -> FrameSource:
     try:
         tif = tifffile.TiffFile(p)
     except Exception as exc:
-        raise InputError(f"cannot read {name}: not a valid TIFF file ({_one_line(exc)})") from exc
+        raise InputError(f"cannot read {name}: not a valid TIFF file ({one_line(exc)})") from exc
     try:
         series = tif.series[0]
         shape, dtype = tuple(series.shape), series.dtype
@@ -256,7 +254,7 @@ def _open_tiff(p: Path) -> FrameSource:
         raise
     except Exception as exc:
         tif.close()
-        raise InputError(f"cannot read {name} as a TIFF stack (truncated or corrupt?): {_one_line(exc)}") from exc
+        raise InputError(f"cannot read {name} as a TIFF stack (truncated or corrupt?): {one_line(exc)}") from exc
 
 
 def open_stack(source: Any) -> FrameSource:
@@ -279,11 +277,7 @@ def open_stack(source: Any) -> FrameSource:
         if suffix in (".tif", ".tiff"):
             return _open_tiff(p)
         if suffix == ".npy":
-            try:
-                arr = np.load(p, mmap_mode="r", allow_pickle=False)
-            except Exception as exc:
-                raise InputError(f"cannot read {str(p)!r} as a .npy array: {_one_line(exc)}") from exc
-            return _array_source(arr, repr(str(p)))
+            return _array_source(read_image(p), repr(str(p)))  # memory-mapped
         raise InputError(f"cannot read {str(p)!r}: unsupported file type {suffix or '(no extension)'!r}; "
                          "expected .tif, .tiff or .npy")
     if isinstance(source, torch.Tensor):
@@ -292,7 +286,7 @@ def open_stack(source: Any) -> FrameSource:
         try:
             source = np.asarray(source)
         except Exception as exc:
-            raise InputError(f"the stack is not an array: {_one_line(exc)}") from None
+            raise InputError(f"the stack is not an array: {one_line(exc)}") from None
     return _array_source(source, "the stack")
 
 
