@@ -20,7 +20,6 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from starloc.deeploco import EMCCD, EmpiricalPSF, Gaussian2DPSF, Simulator
@@ -28,16 +27,10 @@ from starloc.deeploco.baseline import GaussianFitLocalizer
 from starloc.deeploco.model import DeepLoco
 from starloc.deeploco.training import DeepLocoTrainConfig, Trainer
 
+from _timing import best_of  # bench/_timing.py (the script's folder is on sys.path)
+
 BEADS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "smlm2016-beads" / "beads-AS.tif"
 
-
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def make_psf(path: Path):

@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 
-import numpy as np
 import torch
 
 from starloc import sim
@@ -23,14 +21,8 @@ from starloc.lodestar.detection import DetectParams, detect, pool_single
 from starloc.lodestar.training import TrainConfig, train
 from starloc.progress import finish
 
+from _timing import best_of  # bench/_timing.py (the script's folder is on sys.path)
 
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main(argv=None):

@@ -186,10 +186,7 @@ def _build_psf(args):
     if args.pixel_size is not None:
         kw["pixel_size"] = args.pixel_size
     psf = EmpiricalPSF.from_bead_stack(stack, **kw)
-    if args.in_focus:
-        return EmpiricalPSF(psf.slice_at(0.0)[None], psf.pixel_size, psf.z_step, 0.0, pad=psf.pad,
-                            meta={**psf.meta, "slice": "in focus (z = 0)"})
-    return psf
+    return psf.in_focus() if args.in_focus else psf
 
 
 def _parse_value(key: str, text: str, default: Any) -> Any:

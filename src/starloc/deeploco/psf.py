@@ -546,6 +546,11 @@ class EmpiricalPSF(PSFModel):
         k1 = min(int(k) + 1, self.stack.shape[0] - 1)
         return self.stack[int(k)] * (1 - float(w)) + self.stack[k1] * float(w)
 
+    def in_focus(self) -> EmpiricalPSF:
+        """A one-slice (2D, z-independent) PSF: this PSF at z = 0."""
+        return EmpiricalPSF(self.slice_at(0.0)[None], self.pixel_size, self.z_step, 0.0, pad=self.pad,
+                            meta={**self.meta, "slice": "in focus (z = 0)"})
+
     def to_dict(self) -> dict[str, Any]:
         """Plain description (the stack as a tensor) for self-describing model files."""
         return {"kind": "empirical", "stack": self.stack.clone(), "pixel_size": self.pixel_size,

@@ -60,7 +60,4 @@ def bead_psf(path: str | Path, modality: str = "3D", **kw: Any) -> EmpiricalPSF:
     except Exception as exc:
         raise InputError(f"cannot read bead stack {str(p)!r}: {one_line(exc)}") from None
     psf = EmpiricalPSF.from_bead_stack(stack, **kw)
-    if modality.upper() == "2D":
-        return EmpiricalPSF(psf.slice_at(0.0)[None], psf.pixel_size, psf.z_step, 0.0, pad=psf.pad,
-                            meta={**psf.meta, "slice": "in focus (z = 0)"})
-    return psf
+    return psf.in_focus() if modality.upper() == "2D" else psf
