@@ -6,7 +6,7 @@ from starloc import sim
 from starloc.errors import ModelFileError
 from starloc.lodestar.detection import DetectParams, detect, pool_single
 from starloc.lodestar.model import LodeSTAR
-from starloc.lodestar.training import PlateauStopper, TrainConfig, train
+from starloc.lodestar.training import PlateauStopper, TrainConfig, augmentation, train
 from starloc.metrics import detection_metrics
 from starloc.progress import finish
 
@@ -143,3 +143,17 @@ def test_grid_symmetry_averaging_keeps_shapes_and_positions(trained_point_model)
     assert averaged.positions.shape == plain.positions.shape == (20, 2, 15, 15)
     err = np.sqrt(np.mean((pool_single(averaged)[:, :2] - truth) ** 2))
     assert err < 0.3
+
+
+def test_augmentation_noise_is_white_after_the_warp():
+    # Noise added before the warp would be smoothed by the interpolation (neighbour
+    # correlation ~0.5 at half-pixel shifts); a camera's noise is white.
+    config = TrainConfig(noise=6.0, seed=0)
+    transform = augmentation(config)
+    flat = torch.zeros(64, 1, 48, 48)
+    gen = torch.Generator().manual_seed(0)
+    out = transform.apply(flat, transform.sample(flat.shape, gen))[..., 4:-4, 4:-4]
+    a, b = out[..., :, :-1].flatten(), out[..., :, 1:].flatten()
+    corr = torch.corrcoef(torch.stack([a, b]))[0, 1].item()
+    assert out.std() > 1.0
+    assert abs(corr) < 0.03

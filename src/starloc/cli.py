@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar=("ROW", "COL", "HEIGHT", "WIDTH"),
                    help="crop rectangle in pixels; repeat for several crops")
     t.add_argument("--frame", type=int, default=0, help="0-based frame of a stack to crop from")
-    t.add_argument("--steps", type=int, default=2000,
+    t.add_argument("--steps", type=int, default=3000,
                    help="maximum training steps (training stops earlier on a loss plateau)")
     t.add_argument("--seed", type=int, default=0, help="random seed (same seed, same model)")
     _add_common_image_options(t)
@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--shape", default="point",
                       help="particle shape to simulate: point, sphere, annulus, ellipse or crescent")
     demo.add_argument("--seed", type=int, default=0, help="random seed of the simulation and training")
-    demo.add_argument("--steps", type=int, default=2000, help="maximum LodeSTAR training steps")
+    demo.add_argument("--steps", type=int, default=3000, help="maximum LodeSTAR training steps")
     demo.add_argument("--method", choices=("all", "lodestar", "deeploco"), default="all",
                       help="which method's demo to run (default: both)")
     demo.add_argument("--deeploco-steps", type=int, default=400,
