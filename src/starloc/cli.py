@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exactly one object per frame (weighted pooling of the whole frame)")
     d.add_argument("--alpha", type=float, help="weight exponent of the score (default 0.2)")
     d.add_argument("--beta", type=float, help="clustering exponent (default 1 - alpha)")
-    d.add_argument("--cutoff", type=float, help="score threshold, its meaning set by --mode (default 0.99)")
+    d.add_argument("--cutoff", type=float, help="score threshold, its meaning set by --mode (default 0.98)")
     d.add_argument("--mode", choices=("quantile", "ratio", "absolute"),
                    help="cutoff as a quantile of the score map (default), a fraction of its maximum, "
                         "or an absolute value")

@@ -120,7 +120,10 @@ class DetectParams:
     """Multi-object detection settings.
 
     alpha, beta: exponents of weight and clustering in the score (beta None -> 1 - alpha).
-    cutoff, mode: score threshold (see :func:`threshold`).
+    cutoff, mode: score threshold (see :func:`threshold`). The default quantile is 0.98, not
+        the paper's 0.99: 0.99 keeps 1 % of the output pixels, fewer than 20-50 objects of a
+        256x256 scene cover, and dropped up to 14 of ~380 objects in 10 such scenes (sphere,
+        SNR 10) where 0.98 dropped none and added no false positive in sparse or SNR-5 scenes.
     min_weight: peaks whose weight is below this are ignored (empty background).
     radius: half-size in input pixels of the neighbourhood used for peak finding and for
         refinement; predictions farther than ``cluster_radius`` px from a detection do not
@@ -129,7 +132,7 @@ class DetectParams:
 
     alpha: float = 0.2
     beta: float | None = None
-    cutoff: float = 0.99
+    cutoff: float = 0.98
     mode: str = "quantile"
     min_weight: float = 0.01
     radius: float = 4.0
