@@ -685,5 +685,3 @@ def load_model_file(path: str | os.PathLike, kind: str | None = None) -> dict[st
     if kind is not None and obj["kind"] != kind:
         raise ModelFileError(f"{name!r} is a {obj['kind']} model, expected {kind}")
     return obj
-
-

@@ -81,8 +81,6 @@ _THUNDERSTORM_ALIASES = {
 _PX_COLUMNS = {"x [px]": "x", "y [px]": "y"}
 
 
-
-
 def _read_rows(path: str | os.PathLike, what: str) -> tuple[Path, list[list[str]]]:
     p = Path(path)
     if not p.is_file():

@@ -23,11 +23,13 @@ photons, so simulated and real frames go through exactly the same arithmetic.
 from __future__ import annotations
 
 import math
+from copy import deepcopy
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..errors import InputError
 
@@ -218,10 +220,9 @@ class DeepLocoFCN(nn.Module):
     fewer examples, costs ~0.1 GFLOP per 64x64 frame instead of ~1, and runs on whole frames of
     any size.
 
-    Layers (widths ``(c0, c1, c2)``; each conv followed by batch norm and ReLU): two 3x3 convs at
-    full resolution, a 2x2/2 conv and two
-    3x3 convs at 1/2, a 2x2/2 conv and three 3x3 convs (the last dilated by 2 for context) at
-    1/4, then 1x1 heads. Candidate ``k`` of cell ``(i, j)`` sits at the cell centre
+    Layers (widths ``(c0, c1, c2)``; each conv followed by batch norm and ReLU): two 3x3 convs
+    at full resolution, a 2x2/2 conv and two 3x3 convs at 1/2, a 2x2/2 conv and three 3x3 convs
+    (the last dilated by 2 for context) at 1/4, then 1x1 heads. Candidate ``k`` of cell ``(i, j)`` sits at the cell centre
     ``((j + 0.5) * 4, (i + 0.5) * 4)`` px plus ``tanh`` offsets of at most ``OFFSET_RANGE``
     (0.6) cells: each cell owns the emitters inside it (a little beyond, so an emitter on a
     border can be claimed from either side, and two cells sharing one are linked and summed by
@@ -252,10 +253,6 @@ class DeepLocoFCN(nn.Module):
 
     def fused(self) -> DeepLocoFCN:
         """An inference-only copy with each batch norm folded into its conv (~15 % faster)."""
-        from copy import deepcopy
-
-        from torch.nn.utils.fusion import fuse_conv_bn_eval
-
         net = deepcopy(self).eval()
         layers, mods, i = [], list(net.features), 0
         while i < len(mods):

@@ -78,16 +78,12 @@ OVERLAP_NM = 2000.0
 MIN_OVERLAP = 16
 #: bytes of float32 frames per chunk when ``chunk_frames`` is not given
 CHUNK_BYTES = 32 << 20
-#: bytes of the dense (B, K, K, D) work array of one post-processing call
-_POSTPROCESS_BYTES = 64 << 20
 _PIXEL_SIZE_RANGE = (1.0, 10000.0)  # nm
 
 
 # ------------------------------------------------------------------------------------------
 # Reading stacks lazily
 # ------------------------------------------------------------------------------------------
-
-
 
 
 class FrameSource:
@@ -491,10 +487,12 @@ def _merge_across_seams(table: Table, tile_id: np.ndarray, distance: float, exte
 
 
 @torch.inference_mode()
-def _localize_chunk(model: Any, frames: np.ndarray, plan: TilePlan, batch_size: int, threshold: float,
-                    link_distance: float, z_scale: float, merge_distance: float,
-                    net: Any = None) -> Table:
-    """Localizations in photon frames ``(t, H, W)``; ``frame`` 0-based within the chunk."""
+def _localize_chunk(model: Any, forward: Any, frames: np.ndarray, plan: TilePlan, batch_size: int,
+                    threshold: float, link_distance: float, z_scale: float, merge_distance: float) -> Table:
+    """Localizations in photon frames ``(t, H, W)``; ``frame`` 0-based within the chunk.
+
+    ``forward`` maps normalized tiles ``(B, 1, h, w)`` to ``(positions, weights)``: the model's
+    inference network (see :meth:`DeepLoco.inference_net`)."""
     cfg = model.config
     ps = float(cfg.pixel_size)
     dim = int(cfg.dim)
@@ -515,26 +513,21 @@ def _localize_chunk(model: Any, frames: np.ndarray, plan: TilePlan, batch_size: 
         batch_k = np.array([k for _, k in batch], dtype=np.int64)
         x = torch.stack([padded[f, tiles[k][0] : tiles[k][0] + th, tiles[k][1] : tiles[k][1] + tw]
                          for f, k in batch])[:, None].to(device)
-        pos, w = (model.forward if net is None else net)(x)
-        K = pos.shape[1]
-        sub = max(1, _POSTPROCESS_BYTES // max(1, K * K * pos.shape[2] * 8))
-        for s0 in range(0, len(batch), sub):
-            tb = postprocess(pos[s0 : s0 + sub], w[s0 : s0 + sub], link_distance=link_distance,
-                             threshold=threshold, z_scale=z_scale)
-            if not len(tb["frame"]):
-                continue
-            idx = tb["frame"] + s0  # index in the batch
-            f, k = batch_f[idx], batch_k[idx]
-            xs = tb["x"] + tile_x0[k] * ps
-            ys = tb["y"] + tile_y0[k] * ps
-            o = own[k]
-            mine = (ys >= o[:, 0]) & (ys < o[:, 1]) & (xs >= o[:, 2]) & (xs < o[:, 3])
-            table = {"frame": f[mine], "x": xs[mine], "y": ys[mine]}
-            if dim == 3:
-                table["z"] = tb["z"][mine]
-            table["confidence"] = tb["confidence"][mine]
-            parts.append(table)
-            part_tiles.append((f * n_tiles + k)[mine])
+        pos, w = forward(x)
+        tb = postprocess(pos, w, link_distance=link_distance, threshold=threshold, z_scale=z_scale)
+        if not len(tb["frame"]):
+            continue
+        f, k = batch_f[tb["frame"]], batch_k[tb["frame"]]  # tb["frame"] indexes the batch
+        xs = tb["x"] + tile_x0[k] * ps
+        ys = tb["y"] + tile_y0[k] * ps
+        o = own[k]
+        mine = (ys >= o[:, 0]) & (ys < o[:, 1]) & (xs >= o[:, 2]) & (xs < o[:, 3])
+        table = {"frame": f[mine], "x": xs[mine], "y": ys[mine]}
+        if dim == 3:
+            table["z"] = tb["z"][mine]
+        table["confidence"] = tb["confidence"][mine]
+        parts.append(table)
+        part_tiles.append((f * n_tiles + k)[mine])
     if not parts:
         return empty_table(dim)
     table = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
@@ -624,7 +617,7 @@ def _run(model: Any, src: FrameSource, owned: bool, cam: Camera | None, selected
          merge: float) -> Generator[StackProgress, None, Table]:
     tables: list[Table] = []
     try:
-        net = model.inference_net() if hasattr(model, "inference_net") else None
+        forward = model.inference_net()
         start_time = time.perf_counter()
         found = 0
         total = len(selected)
@@ -634,7 +627,7 @@ def _run(model: Any, src: FrameSource, owned: bool, cam: Camera | None, selected
             _check_finite(block, c0, src.name)
             photons = _to_photons(block, cam, c0, src.name, check=(c0 == selected.start))
             del block
-            table = _localize_chunk(model, photons, plan, batch_size, thr, link, z_scale, merge, net=net)
+            table = _localize_chunk(model, forward, photons, plan, batch_size, thr, link, z_scale, merge)
             table["frame"] = table["frame"] + c0
             tables.append(table)
             found += len(table["frame"])
