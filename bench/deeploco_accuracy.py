@@ -51,9 +51,10 @@ PAPER = {"AS": {0.1: "J 0.83, x 11.8 nm, z 24.8 nm (real MT0.N1 LD)", 2.0: "J 0.
          "2D": {0.1: "J 0.89, 11.6 nm (real MT0.N1 LD)", 2.0: "J 0.61, 18.2 nm (HD)"}}
 
 
-def test_set(psf: EmpiricalPSF, density: float, frames: int, seed: int, z_range=None, size: int = 64):
+def test_set(psf: EmpiricalPSF, density: float, frames: int, seed: int, z_range=None, size: int = 64,
+             photons=(1000.0, 7000.0), background=100.0):
     sim = Simulator(psf, EMCCD.smlm2016(), frame_shape=(size, size), density=density,
-                    photons_range=(1000.0, 7000.0), background_range=(100.0, 100.0),
+                    photons_range=tuple(photons), background_range=(background, background),
                     z_range=z_range if psf.z_dependent else None)
     return sim.sample(frames, torch.Generator().manual_seed(seed))
 
@@ -121,6 +122,9 @@ def main(argv=None):
                     help="px: side of the test frames (larger than the training frames: tiled localization)")
     ap.add_argument("--as-z-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                     help="nm: z range of the AS test emitters (default: the whole bead stack, -750..750)")
+    ap.add_argument("--photons", type=float, nargs=2, default=[1000.0, 7000.0], metavar=("LO", "HI"),
+                    help="photons per emitter, uniform (default 1000 7000, DeepLoco's sample code)")
+    ap.add_argument("--background", type=float, default=100.0, help="background photons per pixel (default 100)")
     ap.add_argument("--json", type=Path, default=None, help="also write the JSON line here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -144,7 +148,8 @@ def main(argv=None):
             size = args.frame_size
             n_frames = int(np.clip(args.emitters / (d * size * size * 1e-2), 8, 2000))
             frames, truth = test_set(psf, d, n_frames, seed=1000 + i,
-                                     z_range=args.as_z_range if mod == "AS" else None, size=size)
+                                     z_range=args.as_z_range if mod == "AS" else None, size=size,
+                                     photons=args.photons, background=args.background)
             for name, run in (("DeepLoco", lambda f: localize_stack(model, f[:, 0].numpy(), input_units="photons")),
                               ("Gaussian fit", lambda f: baseline.localize(f[:, 0].numpy()))):
                 start = time.perf_counter()
@@ -170,7 +175,8 @@ def main(argv=None):
               f"{r['efficiency_axial']:>6.1f} {off:>20} {r['fraction_p']:>7.3f} {r['frames_per_s']:>9.0f}")
     print("paper (real data, 100 nm tolerance):", json.dumps(PAPER))
     line = json.dumps({"bench": "deeploco_accuracy", "machine": platform.node(), "threads": args.threads,
-                       "as_z_range": args.as_z_range, "results": results})
+                       "as_z_range": args.as_z_range, "photons": args.photons, "background": args.background,
+                       "results": results})
     print(line)
     if args.json:
         args.json.write_text(line + "\n")

@@ -5,7 +5,8 @@ import pytest
 import tifffile
 
 from starloc.deeploco import EMCCD, Gaussian2DPSF
-from starloc.deeploco.recipes import BACKGROUND, MAX_DENSITY, PHOTONS, bead_psf, default_n_range, default_simulator
+from starloc.deeploco.recipes import (BACKGROUND, MAX_DENSITY, PHOTONS, PHOTONS_DISTRIBUTION, bead_psf, default_n_range,
+                                      default_simulator)
 from starloc.errors import InputError
 
 
@@ -14,6 +15,7 @@ def test_default_simulator_covers_sparse_to_dense_frames():
     assert sim.frame_shape == (64, 64) and sim.pixel_size == 100.0
     assert sim.n_range == (0, int(np.ceil(MAX_DENSITY * 6.4 * 6.4)))
     assert sim.photons_range == PHOTONS and sim.background_range == BACKGROUND
+    assert sim.photons_distribution == PHOTONS_DISTRIBUTION == "log-uniform"
     assert default_n_range((32, 32), 100.0) == (0, int(np.ceil(MAX_DENSITY * 3.2 * 3.2)))
 
 

@@ -100,6 +100,18 @@ def test_density_gives_poisson_counts():
     assert set(counts.tolist()) == {2, 3, 4, 5}
 
 
+def test_log_uniform_photons_spread_evenly_over_each_factor_of_brightness():
+    sim = Simulator(Gaussian2DPSF(), photons_range=(100.0, 10000.0), photons_distribution="log-uniform",
+                    n_range=(50, 50))
+    truth = sim.sample_emitters(200, torch.Generator().manual_seed(0))
+    photons = truth["photons"][truth["mask"]].numpy()
+    assert photons.min() >= 100.0 and photons.max() <= 10000.0
+    # equal counts per decade: half below the geometric mean 1000, a quarter in each half-decade
+    assert np.mean(photons < 1000.0) == pytest.approx(0.5, abs=0.02)
+    assert np.mean(photons < 10**2.5) == pytest.approx(0.25, abs=0.02)
+    assert sim.to_dict()["photons_distribution"] == "log-uniform"
+
+
 def test_bad_settings(empirical_psf):
     with pytest.raises(InputError, match="outside the PSF's calibrated range"):
         Simulator(empirical_psf, z_range=(-750, 750))
@@ -111,6 +123,10 @@ def test_bad_settings(empirical_psf):
         Simulator(Gaussian2DPSF(), n_range=(0, 10), max_emitters=5)
     with pytest.raises(InputError):
         Simulator(Gaussian2DPSF(), photons_range=(500, 100))
+    with pytest.raises(InputError, match="photons_distribution"):
+        Simulator(Gaussian2DPSF(), photons_distribution="gamma")
+    with pytest.raises(InputError, match="positive low end"):
+        Simulator(Gaussian2DPSF(), photons_range=(0, 100), photons_distribution="log-uniform")
     with pytest.raises(InputError, match="PSFModel"):
         Simulator("beads.tif")
     Simulator(Gaussian2DPSF(), z_range=(-350, 350))  # a z-independent PSF accepts any z range

@@ -313,7 +313,8 @@ def cmd_deeploco_train(args) -> int:
     if pixel_size is not None:
         sim_kw["pixel_size"] = pixel_size
     for dest, key in (("density", "density"), ("emitters", "n_range"), ("photons", "photons_range"),
-                      ("background", "background_range"), ("z_range", "z_range")):
+                      ("background", "background_range"), ("z_range", "z_range"),
+                      ("photons_distribution", "photons_distribution")):
         if getattr(args, dest) is not None:
             sim_kw[key] = getattr(args, dest)
     psf = sim_kw.pop("psf")
@@ -546,7 +547,9 @@ def add_commands(sub) -> None:
     dens.add_argument("--emitters", type=_range_type(int), default=None, metavar="LO:HI",
                       help="emitters per frame, uniform in LO..HI (default: 0 to 2.5 per µm² of frame)")
     s.add_argument("--photons", type=_range_type(), default=None, metavar="LO:HI",
-                   help="photons per emitter (default 500:8000)")
+                   help="photons per emitter (default 500:20000)")
+    s.add_argument("--photons-distribution", choices=("uniform", "log-uniform"), default=None,
+                   help="how photons are drawn in their range (default log-uniform)")
     s.add_argument("--background", type=_range_type(), default=None, metavar="LO:HI",
                    help="background photons per pixel (default 20:200)")
     s.add_argument("--z-range", type=_range_type(), default=None, metavar="LO:HI",

@@ -3,7 +3,7 @@
 Per frame: a number of emitters (Poisson from a density, or uniform in a range), positions uniform
 over the whole field ``x in [0, W * pixel_size)``, ``y in [0, H * pixel_size)`` nm (corner origin:
 pixel ``j``'s centre at ``(j + 0.5) * pixel_size``) and ``z`` uniform in ``z_range`` nm, photons
-uniform in ``photons_range``, a uniform background (photons/pixel) drawn per frame from
+uniform or log-uniform in ``photons_range``, a uniform background (photons/pixel) drawn per frame from
 ``background_range``; the PSF model renders expected photons, the camera adds noise, and frames are
 normalized back to photons with the camera's :meth:`~starloc.deeploco.camera.Camera.normalize`
 (the same normalization real frames get).
@@ -27,6 +27,8 @@ from .psf import PSFModel, _check_frame_shape, _check_positive
 __all__ = ["Simulator"]
 
 Tensor = torch.Tensor
+
+PHOTON_DISTRIBUTIONS = ("uniform", "log-uniform")
 
 
 def _range(name: str, value: Any, low: float = -math.inf) -> tuple[float, float]:
@@ -56,7 +58,9 @@ class Simulator:
         (default: ``density = 1.0``).
     max_emitters : size ``N`` of the padded truth tensors; counts above it are capped. Default:
         ``n_range[1]``, or mean + 6 sqrt(mean) + 4 for a density.
-    photons_range : emitter photons, uniform (default 1000..7000 as in DeepLoco's sample code).
+    photons_range : emitter photons (default 1000..7000 as in DeepLoco's sample code).
+    photons_distribution : ``"uniform"`` (default) or ``"log-uniform"`` in ``photons_range``
+        (as many emitters per factor of brightness: a wide range without starving the dim end).
     background_range : background photons per pixel, uniform per frame (default 100..100).
     z_range : nm, uniform; default the PSF's ``z_range`` (``(0, 0)`` for a 2D Gaussian). For a
         z-dependent PSF it must lie inside the PSF's calibrated ``z_range``.
@@ -73,6 +77,7 @@ class Simulator:
         n_range: tuple[int, int] | None = None,
         max_emitters: int | None = None,
         photons_range: tuple[float, float] = (1000.0, 7000.0),
+        photons_distribution: str = "uniform",
         background_range: tuple[float, float] = (100.0, 100.0),
         z_range: tuple[float, float] | None = None,
         device: str | torch.device = "cpu",
@@ -113,6 +118,11 @@ class Simulator:
         if self.max_emitters < 1 or (self.n_range is not None and self.max_emitters < self.n_range[1]):
             raise InputError(f"max_emitters = {max_emitters!r} must be >= 1 and >= n_range's high end")
         self.photons_range = _range("photons_range", photons_range, low=0.0)
+        if photons_distribution not in PHOTON_DISTRIBUTIONS:
+            raise InputError(f"photons_distribution must be one of {PHOTON_DISTRIBUTIONS}, got {photons_distribution!r}")
+        if photons_distribution == "log-uniform" and self.photons_range[0] <= 0:
+            raise InputError(f"a log-uniform photons_range needs a positive low end, got {photons_range!r}")
+        self.photons_distribution = photons_distribution
         self.background_range = _range("background_range", background_range, low=0.0)
         self.z_range = _range("z_range", psf.z_range if z_range is None else z_range)
         if psf.z_dependent:
@@ -148,7 +158,11 @@ class Simulator:
         x = self._uniform((B, N), 0.0, W * self.pixel_size, g)
         y = self._uniform((B, N), 0.0, H * self.pixel_size, g)
         z = self._uniform((B, N), *self.z_range, g)
-        photons = self._uniform((B, N), *self.photons_range, g)
+        if self.photons_distribution == "log-uniform":
+            lo, hi = (math.log(v) for v in self.photons_range)
+            photons = torch.exp(self._uniform((B, N), lo, hi, g))
+        else:
+            photons = self._uniform((B, N), *self.photons_range, g)
         background = self._uniform((B,), *self.background_range, g)
         zero = torch.zeros((), device=self.device)
         return {
@@ -189,5 +203,6 @@ class Simulator:
             "frame_shape": list(self.frame_shape), "pixel_size": self.pixel_size,
             "density": self.density, "n_range": None if self.n_range is None else list(self.n_range),
             "max_emitters": self.max_emitters, "photons_range": list(self.photons_range),
+            "photons_distribution": self.photons_distribution,
             "background_range": list(self.background_range), "z_range": list(self.z_range),
         }
