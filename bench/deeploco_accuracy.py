@@ -44,7 +44,7 @@ from starloc.deeploco.recipes import bead_psf, default_simulator
 from starloc.deeploco.stack import localize_stack
 from starloc.deeploco.training import DeepLocoTrainConfig, train
 from starloc.progress import finish
-from starloc.smlm_metrics import assess, match_localizations
+from starloc.smlm_metrics import assess, efficiency, match_localizations
 
 BEADS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "smlm2016-beads"
 PAPER = {"AS": {0.1: "J 0.83, x 11.8 nm, z 24.8 nm (real MT0.N1 LD)", 2.0: "J 0.51 (HD)"},
@@ -93,7 +93,8 @@ def crb_reference(psf, truth: dict, dim: int, seed: int = 0) -> dict:
     background = np.repeat(truth["background"].numpy(), mask.sum(1))
     z = truth["z"].numpy()[mask] if dim == 3 else 0.0
     cov = crb_covariance(psf, photons, background, z, EMCCD.smlm2016(), psf.pixel_size)
-    err = np.einsum("mij,mj->mi", np.linalg.cholesky(cov), np.random.default_rng(seed).standard_normal((len(cov), dim)))
+    noise = np.random.default_rng(seed).standard_normal((len(cov), dim))
+    err = np.einsum("mij,mj->mi", np.linalg.cholesky(cov), noise)
     lateral = np.hypot(err[:, 0], err[:, 1])
     ok = lateral <= 100.0
     if dim == 3:
@@ -102,9 +103,9 @@ def crb_reference(psf, truth: dict, dim: int, seed: int = 0) -> dict:
     jac = tp / (tp + 2 * (n - tp))
     rl = float(np.sqrt(np.mean(lateral[ok] ** 2)))
     ra = float(np.sqrt(np.mean(err[ok, 2] ** 2))) if dim == 3 else float("nan")
-    eff = lambda r, alpha: 100 - np.sqrt((100 - 100 * jac) ** 2 + alpha**2 * r**2)  # noqa: E731
-    return {"jaccard": jac, "rmse_lateral": rl, "rmse_axial": ra, "rmse_x": float(np.sqrt(np.mean(err[ok, 0] ** 2))),
-            "efficiency_lateral": float(eff(rl, 1.0)), "efficiency_axial": float(eff(ra, 0.5)) if dim == 3 else float("nan"),
+    return {"jaccard": jac, "rmse_lateral": rl, "rmse_axial": ra,
+            "rmse_x": float(np.sqrt(np.mean(err[ok, 0] ** 2))), "efficiency_lateral": efficiency(jac, rl, 1.0),
+            "efficiency_axial": efficiency(jac, ra, 0.5) if dim == 3 else float("nan"),
             "mean_offset": [float(v) for v in -err[ok].mean(0)], "fraction_p": float("nan")}
 
 

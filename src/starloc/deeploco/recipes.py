@@ -25,7 +25,8 @@ from .camera import Camera
 from .psf import EmpiricalPSF, PSFModel
 from .simulate import Simulator
 
-__all__ = ["MAX_DENSITY", "PHOTONS", "PHOTONS_DISTRIBUTION", "BACKGROUND", "default_n_range", "default_simulator", "bead_psf"]
+__all__ = ["MAX_DENSITY", "PHOTONS", "PHOTONS_DISTRIBUTION", "BACKGROUND", "default_n_range", "default_simulator",
+           "bead_psf"]
 
 #: emitters per µm² at the top of the default range
 MAX_DENSITY = 2.5

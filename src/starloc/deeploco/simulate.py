@@ -3,8 +3,8 @@
 Per frame: a number of emitters (Poisson from a density, or uniform in a range), positions uniform
 over the whole field ``x in [0, W * pixel_size)``, ``y in [0, H * pixel_size)`` nm (corner origin:
 pixel ``j``'s centre at ``(j + 0.5) * pixel_size``) and ``z`` uniform in ``z_range`` nm, photons
-uniform or log-uniform in ``photons_range``, a uniform background (photons/pixel) drawn per frame from
-``background_range``; the PSF model renders expected photons, the camera adds noise, and frames are
+uniform or log-uniform in ``photons_range``, a uniform background (photons/pixel) drawn per frame
+from ``background_range``; the PSF model renders expected photons, the camera adds noise, and frames are
 normalized back to photons with the camera's :meth:`~starloc.deeploco.camera.Camera.normalize`
 (the same normalization real frames get).
 
@@ -119,7 +119,8 @@ class Simulator:
             raise InputError(f"max_emitters = {max_emitters!r} must be >= 1 and >= n_range's high end")
         self.photons_range = _range("photons_range", photons_range, low=0.0)
         if photons_distribution not in PHOTON_DISTRIBUTIONS:
-            raise InputError(f"photons_distribution must be one of {PHOTON_DISTRIBUTIONS}, got {photons_distribution!r}")
+            raise InputError(f"photons_distribution must be one of {PHOTON_DISTRIBUTIONS}, "
+                             f"got {photons_distribution!r}")
         if photons_distribution == "log-uniform" and self.photons_range[0] <= 0:
             raise InputError(f"a log-uniform photons_range needs a positive low end, got {photons_range!r}")
         self.photons_distribution = photons_distribution
