@@ -75,6 +75,16 @@ def test_train_yields_progress_with_validation_and_lr_schedule(sim):
     assert isinstance(model.psf, Gaussian2DPSF)
 
 
+def test_lr_schedule_scales_with_the_run_length_unless_given():
+    assert DeepLocoTrainConfig().stage_steps == 600  # the CPU recipe: 3000 steps
+    long = DeepLocoTrainConfig(steps=20000)
+    assert long.stage_steps == 4000 and long.lr_at(20000) == pytest.approx(1e-3 / 16)
+    assert DeepLocoTrainConfig(steps=3, stage_steps=1).stage_steps == 1
+    assert DeepLocoTrainConfig(steps=2).stage_steps == 1
+    with pytest.raises(InputError, match="stage_steps"):
+        DeepLocoTrainConfig(stage_steps=0)
+
+
 def test_same_seed_gives_the_same_model_and_another_seed_does_not(sim):
     def weights(seed):
         m = finish(train(sim, tiny_config(steps=3, seed=seed, val_size=0)))

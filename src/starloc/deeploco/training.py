@@ -40,6 +40,8 @@ __all__ = ["DeepLocoTrainConfig", "Progress", "Trainer", "train", "truth_positio
 
 CHECKPOINT_FORMAT = "starloc-deeploco-checkpoint"
 CHECKPOINT_VERSION = 1
+#: learning-rate halvings over a run when ``stage_steps`` is not given
+STAGES = 5
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,9 @@ class DeepLocoTrainConfig:
     ``conv_widths=(16, 64, 256)``, ``lr=1e-4`` and many more steps (a GPU job).
 
     steps : total optimizer steps. batch : frames per step.
-    lr : initial learning rate, halved every ``stage_steps`` steps.
+    lr : initial learning rate, halved every ``stage_steps`` steps (default ``steps // 5``: five
+        halvings over any run length, 600 for the default 3000 steps; a fixed 600 would leave a
+        20000-step run at a learning rate of 1e-13).
     reset_optimizer : restart Adam at each stage.
     seed : seeds the network initialisation and the training batches.
     val_size, val_seed, val_every : the fixed validation set and how often to evaluate it.
@@ -68,7 +72,7 @@ class DeepLocoTrainConfig:
     steps: int = 3000
     batch: int = 32
     lr: float = 1e-3
-    stage_steps: int = 600
+    stage_steps: int | None = None
     reset_optimizer: bool = True
     seed: int = 0
     device: str = "cpu"
@@ -91,6 +95,8 @@ class DeepLocoTrainConfig:
     threshold: float = 0.3
 
     def __post_init__(self) -> None:
+        if self.stage_steps is None and int(self.steps) >= 1:
+            object.__setattr__(self, "stage_steps", max(1, int(self.steps) // STAGES))
         for name in ("steps", "batch", "stage_steps", "val_every"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)!r}")
