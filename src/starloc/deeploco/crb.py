@@ -92,12 +92,12 @@ def _covariance(p: np.ndarray, d: np.ndarray, photons: float, background: float,
 
 def crb_covariance(psf: PSFModel, photons: Any, background: Any, z: Any = 0.0,
                    camera: Camera | None = None, pixel_size: float | None = None,
-                   dz: float = 30.0, z_grid: float = 10.0) -> np.ndarray:
+                   dz: float = 30.0, z_grid: float | None = 10.0) -> np.ndarray:
     """Cramér–Rao covariance ``(M, D, D)`` (nm²) of ``(x, y[, z])`` for ``M`` isolated emitters.
 
     photons, background (photons/pixel) and z (nm) broadcast to ``(M,)``. The PSF is evaluated on
-    a grid of z values ``z_grid`` nm apart (each emitter uses the nearest node); the photon count and
-    background enter analytically. Raises :class:`InputError` for non-positive photons, a negative
+    a grid of z values ``z_grid`` nm apart (each emitter uses the nearest node; ``None``: at each
+    emitter's own z); the photon count and background enter analytically. Raises :class:`InputError` for non-positive photons, a negative
     background or z outside the PSF's range.
     """
     ps = float(pixel_size if pixel_size is not None else getattr(psf, "pixel_size", 100.0))
@@ -112,8 +112,12 @@ def crb_covariance(psf: PSFModel, photons: Any, background: Any, z: Any = 0.0,
         lo, hi = psf.z_range
         if not (np.isfinite(zz).all() and (zz >= lo).all() and (zz <= hi).all()):
             raise InputError(f"z must lie in the PSF's range {psf.z_range} nm")
-        nodes = np.round((zz - lo) / z_grid).astype(int)
-        node_z = np.clip(lo + nodes * z_grid, lo, hi)
+        if z_grid is None:
+            node_z, nodes = np.unique(zz, return_inverse=True)
+            node_z = node_z[nodes]
+        else:
+            nodes = np.round((zz - lo) / z_grid).astype(int)
+            node_z = np.clip(lo + nodes * z_grid, lo, hi)
     else:
         nodes = np.zeros(N.shape, dtype=int)
         node_z = np.zeros(N.shape)
@@ -133,6 +137,6 @@ def cramer_rao_bound(psf: PSFModel, photons: float, background: float, z: float 
                      camera: Camera | None = None, pixel_size: float | None = None,
                      dz: float = 30.0) -> dict[str, float]:
     """Standard deviations (nm) of the bound for one emitter: ``{"x", "y"[, "z"]}``."""
-    cov = crb_covariance(psf, photons, background, z, camera, pixel_size, dz, z_grid=1e-3)[0]
+    cov = crb_covariance(psf, photons, background, z, camera, pixel_size, dz, z_grid=None)[0]
     names = ("x", "y", "z")[: cov.shape[0]]
     return {k: math.sqrt(cov[i, i]) for i, k in enumerate(names)}

@@ -10,8 +10,8 @@ frame). Narrow them to your data with the ``starloc deeploco train`` options ``-
 
 Why so wide a brightness range: a network only knows the brightness it was shown. Trained on
 500-8000 photons, the astigmatic model returned 2.6 localizations per true emitter at 20000 photons
-(bright defocused spots split into several); trained on 500-20000 log-uniform, 1.3, at the cost of
-about 0.04 in Jaccard at 1000-7000 photons after the same number of steps (docs/benchmarks.md).
+(bright defocused spots split into several); trained on 500-20000 log-uniform, 1.2, at the cost of
+0.01-0.04 in Jaccard at 1000-7000 photons (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ Per frame: a number of emitters (Poisson from a density, or uniform in a range),
 over the whole field ``x in [0, W * pixel_size)``, ``y in [0, H * pixel_size)`` nm (corner origin:
 pixel ``j``'s centre at ``(j + 0.5) * pixel_size``) and ``z`` uniform in ``z_range`` nm, photons
 uniform or log-uniform in ``photons_range``, a uniform background (photons/pixel) drawn per frame
-from ``background_range``; the PSF model renders expected photons, the camera adds noise, and frames are
-normalized back to photons with the camera's :meth:`~starloc.deeploco.camera.Camera.normalize`
-(the same normalization real frames get).
+from ``background_range``; the PSF model renders expected photons, the camera adds noise, and
+frames are normalized back to photons with the camera's
+:meth:`~starloc.deeploco.camera.Camera.normalize` (the same normalization real frames get).
 
 Everything is vectorized torch on ``device``; randomness comes only from the ``torch.Generator``
 passed to :meth:`Simulator.sample` (created on the same device), so the same seed gives the same
