@@ -50,7 +50,8 @@ def run_deeploco_demo(out_dir: Path, seed: int = 0, steps: int = 400, frames: in
     camera = EMCCD.smlm2016()
     print(f"DeepLoco: PSF from the bundled bead z-stack ({psf}); training {steps} steps on simulated "
           "64x64 frames (challenge EMCCD camera)")
-    config = DeepLocoTrainConfig(steps=steps, seed=seed, val_size=0)
+    # a constant learning rate: the recipe's five halvings cost a 400-step run ~0.03 Jaccard
+    config = DeepLocoTrainConfig(steps=steps, seed=seed, val_size=0, stage_steps=steps)
 
     def report(p):
         if p.step % 50 == 0:
