@@ -47,13 +47,14 @@ from starloc.progress import finish
 from starloc.smlm_metrics import assess, efficiency, match_localizations
 
 BEADS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "smlm2016-beads"
+CAMERA = EMCCD.smlm2016()  # the challenge's camera: test frames, their bound, and a model trained here
 PAPER = {"AS": {0.1: "J 0.83, x 11.8 nm, z 24.8 nm (real MT0.N1 LD)", 2.0: "J 0.51 (HD)"},
          "2D": {0.1: "J 0.89, 11.6 nm (real MT0.N1 LD)", 2.0: "J 0.61, 18.2 nm (HD)"}}
 
 
 def test_set(psf: EmpiricalPSF, density: float, frames: int, seed: int, z_range=None, size: int = 64,
              photons=(1000.0, 7000.0), background=100.0):
-    sim = Simulator(psf, EMCCD.smlm2016(), frame_shape=(size, size), density=density,
+    sim = Simulator(psf, CAMERA, frame_shape=(size, size), density=density,
                     photons_range=tuple(photons), background_range=(background, background),
                     z_range=z_range if psf.z_dependent else None)
     return sim.sample(frames, torch.Generator().manual_seed(seed))
@@ -92,7 +93,7 @@ def crb_reference(psf, truth: dict, dim: int, seed: int = 0) -> dict:
     photons = truth["photons"].numpy()[mask]
     background = np.repeat(truth["background"].numpy(), mask.sum(1))
     z = truth["z"].numpy()[mask] if dim == 3 else 0.0
-    cov = crb_covariance(psf, photons, background, z, EMCCD.smlm2016(), psf.pixel_size)
+    cov = crb_covariance(psf, photons, background, z, CAMERA, psf.pixel_size)
     noise = np.random.default_rng(seed).standard_normal((len(cov), dim))
     err = np.einsum("mij,mj->mi", np.linalg.cholesky(cov), noise)
     lateral = np.hypot(err[:, 0], err[:, 1])
@@ -140,7 +141,7 @@ def main(argv=None):
             train_s = model.metadata.get("training", {}).get("seconds")
         else:
             log = []
-            model = finish(train(default_simulator(psf, EMCCD.smlm2016()),
+            model = finish(train(default_simulator(psf, CAMERA),
                                  DeepLocoTrainConfig(device=args.device)), log.append)
             train_s = log[-1].elapsed
         model.to(args.device)

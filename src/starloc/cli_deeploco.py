@@ -548,6 +548,7 @@ def add_commands(sub) -> None:
                       help="emitters per frame, uniform in LO..HI (default: 0 to 2.5 per µm² of frame)")
     s.add_argument("--photons", type=_range_type(), default=None, metavar="LO:HI",
                    help="photons per emitter (default 500:20000)")
+    # = simulate.PHOTON_DISTRIBUTIONS, spelled out so that --help does not import torch
     s.add_argument("--photons-distribution", choices=("uniform", "log-uniform"), default=None,
                    help="how photons are drawn in their range (default log-uniform)")
     s.add_argument("--background", type=_range_type(), default=None, metavar="LO:HI",

@@ -80,13 +80,18 @@ def unit_derivatives(psf: PSFModel, z: float, pixel_size: float, dz: float = 30.
     return img[0], np.stack(rows)
 
 
-def _covariance(p: np.ndarray, d: np.ndarray, photons: float, background: float,
+def _covariance(p: np.ndarray, d: np.ndarray, photons: np.ndarray, background: np.ndarray,
                 a: float, r2: float) -> np.ndarray:
-    mu = photons * p + background
+    """Inverse Fisher information ``(m, D + 2, D + 2)`` of ``m`` emitters sharing the unit image
+    ``p`` ``(P,)`` and its position derivatives ``d`` ``(D, P)``; pixels of zero variance carry no
+    information."""
+    mu = photons[:, None] * p + background[:, None]
     var = a * mu + r2
-    use = var > 0
-    jac = np.concatenate([photons * d, p[None], np.ones_like(p)[None]])[:, use]
-    info = (jac / var[use]) @ jac.T
+    inv_var = np.where(var > 0, 1.0 / np.where(var > 0, var, 1.0), 0.0)
+    d_photons = np.broadcast_to(p, mu.shape)[:, None]
+    d_background = np.ones_like(mu)[:, None]
+    jac = np.concatenate([photons[:, None, None] * d, d_photons, d_background], axis=1)  # (m, D + 2, P)
+    info = np.einsum("mip,mjp->mij", jac * inv_var[:, None], jac)
     return np.linalg.inv(info)
 
 
@@ -97,8 +102,9 @@ def crb_covariance(psf: PSFModel, photons: Any, background: Any, z: Any = 0.0,
 
     photons, background (photons/pixel) and z (nm) broadcast to ``(M,)``. The PSF is evaluated on
     a grid of z values ``z_grid`` nm apart (each emitter uses the nearest node; ``None``: at each
-    emitter's own z); the photon count and background enter analytically. Raises :class:`InputError` for non-positive photons, a negative
-    background or z outside the PSF's range.
+    emitter's own z); the photon count and background enter analytically. Raises
+    :class:`InputError` for non-positive photons, a negative background or z outside the PSF's
+    range.
     """
     ps = float(pixel_size if pixel_size is not None else getattr(psf, "pixel_size", 100.0))
     N, b, zz = (np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in (photons, background, z))
@@ -112,24 +118,18 @@ def crb_covariance(psf: PSFModel, photons: Any, background: Any, z: Any = 0.0,
         lo, hi = psf.z_range
         if not (np.isfinite(zz).all() and (zz >= lo).all() and (zz <= hi).all()):
             raise InputError(f"z must lie in the PSF's range {psf.z_range} nm")
-        if z_grid is None:
-            node_z, nodes = np.unique(zz, return_inverse=True)
-            node_z = node_z[nodes]
-        else:
-            nodes = np.round((zz - lo) / z_grid).astype(int)
-            node_z = np.clip(lo + nodes * z_grid, lo, hi)
+        if z_grid is not None:
+            zz = np.clip(lo + np.round((zz - lo) / z_grid) * z_grid, lo, hi)
     else:
-        nodes = np.zeros(N.shape, dtype=int)
-        node_z = np.zeros(N.shape)
-    cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        zz = np.zeros(N.shape)
     D = 3 if psf.z_dependent else 2
+    N, b = N.ravel(), b.ravel()
+    z_values, node = np.unique(zz.ravel(), return_inverse=True)
     out = np.empty((N.size, D, D))
-    N, b, nodes, node_z = (v.ravel() for v in (N, b, nodes, node_z))
-    for k, n in enumerate(nodes):
-        if n not in cache:
-            cache[n] = unit_derivatives(psf, float(node_z[k]), ps, dz)
-        p, d = cache[n]
-        out[k] = _covariance(p, d, float(N[k]), float(b[k]), a, r2)[:D, :D]
+    for n, z_n in enumerate(z_values):
+        sel = np.flatnonzero(node == n)
+        p, d = unit_derivatives(psf, float(z_n), ps, dz)
+        out[sel] = _covariance(p, d, N[sel], b[sel], a, r2)[:, :D, :D]
     return out
 
 

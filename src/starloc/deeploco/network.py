@@ -222,11 +222,12 @@ class DeepLocoFCN(nn.Module):
 
     Layers (widths ``(c0, c1, c2)``; each conv followed by batch norm and ReLU): two 3x3 convs
     at full resolution, a 2x2/2 conv and two 3x3 convs at 1/2, a 2x2/2 conv and three 3x3 convs
-    (the last dilated by 2 for context) at 1/4, then 1x1 heads. Candidate ``k`` of cell ``(i, j)`` sits at the cell centre
-    ``((j + 0.5) * 4, (i + 0.5) * 4)`` px plus ``tanh`` offsets of at most ``OFFSET_RANGE``
-    (0.6) cells: each cell owns the emitters inside it (a little beyond, so an emitter on a
-    border can be claimed from either side, and two cells sharing one are linked and summed by
-    the post-processing); ``z = sigmoid`` mapped into ``z_range``; weight = sigmoid.
+    (the last dilated by 2 for context) at 1/4, then 1x1 heads. Candidate ``k`` of cell
+    ``(i, j)`` sits at the cell centre ``((j + 0.5) * 4, (i + 0.5) * 4)`` px plus ``tanh``
+    offsets of at most ``OFFSET_RANGE`` (0.6) cells: each cell owns the emitters inside it (a
+    little beyond, so an emitter on a border can be claimed from either side, and two cells
+    sharing one are linked and summed by the post-processing); ``z = sigmoid`` mapped into
+    ``z_range``; weight = sigmoid.
     """
 
     def __init__(self, config: DeepLocoConfig):
