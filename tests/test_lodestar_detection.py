@@ -83,3 +83,51 @@ def test_merge_keeps_the_best_of_close_detections_greedily():
     assert _merge(pos, np.array([1, 3, 2, 0.5]), 2.0).tolist() == [1, 3]
     # 2 (best) drops 1; 0 is 3 px from 2, so it stays though 1 was close to it.
     assert _merge(pos, np.array([1, 2, 3, 0.5]), 2.0).tolist() == [0, 2, 3]
+
+
+def _crowded_pair_maps(receptive_field=None):
+    """Two objects 12 px apart. Every pixel predicts the object nearer to it (as a trained
+    network does within its receptive field), weight exp(-d^2 / 18) within d = 5 px of an
+    object, 0.01 elsewhere; but A's outer pixels on the side facing B predict A pulled
+    1.5 px towards B, each with its own jitter, so they disagree with their neighbours (as
+    when they see both)."""
+    a, b = np.array([15.3, 12.2]), np.array([15.3, 24.1])
+    rows, cols = np.meshgrid(np.arange(20) * 2 + 0.5, np.arange(20) * 2 + 0.5, indexing="ij")
+    dist_a, dist_b = np.hypot(rows - a[0], cols - a[1]), np.hypot(rows - b[0], cols - b[1])
+    P = np.where(dist_a <= dist_b, a[:, None, None], b[:, None, None])
+    dist = np.minimum(dist_a, dist_b)
+    weights = np.where(dist <= 5, np.exp(-dist**2 / 18), 0.01)
+    pulled = (dist_a <= 5) & (cols > a[1] + 3)
+    jitter = np.random.default_rng(1).normal(0, 0.3, size=(2, pulled.sum()))
+    P[:, pulled] = np.array([a[0], a[1] + 1.5])[:, None] + jitter
+    maps = Maps(P[None].astype(np.float32), weights[None].astype(np.float32), 2, (40, 40), receptive_field)
+    return maps, a, b
+
+
+def _nearest(found, point):
+    return found.positions[np.argmin(np.hypot(*(found.positions[:, :2] - point).T)), :2]
+
+
+def test_crowded_detections_discount_predictions_that_disagree_with_their_neighbours():
+    base = dict(cutoff=0.0, mode="absolute", min_weight=0.3)
+    maps, a, b = _crowded_pair_maps()
+    plain = _nearest(detect(maps, DetectParams(crowded_distance=0, **base)), a)
+    assert plain[1] - a[1] > 0.05  # the pulled pixels bias the plain weighted mean
+    crowded = detect(maps, DetectParams(crowded_distance=20, **base))
+    assert len(crowded) == 2
+    np.testing.assert_allclose(_nearest(crowded, a), a, atol=0.01)
+    np.testing.assert_allclose(_nearest(crowded, b), b, atol=1e-5)  # B's predictions all agree
+    # By default the distance is the network's receptive field, when the maps know it.
+    np.testing.assert_allclose(_nearest(detect(maps, DetectParams(**base)), a), plain)
+    maps_rf, _, _ = _crowded_pair_maps(receptive_field=26)
+    np.testing.assert_allclose(_nearest(detect(maps_rf, DetectParams(**base)), a), _nearest(crowded, a))
+    # Farther apart than the distance: refined as before.
+    np.testing.assert_allclose(_nearest(detect(maps, DetectParams(crowded_distance=11, **base)), a), plain)
+
+
+def test_weighted_median_per_row():
+    from starloc.lodestar.detection import _weighted_median
+
+    values = np.array([[3.0, 1.0, 2.0, 10.0], [5.0, 6.0, 7.0, 8.0], [1.0, 2.0, 3.0, 4.0]])
+    weights = np.array([[1.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 4.0], [0.0, 0.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(_weighted_median(values, weights), [2.0, 8.0, np.inf])

@@ -57,16 +57,19 @@ class Maps:
     stride : input pixels per output pixel; output pixel (i, j) is centred at
         ``(i*stride + (stride-1)/2, j*stride + (stride-1)/2)``.
     image_shape : (H, W) of the input frames.
+    receptive_field : input pixels one output pixel sees (None: unknown).
     """
 
     positions: np.ndarray
     weights: np.ndarray
     stride: int
     image_shape: tuple[int, int]
+    receptive_field: int | None = None
 
     def averaged(self) -> Maps:
         """Mean over a leading axis (e.g. the 8 grid symmetries of :meth:`LodeSTAR.symmetry_maps`)."""
-        return Maps(self.positions.mean(0), self.weights.mean(0), self.stride, self.image_shape)
+        return Maps(self.positions.mean(0), self.weights.mean(0), self.stride, self.image_shape,
+                    self.receptive_field)
 
 
 @dataclass
@@ -133,7 +136,7 @@ class LodeSTAR:
             pos.append(P.float().cpu().numpy())
             wts.append(torch.sigmoid(rho).float().cpu().numpy())
         return Maps(np.concatenate(pos, axis=1), np.concatenate(wts, axis=1), self.config.stride,
-                    tuple(frames.shape[-2:]))
+                    tuple(frames.shape[-2:]), self.config.receptive_field)
 
     def _forward_padded(self, x: torch.Tensor, tile: int, generator: torch.Generator, symmetries: bool):
         """:meth:`_forward_tiled` on frames extended by background noise around their border.
