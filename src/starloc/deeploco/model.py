@@ -21,6 +21,7 @@ from .camera import Camera
 from .network import DeepLocoConfig, build_network
 from .postprocess import empty_table, postprocess
 from .psf import AstigmaticPSF, EmpiricalPSF, Gaussian2DPSF, PSFModel
+from .subpixel import SubpixelCorrection
 
 __all__ = ["DeepLoco", "MODEL_KIND", "psf_to_dict", "psf_from_dict"]
 
@@ -64,6 +65,7 @@ class DeepLoco:
     camera: Camera | None = None
     link_distance: float = 100.0
     threshold: float = 0.3
+    subpixel: SubpixelCorrection | None = None
     metadata: dict = field(default_factory=dict)
 
     @classmethod
@@ -103,10 +105,13 @@ class DeepLoco:
         batch_size: int = 256,
         threshold: float | None = None,
         link_distance: float | None = None,
+        correct: bool = True,
     ) -> dict[str, np.ndarray]:
         """Localizations in normalized (photon) frames ``(T, 1, S, S)`` or ``(T, S, S)`` of the
         network's frame size: a table (dict of arrays) ``frame`` (0-based), ``x``, ``y``[, ``z``]
-        nm (corner origin), ``confidence``; see :func:`~starloc.deeploco.postprocess.postprocess`."""
+        nm (corner origin), ``confidence``; see :func:`~starloc.deeploco.postprocess.postprocess`.
+        ``correct``: apply the model's sub-pixel correction (:mod:`~starloc.deeploco.subpixel`),
+        if it has one."""
         t = torch.as_tensor(np.asarray(frames) if not isinstance(frames, torch.Tensor) else frames)
         if t.ndim == 3:
             t = t[:, None]
@@ -125,7 +130,8 @@ class DeepLoco:
             tables.append(postprocess(pos, w, link_distance=link, threshold=thr, frame_offset=start))
         if not tables:
             return empty_table(self.config.dim)
-        return {k: np.concatenate([tb[k] for tb in tables]) for k in tables[0]}
+        table = {k: np.concatenate([tb[k] for tb in tables]) for k in tables[0]}
+        return self.subpixel.apply(table) if correct and self.subpixel is not None else table
 
     # ------------------------------------------------------------------ files
     def file_config(self) -> dict[str, Any]:
@@ -134,7 +140,8 @@ class DeepLoco:
             "normalization": dict(NORMALIZATION),
             "psf": psf_to_dict(self.psf),
             "camera": None if self.camera is None else self.camera.to_dict(),
-            "postprocess": {"link_distance": self.link_distance, "threshold": self.threshold},
+            "postprocess": {"link_distance": self.link_distance, "threshold": self.threshold,
+                            "subpixel": None if self.subpixel is None else self.subpixel.to_dict()},
         }
 
     def save(self, path: Any) -> None:
@@ -156,6 +163,7 @@ class DeepLoco:
                 camera=None if cfg.get("camera") is None else Camera.from_dict(cfg["camera"]),
                 link_distance=float(post.get("link_distance", 100.0)),
                 threshold=float(post.get("threshold", 0.3)),
+                subpixel=None if post.get("subpixel") is None else SubpixelCorrection.from_dict(post["subpixel"]),
                 metadata=dict(obj.get("metadata", {})),
             )
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:

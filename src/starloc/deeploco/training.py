@@ -35,6 +35,7 @@ from .model import DeepLoco
 from .network import CELL, DeepLocoConfig
 from .postprocess import postprocess
 from .simulate import Simulator
+from .subpixel import calibrate
 
 __all__ = ["DeepLocoTrainConfig", "Progress", "Trainer", "train", "truth_positions", "validation_metrics"]
 
@@ -67,6 +68,9 @@ class DeepLocoTrainConfig:
     cell_loss_weight : weight of :func:`~starloc.deeploco.loss.cell_loss` added to the kernel loss
         (``"fcn"`` only; 0 trains on the kernel loss alone).
     link_distance, threshold : post-processing (validation and the model's defaults).
+    calibration_frames : frames simulated after training to measure the model's sub-pixel bias
+        (:func:`~starloc.deeploco.subpixel.calibrate`), stored in the model and removed from its
+        localizations; 0 skips it.
     """
 
     steps: int = 3000
@@ -93,6 +97,7 @@ class DeepLocoTrainConfig:
     cell_loss_weight: float = 10.0
     link_distance: float = 100.0
     threshold: float = 0.3
+    calibration_frames: int = 2048
 
     def __post_init__(self) -> None:
         if self.stage_steps is None and int(self.steps) >= 1:
@@ -100,8 +105,9 @@ class DeepLocoTrainConfig:
         for name in ("steps", "batch", "stage_steps", "val_every"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if int(self.val_size) < 0:
-            raise InputError(f"val_size must be >= 0, got {self.val_size!r}")
+        for name in ("val_size", "calibration_frames"):
+            if int(getattr(self, name)) < 0:
+                raise InputError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise InputError(f"lr must be positive, got {self.lr!r}")
 
@@ -300,6 +306,9 @@ class Trainer:
             progress = Progress(step, c.steps, loss.item(), lr, self.elapsed, **val)
             yield progress
         net.eval()
+        if c.calibration_frames:
+            self.model.subpixel = calibrate(self.model, self.simulator, frames=c.calibration_frames,
+                                            tolerance=c.tolerance, axial_tolerance=c.axial_tolerance)
         self.model.metadata = {**self.model.metadata, "training": self.training_metadata(progress)}
         return self.model
 
