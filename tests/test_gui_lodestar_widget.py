@@ -334,3 +334,13 @@ def test_detections_stay_visible_with_a_nan_score():
     assert not np.allclose(points.face_color[0], points.face_color[2])
     lodestar_layers.show_points(viewer, POINTS_LAYER, found([np.nan]), src, with_frame=False)
     assert points._face.color_mode == "direct" and np.all(points.face_color[:, 3] > 0)
+
+
+def test_export_reports_a_writer_failure_that_napari_only_logs(make_napari_viewer, messages, tmp_path,
+                                                               monkeypatch):
+    viewer, widget = _widget(make_napari_viewer)
+    viewer.add_points(np.array([[3.0, 4.0]]), name=POINTS_LAYER)
+    monkeypatch.setattr(napari, "save_layers", lambda *args, **kwargs: [])
+    assert widget.export_points(tmp_path / "p.csv") == []
+    assert "could not export" in messages["error"][-1]
+    assert not (tmp_path / "p.csv").exists()

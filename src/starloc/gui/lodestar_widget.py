@@ -850,6 +850,9 @@ class LodeSTARWidget(QWidget):
         except (ValueError, OSError) as exc:
             show_error(f"LodeSTAR: could not export {layer.name!r}: {exc}")
             return []
+        if not written:  # napari reports some writer failures only in its log
+            show_error(f"LodeSTAR: could not export {layer.name!r} to {path}; see the napari log")
+            return []
         show_info(f"LodeSTAR: {len(layer.data)} detection(s) written to {path}")
         return written
 
