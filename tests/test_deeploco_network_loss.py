@@ -295,6 +295,29 @@ def test_cell_loss_on_a_hand_computed_case():
         cell_loss(pos, w, true_pos, mask, (3, 2), 400.0)
 
 
+def test_cell_loss_reach_trains_neighbouring_cells_on_emitters_near_their_border():
+    # 1x2 grid of 400 nm cells (centres x = 200, 600); emitters at x = 380 (cell 0, 20 nm from the
+    # border) and x = 700 (cell 1, 300 nm from the border)
+    true_pos = torch.tensor([[[380.0, 200.0], [700.0, 200.0]]])
+    mask = torch.tensor([[True, True]])
+    pos = torch.tensor([[[300.0, 200.0], [650.0, 200.0]]])
+    w = torch.tensor([[0.5, 0.5]])
+    bce = -2 * math.log(0.5)
+    # reach 0.5: each cell points at the emitter inside it: |300 - 380| + |650 - 700|
+    assert cell_loss(pos, w, true_pos, mask, (1, 2), 400.0).item() == pytest.approx(bce + 130 / 400, rel=1e-5)
+    # reach 0.6 (240 nm): cell 1 also reaches x = 380 (220 nm from its centre), but its own
+    # emitter (100 nm) is nearer, so the targets are unchanged
+    assert cell_loss(pos, w, true_pos, mask, (1, 2), 400.0, reach=0.6).item() == pytest.approx(bce + 130 / 400,
+                                                                                              rel=1e-5)
+    # without the second emitter, cell 1 (weight target 0) must point at x = 380: |650 - 380| more
+    alone = torch.tensor([[True, False]])
+    got = cell_loss(pos, w, true_pos, alone, (1, 2), 400.0, reach=0.6).item()
+    assert got == pytest.approx(bce + (80 + 270) / 400, rel=1e-5)
+    # x = 380 is 0.55 cells from cell 1's centre: out of a 0.54 reach, no position term for cell 1
+    assert cell_loss(pos, w, true_pos, alone, (1, 2), 400.0, reach=0.54).item() == pytest.approx(bce + 80 / 400,
+                                                                                                rel=1e-5)
+
+
 def test_loss_rejects_bad_arguments():
     true_pos, mask = _truth()
     pred, w = torch.rand(3, 8, 2), torch.rand(3, 8)

@@ -18,6 +18,7 @@ Kernels (unnormalized, ``K(a, a) = 1``), on coordinates whose z has been multipl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -147,15 +148,24 @@ def cell_loss(
     cell_nm: float,
     z_scale: float = 0.2,
     reduction: str = "mean",
+    reach: float = 0.5,
 ) -> Tensor:
     """Auxiliary per-cell loss for the fully convolutional network (candidate ``k`` belongs to
     cell ``(k // w, k % w)`` of a ``grid = (h, w)`` of ``cell_nm`` cells, x along columns).
 
-    ``sum_cells BCE(w_k, occupied_k) + sum_emitters |pos_k(e) - e|_1 / cell_nm`` per frame, where
-    ``k(e)`` is the cell holding emitter ``e`` (z multiplied by ``z_scale``; training uses 1, so
-    an axial error costs as much as a lateral one of the same nm). It tells each cell
-    directly whether it owns an emitter and where, which the set-level MMD conveys only through
-    slowly vanishing gradients on low-weight candidates; weights must lie in (0, 1).
+    ``sum_cells BCE(w_k, occupied_k) + sum_cells |pos_k - e_k|_1 / cell_nm`` per frame, where
+    ``occupied_k`` says whether an emitter lies inside cell ``k`` and ``e_k`` is the emitter
+    nearest to the cell's centre among those within ``reach`` cells of it along x and y (cells
+    with none have no position term; z multiplied by ``z_scale``; training uses 1, so an axial
+    error costs as much as a lateral one of the same nm). It tells each cell directly whether
+    it owns an emitter and where, which the set-level MMD conveys only through slowly vanishing
+    gradients on low-weight candidates; weights must lie in (0, 1).
+
+    ``reach`` 0.5: only the cell holding an emitter points at it. Beyond 0.5 (up to the
+    network's offset range), a neighbouring cell also learns to point at an emitter close to
+    its border: the network cannot tell on which side of a border an emitter lies to better than
+    its error, splits the weight between the two cells, and the post-processing sums the two
+    only if both candidates point at the emitter.
     """
     if reduction not in ("mean", "none"):
         raise InputError(f"reduction must be 'mean' or 'none', got {reduction!r}")
@@ -164,6 +174,7 @@ def cell_loss(
     if K != h * w or pred_w.shape != (B, K):
         raise InputError(f"{K} candidates do not form a {h}x{w} grid of cells")
     mask = true_mask.to(torch.bool)
+    true_pos = true_pos.to(pred_pos.dtype)
     col = torch.div(true_pos[..., 0], cell_nm, rounding_mode="floor").clamp(0, w - 1).long()
     row = torch.div(true_pos[..., 1], cell_nm, rounding_mode="floor").clamp(0, h - 1).long()
     cell = torch.where(mask, row * w + col, torch.zeros_like(col))
@@ -171,10 +182,18 @@ def cell_loss(
     occupied.scatter_(1, cell, mask.to(pred_w.dtype))
     occupied.clamp_(max=1.0)
     bce = torch.nn.functional.binary_cross_entropy(pred_w.clamp(1e-6, 1 - 1e-6), occupied, reduction="none").sum(1)
-    owner = torch.gather(pred_pos, 1, cell[..., None].expand(-1, -1, D))
+    # each cell's target: the nearest emitter within reach of its centre (B, K, M distances)
+    rows, cols = torch.meshgrid(torch.arange(h, device=pred_pos.device, dtype=pred_pos.dtype),
+                                torch.arange(w, device=pred_pos.device, dtype=pred_pos.dtype), indexing="ij")
+    centre = torch.stack([cols.reshape(-1) + 0.5, rows.reshape(-1) + 0.5], -1)  # (K, 2) cells
+    offset = true_pos[:, None, :, :2] / cell_nm - centre[None, :, None, :]  # (B, K, M, 2) cells
+    within = (offset.abs().amax(-1) <= reach) & mask[:, None, :]
+    dist2 = torch.where(within, (offset**2).sum(-1), torch.full_like(offset[..., 0], math.inf))
+    has_target = within.any(-1)
+    target = torch.gather(true_pos, 1, dist2.argmin(-1)[..., None].expand(-1, -1, D))  # (B, K, D)
     scale = torch.ones(D, dtype=pred_pos.dtype, device=pred_pos.device)
     if D == 3:
         scale[2] = z_scale
-    err = ((owner - true_pos.to(pred_pos.dtype)).abs() * scale).sum(-1) / cell_nm
-    loss = bce + (err * mask).sum(1)
+    err = ((pred_pos - target).abs() * scale).sum(-1) / cell_nm
+    loss = bce + (err * has_target).sum(1)
     return loss.mean() if reduction == "mean" else loss

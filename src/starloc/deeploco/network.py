@@ -43,7 +43,8 @@ DOWNSAMPLING = 16
 #: side in pixels of the cell that owns one candidate in the fully convolutional network
 CELL = 4
 ARCHITECTURES = ("paper", "fcn")
-#: largest offset of an FCN candidate from its cell centre, in cells (0.5 = the cell border)
+#: largest offset of an FCN candidate from its cell centre, in cells (0.5 = the cell border):
+#: the default of DeepLocoConfig and of model files written before it was a setting
 OFFSET_RANGE = 0.6
 
 
@@ -64,6 +65,8 @@ class DeepLocoConfig:
     architecture : ``"paper"`` (:class:`DeepLocoNet`, the paper's conv stack + FC ResNet with K
         global candidates) or ``"fcn"`` (:class:`DeepLocoFCN`, fully convolutional: one candidate
         per 4x4-pixel cell; ``n_candidates``, ``fc_width`` and ``n_res_blocks`` are unused).
+    offset_range : ``"fcn"``: how far a cell's candidate can sit from the cell centre, in cells
+        (0.5 = the cell border; files written before it existed hold 0.6).
     """
 
     frame_size: int = 64
@@ -77,6 +80,7 @@ class DeepLocoConfig:
     input_scale: float = 100.0
     subtract_median: bool = True
     architecture: str = "paper"
+    offset_range: float = OFFSET_RANGE
 
     def __post_init__(self) -> None:
         if int(self.frame_size) < DOWNSAMPLING or int(self.frame_size) % DOWNSAMPLING:
@@ -98,6 +102,8 @@ class DeepLocoConfig:
             raise InputError(f"a 3D network needs a z_range of positive extent, got {self.z_range!r}")
         if not (math.isfinite(self.input_scale) and self.input_scale > 0):
             raise InputError(f"input_scale must be positive, got {self.input_scale!r}")
+        if not 0.5 <= self.offset_range <= 2.0:
+            raise InputError(f"offset_range must lie in [0.5, 2] cells, got {self.offset_range!r}")
 
     @property
     def n_features(self) -> int:
@@ -126,6 +132,7 @@ class DeepLocoConfig:
             z_range=tuple(float(v) for v in d["z_range"]), input_scale=float(d["input_scale"]),
             subtract_median=bool(d["subtract_median"]),
             architecture=str(d.get("architecture", "paper")),
+            offset_range=float(d.get("offset_range", OFFSET_RANGE)),
         )
 
     @classmethod
@@ -224,7 +231,7 @@ class DeepLocoFCN(nn.Module):
     at full resolution, a 2x2/2 conv and two 3x3 convs at 1/2, a 2x2/2 conv and three 3x3 convs
     (the last dilated by 2 for context) at 1/4, then 1x1 heads. Candidate ``k`` of cell
     ``(i, j)`` sits at the cell centre ``((j + 0.5) * 4, (i + 0.5) * 4)`` px plus ``tanh``
-    offsets of at most ``OFFSET_RANGE`` (0.6) cells: each cell owns the emitters inside it (a
+    offsets of at most ``config.offset_range`` cells: each cell owns the emitters inside it (a
     little beyond, so an emitter on a border can be claimed from either side, and two cells
     sharing one are linked and summed by the post-processing); ``z = sigmoid`` mapped into
     ``z_range``; weight = sigmoid.
@@ -282,7 +289,7 @@ class DeepLocoFCN(nn.Module):
                                     indexing="ij")
         cell_nm = CELL * c.pixel_size
         centre = torch.stack([(cols.reshape(-1) + 0.5) * cell_nm, (rows.reshape(-1) + 0.5) * cell_nm], -1)
-        xy = centre + torch.tanh(out[..., 1:3]) * (OFFSET_RANGE * cell_nm)
+        xy = centre + torch.tanh(out[..., 1:3]) * (c.offset_range * cell_nm)
         if c.dim == 3:
             lo, hi = c.z_range
             z = lo + torch.sigmoid(out[..., 3:4]) * (hi - lo)

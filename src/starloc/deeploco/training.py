@@ -67,6 +67,9 @@ class DeepLocoTrainConfig:
     sigmas, kernel, z_scale : the loss.
     cell_loss_weight : weight of :func:`~starloc.deeploco.loss.cell_loss` added to the kernel loss
         (``"fcn"`` only; 0 trains on the kernel loss alone).
+    offset_range : ``"fcn"``: cells a candidate can reach from its cell centre; the cell loss also
+        trains a cell to point at emitters of its neighbours within that reach (see
+        :func:`~starloc.deeploco.loss.cell_loss`).
     link_distance, threshold : post-processing (validation and the model's defaults).
     calibration_frames : frames simulated after training to measure the model's sub-pixel bias
         (:func:`~starloc.deeploco.subpixel.calibrate`), stored in the model and removed from its
@@ -95,6 +98,7 @@ class DeepLocoTrainConfig:
     kernel: str = "laplacian"
     z_scale: float = 0.2
     cell_loss_weight: float = 10.0
+    offset_range: float = 0.75
     link_distance: float = 100.0
     threshold: float = 0.3
     calibration_frames: int = 2048
@@ -134,7 +138,7 @@ class DeepLocoTrainConfig:
         return DeepLocoConfig.for_simulator(
             simulator, n_candidates=self.n_candidates, conv_widths=tuple(self.conv_widths),
             fc_width=self.fc_width, n_res_blocks=self.n_res_blocks, input_scale=self.input_scale,
-            architecture=self.architecture)
+            architecture=self.architecture, offset_range=self.offset_range)
 
 
 @dataclass(frozen=True)
@@ -292,7 +296,8 @@ class Trainer:
             if c.cell_loss_weight and net.config.architecture == "fcn":
                 grid = (frames.shape[-2] // CELL, frames.shape[-1] // CELL)
                 loss = loss + c.cell_loss_weight * cell_loss(pos, w, true_pos, truth["mask"], grid,
-                                                             CELL * net.config.pixel_size, z_scale=1.0)
+                                                             CELL * net.config.pixel_size, z_scale=1.0,
+                                                             reach=net.config.offset_range)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
