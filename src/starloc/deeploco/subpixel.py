@@ -2,7 +2,7 @@
 
 A localizer working on pixelated frames can err by an amount that depends on where the emitter
 sits relative to the pixel grid; DeepLoco's fully convolutional network also on where it sits in
-its 4x4-pixel cell (each cell owns one candidate). Measured on the default models: the 2D model
+its 4x4-pixel cell (each cell owns one candidate). Measured on the models of 3f849ef: the 2D model
 errs by ±2-4 nm with the phase, enough to crowd its localizations at pixel centres (chi-square
 p < 0.01 on 10-bin histograms of 15 000 positions) though small beside its 11 nm RMSE; the
 astigmatic model pulls localizations that have a neighbour within two cells towards the cell
