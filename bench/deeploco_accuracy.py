@@ -40,6 +40,7 @@ from starloc.deeploco import EMCCD, EmpiricalPSF, Simulator
 from starloc.deeploco.baseline import GaussianFitLocalizer
 from starloc.deeploco.crb import crb_covariance
 from starloc.deeploco.model import DeepLoco
+from starloc.deeploco.simulate import truth_table
 from starloc.deeploco.recipes import bead_psf, default_simulator
 from starloc.deeploco.stack import localize_stack
 from starloc.deeploco.training import DeepLocoTrainConfig, train
@@ -58,13 +59,6 @@ def test_set(psf: EmpiricalPSF, density: float, frames: int, seed: int, z_range=
                     photons_range=tuple(photons), background_range=(background, background),
                     z_range=z_range if psf.z_dependent else None)
     return sim.sample(frames, torch.Generator().manual_seed(seed))
-
-
-def truth_table(truth: dict, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    mask = truth["mask"].numpy()
-    frame = np.nonzero(mask)[0]
-    xyz = np.stack([truth[k].numpy()[mask] for k in ("x", "y", "z")[:dim]], 1)
-    return frame, xyz
 
 
 def score(table: dict, truth: dict, dim: int, pixel_size: float) -> dict:

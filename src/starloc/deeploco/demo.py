@@ -26,7 +26,7 @@ from ..smlm_io import write_thunderstorm_csv
 from ..smlm_metrics import assess
 from .camera import EMCCD
 from .recipes import bead_psf, default_simulator
-from .simulate import Simulator
+from .simulate import Simulator, truth_table
 from .stack import localize_stack
 from .training import DeepLocoTrainConfig, train
 
@@ -67,9 +67,7 @@ def run_deeploco_demo(out_dir: Path, seed: int = 0, steps: int = 400, frames: in
     start = time.perf_counter()
     table = localize_stack(model, adu)
     seconds = time.perf_counter() - start
-    mask = truth["mask"].numpy()
-    true_frame = np.nonzero(mask)[0]
-    true_xy = np.stack([truth["x"].numpy()[mask], truth["y"].numpy()[mask]], 1)
+    true_frame, true_xy = truth_table(truth, 2)
     m = assess(table["frame"], np.stack([table["x"], table["y"]], 1), true_frame, true_xy, 100.0, None)
     print(f"localized {len(table['frame'])} emitters in {frames} frames ({frames / seconds:.0f} frames/s); "
           f"{len(true_frame)} true: Jaccard {m['jaccard']:.3f}, RMSE {m['rmse_lateral']:.1f} nm lateral, "

@@ -22,7 +22,7 @@ from scipy.spatial import cKDTree
 
 from ..errors import InputError
 
-__all__ = ["postprocess", "empty_table", "COLUMNS"]
+__all__ = ["postprocess", "empty_table", "frame_separated", "COLUMNS"]
 
 COLUMNS = ("x", "y", "z")
 
@@ -33,6 +33,14 @@ def empty_table(dim: int) -> dict[str, np.ndarray]:
         table[name] = np.zeros(0, dtype=np.float64)
     table["confidence"] = np.zeros(0, dtype=np.float64)
     return table
+
+
+def frame_separated(points: np.ndarray, frame: np.ndarray, reach: float) -> np.ndarray:
+    """``(N, D + 1)``: ``points (N, D)`` with one more coordinate, ``frame`` times a spacing so
+    large that points of different frames are always more than ``reach`` apart. One k-d tree
+    over the result answers neighbour queries within ``reach`` for every frame at once."""
+    spacing = 4.0 * (np.abs(points).max() + float(reach)) + 1.0
+    return np.column_stack([points, frame * spacing])
 
 
 def _numpy(a: Any) -> np.ndarray:
@@ -66,10 +74,8 @@ def postprocess(
     scaled = flat.copy()
     if D == 3:
         scaled[:, 2] *= z_scale
-    # Links between kept candidates of the same frame closer than link_distance: a k-d tree over
-    # (position, frame * spacing), frames spaced far beyond the link distance.
-    spacing = 4.0 * (np.abs(scaled).max() + float(link_distance)) + 1.0
-    tree = cKDTree(np.column_stack([scaled, b * spacing]))
+    # links between kept candidates of the same frame closer than link_distance
+    tree = cKDTree(frame_separated(scaled, b, link_distance))
     pairs = tree.query_pairs(float(link_distance), p=2.0, output_type="ndarray")
     n = len(b)
     graph = coo_matrix((np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))

@@ -18,13 +18,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import InputError
 from .camera import Camera
 from .psf import PSFModel, _check_frame_shape, _check_positive
 
-__all__ = ["Simulator"]
+__all__ = ["Simulator", "truth_table"]
 
 Tensor = torch.Tensor
 
@@ -207,3 +208,11 @@ class Simulator:
             "photons_distribution": self.photons_distribution,
             "background_range": list(self.background_range), "z_range": list(self.z_range),
         }
+
+
+def truth_table(truth: dict[str, Tensor], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """The true emitters of a :meth:`Simulator.sample` batch as ``(frame (N,), positions (N, dim))``
+    numpy arrays: frame 0-based within the batch, positions (x, y[, z]) in nm."""
+    mask = truth["mask"].cpu().numpy()
+    frame = np.nonzero(mask)[0]
+    return frame, np.stack([truth[k].cpu().numpy()[mask] for k in ("x", "y", "z")[:dim]], 1)

@@ -517,7 +517,7 @@ def _localize_chunk(model: Any, forward: Any, frames: np.ndarray, plan: TilePlan
         tb = postprocess(pos, w, link_distance=link_distance, threshold=threshold, z_scale=z_scale)
         if not len(tb["frame"]):
             continue
-        if getattr(model, "subpixel", None) is not None:
+        if model.subpixel is not None:
             tb = model.subpixel.apply(tb)  # in tile coordinates: the phase is the network's
         f, k = batch_f[tb["frame"]], batch_k[tb["frame"]]  # tb["frame"] indexes the batch
         xs = tb["x"] + tile_x0[k] * ps

@@ -35,6 +35,9 @@ from scipy.spatial import cKDTree
 
 from ..errors import InputError
 from ..smlm_metrics import match_localizations
+from .network import CELL
+from .postprocess import frame_separated
+from .simulate import truth_table
 
 __all__ = ["SubpixelCorrection", "calibrate", "fit_correction", "nearest_neighbour_distance"]
 
@@ -47,14 +50,13 @@ MIN_KIND = 500
 def nearest_neighbour_distance(table: dict[str, np.ndarray]) -> np.ndarray:
     """Distance (nm, lateral) from each localization to the nearest other one of its frame
     (inf when alone)."""
-    x, y, frame = (np.asarray(table[k], dtype=np.float64) for k in ("x", "y", "frame"))
-    if len(x) < 2:
-        return np.full(len(x), np.inf)
-    # frames spaced far apart in a third coordinate: one k-d tree for all of them
-    spacing = 4.0 * (np.abs(np.concatenate([x, y])).max() + 1.0)
-    points = np.column_stack([x, y, frame * spacing])
-    dist, _ = cKDTree(points).query(points, k=2, distance_upper_bound=spacing / 4)
-    return np.where(np.isfinite(dist[:, 1]), dist[:, 1], np.inf)
+    xy = np.column_stack([np.asarray(table["x"], dtype=np.float64), np.asarray(table["y"], dtype=np.float64)])
+    if len(xy) < 2:
+        return np.full(len(xy), np.inf)
+    reach = 3.0 * np.abs(xy).max() + 1.0  # beyond any two points of one frame
+    points = frame_separated(xy, np.asarray(table["frame"]), reach)
+    dist, _ = cKDTree(points).query(points, k=2, distance_upper_bound=reach)
+    return dist[:, 1]
 
 
 @dataclass(frozen=True)
@@ -152,8 +154,6 @@ def calibrate(model: Any, simulator: Any, frames: int = 2048, seed: int = 2024, 
     period : nm (default: the network's cell, or one pixel for the paper's network); the crowded
     distance is two cells. The model's own correction is not applied while measuring.
     """
-    from .network import CELL
-
     cfg = model.config
     if period is None:
         period = (CELL if cfg.architecture == "fcn" else 1) * cfg.pixel_size
@@ -164,9 +164,9 @@ def calibrate(model: Any, simulator: Any, frames: int = 2048, seed: int = 2024, 
         table = model.localize(batch, correct=False)
         table["frame"] = table["frame"] + start
         found.append(table)
-        mask = truth["mask"].cpu().numpy()
-        true_frame.append(np.nonzero(mask)[0] + start)
-        true_pos.append(np.stack([truth[k].cpu().numpy()[mask] for k in ("x", "y", "z")[:cfg.dim]], 1))
+        frame, xyz = truth_table(truth, cfg.dim)
+        true_frame.append(frame + start)
+        true_pos.append(xyz)
     table = {k: np.concatenate([t[k] for t in found]) for k in found[0]}
     pred = np.stack([table[k] for k in ("x", "y", "z")[:cfg.dim]], 1)
     tf, tp = np.concatenate(true_frame), np.concatenate(true_pos)

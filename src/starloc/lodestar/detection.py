@@ -172,9 +172,9 @@ def detect(maps: Maps, params: DetectParams = DetectParams()) -> Detections:
     """
     consistency = clustering_map(maps.positions[:, :2])
     scores = _score(maps.weights, consistency, params.alpha, params.beta)
-    crowded = maps.receptive_field if params.crowded_distance is None else params.crowded_distance
+    crowded_distance = maps.receptive_field if params.crowded_distance is None else params.crowded_distance
     out = [_detect_frame(maps.positions[t], maps.weights[t], scores[t], consistency[t], maps.stride, params,
-                         crowded or 0.0)
+                         crowded_distance or 0.0)
            for t in range(len(scores))]
     frames = np.concatenate([np.full(len(d[0]), t, dtype=np.int64) for t, d in enumerate(out)])
     positions = np.concatenate([d[0] for d in out]) if out else np.zeros((0, 2))
