@@ -8,10 +8,8 @@ from starloc.deeploco import Gaussian2DPSF, Simulator
 from starloc.deeploco.model import DeepLoco
 from starloc.deeploco.network import DeepLocoConfig
 from starloc.deeploco.stack import localize_stack
-from starloc.deeploco.subpixel import SubpixelCorrection, calibrate, fit_correction, nearest_neighbour_distance
-from starloc.deeploco.training import DeepLocoTrainConfig, train
+from starloc.deeploco.subpixel import SubpixelCorrection, fit_correction, nearest_neighbour_distance
 from starloc.errors import InputError
-from starloc.progress import finish
 
 PERIOD = 400.0  # nm: a 4-pixel cell at 100 nm
 
@@ -105,20 +103,3 @@ def test_model_files_keep_the_correction_and_localize_applies_it(sim, tmp_path):
     stack = localize_stack(loaded, frames[:, 0].numpy(), input_units="photons", threshold=0.0)
     order = np.lexsort((fixed["x"], fixed["frame"]))
     np.testing.assert_allclose(stack["x"], fixed["x"][order], atol=1e-3)
-
-
-def test_calibrate_needs_enough_matches(sim):
-    model = DeepLoco.new(DeepLocoConfig.for_simulator(sim, conv_widths=(4, 8, 8), architecture="fcn"), seed=0)
-    assert calibrate(model, sim, frames=8) is None  # an untrained network matches (almost) nothing
-
-
-def test_training_calibrates_the_model_at_the_end(sim, monkeypatch):
-    monkeypatch.setattr("starloc.deeploco.subpixel.MIN_MATCHES", 50)  # a 150-step model finds few
-    cfg = DeepLocoTrainConfig(n_candidates=8, conv_widths=(4, 8, 8), batch=8, steps=150, val_size=0,
-                              lr=3e-3, calibration_frames=300)
-    model = finish(train(sim, cfg))
-    assert model.metadata["training"]["calibration_frames"] == 300
-    assert model.subpixel is not None and model.subpixel.period == 4 * sim.pixel_size
-    assert np.isfinite(model.subpixel.offsets).all()
-    off = DeepLocoTrainConfig(**{**cfg.to_dict(), "steps": 2, "calibration_frames": 0})
-    assert finish(train(sim, off)).subpixel is None

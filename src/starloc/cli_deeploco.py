@@ -378,6 +378,11 @@ def cmd_deeploco_train(args) -> int:
     seconds = f" in {last.elapsed:.1f} s" if last is not None else ""
     loss = f" (loss {last.loss:.4g}{extra})" if last is not None else ""
     print(f"trained {done} steps{seconds}{loss}; model written to {args.output}")
+    cal = meta.get("calibration")
+    if cal:
+        chosen = "chosen" if cal.get("threshold") is not None else "kept"
+        print(f"calibrated on {cal['frames']} simulated frames: confidence threshold {model.threshold:g} "
+              f"({chosen}; Jaccard {cal['jaccard']:.3f} there), sub-pixel correction stored")
     if model.camera is None:
         print("note: the model has no camera model: localize stacks already in photons (--units photons) "
               "or give camera settings to 'starloc deeploco localize'")

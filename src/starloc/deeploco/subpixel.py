@@ -14,9 +14,9 @@ fitted to both kinds made isolated astigmatic localizations worse.
 function of the *predicted* position's phase in one period of the grid (``period`` nm: the cell,
 which also contains the pixel period), in ``bins`` bins smoothed circularly;
 :meth:`SubpixelCorrection.apply` adds it back, interpolating linearly between bin centres.
-:func:`calibrate` does both on frames from a simulator (the training simulator at the end of
-training): the correction comes from the same forward model as the network, never from user
-data.
+:func:`starloc.deeploco.calibration.calibrate` does both on frames from a simulator (the
+training simulator at the end of training): the correction comes from the same forward model as
+the network, never from user data.
 
 Coordinates: nm, x along columns, y along rows, origin at the frame's top-left corner (as in
 :mod:`starloc.deeploco`); the phase is taken in the coordinates of the frame (or tile) the network
@@ -29,20 +29,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from ..errors import InputError
-from ..smlm_metrics import match_localizations
-from .network import CELL
 from .postprocess import frame_separated
-from .simulate import truth_table
 
-__all__ = ["SubpixelCorrection", "calibrate", "fit_correction", "nearest_neighbour_distance"]
+__all__ = ["SubpixelCorrection", "fit_correction", "nearest_neighbour_distance"]
 
-#: fewest matched localizations to fit a correction from (fewer: no correction)
-MIN_MATCHES = 2000
 #: fewest matched localizations of one kind (isolated, crowded) for a table of its own
 MIN_KIND = 500
 
@@ -143,36 +137,3 @@ def fit_correction(predicted: np.ndarray, truth: np.ndarray, period: float, crow
     offsets = np.stack([_fit_table(p[kind == k], t[kind == k], period, bins, smooth)
                         if (kind == k).sum() >= MIN_KIND else every for k in (False, True)])
     return SubpixelCorrection(period=float(period), offsets=offsets, crowded_distance=float(crowded_distance))
-
-
-@torch.no_grad()
-def calibrate(model: Any, simulator: Any, frames: int = 2048, seed: int = 2024, period: float | None = None,
-              tolerance: float = 100.0, axial_tolerance: float = 500.0) -> SubpixelCorrection | None:
-    """Fit the correction of ``model`` (a :class:`~starloc.deeploco.model.DeepLoco`) on ``frames``
-    frames from ``simulator``; None when fewer than ``MIN_MATCHES`` localizations match.
-
-    period : nm (default: the network's cell, or one pixel for the paper's network); the crowded
-    distance is two cells. The model's own correction is not applied while measuring.
-    """
-    cfg = model.config
-    if period is None:
-        period = (CELL if cfg.architecture == "fcn" else 1) * cfg.pixel_size
-    g = torch.Generator(device=simulator.device).manual_seed(int(seed))
-    found, true_frame, true_pos = [], [], []
-    for start in range(0, int(frames), 256):
-        batch, truth = simulator.sample(min(256, int(frames) - start), g)
-        table = model.localize(batch, correct=False)
-        table["frame"] = table["frame"] + start
-        found.append(table)
-        frame, xyz = truth_table(truth, cfg.dim)
-        true_frame.append(frame + start)
-        true_pos.append(xyz)
-    table = {k: np.concatenate([t[k] for t in found]) for k in found[0]}
-    pred = np.stack([table[k] for k in ("x", "y", "z")[:cfg.dim]], 1)
-    tf, tp = np.concatenate(true_frame), np.concatenate(true_pos)
-    pi, ti = match_localizations(table["frame"], pred, tf, tp, tolerance, axial_tolerance if cfg.dim == 3 else None)
-    if len(pi) < MIN_MATCHES:
-        return None
-    crowded_distance = 2 * CELL * cfg.pixel_size
-    crowded = nearest_neighbour_distance(table)[pi] < crowded_distance
-    return fit_correction(pred[pi, :2], tp[ti, :2], period, crowded, crowded_distance)

@@ -30,12 +30,12 @@ import torch
 from ..errors import InputError, ModelFileError
 from ..io import atomic_write
 from ..metrics import match
+from .calibration import calibrate
 from .loss import DEFAULT_SIGMAS, cell_loss, kernel_loss
 from .model import DeepLoco
 from .network import CELL, DeepLocoConfig
 from .postprocess import postprocess
 from .simulate import Simulator
-from .subpixel import calibrate
 
 __all__ = ["DeepLocoTrainConfig", "Progress", "Trainer", "train", "truth_positions", "validation_metrics"]
 
@@ -70,10 +70,12 @@ class DeepLocoTrainConfig:
     offset_range : ``"fcn"``: cells a candidate can reach from its cell centre; the cell loss also
         trains a cell to point at emitters of its neighbours within that reach (see
         :func:`~starloc.deeploco.loss.cell_loss`).
-    link_distance, threshold : post-processing (validation and the model's defaults).
-    calibration_frames : frames simulated after training to measure the model's sub-pixel bias
-        (:func:`~starloc.deeploco.subpixel.calibrate`), stored in the model and removed from its
-        localizations; 0 skips it.
+    link_distance, threshold : post-processing (validation, and the model's defaults; the
+        threshold is replaced by the calibrated one when ``calibrate_threshold``).
+    calibration_frames : frames simulated after training to choose the model's confidence
+        threshold and measure its sub-pixel bias (:func:`~starloc.deeploco.calibration.calibrate`),
+        both stored in the model; 0 skips it.
+    calibrate_threshold : let the calibration choose the threshold (False keeps ``threshold``).
     """
 
     steps: int = 3000
@@ -102,6 +104,7 @@ class DeepLocoTrainConfig:
     link_distance: float = 100.0
     threshold: float = 0.3
     calibration_frames: int = 2048
+    calibrate_threshold: bool = True
 
     def __post_init__(self) -> None:
         if self.stage_steps is None and int(self.steps) >= 1:
@@ -311,10 +314,14 @@ class Trainer:
             progress = Progress(step, c.steps, loss.item(), lr, self.elapsed, **val)
             yield progress
         net.eval()
+        meta = self.training_metadata(progress)
         if c.calibration_frames:
-            self.model.subpixel = calibrate(self.model, self.simulator, frames=c.calibration_frames,
-                                            tolerance=c.tolerance, axial_tolerance=c.axial_tolerance)
-        self.model.metadata = {**self.model.metadata, "training": self.training_metadata(progress)}
+            cal = calibrate(self.model, self.simulator, frames=c.calibration_frames, tolerance=c.tolerance,
+                            axial_tolerance=c.axial_tolerance, choose_threshold=c.calibrate_threshold)
+            if cal is not None:
+                cal.apply(self.model)
+                meta["calibration"] = cal.to_dict()
+        self.model.metadata = {**self.model.metadata, "training": meta}
         return self.model
 
     def training_metadata(self, progress: Progress | None) -> dict[str, Any]:
