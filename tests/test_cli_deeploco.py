@@ -231,3 +231,43 @@ def test_train_from_a_bead_stack_in_3d_and_in_focus_2d(tmp_path, capsys):
     m2 = DeepLoco.load(tmp_path / "2d.pt")
     assert m2.config.dim == 2 and m2.psf.stack.shape[0] == 1
     _bad(capsys, ["deeploco", "train", "--psf", "gaussian", "--in-focus", "-o", str(tmp_path / "g.pt")], "--in-focus")
+
+
+def test_calibrate_rechooses_threshold_and_refuses_what_it_cannot_calibrate(folder, tmp_path, capsys, monkeypatch):
+    from starloc.deeploco.calibration import THRESHOLDS
+    from starloc.deeploco.network import DeepLocoConfig
+    from starloc.deeploco.training import train
+    from starloc.progress import finish
+
+    monkeypatch.setattr("starloc.deeploco.calibration.MIN_MATCHES", 50)  # a 150-step model finds few
+    sim = Simulator(Gaussian2DPSF(130.0), camera=EMCCD.smlm2016(), frame_shape=(32, 32), n_range=(1, 3),
+                    photons_range=(2000, 5000), background_range=(20, 40))
+    cfg = DeepLocoTrainConfig(n_candidates=8, conv_widths=(4, 8, 8), batch=8, steps=150, val_size=0, lr=3e-3,
+                              calibration_frames=0)
+    model = finish(train(sim, cfg))
+    assert model.threshold == 0.3 and model.subpixel is None
+    model.save(tmp_path / "old.pt")
+    out = tmp_path / "new.pt"
+    assert main(["deeploco", "calibrate", str(tmp_path / "old.pt"), "-o", str(out), "--frames", "300",
+                 "--device", "cpu"]) == 0
+    assert "confidence threshold 0.3 ->" in capsys.readouterr().out
+    new = DeepLoco.load(out)
+    assert new.threshold in THRESHOLDS and new.subpixel is not None
+    assert new.metadata["training"]["calibration"]["frames"] == 300
+    assert DeepLoco.load(tmp_path / "old.pt").threshold == 0.3  # the input is left alone
+    assert main(["deeploco", "calibrate", str(out), "-o", str(out), "--frames", "300", "--keep-threshold"]) == 0
+    assert DeepLoco.load(out).threshold == new.threshold
+
+    # a 3-step model matches nothing: an error, and nothing written
+    _bad(capsys, ["deeploco", "calibrate", str(folder / "model.pt"), "-o", str(tmp_path / "x.pt"), "--frames", "16"],
+         "too few localizations matched")
+    assert not (tmp_path / "x.pt").exists()
+    # a model file with no training record, and a file that is no model
+    DeepLoco.new(DeepLocoConfig.for_simulator(sim, conv_widths=(4, 8, 8), architecture="fcn"), seed=0).save(
+        tmp_path / "untrained.pt")
+    _bad(capsys, ["deeploco", "calibrate", str(tmp_path / "untrained.pt"), "-o", str(tmp_path / "x.pt")],
+         "does not record its training simulator")
+    (tmp_path / "garbage.pt").write_bytes(b"\x00garbage")
+    _bad(capsys, ["deeploco", "calibrate", str(tmp_path / "garbage.pt"), "-o", str(tmp_path / "x.pt")],
+         "cannot read model file")
+    assert not (tmp_path / "x.pt").exists()

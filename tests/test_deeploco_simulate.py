@@ -130,3 +130,16 @@ def test_bad_settings(empirical_psf):
     with pytest.raises(InputError, match="PSFModel"):
         Simulator("beads.tif")
     Simulator(Gaussian2DPSF(), z_range=(-350, 350))  # a z-independent PSF accepts any z range
+
+
+def test_settings_round_trip_gives_the_same_frames():
+    psf = AstigmaticPSF()
+    sim = Simulator(psf, EMCCD.smlm2016(), frame_shape=(24, 32), n_range=(2, 5), photons_range=(800, 9000),
+                    photons_distribution="log-uniform", background_range=(30, 60), z_range=(-200, 300))
+    again = Simulator.from_dict(sim.to_dict(), psf, sim.camera)
+    assert again.to_dict() == sim.to_dict()
+    a, ta = sim.sample(4, torch.Generator().manual_seed(3))
+    b, tb = again.sample(4, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and torch.equal(ta["z"], tb["z"])
+    with pytest.raises(InputError, match="incomplete"):
+        Simulator.from_dict({"frame_shape": [24, 32]}, psf)

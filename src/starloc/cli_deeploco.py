@@ -394,6 +394,39 @@ def _record_source(model: Any, args) -> None:
 
 
 # ------------------------------------------------------------------------------------------
+# deeploco calibrate
+# ------------------------------------------------------------------------------------------
+
+
+def cmd_deeploco_calibrate(args) -> int:
+    from starloc.cli import _device
+    from starloc.deeploco.calibration import calibrate
+    from starloc.deeploco.model import DeepLoco
+    from starloc.deeploco.simulate import Simulator
+
+    _check_out_dir(Path(args.output))
+    device = _device(args.device)
+    model = DeepLoco.load(args.model, device=device)
+    training = model.metadata.get("training") or {}
+    if not isinstance(training.get("simulator"), dict) or model.psf is None:
+        raise InputError(f"{args.model}: the model file does not record its training simulator and PSF; "
+                         "only models from 'starloc deeploco train' (or starloc.deeploco.train) can be recalibrated")
+    sim = Simulator.from_dict(training["simulator"], model.psf, model.camera, device=device)
+    cal = calibrate(model, sim, frames=args.frames, tolerance=training.get("tolerance", 100.0),
+                    axial_tolerance=training.get("axial_tolerance", 500.0), choose_threshold=not args.keep_threshold)
+    if cal is None:
+        raise InputError(f"{args.model}: too few localizations matched the simulated truth to calibrate "
+                         "(an untrained or failed model?); nothing written")
+    before = model.threshold
+    cal.apply(model)
+    model.metadata = {**model.metadata, "training": {**training, "calibration": cal.to_dict()}}
+    model.save(args.output)
+    print(f"calibrated on {args.frames} simulated frames: confidence threshold {before:g} -> {model.threshold:g} "
+          f"(Jaccard {cal.jaccard:.3f} there), sub-pixel correction remeasured; model written to {args.output}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
 # deeploco localize
 # ------------------------------------------------------------------------------------------
 
@@ -520,7 +553,7 @@ def cmd_render(args) -> int:
 
 
 def add_commands(sub) -> None:
-    """Add ``deeploco`` (train, localize) and ``render`` to the ``starloc`` subparsers."""
+    """Add ``deeploco`` (train, calibrate, localize) and ``render`` to the ``starloc`` subparsers."""
     deep = sub.add_parser("deeploco", help="DeepLoco SMLM: train on simulated frames, localize stacks")
     dsub = deep.add_subparsers(dest="action", required=True)
 
@@ -580,6 +613,21 @@ def add_commands(sub) -> None:
     r.add_argument("--resume", type=Path, default=None,
                    help="continue a run from its checkpoint (give the same simulation options)")
     t.set_defaults(func=cmd_deeploco_train)
+
+    c = dsub.add_parser(
+        "calibrate", help="re-measure a trained model's confidence threshold and sub-pixel correction",
+        description="Run the calibration that ends every training again on an existing model file: "
+                    "localize frames from the model's own training simulator, choose the confidence "
+                    "threshold with the best Jaccard index and measure the sub-pixel bias, and write "
+                    "the model with both. For model files trained before starloc chose thresholds.")
+    c.add_argument("model", type=Path, help="model file from 'deeploco train'")
+    c.add_argument("-o", "--output", type=Path, required=True, help="output model file (may be the input)")
+    c.add_argument("--frames", type=_positive(int), default=2048, help="simulated frames (default 2048)")
+    c.add_argument("--keep-threshold", action="store_true",
+                   help="keep the model's threshold; only remeasure the sub-pixel correction")
+    c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="compute device (default: cuda when available, else cpu)")
+    c.set_defaults(func=cmd_deeploco_calibrate)
 
     lo = dsub.add_parser(
         "localize", help="localize emitters in a stack of any frame size -> ThunderSTORM CSV or Picasso HDF5",

@@ -209,6 +209,20 @@ class Simulator:
             "background_range": list(self.background_range), "z_range": list(self.z_range),
         }
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], psf: PSFModel, camera: Camera | None = None,
+                  device: str | torch.device = "cpu") -> Simulator:
+        """The simulator :meth:`to_dict` described, with its PSF and camera given back."""
+        try:
+            kw = {k: d[k] for k in ("frame_shape", "pixel_size", "density", "n_range", "max_emitters",
+                                    "photons_range", "photons_distribution", "background_range", "z_range")}
+        except (KeyError, TypeError) as e:
+            raise InputError(f"simulator settings are incomplete (missing {e})") from None
+        for key in ("frame_shape", "n_range", "photons_range", "background_range", "z_range"):
+            if kw[key] is not None:
+                kw[key] = tuple(kw[key])
+        return cls(psf, camera, device=device, **kw)
+
 
 def truth_table(truth: dict[str, Tensor], dim: int) -> tuple[np.ndarray, np.ndarray]:
     """The true emitters of a :meth:`Simulator.sample` batch as ``(frame (N,), positions (N, dim))``
