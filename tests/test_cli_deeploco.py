@@ -271,3 +271,16 @@ def test_calibrate_rechooses_threshold_and_refuses_what_it_cannot_calibrate(fold
     _bad(capsys, ["deeploco", "calibrate", str(tmp_path / "garbage.pt"), "-o", str(tmp_path / "x.pt")],
          "cannot read model file")
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_localize_warns_in_one_line_when_the_background_is_outside_the_training_range(folder, tmp_path, capsys):
+    # an ADU stack read as photons: a background of ~ baseline + gain * 100 "photons"/px
+    out = tmp_path / "o.csv"
+    assert main(["deeploco", "localize", str(folder / "stack.tif"), "--model", str(folder / "model.pt"),
+                 "--units", "photons", "-o", str(out)]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(err) == 1 and err[0].startswith("starloc: warning: the background of")
+    assert "training range 20-200 photons/px" in err[0] and out.exists()
+    assert main(["deeploco", "localize", str(folder / "stack.tif"), "--model", str(folder / "model.pt"),
+                 "-o", str(out)]) == 0
+    assert "warning" not in capsys.readouterr().err

@@ -1,5 +1,7 @@
 """DeepLoco on whole stacks: tiling without seam duplicates, lazy reading, bounded memory, bad input."""
 
+import warnings
+
 import numpy as np
 import pytest
 import tifffile
@@ -16,7 +18,7 @@ from starloc.deeploco.stack import (
     open_stack,
     plan_tiles,
 )
-from starloc.errors import InputError
+from starloc.errors import InputError, StarlocWarning
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -295,3 +297,22 @@ def test_pixel_size_from_tiff_metadata_is_checked(tmp_path, adu_stack):
     with pytest.raises(InputError, match="metadata .* say 160 nm/px"):
         localize_stack(model, tmp_path / "ij.tif")
     localize_stack(model, tmp_path / "ij.tif", pixel_size=100.0)  # an explicit pixel size wins
+
+
+def test_background_outside_the_training_range_warns_once_and_still_localizes():
+    frames, truth = spot_stack()  # background BG = 10 photons/px
+    model = spot_model()
+    model.metadata = {"training": {"simulator": {"background_range": [20.0, 200.0]}}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StarlocWarning)  # 10 is within a factor 2 of 20: no warning
+        localize_stack(model, frames, input_units="photons", threshold=0.5)
+    with pytest.warns(StarlocWarning, match=r"median 500 photons/px .* training range 20-200") as caught:
+        table = localize_stack(model, frames * 50, input_units="photons", threshold=0.5, chunk_frames=1)
+    assert len(caught) == 1  # checked on the first chunk only
+    assert len(table["frame"]) == len(truth)  # a warning, not a refusal
+    with pytest.warns(StarlocWarning, match="median 3 photons/px"):
+        localize_stack(model, frames * 0.3, input_units="photons", threshold=0.1)
+    model.metadata = {}  # a model file that does not record its training range: nothing to compare
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StarlocWarning)
+        localize_stack(model, frames * 50, input_units="photons", threshold=0.5)

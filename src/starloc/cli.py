@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from starloc import __version__
-from starloc.errors import StarlocError
+from starloc.errors import StarlocError, StarlocWarning
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -176,10 +177,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Our own warnings as one ``starloc: warning:`` line (above any progress bar); others as
+    Python shows them."""
+    if issubclass(category, StarlocWarning):
+        from tqdm import tqdm
+
+        tqdm.write(f"starloc: warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.func(args)
     except StarlocError as exc:
         print(f"starloc: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

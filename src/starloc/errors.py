@@ -13,6 +13,10 @@ class ModelFileError(StarlocError):
     """A model file that cannot be read: missing, corrupt, foreign or of the wrong kind."""
 
 
+class StarlocWarning(UserWarning):
+    """Input that works but may give poor results (e.g. data outside a model's training range)."""
+
+
 def one_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type name when empty), for one-line errors."""
     text = str(exc).strip().splitlines()

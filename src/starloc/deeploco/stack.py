@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from ..errors import InputError, one_line
+from ..errors import InputError, StarlocWarning, one_line
 from ..io import read_image
 from ..progress import finish
 from .camera import Camera
@@ -445,6 +446,31 @@ def _to_photons(block: np.ndarray, camera: Camera | None, start: int, name: str,
     return camera.normalize(t).to(torch.float32).numpy()
 
 
+#: warn when a stack's background lies beyond this factor outside the model's training range
+BACKGROUND_MARGIN = 2.0
+
+
+def check_background(photons: np.ndarray, model: Any, name: str) -> float | None:
+    """Warn (:class:`~starloc.errors.StarlocWarning`) when the background of frames in photons
+    ``(T, H, W)`` lies more than ``BACKGROUND_MARGIN`` times outside the background range the model
+    was trained on: the network has never seen such frames, and a wrong camera setting (gain,
+    baseline, QE) is the usual cause. The background is the median over frames of each frame's
+    median pixel (SMLM frames are mostly background). Returns it (photons/px), or None when the
+    model file does not record its training range."""
+    sim = (getattr(model, "metadata", None) or {}).get("training", {}).get("simulator") or {}
+    trained = sim.get("background_range")
+    if not trained or not len(photons):
+        return None
+    lo, hi = float(trained[0]), float(trained[1])
+    background = float(np.median(np.median(photons.reshape(len(photons), -1), axis=1)))
+    if background > BACKGROUND_MARGIN * hi or background < lo / BACKGROUND_MARGIN:
+        warnings.warn(f"the background of {name} (median {background:.3g} photons/px in its first frames) lies "
+                      f"outside the model's training range {lo:g}-{hi:g} photons/px: expect missed or "
+                      "spurious localizations. Check the camera settings (baseline, e-/ADU, EM gain, QE) or "
+                      "train a model with a matching --background range", StarlocWarning, stacklevel=3)
+    return background
+
+
 def _pad_frames(frames: np.ndarray, pad: tuple[int, int]) -> np.ndarray:
     ph, pw = pad
     if not (ph or pw):
@@ -629,6 +655,8 @@ def _run(model: Any, src: FrameSource, owned: bool, cam: Camera | None, selected
             _check_finite(block, c0, src.name)
             photons = _to_photons(block, cam, c0, src.name, check=(c0 == selected.start))
             del block
+            if c0 == selected.start:
+                check_background(photons, model, src.name)
             table = _localize_chunk(model, forward, photons, plan, batch_size, thr, link, z_scale, merge)
             table["frame"] = table["frame"] + c0
             tables.append(table)
