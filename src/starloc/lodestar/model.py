@@ -128,7 +128,7 @@ class LodeSTAR:
     def _maps(self, frames, batch_size: int, tile: int, symmetries: bool) -> Maps:
         frames = torch.from_numpy(np.require(frames, np.float32, ["C", "W"]))
         self.net.eval()
-        generator = torch.Generator(device=self.device).manual_seed(0)
+        generator = torch.Generator().manual_seed(0)  # on the CPU: the same margins on every device
         pos, wts = [], []
         for start in range(0, frames.shape[0], batch_size):
             batch = normalize(frames[start : start + batch_size].to(self.device), self.normalization)
@@ -152,7 +152,7 @@ class LodeSTAR:
         m = -(-self.config.receptive_field // (2 * s)) * s
         n, c, h, w = x.shape
         size = (h + 2 * m + (-h) % s, w + 2 * m + (-w) % s)
-        padded = torch.randn((n, c, *size), generator=generator, device=x.device, dtype=x.dtype)
+        padded = torch.randn((n, c, *size), generator=generator, dtype=x.dtype).to(x.device)
         padded[..., m : m + h, m : m + w] = x
         if symmetries:
             P, rho = dihedral_maps(lambda y: self._forward_tiled(y, tile), padded)
