@@ -6,11 +6,11 @@ their ground truth with the challenge's tolerances, and measures two things the 
 do not say by themselves:
 
 - **threshold**: the cut on a localization's confidence (its summed candidate weights) that
-  maximizes the Jaccard index on these frames, chosen from :data:`THRESHOLDS`. A fixed cut does
-  not suit every model: on their own training distributions the astigmatic models of 9fb92a5
-  peaked at 0.55-0.6 (Jaccard +0.03 over the old fixed 0.3; their false positives are mostly
-  defocused emitters placed 100-250 nm off, with a confidence below a well-placed one's) and the
-  2D models at 0.2 (+0.004).
+  maximizes the Jaccard index on these frames, chosen from :data:`THRESHOLDS` (see
+  :func:`best_threshold`). A fixed cut does not suit every model: the default astigmatic models
+  (trained at 3d853e5, and on an H100) chose 0.55, which raised their benchmark Jaccard by
+  0.024-0.043 over the old fixed 0.3 (their false positives are mostly defocused emitters placed
+  100-250 nm off, with less confidence than well-placed ones); the 2D models chose 0.15-0.25.
 - **sub-pixel correction** of the localizations kept by that threshold
   (:func:`~starloc.deeploco.subpixel.fit_correction`).
 
