@@ -431,8 +431,55 @@ def cmd_deeploco_calibrate(args) -> int:
 # ------------------------------------------------------------------------------------------
 
 
+def _run_with_bar(gen: Any, total: int) -> dict[str, Any]:
+    """Drive a localization generator under a progress bar (frames); return its table."""
+    from starloc.cli import _progress_bar
+
+    with _progress_bar(total, "localizing", "frame") as bar:
+        while True:
+            try:
+                p = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            bar.update(p.frames_done - bar.n)
+            bar.set_postfix(locs=p.localizations)
+
+
+def _localize_on_cluster(args, camera: Any, options: dict[str, Any], total: int) -> dict[str, Any]:
+    """``--scheduler`` / ``--workers``: the same localization as tasks on a dask.distributed cluster."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise InputError("--scheduler/--workers need dask.distributed: pip install 'napari-starloc[cluster]'") from None
+    from starloc.cli import _device
+    from starloc.deeploco.cluster import iter_localize_stack_on_cluster
+
+    if args.workers is not None and args.scheduler is not None:
+        raise InputError("give either --scheduler (an existing cluster) or --workers (a local one), not both")
+    options = {k: v for k, v in options.items() if k != "frames"}
+    cluster = None
+    try:
+        if args.scheduler is not None:
+            client = Client(args.scheduler, timeout="30s")
+        else:
+            cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
+            client = Client(cluster)
+    except OSError as exc:
+        raise InputError(f"cannot reach the dask scheduler {args.scheduler!r}: {exc}") from None
+    try:
+        gen = iter_localize_stack_on_cluster(args.model, args.stack, client, frames=args.frames,
+                                             frames_per_task=args.frames_per_task, device=_device(args.device),
+                                             camera=camera, input_units=args.units, **options)
+        return _run_with_bar(gen, total)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
 def cmd_deeploco_localize(args) -> int:
-    from starloc.cli import _device, _progress_bar
+    from starloc.cli import _device
     from starloc.deeploco.model import DeepLoco
     from starloc.deeploco.stack import iter_localize_stack, open_stack
     from starloc.smlm_io import write_picasso, write_thunderstorm_csv
@@ -447,21 +494,16 @@ def cmd_deeploco_localize(args) -> int:
     options = {"pixel_size": args.pixel_size, "frames": args.frames, "batch_size": args.batch_size,
                "threshold": args.threshold, "tile": args.tile, "overlap": args.overlap,
                "chunk_frames": args.chunk_frames}
+    options = {k: v for k, v in options.items() if v is not None}
     with open_stack(args.stack) as src:
         frames = args.frames or slice(None)
         total = len(range(*frames.indices(src.n_frames)))
-        gen = iter_localize_stack(model, src, camera=camera, input_units=args.units,
-                                  **{k: v for k, v in options.items() if v is not None})
-        with _progress_bar(total, "localizing", "frame") as bar:
-            while True:
-                try:
-                    p = next(gen)
-                except StopIteration as stop:
-                    table = stop.value
-                    break
-                bar.update(p.frames_done - bar.n)
-                bar.set_postfix(locs=p.localizations)
         T, (H, W) = src.n_frames, src.frame_shape
+        if args.scheduler is None and args.workers is None:
+            table = _run_with_bar(iter_localize_stack(model, src, camera=camera, input_units=args.units, **options),
+                                  total)
+    if args.scheduler is not None or args.workers is not None:
+        table = _localize_on_cluster(args, camera, options, total)
     n = len(table["frame"])
     if fmt == "picasso":
         precision = PICASSO_PRECISION_NM if args.precision is None else args.precision
@@ -657,6 +699,14 @@ def add_commands(sub) -> None:
     lo.add_argument("--units", choices=("adu", "photons"), default="adu",
                     help="stack units: camera ADU (converted with the model's camera, default) or photons")
     _add_camera_options(lo, "override the model's camera (e.g. --baseline for another offset)")
+    g = lo.add_argument_group("past one machine (dask.distributed; pip install 'napari-starloc[cluster]')")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on an existing dask cluster, e.g. tcp://10.0.0.1:8786; the model and the stack "
+                        "must be readable at the same paths on every worker")
+    g.add_argument("--workers", type=_positive(int), default=None, metavar="N",
+                   help="run on a local dask cluster of N worker processes (one frame chunk per task)")
+    g.add_argument("--frames-per-task", type=_positive(int), default=1000, metavar="N",
+                   help="frames per cluster task (default 1000)")
     lo.set_defaults(func=cmd_deeploco_localize)
 
     rd = sub.add_parser("render", help="render a localization table as a super-resolution image",

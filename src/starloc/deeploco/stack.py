@@ -386,7 +386,9 @@ class StackProgress(NamedTuple):
     elapsed: float
 
 
-def _frame_range(frames: Any, n: int, name: str) -> range:
+def select_frames(frames: Any, n: int, name: str) -> range:
+    """The contiguous range of 0-based frames that ``frames`` (None, slice, range or
+    ``(start, stop)``) selects from a stack of ``n`` frames called ``name``; InputError when none."""
     if frames is None:
         r = range(n)
     elif isinstance(frames, range):
@@ -625,7 +627,7 @@ def iter_localize_stack(
     owned = src is not source
     try:
         _check_pixel_size(float(cfg.pixel_size), pixel_size, src.pixel_size_nm, src.name)
-        selected = _frame_range(frames, src.n_frames, src.name)
+        selected = select_frames(frames, src.n_frames, src.name)
         H, W = src.frame_shape
         plan = plan_tiles((H, W), cfg, tile=tile, overlap=overlap)
         if chunk_frames is None:

@@ -1,0 +1,98 @@
+"""Localize a stack on a dask.distributed cluster: past one machine, same result.
+
+Frames are independent, so a stack splits into chunks of frames that any worker localizes with
+:func:`~starloc.deeploco.stack.localize_stack` (tiling, seam deduplication and the model's
+post-processing all stay inside a frame): the table is the one a single process would write.
+The scheduler is dask's (``distributed``; install ``napari-starloc[cluster]``), not ours.
+
+Every worker opens the model file and the stack itself, by path: both must be readable at the
+same path on every worker (shared storage; always true for a :class:`distributed.LocalCluster`).
+Only the localization tables travel back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from .stack import StackProgress, Table, iter_localize_stack, open_stack, select_frames
+
+__all__ = ["iter_localize_stack_on_cluster", "chunk_ranges"]
+
+#: frames per task when not given: enough work per task to hide the scheduling overhead
+DEFAULT_TASK_FRAMES = 1000
+
+
+def chunk_ranges(selected: range, frames_per_task: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` frame ranges of at most ``frames_per_task`` frames covering ``selected``."""
+    if frames_per_task < 1:
+        raise InputError(f"frames per task must be >= 1, got {frames_per_task}")
+    return [(a, min(a + frames_per_task, selected.stop)) for a in range(selected.start, selected.stop, frames_per_task)]
+
+
+def _localize_range(model_path: str, stack_path: str, start: int, stop: int, options: dict[str, Any],
+                    device: str, torch_threads: int | None) -> Table:
+    """One task, run on a worker: frames ``start:stop`` of the stack (source frame numbers)."""
+    import torch
+
+    from .model import DeepLoco
+    from .stack import localize_stack
+
+    if torch_threads:
+        torch.set_num_threads(int(torch_threads))
+    model = DeepLoco.load(model_path, device=device)
+    return localize_stack(model, stack_path, frames=slice(start, stop), **options)
+
+
+def iter_localize_stack_on_cluster(model_path: Any, stack_path: Any, client: Any, *, frames: Any = None,
+                                   frames_per_task: int = DEFAULT_TASK_FRAMES, device: str = "cpu",
+                                   torch_threads: int | None = 1, **options: Any
+                                   ) -> Generator[StackProgress, None, Table]:
+    """Localize the stack at ``stack_path`` with the model file ``model_path`` on the workers of
+    ``client`` (a :class:`distributed.Client`): a generator that yields :class:`StackProgress`
+    as tasks finish (in any order) and returns the table, sorted by frame then x, as
+    :func:`~starloc.deeploco.stack.localize_stack` returns it. Closing the generator cancels the
+    tasks not yet finished.
+
+    options : keyword arguments of :func:`~starloc.deeploco.stack.iter_localize_stack` (camera,
+        pixel_size, threshold, input_units, tile, ...), checked here, on the stack and the model,
+        before any task is sent. frames : slice/range/``(start, stop)`` of 0-based frames
+        (default all). frames_per_task : frames per task. device : where each task runs the
+        network. torch_threads : torch threads per task (1 by default: a worker runs as many tasks
+        at once as it has threads).
+    """
+    from .model import DeepLoco
+
+    model = DeepLoco.load(model_path)
+    with open_stack(stack_path) as src:
+        iter_localize_stack(model, src, frames=frames, **options).close()  # the checks of a local run
+        selected = select_frames(frames, src.n_frames, src.name)
+    ranges = chunk_ranges(selected, int(frames_per_task))
+    futures = {client.submit(_localize_range, str(model_path), str(stack_path), a, b, options, device,
+                             torch_threads, pure=False): b - a for a, b in ranges}
+    return _collect(futures, len(selected))
+
+
+def _collect(futures: dict, total: int) -> Generator[StackProgress, None, Table]:
+    from distributed import as_completed
+
+    tables: list[Table] = []
+    done = found = 0
+    start = time.perf_counter()
+    try:
+        for future in as_completed(list(futures)):
+            table = future.result()
+            tables.append(table)
+            done += futures[future]
+            found += len(table["frame"])
+            yield StackProgress(done, total, found, time.perf_counter() - start)
+    finally:
+        for future in futures:
+            future.cancel()
+    table = {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}
+    order = np.lexsort((table["x"], table["frame"]))
+    return {k: v[order] for k, v in table.items()}

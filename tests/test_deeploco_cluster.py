@@ -1,0 +1,82 @@
+"""DeepLoco past one machine: a stack localized as dask.distributed tasks gives the local table."""
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from starloc.cli import main
+from starloc.deeploco import EMCCD, Gaussian2DPSF, Simulator
+from starloc.deeploco.cluster import chunk_ranges, iter_localize_stack_on_cluster
+from starloc.deeploco.model import DeepLoco
+from starloc.deeploco.network import DeepLocoConfig
+from starloc.deeploco.stack import localize_stack
+from starloc.errors import InputError
+from starloc.progress import finish
+from starloc.smlm_io import read_thunderstorm_csv
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cluster")
+    cam = EMCCD.smlm2016()
+    sim = Simulator(Gaussian2DPSF(130.0), camera=cam, frame_shape=(40, 48), n_range=(2, 5))
+    frames, _ = sim.sample(7, torch.Generator().manual_seed(0))
+    adu = cam.to_adu(frames[:, 0]).round().clamp(0, 65535).numpy().astype(np.uint16)
+    tifffile.imwrite(folder / "stack.tif", adu, photometric="minisblack")
+    cfg = DeepLocoConfig(frame_size=32, conv_widths=(4, 8, 8), pixel_size=100.0, architecture="fcn")
+    DeepLoco.new(cfg, seed=0, camera=cam).save(folder / "model.pt")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def client():
+    # threads, not processes: the same code path (tasks, futures, results) in a second of start-up
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as c:
+        yield c
+
+
+def test_chunk_ranges_cover_the_selection_once():
+    assert chunk_ranges(range(3, 10), 3) == [(3, 6), (6, 9), (9, 10)]
+    assert chunk_ranges(range(0, 2), 5) == [(0, 2)]
+    with pytest.raises(InputError, match="frames per task"):
+        chunk_ranges(range(4), 0)
+
+
+def test_cluster_table_equals_the_local_one(files, client):
+    model_path, stack_path = files / "model.pt", files / "stack.tif"
+    local = localize_stack(DeepLoco.load(model_path), stack_path, threshold=0.01, frames=slice(1, 7))
+    progress = []
+    table = finish(iter_localize_stack_on_cluster(model_path, stack_path, client, frames=slice(1, 7),
+                                                  frames_per_task=2, threshold=0.01), progress.append)
+    assert len(local["frame"]) > 0 and set(np.unique(table["frame"])) <= set(range(1, 7))
+    assert table.keys() == local.keys()
+    for key in local:
+        np.testing.assert_allclose(table[key], local[key], rtol=0, atol=1e-4)
+    assert [p.frames_total for p in progress] == [6, 6, 6] and progress[-1].frames_done == 6
+    assert progress[-1].localizations == len(table["frame"])
+
+
+def test_bad_input_is_refused_before_any_task_is_sent(files, client, tmp_path):
+    with pytest.raises(InputError, match="selects no frame"):
+        iter_localize_stack_on_cluster(files / "model.pt", files / "stack.tif", client, frames=slice(20, 30))
+    with pytest.raises(InputError, match="160"):
+        iter_localize_stack_on_cluster(files / "model.pt", files / "stack.tif", client, pixel_size=160.0)
+    np.save(tmp_path / "rgb.npy", np.zeros((2, 40, 48, 3), np.float32))
+    with pytest.raises(InputError):
+        iter_localize_stack_on_cluster(files / "model.pt", tmp_path / "rgb.npy", client)
+
+
+def test_cli_workers_option_writes_the_local_result(files, tmp_path, capsys):
+    common = ["deeploco", "localize", str(files / "stack.tif"), "--model", str(files / "model.pt"),
+              "--threshold", "0.01"]
+    assert main([*common, "-o", str(tmp_path / "local.csv")]) == 0
+    assert main([*common, "--workers", "2", "--frames-per-task", "3", "-o", str(tmp_path / "cluster.csv")]) == 0
+    local, cluster = read_thunderstorm_csv(tmp_path / "local.csv"), read_thunderstorm_csv(tmp_path / "cluster.csv")
+    assert len(local["x"]) > 0 and np.array_equal(local["frame"], cluster["frame"])
+    np.testing.assert_allclose(cluster["x"], local["x"], atol=1e-3)
+    assert main([*common, "--workers", "2", "--scheduler", "tcp://127.0.0.1:1", "-o", str(tmp_path / "x.csv")]) == 2
+    assert "either --scheduler" in capsys.readouterr().err
