@@ -448,11 +448,11 @@ def _run_with_bar(gen: Any, total: int) -> dict[str, Any]:
 def _localize_on_cluster(args, camera: Any, options: dict[str, Any], total: int) -> dict[str, Any]:
     """``--scheduler`` / ``--workers``: the same localization as tasks on a dask.distributed cluster."""
     try:
-        from distributed import Client, LocalCluster
+        from distributed import Client
     except ImportError:
         raise InputError("--scheduler/--workers need dask.distributed: pip install 'napari-starloc[cluster]'") from None
     from starloc.cli import _device
-    from starloc.deeploco.cluster import iter_localize_stack_on_cluster
+    from starloc.deeploco.cluster import iter_localize_stack_on_cluster, local_cluster
 
     if args.workers is not None and args.scheduler is not None:
         raise InputError("give either --scheduler (an existing cluster) or --workers (a local one), not both")
@@ -462,8 +462,7 @@ def _localize_on_cluster(args, camera: Any, options: dict[str, Any], total: int)
         if args.scheduler is not None:
             client = Client(args.scheduler, timeout="30s")
         else:
-            cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=None)
+            cluster = local_cluster(args.workers)
             client = Client(cluster)
     except OSError as exc:
         raise InputError(f"cannot reach the dask scheduler {args.scheduler!r}: {exc}") from None

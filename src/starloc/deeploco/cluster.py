@@ -12,8 +12,10 @@ Only the localization tables travel back.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Generator
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -21,10 +23,25 @@ import numpy as np
 from ..errors import InputError
 from .stack import StackProgress, Table, iter_localize_stack, open_stack, select_frames
 
-__all__ = ["iter_localize_stack_on_cluster", "chunk_ranges"]
+__all__ = ["chunk_ranges", "iter_localize_stack_on_cluster", "local_cluster"]
 
 #: frames per task when not given: enough work per task to hide the scheduling overhead
 DEFAULT_TASK_FRAMES = 1000
+
+
+def local_cluster(n_workers: int) -> Any:
+    """A :class:`distributed.LocalCluster` of ``n_workers`` processes of one thread each, for
+    this work: dask's nannies give workers ``MALLOC_TRIM_THRESHOLD_=65536``, which returns every
+    freed buffer to the OS and made each task's localization ~45 % slower here (torch on the CPU
+    allocates and frees large buffers per batch); these workers keep glibc's default. Workers of
+    a cluster you start yourself: start them without that variable for the same speed."""
+    import dask
+    from distributed import LocalCluster
+
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        return LocalCluster(n_workers=int(n_workers), threads_per_worker=1, processes=True, dashboard_address=None)
 
 
 def chunk_ranges(selected: range, frames_per_task: int) -> list[tuple[int, int]]:
@@ -34,17 +51,25 @@ def chunk_ranges(selected: range, frames_per_task: int) -> list[tuple[int, int]]
     return [(a, min(a + frames_per_task, selected.stop)) for a in range(selected.start, selected.stop, frames_per_task)]
 
 
+@lru_cache(maxsize=2)
+def _worker_model(model_path: str, mtime_ns: int, device: str) -> Any:
+    """A worker loads each model file once, not once per task (keyed by the file's mtime, so a
+    rewritten file is read again)."""
+    from .model import DeepLoco
+
+    return DeepLoco.load(model_path, device=device)
+
+
 def _localize_range(model_path: str, stack_path: str, start: int, stop: int, options: dict[str, Any],
                     device: str, torch_threads: int | None) -> Table:
     """One task, run on a worker: frames ``start:stop`` of the stack (source frame numbers)."""
     import torch
 
-    from .model import DeepLoco
     from .stack import localize_stack
 
     if torch_threads:
         torch.set_num_threads(int(torch_threads))
-    model = DeepLoco.load(model_path, device=device)
+    model = _worker_model(model_path, os.stat(model_path).st_mtime_ns, device)
     return localize_stack(model, stack_path, frames=slice(start, stop), **options)
 
 
