@@ -35,7 +35,7 @@ def files(tmp_path_factory):
 def client():
     # threads, not processes: the same code path (tasks, futures, results) in a second of start-up
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as c:
+                                  dashboard_address=":0") as cluster, distributed.Client(cluster) as c:
         yield c
 
 
@@ -80,3 +80,16 @@ def test_cli_workers_option_writes_the_local_result(files, tmp_path, capsys):
     np.testing.assert_allclose(cluster["x"], local["x"], atol=1e-3)
     assert main([*common, "--workers", "2", "--scheduler", "tcp://127.0.0.1:1", "-o", str(tmp_path / "x.csv")]) == 2
     assert "either --scheduler" in capsys.readouterr().err
+
+
+def test_local_cluster_workers_keep_the_default_malloc_trim():
+    from starloc.deeploco.cluster import local_cluster
+
+    def environ():
+        import os
+
+        return os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS")
+
+    with local_cluster(1) as cluster, distributed.Client(cluster) as c:
+        (trim, omp), = c.run(environ).values()
+    assert trim is None and omp == "1"  # dask's other settings stay

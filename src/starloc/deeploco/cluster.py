@@ -41,7 +41,7 @@ def local_cluster(n_workers: int) -> Any:
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
     environ.pop("MALLOC_TRIM_THRESHOLD_", None)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-        return LocalCluster(n_workers=int(n_workers), threads_per_worker=1, processes=True, dashboard_address=None)
+        return LocalCluster(n_workers=int(n_workers), threads_per_worker=1, processes=True, dashboard_address=":0")
 
 
 def chunk_ranges(selected: range, frames_per_task: int) -> list[tuple[int, int]]:
