@@ -97,8 +97,9 @@ def iter_localize_stack_on_cluster(model_path: Any, stack_path: Any, client: Any
         iter_localize_stack(model, src, frames=frames, **options).close()  # the checks of a local run
         selected = select_frames(frames, src.n_frames, src.name)
     ranges = chunk_ranges(selected, int(frames_per_task))
-    futures = {client.submit(_localize_range, str(model_path), str(stack_path), a, b, options, device,
-                             torch_threads, pure=False): b - a for a, b in ranges}
+    paths = os.path.abspath(model_path), os.path.abspath(stack_path)  # workers may have another cwd
+    futures = {client.submit(_localize_range, *paths, a, b, options, device, torch_threads, pure=False): b - a
+               for a, b in ranges}
     return _collect(futures, len(selected))
 
 
