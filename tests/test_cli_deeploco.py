@@ -16,6 +16,7 @@ from starloc.deeploco.model import DeepLoco
 from starloc.deeploco.training import DeepLocoTrainConfig
 from starloc.errors import InputError
 from starloc.smlm_io import read_thunderstorm_csv, write_thunderstorm_csv
+from tests.conftest import simulated_adu_stack
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -31,11 +32,7 @@ TRAIN = [*RESUME, "--arch", "paper"]
 def folder(tmp_path_factory):
     torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("deeploco_cli")
-    cam = EMCCD.smlm2016()
-    sim = Simulator(Gaussian2DPSF(130.0), camera=cam, frame_shape=(80, 72), n_range=(3, 6))
-    frames, _ = sim.sample(3, torch.Generator().manual_seed(0))
-    adu = cam.to_adu(frames[:, 0]).round().clamp(0, 65535).numpy().astype(np.uint16)
-    tifffile.imwrite(folder / "stack.tif", adu, photometric="minisblack")
+    tifffile.imwrite(folder / "stack.tif", simulated_adu_stack(3, (80, 72), (3, 6)), photometric="minisblack")
     assert main([*TRAIN, "--steps", "3", "-o", str(folder / "model.pt")]) == 0
     return folder
 

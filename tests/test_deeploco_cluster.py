@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 import tifffile
-import torch
 
 from starloc.cli import main
-from starloc.deeploco import EMCCD, Gaussian2DPSF, Simulator
+from starloc.deeploco import EMCCD
 from starloc.deeploco.cluster import chunk_ranges, iter_localize_stack_on_cluster
 from starloc.deeploco.model import DeepLoco
 from starloc.deeploco.network import DeepLocoConfig
@@ -14,6 +13,7 @@ from starloc.deeploco.stack import localize_stack
 from starloc.errors import InputError
 from starloc.progress import finish
 from starloc.smlm_io import read_thunderstorm_csv
+from tests.conftest import simulated_adu_stack
 
 distributed = pytest.importorskip("distributed")
 
@@ -21,13 +21,9 @@ distributed = pytest.importorskip("distributed")
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cluster")
-    cam = EMCCD.smlm2016()
-    sim = Simulator(Gaussian2DPSF(130.0), camera=cam, frame_shape=(40, 48), n_range=(2, 5))
-    frames, _ = sim.sample(7, torch.Generator().manual_seed(0))
-    adu = cam.to_adu(frames[:, 0]).round().clamp(0, 65535).numpy().astype(np.uint16)
-    tifffile.imwrite(folder / "stack.tif", adu, photometric="minisblack")
+    tifffile.imwrite(folder / "stack.tif", simulated_adu_stack(7, (40, 48), (2, 5)), photometric="minisblack")
     cfg = DeepLocoConfig(frame_size=32, conv_widths=(4, 8, 8), pixel_size=100.0, architecture="fcn")
-    DeepLoco.new(cfg, seed=0, camera=cam).save(folder / "model.pt")
+    DeepLoco.new(cfg, seed=0, camera=EMCCD.smlm2016()).save(folder / "model.pt")
     return folder
 
 

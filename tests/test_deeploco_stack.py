@@ -19,6 +19,7 @@ from starloc.deeploco.stack import (
     plan_tiles,
 )
 from starloc.errors import InputError, StarlocWarning
+from tests.conftest import simulated_adu_stack
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -165,10 +166,7 @@ def test_a_frame_of_the_network_size_gives_exactly_localize(arch):
 
 @pytest.fixture
 def adu_stack():
-    cam = EMCCD.smlm2016()
-    sim = Simulator(Gaussian2DPSF(130.0), camera=cam, frame_shape=(40, 52), n_range=(2, 5))
-    frames, _ = sim.sample(5, torch.Generator().manual_seed(1))
-    return cam.to_adu(frames[:, 0]).round().clamp(0, 65535).numpy().astype(np.uint16)
+    return simulated_adu_stack(5, (40, 52), (2, 5), seed=1)
 
 
 def test_lazy_tiff_reading_gives_the_in_memory_result(tmp_path, adu_stack, monkeypatch):
