@@ -451,7 +451,6 @@ def _localize_on_cluster(args, camera: Any, options: dict[str, Any], total: int)
         from distributed import Client
     except ImportError:
         raise InputError("--scheduler/--workers need dask.distributed: pip install 'napari-starloc[cluster]'") from None
-    from starloc.cli import _device
     from starloc.deeploco.cluster import iter_localize_stack_on_cluster, local_cluster
 
     if args.workers is not None and args.scheduler is not None:
@@ -468,7 +467,7 @@ def _localize_on_cluster(args, camera: Any, options: dict[str, Any], total: int)
         raise InputError(f"cannot reach the dask scheduler {args.scheduler!r}: {exc}") from None
     try:
         gen = iter_localize_stack_on_cluster(args.model, args.stack, client, frames=args.frames,
-                                             frames_per_task=args.frames_per_task, device=_device(args.device),
+                                             frames_per_task=args.frames_per_task, device=args.device,
                                              camera=camera, input_units=args.units, **options)
         return _run_with_bar(gen, total)
     finally:

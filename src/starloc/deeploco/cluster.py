@@ -69,6 +69,8 @@ def _localize_range(model_path: str, stack_path: str, start: int, stop: int, opt
 
     if torch_threads:
         torch.set_num_threads(int(torch_threads))
+    if device == "auto":  # decided by each worker: a cluster may mix GPU and CPU machines
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     model = _worker_model(model_path, os.stat(model_path).st_mtime_ns, device)
     return localize_stack(model, stack_path, frames=slice(start, stop), **options)
 
@@ -87,7 +89,7 @@ def iter_localize_stack_on_cluster(model_path: Any, stack_path: Any, client: Any
         pixel_size, threshold, input_units, tile, ...), checked here, on the stack and the model,
         before any task is sent. frames : slice/range/``(start, stop)`` of 0-based frames
         (default all). frames_per_task : frames per task. device : where each task runs the
-        network. torch_threads : torch threads per task (1 by default: a worker runs as many tasks
+        network (``"auto"``: CUDA on workers that have it). torch_threads : torch threads per task (1 by default: a worker runs as many tasks
         at once as it has threads).
     """
     from .model import DeepLoco
