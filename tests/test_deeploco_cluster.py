@@ -1,5 +1,7 @@
 """DeepLoco past one machine: a stack localized as dask.distributed tasks gives the local table."""
 
+import warnings
+
 import numpy as np
 import pytest
 import tifffile
@@ -10,7 +12,7 @@ from starloc.deeploco.cluster import chunk_ranges, iter_localize_stack_on_cluste
 from starloc.deeploco.model import DeepLoco
 from starloc.deeploco.network import DeepLocoConfig
 from starloc.deeploco.stack import localize_stack
-from starloc.errors import InputError
+from starloc.errors import InputError, StarlocWarning
 from starloc.progress import finish
 from starloc.smlm_io import read_thunderstorm_csv
 from tests.conftest import simulated_adu_stack
@@ -64,6 +66,24 @@ def test_bad_input_is_refused_before_any_task_is_sent(files, client, tmp_path):
     np.save(tmp_path / "rgb.npy", np.zeros((2, 40, 48, 3), np.float32))
     with pytest.raises(InputError):
         iter_localize_stack_on_cluster(files / "model.pt", tmp_path / "rgb.npy", client)
+    bad = tifffile.imread(files / "stack.tif").astype(np.float32)
+    bad[0, 3, 4] = np.nan
+    tifffile.imwrite(tmp_path / "nan.tif", bad)
+    with pytest.raises(InputError, match="NaN"):
+        iter_localize_stack_on_cluster(files / "model.pt", tmp_path / "nan.tif", client)
+
+
+def test_warnings_reach_the_client_not_only_a_worker_log(files, client):
+    model = DeepLoco.load(files / "model.pt")
+    model.metadata = {"training": {"simulator": {"background_range": [20.0, 200.0]}}}
+    model.save(files / "trained.pt")
+    # an ADU stack read as photons: a background of thousands of "photons"/px
+    with pytest.warns(StarlocWarning, match="outside the model's training range"):
+        gen = iter_localize_stack_on_cluster(files / "trained.pt", files / "stack.tif", client, input_units="photons",
+                                             threshold=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StarlocWarning)  # the workers of this in-process cluster warn too
+        assert {"frame", "x", "y", "confidence"} <= set(finish(gen))
 
 
 def test_cli_workers_option_writes_the_local_result(files, tmp_path, capsys):

@@ -21,12 +21,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .stack import StackProgress, Table, iter_localize_stack, open_stack, select_frames
+from .stack import StackProgress, Table, localize_stack, open_stack, select_frames
 
 __all__ = ["chunk_ranges", "iter_localize_stack_on_cluster", "local_cluster"]
 
 #: frames per task when not given: enough work per task to hide the scheduling overhead
 DEFAULT_TASK_FRAMES = 1000
+#: frames localized locally before any task is sent, to check the input
+PREVIEW_FRAMES = 8
 
 
 def local_cluster(n_workers: int) -> Any:
@@ -65,8 +67,6 @@ def _localize_range(model_path: str, stack_path: str, start: int, stop: int, opt
     """One task, run on a worker: frames ``start:stop`` of the stack (source frame numbers)."""
     import torch
 
-    from .stack import localize_stack
-
     if torch_threads:
         torch.set_num_threads(int(torch_threads))
     if device == "auto":  # decided by each worker: a cluster may mix GPU and CPU machines
@@ -86,7 +86,8 @@ def iter_localize_stack_on_cluster(model_path: Any, stack_path: Any, client: Any
     tasks not yet finished.
 
     options : keyword arguments of :func:`~starloc.deeploco.stack.iter_localize_stack` (camera,
-        pixel_size, threshold, input_units, tile, ...), checked here, on the stack and the model,
+        pixel_size, threshold, input_units, tile, ...). The first ``PREVIEW_FRAMES`` frames are
+        localized here first, so that bad input fails, and warnings are raised, in this process
         before any task is sent. frames : slice/range/``(start, stop)`` of 0-based frames
         (default all). frames_per_task : frames per task. device : where each task runs the
         network (``"auto"``: CUDA on workers that have it). torch_threads : torch threads per task (1 by default: a worker runs as many tasks
@@ -96,8 +97,11 @@ def iter_localize_stack_on_cluster(model_path: Any, stack_path: Any, client: Any
 
     model = DeepLoco.load(model_path)
     with open_stack(stack_path) as src:
-        iter_localize_stack(model, src, frames=frames, **options).close()  # the checks of a local run
         selected = select_frames(frames, src.n_frames, src.name)
+        # a local run on the first frames: the checks of a local run (options, pixels, camera
+        # baseline) fail here, and its warnings (background) reach this process, not a worker log
+        localize_stack(model, src, frames=slice(selected.start, min(selected.stop, selected.start + PREVIEW_FRAMES)),
+                       **options)
     ranges = chunk_ranges(selected, int(frames_per_task))
     paths = os.path.abspath(model_path), os.path.abspath(stack_path)  # workers may have another cwd
     futures = {client.submit(_localize_range, *paths, a, b, options, device, torch_threads, pure=False): b - a
