@@ -464,7 +464,10 @@ def _localize_on_cluster(args, camera: Any, options: dict[str, Any], total: int)
             cluster = local_cluster(args.workers)
             client = Client(cluster)
     except OSError as exc:
-        raise InputError(f"cannot reach the dask scheduler {args.scheduler!r}: {exc}") from None
+        if cluster is not None:
+            cluster.close()
+        where = f"reach the dask scheduler {args.scheduler!r}" if args.scheduler else "start a local dask cluster"
+        raise InputError(f"cannot {where}: {exc}") from None
     try:
         gen = iter_localize_stack_on_cluster(args.model, args.stack, client, frames=args.frames,
                                              frames_per_task=args.frames_per_task, device=args.device,
