@@ -455,7 +455,6 @@ def _localize_on_cluster(args, camera: Any, options: dict[str, Any], total: int)
 
     if args.workers is not None and args.scheduler is not None:
         raise InputError("give either --scheduler (an existing cluster) or --workers (a local one), not both")
-    options = {k: v for k, v in options.items() if k != "frames"}
     cluster = None
     try:
         if args.scheduler is not None:
@@ -492,18 +491,18 @@ def cmd_deeploco_localize(args) -> int:
     _check_out_dir(out)
     model = DeepLoco.load(args.model, device=_device(args.device))
     camera = build_camera(args.camera, _camera_overrides(args), base=model.camera)
-    options = {"pixel_size": args.pixel_size, "frames": args.frames, "batch_size": args.batch_size,
-               "threshold": args.threshold, "tile": args.tile, "overlap": args.overlap,
-               "chunk_frames": args.chunk_frames}
+    options = {"pixel_size": args.pixel_size, "batch_size": args.batch_size, "threshold": args.threshold,
+               "tile": args.tile, "overlap": args.overlap, "chunk_frames": args.chunk_frames}
     options = {k: v for k, v in options.items() if v is not None}
+    on_cluster = args.scheduler is not None or args.workers is not None
     with open_stack(args.stack) as src:
         frames = args.frames or slice(None)
         total = len(range(*frames.indices(src.n_frames)))
         T, (H, W) = src.n_frames, src.frame_shape
-        if args.scheduler is None and args.workers is None:
-            table = _run_with_bar(iter_localize_stack(model, src, camera=camera, input_units=args.units, **options),
-                                  total)
-    if args.scheduler is not None or args.workers is not None:
+        if not on_cluster:
+            table = _run_with_bar(iter_localize_stack(model, src, camera=camera, input_units=args.units,
+                                                      frames=args.frames, **options), total)
+    if on_cluster:
         table = _localize_on_cluster(args, camera, options, total)
     n = len(table["frame"])
     if fmt == "picasso":

@@ -27,6 +27,7 @@ import torch
 
 from ..smlm_metrics import match_localizations
 from .network import CELL
+from .postprocess import concat_tables
 from .simulate import truth_table
 from .subpixel import SubpixelCorrection, fit_correction, nearest_neighbour_distance
 
@@ -75,8 +76,7 @@ def simulated_localizations(model: Any, simulator: Any, frames: int, seed: int, 
         frame, xyz = truth_table(truth, dim)
         true_frame.append(frame + start)
         true_pos.append(xyz)
-    table = {k: np.concatenate([t[k] for t in found]) for k in found[0]}
-    return table, np.concatenate(true_frame), np.concatenate(true_pos)
+    return concat_tables(found), np.concatenate(true_frame), np.concatenate(true_pos)
 
 
 def _positions(table: dict[str, np.ndarray], dim: int) -> np.ndarray:

@@ -18,9 +18,8 @@ from collections.abc import Generator
 from functools import lru_cache
 from typing import Any
 
-import numpy as np
-
 from ..errors import InputError
+from .postprocess import concat_tables, sorted_by_frame
 from .stack import StackProgress, Table, localize_stack, open_stack, select_frames
 
 __all__ = ["chunk_ranges", "iter_localize_stack_on_cluster", "local_cluster"]
@@ -90,8 +89,8 @@ def iter_localize_stack_on_cluster(model_path: Any, stack_path: Any, client: Any
         localized here first, so that bad input fails, and warnings are raised, in this process
         before any task is sent. frames : slice/range/``(start, stop)`` of 0-based frames
         (default all). frames_per_task : frames per task. device : where each task runs the
-        network (``"auto"``: CUDA on workers that have it). torch_threads : torch threads per task (1 by default: a worker runs as many tasks
-        at once as it has threads).
+        network (``"auto"``: CUDA on workers that have it). torch_threads : torch threads per
+        task (1 by default: a worker runs as many tasks at once as it has threads).
     """
     from .model import DeepLoco
 
@@ -125,6 +124,4 @@ def _collect(futures: dict, total: int) -> Generator[StackProgress, None, Table]
     finally:
         for future in futures:
             future.cancel()
-    table = {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}
-    order = np.lexsort((table["x"], table["frame"]))
-    return {k: v[order] for k, v in table.items()}
+    return sorted_by_frame(concat_tables(tables))

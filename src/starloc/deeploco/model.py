@@ -19,7 +19,7 @@ from ..errors import InputError, ModelFileError
 from ..io import load_model_file, save_model_file
 from .camera import Camera
 from .network import DeepLocoConfig, build_network
-from .postprocess import empty_table, postprocess
+from .postprocess import concat_tables, empty_table, postprocess
 from .psf import AstigmaticPSF, EmpiricalPSF, Gaussian2DPSF, PSFModel
 from .subpixel import SubpixelCorrection
 
@@ -130,7 +130,7 @@ class DeepLoco:
             tables.append(postprocess(pos, w, link_distance=link, threshold=thr, frame_offset=start))
         if not tables:
             return empty_table(self.config.dim)
-        table = {k: np.concatenate([tb[k] for tb in tables]) for k in tables[0]}
+        table = concat_tables(tables)
         return self.subpixel.apply(table) if correct and self.subpixel is not None else table
 
     # ------------------------------------------------------------------ files

@@ -22,7 +22,7 @@ from scipy.spatial import cKDTree
 
 from ..errors import InputError
 
-__all__ = ["postprocess", "empty_table", "frame_separated", "COLUMNS"]
+__all__ = ["postprocess", "empty_table", "concat_tables", "sorted_by_frame", "frame_separated", "COLUMNS"]
 
 COLUMNS = ("x", "y", "z")
 
@@ -33,6 +33,17 @@ def empty_table(dim: int) -> dict[str, np.ndarray]:
         table[name] = np.zeros(0, dtype=np.float64)
     table["confidence"] = np.zeros(0, dtype=np.float64)
     return table
+
+
+def concat_tables(tables: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One table from a non-empty list of tables with the same columns, rows in list order."""
+    return {key: np.concatenate([t[key] for t in tables]) for key in tables[0]}
+
+
+def sorted_by_frame(table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The table's rows ordered by frame, then x: the order of every table starloc returns."""
+    order = np.lexsort((table["x"], table["frame"]))
+    return {key: v[order] for key, v in table.items()}
 
 
 def frame_separated(points: np.ndarray, frame: np.ndarray, reach: float) -> np.ndarray:

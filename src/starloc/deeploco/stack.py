@@ -52,7 +52,7 @@ from ..io import read_image
 from ..progress import finish
 from .camera import Camera
 from .network import CELL
-from .postprocess import empty_table, postprocess
+from .postprocess import concat_tables, empty_table, postprocess, sorted_by_frame
 
 __all__ = [
     "FrameSource",
@@ -560,14 +560,13 @@ def _localize_chunk(model: Any, forward: Any, frames: np.ndarray, plan: TilePlan
         part_tiles.append((f * n_tiles + k)[mine])
     if not parts:
         return empty_table(dim)
-    table = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    table = concat_tables(parts)
     tile_id = np.concatenate(part_tiles)
     if n_tiles > 1:
         extent = max(plan.padded_shape) * ps
         keep = _merge_across_seams(table, tile_id, merge_distance, extent)
         table = {key: v[keep] for key, v in table.items()}
-    order = np.lexsort((table["x"], table["frame"]))
-    return {key: v[order] for key, v in table.items()}
+    return sorted_by_frame(table)
 
 
 def iter_localize_stack(
@@ -667,7 +666,7 @@ def _run(model: Any, src: FrameSource, owned: bool, cam: Camera | None, selected
     finally:
         if owned:
             src.close()
-    return {key: np.concatenate([t[key] for t in tables]) for key in tables[0]}
+    return concat_tables(tables)
 
 
 def localize_stack(model: Any, source: Any, *, progress: Callable[[StackProgress], None] | None = None,

@@ -34,7 +34,7 @@ from .calibration import calibrate
 from .loss import DEFAULT_SIGMAS, cell_loss, kernel_loss
 from .model import DeepLoco
 from .network import CELL, DeepLocoConfig
-from .postprocess import postprocess
+from .postprocess import concat_tables, postprocess
 from .simulate import Simulator
 
 __all__ = ["DeepLocoTrainConfig", "Progress", "Trainer", "train", "truth_positions", "validation_metrics"]
@@ -268,7 +268,7 @@ class Trainer:
                                       reduction="none"))
             tables.append(postprocess(pos, w, c.link_distance, c.threshold, c.z_scale, frame_offset=start))
         net.train(was_training)
-        table = {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}
+        table = concat_tables(tables)
         out = validation_metrics(table, truth, c.tolerance, c.axial_tolerance)
         out["loss"] = float(torch.cat(losses).mean())
         return out
