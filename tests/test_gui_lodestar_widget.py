@@ -28,6 +28,7 @@ from starloc.gui.lodestar_source import (  # noqa: E402
     rectangles_in_image,
 )
 from starloc.lodestar.detection import Detections  # noqa: E402
+from starloc.errors import InputError  # noqa: E402
 from starloc.io import read_points_csv  # noqa: E402
 from starloc.lodestar.training import TrainConfig, train  # noqa: E402
 from starloc.progress import finish  # noqa: E402
@@ -261,6 +262,20 @@ def test_rectangles_map_between_layers_with_different_transforms():
     shapes.add_rectangles(np.array([[0.0, 0.0], [10.0, 10.0]]))
     assert rectangles_in_image(shapes, image, use_all=False) == [(-6, 2, 21, 6)]
     assert rectangles_in_image(shapes, image, use_all=True)[0] == (10, 5, 20, 20)
+
+
+def test_downsampling_sets_the_smallest_crop_and_reaches_the_training_config(make_napari_viewer, qtbot, scene):
+    image, truth = scene
+    viewer, widget = _widget(make_napari_viewer, steps=20)
+    viewer.add_image(image, name="scene", scale=SCALE, translate=TRANSLATE)
+    _draw(widget, truth[0])
+    assert widget.crops()[1][0].shape[-2:] == (CROP, CROP)
+    widget.downsample_spin.setValue(2)
+    assert widget.train_config().downsample == 2
+    assert widget.crop_size_spin.minimum() == 2 * TINY.receptive_field
+    assert widget.rf_label.text().startswith(f"{2 * TINY.receptive_field} px")
+    with pytest.raises(InputError, match="smaller than the minimum"):
+        widget.crops()
 
 
 def test_point_and_size_crop_matches_the_rectangle_and_trains(make_napari_viewer, qtbot, messages, scene):

@@ -43,10 +43,12 @@ def cmd_lodestar_train(args) -> int:
     from starloc.lodestar.training import TrainConfig, train
 
     image = read_image(args.image)
-    crops = extract_crops(image, args.crop, frame=args.frame, min_size=NetworkConfig().receptive_field,
+    crops = extract_crops(image, args.crop, frame=args.frame,
+                          min_size=NetworkConfig().receptive_field * args.downsample,
                           rgb=args.rgb, channel_axis=args.channel_axis)
     config = TrainConfig(max_steps=args.steps, min_steps=min(args.steps, TrainConfig.min_steps), seed=args.seed,
-                         device=_device(args.device), network=NetworkConfig(in_channels=crops[0].shape[0]))
+                         device=_device(args.device), downsample=args.downsample,
+                         network=NetworkConfig(in_channels=crops[0].shape[0]))
     gen = train(crops, config)
     with _progress_bar(config.max_steps, "training", "step") as bar:
         while True:
@@ -117,6 +119,9 @@ def _add_common_image_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from starloc.cli_deeploco import _positive
+    from starloc.cli_deeploco import add_commands as add_deeploco_commands
+
     parser = argparse.ArgumentParser(prog="starloc", description=__doc__.splitlines()[0] + " "
                                      "LodeSTAR (self-supervised tracking from one crop) and DeepLoco.")
     parser.add_argument("--version", action="version", version=f"starloc {__version__}")
@@ -136,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=3000,
                    help="maximum training steps (training stops earlier on a loss plateau)")
     t.add_argument("--seed", type=int, default=0, help="random seed (same seed, same model)")
+    t.add_argument("--downsample", type=_positive(int), default=1, metavar="D",
+                   help="look at the image in blocks of DxD pixels (their mean), in training and in "
+                        "'detect': for objects larger than the network's receptive field (26 px), "
+                        "choose D so that one spans < ~20 px (default 1)")
     _add_common_image_options(t)
     t.add_argument("-o", "--output", type=Path, required=True, help="model file to write")
     t.set_defaults(func=cmd_lodestar_train)
@@ -158,8 +167,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_image_options(d)
     d.add_argument("-o", "--output", type=Path, required=True, help="CSV file to write")
     d.set_defaults(func=cmd_lodestar_detect)
-
-    from starloc.cli_deeploco import add_commands as add_deeploco_commands
 
     add_deeploco_commands(sub)
 

@@ -92,8 +92,9 @@ def weight_image(maps: Maps) -> np.ndarray:
 def describe_training(model: LodeSTAR, n_crops: int) -> str:
     """One line on how a freshly trained model was made (from its training metadata)."""
     t = model.metadata.get("training", {})
+    scale = f", downsampled ×{model.downsample}" if model.downsample != 1 else ""
     return (
-        f"trained on {n_crops} crop(s), {t.get('steps_done', '?')} steps, "
+        f"trained on {n_crops} crop(s){scale}, {t.get('steps_done', '?')} steps, "
         f"{t.get('seconds', 0):.1f} s, consistency {t.get('final_consistency', float('nan')):.3f} px"
     )
 

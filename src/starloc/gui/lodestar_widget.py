@@ -249,6 +249,13 @@ class LodeSTARWidget(QWidget):
         adv.addRow("Noise factor", self.noise_spin)
         self.translate_spin = self._float_spin(0.0, 10.0, TrainConfig.translate, 2, 0.5)
         adv.addRow("Translation (px)", self.translate_spin)
+        self.downsample_spin = self._int_spin(
+            1, 32, TrainConfig.downsample,
+            "Look at the image in blocks of D×D pixels (their mean), in training and detection. "
+            "For objects larger than the receptive field: choose D so that one spans < ~20 px",
+        )
+        self.downsample_spin.valueChanged.connect(self._update_rf_label)
+        adv.addRow("Downsample", self.downsample_spin)
         self.rf_label = QLabel()
         adv.addRow("Receptive field", self.rf_label)
         adv_outer.addWidget(self._advanced_content)
@@ -338,16 +345,21 @@ class LodeSTARWidget(QWidget):
         spin.setValue(value)
         return spin
 
-    def _update_rf_label(self) -> None:
-        rf = self.network_config.receptive_field
+    @property
+    def min_crop_size(self) -> int:
+        """Smallest crop side (image px): the receptive field, downsampling included."""
+        return self.network_config.receptive_field * self.downsample_spin.value()
+
+    def _update_rf_label(self, *_) -> None:
+        rf = self.min_crop_size
         self.rf_label.setText(f"{rf} px (smallest crop)")
         self.crop_size_spin.setMinimum(rf)
+        self._schedule_preview()
 
     def set_network_config(self, config: NetworkConfig) -> None:
         """Architecture of the next trained model (e.g. deeper for objects > 20 px)."""
         self.network_config = config
         self._update_rf_label()
-        self._schedule_preview()
 
     # ------------------------------------------------------------------ parameters
     def train_config(self) -> TrainConfig:
@@ -362,6 +374,7 @@ class LodeSTARWidget(QWidget):
             translate=self.translate_spin.value(),
             seed=self.seed_spin.value(),
             device=self.device,
+            downsample=self.downsample_spin.value(),
             network=self.network_config,
         )
 
@@ -523,7 +536,7 @@ class LodeSTARWidget(QWidget):
         layer, src = self._require_source()
         boxes = self.crop_boxes(layer)
         frame = self._frame_of(layer)
-        crops = extract_crops(src.data, boxes, frame=frame, min_size=self.network_config.receptive_field, rgb=src.rgb)
+        crops = extract_crops(src.data, boxes, frame=frame, min_size=self.min_crop_size, rgb=src.rgb)
         return boxes, crops, frame, src
 
     def _schedule_preview(self, *_) -> None:
@@ -539,7 +552,7 @@ class LodeSTARWidget(QWidget):
         sizes = ", ".join(f"{h}×{w}" for _, _, h, w in rects)
         where = f" (frame {frame})" if src.is_timelapse else ""
         self.crop_info.setText(
-            f"{len(crops)} crop(s): {sizes} px{where}; minimum {self.network_config.receptive_field} px"
+            f"{len(crops)} crop(s): {sizes} px{where}; minimum {self.min_crop_size} px"
         )
         pixels = to_uint8(crops[-1])
         h, w = pixels.shape
@@ -830,7 +843,8 @@ class LodeSTARWidget(QWidget):
             show_error(f"LodeSTAR: cannot read {str(path)!r}: {exc}")
             return False
         self.model = model
-        self.model_origin = f"loaded from {Path(path).name}"
+        scale = f", downsampled ×{model.downsample}" if model.downsample != 1 else ""
+        self.model_origin = f"loaded from {Path(path).name}{scale}"
         self.model_info.setText(f"Model: {self.model_origin}")
         self._maps, self._maps_key = None, None
         if self.image_layer() is not None:

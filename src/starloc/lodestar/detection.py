@@ -1,6 +1,9 @@
 """From LodeSTAR maps to positions: single-object pooling and multi-object detection.
 
 All positions are (row, col) in input pixels, pixel centres at integers; frames 0-based.
+Lengths in pixels (radii, distances) are pixels of what the network saw: for a model that
+downsamples its input by ``d``, one such pixel is ``d`` image pixels, so the defaults keep
+their meaning relative to the objects at every scale.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from starloc.lodestar.model import Maps
+from starloc.lodestar.model import Maps, to_image_coordinates
 
 CUTOFF_MODES = ("quantile", "ratio", "absolute")
 
@@ -28,6 +31,8 @@ def pool_single(maps: Maps, radius: float = 2.0, iterations: int = 3) -> np.ndar
 
     Returns ``(T, K)`` properties (columns 0, 1 = row, col, in pixels).
     """
+    factor = maps.downsample
+    maps = maps.network_view()
     t, k, h, w = maps.positions.shape
     P = maps.positions.reshape(t, k, -1).astype(np.float64)
     wt = maps.weights.reshape(t, -1).astype(np.float64)
@@ -38,7 +43,8 @@ def pool_single(maps: Maps, radius: float = 2.0, iterations: int = 3) -> np.ndar
         ww = wt * near
         total = ww.sum(axis=1, keepdims=True)
         est = np.where(total > 0, (P[:, :2] * ww[:, None]).sum(-1) / np.maximum(total, 1e-300), est)
-    return np.concatenate([est, (P[:, 2:] * ww[:, None]).sum(-1) / np.maximum(total, 1e-300)], axis=1)
+    rest = (P[:, 2:] * ww[:, None]).sum(-1) / np.maximum(total, 1e-300)
+    return np.concatenate([to_image_coordinates(est, factor), rest], axis=1)
 
 
 def pool_single_symmetries(maps: Maps) -> np.ndarray:
@@ -48,7 +54,7 @@ def pool_single_symmetries(maps: Maps) -> np.ndarray:
     Pooling each symmetry on its own and taking the median is more robust at low SNR than
     pooling the averaged maps, where clusters of different symmetries blur together.
     """
-    each = [pool_single(Maps(p, w, maps.stride, maps.image_shape, maps.receptive_field))
+    each = [pool_single(Maps(p, w, maps.stride, maps.image_shape, maps.receptive_field, maps.downsample))
             for p, w in zip(maps.positions, maps.weights)]
     return np.median(np.stack(each), axis=0)
 
@@ -94,7 +100,8 @@ def score_map(maps: Maps, alpha: float, beta: float | None = None) -> np.ndarray
 
     ``beta`` defaults to ``1 - alpha`` (as in the paper).
     """
-    return _score(maps.weights, clustering_map(maps.positions[:, :2]), alpha, beta)
+    net = maps.network_view()
+    return _score(net.weights, clustering_map(net.positions[:, :2]), alpha, beta)
 
 
 def _score(weights: np.ndarray, consistency: np.ndarray, alpha: float, beta: float | None) -> np.ndarray:
@@ -129,10 +136,10 @@ class DetectParams:
         256x256 scene cover, and dropped up to 14 of ~380 objects in 10 such scenes (sphere,
         SNR 10) where 0.98 dropped none and added no false positive in sparse or SNR-5 scenes.
     min_weight: peaks whose weight is below this are ignored (empty background).
-    radius: half-size in input pixels of the neighbourhood used for peak finding and for
-        refinement; predictions farther than ``cluster_radius`` px from a detection do not
-        take part in its refinement.
-    crowded_distance: a detection with another one closer than this (input px) is crowded:
+    radius: half-size in pixels (of the network's input, see the module docstring) of the
+        neighbourhood used for peak finding and for refinement; predictions farther than
+        ``cluster_radius`` px from a detection do not take part in its refinement.
+    crowded_distance: a detection with another one closer than this (px) is crowded:
         some of its pixels see the neighbour too, and their predictions are pulled towards
         it. Its refinement down-weights predictions that are less self-consistent than the
         cluster's median (see :func:`_refine`). None: the network's receptive field
@@ -168,8 +175,11 @@ def detect(maps: Maps, params: DetectParams = DetectParams()) -> Detections:
     Peaks of the score map above the threshold, each refined as the weighted mean of the
     predictions that cluster around it (not the raw peak pixel), then duplicates merged.
     Features: ``score`` (score at the peak), ``weight`` (summed weight of the cluster),
-    ``consistency`` (weighted variance of the cluster's predictions, px^2; small = sure).
+    ``consistency`` (weighted variance of the cluster's predictions, px^2 of the network's
+    input; small = sure).
     """
+    factor = maps.downsample
+    maps = maps.network_view()
     consistency = clustering_map(maps.positions[:, :2])
     scores = _score(maps.weights, consistency, params.alpha, params.beta)
     crowded_distance = maps.receptive_field if params.crowded_distance is None else params.crowded_distance
@@ -178,6 +188,7 @@ def detect(maps: Maps, params: DetectParams = DetectParams()) -> Detections:
            for t in range(len(scores))]
     frames = np.concatenate([np.full(len(d[0]), t, dtype=np.int64) for t, d in enumerate(out)])
     positions = np.concatenate([d[0] for d in out]) if out else np.zeros((0, 2))
+    positions[:, :2] = to_image_coordinates(positions[:, :2], factor)
     names = ("score", "weight", "consistency")
     features = {n: np.concatenate([d[1][n] for d in out]) if out else np.zeros(0) for n in names}
     return Detections(frames, positions, features)

@@ -98,7 +98,7 @@ def iter_single(
     """One object per frame (see :func:`single_object`); returns one detection per frame.
 
     Features: ``weight`` (mean of the weight map) and ``consistency`` (weighted variance of
-    the per-pixel predictions around the pooled one, px^2).
+    the per-pixel predictions around the pooled one, px^2 of the network's input).
     """
     total = frames_shape(image, rgb=rgb, channel_axis=channel_axis)[0]
     pos, weight, spread = [], [], []
@@ -109,7 +109,7 @@ def iter_single(
         dev = ((maps.positions[:, :2] - p[:, :2, None, None]) ** 2).sum(1, keepdims=True)
         pos.append(p)
         weight.append(maps.weights.mean(axis=(1, 2)))
-        spread.append(((dev * w).sum((1, 2, 3)) / np.maximum(w.sum((1, 2, 3)), 1e-12)))
+        spread.append(((dev * w).sum((1, 2, 3)) / np.maximum(w.sum((1, 2, 3)), 1e-12)) / maps.downsample**2)
         yield start + len(frames), total
     positions = np.concatenate(pos)
     return Detections(np.arange(len(positions)), positions,

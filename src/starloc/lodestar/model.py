@@ -1,6 +1,12 @@
 """A trained LodeSTAR model: network + input normalization + metadata, and its maps.
 
 Coordinates: (row, col) in input pixels, pixel centres at integers, frames 0-based.
+
+A model may look at its images downsampled by an integer factor ``d`` (the mean of d x d
+pixel blocks, as camera binning): the paper tunes the scale of what LodeSTAR tracks this way
+(a cell larger than the receptive field is found as a whole once downsampled). Training sees
+downsampled crops, inference downsampled frames; the maps and every position handed back are
+in the pixels of the user's image.
 """
 
 from __future__ import annotations
@@ -9,8 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from starloc.errors import ModelFileError
+from starloc.errors import InputError, ModelFileError
 from starloc.io import load_model_file, save_model_file
 from starloc.lodestar.dihedral import dihedral_maps
 from starloc.lodestar.network import LodeSTARNet, NetworkConfig, decode
@@ -21,6 +28,35 @@ NORMALIZATIONS = ("robust",)
 
 
 BACKGROUND_QUANTILE = 0.75
+
+
+def check_downsample(factor) -> int:
+    """The downsampling factor as an int >= 1, or InputError naming the bad value."""
+    if isinstance(factor, bool) or not float(factor).is_integer() or int(factor) < 1:
+        raise InputError(f"downsample must be a whole number >= 1, got {factor!r}")
+    return int(factor)
+
+
+def downsample_frames(frames: torch.Tensor, factor: int) -> torch.Tensor:
+    """Means of ``factor x factor`` pixel blocks of ``(N, C, H, W)`` frames; the last
+    ``H % factor`` rows and ``W % factor`` columns, which fill no whole block, are dropped.
+    Downsampled pixel ``b`` is centred at input pixel ``factor * b + (factor - 1) / 2``."""
+    if factor == 1:
+        return frames
+    if min(frames.shape[-2:]) < 2 * factor:
+        raise InputError(f"an image of {tuple(frames.shape[-2:])} px is too small for downsampling "
+                         f"by {factor}: it needs at least {2 * factor} px per side")
+    return F.avg_pool2d(frames, factor)
+
+
+def to_image_coordinates(rowcol: np.ndarray, factor: int) -> np.ndarray:
+    """(row, col) in downsampled pixels -> input pixels (see :func:`downsample_frames`)."""
+    return rowcol * factor + (factor - 1) / 2 if factor != 1 else rowcol
+
+
+def to_network_coordinates(rowcol: np.ndarray, factor: int) -> np.ndarray:
+    """Inverse of :func:`to_image_coordinates`."""
+    return (rowcol - (factor - 1) / 2) / factor if factor != 1 else rowcol
 
 
 def normalize(frames: torch.Tensor, method: str = "robust") -> torch.Tensor:
@@ -58,6 +94,7 @@ class Maps:
         ``(i*stride + (stride-1)/2, j*stride + (stride-1)/2)``.
     image_shape : (H, W) of the input frames.
     receptive_field : input pixels one output pixel sees (None: unknown).
+    downsample : the model's downsampling factor (stride and receptive field include it).
     """
 
     positions: np.ndarray
@@ -65,11 +102,25 @@ class Maps:
     stride: int
     image_shape: tuple[int, int]
     receptive_field: int | None = None
+    downsample: int = 1
 
     def averaged(self) -> Maps:
         """Mean over a leading axis (e.g. the 8 grid symmetries of :meth:`LodeSTAR.symmetry_maps`)."""
         return Maps(self.positions.mean(0), self.weights.mean(0), self.stride, self.image_shape,
-                    self.receptive_field)
+                    self.receptive_field, self.downsample)
+
+    def network_view(self) -> Maps:
+        """The same maps in the pixels the network saw (the downsampled image), where the
+        detection settings in pixels were chosen; ``self`` when there is no downsampling."""
+        d = self.downsample
+        if d == 1:
+            return self
+        positions = self.positions.copy()
+        rowcol = np.moveaxis(positions[..., :2, :, :], -3, -1)
+        positions[..., :2, :, :] = np.moveaxis(to_network_coordinates(rowcol, d), -1, -3)
+        rf = None if self.receptive_field is None else self.receptive_field // d
+        return Maps(positions, self.weights, self.stride // d, (self.image_shape[0] // d, self.image_shape[1] // d),
+                    rf, 1)
 
 
 @dataclass
@@ -79,6 +130,7 @@ class LodeSTAR:
     net: LodeSTARNet
     normalization: str = "robust"
     metadata: dict = field(default_factory=dict)
+    downsample: int = 1
 
     @classmethod
     def new(cls, config: NetworkConfig = NetworkConfig(), seed: int = 0, **kw) -> LodeSTAR:
@@ -107,10 +159,16 @@ class LodeSTAR:
         """``(P, rho)`` of :func:`decode` for frames already passed through :func:`normalize`."""
         return decode(self.net(frames), self.config.stride, origin)
 
+    @property
+    def receptive_field(self) -> int:
+        """Input pixels of the user's image one output pixel sees (downsampling included)."""
+        return self.config.receptive_field * self.downsample
+
     @torch.inference_mode()
     def maps(self, frames: np.ndarray | torch.Tensor, batch_size: int = 16, tile: int = 1024,
              augment: bool = False) -> Maps:
-        """Property and weight maps for ``(T, C, H, W)`` frames of any size (H, W >= 2).
+        """Property and weight maps for ``(T, C, H, W)`` frames of any size (H, W >= 2, or twice
+        the downsampling factor), in the frames' pixels.
 
         Frames are normalized whole, then frames larger than ``tile`` pixels along an axis
         go through the network in overlapping tiles, so memory stays bounded; the result
@@ -127,16 +185,20 @@ class LodeSTAR:
     @torch.inference_mode()
     def _maps(self, frames, batch_size: int, tile: int, symmetries: bool) -> Maps:
         frames = torch.from_numpy(np.require(frames, np.float32, ["C", "W"]))
+        d = self.downsample
         self.net.eval()
         generator = torch.Generator().manual_seed(0)  # on the CPU: the same margins on every device
         pos, wts = [], []
         for start in range(0, frames.shape[0], batch_size):
-            batch = normalize(frames[start : start + batch_size].to(self.device), self.normalization)
-            P, rho = self._forward_padded(batch, tile, generator, symmetries)
-            pos.append(P.float().cpu().numpy())
+            batch = downsample_frames(frames[start : start + batch_size].to(self.device), d)
+            P, rho = self._forward_padded(normalize(batch, self.normalization), tile, generator, symmetries)
+            P = P.float().cpu().numpy()
+            if d != 1:
+                P[:, :, :2] = np.moveaxis(to_image_coordinates(np.moveaxis(P[:, :, :2], 2, -1), d), -1, 2)
+            pos.append(P)
             wts.append(torch.sigmoid(rho).float().cpu().numpy())
-        return Maps(np.concatenate(pos, axis=1), np.concatenate(wts, axis=1), self.config.stride,
-                    tuple(frames.shape[-2:]), self.config.receptive_field)
+        return Maps(np.concatenate(pos, axis=1), np.concatenate(wts, axis=1), self.config.stride * d,
+                    tuple(frames.shape[-2:]), self.receptive_field, d)
 
     def _forward_padded(self, x: torch.Tensor, tile: int, generator: torch.Generator, symmetries: bool):
         """:meth:`_forward_tiled` on frames extended by background noise around their border.
@@ -190,7 +252,8 @@ class LodeSTAR:
 
     def save(self, path) -> None:
         """Write the model as one self-describing file (atomic; see :mod:`starloc.io`)."""
-        config = {"network": self.config.to_dict(), "normalization": self.normalization}
+        config = {"network": self.config.to_dict(), "normalization": self.normalization,
+                  "downsample": self.downsample}
         save_model_file(path, MODEL_KIND, config, self.net.state_dict(), self.metadata)
 
     @classmethod
@@ -200,7 +263,7 @@ class LodeSTAR:
         try:
             config = NetworkConfig.from_dict(obj["config"]["network"])
             model = cls(net=LodeSTARNet(config), normalization=obj["config"]["normalization"],
-                        metadata=obj["metadata"])
+                        metadata=obj["metadata"], downsample=check_downsample(obj["config"].get("downsample", 1)))
             model.net.load_state_dict(obj["state_dict"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ModelFileError(f"{str(path)!r}: damaged LodeSTAR model ({exc})") from None

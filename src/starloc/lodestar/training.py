@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from starloc.lodestar.model import LodeSTAR, normalize
+from starloc.errors import InputError
+from starloc.lodestar.model import LodeSTAR, check_downsample, downsample_frames, normalize
 from starloc.lodestar.network import NetworkConfig
 from starloc.lodestar.transforms import Compose, Geometric, Noise
 
@@ -50,6 +51,10 @@ class TrainConfig:
     gain: the normalized copies are multiplied by a log-uniform factor in ``[1, gain]``, so
     brighter objects than the crop's stay in distribution (without it a model trained at
     SNR 10 erred by 0.5-2 px at SNR 20-30; with it 0.03 px).
+    downsample: the model sees crops and images downsampled by this factor (means of
+    blocks of d x d pixels; see :mod:`starloc.lodestar.model`). For objects larger than the
+    network's receptive field (26 px by default): choose d so that an object spans less
+    than ~20 px once downsampled. ``translate`` is in downsampled pixels.
     """
 
     max_steps: int = 3000
@@ -69,6 +74,7 @@ class TrainConfig:
     dropout: float = 0.01
     seed: int = 0
     device: str = "cpu"
+    downsample: int = 1
     network: NetworkConfig = field(default_factory=NetworkConfig)
 
     def to_dict(self) -> dict:
@@ -147,11 +153,15 @@ def train(
     crops, config and seed give the same model on the same device.
     """
     device = torch.device(config.device)
+    factor = check_downsample(config.downsample)
     if model is None:
-        model = LodeSTAR.new(config.network, seed=config.seed)
+        model = LodeSTAR.new(config.network, seed=config.seed, downsample=factor)
+    elif model.downsample != factor:
+        raise InputError(f"the model downsamples by {model.downsample}, the training config by {factor}")
     model.to(device)
     tensors = _as_crop_tensors(crops, model.config.in_channels)
-    groups = _group_by_shape([normalize(t[None].to(device), model.normalization)[0] for t in tensors])
+    seen = [downsample_frames(t[None].to(device), factor) for t in tensors]
+    groups = _group_by_shape([normalize(t, model.normalization)[0] for t in seen])
     transform = augmentation(config)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     optimizer = torch.optim.Adam(model.net.parameters(), lr=config.lr)

@@ -1,0 +1,138 @@
+"""LodeSTAR on downsampled images: exact coordinates, large objects, model files, CLI."""
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from starloc.cli import main
+from starloc.errors import InputError, ModelFileError
+from starloc.io import load_model_file, read_points_csv, save_model_file
+from starloc.lodestar.detection import DetectParams, detect, pool_single, pool_single_symmetries, score_map
+from starloc.lodestar.model import LodeSTAR, downsample_frames
+from starloc.lodestar.training import TrainConfig, train
+from starloc.metrics import detection_metrics
+from starloc.progress import finish
+from tests.conftest import TINY
+
+
+def _binned(image: np.ndarray, d: int) -> np.ndarray:
+    """Block means of d x d pixels of (N, C, H, W), written out by hand."""
+    n, c, h, w = image.shape
+    return image[..., : h - h % d, : w - w % d].reshape(n, c, h // d, d, w // d, d).mean((3, 5))
+
+
+def _big_spots(centres, shape, rng, sigma=6.0, peak=60.0, background=10.0) -> np.ndarray:
+    """Poisson image of Gaussian spots of ``sigma`` px: ~30 px across, wider than TINY's
+    16 px receptive field."""
+    rows, cols = np.indices(shape)
+    mean = np.full(shape, background)
+    for r, c in centres:
+        mean += peak * np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * sigma**2))
+    return rng.poisson(mean).astype(np.float32)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_maps_of_a_downsampling_model_are_the_binned_image_maps_in_image_pixels(d):
+    plain, scaled = LodeSTAR.new(TINY, seed=3), LodeSTAR.new(TINY, seed=3, downsample=d)
+    image = np.random.default_rng(0).normal(size=(2, 1, 61, 67)).astype(np.float32)  # not multiples of d
+    for augment in (False, True):
+        a, b = plain.maps(_binned(image, d), augment=augment), scaled.maps(image, augment=augment)
+        assert b.image_shape == (61, 67) and b.stride == 2 * d and b.downsample == d
+        assert b.receptive_field == TINY.receptive_field * d == scaled.receptive_field
+        np.testing.assert_allclose(b.positions[:, :2], d * a.positions[:, :2] + (d - 1) / 2, atol=1e-4)
+        np.testing.assert_allclose(b.weights, a.weights, atol=1e-6)
+        view = b.network_view()
+        np.testing.assert_allclose(view.positions, a.positions, atol=1e-5)
+        assert (view.stride, view.image_shape, view.receptive_field) == (a.stride, a.image_shape, a.receptive_field)
+
+
+def test_pooling_and_detection_work_in_network_pixels_and_answer_in_image_pixels():
+    d = 2
+    plain, scaled = LodeSTAR.new(TINY, seed=5), LodeSTAR.new(TINY, seed=5, downsample=d)
+    image = np.random.default_rng(1).normal(size=(3, 1, 48, 52)).astype(np.float32)
+    a, b = plain.maps(_binned(image, d)), scaled.maps(image)
+    np.testing.assert_allclose(pool_single(b), d * pool_single(a) + (d - 1) / 2, atol=1e-4)
+    sa, sb = plain.symmetry_maps(_binned(image, d)), scaled.symmetry_maps(image)
+    np.testing.assert_allclose(pool_single_symmetries(sb), d * pool_single_symmetries(sa) + (d - 1) / 2, atol=1e-4)
+    np.testing.assert_allclose(score_map(b, 0.2), score_map(a, 0.2), rtol=1e-4)
+    params = DetectParams(cutoff=0.9)
+    fa, fb = detect(a, params), detect(b, params)
+    assert len(fa) == len(fb) > 0
+    np.testing.assert_array_equal(fa.frame, fb.frame)
+    np.testing.assert_allclose(fb.positions, d * fa.positions + (d - 1) / 2, atol=1e-4)
+    for name in ("score", "weight", "consistency"):  # consistency in network px^2, as documented
+        np.testing.assert_allclose(fb.features[name], fa.features[name], rtol=1e-4)
+
+
+def test_downsampling_rejects_images_smaller_than_two_blocks_and_bad_factors():
+    with pytest.raises(InputError, match="too small for downsampling by 4"):
+        downsample_frames(torch.zeros(1, 1, 7, 40), 4)
+    with pytest.raises(InputError, match="too small"):
+        LodeSTAR.new(TINY, downsample=4).maps(np.zeros((1, 1, 40, 7), np.float32))
+    for bad in (0, -2, 1.5):
+        with pytest.raises(InputError, match="downsample must be a whole number"):
+            finish(train([np.zeros((40, 40), np.float32)], TrainConfig(downsample=bad, network=TINY)))
+
+
+def test_training_refuses_a_model_with_another_downsampling():
+    with pytest.raises(InputError, match="downsamples by 2"):
+        finish(train([np.zeros((40, 40), np.float32)], TrainConfig(downsample=3, network=TINY),
+                     model=LodeSTAR.new(TINY, downsample=2)))
+
+
+@pytest.fixture(scope="module")
+def big_spot_model():
+    """TINY trained on one 54 px crop of a spot ~30 px across, seen downsampled by 3."""
+    torch.set_num_threads(2)
+    crop = _big_spots([(26.5, 27.0)], (54, 54), np.random.default_rng(0))
+    config = TrainConfig(max_steps=300, min_steps=300, copies=8, network=TINY, seed=0, downsample=3)
+    return finish(train([crop], config))
+
+
+def test_a_model_trained_downsampled_finds_objects_wider_than_its_receptive_field(big_spot_model):
+    rng = np.random.default_rng(4)
+    truth = np.array([(40.3, 45.1), (44.8, 140.6), (120.2, 60.7), (130.9, 150.2), (85.5, 100.4)])
+    image = _big_spots(truth, (180, 190), rng)
+    found = detect(big_spot_model.maps(image[None, None]), DetectParams())
+    m = detection_metrics(found.positions[:, :2], truth, tolerance=3.0)
+    assert m["recall"] == 1.0 and m["precision"] == 1.0
+    assert m["rmse"] < 1.0  # image px; the spot's sigma is 6 px
+    assert big_spot_model.metadata["training"]["downsample"] == 3
+
+
+def test_model_files_keep_the_downsampling(big_spot_model, tmp_path):
+    path = tmp_path / "big.pt"
+    big_spot_model.save(path)
+    loaded = LodeSTAR.load(path)
+    assert loaded.downsample == 3
+    image = _big_spots([(30.0, 33.0)], (60, 66), np.random.default_rng(2))[None, None]
+    np.testing.assert_array_equal(loaded.maps(image).positions, big_spot_model.maps(image).positions)
+    # files written before downsampling existed have no entry: factor 1
+    obj = load_model_file(path, kind="lodestar")
+    del obj["config"]["downsample"]
+    save_model_file(tmp_path / "old.pt", "lodestar", obj["config"], obj["state_dict"], obj["metadata"])
+    assert LodeSTAR.load(tmp_path / "old.pt").downsample == 1
+    obj["config"]["downsample"] = 0
+    save_model_file(tmp_path / "bad.pt", "lodestar", obj["config"], obj["state_dict"], obj["metadata"])
+    with pytest.raises(ModelFileError, match="damaged LodeSTAR model"):
+        LodeSTAR.load(tmp_path / "bad.pt")
+
+
+def test_cli_trains_downsampled_and_detect_uses_the_model_factor(tmp_path, capsys):
+    truth = np.array([(30.0, 34.0), (90.0, 100.0)])
+    tifffile.imwrite(tmp_path / "big.tif", _big_spots(truth, (128, 136), np.random.default_rng(6)))
+    base = ["lodestar", "train", str(tmp_path / "big.tif"), "--steps", "5", "--device", "cpu"]
+    # the smallest crop is the receptive field in image pixels: 26 px x 2
+    assert main(base + ["--crop", "5", "5", "50", "50", "--downsample", "2", "-o", str(tmp_path / "m.pt")]) == 2
+    assert "smaller than the minimum" in capsys.readouterr().err
+    assert not (tmp_path / "m.pt").exists()
+    assert main(base + ["--crop", "4", "8", "56", "56", "--downsample", "2", "-o", str(tmp_path / "m.pt")]) == 0
+    assert LodeSTAR.load(tmp_path / "m.pt").downsample == 2
+    assert main(["lodestar", "detect", str(tmp_path / "big.tif"), "--model", str(tmp_path / "m.pt"),
+                 "--single", "-o", str(tmp_path / "det.csv")]) == 0
+    frames, positions, _ = read_points_csv(tmp_path / "det.csv")
+    assert frames.tolist() == [0] and np.all((positions >= 0) & (positions <= [127, 135]))
+    with pytest.raises(SystemExit) as stop:
+        main(base + ["--crop", "4", "8", "56", "56", "--downsample", "0", "-o", str(tmp_path / "n.pt")])
+    assert stop.value.code == 2 and "--downsample: expected a positive number" in capsys.readouterr().err
