@@ -1,20 +1,20 @@
 """DeepLoco accuracy on frames simulated from the real SMLM Challenge 2016 bead stacks.
 
 Test frames: 64x64 px (``--frame-size``; larger frames go through the tiled stack
-localization) at 100 nm, emitters drawn from the bead-stack PSF (astigmatic ``AS``:
-z uniform in -750..750 nm; ``2D``: the stack's in-focus slice), the challenge's EMCCD camera
-(``EMCCD.smlm2016``), 1000-7000 photons per emitter, 100 photons/px background, at densities
-0.1, 0.5, 1 and 2 emitters/µm² (Poisson counts per frame). Fixed seeds: every run scores the
-same frames.
+localization) at 100 nm, emitters drawn from the bead-stack PSF (astigmatic ``AS`` and
+double-helix ``DH``, not run unless asked: z uniform in -750..750 nm; ``2D``: the stack's
+in-focus slice), the challenge's EMCCD camera (``EMCCD.smlm2016``), 1000-7000 photons per
+emitter, 100 photons/px background, at densities 0.1, 0.5, 1 and 2 emitters/µm² (Poisson
+counts per frame). Fixed seeds: every run scores the same frames.
 
-Methods: a trained DeepLoco model per modality (``--model-as``, ``--model-2d``; trained here
-with the default recipe when not given) and the classical baseline of
-:mod:`starloc.deeploco.baseline` (DoG detection + MLE Gaussian fit, astigmatic z from a
-calibration made from the same PSF). Beside them, ``CRB (alone)``: what a localizer reaching
-the Cramér-Rao bound of the forward model (:mod:`starloc.deeploco.crb`) would score if every
-emitter were alone - the best any method can do on these emitters, and the yardstick to read
-the paper's figures against (they come from real data whose photon counts the paper does not
-state).
+Methods: a trained DeepLoco model per modality (``--model-as``, ``--model-2d``,
+``--model-dh``; trained here with the default recipe when not given) and, for AS and 2D, the
+classical baseline of :mod:`starloc.deeploco.baseline` (DoG detection + MLE Gaussian fit,
+astigmatic z from a calibration made from the same PSF). Beside them, ``CRB (alone)``: what
+a localizer reaching the Cramér-Rao bound of the forward model (:mod:`starloc.deeploco.crb`)
+would score if every emitter were alone - the best any method can do on these emitters, and
+the yardstick to read the paper's figures against (they come from real data whose photon
+counts the paper does not state).
 
 Scored as the SMLM Challenge 2016 (100 nm lateral and 500 nm axial tolerance): Jaccard, RMSE
 lateral/axial, efficiency, mean offset (truth - pred), the RMSE of x alone (what the paper
@@ -49,6 +49,7 @@ from starloc.smlm_metrics import assess, efficiency, match_localizations
 
 BEADS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "smlm2016-beads"
 CAMERA = EMCCD.smlm2016()  # the challenge's camera: test frames, their bound, and a model trained here
+MODALITIES = ("AS", "2D", "DH")
 PAPER = {"AS": {0.1: "J 0.83, x 11.8 nm, z 24.8 nm (real MT0.N1 LD)", 2.0: "J 0.51 (HD)"},
          "2D": {0.1: "J 0.89, 11.6 nm (real MT0.N1 LD)", 2.0: "J 0.61, 18.2 nm (HD)"}}
 
@@ -109,9 +110,11 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--beads", type=Path, default=BEADS, help="folder with beads-AS.tif and beads-2D.tif")
-    ap.add_argument("--modalities", nargs="+", default=["AS", "2D"], choices=["AS", "2D"])
+    ap.add_argument("--modalities", nargs="+", default=["AS", "2D"], choices=MODALITIES,
+                    help="DH (double helix) has no baseline row: the Gaussian fit cannot model it")
     ap.add_argument("--model-as", type=Path, default=None)
     ap.add_argument("--model-2d", type=Path, default=None)
+    ap.add_argument("--model-dh", type=Path, default=None)
     ap.add_argument("--densities", type=float, nargs="+", default=[0.1, 0.5, 1.0, 2.0])
     ap.add_argument("--emitters", type=int, default=4000, help="about this many true emitters per density")
     ap.add_argument("--frame-size", type=int, default=64,
@@ -129,7 +132,7 @@ def main(argv=None):
     for mod in args.modalities:
         psf = bead_psf(args.beads / f"beads-{mod}.tif", modality=mod)
         dim = 3 if psf.z_dependent else 2
-        path = args.model_as if mod == "AS" else args.model_2d
+        path = {"AS": args.model_as, "2D": args.model_2d, "DH": args.model_dh}[mod]
         if path is not None:
             model = DeepLoco.load(path, device=args.device)
             train_s = model.metadata.get("training", {}).get("seconds")
@@ -139,15 +142,17 @@ def main(argv=None):
                                  DeepLocoTrainConfig(device=args.device)), log.append)
             train_s = log[-1].elapsed
         model.to(args.device)
-        baseline = GaussianFitLocalizer(pixel_size=psf.pixel_size, psf=psf)
+        baseline = None if mod == "DH" else GaussianFitLocalizer(pixel_size=psf.pixel_size, psf=psf)
         for i, d in enumerate(args.densities):
             size = args.frame_size
             n_frames = int(np.clip(args.emitters / (d * size * size * 1e-2), 8, 2000))
             frames, truth = test_set(psf, d, n_frames, seed=1000 + i,
                                      z_range=args.as_z_range if mod == "AS" else None, size=size,
                                      photons=args.photons, background=args.background)
-            for name, run in (("DeepLoco", lambda f: localize_stack(model, f[:, 0].numpy(), input_units="photons")),
-                              ("Gaussian fit", lambda f: baseline.localize(f[:, 0].numpy()))):
+            methods = [("DeepLoco", lambda f: localize_stack(model, f[:, 0].numpy(), input_units="photons"))]
+            if baseline is not None:
+                methods.append(("Gaussian fit", lambda f: baseline.localize(f[:, 0].numpy())))
+            for name, run in methods:
                 start = time.perf_counter()
                 table = run(frames)
                 seconds = time.perf_counter() - start
