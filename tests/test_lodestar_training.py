@@ -126,6 +126,21 @@ def test_loading_a_damaged_lodestar_model_is_refused(tmp_path):
         LodeSTAR.load(tmp_path / "bad.pt")
 
 
+def test_model_files_keep_their_normalization(trained_point_model, tmp_path):
+    from starloc.io import load_model_file, save_model_file
+
+    assert trained_point_model.normalization == "background"
+    trained_point_model.save(tmp_path / "m.pt")
+    obj = load_model_file(tmp_path / "m.pt", kind="lodestar")
+    obj["config"]["normalization"] = "robust"  # as files written before "background" existed
+    save_model_file(tmp_path / "old.pt", "lodestar", obj["config"], obj["state_dict"], obj["metadata"])
+    assert LodeSTAR.load(tmp_path / "old.pt").normalization == "robust"
+    obj["config"]["normalization"] = "minmax"
+    save_model_file(tmp_path / "bad.pt", "lodestar", obj["config"], obj["state_dict"], obj["metadata"])
+    with pytest.raises(ModelFileError, match="unknown normalization 'minmax'"):
+        LodeSTAR.load(tmp_path / "bad.pt")
+
+
 @pytest.mark.parametrize("shape", [(70, 90), (67, 45)])
 def test_tiled_maps_equal_maps_in_one_piece(trained_point_model, shape):
     image = sim.simulate_scene("point", 4, size=shape, rng=2)[0][None, None]

@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from starloc import sim
@@ -98,6 +99,50 @@ def test_normalization_ignores_gain_offset_and_object_count():
     assert abs(float(a[0, 0, 60, 71]) - float(b[0, 0, 60, 71])) < 0.1 * float(a[0, 0, 60, 71])
     c = normalize(torch.from_numpy(sparse * 7.0 + 100)[None, None])
     assert torch.allclose(a, c, atol=1e-4)
+
+
+def _background_of(normalized: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+    values = normalized[..., mask]
+    return float(values.mean()), float(values.std())
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])  # bright (fluorescence) and dark (bright-field) objects
+def test_background_normalization_ignores_an_object_covering_a_third_of_the_crop(sign):
+    from starloc.lodestar.model import normalize
+
+    g = torch.Generator().manual_seed(0)
+    background = 100.0 + 5.0 * torch.randn(1, 1, 64, 64, generator=g)
+    rows, cols = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    disc = (rows - 32) ** 2 + (cols - 32) ** 2 <= 20**2  # 31 % of the crop
+    alone = _background_of(normalize(background, "background"), ~disc)
+    with_disc = _background_of(normalize(background + sign * 40.0 * disc, "background"), ~disc)
+    assert with_disc == pytest.approx(alone, abs=0.03)
+    # exactly the older 'robust' method where it is right (background std 1 / 0.7312)
+    assert torch.equal(normalize(background, "background"), normalize(background, "robust"))
+    assert alone[1] == pytest.approx(1 / 0.7312, rel=0.03)
+    # 'robust' lets the disc set the scale (what a tight crop around a large object did)
+    assert _background_of(normalize(background + sign * 40.0 * disc, "robust"), ~disc)[1] < 0.6
+
+
+def test_background_normalization_is_the_robust_one_on_single_objects_at_every_snr():
+    from starloc.lodestar.model import normalize
+
+    for shape in sim.SHAPES:
+        for snr in (2, 5, 20):
+            images = torch.from_numpy(sim.simulate_single(shape, snr, 4, size=64, rng=snr)[0])[:, None]
+            assert torch.equal(normalize(images, "background"), normalize(images, "robust"))
+
+
+def test_background_normalization_of_flat_and_empty_frames_is_finite():
+    from starloc.lodestar.model import normalize
+
+    sparse = torch.zeros(1, 1, 32, 32)
+    sparse[0, 0, ::7, ::5] = 1.0  # zeros between single photons: no spread in the background
+    out = normalize(sparse, "background")
+    assert torch.allclose(out, sparse / sparse.std())
+    assert torch.equal(normalize(torch.zeros(1, 1, 8, 8), "background"), torch.zeros(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="unknown normalization"):
+        normalize(sparse, "minmax")
 
 
 def test_dihedral_average_maps_grids_and_maps_back_exactly():
