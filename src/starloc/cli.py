@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--downsample", type=_positive(int), default=1, metavar="D",
                    help="look at the image in blocks of DxD pixels (their mean), in training and in "
                         "'detect': for objects larger than the network's receptive field (26 px), "
-                        "choose D so that one spans < ~20 px (default 1)")
+                        "choose the smallest D that makes one span < ~16 px (default 1)")
     _add_common_image_options(t)
     t.add_argument("-o", "--output", type=Path, required=True, help="model file to write")
     t.set_defaults(func=cmd_lodestar_train)

@@ -252,7 +252,7 @@ class LodeSTARWidget(QWidget):
         self.downsample_spin = self._int_spin(
             1, 32, TrainConfig.downsample,
             "Look at the image in blocks of D×D pixels (their mean), in training and detection. "
-            "For objects larger than the receptive field: choose D so that one spans < ~20 px",
+            "For objects larger than the receptive field: the smallest D that makes one span < ~16 px",
         )
         self.downsample_spin.valueChanged.connect(self._update_rf_label)
         adv.addRow("Downsample", self.downsample_spin)

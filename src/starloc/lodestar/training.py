@@ -54,7 +54,8 @@ class TrainConfig:
     downsample: the model sees crops and images downsampled by this factor (means of
     blocks of d x d pixels; see :mod:`starloc.lodestar.model`). For objects larger than the
     network's receptive field (26 px by default): choose d so that an object spans less
-    than ~20 px once downsampled. ``translate`` is in downsampled pixels.
+    than ~16 px once downsampled (a larger d costs precision). ``translate`` is in downsampled
+    pixels.
     """
 
     max_steps: int = 3000
