@@ -276,6 +276,11 @@ def test_downsampling_sets_the_smallest_crop_and_reaches_the_training_config(mak
     assert widget.rf_label.text().startswith(f"{2 * TINY.receptive_field} px")
     with pytest.raises(InputError, match="smaller than the minimum"):
         widget.crops()
+    _draw(widget, (48.0, 48.0), size=2 * TINY.receptive_field + 8)
+    widget.use_threads = False
+    assert widget.train() is None and widget.model.downsample == 2
+    assert "downsampled ×2" in widget.model_info.text()
+    assert viewer.layers[WEIGHT_LAYER].data.shape == image.shape  # maps at the image's resolution
 
 
 def test_point_and_size_crop_matches_the_rectangle_and_trains(make_napari_viewer, qtbot, messages, scene):
