@@ -283,6 +283,19 @@ def test_downsampling_sets_the_smallest_crop_and_reaches_the_training_config(mak
     assert viewer.layers[WEIGHT_LAYER].data.shape == image.shape  # maps at the image's resolution
 
 
+def test_crop_info_suggests_downsampling_for_a_large_object(make_napari_viewer, qtbot):
+    rows, cols = np.indices((100, 100))
+    ring = 10.0 + 60.0 * np.exp(-((np.hypot(rows - 50, cols - 50) - 24.0) ** 2) / 4.5)
+    viewer, widget = _widget(make_napari_viewer, steps=3)
+    viewer.add_image(np.random.default_rng(0).poisson(ring).astype(np.float32), name="ring")
+    _draw(widget, (50.0, 50.0), size=80)
+    widget._update_crop_preview()
+    assert "object ≈" in widget.crop_info.text() and "Downsample 3 suggested" in widget.crop_info.text()
+    widget.downsample_spin.setValue(3)
+    widget._update_crop_preview()
+    assert "suggested" not in widget.crop_info.text()
+
+
 def test_point_and_size_crop_matches_the_rectangle_and_trains(make_napari_viewer, qtbot, messages, scene):
     image, truth = scene
     viewer, widget = _widget(make_napari_viewer, steps=20)

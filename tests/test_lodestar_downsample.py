@@ -9,6 +9,7 @@ from starloc.cli import main
 from starloc.errors import InputError, ModelFileError
 from starloc.io import load_model_file, read_points_csv, save_model_file
 from starloc.lodestar.detection import DetectParams, detect, pool_single, pool_single_symmetries, score_map
+from starloc.lodestar.downsampling import downsample_for, object_extent
 from starloc.lodestar.model import LodeSTAR, downsample_frames
 from starloc.lodestar.training import TrainConfig, train
 from starloc.metrics import detection_metrics
@@ -30,6 +31,27 @@ def _big_spots(centres, shape, rng, sigma=6.0, peak=60.0, background=10.0) -> np
     for r, c in centres:
         mean += peak * np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * sigma**2))
     return rng.poisson(mean).astype(np.float32)
+
+
+def _ring(shape, centre, radius, rng, width=1.5, peak=60.0, background=10.0) -> np.ndarray:
+    """Poisson image of a thin bright ring (a cell outline)."""
+    rows, cols = np.indices(shape)
+    dist = np.hypot(rows - centre[0], cols - centre[1])
+    return rng.poisson(background + peak * np.exp(-((dist - radius) ** 2) / (2 * width**2))).astype(np.float32)
+
+
+def test_object_extent_and_the_suggested_factor():
+    rng = np.random.default_rng(3)
+    ring = _ring((72, 72), (35.5, 35.2), 24.0, rng)
+    assert 48 <= object_extent(ring) <= 58 and downsample_for(object_extent(ring)) == 3
+    spot = _big_spots([(26.5, 27.0)], (54, 54), rng)  # Gaussian, sigma 6 px
+    assert 16 <= object_extent(spot) <= 28 and downsample_for(object_extent(spot)) == 1
+    dark = 200.0 - _big_spots([(30.0, 30.0)], (60, 60), rng, sigma=8.0) + 10.0  # bright-field: darker
+    assert object_extent(dark) == pytest.approx(object_extent(dark.max() - dark), abs=2)
+    assert object_extent(np.stack([ring, ring])) == object_extent(ring)  # channels averaged
+    assert object_extent(np.zeros((30, 30))) == 0.0
+    assert object_extent(rng.normal(size=(40, 40))) < 8
+    assert [downsample_for(e) for e in (0, 7, 24, 25, 34, 54, 80)] == [1, 1, 2, 2, 2, 3, 5]
 
 
 @pytest.mark.parametrize("d", [2, 3])
@@ -133,6 +155,10 @@ def test_cli_trains_downsampled_and_detect_uses_the_model_factor(tmp_path, capsy
                  "--single", "-o", str(tmp_path / "det.csv")]) == 0
     frames, positions, _ = read_points_csv(tmp_path / "det.csv")
     assert frames.tolist() == [0] and np.all((positions >= 0) & (positions <= [127, 135]))
+    tifffile.imwrite(tmp_path / "ring.tif", _ring((90, 90), (44.5, 44.5), 24.0, np.random.default_rng(2)))
+    assert main(["lodestar", "train", str(tmp_path / "ring.tif"), "--steps", "2", "--device", "cpu",
+                 "--crop", "9", "9", "72", "72", "-o", str(tmp_path / "r.pt")]) == 0
+    assert "consider --downsample 3" in capsys.readouterr().err
     with pytest.raises(SystemExit) as stop:
         main(base + ["--crop", "4", "8", "56", "56", "--downsample", "0", "-o", str(tmp_path / "n.pt")])
     assert stop.value.code == 2 and "--downsample: expected a positive number" in capsys.readouterr().err

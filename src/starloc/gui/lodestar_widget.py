@@ -66,6 +66,7 @@ from starloc.gui.lodestar_source import (
     to_uint8,
 )
 from starloc.lodestar.detection import CUTOFF_MODES, DetectParams
+from starloc.lodestar.downsampling import downsample_for, object_extent
 from starloc.lodestar.inference import extract_crops
 from starloc.lodestar.model import LodeSTAR
 from starloc.lodestar.network import NetworkConfig
@@ -539,6 +540,14 @@ class LodeSTARWidget(QWidget):
         crops = extract_crops(src.data, boxes, frame=frame, min_size=self.min_crop_size, rgb=src.rgb)
         return boxes, crops, frame, src
 
+    def _downsample_hint(self, crops) -> str:
+        """A note when the object's size calls for another Downsample value."""
+        extent = max(object_extent(c) for c in crops)
+        suggested = downsample_for(extent)
+        if suggested == self.downsample_spin.value():
+            return ""
+        return f"; object ≈ {extent:.0f} px across: Downsample {suggested} suggested (Advanced)"
+
     def _schedule_preview(self, *_) -> None:
         self._preview_timer.start()
 
@@ -553,6 +562,7 @@ class LodeSTARWidget(QWidget):
         where = f" (frame {frame})" if src.is_timelapse else ""
         self.crop_info.setText(
             f"{len(crops)} crop(s): {sizes} px{where}; minimum {self.min_crop_size} px"
+            + self._downsample_hint(crops)
         )
         pixels = to_uint8(crops[-1])
         h, w = pixels.shape

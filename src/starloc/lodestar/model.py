@@ -106,7 +106,7 @@ def _unless_crowded(flat: torch.Tensor, level: torch.Tensor, scale: torch.Tensor
     crowded = (scale > CROWDED_RATIO * mad_scale) & (mad_scale > 0)
     if not bool(crowded.any()):
         return level, scale
-    clipped_level, clipped_sigma = _clipped_background(flat)
+    clipped_level, clipped_sigma = clipped_background(flat)
     return (torch.where(crowded, clipped_level, level),
             torch.where(crowded, clipped_sigma * ROBUST_SCALE, scale))
 
@@ -123,7 +123,7 @@ def _low_quantile_background(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return med, torch.sqrt(((flat - mean) ** 2 * low).sum(dim=2, keepdim=True) / count)
 
 
-def _clipped_background(flat: torch.Tensor, iterations: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+def clipped_background(flat: torch.Tensor, iterations: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
     """Median and standard deviation (corrected for the clipping) of the pixels within
     ``CLIP_SIGMA`` standard deviations of the median, iterated to convergence
     (``(N, C, P)`` -> two ``(N, C, 1)``). Starts from the median absolute deviation, which

@@ -1,0 +1,49 @@
+"""How much to downsample: the size of the object in a training crop.
+
+LodeSTAR tracks an object whole only if the network sees all of it; past its receptive field
+(26 px by default) a model is trained on downsampled images (:mod:`starloc.lodestar.model`).
+On ``bench/lodestar_scale.py`` the best factor was the one that brings the object to about
+16 px: a thin ring 48 px across needed 3 (1 and 2 failed, 4 lost precision), a filled disc
+32 px across was best at 2. These helpers measure the object and suggest that factor, for
+the widget and the CLI to tell the user.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from starloc.lodestar.model import clipped_background
+
+TARGET_EXTENT = 16.0  # px an object should span once downsampled
+PEAK_FRACTION = 0.2  # the object is where the smoothed contrast exceeds this share of its peak
+SMOOTHING = 1.0  # px, Gaussian smoothing before thresholding (noise)
+
+
+def object_extent(crop: np.ndarray) -> float:
+    """Side in pixels of the bounding box of the object in a crop (``(H, W)`` or
+    ``(C, H, W)``, channels averaged): the connected region around the strongest contrast
+    (brighter or darker than the background) where the smoothed contrast exceeds 20 % of its
+    peak and twice its noise. 0 for a crop without an object 5 noise levels above it."""
+    image = np.asarray(crop, dtype=np.float64)
+    if image.ndim == 3:
+        image = image.mean(axis=0)
+    flat = torch.from_numpy(image).reshape(1, 1, -1)
+    level, sigma = (float(v) for v in clipped_background(flat))
+    contrast = np.abs(ndimage.gaussian_filter(image - level, SMOOTHING))
+    peak = np.unravel_index(np.argmax(contrast), contrast.shape)
+    noise = sigma / (2 * np.sqrt(np.pi) * SMOOTHING)  # white noise after the smoothing
+    if not contrast[peak] > 5 * noise:
+        return 0.0
+    # the noise floor keeps a dim object's region from spreading over the noise around it
+    level = max(PEAK_FRACTION * contrast[peak], 2 * noise)
+    labels, _ = ndimage.label(contrast > level, structure=np.ones((3, 3)))
+    rows, cols = np.nonzero(labels == labels[peak])
+    return float(max(rows.max() - rows.min(), cols.max() - cols.min()) + 1)
+
+
+def downsample_for(extent: float) -> int:
+    """The downsampling factor that brings an object ``extent`` px across to about 16 px
+    (1 up to ~24 px)."""
+    return max(1, int(round(extent / TARGET_EXTENT)))
