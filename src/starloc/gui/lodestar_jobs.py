@@ -89,12 +89,16 @@ def weight_image(maps: Maps) -> np.ndarray:
     return to_image_resolution(maps.weights[0], maps.stride, maps.image_shape)
 
 
+def downsampling_note(model: LodeSTAR) -> str:
+    """``", downsampled ×D"`` for a model that downsamples its input, else empty."""
+    return f", downsampled ×{model.downsample}" if model.downsample != 1 else ""
+
+
 def describe_training(model: LodeSTAR, n_crops: int) -> str:
     """One line on how a freshly trained model was made (from its training metadata)."""
     t = model.metadata.get("training", {})
-    scale = f", downsampled ×{model.downsample}" if model.downsample != 1 else ""
     return (
-        f"trained on {n_crops} crop(s){scale}, {t.get('steps_done', '?')} steps, "
+        f"trained on {n_crops} crop(s){downsampling_note(model)}, {t.get('steps_done', '?')} steps, "
         f"{t.get('seconds', 0):.1f} s, consistency {t.get('final_consistency', float('nan')):.3f} px"
     )
 

@@ -42,6 +42,7 @@ from starloc.gui.lodestar_jobs import (
     describe_training,
     detect_all_job,
     detect_job,
+    downsampling_note,
     maps_job,
     run_detect,
     train_job,
@@ -853,8 +854,7 @@ class LodeSTARWidget(QWidget):
             show_error(f"LodeSTAR: cannot read {str(path)!r}: {exc}")
             return False
         self.model = model
-        scale = f", downsampled ×{model.downsample}" if model.downsample != 1 else ""
-        self.model_origin = f"loaded from {Path(path).name}{scale}"
+        self.model_origin = f"loaded from {Path(path).name}{downsampling_note(model)}"
         self.model_info.setText(f"Model: {self.model_origin}")
         self._maps, self._maps_key = None, None
         if self.image_layer() is not None:

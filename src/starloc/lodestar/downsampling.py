@@ -37,8 +37,8 @@ def object_extent(crop: np.ndarray) -> float:
     if not contrast[peak] > 5 * noise:
         return 0.0
     # the noise floor keeps a dim object's region from spreading over the noise around it
-    level = max(PEAK_FRACTION * contrast[peak], 2 * noise)
-    labels, _ = ndimage.label(contrast > level, structure=np.ones((3, 3)))
+    cut = max(PEAK_FRACTION * contrast[peak], 2 * noise)
+    labels, _ = ndimage.label(contrast > cut, structure=np.ones((3, 3)))
     rows, cols = np.nonzero(labels == labels[peak])
     return float(max(rows.max() - rows.min(), cols.max() - cols.min()) + 1)
 
