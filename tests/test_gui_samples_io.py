@@ -65,8 +65,30 @@ def test_samples_load_through_the_manifest(make_napari_viewer):
     assert np.all(d[~np.eye(25, dtype=bool)] > reach[~np.eye(25, dtype=bool)])
 
 
+def test_membrane_cells_sample_needs_downsampling(make_napari_viewer):
+    from starloc.lodestar.downsampling import downsample_for, object_extent
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "membrane-cells")
+    layer = viewer.layers["membrane cells"]
+    assert layer.data.shape == (384, 384) and layer.data.dtype == np.float32
+    truth, radius = layer.metadata["ground_truth"], layer.metadata["radius"]
+    assert truth.shape == (12, 2) and np.all((radius >= 20) & (radius <= 26))
+    assert _inside(truth - radius[:, None], (384, 384)) and _inside(truth + radius[:, None], (384, 384))
+    d = np.hypot(*(truth[:, None] - truth[None]).transpose(2, 0, 1))
+    apart = ~np.eye(12, dtype=bool)
+    assert np.all(d[apart] > (radius[:, None] + radius[None])[apart])  # no two cells touch
+    # the membrane is where the truth says, the inside is background
+    r, c = np.rint(truth[0]).astype(int)
+    ring_px = layer.data[r, int(round(truth[0, 1] + radius[0]))]
+    assert ring_px > 3 * layer.data[r - 3 : r + 4, c - 3 : c + 4].mean()
+    top, left = np.rint(truth[0] - 36).astype(int).clip(0, 384 - 72)
+    assert downsample_for(object_extent(layer.data[top : top + 72, left : left + 72])) == 3
+
+
 def test_samples_are_seeded():
-    for make in (samples.single_particle, samples.diffusing_particles, samples.cell_like_blobs):
+    for make in (samples.single_particle, samples.diffusing_particles, samples.cell_like_blobs,
+                 samples.membrane_cells):
         (a, meta_a, kind_a), = make()
         (b, meta_b, kind_b), = make()
         assert kind_a == kind_b == "image"

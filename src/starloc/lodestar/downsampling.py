@@ -3,8 +3,8 @@
 LodeSTAR tracks an object whole only if the network sees all of it; past its receptive field
 (26 px by default) a model is trained on downsampled images (:mod:`starloc.lodestar.model`).
 On ``bench/lodestar_scale.py`` the best factor was the one that brings the object to about
-16 px: a thin ring 48 px across needed 3 (1 and 2 failed, 4 lost precision), a filled disc
-32 px across was best at 2. These helpers measure the object and suggest that factor, for
+16 px across: a thin ring 48 px across needed 3 (1 and 2 failed, 4 lost precision), a filled
+disc 32 px across was best at 2. These helpers measure the object and suggest that factor, for
 the widget and the CLI to tell the user.
 """
 
@@ -16,16 +16,20 @@ from scipy import ndimage
 
 from starloc.lodestar.model import clipped_background
 
-TARGET_EXTENT = 16.0  # px an object should span once downsampled
+# px the measured extent should span once downsampled. The extent (bounding box of the 20 %
+# contour, blur included) exceeds the visible size: the bench's ring, 48 px across, measures
+# 54 px and worked best at 3; its disc, 32 px across, measures 34 px and worked best at 2.
+TARGET_EXTENT = 18.0
 PEAK_FRACTION = 0.2  # the object is where the smoothed contrast exceeds this share of its peak
 SMOOTHING = 1.0  # px, Gaussian smoothing before thresholding (noise)
 
 
 def object_extent(crop: np.ndarray) -> float:
     """Side in pixels of the bounding box of the object in a crop (``(H, W)`` or
-    ``(C, H, W)``, channels averaged): the connected region around the strongest contrast
-    (brighter or darker than the background) where the smoothed contrast exceeds 20 % of its
-    peak and twice its noise. 0 for a crop without an object 5 noise levels above it."""
+    ``(C, H, W)``, channels averaged): of the connected regions where the smoothed contrast
+    (brighter or darker than the background) exceeds 20 % of its peak and twice its noise,
+    the one nearest the crop's centre. 0 for a crop without anything 5 noise levels above
+    the background."""
     image = np.asarray(crop, dtype=np.float64)
     if image.ndim == 3:
         image = image.mean(axis=0)
@@ -39,11 +43,16 @@ def object_extent(crop: np.ndarray) -> float:
     # the noise floor keeps a dim object's region from spreading over the noise around it
     cut = max(PEAK_FRACTION * contrast[peak], 2 * noise)
     labels, _ = ndimage.label(contrast > cut, structure=np.ones((3, 3)))
-    rows, cols = np.nonzero(labels == labels[peak])
+    # the object is the region nearest the crop's centre (the user centres the crop on it;
+    # a ring has an empty middle), not the strongest one, which may be a neighbour's edge
+    rows, cols = np.nonzero(labels)
+    centre = (np.array(image.shape) - 1) / 2
+    nearest = np.argmin(np.hypot(rows - centre[0], cols - centre[1]))
+    rows, cols = np.nonzero(labels == labels[rows[nearest], cols[nearest]])
     return float(max(rows.max() - rows.min(), cols.max() - cols.min()) + 1)
 
 
 def downsample_for(extent: float) -> int:
-    """The downsampling factor that brings an object ``extent`` px across to about 16 px
-    (1 up to ~24 px)."""
+    """The downsampling factor that brings an object whose :func:`object_extent` is
+    ``extent`` px to about 18 px (1 up to 26 px)."""
     return max(1, int(round(extent / TARGET_EXTENT)))
