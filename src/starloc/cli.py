@@ -38,7 +38,7 @@ def _progress_bar(total: int, desc: str, unit: str):
 
 def cmd_lodestar_train(args) -> int:
     from starloc.io import read_image
-    from starloc.lodestar.downsampling import downsample_for, object_extent
+    from starloc.lodestar.downsampling import suggest_downsample
     from starloc.lodestar.inference import extract_crops
     from starloc.lodestar.network import NetworkConfig
     from starloc.lodestar.training import TrainConfig, train
@@ -47,8 +47,7 @@ def cmd_lodestar_train(args) -> int:
     crops = extract_crops(image, args.crop, frame=args.frame,
                           min_size=NetworkConfig().receptive_field * args.downsample,
                           rgb=args.rgb, channel_axis=args.channel_axis)
-    extent = max(object_extent(c) for c in crops)
-    suggested = downsample_for(extent)
+    suggested, extent = suggest_downsample(crops)
     if suggested > args.downsample:
         warnings.warn(f"the object in the crop is about {extent:.0f} px across, more than the network sees "
                       f"whole at --downsample {args.downsample}: consider --downsample {suggested}", StarlocWarning)

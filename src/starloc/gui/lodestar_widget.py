@@ -67,7 +67,7 @@ from starloc.gui.lodestar_source import (
     to_uint8,
 )
 from starloc.lodestar.detection import CUTOFF_MODES, DetectParams
-from starloc.lodestar.downsampling import downsample_for, object_extent
+from starloc.lodestar.downsampling import suggest_downsample
 from starloc.lodestar.inference import extract_crops
 from starloc.lodestar.model import LodeSTAR
 from starloc.lodestar.network import NetworkConfig
@@ -543,8 +543,7 @@ class LodeSTARWidget(QWidget):
 
     def _downsample_hint(self, crops) -> str:
         """A note when the object's size calls for another Downsample value."""
-        extent = max(object_extent(c) for c in crops)
-        suggested = downsample_for(extent)
+        suggested, extent = suggest_downsample(crops)
         if suggested == self.downsample_spin.value():
             return ""
         return f"; object ≈ {extent:.0f} px across: Downsample {suggested} suggested (Advanced)"

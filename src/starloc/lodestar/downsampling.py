@@ -56,3 +56,10 @@ def downsample_for(extent: float) -> int:
     """The downsampling factor that brings an object whose :func:`object_extent` is
     ``extent`` px to about 18 px (1 up to 26 px)."""
     return max(1, int(round(extent / TARGET_EXTENT)))
+
+
+def suggest_downsample(crops) -> tuple[int, float]:
+    """``(factor, extent)`` for training crops: :func:`downsample_for` the largest
+    :func:`object_extent` among them (px)."""
+    extent = max(object_extent(c) for c in crops)
+    return downsample_for(extent), extent

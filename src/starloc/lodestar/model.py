@@ -64,6 +64,15 @@ def to_network_coordinates(rowcol: np.ndarray, factor: int) -> np.ndarray:
     return (rowcol - (factor - 1) / 2) / factor if factor != 1 else rowcol
 
 
+def _map_positions(positions: np.ndarray, convert, factor: int) -> np.ndarray:
+    """``positions (..., K, h, w)`` with channels 0, 1 (row, col) passed through
+    ``convert(rowcol, factor)``; the other properties unchanged. A new array."""
+    out = positions.copy()
+    rowcol = np.moveaxis(out[..., :2, :, :], -3, -1)
+    out[..., :2, :, :] = np.moveaxis(convert(rowcol, factor), -1, -3)
+    return out
+
+
 def normalize(frames: torch.Tensor, method: str = "background") -> torch.Tensor:
     """Normalize ``(N, C, H, W)`` frames per frame and channel: subtract the background level,
     divide by a measure of the background noise, so that an object looks the same to the
@@ -91,14 +100,14 @@ def normalize(frames: torch.Tensor, method: str = "background") -> torch.Tensor:
     flat = frames.flatten(2)
     level, scale = _low_quantile_background(flat)
     if method == "background":
-        level, scale = _unless_crowded(flat, level, scale)
+        level, scale = _clipped_where_crowded(flat, level, scale)
     # A flat background (e.g. zeros between sparse photons) has no spread: use the whole frame's.
     scale = torch.where(scale > 0, scale, flat.std(dim=2, keepdim=True))
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     return ((flat - level) / scale).view_as(frames)
 
 
-def _unless_crowded(flat: torch.Tensor, level: torch.Tensor, scale: torch.Tensor):
+def _clipped_where_crowded(flat: torch.Tensor, level: torch.Tensor, scale: torch.Tensor):
     """``(level, scale)`` of the ``robust`` estimate (``level`` is the median), replaced by
     the clipped background's for the frames where objects inflate it (see :func:`normalize`).
     A zero MAD (most pixels equal, e.g. zeros between single photons) says nothing: kept."""
@@ -176,9 +185,7 @@ class Maps:
         d = self.downsample
         if d == 1:
             return self
-        positions = self.positions.copy()
-        rowcol = np.moveaxis(positions[..., :2, :, :], -3, -1)
-        positions[..., :2, :, :] = np.moveaxis(to_network_coordinates(rowcol, d), -1, -3)
+        positions = _map_positions(self.positions, to_network_coordinates, d)
         rf = None if self.receptive_field is None else self.receptive_field // d
         return Maps(positions, self.weights, self.stride // d, (self.image_shape[0] // d, self.image_shape[1] // d),
                     rf, 1)
@@ -254,9 +261,7 @@ class LodeSTAR:
             batch = downsample_frames(frames[start : start + batch_size].to(self.device), d)
             P, rho = self._forward_padded(normalize(batch, self.normalization), tile, generator, symmetries)
             P = P.float().cpu().numpy()
-            if d != 1:
-                P[:, :, :2] = np.moveaxis(to_image_coordinates(np.moveaxis(P[:, :, :2], 2, -1), d), -1, 2)
-            pos.append(P)
+            pos.append(_map_positions(P, to_image_coordinates, d) if d != 1 else P)
             wts.append(torch.sigmoid(rho).float().cpu().numpy())
         return Maps(np.concatenate(pos, axis=1), np.concatenate(wts, axis=1), self.config.stride * d,
                     tuple(frames.shape[-2:]), self.receptive_field, d)
