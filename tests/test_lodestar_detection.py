@@ -6,7 +6,8 @@ import pytest
 from starloc.lodestar.detection import (
     DetectParams, clustering_map, detect, local_mean, pool_single, threshold, to_image_resolution,
 )
-from starloc.lodestar.model import Maps
+from starloc.lodestar.model import LodeSTAR, Maps
+from tests.conftest import TINY
 
 
 def _maps_for(objects, shape=(40, 40), stride=2, scatter=3.0):
@@ -131,3 +132,16 @@ def test_weighted_median_per_row():
     values = np.array([[3.0, 1.0, 2.0, 10.0], [5.0, 6.0, 7.0, 8.0], [1.0, 2.0, 3.0, 4.0]])
     weights = np.array([[1.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 4.0], [0.0, 0.0, 0.0, 0.0]])
     np.testing.assert_array_equal(_weighted_median(values, weights), [2.0, 8.0, np.inf])
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_a_frames_maps_do_not_depend_on_the_frames_batched_with_it(rng, augment):
+    # the noise margin around each frame used to be drawn per batch: a frame's border
+    # detections then changed with the chunk or cluster task it fell into
+    model = LodeSTAR.new(TINY, seed=2)
+    frames = rng.normal(size=(5, 1, 36, 44)).astype(np.float32)
+    together = model.maps(frames, batch_size=4, augment=augment)
+    for i in (0, 3, 4):
+        alone = model.maps(frames[i : i + 1], augment=augment)
+        np.testing.assert_allclose(alone.positions[0], together.positions[i], atol=1e-4)
+        np.testing.assert_allclose(alone.weights[0], together.weights[i], atol=1e-5)

@@ -255,18 +255,17 @@ class LodeSTAR:
         frames = torch.from_numpy(np.require(frames, np.float32, ["C", "W"]))
         d = self.downsample
         self.net.eval()
-        generator = torch.Generator().manual_seed(0)  # on the CPU: the same margins on every device
         pos, wts = [], []
         for start in range(0, frames.shape[0], batch_size):
             batch = downsample_frames(frames[start : start + batch_size].to(self.device), d)
-            P, rho = self._forward_padded(normalize(batch, self.normalization), tile, generator, symmetries)
+            P, rho = self._forward_padded(normalize(batch, self.normalization), tile, symmetries)
             P = P.float().cpu().numpy()
             pos.append(_map_positions(P, to_image_coordinates, d) if d != 1 else P)
             wts.append(torch.sigmoid(rho).float().cpu().numpy())
         return Maps(np.concatenate(pos, axis=1), np.concatenate(wts, axis=1), self.config.stride * d,
                     tuple(frames.shape[-2:]), self.receptive_field, d)
 
-    def _forward_padded(self, x: torch.Tensor, tile: int, generator: torch.Generator, symmetries: bool):
+    def _forward_padded(self, x: torch.Tensor, tile: int, symmetries: bool):
         """:meth:`_forward_tiled` on frames extended by background noise around their border.
 
         Zero padding inside the network shows it a flat, noise-free margin that it never saw
@@ -274,13 +273,17 @@ class LodeSTAR:
         noise (the normalized background) is what it saw. The margin is half the receptive
         field, a multiple of the stride, and cut off again from the output. The padded
         size is a multiple of the stride, so the output grid turns with the image.
+        Every frame of a shape gets the same margin, drawn on the CPU from a fixed seed, so a
+        frame's maps depend on that frame alone: not on the device, nor on the frames batched
+        with it (a stack split into chunks or cluster tasks gives the one-piece result).
         Returns maps with a leading axis: 8 grid symmetries, or 1 without ``symmetries``.
         """
         s = self.config.stride
         m = -(-self.config.receptive_field // (2 * s)) * s
         n, c, h, w = x.shape
         size = (h + 2 * m + (-h) % s, w + 2 * m + (-w) % s)
-        padded = torch.randn((n, c, *size), generator=generator, dtype=x.dtype).to(x.device)
+        margin = torch.randn((1, c, *size), generator=torch.Generator().manual_seed(0), dtype=x.dtype)
+        padded = margin.to(x.device).expand(n, -1, -1, -1).clone()
         padded[..., m : m + h, m : m + w] = x
         if symmetries:
             P, rho = dihedral_maps(lambda y: self._forward_tiled(y, tile), padded)
