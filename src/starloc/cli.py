@@ -74,7 +74,7 @@ def cmd_lodestar_train(args) -> int:
 
 
 def cmd_lodestar_detect(args) -> int:
-    from starloc.io import frames_shape, read_image, write_points_csv
+    from starloc.io import frames_shape, read_image, select_frames, write_points_csv
     from starloc.lodestar.detection import DetectParams
     from starloc.lodestar.inference import iter_detect, iter_single
     from starloc.lodestar.model import LodeSTAR
@@ -82,25 +82,44 @@ def cmd_lodestar_detect(args) -> int:
     model = LodeSTAR.load(args.model, device=_device(args.device))
     image = read_image(args.image)
     layout = {"rgb": args.rgb, "channel_axis": args.channel_axis}
-    total = frames_shape(image, **layout)[0]
+    total = len(select_frames(args.frames, frames_shape(image, **layout)[0], str(args.image)))
     augment = args.single if args.tta is None else args.tta
-    if args.single:
-        gen = iter_single(model, image, augment=augment, **layout)
+    given = {k: getattr(args, k) for k in ("alpha", "beta", "cutoff", "mode")}
+    params = DetectParams(**{k: v for k, v in given.items() if v is not None})
+    if args.scheduler is not None or args.workers is not None:
+        found = _detect_on_cluster(args, params, augment, layout, total)
     else:
-        given = {k: getattr(args, k) for k in ("alpha", "beta", "cutoff", "mode")}
-        params = DetectParams(**{k: v for k, v in given.items() if v is not None})
-        gen = iter_detect(model, image, params, augment=augment, **layout)
+        if args.single:
+            gen = iter_single(model, image, augment=augment, frames=args.frames, **layout)
+        else:
+            gen = iter_detect(model, image, params, augment=augment, frames=args.frames, **layout)
+        found = _run_frames(gen, total)
+    write_points_csv(args.output, found.frame, found.positions[:, :2], found.features)
+    print(f"{len(found)} detection(s) in {total} frame(s) written to {args.output}")
+    return 0
+
+
+def _run_frames(gen, total: int):
+    """Drive a ``(frames_done, frames_total)`` generator under a progress bar; its result."""
     with _progress_bar(total, "detecting", "frame") as bar:
         while True:
             try:
                 done, _ = next(gen)
             except StopIteration as stop:
-                found = stop.value
-                break
+                return stop.value
             bar.update(done - bar.n)
-    write_points_csv(args.output, found.frame, found.positions[:, :2], found.features)
-    print(f"{len(found)} detection(s) in {total} frame(s) written to {args.output}")
-    return 0
+
+
+def _detect_on_cluster(args, params, augment: bool, layout: dict, total: int):
+    """``--scheduler`` / ``--workers``: the same detection as tasks on a dask.distributed cluster."""
+    from starloc.cli_deeploco import cluster_client
+    from starloc.lodestar.cluster import iter_detect_on_cluster
+
+    with cluster_client(args) as client:
+        gen = iter_detect_on_cluster(args.model, args.image, client, single=args.single, params=params,
+                                     augment=augment, frames=args.frames, frames_per_task=args.frames_per_task,
+                                     device=args.device, **layout)
+        return _run_frames(gen, total)
 
 
 def cmd_demo(args) -> int:
@@ -124,7 +143,7 @@ def _add_common_image_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from starloc.cli_deeploco import _positive
+    from starloc.cli_deeploco import _positive, add_cluster_options, frames_type
     from starloc.cli_deeploco import add_commands as add_deeploco_commands
 
     parser = argparse.ArgumentParser(prog="starloc", description=__doc__.splitlines()[0] + " "
@@ -169,8 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average the network over the 8 quarter-turns and flips of each frame: more "
                         "accurate, 8x slower (default: on with --single, off otherwise)")
+    d.add_argument("--frames", type=frames_type, default=None, metavar="A:B",
+                   help="0-based frames A..B-1 of a stack (Python slice); the CSV keeps the stack's numbering")
     _add_common_image_options(d)
     d.add_argument("-o", "--output", type=Path, required=True, help="CSV file to write")
+    add_cluster_options(d, "image")
     d.set_defaults(func=cmd_lodestar_detect)
 
     add_deeploco_commands(sub)

@@ -68,6 +68,29 @@ def frames_type(text: str) -> slice:
     raise argparse.ArgumentTypeError(f"expected A:B (0-based, B excluded), got {text!r}")
 
 
+def add_cluster_options(p: argparse.ArgumentParser, what: str) -> None:
+    """``--scheduler`` / ``--workers`` / ``--frames-per-task`` (``what``: the input file's name)."""
+    from starloc.cluster import DEFAULT_TASK_FRAMES
+
+    g = p.add_argument_group("past one machine (dask.distributed; pip install 'napari-starloc[cluster]')")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help=f"run on an existing dask cluster, e.g. tcp://10.0.0.1:8786; the model and the {what} "
+                        "must be readable at the same paths on every worker")
+    g.add_argument("--workers", type=_positive(int), default=None, metavar="N",
+                   help="run on a local dask cluster of N worker processes (one range of frames per task)")
+    g.add_argument("--frames-per-task", type=_positive(int), default=DEFAULT_TASK_FRAMES, metavar="N",
+                   help=f"frames per cluster task (default {DEFAULT_TASK_FRAMES})")
+
+
+def cluster_client(args) -> Any:
+    """The dask client that ``--scheduler`` / ``--workers`` ask for (a context manager)."""
+    from starloc.cluster import open_client
+
+    if args.workers is not None and args.scheduler is not None:
+        raise InputError("give either --scheduler (an existing cluster) or --workers (a local one), not both")
+    return open_client(args.scheduler, args.workers)
+
+
 def _positive(kind: type = float):
     def parse(text: str) -> Any:
         try:
@@ -447,35 +470,13 @@ def _run_with_bar(gen: Any, total: int) -> dict[str, Any]:
 
 def _localize_on_cluster(args, camera: Any, options: dict[str, Any], total: int) -> dict[str, Any]:
     """``--scheduler`` / ``--workers``: the same localization as tasks on a dask.distributed cluster."""
-    try:
-        from distributed import Client
-    except ImportError:
-        raise InputError("--scheduler/--workers need dask.distributed: pip install 'napari-starloc[cluster]'") from None
-    from starloc.deeploco.cluster import iter_localize_stack_on_cluster, local_cluster
+    from starloc.deeploco.cluster import iter_localize_stack_on_cluster
 
-    if args.workers is not None and args.scheduler is not None:
-        raise InputError("give either --scheduler (an existing cluster) or --workers (a local one), not both")
-    cluster = None
-    try:
-        if args.scheduler is not None:
-            client = Client(args.scheduler, timeout="30s")
-        else:
-            cluster = local_cluster(args.workers)
-            client = Client(cluster)
-    except OSError as exc:
-        if cluster is not None:
-            cluster.close()
-        where = f"reach the dask scheduler {args.scheduler!r}" if args.scheduler else "start a local dask cluster"
-        raise InputError(f"cannot {where}: {exc}") from None
-    try:
+    with cluster_client(args) as client:
         gen = iter_localize_stack_on_cluster(args.model, args.stack, client, frames=args.frames,
                                              frames_per_task=args.frames_per_task, device=args.device,
                                              camera=camera, input_units=args.units, **options)
         return _run_with_bar(gen, total)
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 def cmd_deeploco_localize(args) -> int:
@@ -699,14 +700,7 @@ def add_commands(sub) -> None:
     lo.add_argument("--units", choices=("adu", "photons"), default="adu",
                     help="stack units: camera ADU (converted with the model's camera, default) or photons")
     _add_camera_options(lo, "override the model's camera (e.g. --baseline for another offset)")
-    g = lo.add_argument_group("past one machine (dask.distributed; pip install 'napari-starloc[cluster]')")
-    g.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="run on an existing dask cluster, e.g. tcp://10.0.0.1:8786; the model and the stack "
-                        "must be readable at the same paths on every worker")
-    g.add_argument("--workers", type=_positive(int), default=None, metavar="N",
-                   help="run on a local dask cluster of N worker processes (one frame chunk per task)")
-    g.add_argument("--frames-per-task", type=_positive(int), default=1000, metavar="N",
-                   help="frames per cluster task (default 1000)")
+    add_cluster_options(lo, "stack")
     lo.set_defaults(func=cmd_deeploco_localize)
 
     rd = sub.add_parser("render", help="render a localization table as a super-resolution image",

@@ -38,6 +38,7 @@ __all__ = [
     "as_frames",
     "frames_shape",
     "iter_frame_chunks",
+    "select_frames",
     "validate_crop",
     "atomic_path",
     "atomic_write",
@@ -254,7 +255,7 @@ def frames_shape(image: Any, *, rgb: str = "error", channel_axis: int | None = N
 
 
 def iter_frame_chunks(
-    image: Any, chunk: int, *, rgb: str = "error", channel_axis: int | None = None
+    image: Any, chunk: int, *, rgb: str = "error", channel_axis: int | None = None, frames: Any = None
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(start, frames)`` with ``frames`` float32 ``(t, C, H, W)``, ``t <= chunk``.
 
@@ -262,21 +263,44 @@ def iter_frame_chunks(
     array with ``shape``, ``dtype`` and slicing (dask, zarr): only one chunk of frames is read
     and converted at a time, so memory stays bounded by the chunk size. The axes are
     interpreted once from the full shape, with the rules of :func:`as_frames`, and
-    ``start`` is the 0-based index of the chunk's first frame.
+    ``start`` is the 0-based index of the chunk's first frame in the whole image.
+    ``frames``: only these frames (see :func:`select_frames`; default all).
     """
     chunk = int(chunk)
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     layout = _layout(np.shape(image), _dtype_of(image), rgb, channel_axis)
+    selected = select_frames(frames, layout.frames, "the image")
     if layout.time_axis is None:
         yield 0, _convert(image, layout)
         return
-    n = layout.frames
     index: list[Any] = [slice(None)] * len(layout.shape)
-    for start in range(0, n, chunk):
-        index[layout.time_axis] = slice(start, min(start + chunk, n))
+    for start in range(selected.start, selected.stop, chunk):
+        index[layout.time_axis] = slice(start, min(start + chunk, selected.stop))
         block = image[tuple(index)]
         yield start, _convert(block, layout)
+
+
+def select_frames(frames: Any, n: int, name: str) -> range:
+    """The contiguous range of 0-based frames that ``frames`` (None, slice, range or
+    ``(start, stop)``) selects from a stack of ``n`` frames called ``name``; InputError when none."""
+    if frames is None:
+        r = range(n)
+    elif isinstance(frames, range):
+        if frames.step != 1:
+            raise InputError("frames must be a contiguous range (step 1)")
+        r = range(*slice(frames.start, frames.stop).indices(n))
+    elif isinstance(frames, slice):
+        if frames.step not in (None, 1):
+            raise InputError("frames must be a contiguous range (step 1)")
+        r = range(*slice(frames.start, frames.stop).indices(n))
+    elif isinstance(frames, (tuple, list)) and len(frames) == 2:
+        r = range(*slice(*frames).indices(n))
+    else:
+        raise InputError(f"frames must be a slice or range of frame indices, got {frames!r}")
+    if len(r) == 0:
+        raise InputError(f"the frame selection {frames!r} selects no frame of {name} ({n} frame(s))")
+    return r
 
 
 def _dtype_of(image: Any) -> np.dtype:

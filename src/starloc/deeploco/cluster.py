@@ -13,43 +13,19 @@ Only the localization tables travel back.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Generator
 from functools import lru_cache
 from typing import Any
 
-from ..errors import InputError
+from ..cluster import DEFAULT_TASK_FRAMES, chunk_ranges, iter_completed, local_cluster
+from ..io import select_frames
 from .postprocess import concat_tables, sorted_by_frame
-from .stack import StackProgress, Table, localize_stack, open_stack, select_frames
+from .stack import StackProgress, Table, localize_stack, open_stack
 
 __all__ = ["chunk_ranges", "iter_localize_stack_on_cluster", "local_cluster"]
 
-#: frames per task when not given: enough work per task to hide the scheduling overhead
-DEFAULT_TASK_FRAMES = 1000
 #: frames localized locally before any task is sent, to check the input
 PREVIEW_FRAMES = 8
-
-
-def local_cluster(n_workers: int) -> Any:
-    """A :class:`distributed.LocalCluster` of ``n_workers`` processes of one thread each, for
-    this work: dask's nannies give workers ``MALLOC_TRIM_THRESHOLD_=65536``, which returns every
-    freed buffer to the OS and made each task's localization ~45 % slower here (torch on the CPU
-    allocates and frees large buffers per batch); these workers keep glibc's default. Workers of
-    a cluster you start yourself: start them without that variable for the same speed."""
-    import dask
-    from distributed import LocalCluster
-
-    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
-    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-        return LocalCluster(n_workers=int(n_workers), threads_per_worker=1, processes=True, dashboard_address=":0")
-
-
-def chunk_ranges(selected: range, frames_per_task: int) -> list[tuple[int, int]]:
-    """``[start, stop)`` frame ranges of at most ``frames_per_task`` frames covering ``selected``."""
-    if frames_per_task < 1:
-        raise InputError(f"frames per task must be >= 1, got {frames_per_task}")
-    return [(a, min(a + frames_per_task, selected.stop)) for a in range(selected.start, selected.stop, frames_per_task)]
 
 
 @lru_cache(maxsize=2)
@@ -105,23 +81,16 @@ def iter_localize_stack_on_cluster(model_path: Any, stack_path: Any, client: Any
     paths = os.path.abspath(model_path), os.path.abspath(stack_path)  # workers may have another cwd
     futures = {client.submit(_localize_range, *paths, a, b, options, device, torch_threads, pure=False): b - a
                for a, b in ranges}
-    return _collect(futures, len(selected))
+    return _collect(futures)
 
 
-def _collect(futures: dict, total: int) -> Generator[StackProgress, None, Table]:
-    from distributed import as_completed
+def _collect(futures: dict) -> Generator[StackProgress, None, Table]:
+    found = 0
 
-    tables: list[Table] = []
-    done = found = 0
-    start = time.perf_counter()
-    try:
-        for future in as_completed(list(futures)):
-            table = future.result()
-            tables.append(table)
-            done += futures[future]
-            found += len(table["frame"])
-            yield StackProgress(done, total, found, time.perf_counter() - start)
-    finally:
-        for future in futures:
-            future.cancel()
+    def progress(done: int, total: int, table: Table, seconds: float) -> StackProgress:
+        nonlocal found
+        found += len(table["frame"])
+        return StackProgress(done, total, found, seconds)
+
+    tables = yield from iter_completed(futures, progress)
     return sorted_by_frame(concat_tables(tables))

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, StarlocWarning, one_line
-from ..io import read_image
+from ..io import read_image, select_frames
 from ..progress import finish
 from .camera import Camera
 from .network import CELL
@@ -384,28 +384,6 @@ class StackProgress(NamedTuple):
     frames_total: int
     localizations: int
     elapsed: float
-
-
-def select_frames(frames: Any, n: int, name: str) -> range:
-    """The contiguous range of 0-based frames that ``frames`` (None, slice, range or
-    ``(start, stop)``) selects from a stack of ``n`` frames called ``name``; InputError when none."""
-    if frames is None:
-        r = range(n)
-    elif isinstance(frames, range):
-        if frames.step != 1:
-            raise InputError("frames must be a contiguous range (step 1)")
-        r = range(*slice(frames.start, frames.stop).indices(n))
-    elif isinstance(frames, slice):
-        if frames.step not in (None, 1):
-            raise InputError("frames must be a contiguous range (step 1)")
-        r = range(*slice(frames.start, frames.stop).indices(n))
-    elif isinstance(frames, (tuple, list)) and len(frames) == 2:
-        r = range(*slice(*frames).indices(n))
-    else:
-        raise InputError(f"frames must be a slice or range of frame indices, got {frames!r}")
-    if len(r) == 0:
-        raise InputError(f"the frame selection {frames!r} selects no frame of {name} ({n} frame(s))")
-    return r
 
 
 def _check_pixel_size(model_ps: float, given: float | None, stated: float | None, name: str) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Generator, Sequence
 import numpy as np
 
 from starloc.errors import InputError
-from starloc.io import as_frames, frames_shape, iter_frame_chunks, validate_crop
+from starloc.io import as_frames, frames_shape, iter_frame_chunks, select_frames, validate_crop
 from starloc.lodestar.detection import DetectParams, Detections, detect, pool_single, pool_single_symmetries
 from starloc.lodestar.model import LodeSTAR, Maps
 
@@ -45,12 +45,13 @@ def _frame_slice(image, frame: int, n_frames: int):
 
 
 def iter_maps(model: LodeSTAR, image, chunk: int = 8, rgb: str = "error", channel_axis=None,
-              augment: bool = False):
+              augment: bool = False, frames=None):
     """Yield ``(start, frames, maps)`` per chunk of a user image (2D, T×Y×X or with channels).
 
-    ``augment``: average over the 8 grid symmetries (see :meth:`LodeSTAR.maps`).
+    ``augment``: average over the 8 grid symmetries (see :meth:`LodeSTAR.maps`). ``frames``:
+    only these (see :func:`starloc.io.select_frames`).
     """
-    for start, frames in iter_frame_chunks(image, chunk, rgb=rgb, channel_axis=channel_axis):
+    for start, frames in iter_frame_chunks(image, chunk, rgb=rgb, channel_axis=channel_axis, frames=frames):
         _check_channels(model, frames)
         yield start, frames, model.maps(frames, augment=augment)
 
@@ -60,18 +61,24 @@ def _check_channels(model: LodeSTAR, frames: np.ndarray) -> None:
         raise InputError(f"the model expects {model.config.in_channels} channel(s), the image has {frames.shape[1]}")
 
 
+def _selection(image, rgb: str, channel_axis, frames) -> range:
+    return select_frames(frames, frames_shape(image, rgb=rgb, channel_axis=channel_axis)[0], "the image")
+
+
 def iter_detect(
     model: LodeSTAR, image, params: DetectParams = DetectParams(), chunk: int = 8, rgb: str = "error",
-    channel_axis=None, augment: bool = False,
+    channel_axis=None, augment: bool = False, frames=None,
 ) -> Generator[FrameProgress, None, Detections]:
-    """Multi-object detection on every frame; returns :class:`Detections` (frames 0-based)."""
-    total = frames_shape(image, rgb=rgb, channel_axis=channel_axis)[0]
+    """Multi-object detection on every frame, or on the contiguous ``frames`` (a slice, range
+    or ``(start, stop)``) only; returns :class:`Detections` (frames 0-based, numbered as in the
+    whole image)."""
+    selected = _selection(image, rgb, channel_axis, frames)
     parts: list[Detections] = []
-    for start, frames, maps in iter_maps(model, image, chunk, rgb, channel_axis, augment):
+    for start, block, maps in iter_maps(model, image, chunk, rgb, channel_axis, augment, selected):
         found = detect(maps, params)
         found.frame += start
         parts.append(found)
-        yield start + len(frames), total
+        yield start + len(block) - selected.start, len(selected)
     return Detections(
         np.concatenate([p.frame for p in parts]),
         np.concatenate([p.positions for p in parts]),
@@ -93,26 +100,28 @@ def single_object(model: LodeSTAR, frames: np.ndarray, augment: bool = True) -> 
 
 
 def iter_single(
-    model: LodeSTAR, image, chunk: int = 8, rgb: str = "error", channel_axis=None, augment: bool = True
+    model: LodeSTAR, image, chunk: int = 8, rgb: str = "error", channel_axis=None, augment: bool = True,
+    frames=None,
 ) -> Generator[FrameProgress, None, Detections]:
-    """One object per frame (see :func:`single_object`); returns one detection per frame.
+    """One object per frame (see :func:`single_object`); returns one detection per frame, of
+    every frame or of the contiguous ``frames`` only (numbered as in the whole image).
 
     Features: ``weight`` (mean of the weight map) and ``consistency`` (weighted variance of
     the per-pixel predictions around the pooled one, px^2 of the network's input).
     """
-    total = frames_shape(image, rgb=rgb, channel_axis=channel_axis)[0]
+    selected = _selection(image, rgb, channel_axis, frames)
     pos, weight, spread = [], [], []
-    for start, frames in iter_frame_chunks(image, chunk, rgb=rgb, channel_axis=channel_axis):
-        _check_channels(model, frames)
-        p, maps = single_object(model, frames, augment)
+    for start, block in iter_frame_chunks(image, chunk, rgb=rgb, channel_axis=channel_axis, frames=selected):
+        _check_channels(model, block)
+        p, maps = single_object(model, block, augment)
         w = maps.weights[:, None]
         dev = ((maps.positions[:, :2] - p[:, :2, None, None]) ** 2).sum(1, keepdims=True)
         pos.append(p)
         weight.append(maps.weights.mean(axis=(1, 2)))
         spread.append(((dev * w).sum((1, 2, 3)) / np.maximum(w.sum((1, 2, 3)), 1e-12)) / maps.downsample**2)
-        yield start + len(frames), total
+        yield start + len(block) - selected.start, len(selected)
     positions = np.concatenate(pos)
-    return Detections(np.arange(len(positions)), positions,
+    return Detections(np.arange(selected.start, selected.stop), positions,
                       {"weight": np.concatenate(weight), "consistency": np.concatenate(spread)})
 
 

@@ -1,0 +1,99 @@
+"""Past one machine: frame ranges of a stack as dask.distributed tasks (both methods).
+
+Frames are independent for LodeSTAR's detection and for DeepLoco's localization, so a stack
+splits into ranges of frames that any worker processes on its own; each method's
+``cluster`` module submits its task function over the ranges and merges the results into the
+one a single process would return. The scheduler is dask's (``distributed``; install
+``napari-starloc[cluster]``), not ours, and is imported only when a cluster is asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Generator, Iterator
+from typing import Any
+
+from .errors import InputError
+
+__all__ = ["DEFAULT_TASK_FRAMES", "chunk_ranges", "local_cluster", "open_client", "iter_completed"]
+
+#: frames per task when not given: enough work per task to hide the scheduling overhead
+DEFAULT_TASK_FRAMES = 1000
+
+
+def chunk_ranges(selected: range, frames_per_task: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` frame ranges of at most ``frames_per_task`` frames covering ``selected``."""
+    if frames_per_task < 1:
+        raise InputError(f"frames per task must be >= 1, got {frames_per_task}")
+    return [(a, min(a + frames_per_task, selected.stop)) for a in range(selected.start, selected.stop, frames_per_task)]
+
+
+def local_cluster(n_workers: int) -> Any:
+    """A :class:`distributed.LocalCluster` of ``n_workers`` processes of one thread each, for
+    this work: dask's nannies give workers ``MALLOC_TRIM_THRESHOLD_=65536``, which returns every
+    freed buffer to the OS and made each task's localization ~45 % slower here (torch on the CPU
+    allocates and frees large buffers per batch); these workers keep glibc's default. Workers of
+    a cluster you start yourself: start them without that variable for the same speed."""
+    import dask
+    from distributed import LocalCluster
+
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        return LocalCluster(n_workers=int(n_workers), threads_per_worker=1, processes=True, dashboard_address=":0")
+
+
+@contextlib.contextmanager
+def open_client(scheduler: str | None = None, workers: int | None = None) -> Iterator[Any]:
+    """A :class:`distributed.Client` of the cluster at ``scheduler`` (an address), or of a local
+    cluster of ``workers`` processes started (and closed) here; InputError when dask.distributed
+    is missing, both or neither are given, or the cluster cannot be reached."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise InputError("a cluster needs dask.distributed: pip install 'napari-starloc[cluster]'") from None
+    if (scheduler is None) == (workers is None):
+        raise InputError("give either a scheduler address (an existing cluster) or a number of workers "
+                         "(a local one), not both")
+    cluster = None
+    try:
+        if scheduler is not None:
+            client = Client(scheduler, timeout="30s")
+        else:
+            cluster = local_cluster(workers)
+            client = Client(cluster)
+    except OSError as exc:
+        if cluster is not None:
+            cluster.close()
+        where = f"reach the dask scheduler {scheduler!r}" if scheduler else "start a local dask cluster"
+        raise InputError(f"cannot {where}: {exc}") from None
+    try:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def iter_completed(futures: dict[Any, int], progress: Callable[[int, int, Any, float], Any]
+                   ) -> Generator[Any, None, list[Any]]:
+    """Wait for ``futures`` (future -> frames in its task), yielding
+    ``progress(frames_done, frames_total, result, seconds)`` as each finishes (in any order);
+    returns the results in that order. Closing the generator cancels the unfinished tasks."""
+    from distributed import as_completed
+
+    total = sum(futures.values())
+    results: list[Any] = []
+    done = 0
+    start = time.perf_counter()
+    try:
+        for future in as_completed(list(futures)):
+            result = future.result()
+            results.append(result)
+            done += futures[future]
+            yield progress(done, total, result, time.perf_counter() - start)
+    finally:
+        for future in futures:
+            future.cancel()
+    return results

@@ -1,0 +1,104 @@
+"""LodeSTAR past one machine: a stack detected as dask.distributed tasks gives the local result."""
+
+import numpy as np
+import pytest
+import tifffile
+
+from starloc import sim
+from starloc.cli import main
+from starloc.errors import InputError, ModelFileError
+from starloc.io import read_points_csv
+from starloc.lodestar.cluster import iter_detect_on_cluster
+from starloc.lodestar.inference import iter_detect, iter_single
+from starloc.lodestar.model import LodeSTAR
+from starloc.lodestar.training import TrainConfig, train
+from starloc.progress import finish
+from tests.conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lodestar_cluster")
+    stack = np.stack([sim.simulate_scene("point", 4, size=(48, 48), snr=10, rng=s)[0] for s in range(5)])
+    tifffile.imwrite(folder / "stack.tif", stack.astype(np.float32))
+    crop, _, _ = sim.simulate_single("point", 10, 1, size=32, max_offset=1.0, rng=0)
+    model = finish(train([crop[0]], TrainConfig(network=TINY, max_steps=20, min_steps=20, copies=4)))
+    model.save(folder / "model.pt")
+    return folder
+
+
+class _NoSubmit:
+    """A client that fails the test if any task is sent."""
+
+    def submit(self, *args, **kwargs):
+        raise AssertionError("a task was sent before the input was checked")
+
+
+def test_a_frame_selection_keeps_the_stack_numbering(files):
+    model, image = LodeSTAR.load(files / "model.pt"), tifffile.imread(files / "stack.tif")
+    whole = finish(iter_detect(model, image))
+    progress = []
+    part = finish(iter_detect(model, image, frames=slice(2, 4)), progress.append)
+    keep = (whole.frame >= 2) & (whole.frame < 4)
+    assert keep.sum() > 0 and np.array_equal(part.frame, whole.frame[keep])
+    np.testing.assert_allclose(part.positions, whole.positions[keep], atol=1e-5)
+    assert progress[-1] == (2, 2)
+    single = finish(iter_single(model, image, frames=(1, 3), augment=False))
+    assert single.frame.tolist() == [1, 2]
+    with pytest.raises(InputError, match="selects no frame"):
+        finish(iter_detect(model, image, frames=slice(7, 9)))
+
+
+@pytest.fixture(scope="module")
+def client():
+    distributed = pytest.importorskip("distributed")
+    # threads, not processes: the same code path (tasks, futures, results) in a second of start-up
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=":0") as cluster, distributed.Client(cluster) as c:
+        yield c
+
+
+@pytest.mark.parametrize("single", [False, True])
+def test_cluster_detections_equal_the_local_ones(files, client, single):
+    model, image = LodeSTAR.load(files / "model.pt"), tifffile.imread(files / "stack.tif")
+    run = iter_single if single else iter_detect
+    local = finish(run(model, image, frames=slice(1, 5), augment=single))
+    progress = []
+    found = finish(iter_detect_on_cluster(files / "model.pt", files / "stack.tif", client, single=single,
+                                          frames=slice(1, 5), frames_per_task=2), progress.append)
+    assert len(local) > 0 and np.array_equal(found.frame, local.frame)
+    np.testing.assert_allclose(found.positions, local.positions, atol=1e-5)
+    assert found.features.keys() == local.features.keys()
+    for key in local.features:
+        np.testing.assert_allclose(found.features[key], local.features[key], rtol=1e-5, atol=1e-6)
+    assert [total for _, total in progress] == [4, 4] and progress[-1][0] == 4
+
+
+def test_bad_input_fails_before_any_task_is_sent(files, tmp_path):
+    with pytest.raises(InputError, match="selects no frame"):
+        iter_detect_on_cluster(files / "model.pt", files / "stack.tif", _NoSubmit(), frames=slice(9, 12))
+    np.save(tmp_path / "rgb.npy", np.zeros((2, 40, 48, 3), np.float32))
+    with pytest.raises(InputError, match="RGB"):
+        iter_detect_on_cluster(files / "model.pt", tmp_path / "rgb.npy", _NoSubmit())
+    bad = tifffile.imread(files / "stack.tif")
+    bad[0, 3, 4] = np.nan
+    tifffile.imwrite(tmp_path / "nan.tif", bad)
+    with pytest.raises(InputError, match="NaN"):
+        iter_detect_on_cluster(files / "model.pt", tmp_path / "nan.tif", _NoSubmit())
+    (tmp_path / "foreign.pt").write_bytes(b"not a model")
+    with pytest.raises(ModelFileError):
+        iter_detect_on_cluster(tmp_path / "foreign.pt", files / "stack.tif", _NoSubmit())
+
+
+def test_cli_scheduler_option_writes_the_local_csv(files, client, tmp_path, capsys):
+    common = ["lodestar", "detect", str(files / "stack.tif"), "--model", str(files / "model.pt"),
+              "--device", "cpu", "--frames", "1:4"]
+    assert main([*common, "-o", str(tmp_path / "local.csv")]) == 0
+    assert main([*common, "--scheduler", client.scheduler.address, "--frames-per-task", "2",
+                 "-o", str(tmp_path / "cluster.csv")]) == 0
+    (lf, lpos, _), (cf, cpos, _) = read_points_csv(tmp_path / "local.csv"), read_points_csv(tmp_path / "cluster.csv")
+    assert len(lf) > 0 and set(lf.tolist()) <= {1, 2, 3} and np.array_equal(lf, cf)
+    np.testing.assert_allclose(cpos, lpos, atol=1e-3)
+    assert main([*common, "--workers", "2", "--scheduler", "tcp://127.0.0.1:1", "-o", str(tmp_path / "x.csv")]) == 2
+    assert "either --scheduler" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
