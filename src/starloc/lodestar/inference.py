@@ -51,9 +51,9 @@ def iter_maps(model: LodeSTAR, image, chunk: int = 8, rgb: str = "error", channe
     ``augment``: average over the 8 grid symmetries (see :meth:`LodeSTAR.maps`). ``frames``:
     only these (see :func:`starloc.io.select_frames`).
     """
-    for start, frames in iter_frame_chunks(image, chunk, rgb=rgb, channel_axis=channel_axis, frames=frames):
-        _check_channels(model, frames)
-        yield start, frames, model.maps(frames, augment=augment)
+    for start, block in iter_frame_chunks(image, chunk, rgb=rgb, channel_axis=channel_axis, frames=frames):
+        _check_channels(model, block)
+        yield start, block, model.maps(block, augment=augment)
 
 
 def _check_channels(model: LodeSTAR, frames: np.ndarray) -> None:
