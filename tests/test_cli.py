@@ -164,3 +164,18 @@ def test_deeploco_demo_runs_end_to_end_on_the_bundled_bead_stack(tmp_path, capsy
 
 def test_demo_rejects_an_unknown_shape(capsys, tmp_path):
     _bad(capsys, ["demo", "--out", str(tmp_path), "--shape", "cube"], "unknown shape")
+
+
+def test_detect_tuning_options_reach_the_detection(scene, model_path, capsys):
+    folder, _ = scene
+    common = ["lodestar", "detect", str(folder / "scene.tif"), "--model", str(model_path)]
+    assert main([*common, "-o", str(folder / "all.csv")]) == 0
+    # a weight is at most 1: every peak falls below this floor
+    assert main([*common, "--min-weight", "1.5", "-o", str(folder / "none.csv")]) == 0
+    assert len(read_points_csv(folder / "all.csv")[0]) > 0 and len(read_points_csv(folder / "none.csv")[0]) == 0
+    assert main([*common, "--radius", "6", "--cluster-radius", "3", "--crowded-distance", "0",
+                 "-o", str(folder / "tuned.csv")]) == 0
+    assert main([*common, "--crowded-distance", "-1", "-o", str(folder / "bad.csv")]) == 2
+    assert "crowded_distance" in capsys.readouterr().err and not (folder / "bad.csv").exists()
+    with pytest.raises(SystemExit):
+        main([*common, "--radius", "0", "-o", str(folder / "bad.csv")])

@@ -84,7 +84,8 @@ def cmd_lodestar_detect(args) -> int:
     layout = {"rgb": args.rgb, "channel_axis": args.channel_axis}
     total = len(select_frames(args.frames, frames_shape(image, **layout)[0], str(args.image)))
     augment = args.single if args.tta is None else args.tta
-    given = {k: getattr(args, k) for k in ("alpha", "beta", "cutoff", "mode")}
+    given = {k: getattr(args, k) for k in ("alpha", "beta", "cutoff", "mode", "min_weight", "radius",
+                                           "cluster_radius", "crowded_distance")}
     params = DetectParams(**{k: v for k, v in given.items() if v is not None})
     if args.scheduler is not None or args.workers is not None:
         found = _detect_on_cluster(args, params, augment, layout, total)
@@ -185,6 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--mode", choices=("quantile", "ratio", "absolute"),
                    help="cutoff as a quantile of the score map (default), a fraction of its maximum, "
                         "or an absolute value")
+    d.add_argument("--min-weight", type=float, help="ignore peaks whose weight is below this (default 0.01)")
+    d.add_argument("--radius", type=_positive(), metavar="PX",
+                   help="half-size of the neighbourhood for peak finding and refinement (default 4; pixels "
+                        "of the network's input, i.e. of the downsampled image for a --downsample model)")
+    d.add_argument("--cluster-radius", type=_positive(), metavar="PX",
+                   help="predictions farther than this from a detection do not refine it (default 2; same pixels)")
+    d.add_argument("--crowded-distance", type=float, metavar="PX",
+                   help="a detection with a neighbour closer than this is refined with its less self-consistent "
+                        "predictions down-weighted (default: the receptive field; 0 turns it off)")
     d.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average the network over the 8 quarter-turns and flips of each frame: more "
                         "accurate, 8x slower (default: on with --single, off otherwise)")

@@ -14,6 +14,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from starloc.errors import InputError
 from starloc.lodestar.model import Maps, to_image_coordinates
 
 CUTOFF_MODES = ("quantile", "ratio", "absolute")
@@ -154,6 +155,16 @@ class DetectParams:
     radius: float = 4.0
     cluster_radius: float = 2.0
     crowded_distance: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("radius", "cluster_radius"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value > 0):
+                raise InputError(f"detection {name} must be a positive number of pixels, got {value!r}")
+        if self.crowded_distance is not None and not (np.isfinite(self.crowded_distance) and self.crowded_distance >= 0):
+            raise InputError(f"detection crowded_distance must be >= 0 pixels (0: off), got {self.crowded_distance!r}")
+        if not np.isfinite(self.min_weight):
+            raise InputError(f"detection min_weight must be a finite number, got {self.min_weight!r}")
 
 
 @dataclass
