@@ -179,3 +179,12 @@ def test_detect_tuning_options_reach_the_detection(scene, model_path, capsys):
     assert "crowded_distance" in capsys.readouterr().err and not (folder / "bad.csv").exists()
     with pytest.raises(SystemExit):
         main([*common, "--radius", "0", "-o", str(folder / "bad.csv")])
+
+
+def test_the_step_defaults_in_the_help_are_the_training_config_ones(capsys):
+    from starloc.lodestar.training import TrainConfig
+
+    for command in (["lodestar", "train"], ["demo"]):
+        with pytest.raises(SystemExit):
+            main([*command, "--help"])
+        assert f"default {TrainConfig.max_steps}" in " ".join(capsys.readouterr().out.split())

@@ -51,7 +51,8 @@ def cmd_lodestar_train(args) -> int:
     if suggested > args.downsample:
         warnings.warn(f"the object in the crop is about {extent:.0f} px across, more than the network sees "
                       f"whole at --downsample {args.downsample}: consider --downsample {suggested}", StarlocWarning)
-    config = TrainConfig(max_steps=args.steps, min_steps=min(args.steps, TrainConfig.min_steps), seed=args.seed,
+    steps = TrainConfig.max_steps if args.steps is None else args.steps
+    config = TrainConfig(max_steps=steps, min_steps=min(steps, TrainConfig.min_steps), seed=args.seed,
                          device=_device(args.device), downsample=args.downsample,
                          network=NetworkConfig(in_channels=crops[0].shape[0]))
     gen = train(crops, config)
@@ -128,7 +129,8 @@ def cmd_demo(args) -> int:
     from starloc.demo import run_demo
 
     if args.method in ("all", "lodestar"):
-        run_demo(out_dir=Path(args.out), shape=args.shape, seed=args.seed, max_steps=args.steps)
+        steps = {} if args.steps is None else {"max_steps": args.steps}
+        run_demo(out_dir=Path(args.out), shape=args.shape, seed=args.seed, **steps)
     if args.method in ("all", "deeploco"):
         run_deeploco_demo(out_dir=Path(args.out), seed=args.seed, steps=args.deeploco_steps)
     return 0
@@ -163,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar=("ROW", "COL", "HEIGHT", "WIDTH"),
                    help="crop rectangle in pixels; repeat for several crops")
     t.add_argument("--frame", type=int, default=0, help="0-based frame of a stack to crop from")
-    t.add_argument("--steps", type=int, default=3000,
-                   help="maximum training steps (training stops earlier on a loss plateau)")
+    t.add_argument("--steps", type=int, default=None,
+                   help="maximum training steps (default 2600; training stops earlier on a loss plateau)")
     t.add_argument("--seed", type=int, default=0, help="random seed (same seed, same model)")
     t.add_argument("--downsample", type=_positive(int), default=1, metavar="D",
                    help="look at the image in blocks of DxD pixels (their mean), in training and in "
@@ -212,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--shape", default="point",
                       help="particle shape to simulate: point, sphere, annulus, ellipse or crescent")
     demo.add_argument("--seed", type=int, default=0, help="random seed of the simulation and training")
-    demo.add_argument("--steps", type=int, default=3000, help="maximum LodeSTAR training steps")
+    demo.add_argument("--steps", type=int, default=None, help="maximum LodeSTAR training steps (default 2600)")
     demo.add_argument("--method", choices=("all", "lodestar", "deeploco"), default="all",
                       help="which method's demo to run (default: both)")
     demo.add_argument("--deeploco-steps", type=int, default=400,
