@@ -54,8 +54,8 @@ def open_client(scheduler: str | None = None, workers: int | None = None) -> Ite
     except ImportError:
         raise InputError("a cluster needs dask.distributed: pip install 'napari-starloc[cluster]'") from None
     if (scheduler is None) == (workers is None):
-        raise InputError("give either a scheduler address (an existing cluster) or a number of workers "
-                         "(a local one), not both")
+        raise InputError("give exactly one of a scheduler address (an existing cluster) and a number of "
+                         "workers (a local one)")
     cluster = None
     try:
         if scheduler is not None:
