@@ -10,7 +10,8 @@ import tifffile
 import torch
 
 from starloc.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, main
-from starloc.cli_deeploco import frames_type, parse_settings
+from starloc.cli_common import frames_type
+from starloc.cli_deeploco import parse_settings
 from starloc.deeploco import EMCCD, Gaussian2DPSF, Simulator
 from starloc.deeploco.model import DeepLoco
 from starloc.deeploco.training import DeepLocoTrainConfig

@@ -14,26 +14,11 @@ import warnings
 from pathlib import Path
 
 from starloc import __version__
+from starloc.cli_common import add_cluster_options, cluster_client, frames_type, positive, progress_bar, resolve_device
 from starloc.errors import StarlocError, StarlocWarning
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
-
-
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise StarlocError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    return name
-
-
-def _progress_bar(total: int, desc: str, unit: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=True)
 
 
 def cmd_lodestar_train(args) -> int:
@@ -53,10 +38,10 @@ def cmd_lodestar_train(args) -> int:
                       f"whole at --downsample {args.downsample}: consider --downsample {suggested}", StarlocWarning)
     steps = TrainConfig.max_steps if args.steps is None else args.steps
     config = TrainConfig(max_steps=steps, min_steps=min(steps, TrainConfig.min_steps), seed=args.seed,
-                         device=_device(args.device), downsample=args.downsample,
+                         device=resolve_device(args.device), downsample=args.downsample,
                          network=NetworkConfig(in_channels=crops[0].shape[0]))
     gen = train(crops, config)
-    with _progress_bar(config.max_steps, "training", "step") as bar:
+    with progress_bar(config.max_steps, "training", "step") as bar:
         while True:
             try:
                 p = next(gen)
@@ -80,7 +65,7 @@ def cmd_lodestar_detect(args) -> int:
     from starloc.lodestar.inference import iter_detect, iter_single
     from starloc.lodestar.model import LodeSTAR
 
-    model = LodeSTAR.load(args.model, device=_device(args.device))
+    model = LodeSTAR.load(args.model, device=resolve_device(args.device))
     image = read_image(args.image)
     layout = {"rgb": args.rgb, "channel_axis": args.channel_axis}
     total = len(select_frames(args.frames, frames_shape(image, **layout)[0], str(args.image)))
@@ -103,7 +88,7 @@ def cmd_lodestar_detect(args) -> int:
 
 def _run_frames(gen, total: int):
     """Drive a ``(frames_done, frames_total)`` generator under a progress bar; its result."""
-    with _progress_bar(total, "detecting", "frame") as bar:
+    with progress_bar(total, "detecting", "frame") as bar:
         while True:
             try:
                 done, _ = next(gen)
@@ -114,7 +99,6 @@ def _run_frames(gen, total: int):
 
 def _detect_on_cluster(args, params, augment: bool, layout: dict, total: int):
     """``--scheduler`` / ``--workers``: the same detection as tasks on a dask.distributed cluster."""
-    from starloc.cli_deeploco import cluster_client
     from starloc.lodestar.cluster import iter_detect_on_cluster
 
     with cluster_client(args) as client:
@@ -146,7 +130,6 @@ def _add_common_image_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from starloc.cli_deeploco import _positive, add_cluster_options, frames_type
     from starloc.cli_deeploco import add_commands as add_deeploco_commands
 
     parser = argparse.ArgumentParser(prog="starloc", description=__doc__.splitlines()[0] + " "
@@ -168,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=None,
                    help="maximum training steps (default 2600; training stops earlier on a loss plateau)")
     t.add_argument("--seed", type=int, default=0, help="random seed (same seed, same model)")
-    t.add_argument("--downsample", type=_positive(int), default=1, metavar="D",
+    t.add_argument("--downsample", type=positive(int), default=1, metavar="D",
                    help="look at the image in blocks of DxD pixels (their mean), in training and in "
                         "'detect': for objects larger than the network's receptive field (26 px), "
                         "choose the smallest D that makes one span < ~16 px (default 1)")
@@ -189,10 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cutoff as a quantile of the score map (default), a fraction of its maximum, "
                         "or an absolute value")
     d.add_argument("--min-weight", type=float, help="ignore peaks whose weight is below this (default 0.01)")
-    d.add_argument("--radius", type=_positive(), metavar="PX",
+    d.add_argument("--radius", type=positive(), metavar="PX",
                    help="half-size of the neighbourhood for peak finding and refinement (default 4; pixels "
                         "of the network's input, i.e. of the downsampled image for a --downsample model)")
-    d.add_argument("--cluster-radius", type=_positive(), metavar="PX",
+    d.add_argument("--cluster-radius", type=positive(), metavar="PX",
                    help="predictions farther than this from a detection do not refine it (default 2; same pixels)")
     d.add_argument("--crowded-distance", type=float, metavar="PX",
                    help="a detection with a neighbour closer than this is refined with its less self-consistent "

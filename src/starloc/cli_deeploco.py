@@ -12,7 +12,6 @@ import argparse
 import dataclasses
 import math
 import os
-import re
 import signal
 import sys
 import tempfile
@@ -20,6 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from starloc.cli_common import add_cluster_options, cluster_client, frames_type, positive, progress_bar, resolve_device
 from starloc.errors import InputError
 
 CAMERA_KINDS = ("smlm2016", "emccd", "scmos")
@@ -52,56 +52,6 @@ def _range_type(kind: type = float):
         return lo, hi
 
     parse.__name__ = f"{kind.__name__} range"
-    return parse
-
-
-def frames_type(text: str) -> slice:
-    """``A:B`` (0-based, B excluded, either may be omitted or negative, as a Python slice) or
-    ``A`` (one frame) -> slice."""
-    m = re.fullmatch(r"\s*(-?\d+)?\s*:\s*(-?\d+)?\s*", text)
-    if m:
-        a, b = (None if g is None else int(g) for g in m.groups())
-        return slice(a, b)
-    if re.fullmatch(r"\s*-?\d+\s*", text):
-        a = int(text)
-        return slice(a, a + 1 if a != -1 else None)
-    raise argparse.ArgumentTypeError(f"expected A:B (0-based, B excluded), got {text!r}")
-
-
-def add_cluster_options(p: argparse.ArgumentParser, what: str) -> None:
-    """``--scheduler`` / ``--workers`` / ``--frames-per-task`` (``what``: the input file's name)."""
-    from starloc.cluster import DEFAULT_TASK_FRAMES
-
-    g = p.add_argument_group("past one machine (dask.distributed; pip install 'napari-starloc[cluster]')")
-    g.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help=f"run on an existing dask cluster, e.g. tcp://10.0.0.1:8786; the model and the {what} "
-                        "must be readable at the same paths on every worker")
-    g.add_argument("--workers", type=_positive(int), default=None, metavar="N",
-                   help="run on a local dask cluster of N worker processes (one range of frames per task)")
-    g.add_argument("--frames-per-task", type=_positive(int), default=DEFAULT_TASK_FRAMES, metavar="N",
-                   help=f"frames per cluster task (default {DEFAULT_TASK_FRAMES})")
-
-
-def cluster_client(args) -> Any:
-    """The dask client that ``--scheduler`` / ``--workers`` ask for (a context manager)."""
-    from starloc.cluster import open_client
-
-    if args.workers is not None and args.scheduler is not None:
-        raise InputError("give either --scheduler (an existing cluster) or --workers (a local one), not both")
-    return open_client(args.scheduler, args.workers)
-
-
-def _positive(kind: type = float):
-    def parse(text: str) -> Any:
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if not (v > 0 and math.isfinite(v)):
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-        return v
-
-    parse.__name__ = f"positive {kind.__name__}"
     return parse
 
 
@@ -156,9 +106,9 @@ def _add_camera_options(p: argparse.ArgumentParser, what: str) -> None:
                    help="camera model: smlm2016 (the SMLM Challenge 2016 EMCCD), emccd or scmos "
                         "(their defaults, see starloc.deeploco.camera), changed by the options below")
     g.add_argument("--baseline", type=float, default=None, help="camera offset (ADU)")
-    g.add_argument("--e-per-adu", type=_positive(), default=None, help="electrons per ADU (after EM gain)")
-    g.add_argument("--em-gain", type=_positive(), default=None, help="EM gain (EMCCD)")
-    g.add_argument("--qe", type=_positive(), default=None, help="quantum efficiency (0..1)")
+    g.add_argument("--e-per-adu", type=positive(), default=None, help="electrons per ADU (after EM gain)")
+    g.add_argument("--em-gain", type=positive(), default=None, help="EM gain (EMCCD)")
+    g.add_argument("--qe", type=positive(), default=None, help="quantum efficiency (0..1)")
     g.add_argument("--read-noise", type=float, default=None, help="read noise (electrons rms)")
 
 
@@ -316,7 +266,7 @@ class _Interrupt:
 
 
 def cmd_deeploco_train(args) -> int:
-    from starloc.cli import EXIT_INTERRUPTED, _device, _progress_bar
+    from starloc.cli import EXIT_INTERRUPTED
     from starloc.deeploco import training
     from starloc.deeploco.recipes import default_simulator
     from starloc.deeploco.training import Trainer
@@ -326,7 +276,7 @@ def cmd_deeploco_train(args) -> int:
         _check_out_dir(args.checkpoint)
     if args.checkpoint_every is not None and args.checkpoint is None:
         raise InputError("--checkpoint-every needs --checkpoint PATH")
-    device = _device(args.device)
+    device = resolve_device(args.device)
     psf = _build_psf(args)
     camera = build_camera(args.camera, _camera_overrides(args))
     sim_kw: dict[str, Any] = {"psf": psf, "camera": camera, "device": device}
@@ -359,7 +309,7 @@ def cmd_deeploco_train(args) -> int:
     last = None
     val: dict[str, str] = {}
     try:
-        with _Interrupt() as interrupt, _progress_bar(config.steps, "training", "step") as bar:
+        with _Interrupt() as interrupt, progress_bar(config.steps, "training", "step") as bar:
             while True:
                 if interrupt.requested:
                     gen.close()
@@ -422,13 +372,12 @@ def _record_source(model: Any, args) -> None:
 
 
 def cmd_deeploco_calibrate(args) -> int:
-    from starloc.cli import _device
     from starloc.deeploco.calibration import calibrate
     from starloc.deeploco.model import DeepLoco
     from starloc.deeploco.simulate import Simulator
 
     _check_out_dir(Path(args.output))
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model = DeepLoco.load(args.model, device=device)
     training = model.metadata.get("training") or {}
     if not isinstance(training.get("simulator"), dict) or model.psf is None:
@@ -456,9 +405,8 @@ def cmd_deeploco_calibrate(args) -> int:
 
 def _run_with_bar(gen: Any, total: int) -> dict[str, Any]:
     """Drive a localization generator under a progress bar (frames); return its table."""
-    from starloc.cli import _progress_bar
 
-    with _progress_bar(total, "localizing", "frame") as bar:
+    with progress_bar(total, "localizing", "frame") as bar:
         while True:
             try:
                 p = next(gen)
@@ -480,7 +428,6 @@ def _localize_on_cluster(args, camera: Any, options: dict[str, Any], total: int)
 
 
 def cmd_deeploco_localize(args) -> int:
-    from starloc.cli import _device
     from starloc.deeploco.model import DeepLoco
     from starloc.deeploco.stack import iter_localize_stack, open_stack
     from starloc.smlm_io import write_picasso, write_thunderstorm_csv
@@ -490,7 +437,7 @@ def cmd_deeploco_localize(args) -> int:
     if fmt == "picasso" and out.suffix.lower() not in HDF5_SUFFIXES:
         raise InputError(f"Picasso output needs a .hdf5 file name, got {str(out)!r}")
     _check_out_dir(out)
-    model = DeepLoco.load(args.model, device=_device(args.device))
+    model = DeepLoco.load(args.model, device=resolve_device(args.device))
     camera = build_camera(args.camera, _camera_overrides(args), base=model.camera)
     options = {"pixel_size": args.pixel_size, "batch_size": args.batch_size, "threshold": args.threshold,
                "tile": args.tile, "overlap": args.overlap, "chunk_frames": args.chunk_frames}
@@ -609,22 +556,22 @@ def add_commands(sub) -> None:
     g = t.add_argument_group("PSF")
     g.add_argument("--psf", required=True,
                    help="'gaussian', 'astigmatic', or a bead z-stack TIFF (Z, Y, X) in ADU for an empirical PSF")
-    g.add_argument("--sigma", type=_positive(), default=None,
+    g.add_argument("--sigma", type=positive(), default=None,
                    help="nm: the Gaussian PSF's sigma, or the astigmatic PSF's in-focus sigma0")
     g.add_argument("--astig-c", type=float, default=None, help="nm: astigmatic focal offset c")
-    g.add_argument("--astig-d", type=_positive(), default=None, help="nm: astigmatic depth of focus d")
-    g.add_argument("--psf-z-step", type=_positive(), default=None, help="nm between bead-stack slices")
+    g.add_argument("--astig-d", type=positive(), default=None, help="nm: astigmatic depth of focus d")
+    g.add_argument("--psf-z-step", type=positive(), default=None, help="nm between bead-stack slices")
     g.add_argument("--psf-z0", type=float, default=None, help="nm: z of the bead stack's first slice")
     g.add_argument("--psf-baseline", type=float, default=None,
                    help="bead stack camera baseline (ADU; estimated when left out)")
-    g.add_argument("--pixel-size", type=_positive(), default=None, help="camera pixel size (nm)")
+    g.add_argument("--pixel-size", type=positive(), default=None, help="camera pixel size (nm)")
     g.add_argument("--in-focus", action="store_true",
                    help="bead stack: use only its in-focus slice (z = 0) and train a 2D model")
     _add_camera_options(t, "the simulated camera (none: Poisson noise only, the model then expects photons)")
     s = t.add_argument_group("simulation")
     s.add_argument("--frame-size", type=int, default=None, help="side of the square training frames (px)")
     dens = s.add_mutually_exclusive_group()
-    dens.add_argument("--density", type=_positive(), default=None, help="emitters per µm² (Poisson counts)")
+    dens.add_argument("--density", type=positive(), default=None, help="emitters per µm² (Poisson counts)")
     dens.add_argument("--emitters", type=_range_type(int), default=None, metavar="LO:HI",
                       help="emitters per frame, uniform in LO..HI (default: 0 to 2.5 per µm² of frame)")
     s.add_argument("--photons", type=_range_type(), default=None, metavar="LO:HI",
@@ -639,7 +586,7 @@ def add_commands(sub) -> None:
     r = t.add_argument_group("training")
     r.add_argument("--steps", type=int, default=None, help="optimizer steps")
     r.add_argument("--batch", type=int, default=None, help="frames per step")
-    r.add_argument("--lr", type=_positive(), default=None, help="initial learning rate")
+    r.add_argument("--lr", type=positive(), default=None, help="initial learning rate")
     r.add_argument("--arch", choices=("paper", "fcn"), default=None,
                    help="network: 'paper' (conv + fully connected, fixed frame size) or 'fcn' (fully "
                         "convolutional)")
@@ -665,7 +612,7 @@ def add_commands(sub) -> None:
                     "the model with both. For model files trained before starloc chose thresholds.")
     c.add_argument("model", type=Path, help="model file from 'deeploco train'")
     c.add_argument("-o", "--output", type=Path, required=True, help="output model file (may be the input)")
-    c.add_argument("--frames", type=_positive(int), default=2048, help="simulated frames (default 2048)")
+    c.add_argument("--frames", type=positive(int), default=2048, help="simulated frames (default 2048)")
     c.add_argument("--keep-threshold", action="store_true",
                    help="keep the model's threshold; only remeasure the sub-pixel correction")
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -694,7 +641,7 @@ def add_commands(sub) -> None:
                     help="compute device (default: cuda when available, else cpu)")
     lo.add_argument("--format", choices=("thunderstorm", "picasso"), default=None,
                     help="output format (default: picasso for .hdf5/.h5 names, else thunderstorm)")
-    lo.add_argument("--precision", type=_positive(), default=None,
+    lo.add_argument("--precision", type=positive(), default=None,
                     help=f"Picasso only: localization precision (nm) written for every localization "
                          f"(default {PICASSO_PRECISION_NM:g}; DeepLoco gives none)")
     lo.add_argument("--units", choices=("adu", "photons"), default="adu",
@@ -708,14 +655,14 @@ def add_commands(sub) -> None:
                                     "--camera-pixel-size) as a TIFF with pixel-size metadata.")
     rd.add_argument("locs", type=Path, help="ThunderSTORM CSV or starloc points CSV")
     rd.add_argument("-o", "--output", type=Path, required=True, help="TIFF image to write")
-    rd.add_argument("--pixel-size", type=_positive(), default=10.0, help="output pixel size in nm (default 10)")
+    rd.add_argument("--pixel-size", type=positive(), default=10.0, help="output pixel size in nm (default 10)")
     rd.add_argument("--method", choices=("histogram", "gaussian"), default="histogram",
                     help="histogram (counts per pixel) or gaussian (each localization a unit-mass Gaussian)")
-    rd.add_argument("--sigma", type=_positive(), default=None,
+    rd.add_argument("--sigma", type=positive(), default=None,
                     help="gaussian: sigma in nm (default: the 'uncertainty' column, else one output pixel)")
     rd.add_argument("--color-by-z", action="store_true", help="RGB image, hue by z (needs a z column)")
     rd.add_argument("--extent", type=float, nargs=4, default=None, metavar=("XMIN", "XMAX", "YMIN", "YMAX"),
                     help="field in nm (default: from 0 to the largest x and y)")
-    rd.add_argument("--camera-pixel-size", type=_positive(), default=None,
+    rd.add_argument("--camera-pixel-size", type=positive(), default=None,
                     help="camera pixel size (nm) for tables in camera pixels (points CSV, x [px])")
     rd.set_defaults(func=cmd_render)

@@ -1,0 +1,83 @@
+"""Pieces shared by the ``starloc`` commands of both methods (argument types, device choice,
+progress bars, the dask cluster options). Light to import: torch, tqdm and dask are imported
+only when used, so ``starloc --help`` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from typing import Any
+
+from starloc.errors import InputError, StarlocError
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when a CUDA GPU is available, else ``cpu``; ``cuda`` without one is
+    an error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise StarlocError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return name
+
+
+def progress_bar(total: int, desc: str, unit: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=True)
+
+
+def positive(kind: type = float):
+    """An argparse type: a positive finite ``kind``."""
+
+    def parse(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not (v > 0 and math.isfinite(v)):
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return v
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def frames_type(text: str) -> slice:
+    """``A:B`` (0-based, B excluded, either may be omitted or negative, as a Python slice) or
+    ``A`` (one frame) -> slice."""
+    m = re.fullmatch(r"\s*(-?\d+)?\s*:\s*(-?\d+)?\s*", text)
+    if m:
+        a, b = (None if g is None else int(g) for g in m.groups())
+        return slice(a, b)
+    if re.fullmatch(r"\s*-?\d+\s*", text):
+        a = int(text)
+        return slice(a, a + 1 if a != -1 else None)
+    raise argparse.ArgumentTypeError(f"expected A:B (0-based, B excluded), got {text!r}")
+
+
+def add_cluster_options(p: argparse.ArgumentParser, what: str) -> None:
+    """``--scheduler`` / ``--workers`` / ``--frames-per-task`` (``what``: the input file's name)."""
+    from starloc.cluster import DEFAULT_TASK_FRAMES
+
+    g = p.add_argument_group("past one machine (dask.distributed; pip install 'napari-starloc[cluster]')")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help=f"run on an existing dask cluster, e.g. tcp://10.0.0.1:8786; the model and the {what} "
+                        "must be readable at the same paths on every worker")
+    g.add_argument("--workers", type=positive(int), default=None, metavar="N",
+                   help="run on a local dask cluster of N worker processes (one range of frames per task)")
+    g.add_argument("--frames-per-task", type=positive(int), default=DEFAULT_TASK_FRAMES, metavar="N",
+                   help=f"frames per cluster task (default {DEFAULT_TASK_FRAMES})")
+
+
+def cluster_client(args) -> Any:
+    """The dask client that ``--scheduler`` / ``--workers`` ask for (a context manager)."""
+    from starloc.cluster import open_client
+
+    if args.workers is not None and args.scheduler is not None:
+        raise InputError("give either --scheduler (an existing cluster) or --workers (a local one), not both")
+    return open_client(args.scheduler, args.workers)
