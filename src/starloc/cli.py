@@ -60,22 +60,22 @@ def cmd_lodestar_train(args) -> int:
 
 
 def cmd_lodestar_detect(args) -> int:
-    from starloc.io import frames_shape, read_image, select_frames, write_points_csv
+    from starloc.io import image_frame_range, read_image, write_points_csv
     from starloc.lodestar.detection import DetectParams
     from starloc.lodestar.inference import iter_detect, iter_single
     from starloc.lodestar.model import LodeSTAR
 
-    model = LodeSTAR.load(args.model, device=resolve_device(args.device))
     image = read_image(args.image)
     layout = {"rgb": args.rgb, "channel_axis": args.channel_axis}
-    total = len(select_frames(args.frames, frames_shape(image, **layout)[0], str(args.image)))
+    total = len(image_frame_range(image, args.frames, name=str(args.image), **layout))
     augment = args.single if args.tta is None else args.tta
     given = {k: getattr(args, k) for k in ("alpha", "beta", "cutoff", "mode", "min_weight", "radius",
                                            "cluster_radius", "crowded_distance")}
     params = DetectParams(**{k: v for k, v in given.items() if v is not None})
     if args.scheduler is not None or args.workers is not None:
         found = _detect_on_cluster(args, params, augment, layout, total)
-    else:
+    else:  # the cluster's tasks load the model themselves
+        model = LodeSTAR.load(args.model, device=resolve_device(args.device))
         if args.single:
             gen = iter_single(model, image, augment=augment, frames=args.frames, **layout)
         else:

@@ -39,6 +39,7 @@ __all__ = [
     "frames_shape",
     "iter_frame_chunks",
     "select_frames",
+    "image_frame_range",
     "validate_crop",
     "atomic_path",
     "atomic_write",
@@ -301,6 +302,13 @@ def select_frames(frames: Any, n: int, name: str) -> range:
     if len(r) == 0:
         raise InputError(f"the frame selection {frames!r} selects no frame of {name} ({n} frame(s))")
     return r
+
+
+def image_frame_range(image: Any, frames: Any = None, *, rgb: str = "error", channel_axis: int | None = None,
+                      name: str = "the image") -> range:
+    """The frames of ``image`` (read as :func:`as_frames` would) that ``frames`` selects (see
+    :func:`select_frames`), without reading any pixels."""
+    return select_frames(frames, frames_shape(image, rgb=rgb, channel_axis=channel_axis)[0], name)
 
 
 def _dtype_of(image: Any) -> np.dtype:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..cluster import DEFAULT_TASK_FRAMES, chunk_ranges, iter_completed
-from ..io import frames_shape, read_image, select_frames
+from ..io import image_frame_range, read_image
 from ..progress import finish
 from .detection import DetectParams, Detections
 from .inference import FrameProgress, iter_detect, iter_single
@@ -83,7 +83,7 @@ def iter_detect_on_cluster(
     layout = {"rgb": rgb, "channel_axis": channel_axis}
     model = LodeSTAR.load(model_path)
     image = read_image(image_path)
-    selected = select_frames(frames, frames_shape(image, **layout)[0], str(image_path))
+    selected = image_frame_range(image, frames, name=str(image_path), **layout)
     _detect(model, image, range(selected.start, selected.start + 1), single, params, augment, layout)
     paths = os.path.abspath(model_path), os.path.abspath(image_path)  # workers may have another cwd
     futures = {client.submit(_detect_range, *paths, a, b, single, params, augment, layout, device, torch_threads,

@@ -13,7 +13,7 @@ from collections.abc import Generator, Sequence
 import numpy as np
 
 from starloc.errors import InputError
-from starloc.io import as_frames, frames_shape, iter_frame_chunks, select_frames, validate_crop
+from starloc.io import as_frames, frames_shape, image_frame_range, iter_frame_chunks, validate_crop
 from starloc.lodestar.detection import DetectParams, Detections, detect, pool_single, pool_single_symmetries
 from starloc.lodestar.model import LodeSTAR, Maps
 
@@ -61,10 +61,6 @@ def _check_channels(model: LodeSTAR, frames: np.ndarray) -> None:
         raise InputError(f"the model expects {model.config.in_channels} channel(s), the image has {frames.shape[1]}")
 
 
-def _selection(image, rgb: str, channel_axis, frames) -> range:
-    return select_frames(frames, frames_shape(image, rgb=rgb, channel_axis=channel_axis)[0], "the image")
-
-
 def iter_detect(
     model: LodeSTAR, image, params: DetectParams = DetectParams(), chunk: int = 8, rgb: str = "error",
     channel_axis=None, augment: bool = False, frames=None,
@@ -72,7 +68,7 @@ def iter_detect(
     """Multi-object detection on every frame, or on the contiguous ``frames`` (a slice, range
     or ``(start, stop)``) only; returns :class:`Detections` (frames 0-based, numbered as in the
     whole image)."""
-    selected = _selection(image, rgb, channel_axis, frames)
+    selected = image_frame_range(image, frames, rgb=rgb, channel_axis=channel_axis)
     parts: list[Detections] = []
     for start, block, maps in iter_maps(model, image, chunk, rgb, channel_axis, augment, selected):
         found = detect(maps, params)
@@ -109,7 +105,7 @@ def iter_single(
     Features: ``weight`` (mean of the weight map) and ``consistency`` (weighted variance of
     the per-pixel predictions around the pooled one, px^2 of the network's input).
     """
-    selected = _selection(image, rgb, channel_axis, frames)
+    selected = image_frame_range(image, frames, rgb=rgb, channel_axis=channel_axis)
     pos, weight, spread = [], [], []
     for start, block in iter_frame_chunks(image, chunk, rgb=rgb, channel_axis=channel_axis, frames=selected):
         _check_channels(model, block)
