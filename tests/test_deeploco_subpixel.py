@@ -103,3 +103,73 @@ def test_model_files_keep_the_correction_and_localize_applies_it(sim, tmp_path):
     stack = localize_stack(loaded, frames[:, 0].numpy(), input_units="photons", threshold=0.0)
     order = np.lexsort((fixed["x"], fixed["frame"]))
     np.testing.assert_allclose(stack["x"], fixed["x"][order], atol=1e-3)
+
+
+Z_RANGE = (-750.0, 750.0)
+
+
+def _axial_bias(z: np.ndarray) -> np.ndarray:
+    """A smooth error truth - prediction in z (nm) as a function of the predicted z."""
+    return 6.0 * np.sin(z / 300.0) + 2.0
+
+
+def test_axial_table_removes_a_known_z_dependent_bias_of_each_kind():
+    rng = np.random.default_rng(1)
+    n = 40000
+    pred = np.column_stack([rng.uniform(0, 6400, n), rng.uniform(0, 6400, n), rng.uniform(*Z_RANGE, n)])
+    crowded = rng.random(n) < 0.5
+    truth = pred.copy()
+    truth[:, 2] += _axial_bias(pred[:, 2]) * np.where(crowded, 1.0, -0.5)
+    corr = fit_correction(pred, truth, PERIOD, crowded, z_range=Z_RANGE, z_bins=15, smooth=0.01)
+    assert corr.axial.shape == (2, 15) and corr.z_range == Z_RANGE
+    np.testing.assert_allclose(corr.offsets, 0.0, atol=1e-9)  # no lateral bias here
+    fixed = pred[:, 2] + corr.shift_z(pred[:, 2], crowded)
+    inner = np.abs(pred[:, 2]) < 700  # between the first and last bin centres
+    # residual = the bias's mean over a 100 nm bin against its value (curvature), < 0.2 nm
+    assert np.abs(fixed - truth[:, 2])[inner].max() < 0.2
+    # beyond the outer centres the table is constant: off by at most the bias's change over 50 nm
+    assert np.abs(fixed - truth[:, 2]).max() < 1.0
+    # one table for both kinds would leave most of it
+    one = fit_correction(pred, truth, PERIOD, None, z_range=Z_RANGE, smooth=0.01)
+    assert np.abs(pred[:, 2] + one.shift_z(pred[:, 2]) - truth[:, 2]).max() > 3.0
+
+
+def test_apply_corrects_z_only_with_an_axial_table():
+    table = {"frame": np.array([0, 0, 1]), "x": np.array([100.0, 2000, 50]), "y": np.array([0.0, 0, 0]),
+             "z": np.array([-750.0, 0.0, 750.0])}
+    flat = np.zeros((2, 2, 8))
+    plain = SubpixelCorrection(PERIOD, flat, crowded_distance=800.0)
+    assert plain.axial is None and np.array_equal(plain.apply(table)["z"], table["z"])
+    assert np.array_equal(plain.shift_z(table["z"]), np.zeros(3))
+    axial = np.array([np.linspace(-4, 4, 5), np.full(5, 10.0)])
+    corr = SubpixelCorrection(PERIOD, flat, crowded_distance=800.0, axial=axial, z_range=Z_RANGE)
+    # all three isolated (the frame-0 pair is 1900 nm apart): centres at -600 ... 600 nm
+    np.testing.assert_allclose(corr.apply(table)["z"], [-754.0, 0.0, 754.0])
+    table["x"][1] = 500.0  # now the frame-0 pair is crowded (400 nm apart)
+    np.testing.assert_allclose(corr.apply(table)["z"], [-740.0, 10.0, 754.0])
+    # a 2D table has no z column: nothing to correct, nothing added
+    assert "z" not in corr.apply({k: table[k] for k in ("frame", "x", "y")})
+
+
+def test_axial_table_round_trips_and_old_files_have_none():
+    axial = np.array([np.linspace(-4, 4, 5), np.full(5, 10.0)])
+    corr = SubpixelCorrection(PERIOD, np.ones((2, 2, 8)), crowded_distance=800.0, axial=axial, z_range=Z_RANGE)
+    again = SubpixelCorrection.from_dict(corr.to_dict())
+    assert np.array_equal(again.axial, axial) and again.z_range == Z_RANGE
+    old = corr.to_dict()
+    del old["axial"], old["z_range"]
+    assert SubpixelCorrection.from_dict(old).axial is None
+
+
+def test_bad_axial_tables_are_refused():
+    flat = np.zeros((2, 2, 8))
+    with pytest.raises(InputError, match="axial"):
+        SubpixelCorrection(PERIOD, flat, 800.0, axial=np.zeros(5), z_range=Z_RANGE)
+    with pytest.raises(InputError, match="axial"):
+        SubpixelCorrection(PERIOD, flat, 800.0, axial=np.full((2, 5), np.nan), z_range=Z_RANGE)
+    with pytest.raises(InputError, match="z_range"):
+        SubpixelCorrection(PERIOD, flat, 800.0, axial=np.zeros((2, 5)))
+    with pytest.raises(InputError, match="z_range"):
+        SubpixelCorrection(PERIOD, flat, 800.0, axial=np.zeros((2, 5)), z_range=(10.0, -10.0))
+    with pytest.raises(InputError, match=r"\(N, 3\)"):
+        fit_correction(np.zeros((10, 2)), np.zeros((10, 2)), PERIOD, z_range=Z_RANGE)

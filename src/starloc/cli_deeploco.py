@@ -355,7 +355,7 @@ def cmd_deeploco_train(args) -> int:
     if cal:
         chosen = "chosen" if cal.get("threshold") is not None else "kept"
         print(f"calibrated on {cal['frames']} simulated frames: confidence threshold {model.threshold:g} "
-              f"({chosen}; Jaccard {cal['jaccard']:.3f} there), sub-pixel correction stored")
+              f"({chosen}; Jaccard {cal['jaccard']:.3f} there), {_correction_name(model)} stored")
     if model.camera is None:
         print("note: the model has no camera model: localize stacks already in photons (--units photons) "
               "or give camera settings to 'starloc deeploco localize'")
@@ -394,8 +394,13 @@ def cmd_deeploco_calibrate(args) -> int:
     model.metadata = {**model.metadata, "training": {**training, "calibration": cal.to_dict()}}
     model.save(args.output)
     print(f"calibrated on {args.frames} simulated frames: confidence threshold {before:g} -> {model.threshold:g} "
-          f"(Jaccard {cal.jaccard:.3f} there), sub-pixel correction remeasured; model written to {args.output}")
+          f"(Jaccard {cal.jaccard:.3f} there), {_correction_name(model)} remeasured; model written to {args.output}")
     return 0
+
+
+def _correction_name(model) -> str:
+    axial = model.subpixel is not None and model.subpixel.axial is not None
+    return "sub-pixel and axial correction" if axial else "sub-pixel correction"
 
 
 # ------------------------------------------------------------------------------------------
@@ -605,7 +610,7 @@ def add_commands(sub) -> None:
     t.set_defaults(func=cmd_deeploco_train)
 
     c = dsub.add_parser(
-        "calibrate", help="re-measure a trained model's confidence threshold and sub-pixel correction",
+        "calibrate", help="re-measure a trained model's confidence threshold and sub-pixel (and axial) correction",
         description="Run the calibration that ends every training again on an existing model file: "
                     "localize frames from the model's own training simulator, choose the confidence "
                     "threshold with the best Jaccard index and measure the sub-pixel bias, and write "
@@ -614,7 +619,7 @@ def add_commands(sub) -> None:
     c.add_argument("-o", "--output", type=Path, required=True, help="output model file (may be the input)")
     c.add_argument("--frames", type=positive(int), default=2048, help="simulated frames (default 2048)")
     c.add_argument("--keep-threshold", action="store_true",
-                   help="keep the model's threshold; only remeasure the sub-pixel correction")
+                   help="keep the model's threshold; only remeasure the sub-pixel (and axial) correction")
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="compute device (default: cuda when available, else cpu)")
     c.set_defaults(func=cmd_deeploco_calibrate)

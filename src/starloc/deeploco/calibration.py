@@ -11,7 +11,8 @@ do not say by themselves:
   (trained at 3d853e5, and on an H100) chose 0.55, which raised their benchmark Jaccard by
   0.024-0.043 over the old fixed 0.3 (their false positives are mostly defocused emitters placed
   100-250 nm off, with less confidence than well-placed ones); the 2D models chose 0.15-0.25.
-- **sub-pixel correction** of the localizations kept by that threshold
+- **sub-pixel correction** of the localizations kept by that threshold, and for 3D models the
+  axial bias as a function of the predicted z
   (:func:`~starloc.deeploco.subpixel.fit_correction`).
 
 Coordinates: nm, as in :mod:`starloc.deeploco`.
@@ -152,6 +153,7 @@ def calibrate(model: Any, simulator: Any, frames: int = 2048, seed: int = 2024, 
         return None
     crowded_distance = 2 * CELL * cfg.pixel_size
     crowded = nearest_neighbour_distance(table)[pi] < crowded_distance
-    subpixel = fit_correction(pred[pi, :2], tp[ti, :2], period, crowded, crowded_distance)
+    subpixel = fit_correction(pred[pi], tp[ti], period, crowded, crowded_distance,
+                              z_range=tuple(cfg.z_range) if cfg.dim == 3 else None)
     return Calibration(threshold=threshold if choose_threshold else None, jaccard=jaccard, subpixel=subpixel,
                        frames=int(frames))
