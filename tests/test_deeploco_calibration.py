@@ -1,6 +1,8 @@
 """Calibration at the end of training: the confidence threshold chosen by Jaccard, the sub-pixel
 correction, both stored in the model."""
 
+from functools import partial
+
 import numpy as np
 import pytest
 
@@ -8,6 +10,7 @@ from starloc.deeploco import AstigmaticPSF, Gaussian2DPSF, Simulator
 from starloc.deeploco.calibration import THRESHOLDS, best_threshold, calibrate
 from starloc.deeploco.model import DeepLoco
 from starloc.deeploco.network import DeepLocoConfig
+from starloc.deeploco.subpixel import fit_correction
 from starloc.deeploco.training import DeepLocoTrainConfig, train
 from starloc.progress import finish
 
@@ -92,6 +95,8 @@ def test_calibrate_measures_the_axial_bias_of_a_3d_model(monkeypatch):
         return dict(table), frame.copy(), truth
 
     monkeypatch.setattr("starloc.deeploco.calibration.simulated_localizations", fake)
+    # without the shrinkage of sparse bins (133 localizations per bin here), the table is exact
+    monkeypatch.setattr("starloc.deeploco.calibration.fit_correction", partial(fit_correction, z_prior=0.0))
     cal = calibrate(model, sim3, frames=n // 2)
     assert cal.subpixel.z_range == (-600.0, 600.0)
     np.testing.assert_allclose(cal.subpixel.axial, [[3.0] * 15, [8.0] * 15], atol=1e-9)

@@ -120,7 +120,7 @@ def test_axial_table_removes_a_known_z_dependent_bias_of_each_kind():
     crowded = rng.random(n) < 0.5
     truth = pred.copy()
     truth[:, 2] += _axial_bias(pred[:, 2]) * np.where(crowded, 1.0, -0.5)
-    corr = fit_correction(pred, truth, PERIOD, crowded, z_range=Z_RANGE, z_bins=15, smooth=0.01)
+    corr = fit_correction(pred, truth, PERIOD, crowded, z_range=Z_RANGE, z_bins=15, smooth=0.01, z_prior=0)
     assert corr.axial.shape == (2, 15) and corr.z_range == Z_RANGE
     np.testing.assert_allclose(corr.offsets, 0.0, atol=1e-9)  # no lateral bias here
     fixed = pred[:, 2] + corr.shift_z(pred[:, 2], crowded)
@@ -130,8 +130,17 @@ def test_axial_table_removes_a_known_z_dependent_bias_of_each_kind():
     # beyond the outer centres the table is constant: off by at most the bias's change over 50 nm
     assert np.abs(fixed - truth[:, 2]).max() < 1.0
     # one table for both kinds would leave most of it
-    one = fit_correction(pred, truth, PERIOD, None, z_range=Z_RANGE, smooth=0.01)
+    one = fit_correction(pred, truth, PERIOD, None, z_range=Z_RANGE, smooth=0.01, z_prior=0)
     assert np.abs(pred[:, 2] + one.shift_z(pred[:, 2]) - truth[:, 2]).max() > 3.0
+
+
+def test_axial_bins_with_few_localizations_are_shrunk_towards_no_correction():
+    pred = np.column_stack([np.zeros(1010), np.zeros(1010), np.r_[np.full(1000, -50.0), np.full(10, 700.0)]])
+    truth = pred + np.array([0.0, 0.0, 20.0])  # every localization 20 nm too low
+    corr = fit_correction(pred, truth, PERIOD, None, z_range=Z_RANGE, z_bins=15, smooth=0.01, z_prior=50)
+    assert corr.axial[0, 7] == pytest.approx(20.0 * 1000 / 1050)  # the well-sampled bin: ~5 % shrunk
+    assert corr.axial[0, 14] == pytest.approx(20.0 * 10 / 60)  # ten localizations: mostly prior
+    assert corr.axial[0, 3] == 0.0  # an empty bin far from any: no correction
 
 
 def test_apply_corrects_z_only_with_an_axial_table():
