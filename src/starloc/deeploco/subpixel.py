@@ -25,7 +25,7 @@ emitters overlap, the network pulls z towards the middle of the range, more the 
 detection then favours one side of focus, so the mean axial offset of the matched localizations
 drifts with density. Measured on a wide GPU-trained astigmatic model: +3.5 nm for isolated and
 +6.6 nm for crowded localizations of its training frames, and +0.7 / 2.1 / 6.2 / 9.8 nm on the
-benchmark's frames at 0.1 / 0.5 / 1 / 2 emitters/µm² (−2.5 / −2.6 / 0.8 / 3.6 nm with the table).
+benchmark's frames at 0.1 / 0.5 / 1 / 2 emitters/µm² (−2.3 / −2.4 / 0.9 / 3.7 nm with the table).
 
 Coordinates: nm, x along columns, y along rows, origin at the frame's top-left corner (as in
 :mod:`starloc.deeploco`); the phase is taken in the coordinates of the frame (or tile) the network
@@ -189,8 +189,9 @@ def fit_correction(predicted: np.ndarray, truth: np.ndarray, period: float, crow
     sigma of the Gaussian smoothing, in bins (circular for the phase). z_range : ``(lo, hi)`` nm
     of the model's z box; needs ``(N, 3)`` positions. z_prior : pseudo-localizations of zero
     error added to each z bin, so that a bin few emitters reach (far from focus, where recall is
-    low) is not corrected by the noise of a handful of errors; the 2048 calibration frames put
-    thousands in each bin, where it changes the offset by ~1 %.
+    low) is not corrected by the noise of a handful of errors. The default CPU astigmatic
+    model's 2048 calibration frames put 185-1066 isolated and 626-4380 crowded localizations in
+    each bin: a shrinkage of 5-21 % and 1-7 %.
     """
     p = np.asarray(predicted, dtype=np.float64)
     t = np.asarray(truth, dtype=np.float64)
