@@ -10,13 +10,15 @@ one a single process would return. The scheduler is dask's (``distributed``; ins
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Generator, Iterator
+from functools import lru_cache
 from typing import Any
 
 from .errors import InputError
 
-__all__ = ["DEFAULT_TASK_FRAMES", "chunk_ranges", "local_cluster", "open_client", "iter_completed"]
+__all__ = ["DEFAULT_TASK_FRAMES", "chunk_ranges", "local_cluster", "open_client", "iter_completed", "worker_model"]
 
 #: frames per task when not given: enough work per task to hide the scheduling overhead
 DEFAULT_TASK_FRAMES = 1000
@@ -42,6 +44,25 @@ def local_cluster(n_workers: int) -> Any:
     environ.pop("MALLOC_TRIM_THRESHOLD_", None)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
         return LocalCluster(n_workers=int(n_workers), threads_per_worker=1, processes=True, dashboard_address=":0")
+
+
+@lru_cache(maxsize=4)
+def _cached_model(load: Callable[..., Any], model_path: str, mtime_ns: int, device: str) -> Any:
+    return load(model_path, device=device)
+
+
+def worker_model(load: Callable[..., Any], model_path: str, device: str, torch_threads: int | None) -> Any:
+    """On a worker, at the start of a task: set torch's threads, resolve ``device="auto"`` (each
+    worker decides: a cluster may mix GPU and CPU machines), and return ``load(model_path,
+    device=...)``, loaded once per worker, not once per task (keyed by the file's mtime, so a
+    rewritten file is read again)."""
+    import torch
+
+    if torch_threads:
+        torch.set_num_threads(int(torch_threads))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return _cached_model(load, model_path, os.stat(model_path).st_mtime_ns, device)
 
 
 @contextlib.contextmanager

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator
-from functools import lru_cache
 from typing import Any
 
-from ..cluster import DEFAULT_TASK_FRAMES, chunk_ranges, iter_completed, local_cluster
+from ..cluster import DEFAULT_TASK_FRAMES, chunk_ranges, iter_completed, local_cluster, worker_model
 from ..io import select_frames
 from .postprocess import concat_tables, sorted_by_frame
 from .stack import StackProgress, Table, localize_stack, open_stack
@@ -28,25 +27,12 @@ __all__ = ["chunk_ranges", "iter_localize_stack_on_cluster", "local_cluster"]
 PREVIEW_FRAMES = 8
 
 
-@lru_cache(maxsize=2)
-def _worker_model(model_path: str, mtime_ns: int, device: str) -> Any:
-    """A worker loads each model file once, not once per task (keyed by the file's mtime, so a
-    rewritten file is read again)."""
-    from .model import DeepLoco
-
-    return DeepLoco.load(model_path, device=device)
-
-
 def _localize_range(model_path: str, stack_path: str, start: int, stop: int, options: dict[str, Any],
                     device: str, torch_threads: int | None) -> Table:
     """One task, run on a worker: frames ``start:stop`` of the stack (source frame numbers)."""
-    import torch
+    from .model import DeepLoco
 
-    if torch_threads:
-        torch.set_num_threads(int(torch_threads))
-    if device == "auto":  # decided by each worker: a cluster may mix GPU and CPU machines
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = _worker_model(model_path, os.stat(model_path).st_mtime_ns, device)
+    model = worker_model(DeepLoco.load, model_path, device, torch_threads)
     return localize_stack(model, stack_path, frames=slice(start, stop), **options)
 
 

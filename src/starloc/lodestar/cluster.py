@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-from ..cluster import DEFAULT_TASK_FRAMES, chunk_ranges, iter_completed
+from ..cluster import DEFAULT_TASK_FRAMES, chunk_ranges, iter_completed, worker_model
 from ..io import image_frame_range, read_image
 from ..progress import finish
 from .detection import DetectParams, Detections
@@ -26,13 +25,6 @@ from .inference import FrameProgress, iter_detect, iter_single
 from .model import LodeSTAR
 
 __all__ = ["iter_detect_on_cluster"]
-
-
-@lru_cache(maxsize=2)
-def _worker_model(model_path: str, mtime_ns: int, device: str) -> LodeSTAR:
-    """A worker loads each model file once, not once per task (keyed by the file's mtime, so a
-    rewritten file is read again)."""
-    return LodeSTAR.load(model_path, device=device)
 
 
 def _detect(model: LodeSTAR, image: Any, frames: range, single: bool, params: DetectParams,
@@ -47,13 +39,7 @@ def _detect_range(model_path: str, image_path: str, start: int, stop: int, singl
                   ) -> tuple[int, Detections]:
     """One task, run on a worker: ``(start, detections)`` of frames ``start:stop`` of the image
     (0-based, whole-image numbers)."""
-    import torch
-
-    if torch_threads:
-        torch.set_num_threads(int(torch_threads))
-    if device == "auto":  # decided by each worker: a cluster may mix GPU and CPU machines
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = _worker_model(model_path, os.stat(model_path).st_mtime_ns, device)
+    model = worker_model(LodeSTAR.load, model_path, device, torch_threads)
     return start, _detect(model, read_image(image_path), range(start, stop), single, params, augment, layout)
 
 
