@@ -81,7 +81,8 @@ def test_training_yields_progress_every_step_and_lowers_the_loss(trained):
     assert [p.step for p in log] == list(range(1, 401))
     first = np.mean([p.consistency for p in log[:20]])
     last = np.mean([p.consistency for p in log[-20:]])
-    assert last < 0.2 * first
+    # The floor is the copies' disagreement under their own noise (photon noise included).
+    assert last < 0.3 * first
     assert all(p.elapsed >= 0 and p.lr > 0 and p.max_steps == 400 for p in log)
 
 

@@ -76,6 +76,34 @@ def test_noise_changes_images_but_not_properties():
     assert torch.equal(t.invert(props, params), props)
 
 
+def test_shot_noise_grows_with_the_pixel_value_as_photon_noise_does():
+    # Added variance (f^2 - 1)(1 + a max(x, 0)): with a = 0.5 a pixel at 40 gets sqrt(21) times
+    # the noise of the background, a negative pixel the background's.
+    t = Noise(max_factor=3.0, shot=(0.5, 0.5))
+    x = torch.zeros(4000, 1, 1, 3)
+    x[..., 1], x[..., 2] = 40.0, -5.0
+    params = t.sample(x.shape, torch.Generator().manual_seed(0))
+    added = t.apply(x, params) - x
+    scale = added[..., 1].std() / added[..., 0].std()
+    assert abs(scale.item() / math.sqrt(21) - 1) < 0.03
+    assert abs(added[..., 2].std() / added[..., 0].std() - 1) < 0.05
+    assert torch.allclose(added[..., 1], params["noise"][..., 1] * math.sqrt(21), atol=1e-4)
+
+
+def test_shot_noise_off_draws_and_adds_exactly_the_background_noise():
+    x = torch.rand(8, 1, 6, 6) * 50
+    plain, off = Noise(max_factor=3.0), Noise(max_factor=3.0, shot=(0.0, 0.0))
+    a = plain.apply(x, plain.sample(x.shape, torch.Generator().manual_seed(3)))
+    b = off.apply(x, off.sample(x.shape, torch.Generator().manual_seed(3)))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("shot", [(0.0, 1.0), (1.0, 0.5), (-0.1, 0.2)])
+def test_shot_noise_range_must_be_off_or_positive_and_ordered(shot):
+    with pytest.raises(ValueError, match="shot noise range"):
+        Noise(max_factor=3.0, shot=shot)
+
+
 def test_decode_places_positions_on_the_pooled_grid_for_odd_sizes():
     rows, cols = output_grid(3, 4, 2)
     assert rows.tolist() == [0.5, 2.5, 4.5]

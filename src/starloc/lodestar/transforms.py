@@ -121,17 +121,40 @@ class Noise:
     SNR 10 teaches the network what the same object looks like at SNR ``10 / f``. Leaves every
     property unchanged: it teaches invariance, not equivariance. (Gain and offset need no
     augmentation: the per-frame normalization removes them.)
+
+    ``shot`` adds the photon (shot) noise a camera adds on top of its background noise: the
+    added variance at a pixel of normalized value ``x`` becomes ``(f**2 - 1) * (1 + a * max(x, 0))``,
+    with ``a`` log-uniform in ``shot = (low, high)`` per image, ``(0, 0)`` for none. That is
+    the variance of a Poisson image renormalized after ``f**2`` times fewer photons, where
+    ``a`` is one over the background noise in photons (``1 / sqrt(b)`` for a Poisson
+    background of ``b`` photons per pixel: ``a = 1`` at one photon, 0.03 at ~1000). Bright
+    pixels are then noisier than the background, as in any photon-counting image, and the
+    network learns to weigh them accordingly.
     """
 
     max_factor: float = 1.0
+    shot: tuple[float, float] = (0.0, 0.0)
+
+    def __post_init__(self):
+        low, high = self.shot
+        if not (low == high == 0 or 0 < low <= high):
+            raise ValueError(f"shot noise range {self.shot} must be (0, 0) or 0 < low <= high")
 
     def sample(self, shape, generator, device=None):
+        view = (-1, *(1,) * (len(shape) - 1))
         u = torch.rand(shape[0], generator=generator, device=generator.device).to(device)
         factor = torch.exp(u * math.log(self.max_factor))
         field = torch.randn(shape, generator=generator, device=generator.device).to(device)
-        return {"noise": field * torch.sqrt(factor**2 - 1).view(-1, *(1,) * (len(shape) - 1))}
+        params = {"noise": field * torch.sqrt(factor**2 - 1).view(view)}
+        low, high = self.shot
+        if high > 0:
+            v = torch.rand(shape[0], generator=generator, device=generator.device).to(device)
+            params["shot"] = (low * torch.exp(v * math.log(high / low))).view(view)
+        return params
 
     def apply(self, images, params):
+        if "shot" in params:
+            return images + params["noise"] * torch.sqrt(1 + params["shot"] * images.clamp(min=0))
         return images + params["noise"]
 
     def invert(self, properties, params):
