@@ -264,7 +264,7 @@ def test_rectangles_map_between_layers_with_different_transforms():
     assert rectangles_in_image(shapes, image, use_all=True)[0] == (10, 5, 20, 20)
 
 
-def test_downsampling_sets_the_smallest_crop_and_reaches_the_training_config(make_napari_viewer, qtbot, scene):
+def test_downsampling_sets_the_smallest_crop_and_advanced_settings_reach_the_training_config(make_napari_viewer, qtbot, scene):
     image, truth = scene
     viewer, widget = _widget(make_napari_viewer, steps=20)
     viewer.add_image(image, name="scene", scale=SCALE, translate=TRANSLATE)
@@ -272,6 +272,9 @@ def test_downsampling_sets_the_smallest_crop_and_reaches_the_training_config(mak
     assert widget.crops()[1][0].shape[-2:] == (CROP, CROP)
     widget.downsample_spin.setValue(2)
     assert widget.train_config().downsample == 2
+    assert widget.train_config().shot_noise == TrainConfig.shot_noise
+    widget.shot_check.setChecked(False)
+    assert widget.train_config().shot_noise == (0.0, 0.0)
     assert widget.crop_size_spin.minimum() == 2 * TINY.receptive_field
     assert widget.rf_label.text().startswith(f"{2 * TINY.receptive_field} px")
     with pytest.raises(InputError, match="smaller than the minimum"):

@@ -249,6 +249,12 @@ class LodeSTARWidget(QWidget):
         self.noise_spin = self._float_spin(1.0, 100.0, TrainConfig.noise, 2, 0.5)
         self.noise_spin.setToolTip("Noise augmentation: SNR lowered by up to this factor (1 = off)")
         adv.addRow("Noise factor", self.noise_spin)
+        self.shot_check = QCheckBox("Photon noise")
+        self.shot_check.setChecked(TrainConfig.shot_noise != (0.0, 0.0))
+        self.shot_check.setToolTip(
+            "Augmentation noise stronger on bright pixels, as photon counts are (fluorescence). "
+            "Untick for images whose noise does not grow with the signal")
+        adv.addRow("", self.shot_check)
         self.translate_spin = self._float_spin(0.0, 10.0, TrainConfig.translate, 2, 0.5)
         adv.addRow("Translation (px)", self.translate_spin)
         self.downsample_spin = self._int_spin(
@@ -373,6 +379,7 @@ class LodeSTARWidget(QWidget):
             copies=self.copies_spin.value(),
             lr=self.lr_spin.value(),
             noise=self.noise_spin.value(),
+            shot_noise=TrainConfig.shot_noise if self.shot_check.isChecked() else (0.0, 0.0),
             translate=self.translate_spin.value(),
             seed=self.seed_spin.value(),
             device=self.device,
