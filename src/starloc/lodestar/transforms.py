@@ -127,9 +127,9 @@ class Noise:
     with ``a`` log-uniform in ``shot = (low, high)`` per image, ``(0, 0)`` for none. That is
     the variance of a Poisson image renormalized after ``f**2`` times fewer photons, where
     ``a`` is one over the background noise in photons (``1 / sqrt(b)`` for a Poisson
-    background of ``b`` photons per pixel: ``a = 1`` at one photon, 0.03 at ~1000). Bright
-    pixels are then noisier than the background, as in any photon-counting image, and the
-    network learns to weigh them accordingly.
+    background of ``b`` photons per pixel: ``a = 1`` at one photon, 0.5 at four, 0.03 at
+    ~1000). Bright pixels are then noisier than the background, as in any photon-counting
+    image, and the network learns to weigh them accordingly.
     """
 
     max_factor: float = 1.0
