@@ -24,7 +24,7 @@ import torch
 from starloc.errors import InputError
 from starloc.lodestar.model import LodeSTAR, check_downsample, downsample_frames, normalize
 from starloc.lodestar.network import NetworkConfig
-from starloc.lodestar.transforms import Compose, Geometric, Noise
+from starloc.lodestar.transforms import Compose, Geometric, Noise, log_uniform
 
 WEIGHT_EPS = 1e-6
 
@@ -127,8 +127,7 @@ def self_distillation_losses(model, images, transform, generator, copies, dropou
     params = transform.sample(batch.shape, generator, device=batch.device)
     batch = normalize(transform.apply(batch, params), model.normalization)
     if gain > 1:
-        u = torch.rand(batch.shape[0], generator=generator, device=generator.device).to(batch.device)
-        batch = batch * torch.exp(u * math.log(gain)).view(-1, 1, 1, 1)
+        batch = batch * log_uniform(batch.shape[0], 1.0, gain, generator, batch.device).view(-1, 1, 1, 1)
     P, rho = model.forward_normalized(batch, origin=((h - 1) / 2, (w - 1) / 2))
     wn = pooled_weights(rho, dropout, generator)[:, None]
     pooled = (P * wn).sum(dim=(2, 3))

@@ -112,6 +112,12 @@ class Compose:
         return properties
 
 
+def log_uniform(n: int, low: float, high: float, generator: torch.Generator, device=None) -> torch.Tensor:
+    """``(n,)`` draws log-uniform in ``[low, high]`` (``0 < low <= high``)."""
+    u = torch.rand(n, generator=generator, device=generator.device).to(device)
+    return low * torch.exp(u * math.log(high / low))
+
+
 @dataclass(frozen=True)
 class Noise:
     """Add Gaussian noise to normalized images (background of unit standard deviation).
@@ -142,14 +148,12 @@ class Noise:
 
     def sample(self, shape, generator, device=None):
         view = (-1, *(1,) * (len(shape) - 1))
-        u = torch.rand(shape[0], generator=generator, device=generator.device).to(device)
-        factor = torch.exp(u * math.log(self.max_factor))
+        factor = log_uniform(shape[0], 1.0, self.max_factor, generator, device)
         field = torch.randn(shape, generator=generator, device=generator.device).to(device)
         params = {"noise": field * torch.sqrt(factor**2 - 1).view(view)}
         low, high = self.shot
         if high > 0:
-            v = torch.rand(shape[0], generator=generator, device=generator.device).to(device)
-            params["shot"] = (low * torch.exp(v * math.log(high / low))).view(view)
+            params["shot"] = log_uniform(shape[0], low, high, generator, device).view(view)
         return params
 
     def apply(self, images, params):
