@@ -254,16 +254,38 @@ class LodeSTAR:
     def _maps(self, frames, batch_size: int, tile: int, symmetries: bool) -> Maps:
         frames = torch.from_numpy(np.require(frames, np.float32, ["C", "W"]))
         d = self.downsample
-        self.net.eval()
         pos, wts = [], []
         for start in range(0, frames.shape[0], batch_size):
-            batch = downsample_frames(frames[start : start + batch_size].to(self.device), d)
-            P, rho = self._forward_padded(normalize(batch, self.normalization), tile, symmetries)
-            P = P.float().cpu().numpy()
-            pos.append(_map_positions(P, to_image_coordinates, d) if d != 1 else P)
-            wts.append(torch.sigmoid(rho).float().cpu().numpy())
+            m = self.network_maps(self.network_input(frames[start : start + batch_size]), tile, symmetries)
+            pos.append(_map_positions(m.positions, to_image_coordinates, d) if d != 1 else m.positions)
+            wts.append(m.weights)
         return Maps(np.concatenate(pos, axis=1), np.concatenate(wts, axis=1), self.config.stride * d,
                     tuple(frames.shape[-2:]), self.receptive_field, d)
+
+    @torch.inference_mode()
+    def network_input(self, frames: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` frames as the network sees them: downsampled, then normalized
+        (``(N, C, H // d, W // d)``, on the model's device)."""
+        return normalize(downsample_frames(frames.to(self.device), self.downsample), self.normalization)
+
+    @torch.inference_mode()
+    def network_maps(self, x: torch.Tensor, tile: int = 1024, symmetries: bool = False, margin: bool = True) -> Maps:
+        """Maps of frames already through :meth:`network_input`, in their own (network)
+        pixels, with a leading axis: the 8 grid symmetries, or 1 without ``symmetries``.
+
+        ``margin=False`` skips the noise margin of :meth:`_forward_padded`: for patches whose
+        outer half receptive field only serves the output pixels inside it (H, W must then
+        be multiples of the stride).
+        """
+        self.net.eval()
+        if margin:
+            P, rho = self._forward_padded(x, tile, symmetries)
+        elif symmetries:
+            P, rho = dihedral_maps(lambda y: self._forward_tiled(y, tile), x)
+        else:
+            P, rho = (v[None] for v in self._forward_tiled(x, tile))
+        return Maps(P.float().cpu().numpy(), torch.sigmoid(rho).float().cpu().numpy(), self.config.stride,
+                    tuple(x.shape[-2:]), self.config.receptive_field, 1)
 
     def _forward_padded(self, x: torch.Tensor, tile: int, symmetries: bool):
         """:meth:`_forward_tiled` on frames extended by background noise around their border.
