@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from starloc.lodestar.detection import DetectParams, detect
+from starloc.lodestar.inference import detect_frames
 from starloc.lodestar.network import NetworkConfig
 from starloc.lodestar.training import TrainConfig, train
 from starloc.metrics import detection_metrics
@@ -86,7 +86,7 @@ def run(shape: str, d: int, snr: float, device: str, max_steps: int, seed: int =
         centres = place(15, 512, 2 * radius + 8, radius + 2, rng)
         scene = noisy(shape, (512, 512), centres, snr, rng)
         start = time.perf_counter()
-        found = detect(model.maps(scene[None, None]), DetectParams())
+        found = detect_frames(model, scene[None, None])
         seconds += time.perf_counter() - start
         pred.append(found.positions[:, :2])
         truth.append(centres)

@@ -17,7 +17,8 @@ import platform
 import torch
 
 from starloc import sim
-from starloc.lodestar.detection import DetectParams, detect, pool_single
+from starloc.lodestar.detection import pool_single
+from starloc.lodestar.inference import detect_frames
 from starloc.lodestar.training import TrainConfig, train
 from starloc.progress import finish
 
@@ -46,7 +47,7 @@ def main(argv=None):
 
     frame, _, _ = sim.simulate_scene("point", 400, size=(1024, 1024), snr=10, rng=1)
     big = frame[None, None]
-    detect_1024 = best_of(lambda: detect(model.maps(big), DetectParams()), args.repeats)
+    detect_1024 = best_of(lambda: detect_frames(model, big), args.repeats)
     maps_1024 = best_of(lambda: model.maps(big), args.repeats)
     small, _, _ = sim.simulate_single("point", 10, 256, size=64, rng=2)
     single_64 = best_of(lambda: pool_single(model.maps(small[:, None], batch_size=64)), args.repeats)

@@ -181,6 +181,24 @@ def test_detect_tuning_options_reach_the_detection(scene, model_path, capsys):
         main([*common, "--radius", "0", "-o", str(folder / "bad.csv")])
 
 
+def test_detect_deblends_crowded_detections_unless_told_not_to(scene, model_path):
+    from starloc.lodestar.detection import DetectParams, detect
+    from starloc.lodestar.inference import detect_frames
+    from starloc.lodestar.model import LodeSTAR
+
+    folder, _ = scene
+    common = ["lodestar", "detect", str(folder / "scene.tif"), "--model", str(model_path)]
+    assert main([*common, "-o", str(folder / "deblended.csv")]) == 0
+    assert main([*common, "--no-deblend", "-o", str(folder / "plain.csv")]) == 0
+    model, frames = LodeSTAR.load(model_path), tifffile.imread(folder / "scene.tif")[:, None]
+    deblended, plain = detect_frames(model, frames), detect(model.maps(frames), DetectParams())
+    for name, expected in (("deblended", deblended), ("plain", plain)):
+        got_frames, got, _ = read_points_csv(folder / f"{name}.csv")
+        np.testing.assert_array_equal(got_frames, expected.frame)
+        np.testing.assert_allclose(got, expected.positions[:, :2], atol=1e-3)
+    assert not np.allclose(deblended.positions, plain.positions, atol=1e-3)  # the scene has crowded spots
+
+
 def test_the_step_defaults_in_the_help_are_the_training_config_ones(capsys):
     from starloc.lodestar.training import TrainConfig
 

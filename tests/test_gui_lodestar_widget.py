@@ -137,6 +137,13 @@ def test_train_in_a_worker_then_tune_save_load_and_export(make_napari_viewer, qt
     assert widget._maps is maps
     assert _fraction_within(points.data, truth) >= 0.9
     assert len(points.data) <= len(truth) + 1
+    # Deblending (on by default) can be switched off; detection reruns on the same maps.
+    assert widget.detect_params().deblend
+    with qtbot.waitSignal(widget.detection_updated, timeout=5000):
+        widget.deblend_check.setChecked(False)
+    assert not widget.detect_params().deblend and widget._maps is maps
+    with qtbot.waitSignal(widget.detection_updated, timeout=5000):
+        widget.deblend_check.setChecked(True)
     assert messages["error"] == []
 
     model_file = tmp_path / "model.pt"

@@ -70,7 +70,7 @@ def cmd_lodestar_detect(args) -> int:
     total = len(image_frame_range(image, args.frames, name=str(args.image), **layout))
     augment = args.single if args.tta is None else args.tta
     given = {k: getattr(args, k) for k in ("alpha", "beta", "cutoff", "mode", "min_weight", "radius",
-                                           "cluster_radius", "crowded_distance")}
+                                           "cluster_radius", "crowded_distance", "deblend")}
     params = DetectParams(**{k: v for k, v in given.items() if v is not None})
     if args.scheduler is not None or args.workers is not None:
         found = _detect_on_cluster(args, params, augment, layout, total)
@@ -179,7 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="predictions farther than this from a detection do not refine it (default 2; same pixels)")
     d.add_argument("--crowded-distance", type=float, metavar="PX",
                    help="a detection with a neighbour closer than this is refined with its less self-consistent "
-                        "predictions down-weighted (default: the receptive field; 0 turns it off)")
+                        "predictions down-weighted and located again with its neighbours masked "
+                        "(default: the receptive field; 0 turns both off)")
+    d.add_argument("--deblend", action=argparse.BooleanOptionalAction, default=None,
+                   help="locate crowded detections again on patches in which their neighbours are replaced "
+                        "by background noise (default: on)")
     d.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average the network over the 8 quarter-turns and flips of each frame: more "
                         "accurate, 8x slower (default: on with --single, off otherwise)")

@@ -16,8 +16,7 @@ import tifffile
 from starloc import sim
 from starloc.errors import InputError
 from starloc.io import atomic_path, write_points_csv
-from starloc.lodestar.detection import DetectParams, detect
-from starloc.lodestar.inference import extract_crops
+from starloc.lodestar.inference import detect_frames, extract_crops
 from starloc.lodestar.training import TrainConfig, train
 from starloc.metrics import detection_metrics
 from starloc.progress import finish
@@ -54,7 +53,7 @@ def run_demo(out_dir: Path, shape: str = "point", seed: int = 0, n_objects: int 
     config = TrainConfig(seed=seed, max_steps=max_steps, min_steps=min(max_steps, TrainConfig.min_steps))
     model = finish(train(crops, config), report)
     print(f"trained {model.metadata['training']['steps_done']} steps in {time.perf_counter() - start:.1f} s")
-    found = detect(model.maps(image[None, None]), DetectParams())
+    found = detect_frames(model, image[None, None])
     m = detection_metrics(found.positions[:, :2], truth, tolerance=3.0)
     print(f"detected {len(found)} of {n_objects} particles: precision {m['precision']:.3f}, "
           f"recall {m['recall']:.3f}, F1 {m['f1']:.3f}, RMSE {m['rmse']:.3f} px per axis "

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from starloc.errors import StarlocError
-from starloc.lodestar.detection import DetectParams, detect, score_map, to_image_resolution
-from starloc.lodestar.inference import iter_detect
+from starloc.lodestar.detection import DetectParams, score_map, to_image_resolution
+from starloc.lodestar.inference import detect_in_maps, iter_detect
 from starloc.lodestar.model import LodeSTAR, Maps
 from starloc.lodestar.training import TrainConfig, train
 
@@ -72,16 +72,18 @@ def maps_job(model: LodeSTAR, frame: np.ndarray, augment: bool):
         return Failure(exc)
 
 
-def detect_job(maps: Maps, params: DetectParams):
+def detect_job(model: LodeSTAR, frame: np.ndarray, maps: Maps, params: DetectParams, augment: bool):
     """Detection (and the score map) on cached maps of one frame, for large images."""
     yield (0, 1)
-    return run_detect(maps, params)
+    return run_detect(model, frame, maps, params, augment)
 
 
-def run_detect(maps: Maps, params: DetectParams) -> Detected:
-    """Detections and the score map at image resolution of the one frame of ``maps``."""
+def run_detect(model: LodeSTAR, frame: np.ndarray, maps: Maps, params: DetectParams, augment: bool) -> Detected:
+    """Detections and the score map at image resolution of the one frame ``(1, C, H, W)``
+    whose cached maps are ``maps`` (crowded detections deblended on ``frame``)."""
     score = score_map(maps, params.alpha, params.beta)[0]
-    return Detected(detect(maps, params), to_image_resolution(score, maps.stride, maps.image_shape))
+    found = detect_in_maps(model, frame, maps, params, augment)
+    return Detected(found, to_image_resolution(score, maps.stride, maps.image_shape))
 
 
 def weight_image(maps: Maps) -> np.ndarray:

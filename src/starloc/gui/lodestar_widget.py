@@ -120,6 +120,7 @@ class LodeSTARWidget(QWidget):
         self._job_id = 0
         self._cancelled = False
         self._maps = None  # Maps of one frame, cached: detection reruns without the network
+        self._frame = None  # that frame (1, C, H, W), for deblending crowded detections
         self._maps_key = None  # (layer name, frame, augment) the cached maps belong to
         self._announced = set()
 
@@ -309,11 +310,17 @@ class LodeSTARWidget(QWidget):
         form.addRow("Cutoff", self.cutoff_spin)
         self.augment_check = QCheckBox("Average 8 rotations/flips (8× slower)")
         form.addRow(self.augment_check)
+        self.deblend_check = QCheckBox("Deblend crowded objects")
+        self.deblend_check.setChecked(defaults.deblend)
+        self.deblend_check.setToolTip("Locate objects with a close neighbour again with the neighbours masked "
+                                      "out (more accurate in crowded images, a little slower)")
+        form.addRow(self.deblend_check)
         det_layout.addLayout(form)
         for spin in (self.alpha_spin, self.beta_spin, self.cutoff_spin):
             spin.valueChanged.connect(self._schedule_detect)
         self.mode_combo.currentTextChanged.connect(self._on_mode_changed)
         self.augment_check.toggled.connect(self._on_augment_changed)
+        self.deblend_check.toggled.connect(self._schedule_detect)
         self.detect_info = QLabel("")
         det_layout.addWidget(self.detect_info)
         self.detect_all_button = QPushButton("Detect all frames")
@@ -394,6 +401,7 @@ class LodeSTARWidget(QWidget):
             beta=None if beta <= self.beta_spin.minimum() else beta,
             cutoff=self.cutoff_spin.value(),
             mode=self.mode_combo.currentText(),
+            deblend=self.deblend_check.isChecked(),
         )
 
     @property
@@ -450,7 +458,7 @@ class LodeSTARWidget(QWidget):
         return self.crop_source_combo.currentText() == CROP_POINT
 
     def _on_image_changed(self, *_) -> None:
-        self._maps, self._maps_key = None, None
+        self._maps, self._maps_key, self._frame = None, None, None
         layer = self.image_layer()
         if layer is None:
             self.image_info.setText("no image layer: open an image or a sample (File › Open Sample)")
@@ -701,7 +709,7 @@ class LodeSTARWidget(QWidget):
             self.model_info.setText(f"Model: {self.model_origin}")
             self.progress.setValue(self.progress.maximum())
             self.status.setText(f"done: {self.model_origin}")
-            self._set_maps(maps, key)
+            self._set_maps(maps, key, frame_data)
 
         return self._start("train", train_job(crops, config, frame_data, augment), on_yield, on_return)
 
@@ -745,10 +753,10 @@ class LodeSTARWidget(QWidget):
         key = (src.name, frame, self.augment_check.isChecked())
         self.status.setText(f"computing maps of frame {frame}…" if src.is_timelapse else "computing maps…")
         return self._start("maps", maps_job(self.model, frame_data, key[2]), lambda _: None,
-                           lambda maps: self._set_maps(maps, key))
+                           lambda maps: self._set_maps(maps, key, frame_data))
 
-    def _set_maps(self, maps, key) -> None:
-        self._maps, self._maps_key = maps, key
+    def _set_maps(self, maps, key, frame) -> None:
+        self._maps, self._maps_key, self._frame = maps, key, frame
         found = self._source()
         if found is None:
             return
@@ -784,10 +792,11 @@ class LodeSTARWidget(QWidget):
             return None  # new maps are on their way; they trigger detection themselves
         large = int(np.prod(self._maps.image_shape)) > self.worker_pixels
         if large and not force_sync and self._job_kind in (None, "detect"):
-            return self._start("detect", detect_job(self._maps, params), lambda _: None,
+            return self._start("detect", detect_job(self.model, self._frame, self._maps, params, key[2]),
+                               lambda _: None,
                                lambda res: self._show_detections(res, key))
         try:
-            result = run_detect(self._maps, params)
+            result = run_detect(self.model, self._frame, self._maps, params, key[2])
         except ValueError as exc:
             show_error(f"LodeSTAR: {exc}")
             return None
@@ -862,7 +871,7 @@ class LodeSTARWidget(QWidget):
         self.model = model
         self.model_origin = f"loaded from {Path(path).name}{downsampling_note(model)}"
         self.model_info.setText(f"Model: {self.model_origin}")
-        self._maps, self._maps_key = None, None
+        self._maps, self._maps_key, self._frame = None, None, None
         if self.image_layer() is not None:
             self._follow_frame()
         return True

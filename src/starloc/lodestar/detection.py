@@ -145,6 +145,10 @@ class DetectParams:
         it. Its refinement down-weights predictions that are less self-consistent than the
         cluster's median (see :func:`_refine`). None: the network's receptive field
         (``Maps.receptive_field``); 0 turns it off.
+    deblend: locate crowded detections again on patches of the image in which their
+        neighbours are replaced by background noise (see :mod:`starloc.lodestar.deblend`).
+        It needs the image, so :func:`detect` (maps only) ignores it; the detection of
+        :mod:`starloc.lodestar.inference`, the CLI and the widget apply it.
     """
 
     alpha: float = 0.2
@@ -155,6 +159,7 @@ class DetectParams:
     radius: float = 4.0
     cluster_radius: float = 2.0
     crowded_distance: float | None = None
+    deblend: bool = True
 
     def __post_init__(self) -> None:
         for name in ("radius", "cluster_radius"):

@@ -14,6 +14,7 @@ import numpy as np
 
 from starloc.errors import InputError
 from starloc.io import as_frames, frames_shape, image_frame_range, iter_frame_chunks, validate_crop
+from starloc.lodestar.deblend import deblend
 from starloc.lodestar.detection import DetectParams, Detections, detect, pool_single, pool_single_symmetries
 from starloc.lodestar.model import LodeSTAR, Maps
 
@@ -61,6 +62,22 @@ def _check_channels(model: LodeSTAR, frames: np.ndarray) -> None:
         raise InputError(f"the model expects {model.config.in_channels} channel(s), the image has {frames.shape[1]}")
 
 
+def detect_in_maps(model: LodeSTAR, frames: np.ndarray, maps: Maps, params: DetectParams = DetectParams(),
+                   augment: bool = False) -> Detections:
+    """:func:`~starloc.lodestar.detection.detect` on the maps of ``(T, C, H, W)`` frames, then
+    the crowded detections deblended on the frames (``params.deblend``, see
+    :mod:`starloc.lodestar.deblend`). Frame indices into ``frames``."""
+    found = detect(maps, params)
+    return deblend(model, frames, found, params, augment) if params.deblend else found
+
+
+def detect_frames(model: LodeSTAR, frames: np.ndarray, params: DetectParams = DetectParams(),
+                  augment: bool = False) -> Detections:
+    """Multi-object detection on in-memory ``(T, C, H, W)`` frames (maps, peaks, refinement,
+    deblending)."""
+    return detect_in_maps(model, frames, model.maps(frames, augment=augment), params, augment)
+
+
 def iter_detect(
     model: LodeSTAR, image, params: DetectParams = DetectParams(), chunk: int = 8, rgb: str = "error",
     channel_axis=None, augment: bool = False, frames=None,
@@ -71,7 +88,7 @@ def iter_detect(
     selected = image_frame_range(image, frames, rgb=rgb, channel_axis=channel_axis)
     parts: list[Detections] = []
     for start, block, maps in iter_maps(model, image, chunk, rgb, channel_axis, augment, selected):
-        found = detect(maps, params)
+        found = detect_in_maps(model, block, maps, params, augment)
         found.frame += start
         parts.append(found)
         yield start + len(block) - selected.start, len(selected)

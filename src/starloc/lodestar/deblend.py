@@ -1,0 +1,107 @@
+"""Deblending: crowded detections located again with their neighbours masked out.
+
+A detection with another one closer than the network's receptive field is *crowded*: the
+pixels that see it also see the neighbour, and their predictions are pulled towards it. The
+weighting of :func:`~starloc.lodestar.detection.detect` reduces that pull; deblending removes
+its cause. Each crowded detection gets a patch of the network's input around it in which
+every pixel closer to another detection (the other detections' Voronoi cells) is replaced
+by normalized background noise, i.e. what the network saw around the lone object it was
+trained on. The network runs on the patches and each detection is refined on its patch's
+maps as in detection (the weighted mean of the predictions that cluster on it).
+
+Objects never touch their neighbours' Voronoi cells as long as each lies closer to its own
+detected centre than to any other, which holds for objects that do not overlap. On 256x256
+scenes of 20-50 crescents at SNR 10 this took the matched RMSE of the objects with a
+neighbour within 26 px from 0.083 to 0.064 px, the level of isolated objects.
+
+Coordinates: (row, col) in pixels of the user's image, as everywhere in detection.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+from starloc.lodestar.detection import DetectParams, Detections, _crowded, _refine
+from starloc.lodestar.model import LodeSTAR, to_image_coordinates, to_network_coordinates
+
+FILL_SEED = 1
+
+
+def deblend(model: LodeSTAR, frames: np.ndarray, found: Detections, params: DetectParams = DetectParams(),
+            augment: bool = False) -> Detections:
+    """``found`` (detections of ``frames`` ``(T, C, H, W)``, frame indices into ``frames``)
+    with the crowded detections' properties located again on masked patches; the other
+    detections and every feature unchanged. ``augment``: the median over the 8 grid
+    symmetries of the patches (8x the network time on the crowded detections only).
+    """
+    distance = model.receptive_field if params.crowded_distance is None else params.crowded_distance
+    if len(found) == 0 or not distance:
+        return found
+    positions = found.positions.copy()
+    for t in np.unique(found.frame):
+        rows = np.flatnonzero(found.frame == t)
+        crowded = rows[_crowded(found.positions[rows, :2], distance)]
+        if len(crowded):
+            frame = torch.from_numpy(np.require(frames[t : t + 1], np.float32, ["C", "W"]))
+            x = model.network_input(frame)[0].cpu().numpy()
+            centres = to_network_coordinates(found.positions[rows, :2], model.downsample)
+            own = np.searchsorted(rows, crowded)
+            positions[crowded] = _relocate(model, x, centres, own, params, augment)
+    return Detections(found.frame.copy(), positions, dict(found.features))
+
+
+def patch_half_size(model: LodeSTAR, params: DetectParams) -> int:
+    """Half-size (network pixels) of a deblending patch: what the output pixels of the
+    refinement window (``params.radius`` around the detection) see, and a stride more."""
+    return math.ceil(model.config.receptive_field / 2) + math.ceil(params.radius) + model.config.stride
+
+
+def masked_patches(x: np.ndarray, centres: np.ndarray, own: np.ndarray, half: int,
+                   stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Square patches of the normalized frame ``x (C, h, w)``, ``(N, C, S, S)``, around
+    ``centres[own]`` (network pixels) at patch pixel ``(half, half)``, and their origins
+    ``(N, 2)``. ``S`` is the smallest multiple of ``stride`` above ``2 half``.
+
+    A pixel keeps its value if it lies in the frame and no other of ``centres`` is closer
+    to it than ``centres[own[i]]``; elsewhere it holds unit normal noise, the same for every
+    patch (a fixed seed), so a detection's result does not depend on what else is detected.
+    """
+    c, h, w = x.shape
+    size = 2 * half + stride - (2 * half) % stride  # > 2 half, a multiple of the stride
+    fill = np.random.default_rng(FILL_SEED).standard_normal((c, size, size)).astype(x.dtype)
+    origins = np.round(centres[own]).astype(np.int64) - half
+    offsets = np.arange(size)
+    rr = origins[:, 0, None, None] + offsets[None, :, None]
+    cc = origins[:, 1, None, None] + offsets[None, None, :]
+    rr, cc = np.broadcast_arrays(rr, cc)
+    inside = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
+    _, owner = cKDTree(centres).query(np.stack([rr.ravel(), cc.ravel()], axis=1))
+    keep = inside & (owner.reshape(rr.shape) == own[:, None, None])
+    values = x[:, np.clip(rr, 0, h - 1), np.clip(cc, 0, w - 1)].transpose(1, 0, 2, 3)
+    return np.where(keep[:, None], values, fill[None]), origins
+
+
+def _relocate(model: LodeSTAR, x: np.ndarray, centres: np.ndarray, own: np.ndarray, params: DetectParams,
+              augment: bool) -> np.ndarray:
+    """``(N, K)`` properties of the detections ``own`` refined on their masked patches, in
+    image pixels."""
+    half = patch_half_size(model, params)
+    patches, origins = masked_patches(x, centres, own, half, model.config.stride)
+    # The patch holds all that the refinement window's output pixels see: no noise margin.
+    maps = model.network_maps(torch.from_numpy(patches).to(model.device), symmetries=augment, margin=False)
+    s = maps.stride
+    r = max(1, int(round(params.radius / s)))
+    start = centres[own] - origins  # the detection in patch pixels
+    grid = np.clip(np.round((start - (s - 1) / 2) / s).astype(np.int64), 0, np.array(maps.positions.shape[-2:]) - 1)
+    each = []
+    for P, w in zip(maps.positions, maps.weights):  # one grid symmetry at a time
+        est = np.stack([_refine(P[n], w[n], grid[n:n + 1, 0], grid[n:n + 1, 1], r, params.cluster_radius)[0][0]
+                        for n in range(len(own))])
+        each.append(est)
+    est = np.median(np.stack(each), axis=0)
+    est[:, :2] = to_image_coordinates(est[:, :2] + origins, model.downsample)
+    return est
