@@ -17,8 +17,9 @@ import platform
 import torch
 
 from starloc import sim
-from starloc.lodestar.detection import pool_single
+from starloc.lodestar.detection import DetectParams, pool_single
 from starloc.lodestar.inference import detect_frames
+from starloc.lodestar.model import LodeSTAR
 from starloc.lodestar.training import TrainConfig, train
 from starloc.progress import finish
 
@@ -32,12 +33,13 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--shapes", nargs="+", default=["point", "annulus"])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--model", default=None, help="time inference with this model file only (no training)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     rows = []
-    model = None
-    for shape in args.shapes:
+    model = None if args.model is None else LodeSTAR.load(args.model, device=args.device)
+    for shape in args.shapes if model is None else ():
         for size in (40, 64):
             image, _, _ = sim.simulate_single(shape, 10, 1, size=size, max_offset=1.0, rng=0)
             log = []
@@ -48,6 +50,7 @@ def main(argv=None):
     frame, _, _ = sim.simulate_scene("point", 400, size=(1024, 1024), snr=10, rng=1)
     big = frame[None, None]
     detect_1024 = best_of(lambda: detect_frames(model, big), args.repeats)
+    plain_1024 = best_of(lambda: detect_frames(model, big, DetectParams(deblend=False)), args.repeats)
     maps_1024 = best_of(lambda: model.maps(big), args.repeats)
     small, _, _ = sim.simulate_single("point", 10, 256, size=64, rng=2)
     single_64 = best_of(lambda: pool_single(model.maps(small[:, None], batch_size=64)), args.repeats)
@@ -56,11 +59,12 @@ def main(argv=None):
     for r in rows:
         print(f"{r['shape']:9s} {r['crop']:5d} {r['steps']:6d} {r['seconds']:8.1f} {r['ms_per_step']:8.1f}")
     print()
-    print(f"detect 1024x1024 frame (network + detection): {detect_1024:.3f} s  (network alone {maps_1024:.3f} s)")
+    print(f"detect 1024x1024 frame (network + detection): {detect_1024:.3f} s  (without deblending "
+          f"{plain_1024:.3f} s, network alone {maps_1024:.3f} s)")
     print(f"single-object 64x64 frames: {256 / single_64:.0f} frames/s")
     summary = {"bench": "lodestar_speed", "machine": platform.machine(), "device": args.device,
                "threads": args.threads, "torch": torch.__version__, "training": rows,
-               "detect_1024_s": detect_1024, "maps_1024_s": maps_1024, "single_64_fps": 256 / single_64}
+               "detect_1024_s": detect_1024, "detect_1024_no_deblend_s": plain_1024, "maps_1024_s": maps_1024, "single_64_fps": 256 / single_64}
     print(json.dumps(summary))
 
 

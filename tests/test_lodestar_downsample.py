@@ -8,6 +8,7 @@ import torch
 from starloc.cli import main
 from starloc.errors import InputError, ModelFileError
 from starloc.io import load_model_file, read_points_csv, save_model_file
+from starloc.lodestar.deblend import deblend
 from starloc.lodestar.detection import DetectParams, detect, pool_single, pool_single_symmetries, score_map
 from starloc.lodestar.downsampling import downsample_for, object_extent
 from starloc.lodestar.model import LodeSTAR, downsample_frames
@@ -85,6 +86,10 @@ def test_pooling_and_detection_work_in_network_pixels_and_answer_in_image_pixels
     np.testing.assert_allclose(fb.positions, d * fa.positions + (d - 1) / 2, atol=1e-4)
     for name in ("score", "weight", "consistency"):  # consistency in network px^2, as documented
         np.testing.assert_allclose(fb.features[name], fa.features[name], rtol=1e-4)
+    # Deblending too: crowded within the receptive field in network pixels (16, not 32).
+    da, db = deblend(plain, _binned(image, d), fa, params), deblend(scaled, image, fb, params)
+    assert not np.allclose(da.positions, fa.positions)
+    np.testing.assert_allclose(db.positions, d * da.positions + (d - 1) / 2, atol=1e-4)
 
 
 def test_downsampling_rejects_images_smaller_than_two_blocks_and_bad_factors():

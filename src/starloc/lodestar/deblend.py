@@ -38,19 +38,19 @@ def deblend(model: LodeSTAR, frames: np.ndarray, found: Detections, params: Dete
     detections and every feature unchanged. ``augment``: the median over the 8 grid
     symmetries of the patches (8x the network time on the crowded detections only).
     """
-    distance = model.receptive_field if params.crowded_distance is None else params.crowded_distance
+    # Network pixels, as in detection: the distance is the receptive field unless given.
+    distance = model.config.receptive_field if params.crowded_distance is None else params.crowded_distance
     if len(found) == 0 or not distance:
         return found
     positions = found.positions.copy()
     for t in np.unique(found.frame):
         rows = np.flatnonzero(found.frame == t)
-        crowded = rows[_crowded(found.positions[rows, :2], distance)]
-        if len(crowded):
+        centres = to_network_coordinates(found.positions[rows, :2], model.downsample)
+        own = np.flatnonzero(_crowded(centres, distance))
+        if len(own):
             frame = torch.from_numpy(np.require(frames[t : t + 1], np.float32, ["C", "W"]))
             x = model.network_input(frame)[0].cpu().numpy()
-            centres = to_network_coordinates(found.positions[rows, :2], model.downsample)
-            own = np.searchsorted(rows, crowded)
-            positions[crowded] = _relocate(model, x, centres, own, params, augment)
+            positions[rows[own]] = _relocate(model, x, centres, own, params, augment)
     return Detections(found.frame.copy(), positions, dict(found.features))
 
 
@@ -67,7 +67,7 @@ def masked_patches(x: np.ndarray, centres: np.ndarray, own: np.ndarray, half: in
     ``(N, 2)``. ``S`` is the smallest multiple of ``stride`` above ``2 half``.
 
     A pixel keeps its value if it lies in the frame and no other of ``centres`` is closer
-    to it than ``centres[own[i]]``; elsewhere it holds unit normal noise, the same for every
+    to it than ``centres[own[i]]`` (the own Voronoi cell); elsewhere it holds unit normal noise, the same for every
     patch (a fixed seed), so a detection's result does not depend on what else is detected.
     """
     c, h, w = x.shape
@@ -78,9 +78,15 @@ def masked_patches(x: np.ndarray, centres: np.ndarray, own: np.ndarray, half: in
     rr = origins[:, 0, None, None] + offsets[None, :, None]
     cc = origins[:, 1, None, None] + offsets[None, None, :]
     rr, cc = np.broadcast_arrays(rr, cc)
-    inside = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
-    _, owner = cKDTree(centres).query(np.stack([rr.ravel(), cc.ravel()], axis=1))
-    keep = inside & (owner.reshape(rr.shape) == own[:, None, None])
+    keep = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
+    # Only centres within 2 sqrt(2) half of the own one can be closer to a patch pixel.
+    nearby = cKDTree(centres).query_ball_point(centres[own], r=2 * math.sqrt(2) * half + 1)
+    for n, (i, near) in enumerate(zip(own, nearby)):
+        others = centres[[j for j in near if j != i]]
+        if len(others):
+            d_own = (rr[n] - centres[i, 0]) ** 2 + (cc[n] - centres[i, 1]) ** 2
+            d_other = ((rr[n] - others[:, :1, None]) ** 2 + (cc[n] - others[:, 1:, None]) ** 2).min(axis=0)
+            keep[n] &= d_own <= d_other  # a pixel as far from both is kept by both
     values = x[:, np.clip(rr, 0, h - 1), np.clip(cc, 0, w - 1)].transpose(1, 0, 2, 3)
     return np.where(keep[:, None], values, fill[None]), origins
 
@@ -97,11 +103,10 @@ def _relocate(model: LodeSTAR, x: np.ndarray, centres: np.ndarray, own: np.ndarr
     r = max(1, int(round(params.radius / s)))
     start = centres[own] - origins  # the detection in patch pixels
     grid = np.clip(np.round((start - (s - 1) / 2) / s).astype(np.int64), 0, np.array(maps.positions.shape[-2:]) - 1)
-    each = []
-    for P, w in zip(maps.positions, maps.weights):  # one grid symmetry at a time
-        est = np.stack([_refine(P[n], w[n], grid[n:n + 1, 0], grid[n:n + 1, 1], r, params.cluster_radius)[0][0]
-                        for n in range(len(own))])
-        each.append(est)
-    est = np.median(np.stack(each), axis=0)
+
+    def refined(P, w):  # every patch's detection on the maps of one grid symmetry
+        return [_refine(P[n], w[n], grid[n, :1], grid[n, 1:], r, params.cluster_radius)[0][0] for n in range(len(own))]
+
+    est = np.median([refined(P, w) for P, w in zip(maps.positions, maps.weights)], axis=0)
     est[:, :2] = to_image_coordinates(est[:, :2] + origins, model.downsample)
     return est
