@@ -144,6 +144,12 @@ def test_train_in_a_worker_then_tune_save_load_and_export(make_napari_viewer, qt
     assert not widget.detect_params().deblend and widget._maps is maps
     with qtbot.waitSignal(widget.detection_updated, timeout=5000):
         widget.deblend_check.setChecked(True)
+    # Deblending runs the network: above deblend_worker_pixels detection goes to a worker.
+    widget.deblend_worker_pixels = 0
+    with _wait_job(qtbot, widget, "detect") as blocker, qtbot.waitSignal(widget.detection_updated, timeout=5000):
+        widget.cutoff_spin.setValue(0.25)
+    assert blocker.args == ["detect", "returned"] and widget._maps is maps
+    assert _fraction_within(points.data, truth) >= 0.9
     assert messages["error"] == []
 
     model_file = tmp_path / "model.pt"

@@ -111,8 +111,10 @@ class LodeSTARWidget(QWidget):
         self.viewer = viewer
         self.use_threads = True
         self.network_config = NetworkConfig()
-        #: Re-run detection on a worker when the frame has more pixels than this.
+        #: Re-run detection on a worker when the frame has more pixels than this; with
+        #: deblending (a network pass over the crowded objects) above the second figure.
         self.worker_pixels = 2048 * 2048
+        self.deblend_worker_pixels = 512 * 512
         self.model = None
         self.model_origin = ""
         self.worker = None
@@ -790,7 +792,8 @@ class LodeSTARWidget(QWidget):
         key = self._maps_key
         if self._job_kind == "maps":
             return None  # new maps are on their way; they trigger detection themselves
-        large = int(np.prod(self._maps.image_shape)) > self.worker_pixels
+        limit = self.deblend_worker_pixels if params.deblend else self.worker_pixels
+        large = int(np.prod(self._maps.image_shape)) > limit
         if large and not force_sync and self._job_kind in (None, "detect"):
             return self._start("detect", detect_job(self.model, self._frame, self._maps, params, key[2]),
                                lambda _: None,
