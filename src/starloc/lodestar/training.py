@@ -41,6 +41,10 @@ class TrainConfig:
     divides the learning rate by 10, the second ends training. No stop before ``min_steps``:
     the loss flattens long before the accuracy on dim objects does (stopping at the first
     flat stretch, ~1100 steps, left an ellipse at SNR 5 at 0.115 px; 2300 steps, 0.101 px).
+    2200: with photon noise the loss is noisier and from step 1500 the stopper ended 4 of 5
+    benchmark trainings of one seed at 1923-2156 steps; from 2200 they reach the cap and
+    beat both baselines at SNR <= 5 in 14 and 10 of 15 cases on two seeds, against 11 and 8
+    (sphere seed 1 at SNR 2: 0.262 -> 0.252 px; docs/benchmarks.md).
     copies: transformed copies of each crop per step. More copies average the consistency
     gradient over more transforms and noise draws: on the SNR-10 ellipse, 8 / 12 / 16 copies
     gave 0.236 / 0.214 / 0.206 px at SNR 3 and 0.101 / 0.093 / 0.091 px at SNR 5, at
@@ -71,7 +75,7 @@ class TrainConfig:
     """
 
     max_steps: int = 2600
-    min_steps: int = 1500
+    min_steps: int = 2200
     patience: int = 300
     plateau_tol: float = 0.02
     copies: int = 12
