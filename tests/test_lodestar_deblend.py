@@ -77,3 +77,15 @@ def test_patches_cover_what_the_refinement_window_sees():
     model = LodeSTAR.new(TINY, seed=3)
     half = patch_half_size(model, DetectParams(radius=4))
     assert half >= TINY.receptive_field / 2 + 4
+
+
+def test_the_networks_input_from_the_maps_gives_the_same_deblending(rng):
+    model = LodeSTAR.new(TINY, seed=3)
+    frame, a, b = _two_spots(rng)
+    frames = frame[None, None]
+    found = Detections(np.zeros(2, np.int64), np.stack([a, b]), {"score": np.array([1.0, 0.9])})
+    maps, seen = model.maps_and_input(frames)
+    plain = model.maps(frames)
+    assert np.array_equal(maps.positions, plain.positions) and np.array_equal(maps.weights, plain.weights)
+    np.testing.assert_array_equal(deblend(model, frames, found, seen=seen).positions,
+                                  deblend(model, frames, found).positions)

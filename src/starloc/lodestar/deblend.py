@@ -33,11 +33,13 @@ FILL_SEED = 1
 
 
 def deblend(model: LodeSTAR, frames: np.ndarray, found: Detections, params: DetectParams = DetectParams(),
-            augment: bool = False) -> Detections:
+            augment: bool = False, seen: np.ndarray | None = None) -> Detections:
     """``found`` (detections of ``frames`` ``(T, C, H, W)``, frame indices into ``frames``)
     with the crowded detections' properties located again on masked patches; the other
     detections and every feature unchanged. ``augment``: the median over the 8 grid
     symmetries of the patches (8x the network time on the crowded detections only).
+    ``seen``: the frames as the network saw them, if at hand (see
+    :meth:`~starloc.lodestar.model.LodeSTAR.maps_and_input`), else computed again.
     """
     # Network pixels, as in detection: the distance is the receptive field unless given.
     distance = model.config.receptive_field if params.crowded_distance is None else params.crowded_distance
@@ -49,8 +51,11 @@ def deblend(model: LodeSTAR, frames: np.ndarray, found: Detections, params: Dete
         centres = to_network_coordinates(found.positions[rows, :2], model.downsample)
         own = np.flatnonzero(_crowded(centres, distance))
         if len(own):
-            frame = torch.from_numpy(np.require(frames[t : t + 1], np.float32, ["C", "W"]))
-            x = model.network_input(frame)[0].cpu().numpy()
+            if seen is None:
+                x = model.network_input(torch.from_numpy(np.require(frames[t : t + 1], np.float32, ["C", "W"])))
+                x = x[0].cpu().numpy()
+            else:
+                x = seen[t]
             positions[rows[own]] = _relocate(model, x, centres, own, params, augment)
     return Detections(found.frame.copy(), positions, dict(found.features))
 
@@ -104,10 +109,8 @@ def _relocate(model: LodeSTAR, x: np.ndarray, centres: np.ndarray, own: np.ndarr
     r = max(1, int(round(params.radius / s)))
     start = centres[own] - origins  # the detection in patch pixels
     grid = np.clip(np.round((start - (s - 1) / 2) / s).astype(np.int64), 0, np.array(maps.positions.shape[-2:]) - 1)
-
-    def refined(P, w):  # every patch's detection on the maps of one grid symmetry
-        return [_refine(P[n], w[n], grid[n, :1], grid[n, 1:], r, params.cluster_radius)[0][0] for n in range(len(own))]
-
-    est = np.median([refined(P, w) for P, w in zip(maps.positions, maps.weights)], axis=0)
+    patch = np.arange(len(own))
+    est = np.median([_refine(P, w, grid[:, 0], grid[:, 1], r, params.cluster_radius, maps=patch)[0]
+                     for P, w in zip(maps.positions, maps.weights)], axis=0)  # over the grid symmetries
     est[:, :2] = to_image_coordinates(est[:, :2] + origins, model.downsample)
     return est

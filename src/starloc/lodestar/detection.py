@@ -236,8 +236,11 @@ def _crowded(pos: np.ndarray, distance: float) -> np.ndarray:
     return nearest[:, 1] < distance
 
 
-def _refine(P, w, ii, jj, r, cluster_radius, consistency=None, iterations=3):
+def _refine(P, w, ii, jj, r, cluster_radius, consistency=None, iterations=3, maps=None):
     """Weighted mean of the predictions in a ``(2r+1)^2`` window that lie near the estimate.
+
+    ``P (K, h, w)``, ``w (h, w)`` (and ``consistency``) are the maps of one frame, or, with
+    ``maps`` (the index of each detection's map), a stack ``(n, K, h, w)``, ``(n, h, w)``.
 
     With a ``consistency`` map (the clustering metric ``c`` of :func:`clustering_map`), a
     prediction's weight is also multiplied by ``min(1, c / c_median)``, ``c_median`` being the
@@ -248,16 +251,20 @@ def _refine(P, w, ii, jj, r, cluster_radius, consistency=None, iterations=3):
     0.19 to 0.13 px (crescent); applied to isolated objects it cost the ellipse 0.057 ->
     0.071 px, hence only for crowded ones.
     """
-    k, h, wd = P.shape
+    if maps is None:
+        P, w, maps = P[None], w[None], np.zeros(len(ii), dtype=np.int64)
+        consistency = None if consistency is None else consistency[None]
+    _, k, h, wd = P.shape
     off = np.arange(-r, r + 1)
     rows = np.clip(ii[:, None, None] + off[None, :, None], 0, h - 1)
     cols = np.clip(jj[:, None, None] + off[None, None, :], 0, wd - 1)
     inside = ((ii[:, None, None] + off[None, :, None] >= 0) & (ii[:, None, None] + off[None, :, None] < h)
               & (jj[:, None, None] + off[None, None, :] >= 0) & (jj[:, None, None] + off[None, None, :] < wd))
-    cand = P[:, rows, cols].reshape(k, len(ii), -1).transpose(1, 2, 0).astype(np.float64)  # (N, M, K)
-    cw = (w[rows, cols] * inside).reshape(len(ii), -1).astype(np.float64)  # (N, M)
-    cc = None if consistency is None else consistency[rows, cols].reshape(len(ii), -1)
-    est = P[:, ii, jj].T.astype(np.float64)
+    m = maps[:, None, None]
+    cand = P[m, :, rows, cols].reshape(len(ii), -1, k).astype(np.float64)  # (N, M, K)
+    cw = (w[m, rows, cols] * inside).reshape(len(ii), -1).astype(np.float64)  # (N, M)
+    cc = None if consistency is None else consistency[m, rows, cols].reshape(len(ii), -1)
+    est = P[maps, :, ii, jj].astype(np.float64)
     for _ in range(iterations):
         near = np.linalg.norm(cand[..., :2] - est[:, None, :2], axis=-1) <= cluster_radius
         ww = cw * near

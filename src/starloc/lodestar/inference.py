@@ -45,37 +45,26 @@ def _frame_slice(image, frame: int, n_frames: int):
     return image if n_frames == 1 else image[frame : frame + 1]
 
 
-def iter_maps(model: LodeSTAR, image, chunk: int = 8, rgb: str = "error", channel_axis=None,
-              augment: bool = False, frames=None):
-    """Yield ``(start, frames, maps)`` per chunk of a user image (2D, T×Y×X or with channels).
-
-    ``augment``: average over the 8 grid symmetries (see :meth:`LodeSTAR.maps`). ``frames``:
-    only these (see :func:`starloc.io.select_frames`).
-    """
-    for start, block in iter_frame_chunks(image, chunk, rgb=rgb, channel_axis=channel_axis, frames=frames):
-        _check_channels(model, block)
-        yield start, block, model.maps(block, augment=augment)
-
-
 def _check_channels(model: LodeSTAR, frames: np.ndarray) -> None:
     if frames.shape[1] != model.config.in_channels:
         raise InputError(f"the model expects {model.config.in_channels} channel(s), the image has {frames.shape[1]}")
 
 
 def detect_in_maps(model: LodeSTAR, frames: np.ndarray, maps: Maps, params: DetectParams = DetectParams(),
-                   augment: bool = False) -> Detections:
+                   augment: bool = False, seen: np.ndarray | None = None) -> Detections:
     """:func:`~starloc.lodestar.detection.detect` on the maps of ``(T, C, H, W)`` frames, then
-    the crowded detections deblended on the frames (``params.deblend``, see
-    :mod:`starloc.lodestar.deblend`). Frame indices into ``frames``."""
+    the crowded detections deblended on the frames (``params.deblend``; ``seen``: see
+    :func:`~starloc.lodestar.deblend.deblend`). Frame indices into ``frames``."""
     found = detect(maps, params)
-    return deblend(model, frames, found, params, augment) if params.deblend else found
+    return deblend(model, frames, found, params, augment, seen) if params.deblend else found
 
 
 def detect_frames(model: LodeSTAR, frames: np.ndarray, params: DetectParams = DetectParams(),
                   augment: bool = False) -> Detections:
     """Multi-object detection on in-memory ``(T, C, H, W)`` frames (maps, peaks, refinement,
     deblending)."""
-    return detect_in_maps(model, frames, model.maps(frames, augment=augment), params, augment)
+    maps, seen = model.maps_and_input(frames, augment=augment)
+    return detect_in_maps(model, frames, maps, params, augment, seen)
 
 
 def iter_detect(
@@ -87,8 +76,9 @@ def iter_detect(
     whole image)."""
     selected = image_frame_range(image, frames, rgb=rgb, channel_axis=channel_axis)
     parts: list[Detections] = []
-    for start, block, maps in iter_maps(model, image, chunk, rgb, channel_axis, augment, selected):
-        found = detect_in_maps(model, block, maps, params, augment)
+    for start, block in iter_frame_chunks(image, chunk, rgb=rgb, channel_axis=channel_axis, frames=selected):
+        _check_channels(model, block)
+        found = detect_frames(model, block, params, augment)
         found.frame += start
         parts.append(found)
         yield start + len(block) - selected.start, len(selected)

@@ -250,13 +250,24 @@ class LodeSTAR:
         positions ``(8, T, K, h, w)`` and weights ``(8, T, h, w)``."""
         return self._maps(frames, batch_size, tile, symmetries=True)
 
+    def maps_and_input(self, frames: np.ndarray | torch.Tensor, batch_size: int = 16, tile: int = 1024,
+                       augment: bool = False) -> tuple[Maps, np.ndarray]:
+        """:meth:`maps`, and the frames as the network saw them (:meth:`network_input`, on the
+        CPU), which deblending needs: it then does not normalize the frames again."""
+        seen: list[np.ndarray] = []
+        maps = self._maps(frames, batch_size, tile, symmetries=augment, seen=seen).averaged()
+        return maps, np.concatenate(seen)
+
     @torch.inference_mode()
-    def _maps(self, frames, batch_size: int, tile: int, symmetries: bool) -> Maps:
+    def _maps(self, frames, batch_size: int, tile: int, symmetries: bool, seen: list | None = None) -> Maps:
         frames = torch.from_numpy(np.require(frames, np.float32, ["C", "W"]))
         d = self.downsample
         pos, wts = [], []
         for start in range(0, frames.shape[0], batch_size):
-            m = self.network_maps(self.network_input(frames[start : start + batch_size]), tile, symmetries)
+            x = self.network_input(frames[start : start + batch_size])
+            if seen is not None:
+                seen.append(x.cpu().numpy())
+            m = self.network_maps(x, tile, symmetries)
             pos.append(_map_positions(m.positions, to_image_coordinates, d) if d != 1 else m.positions)
             wts.append(m.weights)
         return Maps(np.concatenate(pos, axis=1), np.concatenate(wts, axis=1), self.config.stride * d,
