@@ -11,9 +11,9 @@ maps as in detection (the weighted mean of the predictions that cluster on it).
 
 An object stays whole as long as its pixels lie closer to its own detected centre than to
 any other: true for objects of similar size that do not overlap; the edge of a large object
-beside a small one is masked. On 256x256
-scenes of 20-50 crescents at SNR 10 this took the matched RMSE of the objects with a
-neighbour within 26 px from 0.083 to 0.067 px, the level of isolated ones (0.066 px).
+beside a small one is masked. On 256x256 scenes of 20-50 crescents at SNR 10 this took the
+matched RMSE of the objects with a neighbour within 26 px from 0.083 to 0.067 px, the level
+of isolated ones (0.066 px).
 
 Coordinates: (row, col) in pixels of the user's image, as everywhere in detection.
 """
@@ -73,8 +73,9 @@ def masked_patches(x: np.ndarray, centres: np.ndarray, own: np.ndarray, half: in
     ``(N, 2)``. ``S`` is the smallest multiple of ``stride`` above ``2 half``.
 
     A pixel keeps its value if it lies in the frame and no other of ``centres`` is closer
-    to it than ``centres[own[i]]`` (the own Voronoi cell); elsewhere it holds unit normal noise, the same for every
-    patch (a fixed seed), so a detection's result does not depend on what else is detected.
+    to it than ``centres[own[i]]`` (the own Voronoi cell); elsewhere it holds unit normal
+    noise, the same for every patch (a fixed seed), so that a detection's result depends on
+    the pixels of its own cell only.
     """
     c, h, w = x.shape
     size = 2 * half + stride - (2 * half) % stride  # > 2 half, a multiple of the stride
