@@ -138,6 +138,17 @@ def test_help_and_usage_errors_exit_cleanly():
     assert run.returncode == 2 and "required" in run.stderr
 
 
+def test_the_demo_trains_on_a_crop_that_holds_one_object():
+    from starloc.demo import CROP_SIZE, crop_around, isolated_object
+
+    image, truth, _ = sim.simulate_scene("point", 30, size=(256, 256), snr=10, rng=0)  # the demo's scene
+    row, col, h, w = crop_around(isolated_object(truth), CROP_SIZE, image.shape)
+    margin = sim.SHAPE_RADIUS["point"]
+    near = ((truth[:, 0] > row - margin) & (truth[:, 0] < row + h + margin)
+            & (truth[:, 1] > col - margin) & (truth[:, 1] < col + w + margin))
+    assert near.sum() == 1
+
+
 def test_demo_runs_end_to_end(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--steps", "20", "--method", "lodestar"]) == 0
     out = capsys.readouterr().out
