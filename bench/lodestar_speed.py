@@ -68,7 +68,8 @@ def main(argv=None):
     print(f"single-object 64x64 frames: {256 / single_64:.0f} frames/s")
     summary = {"bench": "lodestar_speed", "machine": platform.machine(), "device": args.device,
                "threads": args.threads, "torch": torch.__version__, "training": rows,
-               "detect_1024_s": detect_1024, "detect_1024_no_deblend_s": plain_1024, "maps_1024_s": maps_1024, "single_64_fps": 256 / single_64}
+               "detect_1024_s": detect_1024, "detect_1024_no_deblend_s": plain_1024, "maps_1024_s": maps_1024,
+               "single_64_fps": 256 / single_64}
     print(json.dumps(summary))
 
 

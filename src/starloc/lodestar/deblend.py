@@ -41,8 +41,7 @@ def deblend(model: LodeSTAR, frames: np.ndarray, found: Detections, params: Dete
     ``seen``: the frames as the network saw them, if at hand (see
     :meth:`~starloc.lodestar.model.LodeSTAR.maps_and_input`), else computed again.
     """
-    # Network pixels, as in detection: the distance is the receptive field unless given.
-    distance = model.config.receptive_field if params.crowded_distance is None else params.crowded_distance
+    distance = params.crowding_distance(model.config.receptive_field)  # network pixels, as in detection
     if len(found) == 0 or not distance:
         return found
     positions = found.positions.copy()

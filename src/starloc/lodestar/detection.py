@@ -171,6 +171,12 @@ class DetectParams:
         if not np.isfinite(self.min_weight):
             raise InputError(f"detection min_weight must be a finite number, got {self.min_weight!r}")
 
+    def crowding_distance(self, receptive_field: float | None) -> float:
+        """``crowded_distance`` in the network's pixels, the receptive field when not set
+        (0: no detection is crowded, also when the receptive field is unknown)."""
+        distance = receptive_field if self.crowded_distance is None else self.crowded_distance
+        return float(distance or 0.0)
+
 
 @dataclass
 class Detections:
@@ -198,9 +204,9 @@ def detect(maps: Maps, params: DetectParams = DetectParams()) -> Detections:
     maps = maps.network_view()
     consistency = clustering_map(maps.positions[:, :2])
     scores = _score(maps.weights, consistency, params.alpha, params.beta)
-    crowded_distance = maps.receptive_field if params.crowded_distance is None else params.crowded_distance
+    crowded_distance = params.crowding_distance(maps.receptive_field)
     out = [_detect_frame(maps.positions[t], maps.weights[t], scores[t], consistency[t], maps.stride, params,
-                         crowded_distance or 0.0)
+                         crowded_distance)
            for t in range(len(scores))]
     frames = np.concatenate([np.full(len(d[0]), t, dtype=np.int64) for t, d in enumerate(out)])
     positions = np.concatenate([d[0] for d in out]) if out else np.zeros((0, 2))

@@ -243,35 +243,37 @@ class LodeSTAR:
         is the same as in one piece. ``augment`` averages the maps over the 8 quarter-turns
         and flips of each frame (more accurate, 8x slower; see :mod:`.dihedral`).
         """
-        return self._maps(frames, batch_size, tile, symmetries=augment).averaged()
+        return self._maps(frames, batch_size, tile, symmetries=augment)[0].averaged()
 
     def symmetry_maps(self, frames: np.ndarray | torch.Tensor, batch_size: int = 16, tile: int = 1024) -> Maps:
         """Like :meth:`maps` but for each of the 8 grid symmetries of each frame, mapped back:
         positions ``(8, T, K, h, w)`` and weights ``(8, T, h, w)``."""
-        return self._maps(frames, batch_size, tile, symmetries=True)
+        return self._maps(frames, batch_size, tile, symmetries=True)[0]
 
     def maps_and_input(self, frames: np.ndarray | torch.Tensor, batch_size: int = 16, tile: int = 1024,
                        augment: bool = False) -> tuple[Maps, np.ndarray]:
         """:meth:`maps`, and the frames as the network saw them (:meth:`network_input`, on the
         CPU), which deblending needs: it then does not normalize the frames again."""
-        seen: list[np.ndarray] = []
-        maps = self._maps(frames, batch_size, tile, symmetries=augment, seen=seen).averaged()
-        return maps, np.concatenate(seen)
+        maps, seen = self._maps(frames, batch_size, tile, symmetries=augment, keep_input=True)
+        return maps.averaged(), seen
 
     @torch.inference_mode()
-    def _maps(self, frames, batch_size: int, tile: int, symmetries: bool, seen: list | None = None) -> Maps:
+    def _maps(self, frames, batch_size: int, tile: int, symmetries: bool,
+              keep_input: bool = False) -> tuple[Maps, np.ndarray | None]:
+        """The maps (leading axis: symmetries) and, with ``keep_input``, the network's input."""
         frames = torch.from_numpy(np.require(frames, np.float32, ["C", "W"]))
         d = self.downsample
-        pos, wts = [], []
+        pos, wts, seen = [], [], []
         for start in range(0, frames.shape[0], batch_size):
             x = self.network_input(frames[start : start + batch_size])
-            if seen is not None:
+            if keep_input:
                 seen.append(x.cpu().numpy())
             m = self.network_maps(x, tile, symmetries)
             pos.append(_map_positions(m.positions, to_image_coordinates, d) if d != 1 else m.positions)
             wts.append(m.weights)
-        return Maps(np.concatenate(pos, axis=1), np.concatenate(wts, axis=1), self.config.stride * d,
+        maps = Maps(np.concatenate(pos, axis=1), np.concatenate(wts, axis=1), self.config.stride * d,
                     tuple(frames.shape[-2:]), self.receptive_field, d)
+        return maps, (np.concatenate(seen) if keep_input else None)
 
     @torch.inference_mode()
     def network_input(self, frames: torch.Tensor) -> torch.Tensor:
