@@ -56,9 +56,9 @@ def main(argv=None):
 
     psf, psf_name = make_psf(args.beads)
     models = {}
-    for arch in ("paper", "fcn"):
+    for arch in ("paper", "fcn", "unet"):
         sim = Simulator(psf, EMCCD.smlm2016(), density=1.0, device=device)
-        # the paper's widths for its network; the default recipe for the FCN
+        # the paper's widths for its network; the default recipe's for the FCN and the U-Net
         widths = {"conv_widths": (16, 64, 256), "fc_width": 1024} if arch == "paper" else {}
         cfg = DeepLocoTrainConfig(architecture=arch, device=str(device), val_size=0, **widths)
         trainer = Trainer(sim, cfg)

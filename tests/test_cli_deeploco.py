@@ -92,13 +92,14 @@ def test_localize_frames_and_picasso_output(folder, capsys):
     assert (info["Width"], info["Height"], info["Frames"], info["Pixelsize"]) == (72, 80, 3, 100.0)
 
 
-def test_fully_convolutional_model_trains_and_localizes_whole_frames(folder, tmp_path, capsys):
-    model_path = tmp_path / "fcn.pt"
-    assert main([*TRAIN, "--arch", "fcn", "--steps", "2", "-o", str(model_path)]) == 0
+@pytest.mark.parametrize("arch", ["fcn", "unet"])
+def test_fully_convolutional_model_trains_and_localizes_whole_frames(folder, tmp_path, capsys, arch):
+    model_path = tmp_path / f"{arch}.pt"
+    assert main([*TRAIN, "--arch", arch, "--steps", "2", "-o", str(model_path)]) == 0
     model = DeepLoco.load(model_path)
-    assert model.config.architecture == "fcn"
+    assert model.config.architecture == arch
     if "architecture" in {f.name for f in dataclasses.fields(DeepLocoTrainConfig)}:
-        assert model.metadata["training"]["architecture"] == "fcn"  # passed through the training config
+        assert model.metadata["training"]["architecture"] == arch  # passed through the training config
     out = tmp_path / "fcn.csv"
     assert main(["deeploco", "localize", str(folder / "stack.tif"), "--model", str(model_path), "--threshold", "0.01",
                  "-o", str(out)]) == 0

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from starloc.deeploco.loss import cell_loss, kernel_loss
-from starloc.deeploco.network import CELL, DeepLocoConfig, DeepLocoFCN, DeepLocoNet, build_network
+from starloc.deeploco.network import CELL, DeepLocoConfig, DeepLocoFCN, DeepLocoNet, DeepLocoUNet, build_network
 from starloc.deeploco.postprocess import postprocess
 from starloc.errors import InputError
 
@@ -42,12 +42,14 @@ def test_network_output_shapes_box_and_nonnegative_weights(dim):
     assert cfg.n_features == 16 * 2 * 2
 
 
+@pytest.mark.parametrize("arch", ["fcn", "unet"])
 @pytest.mark.parametrize("dim", [2, 3])
-def test_fcn_gives_one_candidate_per_cell_inside_its_cell_neighbourhood(dim):
-    cfg = tiny(dim=dim, z_range=(-750.0, 750.0) if dim == 3 else (0.0, 0.0), architecture="fcn")
+def test_fcn_gives_one_candidate_per_cell_inside_its_cell_neighbourhood(dim, arch):
+    cfg = tiny(dim=dim, z_range=(-750.0, 750.0) if dim == 3 else (0.0, 0.0), architecture=arch)
+    assert cfg.cellular
     torch.manual_seed(0)
     net = build_network(cfg)
-    assert isinstance(net, DeepLocoFCN)
+    assert isinstance(net, DeepLocoUNet if arch == "unet" else DeepLocoFCN)
     frames = 100 + 30 * torch.randn(2, 1, 48, 40)  # any multiple of the cell size, not just 32
     pos, w = net(frames)
     K = (48 // CELL) * (40 // CELL)
@@ -63,9 +65,10 @@ def test_fcn_gives_one_candidate_per_cell_inside_its_cell_neighbourhood(dim):
         net(torch.zeros(1, 1, 30, 32))
 
 
-def test_fcn_is_translation_equivariant_by_whole_cells():
+@pytest.mark.parametrize("arch", ["fcn", "unet"])
+def test_fcn_is_translation_equivariant_by_whole_cells(arch):
     torch.manual_seed(0)
-    net = build_network(tiny(architecture="fcn")).eval()
+    net = build_network(tiny(architecture=arch)).eval()
     frame = 100 + 10 * torch.randn(1, 1, 128, 128)
     frame[..., 60:63, 60:63] += 500
     shifted = torch.roll(frame, shifts=(8, 4), dims=(-2, -1))
@@ -74,16 +77,17 @@ def test_fcn_is_translation_equivariant_by_whole_cells():
         p1, w1 = net(shifted)
     g = 128 // CELL
     w0, w1 = w0.view(g, g), w1.view(g, g)
-    # away from the borders (receptive field ~ 24 px) the maps move by (2, 1) cells and the
+    # away from the borders (receptive field 48 px for fcn, ~64 for unet) the maps move by (2, 1) cells and the
     # positions by (800, 400) nm
     assert torch.allclose(w0[10:20, 10:20], w1[12:22, 11:21], atol=1e-5)
     d = p1.view(g, g, 2)[12:22, 11:21] - p0.view(g, g, 2)[10:20, 10:20]
     assert torch.allclose(d, torch.tensor([400.0, 800.0]).expand_as(d), atol=1e-2)
 
 
-def test_fcn_with_batch_norm_folded_gives_the_same_output():
+@pytest.mark.parametrize("arch", ["fcn", "unet"])
+def test_fcn_with_batch_norm_folded_gives_the_same_output(arch):
     torch.manual_seed(0)
-    net = build_network(tiny(architecture="fcn", dim=3, z_range=(-500.0, 500.0)))
+    net = build_network(tiny(architecture=arch, dim=3, z_range=(-500.0, 500.0)))
     net.train()
     opt = torch.optim.SGD(net.parameters(), lr=1e-3)
     for _ in range(3):  # move the batch-norm statistics away from their initial values

@@ -39,10 +39,11 @@ def tiny_config(**kw) -> DeepLocoTrainConfig:
     return DeepLocoTrainConfig(**{**TINY, **kw})
 
 
-def test_loss_decreases_on_a_fixed_batch(sim):
+@pytest.mark.parametrize("arch", ["paper", "fcn", "unet"])
+def test_loss_decreases_on_a_fixed_batch(sim, arch):
     frames, truth = sim.sample(4, torch.Generator().manual_seed(3))
     model = DeepLoco.new(DeepLocoConfig.for_simulator(sim, n_candidates=8, conv_widths=(4, 8, 8),
-                                                      fc_width=64), seed=0)
+                                                      fc_width=64, architecture=arch), seed=0)
     opt = torch.optim.Adam(model.net.parameters(), lr=3e-3)
     true_pos = truth_positions(truth, 2)
     losses = []
@@ -123,8 +124,9 @@ def test_explicit_checkpoint_and_extending_the_run(sim, tmp_path):
         Trainer.from_checkpoint(tmp_path / "missing.ckpt", sim)
 
 
-def test_save_load_round_trip_gives_identical_outputs(sim, tmp_path):
-    model = finish(train(sim, tiny_config(steps=2, val_size=0)))
+@pytest.mark.parametrize("arch", ["paper", "fcn", "unet"])
+def test_save_load_round_trip_gives_identical_outputs(sim, tmp_path, arch):
+    model = finish(train(sim, tiny_config(steps=2, val_size=0, architecture=arch)))
     model.camera = EMCCD.smlm2016()
     path = tmp_path / "m.pt"
     model.save(path)

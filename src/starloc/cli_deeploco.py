@@ -592,9 +592,9 @@ def add_commands(sub) -> None:
     r.add_argument("--steps", type=int, default=None, help="optimizer steps")
     r.add_argument("--batch", type=int, default=None, help="frames per step")
     r.add_argument("--lr", type=positive(), default=None, help="initial learning rate")
-    r.add_argument("--arch", choices=("paper", "fcn"), default=None,
-                   help="network: 'paper' (conv + fully connected, fixed frame size) or 'fcn' (fully "
-                        "convolutional)")
+    r.add_argument("--arch", choices=("paper", "fcn", "unet"), default=None,
+                   help="network: 'paper' (conv + fully connected, fixed frame size), 'fcn' (fully "
+                        "convolutional, the default) or 'unet' (fcn with full-resolution skip connections)")
     r.add_argument("--seed", type=int, default=None, help="random seed (same seed, same model)")
     r.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
                    help="any other DeepLocoTrainConfig setting, e.g. --set val_every=250 or "

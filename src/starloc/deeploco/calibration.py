@@ -141,7 +141,7 @@ def calibrate(model: Any, simulator: Any, frames: int = 2048, seed: int = 2024, 
     """
     cfg = model.config
     if period is None:
-        period = (CELL if cfg.architecture == "fcn" else 1) * cfg.pixel_size
+        period = (CELL if cfg.cellular else 1) * cfg.pixel_size
     grid = THRESHOLDS if choose_threshold else (float(model.threshold),)
     table, tf, tp = simulated_localizations(model, simulator, frames, seed, min(grid))
     axial = axial_tolerance if cfg.dim == 3 else None

@@ -9,7 +9,7 @@ bounded by the chunk, never the whole stack. Each chunk is normalized with the c
 (:func:`plan_tiles`):
 
 - ``"paper"`` networks take tiles of exactly ``frame_size x frame_size`` pixels;
-- ``"fcn"`` networks take any tile whose sides are multiples of 4 (>= 16): the whole frame
+- ``"fcn"`` and ``"unet"`` networks take any tile whose sides are multiples of 4 (>= 16): the whole frame
   when it is at most 128 px a side, else 128 px tiles (``tile`` overrides).
 
 Frames smaller than a tile are padded at the bottom/right with the frame's median (the
@@ -51,7 +51,7 @@ from ..errors import InputError, StarlocWarning, one_line
 from ..io import read_image, select_frames
 from ..progress import finish
 from .camera import Camera
-from .network import CELL
+from .network import CELL, CELL_ARCHITECTURES
 from .postprocess import concat_tables, empty_table, postprocess, sorted_by_frame
 
 __all__ = [
@@ -347,7 +347,7 @@ def plan_tiles(frame_shape: tuple[int, int], config: Any, tile: int | None = Non
     H, W = (int(s) for s in frame_shape)
     arch = getattr(config, "architecture", "paper")
     S = int(config.frame_size)
-    if arch == "fcn":
+    if arch in CELL_ARCHITECTURES:
         if tile is None:
             th, tw = (_round_up(L, CELL) if L <= FCN_TILE else FCN_TILE for L in (H, W))
         else:

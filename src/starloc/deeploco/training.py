@@ -296,7 +296,7 @@ class Trainer:
             pos, w = net(frames)
             true_pos = truth_positions(truth, net.config.dim)
             loss = kernel_loss(pos, w, true_pos, truth["mask"], c.sigmas, c.kernel, c.z_scale)
-            if c.cell_loss_weight and net.config.architecture == "fcn":
+            if c.cell_loss_weight and net.config.cellular:
                 grid = (frames.shape[-2] // CELL, frames.shape[-1] // CELL)
                 loss = loss + c.cell_loss_weight * cell_loss(pos, w, true_pos, truth["mask"], grid,
                                                              CELL * net.config.pixel_size, z_scale=1.0,
