@@ -67,6 +67,7 @@ from starloc.gui.lodestar_source import (
     to_uint8,
 )
 from starloc.lodestar.detection import CUTOFF_MODES, DetectParams
+from starloc.lodestar.crop_content import crowded_crops
 from starloc.lodestar.downsampling import suggest_downsample
 from starloc.lodestar.inference import extract_crops
 from starloc.lodestar.model import LodeSTAR
@@ -565,6 +566,12 @@ class LodeSTARWidget(QWidget):
             return ""
         return f"; object ≈ {extent:.0f} px across: Downsample {suggested} suggested (Advanced)"
 
+    @staticmethod
+    def _crowded_hint(crops) -> str:
+        """A note for each crop that seems to hold several objects."""
+        return "".join(f"; crop {i + 1} seems to hold {n} objects: LodeSTAR learns from ONE"
+                       for i, n in crowded_crops(crops))
+
     def _schedule_preview(self, *_) -> None:
         self._preview_timer.start()
 
@@ -579,7 +586,7 @@ class LodeSTARWidget(QWidget):
         where = f" (frame {frame})" if src.is_timelapse else ""
         self.crop_info.setText(
             f"{len(crops)} crop(s): {sizes} px{where}; minimum {self.min_crop_size} px"
-            + self._downsample_hint(crops)
+            + self._downsample_hint(crops) + self._crowded_hint(crops)
         )
         pixels = to_uint8(crops[-1])
         h, w = pixels.shape

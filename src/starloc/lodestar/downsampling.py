@@ -11,17 +11,15 @@ the widget and the CLI to tell the user.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from scipy import ndimage
 
-from starloc.lodestar.model import clipped_background
+from starloc.lodestar.crop_content import smoothed_contrast
 
 # px the measured extent should span once downsampled. The extent (bounding box of the 20 %
 # contour, blur included) exceeds the visible size: the bench's ring, 48 px across, measures
 # 54 px and worked best at 3; its disc, 32 px across, measures 34 px and worked best at 2.
 TARGET_EXTENT = 18.0
 PEAK_FRACTION = 0.2  # the object is where the smoothed contrast exceeds this share of its peak
-SMOOTHING = 1.0  # px, Gaussian smoothing before thresholding (noise)
 
 
 def object_extent(crop: np.ndarray) -> float:
@@ -30,14 +28,8 @@ def object_extent(crop: np.ndarray) -> float:
     (brighter or darker than the background) exceeds 20 % of its peak and twice its noise,
     the one nearest the crop's centre. 0 for a crop without anything 5 noise levels above
     the background."""
-    image = np.asarray(crop, dtype=np.float64)
-    if image.ndim == 3:
-        image = image.mean(axis=0)
-    flat = torch.from_numpy(image).reshape(1, 1, -1)
-    level, sigma = (float(v) for v in clipped_background(flat))
-    contrast = np.abs(ndimage.gaussian_filter(image - level, SMOOTHING))
+    contrast, noise = smoothed_contrast(crop)
     peak = np.unravel_index(np.argmax(contrast), contrast.shape)
-    noise = sigma / (2 * np.sqrt(np.pi) * SMOOTHING)  # white noise after the smoothing
     if not contrast[peak] > 5 * noise:
         return 0.0
     # the noise floor keeps a dim object's region from spreading over the noise around it
@@ -46,7 +38,7 @@ def object_extent(crop: np.ndarray) -> float:
     # the object is the region nearest the crop's centre (the user centres the crop on it;
     # a ring has an empty middle), not the strongest one, which may be a neighbour's edge
     rows, cols = np.nonzero(labels)
-    centre = (np.array(image.shape) - 1) / 2
+    centre = (np.array(contrast.shape) - 1) / 2
     nearest = np.argmin(np.hypot(rows - centre[0], cols - centre[1]))
     rows, cols = np.nonzero(labels == labels[rows[nearest], cols[nearest]])
     return float(max(rows.max() - rows.min(), cols.max() - cols.min()) + 1)

@@ -1,0 +1,50 @@
+"""The check that a training crop holds one object, and its warnings in the CLI."""
+
+import numpy as np
+import pytest
+import tifffile
+
+from starloc import sim
+from starloc.cli import main
+from starloc.demo import CROP_SIZE, crop_around, isolated_object
+from starloc.lodestar.crop_content import count_objects, crowded_crops
+
+
+@pytest.mark.parametrize("shape", sim.SHAPES)
+def test_one_object_counts_one_at_every_snr(shape):
+    for snr in (2, 5, 20):
+        images, _, _ = sim.simulate_single(shape, snr, 6, rng=11)
+        assert [count_objects(im) for im in images] == [1] * 6, (shape, snr)
+
+
+def test_two_objects_count_two_and_nothing_counts_zero():
+    rng = np.random.default_rng(0)
+    two = sim.add_poisson_noise(sim.render("point", (40, 40), np.array([[12.0, 12.0], [27.0, 28.0]])), 10, rng=1)
+    assert count_objects(two) == 2
+    assert count_objects(np.stack([two, two])) == 2  # channels averaged
+    assert count_objects(two.max() - two) == 2  # dark objects on a bright background too
+    assert count_objects(rng.normal(size=(40, 40))) == 0 and count_objects(np.zeros((30, 30))) == 0
+    # a neighbour's tail at the border is not an object, half a neighbour is
+    tail = sim.render("point", (40, 40), np.array([[20.0, 20.0], [20.0, -4.0]]))
+    half = sim.render("point", (40, 40), np.array([[20.0, 20.0], [20.0, 0.5]]))
+    assert count_objects(sim.add_poisson_noise(tail, 10, rng=2)) == 1
+    assert count_objects(sim.add_poisson_noise(half, 10, rng=2)) == 2
+
+
+def test_the_demo_crops():
+    image, truth, _ = sim.simulate_scene("point", 30, size=(256, 256), snr=10, rng=0)  # the demo's scene
+    boxes = [crop_around(isolated_object(truth), CROP_SIZE, image.shape),
+             # the crop the demo used to train on: a neighbour 2 px from its edge, a model that found nothing
+             crop_around(truth[np.argmin(np.hypot(*(truth - 127.5).T))], CROP_SIZE, image.shape)]
+    crops = [image[r:r + h, c:c + w] for r, c, h, w in boxes]
+    assert crowded_crops(crops) == [(1, 2)]
+
+
+def test_cli_training_warns_about_a_crop_with_several_objects(tmp_path, capsys):
+    image = sim.add_poisson_noise(sim.render("point", (64, 64), np.array([[20.0, 20.0], [44.0, 40.0]])), 10, rng=3)
+    tifffile.imwrite(tmp_path / "two.tif", image)
+    base = ["lodestar", "train", str(tmp_path / "two.tif"), "--steps", "2", "--device", "cpu"]
+    assert main(base + ["--crop", "0", "0", "64", "64", "-o", str(tmp_path / "a.pt")]) == 0
+    assert "crop 1 seems to hold 2 objects" in capsys.readouterr().err
+    assert main(base + ["--crop", "4", "4", "32", "32", "-o", str(tmp_path / "b.pt")]) == 0
+    assert "seems to hold" not in capsys.readouterr().err
