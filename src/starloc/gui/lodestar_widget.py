@@ -66,8 +66,8 @@ from starloc.gui.lodestar_source import (
     rectangles_in_image,
     to_uint8,
 )
-from starloc.lodestar.detection import CUTOFF_MODES, DetectParams
 from starloc.lodestar.crop_content import crowded_crops
+from starloc.lodestar.detection import CUTOFF_MODES, DetectParams
 from starloc.lodestar.downsampling import suggest_downsample
 from starloc.lodestar.inference import extract_crops
 from starloc.lodestar.model import LodeSTAR
