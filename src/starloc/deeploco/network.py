@@ -326,8 +326,8 @@ class DeepLocoUNet(DeepLocoFCN):
     features are brought back up (nearest-neighbour x2, concatenated with the encoder's features
     of that scale, two 3x3 convs) to 1/2 and then full resolution; the full-resolution features of
     each 4x4 cell are folded into its channels (pixel unshuffle) and joined with the 1/4 features
-    by a 1x1 conv before the heads. On the AS benchmark +0.02-0.03 Jaccard over the FCN of the
-    same widths and training, at ~2.5x its cost per frame (docs/benchmarks.md).
+    by a 1x1 conv before the heads. On the benchmarks +0.01-0.04 Jaccard over the FCN of the
+    same widths and training, at 2.5-3.5x its time per frame on a CPU (docs/benchmarks.md).
     """
 
     def __init__(self, config: DeepLocoConfig):
