@@ -7,7 +7,7 @@ import tifffile
 from starloc import sim
 from starloc.cli import main
 from starloc.demo import CROP_SIZE, crop_around, isolated_object
-from starloc.lodestar.crop_content import count_objects, crowded_crops
+from starloc.lodestar.crop_content import count_objects, crops_with_several_objects
 
 
 @pytest.mark.parametrize("shape", sim.SHAPES)
@@ -37,7 +37,7 @@ def test_the_demo_crops():
              # the crop the demo used to train on: a neighbour 2 px from its edge, a model that found nothing
              crop_around(truth[np.argmin(np.hypot(*(truth - 127.5).T))], CROP_SIZE, image.shape)]
     crops = [image[r:r + h, c:c + w] for r, c, h, w in boxes]
-    assert crowded_crops(crops) == [(1, 2)]
+    assert crops_with_several_objects(crops) == [(1, 2)]
 
 
 def test_cli_training_warns_about_a_crop_with_several_objects(tmp_path, capsys):

@@ -23,7 +23,7 @@ EXIT_INTERRUPTED = 130
 
 def cmd_lodestar_train(args) -> int:
     from starloc.io import read_image
-    from starloc.lodestar.crop_content import crowded_crops
+    from starloc.lodestar.crop_content import crops_with_several_objects
     from starloc.lodestar.downsampling import suggest_downsample
     from starloc.lodestar.inference import extract_crops
     from starloc.lodestar.network import NetworkConfig
@@ -37,7 +37,7 @@ def cmd_lodestar_train(args) -> int:
     if suggested > args.downsample:
         warnings.warn(f"the object in the crop is about {extent:.0f} px across, more than the network sees "
                       f"whole at --downsample {args.downsample}: consider --downsample {suggested}", StarlocWarning)
-    for index, count in crowded_crops(crops):
+    for index, count in crops_with_several_objects(crops):
         warnings.warn(f"crop {index + 1} seems to hold {count} objects: LodeSTAR learns from a crop around ONE "
                       "object (a model trained on several usually finds none); crop a single object",
                       StarlocWarning)

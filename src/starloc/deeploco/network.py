@@ -331,7 +331,7 @@ class DeepLocoUNet(DeepLocoFCN):
     """
 
     def __init__(self, config: DeepLocoConfig):
-        super().__init__(config)
+        super().__init__(config)  # the head; its one-piece encoder is replaced by the three blocks
         c0, c1, c2 = (int(c) for c in config.conv_widths)
         full, half, quarter = self._encoder_blocks()
         self.enc_full = nn.Sequential(*full)

@@ -66,7 +66,7 @@ from starloc.gui.lodestar_source import (
     rectangles_in_image,
     to_uint8,
 )
-from starloc.lodestar.crop_content import crowded_crops
+from starloc.lodestar.crop_content import crops_with_several_objects
 from starloc.lodestar.detection import CUTOFF_MODES, DetectParams
 from starloc.lodestar.downsampling import suggest_downsample
 from starloc.lodestar.inference import extract_crops
@@ -567,10 +567,10 @@ class LodeSTARWidget(QWidget):
         return f"; object ≈ {extent:.0f} px across: Downsample {suggested} suggested (Advanced)"
 
     @staticmethod
-    def _crowded_hint(crops) -> str:
+    def _several_objects_hint(crops) -> str:
         """A note for each crop that seems to hold several objects."""
         return "".join(f"; crop {i + 1} seems to hold {n} objects: LodeSTAR learns from ONE"
-                       for i, n in crowded_crops(crops))
+                       for i, n in crops_with_several_objects(crops))
 
     def _schedule_preview(self, *_) -> None:
         self._preview_timer.start()
@@ -586,7 +586,7 @@ class LodeSTARWidget(QWidget):
         where = f" (frame {frame})" if src.is_timelapse else ""
         self.crop_info.setText(
             f"{len(crops)} crop(s): {sizes} px{where}; minimum {self.min_crop_size} px"
-            + self._downsample_hint(crops) + self._crowded_hint(crops)
+            + self._downsample_hint(crops) + self._several_objects_hint(crops)
         )
         pixels = to_uint8(crops[-1])
         h, w = pixels.shape

@@ -59,7 +59,7 @@ def count_objects(crop: np.ndarray) -> int:
                for r, c in peaks)
 
 
-def crowded_crops(crops) -> list[tuple[int, int]]:
+def crops_with_several_objects(crops) -> list[tuple[int, int]]:
     """``(index, count)`` of the crops that seem to hold more than one object."""
     counts = [(i, count_objects(c)) for i, c in enumerate(crops)]
     return [(i, n) for i, n in counts if n > 1]
