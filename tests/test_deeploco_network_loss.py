@@ -100,6 +100,9 @@ def test_fcn_with_batch_norm_folded_gives_the_same_output(arch):
     with torch.no_grad():
         a, b = net(frames), net.fused()(frames)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.fused().modules())
+    relus = [m.inplace for m in net.fused().modules() if isinstance(m, torch.nn.ReLU)]
+    assert relus and all(relus)  # in place in the inference copy...
+    assert not any(m.inplace for m in net.modules() if isinstance(m, torch.nn.ReLU))  # ...not in training
     assert torch.allclose(a[0], b[0], atol=1e-2) and torch.allclose(a[1], b[1], atol=1e-5)
 
 
