@@ -332,7 +332,7 @@ class DeepLocoUNet(DeepLocoFCN):
     of that scale, two 3x3 convs) to 1/2 and then full resolution; the full-resolution features of
     each 4x4 cell are folded into its channels (pixel unshuffle) and joined with the 1/4 features
     by a 1x1 conv before the heads. On the benchmarks +0.01-0.04 Jaccard over the FCN of the
-    same widths and training, at 2.5-3.5x its time per frame on a CPU (docs/benchmarks.md).
+    same widths and training, at ~3x its time per frame on a CPU (docs/benchmarks.md).
     """
 
     def __init__(self, config: DeepLocoConfig):
