@@ -283,3 +283,10 @@ def test_localize_warns_in_one_line_when_the_background_is_outside_the_training_
     assert main(["deeploco", "localize", str(folder / "stack.tif"), "--model", str(folder / "model.pt"),
                  "-o", str(out)]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_the_arch_choices_are_the_network_architectures():
+    from starloc import cli_deeploco
+    from starloc.deeploco.network import ARCHITECTURES
+
+    assert cli_deeploco.ARCHITECTURES == ARCHITECTURES  # the CLI's copy, kept free of torch

@@ -23,6 +23,8 @@ from starloc.cli_common import add_cluster_options, cluster_client, frames_type,
 from starloc.errors import InputError
 
 CAMERA_KINDS = ("smlm2016", "emccd", "scmos")
+#: starloc.deeploco.network.ARCHITECTURES, written out so that `starloc --help` imports no torch
+ARCHITECTURES = ("paper", "fcn", "unet")
 #: camera options: argparse dest -> Camera keyword
 CAMERA_OPTIONS = {"baseline": "baseline", "e_per_adu": "e_per_adu", "em_gain": "em_gain", "qe": "qe",
                   "read_noise": "read_noise"}
@@ -592,7 +594,7 @@ def add_commands(sub) -> None:
     r.add_argument("--steps", type=int, default=None, help="optimizer steps")
     r.add_argument("--batch", type=int, default=None, help="frames per step")
     r.add_argument("--lr", type=positive(), default=None, help="initial learning rate")
-    r.add_argument("--arch", choices=("paper", "fcn", "unet"), default=None,
+    r.add_argument("--arch", choices=ARCHITECTURES, default=None,
                    help="network: 'paper' (conv + fully connected, fixed frame size), 'fcn' (fully "
                         "convolutional, the default) or 'unet' (fcn with full-resolution skip connections)")
     r.add_argument("--seed", type=int, default=None, help="random seed (same seed, same model)")
