@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from starloc.deeploco.loss import cell_loss, kernel_loss
-from starloc.deeploco.network import CELL, DeepLocoConfig, DeepLocoFCN, DeepLocoNet, DeepLocoUNet, build_network
+from starloc.deeploco.network import (CELL, DeepLocoConfig, DeepLocoFCN, DeepLocoNet, DeepLocoUNet, build_network,
+                                      upsampled_conv_as_transposed)
 from starloc.deeploco.postprocess import postprocess
 from starloc.errors import InputError
 
@@ -104,6 +105,33 @@ def test_fcn_with_batch_norm_folded_gives_the_same_output(arch):
     assert relus and all(relus)  # in place in the inference copy...
     assert not any(m.inplace for m in net.modules() if isinstance(m, torch.nn.ReLU))  # ...not in training
     assert torch.allclose(a[0], b[0], atol=1e-2) and torch.allclose(a[1], b[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7), (1, 4, 4)])
+def test_a_conv_of_an_upsampled_input_equals_its_transposed_form(shape):
+    """The identity the U-Net's inference decoder rests on, borders included (zero padding)."""
+    c, h, w = shape
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, c, h, w, generator=g, dtype=torch.float64)
+    weight = torch.randn(6, c, 3, 3, generator=g, dtype=torch.float64)
+    direct = torch.nn.functional.conv2d(torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"),
+                                        weight, padding=1)
+    transposed = torch.nn.functional.conv_transpose2d(x, upsampled_conv_as_transposed(weight), stride=2, padding=1)
+    assert transposed.shape == direct.shape == (2, 6, 2 * h, 2 * w)
+    assert torch.allclose(transposed, direct, rtol=0, atol=1e-12)
+
+
+def test_unet_inference_decoder_has_no_upsampled_or_concatenated_copy():
+    torch.manual_seed(0)
+    net = build_network(tiny(architecture="unet")).eval()
+    fast = net.fused()
+    assert type(fast.up_half).__name__ == type(fast.up_full).__name__ == "_FastUpBlock"
+    assert type(fast.join).__name__ == "_FastJoinBlock"
+    assert type(net.up_half).__name__ == "_UpBlock"  # the training network is left alone
+    frames = 100 + 30 * torch.randn(3, 1, 48, 32)  # not square
+    with torch.no_grad():
+        a, b = net(frames), fast(frames)
+    assert torch.allclose(a[0], b[0], atol=1e-3) and torch.allclose(a[1], b[1], atol=1e-6)
 
 
 def test_default_architecture_matches_the_paper():
