@@ -121,17 +121,25 @@ def test_a_conv_of_an_upsampled_input_equals_its_transposed_form(shape):
     assert torch.allclose(transposed, direct, rtol=0, atol=1e-12)
 
 
-def test_unet_inference_decoder_has_no_upsampled_or_concatenated_copy():
+def test_unet_decoder_equals_its_concatenated_form_with_gradients():
+    """The U-Net's decoder steps skip the upsampled and concatenated copies; outputs and weight
+    gradients are those of the plain layers applied to the concatenation."""
     torch.manual_seed(0)
-    net = build_network(tiny(architecture="unet")).eval()
-    fast = net.fused()
-    assert type(fast.up_half).__name__ == type(fast.up_full).__name__ == "_FastUpBlock"
-    assert type(fast.join).__name__ == "_FastJoinBlock"
-    assert type(net.up_half).__name__ == "_UpBlock"  # the training network is left alone
-    frames = 100 + 30 * torch.randn(3, 1, 48, 32)  # not square
-    with torch.no_grad():
-        a, b = net(frames), fast(frames)
-    assert torch.allclose(a[0], b[0], atol=1e-3) and torch.allclose(a[1], b[1], atol=1e-6)
+    net = build_network(tiny(architecture="unet")).train().double()  # float64: equal to rounding, ~1e-15
+    low, skip = torch.randn(2, 16, 6, 4).double(), torch.randn(2, 8, 12, 8).double()
+    plain_up = torch.nn.Sequential(*net.up_half)  # the same layers, called the usual way
+    fine, coarse = torch.randn(2, 4, 12, 8).double(), torch.randn(2, 16, 3, 2).double()
+    plain_join = torch.nn.Sequential(*net.join)
+    cases = [(net.up_half(low, skip), plain_up(torch.cat([torch.nn.functional.interpolate(low, scale_factor=2.0),
+                                                           skip], 1)), net.up_half[0].weight),
+             (net.join(fine, coarse), plain_join(torch.cat([torch.nn.functional.pixel_unshuffle(fine, CELL),
+                                                            coarse], 1)), net.join[0].weight)]
+    for ours, plain, weight in cases:
+        assert ours.shape == plain.shape
+        assert torch.allclose(ours, plain, rtol=0, atol=1e-12)
+        (g_ours,) = torch.autograd.grad(ours.square().sum(), weight)
+        (g_plain,) = torch.autograd.grad(plain.square().sum(), weight)
+        assert torch.allclose(g_ours, g_plain, rtol=1e-12, atol=1e-12)
 
 
 def test_default_architecture_matches_the_paper():

@@ -243,7 +243,7 @@ def _fuse_sequential(seq: nn.Sequential) -> nn.Sequential:
         else:
             layers.append(mods[i])
             i += 1
-    return nn.Sequential(*layers)
+    return type(seq)(*layers)
 
 
 class DeepLocoFCN(nn.Module):
@@ -323,22 +323,6 @@ class DeepLocoFCN(nn.Module):
         return xy, weights
 
 
-class _UpBlock(nn.Sequential):
-    """Decoder step: the layers applied to ``cat(nearest x2 upsampling of low, skip)``."""
-
-    def forward(self, low: Tensor, skip: Tensor) -> Tensor:  # type: ignore[override]
-        return super().forward(torch.cat([nn.functional.interpolate(low, scale_factor=2.0, mode="nearest"),
-                                          skip], 1))
-
-
-class _JoinBlock(nn.Sequential):
-    """The layers applied to ``cat(pixel_unshuffle(fine, CELL), coarse)``: each cell's
-    full-resolution features joined with its 1/4-resolution ones."""
-
-    def forward(self, fine: Tensor, coarse: Tensor) -> Tensor:  # type: ignore[override]
-        return super().forward(torch.cat([nn.functional.pixel_unshuffle(fine, CELL), coarse], 1))
-
-
 #: ``T[k, t]``: a 3x3 conv tap ``t`` (offsets -1, 0, +1) of a conv on a nearest-x2 upsampled input
 #: contributes to tap ``k`` of the equal 4x4 stride-2 transposed conv (padding 1) on the input itself
 _UP_TAPS = ((0.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0, 0.0), (1.0, 0.0, 0.0))
@@ -346,59 +330,47 @@ _UP_TAPS = ((0.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0, 0.0), (1.0, 0.0, 0.0))
 
 def upsampled_conv_as_transposed(weight: Tensor) -> Tensor:
     """The weight ``(C, O, 4, 4)`` of ``conv_transpose2d(x, ., stride=2, padding=1)`` that equals
-    ``conv2d(nearest_x2(x), weight, padding=1)`` for a 3x3 ``weight (O, C, 3, 3)``.
+    ``conv2d(nearest_x2(x), weight, padding=1)`` for a 3x3 ``weight (O, C, 3, 3)`` (differentiable).
 
     Each output pixel of the upsampled conv reads only a 2x2 block of ``x`` (its 3x3 taps fall on
     two rows and two columns of ``x``), so the transposed conv does 4/9 of the multiplications
     and never materializes the upsampled input."""
     taps = torch.tensor(_UP_TAPS, dtype=weight.dtype, device=weight.device)
-    return torch.einsum("kt,octs,ls->cokl", taps, weight, taps).contiguous()
+    return torch.einsum("kt,octs,ls->cokl", taps, weight, taps)
 
 
-class _FastUpBlock(nn.Module):
-    """An inference form of a batch-norm-folded :class:`_UpBlock`, equal up to float rounding:
-    its first conv is split over the concatenation into a transposed conv of ``low`` (see
-    :func:`upsampled_conv_as_transposed`) plus a conv of ``skip``, with no upsampled or
-    concatenated copy (~1.6x the U-Net's speed on 2 CPU threads)."""
-
-    def __init__(self, block: nn.Sequential, low_channels: int):
-        super().__init__()
-        conv, rest = block[0], list(block)[1:]
-        if not (isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.padding == (1, 1)
-                and rest and isinstance(rest[0], nn.ReLU)):
-            raise TypeError("_FastUpBlock expects a folded decoder step: 3x3 conv, ReLU, ...")
-        w = conv.weight.detach()
-        self.register_buffer("low_weight", upsampled_conv_as_transposed(w[:, :low_channels]))
-        self.register_buffer("skip_weight", w[:, low_channels:].contiguous())
-        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
-        self.rest = nn.Sequential(*rest[1:])
-
-    def forward(self, low: Tensor, skip: Tensor) -> Tensor:
-        y = nn.functional.conv_transpose2d(low, self.low_weight, stride=2, padding=1)
-        y = y.add_(nn.functional.conv2d(skip, self.skip_weight, self.bias, padding=1)).relu_()
-        return self.rest(y)
+def _rest(block: nn.Sequential, y: Tensor) -> Tensor:
+    for layer in list(block)[1:]:
+        y = layer(y)
+    return y
 
 
-class _FastJoinBlock(nn.Module):
-    """An inference form of a batch-norm-folded :class:`_JoinBlock`, equal up to float rounding:
-    its 1x1 conv on the unshuffled cells is one 4x4 stride-4 conv of the fine features."""
+class _UpBlock(nn.Sequential):
+    """Decoder step: its layers applied to ``cat(nearest_x2(low), skip)`` (first layer a 3x3 conv).
 
-    def __init__(self, block: nn.Sequential, fine_channels: int):
-        super().__init__()
-        conv, rest = block[0], list(block)[1:]
-        if not (isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and rest
-                and isinstance(rest[0], nn.ReLU)):
-            raise TypeError("_FastJoinBlock expects a folded join: 1x1 conv, ReLU, ...")
-        w = conv.weight.detach()[:, :, 0, 0]
-        n = CELL * CELL * fine_channels  # pixel_unshuffle's channel order: c * CELL² + row * CELL + col
-        self.register_buffer("fine_weight", w[:, :n].reshape(-1, fine_channels, CELL, CELL).contiguous())
-        self.register_buffer("coarse_weight", w[:, n:, None, None].contiguous())
-        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
-        self.rest = nn.Sequential(*rest[1:])
+    The first conv is computed split over the concatenation, the ``low`` part as the equal
+    transposed conv (:func:`upsampled_conv_as_transposed`): no upsampled or concatenated copy
+    is made (the U-Net's inference 1.6x, a training step ~15 % faster on 2 CPU threads; equal to
+    the concatenated form up to float rounding)."""
 
-    def forward(self, fine: Tensor, coarse: Tensor) -> Tensor:
-        y = nn.functional.conv2d(fine, self.fine_weight, stride=CELL)
-        return self.rest(y.add_(nn.functional.conv2d(coarse, self.coarse_weight, self.bias)).relu_())
+    def forward(self, low: Tensor, skip: Tensor) -> Tensor:  # type: ignore[override]
+        conv, c = self[0], low.shape[1]
+        y = nn.functional.conv_transpose2d(low, upsampled_conv_as_transposed(conv.weight[:, :c]), stride=2,
+                                           padding=1)
+        return _rest(self, y.add_(nn.functional.conv2d(skip, conv.weight[:, c:], conv.bias, padding=1)))
+
+
+class _JoinBlock(nn.Sequential):
+    """Its layers applied to ``cat(pixel_unshuffle(fine, CELL), coarse)`` (first layer a 1x1
+    conv): each cell's full-resolution features joined with its 1/4-resolution ones. The 1x1
+    conv of the unshuffled cells is computed as the equal 4x4 stride-4 conv of ``fine``."""
+
+    def forward(self, fine: Tensor, coarse: Tensor) -> Tensor:  # type: ignore[override]
+        conv, c = self[0], fine.shape[1]
+        n = CELL * CELL * c  # pixel_unshuffle's channel order: channel * CELL² + row * CELL + col
+        cells = conv.weight[:, :n].reshape(-1, c, CELL, CELL)
+        y = nn.functional.conv2d(fine, cells, stride=CELL)
+        return _rest(self, y.add_(nn.functional.conv2d(coarse, conv.weight[:, n:], conv.bias)))
 
 
 class DeepLocoUNet(DeepLocoFCN):
@@ -424,16 +396,6 @@ class DeepLocoUNet(DeepLocoFCN):
         self.up_full = _UpBlock(*_conv(c1 + c0, c0), *_conv(c0, c0))
         self.join = _JoinBlock(*_conv(CELL * CELL * c0 + c2, c2, 1))
         self.to(memory_format=torch.channels_last)
-
-    def fused(self) -> DeepLocoUNet:
-        """:meth:`DeepLocoFCN.fused`, and the decoder in its inference form
-        (:class:`_FastUpBlock`, :class:`_FastJoinBlock`)."""
-        net = super().fused()
-        c0, c1, c2 = (int(c) for c in self.config.conv_widths)
-        net.up_half = _FastUpBlock(net.up_half, c2)
-        net.up_full = _FastUpBlock(net.up_full, c1)
-        net.join = _FastJoinBlock(net.join, c0)
-        return net.to(memory_format=torch.channels_last)
 
     def cell_outputs(self, x: Tensor) -> Tensor:
         f0 = self.enc_full(x)
