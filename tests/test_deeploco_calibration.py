@@ -54,7 +54,7 @@ def test_calibrate_needs_enough_matches(sim):
 def test_training_calibrates_threshold_and_correction_at_the_end(sim, monkeypatch, tmp_path):
     monkeypatch.setattr("starloc.deeploco.calibration.MIN_MATCHES", 50)  # a 150-step model finds few
     cfg = DeepLocoTrainConfig(n_candidates=8, conv_widths=(4, 8, 8), batch=8, steps=150, val_size=0,
-                              lr=3e-3, calibration_frames=300)
+                              lr=3e-3, calibration_frames=300, architecture="fcn")  # 150 steps: fcn finds enough
     model = finish(train(sim, cfg))
     cal = model.metadata["training"]["calibration"]
     assert cal["frames"] == 300 and cal["threshold"] == model.threshold and model.threshold in THRESHOLDS

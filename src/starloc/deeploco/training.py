@@ -49,7 +49,7 @@ STAGES = 5
 class DeepLocoTrainConfig:
     """Training hyper-parameters (stored in the model's metadata).
 
-    The defaults are the CPU recipe (see docs/deeploco.md): the fully convolutional network
+    The defaults are the CPU recipe (see docs/deeploco.md): the fully convolutional U-Net
     with widths (16, 32, 64), kernel + cell loss, Adam at 1e-3 halved every 600 steps, 3000
     steps of 32 frames. The paper's network is ``architecture="paper"`` with
     ``conv_widths=(16, 64, 256)``, ``lr=1e-4`` and many more steps (a GPU job).
@@ -62,12 +62,15 @@ class DeepLocoTrainConfig:
     seed : seeds the network initialisation and the training batches.
     val_size, val_seed, val_every : the fixed validation set and how often to evaluate it.
     tolerance, axial_tolerance : nm, for validation matching.
-    architecture : ``"paper"`` or ``"fcn"`` (see :class:`~starloc.deeploco.network.DeepLocoConfig`).
+    architecture : ``"unet"``, ``"fcn"`` or ``"paper"`` (see
+        :class:`~starloc.deeploco.network.DeepLocoConfig`). ``"unet"`` is the default: more
+        accurate than ``"fcn"`` in every benchmark row (docs/benchmarks.md) at about half its
+        speed, still above 300 frames/s on 2 CPU cores.
     n_candidates, conv_widths, fc_width, n_res_blocks, input_scale : architecture of a new model.
     sigmas, kernel, z_scale : the loss.
     cell_loss_weight : weight of :func:`~starloc.deeploco.loss.cell_loss` added to the kernel loss
-        (``"fcn"`` only; 0 trains on the kernel loss alone).
-    offset_range : ``"fcn"``: cells a candidate can reach from its cell centre; the cell loss also
+        (``"fcn"``/``"unet"`` only; 0 trains on the kernel loss alone).
+    offset_range : ``"fcn"``/``"unet"``: cells a candidate can reach from its cell centre; the cell loss also
         trains a cell to point at emitters of its neighbours within that reach (see
         :func:`~starloc.deeploco.loss.cell_loss`).
     link_distance, threshold : post-processing (validation, and the model's defaults; the
@@ -90,7 +93,7 @@ class DeepLocoTrainConfig:
     val_every: int = 500
     tolerance: float = 100.0
     axial_tolerance: float = 500.0
-    architecture: str = "fcn"
+    architecture: str = "unet"
     n_candidates: int = 64
     conv_widths: tuple[int, int, int] = (16, 32, 64)
     fc_width: int = 1024
