@@ -2,11 +2,11 @@
 
 For each density, times ``DeepLoco.localize`` (network + post-processing) on simulated 64x64
 frames already in photons: trained model files given with ``--model`` (e.g. the default
-fully convolutional recipe) and the paper's network with untrained weights (threshold 0, so
+U-Net recipe) and the paper's network with untrained weights (threshold 0, so
 its post-processing handles all K = 64 candidates: its network cost does not depend on the
 weights). Also times the Gaussian-fit
-baseline on the same frames, and one training step (simulation + forward + loss + backward)
-at the default batch. Prints a table and one JSON line. Timings on a shared machine vary:
+baseline on the same frames, and the mean training step (simulation + forward + loss +
+backward, ``--train-steps`` of them) at the default batch for each architecture. Prints a table and one JSON line. Timings on a shared machine vary:
 compare ratios within one run.
 
     python bench/deeploco_speed.py --threads 2
@@ -50,6 +50,8 @@ def main(argv=None):
     ap.add_argument("--frames", type=int, default=512, help="frames per timing")
     ap.add_argument("--model", type=Path, action="append", default=[], help="trained model file(s) to time")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--train-steps", type=int, default=30,
+                    help="training steps timed per architecture (after one warm-up step)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -92,7 +94,7 @@ def main(argv=None):
         gen = obj.run()
         next(gen)  # warm-up step
         start = time.perf_counter()
-        n = 5
+        n = max(1, args.train_steps)
         for _ in range(n):
             next(gen)
         train_rows.append({"architecture": obj.config.architecture, "batch": obj.config.batch,

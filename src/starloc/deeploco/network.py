@@ -350,8 +350,8 @@ class _UpBlock(nn.Sequential):
 
     The first conv is computed split over the concatenation, the ``low`` part as the equal
     transposed conv (:func:`upsampled_conv_as_transposed`): no upsampled or concatenated copy
-    is made (the U-Net's inference 1.6x, a training step ~15 % faster on 2 CPU threads; equal to
-    the concatenated form up to float rounding)."""
+    is made. Equal to the concatenated form up to float rounding; on 2 CPU threads the U-Net's
+    network runs 1.6x faster at inference and a training step ~15 % faster."""
 
     def forward(self, low: Tensor, skip: Tensor) -> Tensor:  # type: ignore[override]
         conv, c = self[0], low.shape[1]
