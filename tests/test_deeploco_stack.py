@@ -99,8 +99,11 @@ def test_tile_plan_covers_the_frame_and_owns_every_position_once():
     assert small.pad == (12, 8) and small.n_tiles == 1 and small.y_own == ((-np.inf, 20.0),)
     fcn = tiny("fcn").config
     assert plan_tiles((80, 70), fcn).tile == (80, 72)
-    big = plan_tiles((300, 90), fcn)
-    assert big.tile == (128, 92) and len(big.y_starts) == 3 and big.overlap == 20
+    assert plan_tiles((300, 90), fcn).tile == (300, 92)  # whole frames up to 512 px: no seams
+    big = plan_tiles((1100, 90), fcn)
+    # 3 tiles of 380 px cover 1100 px with 20 px overlaps: the fewest pixels of any side in 128..512
+    assert big.tile == (380, 92) and len(big.y_starts) == 3 and big.overlap == 20
+    assert big.y_starts[0] == 0 and big.y_starts[-1] + 380 == 1100
     assert plan_tiles((300, 90), fcn, tile=62).tile == (64, 64)
     with pytest.raises(InputError, match="exactly 32"):
         plan_tiles((80, 72), cfg, tile=48)

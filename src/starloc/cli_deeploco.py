@@ -640,9 +640,11 @@ def add_commands(sub) -> None:
     lo.add_argument("--frames", type=frames_type, default=None, metavar="A:B",
                     help="0-based frames A..B-1 (Python slice); output frame numbers keep the stack's numbering")
     lo.add_argument("--threshold", type=float, default=None, help="confidence threshold (default: the model's)")
-    lo.add_argument("--batch-size", type=int, default=None, help="tiles per network call (default 32)")
+    lo.add_argument("--batch-size", type=int, default=None,
+                    help="tiles per network call (default: 0.5 Mpx worth, e.g. 32 tiles of 128 px)")
     lo.add_argument("--tile", type=int, default=None,
-                    help="tile side in px for fully convolutional models (default: whole frame up to 128 px)")
+                    help="tile side in px for fully convolutional models (default: the whole frame up to "
+                         "512 px, else tiles of 128-512 px)")
     lo.add_argument("--overlap", type=int, default=None, help="tile overlap in px (default: 2 µm, >= 16 px)")
     lo.add_argument("--chunk-frames", type=int, default=None, help="frames read at a time (default: ~32 MiB)")
     lo.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
