@@ -4,10 +4,10 @@ For each density, times ``DeepLoco.localize`` (network + post-processing) on sim
 frames already in photons: trained model files given with ``--model`` (e.g. the default
 U-Net recipe) and the paper's network with untrained weights (threshold 0, so
 its post-processing handles all K = 64 candidates: its network cost does not depend on the
-weights). Also times the Gaussian-fit
-baseline on the same frames, and the mean training step (simulation + forward + loss +
-backward, ``--train-steps`` of them) at the default batch for each architecture. Prints a table and one JSON line. Timings on a shared machine vary:
-compare ratios within one run.
+weights). Also times the Gaussian-fit baseline on the same frames, and the mean training step
+(simulation + forward + loss + backward, ``--train-steps`` of them) at the default batch for
+each architecture. Prints a table and one JSON line. Timings on a shared machine vary: compare
+ratios within one run.
 
     python bench/deeploco_speed.py --threads 2
 """

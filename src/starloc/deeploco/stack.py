@@ -600,9 +600,10 @@ def iter_localize_stack(
         frames keep the source numbering.
     chunk_frames : frames read at a time (default: about 32 MiB of float32 frames).
     batch_size : tiles per network call (default: ``PIXELS_PER_CALL`` pixels' worth, e.g. 32
-        tiles of 128 x 128 px, 2 whole frames of 512 x 512). threshold, link_distance : post-processing (default
-        the model's). tile, overlap : see :func:`plan_tiles`. merge_distance : nm, the seam
-        safety merge (default the link distance; 0 disables it).
+        tiles of 128 x 128 px, 2 whole frames of 512 x 512).
+    threshold, link_distance : post-processing (default the model's).
+    tile, overlap : see :func:`plan_tiles`.
+    merge_distance : nm, the seam safety merge (default the link distance; 0 disables it).
     """
     if input_units not in INPUT_UNITS:
         raise InputError(f"input units must be one of {INPUT_UNITS}, got {input_units!r}")

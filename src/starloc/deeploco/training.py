@@ -70,8 +70,8 @@ class DeepLocoTrainConfig:
     sigmas, kernel, z_scale : the loss.
     cell_loss_weight : weight of :func:`~starloc.deeploco.loss.cell_loss` added to the kernel loss
         (``"fcn"``/``"unet"`` only; 0 trains on the kernel loss alone).
-    offset_range : ``"fcn"``/``"unet"``: cells a candidate can reach from its cell centre; the cell loss also
-        trains a cell to point at emitters of its neighbours within that reach (see
+    offset_range : ``"fcn"``/``"unet"``: cells a candidate can reach from its cell centre; the cell
+        loss also trains a cell to point at emitters of its neighbours within that reach (see
         :func:`~starloc.deeploco.loss.cell_loss`).
     link_distance, threshold : post-processing (validation, and the model's defaults; the
         threshold is replaced by the calibrated one when ``calibrate_threshold``).
