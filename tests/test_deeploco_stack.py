@@ -276,6 +276,7 @@ def test_bad_input_raises_input_error(tmp_path, adu_stack):
     bad(ok, "absurd", pixel_size=float("nan"))
     bad(ok, "selects no frame", frames=slice(10, 20))
     bad(ok, "input units", input_units="volts")
+    bad(ok, "batch size must be >= 1", batch_size=0)
     bad(tmp_path / "missing.tif", "not found")
     (tmp_path / "garbage.tif").write_bytes(b"not a tiff at all")
     bad(tmp_path / "garbage.tif", "not a valid TIFF")
