@@ -9,7 +9,7 @@ import torch
 from starloc.deeploco.loss import cell_loss, kernel_loss
 from starloc.deeploco.network import (CELL, DeepLocoConfig, DeepLocoFCN, DeepLocoNet, DeepLocoUNet, build_network,
                                       upsampled_conv_as_transposed)
-from starloc.deeploco.postprocess import postprocess
+from starloc.deeploco.postprocess import CellGrid, postprocess
 from starloc.errors import InputError
 
 SIGMAS = (64.0, 320.0, 640.0, 1920.0)
@@ -410,3 +410,47 @@ def test_postprocess_keeps_frames_apart_and_scales_z():
     np.testing.assert_allclose(t["confidence"], [1.0, 0.5, 0.5])
     empty = postprocess(pos, torch.zeros(2, 2))
     assert all(len(v) == 0 for v in empty.values()) and "z" in empty
+
+
+def cell_candidates(B, h, w, dim, seed, cell_nm=400.0, offset_range=0.75):
+    """Random candidates laid out as a fully convolutional network's: one per cell, within
+    ``offset_range`` cells of its centre; clusters of close candidates across cells, chains,
+    weights from far below ``min_weight`` to 1, a few NaNs."""
+    g = torch.Generator().manual_seed(seed)
+    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    centre = torch.stack([(cols.reshape(-1) + 0.5), (rows.reshape(-1) + 0.5)], -1) * cell_nm
+    offset = (2 * torch.rand(B, h * w, 2, generator=g) - 1) * offset_range * cell_nm
+    # pull half of the candidates onto a few attractors so that neighbours link, often in chains
+    attract = torch.rand(B, h * w, generator=g) < 0.5
+    corner = (torch.round(centre / cell_nm) * cell_nm)[None] + 20 * torch.randn(B, h * w, 2, generator=g)
+    xy = torch.where(attract[..., None], corner, centre[None] + offset)
+    xy = centre[None] + ((xy - centre[None]).clamp(-0.999 * offset_range * cell_nm, 0.999 * offset_range * cell_nm))
+    pos = xy if dim == 2 else torch.cat([xy, 300 * torch.randn(B, h * w, 1, generator=g)], -1)
+    wt = torch.rand(B, h * w, generator=g) ** 3
+    wt[torch.rand(B, h * w, generator=g) < 0.05] = float("nan")
+    return pos, wt
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("link", [100.0, 250.0, 700.0])
+def test_grid_postprocess_equals_the_kd_tree_one(dim, link):
+    """Linking only candidates of cells within reach, by label propagation, gives the k-d tree's
+    components: the same table to float rounding."""
+    h, w = 6, 9
+    pos, wt = cell_candidates(5, h, w, dim, seed=int(link) + dim)
+    cells = CellGrid(h, w, 400.0, 0.75)
+    for threshold in (0.0, 0.3, 1.0):
+        a = postprocess(pos, wt, link_distance=link, threshold=threshold, frame_offset=3)
+        b = postprocess(pos, wt, link_distance=link, threshold=threshold, frame_offset=3, cells=cells)
+        assert len(a["x"]) > (10 if threshold == 0.0 else 0) and list(a) == list(b)
+        for key in a:
+            assert a[key].dtype == b[key].dtype
+            np.testing.assert_allclose(b[key], a[key], rtol=0, atol=1e-6)
+    # components that merged several candidates exist, so the test exercises the propagation
+    assert len(postprocess(pos, wt, link_distance=link, threshold=0.0)["x"]) < int((wt >= 1e-3).sum())
+
+
+def test_grid_postprocess_refuses_candidates_off_the_grid():
+    with pytest.raises(InputError, match="4x4 cell grid"):
+        postprocess(torch.zeros(1, 10, 2), torch.ones(1, 10), cells=CellGrid(4, 4, 400.0, 0.75))
+

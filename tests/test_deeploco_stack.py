@@ -9,7 +9,7 @@ import torch
 
 from starloc.deeploco import EMCCD, Gaussian2DPSF, Simulator
 from starloc.deeploco.model import DeepLoco
-from starloc.deeploco.network import DeepLocoConfig
+from starloc.deeploco.network import CELL, DeepLocoConfig
 from starloc.deeploco.stack import (
     FrameSource,
     StackProgress,
@@ -40,14 +40,17 @@ def spot_model(arch="paper", bias_nm=0.0, ghost=False, seen=None):
     ``bias_nm``: report each spot that much closer to the tile's centre (along x and y), with a
     confidence that falls with the distance from the centre (so that a spot on a seam can be
     claimed by two tiles). ``ghost``: also a candidate at the tile's bottom-right pixel.
-    ``seen``: a list that receives every batch of tiles."""
+    ``seen``: a list that receives every batch of tiles. For the cellular architectures the
+    candidates are laid out as theirs are: one per 4x4-pixel cell (row-major), a spot's in the
+    cell that holds it, weight 0 elsewhere."""
     model = tiny(arch)
-    K = 64
+    cellular = model.config.cellular
 
     def forward(tiles):
         if seen is not None:
             seen.append(tiles.clone())
         B, _, h, w = tiles.shape
+        K = (h // CELL) * (w // CELL) if cellular else 64
         pos = torch.zeros(B, K, 2)
         wt = torch.zeros(B, K)
         for b in range(B):
@@ -56,6 +59,9 @@ def spot_model(arch="paper", bias_nm=0.0, ghost=False, seen=None):
             if ghost:
                 items.append(((w - 0.5) * PS, (h - 0.5) * PS))
             for k, (x, y) in enumerate(items[:K]):
+                if cellular:
+                    k = int(y // (CELL * PS)) * (w // CELL) + int(x // (CELL * PS))
+                    assert wt[b, k] == 0, "two spots in one cell"
                 cx, cy = w * PS / 2, h * PS / 2
                 x += bias_nm * np.sign(cx - x)
                 y += bias_nm * np.sign(cy - y)

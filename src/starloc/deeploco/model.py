@@ -19,7 +19,7 @@ from ..errors import InputError, ModelFileError
 from ..io import load_model_file, save_model_file
 from .camera import Camera
 from .network import DeepLocoConfig, build_network
-from .postprocess import concat_tables, empty_table, postprocess
+from .postprocess import cell_grid, concat_tables, empty_table, postprocess
 from .psf import AstigmaticPSF, EmpiricalPSF, Gaussian2DPSF, PSFModel
 from .subpixel import SubpixelCorrection
 
@@ -124,10 +124,11 @@ class DeepLoco:
         thr = self.threshold if threshold is None else float(threshold)
         link = self.link_distance if link_distance is None else float(link_distance)
         net = self.inference_net()
+        cells = cell_grid(self.config, (S, S))
         tables = []
         for start in range(0, t.shape[0], int(batch_size)):
             pos, w = net(t[start : start + int(batch_size)].to(self.device))
-            tables.append(postprocess(pos, w, link_distance=link, threshold=thr, frame_offset=start))
+            tables.append(postprocess(pos, w, link_distance=link, threshold=thr, frame_offset=start, cells=cells))
         if not tables:
             return empty_table(self.config.dim)
         table = concat_tables(tables)

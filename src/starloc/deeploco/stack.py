@@ -55,7 +55,7 @@ from ..io import read_image, select_frames
 from ..progress import finish
 from .camera import Camera
 from .network import CELL, CELL_ARCHITECTURES
-from .postprocess import concat_tables, empty_table, postprocess, sorted_by_frame
+from .postprocess import cell_grid, concat_tables, empty_table, postprocess, sorted_by_frame
 
 __all__ = [
     "FrameSource",
@@ -531,6 +531,7 @@ def _localize_chunk(model: Any, forward: Any, frames: np.ndarray, plan: TilePlan
     own = np.array([[t[2][0], t[2][1], t[3][0], t[3][1]] for t in tiles], dtype=np.float64) * ps  # nm
     jobs = [(f, k) for f in range(frames.shape[0]) for k in range(n_tiles)]
     device = model.device
+    cells = cell_grid(cfg, (th, tw))
     parts: list[Table] = []
     part_tiles: list[np.ndarray] = []
     for b0 in range(0, len(jobs), batch_size):
@@ -540,7 +541,7 @@ def _localize_chunk(model: Any, forward: Any, frames: np.ndarray, plan: TilePlan
         x = torch.stack([padded[f, tiles[k][0] : tiles[k][0] + th, tiles[k][1] : tiles[k][1] + tw]
                          for f, k in batch])[:, None].to(device)
         pos, w = forward(x)
-        tb = postprocess(pos, w, link_distance=link_distance, threshold=threshold, z_scale=z_scale)
+        tb = postprocess(pos, w, link_distance=link_distance, threshold=threshold, z_scale=z_scale, cells=cells)
         if not len(tb["frame"]):
             continue
         if model.subpixel is not None:

@@ -34,7 +34,7 @@ from .calibration import calibrate
 from .loss import DEFAULT_SIGMAS, cell_loss, kernel_loss
 from .model import DeepLoco
 from .network import CELL, DeepLocoConfig
-from .postprocess import concat_tables, postprocess
+from .postprocess import cell_grid, concat_tables, postprocess
 from .simulate import Simulator
 
 __all__ = ["DeepLocoTrainConfig", "Progress", "Trainer", "train", "truth_positions", "validation_metrics"]
@@ -269,7 +269,8 @@ class Trainer:
             tpos = truth_positions({k: v[sl] for k, v in truth.items() if k in ("x", "y", "z")}, net.config.dim)
             losses.append(kernel_loss(pos, w, tpos, truth["mask"][sl], c.sigmas, c.kernel, c.z_scale,
                                       reduction="none"))
-            tables.append(postprocess(pos, w, c.link_distance, c.threshold, c.z_scale, frame_offset=start))
+            tables.append(postprocess(pos, w, c.link_distance, c.threshold, c.z_scale, frame_offset=start,
+                                      cells=cell_grid(net.config, tuple(frames.shape[-2:]))))
         net.train(was_training)
         table = concat_tables(tables)
         out = validation_metrics(table, truth, c.tolerance, c.axial_tolerance)
