@@ -135,12 +135,17 @@ def postprocess(
     frame = np.zeros(n_comp, dtype=np.int64)
     frame[comp] = b  # every node of a component is in the same frame
     good = conf >= threshold
-    frame, centre, conf = frame[good], centre[good], conf[good]
+    return _table(frame[good], centre[good], conf[good], frame_offset)
+
+
+def _table(frame: np.ndarray, centre: np.ndarray, confidence: np.ndarray, frame_offset: int) -> dict[str, np.ndarray]:
+    """The localization table of components (frame, ``centre (N, D)`` nm, confidence), rows
+    sorted by frame then x."""
     order = np.lexsort((centre[:, 0], frame))
     table = {"frame": frame[order] + int(frame_offset)}
-    for d, name in enumerate(COLUMNS[:D]):
+    for d, name in enumerate(COLUMNS[:centre.shape[1]]):
         table[name] = centre[order, d]
-    table["confidence"] = conf[order]
+    table["confidence"] = confidence[order]
     return table
 
 
@@ -184,7 +189,8 @@ def _grid_components(keep: torch.Tensor, links: list[tuple]) -> torch.Tensor:
 
 
 def _postprocess_cells(positions: torch.Tensor, weights: torch.Tensor, cells: CellGrid, link_distance: float,
-                       threshold: float, z_scale: float, min_weight: float, frame_offset: int) -> dict[str, np.ndarray]:
+                       threshold: float, z_scale: float, min_weight: float,
+                       frame_offset: int) -> dict[str, np.ndarray]:
     """:func:`postprocess` for candidates on a :class:`CellGrid` (float64, on their device)."""
     h, w = int(cells.rows), int(cells.cols)
     if positions.ndim != 3 or positions.shape[-1] not in (2, 3) or positions.shape[1] != h * w \
@@ -205,17 +211,11 @@ def _postprocess_cells(positions: torch.Tensor, weights: torch.Tensor, cells: Ce
     frame_base = torch.arange(B, device=pos.device).view(B, 1, 1) * none
     comp = (frame_base + labels)[keep]
     wk = wt[keep]
-    conf = torch.zeros(B * none, dtype=torch.float64, device=pos.device).index_add_(0, comp, wk)
-    total = torch.zeros(B * none, D, dtype=torch.float64, device=pos.device).index_add_(0, comp, wk[:, None] * pos[keep])
+    zeros = dict(dtype=torch.float64, device=pos.device)
+    conf = torch.zeros(B * none, **zeros).index_add_(0, comp, wk)
+    total = torch.zeros(B * none, D, **zeros).index_add_(0, comp, wk[:, None] * pos[keep])
     index = torch.arange(none, device=pos.device).view(1, h, w)
     root = (frame_base + index)[keep & (labels == index)]  # one per component
     root = root[conf[root] >= threshold]
-    confidence = conf[root].cpu().numpy()
     centre = (total[root] / conf[root][:, None]).cpu().numpy()
-    frame = (root // none).cpu().numpy().astype(np.int64)
-    order = np.lexsort((centre[:, 0], frame))
-    table = {"frame": frame[order] + int(frame_offset)}
-    for d, name in enumerate(COLUMNS[:D]):
-        table[name] = centre[order, d]
-    table["confidence"] = confidence[order]
-    return table
+    return _table((root // none).cpu().numpy().astype(np.int64), centre, conf[root].cpu().numpy(), frame_offset)
