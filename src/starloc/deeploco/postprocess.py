@@ -29,6 +29,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from ..errors import InputError
+from .network import CELL
 
 __all__ = ["postprocess", "empty_table", "concat_tables", "sorted_by_frame", "frame_separated", "COLUMNS",
            "CellGrid", "cell_grid"]
@@ -79,8 +80,6 @@ def cell_grid(config: Any, frame_shape: tuple[int, int]) -> CellGrid | None:
     px; None for networks without cells (``"paper"``)."""
     if not getattr(config, "cellular", False):
         return None
-    from .network import CELL
-
     H, W = (int(v) for v in frame_shape)
     return CellGrid(H // CELL, W // CELL, CELL * float(config.pixel_size), float(config.offset_range))
 

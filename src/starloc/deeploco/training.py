@@ -263,6 +263,7 @@ class Trainer:
         was_training = net.training
         net.eval()
         losses, tables = [], []
+        cells = cell_grid(net.config, tuple(frames.shape[-2:]))
         for start in range(0, frames.shape[0], max(c.batch, 64)):
             sl = slice(start, start + max(c.batch, 64))
             pos, w = net(frames[sl])
@@ -270,7 +271,7 @@ class Trainer:
             losses.append(kernel_loss(pos, w, tpos, truth["mask"][sl], c.sigmas, c.kernel, c.z_scale,
                                       reduction="none"))
             tables.append(postprocess(pos, w, c.link_distance, c.threshold, c.z_scale, frame_offset=start,
-                                      cells=cell_grid(net.config, tuple(frames.shape[-2:]))))
+                                      cells=cells))
         net.train(was_training)
         table = concat_tables(tables)
         out = validation_metrics(table, truth, c.tolerance, c.axial_tolerance)
