@@ -84,7 +84,7 @@ def main(argv=None):
             model.to(device)
             if isinstance(obj, Trainer):
                 model.threshold = 0.0  # untrained: let the post-processing see every candidate
-            fps = args.frames / best_of(lambda: model.localize(frames, batch_size=256), args.repeats)
+            fps = args.frames / best_of(lambda: model.localize(frames), args.repeats)  # default batch
             rows.append({"method": f"DeepLoco {name}", "density": d, "frames_per_s": fps})
         base = GaussianFitLocalizer(pixel_size=psf.pixel_size if hasattr(psf, "pixel_size") else 100.0, psf=psf)
         cpu_frames = frames[:, 0].cpu().numpy()

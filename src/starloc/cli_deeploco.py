@@ -641,7 +641,8 @@ def add_commands(sub) -> None:
                     help="0-based frames A..B-1 (Python slice); output frame numbers keep the stack's numbering")
     lo.add_argument("--threshold", type=float, default=None, help="confidence threshold (default: the model's)")
     lo.add_argument("--batch-size", type=int, default=None,
-                    help="tiles per network call (default: 0.5 Mpx worth, e.g. 32 tiles of 128 px)")
+                    help="tiles per network call (default: 0.25 Mpx worth on a CPU, e.g. 16 tiles of "
+                         "128 px; 1 Mpx on a GPU)")
     lo.add_argument("--tile", type=int, default=None,
                     help="tile side in px for fully convolutional models (default: the whole frame up to "
                          "512 px, else tiles of 128-512 px)")

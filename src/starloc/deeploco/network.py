@@ -34,7 +34,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from ..errors import InputError
 
 __all__ = ["ARCHITECTURES", "CELL", "CELL_ARCHITECTURES", "DeepLocoConfig", "DeepLocoFCN", "DeepLocoNet",
-           "DeepLocoUNet", "DOWNSAMPLING", "build_network"]
+           "DeepLocoUNet", "DOWNSAMPLING", "build_network", "inference_pixels_per_call"]
 
 Tensor = torch.Tensor
 
@@ -403,6 +403,13 @@ class DeepLocoUNet(DeepLocoFCN):
         f2 = self.features(f1)
         d0 = self.up_full(self.up_half(f2, f1), f0)
         return self.head(self.join(d0, f2))
+
+
+def inference_pixels_per_call(device: Any) -> int:
+    """Frame pixels per network call when localizing, the default batch: 64 frames of 64x64 on a
+    CPU (where 256 frames of 64x64 ran 20-25 % slower on 2 threads: less stays in cache), 256 on
+    a GPU (more work per call)."""
+    return (256 if torch.device(device).type == "cuda" else 64) * 64 * 64
 
 
 def build_network(config: DeepLocoConfig) -> nn.Module:
