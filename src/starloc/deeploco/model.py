@@ -18,7 +18,7 @@ import torch
 from ..errors import InputError, ModelFileError
 from ..io import load_model_file, save_model_file
 from .camera import Camera
-from .network import DeepLocoConfig, build_network, inference_pixels_per_call
+from .network import DeepLocoConfig, build_network, inference_batch
 from .postprocess import cell_grid, concat_tables, empty_table, postprocess
 from .psf import AstigmaticPSF, EmpiricalPSF, Gaussian2DPSF, PSFModel
 from .subpixel import SubpixelCorrection
@@ -112,8 +112,8 @@ class DeepLoco:
         nm (corner origin), ``confidence``; see :func:`~starloc.deeploco.postprocess.postprocess`.
         ``correct``: apply the model's sub-pixel correction (:mod:`~starloc.deeploco.subpixel`),
         if it has one. ``batch_size``: frames per network call (default
-        :func:`~starloc.deeploco.network.inference_pixels_per_call` pixels' worth: 64 frames of
-        64 x 64 on a CPU, 256 on a GPU)."""
+        :func:`~starloc.deeploco.network.inference_batch`: 64 frames of 64 x 64 on a CPU, 256 on
+        a GPU)."""
         t = torch.as_tensor(np.asarray(frames) if not isinstance(frames, torch.Tensor) else frames)
         if t.ndim == 3:
             t = t[:, None]
@@ -128,7 +128,7 @@ class DeepLoco:
         net = self.inference_net()
         cells = cell_grid(self.config, (S, S))
         tables = []
-        step = max(1, inference_pixels_per_call(self.device) // (S * S)) if batch_size is None else int(batch_size)
+        step = inference_batch(self.device, (S, S)) if batch_size is None else int(batch_size)
         if step < 1:
             raise InputError(f"batch size must be >= 1, got {batch_size}")
         for start in range(0, t.shape[0], step):

@@ -34,7 +34,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from ..errors import InputError
 
 __all__ = ["ARCHITECTURES", "CELL", "CELL_ARCHITECTURES", "DeepLocoConfig", "DeepLocoFCN", "DeepLocoNet",
-           "DeepLocoUNet", "DOWNSAMPLING", "build_network", "inference_pixels_per_call"]
+           "DeepLocoUNet", "DOWNSAMPLING", "build_network", "inference_batch"]
 
 Tensor = torch.Tensor
 
@@ -68,8 +68,8 @@ class DeepLocoConfig:
         global candidates), ``"fcn"`` (:class:`DeepLocoFCN`, fully convolutional: one candidate
         per 4x4-pixel cell; ``n_candidates``, ``fc_width`` and ``n_res_blocks`` are unused) or
         ``"unet"`` (:class:`DeepLocoUNet`, the same cells with full-resolution skip connections).
-    offset_range : ``"fcn"``/``"unet"``: how far a cell's candidate can sit from the cell centre, in cells
-        (0.5 = the cell border; files written before it existed hold 0.6).
+    offset_range : ``"fcn"``/``"unet"``: how far a cell's candidate can sit from the cell centre,
+        in cells (0.5 = the cell border; files written before it existed hold 0.6).
     """
 
     frame_size: int = 64
@@ -243,7 +243,7 @@ def _fuse_sequential(seq: nn.Sequential) -> nn.Sequential:
         else:
             layers.append(mods[i])
             i += 1
-    return type(seq)(*layers)
+    return type(seq)(*layers)  # keeps a decoder block's own two-input forward
 
 
 class DeepLocoFCN(nn.Module):
@@ -405,11 +405,12 @@ class DeepLocoUNet(DeepLocoFCN):
         return self.head(self.join(d0, f2))
 
 
-def inference_pixels_per_call(device: Any) -> int:
-    """Frame pixels per network call when localizing, the default batch: 64 frames of 64x64 on a
-    CPU (where 256 frames of 64x64 ran 20-25 % slower on 2 threads: less stays in cache), 256 on
-    a GPU (more work per call)."""
-    return (256 if torch.device(device).type == "cuda" else 64) * 64 * 64
+def inference_batch(device: Any, tile_shape: tuple[int, int]) -> int:
+    """Frames (tiles) of ``tile_shape`` (H, W) px per network call when localizing, the default
+    batch: 0.25 Mpx on a CPU, e.g. 64 frames of 64x64 (256 of them ran 20-25 % slower on 2
+    threads: less stays in cache), 1 Mpx on a GPU (more work per call); at least one."""
+    pixels = (256 if torch.device(device).type == "cuda" else 64) * 64 * 64
+    return max(1, pixels // (int(tile_shape[0]) * int(tile_shape[1])))
 
 
 def build_network(config: DeepLocoConfig) -> nn.Module:

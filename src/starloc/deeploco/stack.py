@@ -54,7 +54,7 @@ from ..errors import InputError, StarlocWarning, one_line
 from ..io import read_image, select_frames
 from ..progress import finish
 from .camera import Camera
-from .network import CELL, CELL_ARCHITECTURES, inference_pixels_per_call
+from .network import CELL, CELL_ARCHITECTURES, inference_batch
 from .postprocess import cell_grid, concat_tables, empty_table, postprocess, sorted_by_frame
 
 __all__ = [
@@ -598,9 +598,9 @@ def iter_localize_stack(
     frames : slice/range (or ``(start, stop)``) of 0-based frame indices; default all. Output
         frames keep the source numbering.
     chunk_frames : frames read at a time (default: about 32 MiB of float32 frames).
-    batch_size : tiles per network call (default: as many as
-        :func:`~starloc.deeploco.network.inference_pixels_per_call` pixels, at least one; on a
-        CPU 16 tiles of 128 x 128 px, 4 frames of 256 x 256).
+    batch_size : tiles per network call (default
+        :func:`~starloc.deeploco.network.inference_batch`: on a CPU 16 tiles of 128 x 128 px,
+        4 frames of 256 x 256).
     threshold, link_distance : post-processing (default the model's).
     tile, overlap : see :func:`plan_tiles`.
     merge_distance : nm, the seam safety merge (default the link distance; 0 disables it).
@@ -627,7 +627,7 @@ def iter_localize_stack(
         H, W = src.frame_shape
         plan = plan_tiles((H, W), cfg, tile=tile, overlap=overlap)
         if batch_size is None:
-            batch_size = max(1, inference_pixels_per_call(model.device) // (plan.tile[0] * plan.tile[1]))
+            batch_size = inference_batch(model.device, plan.tile)
         batch_size = int(batch_size)
         if batch_size < 1:
             raise InputError(f"batch size must be >= 1, got {batch_size}")

@@ -33,7 +33,7 @@ from ..metrics import match
 from .calibration import calibrate
 from .loss import DEFAULT_SIGMAS, cell_loss, kernel_loss
 from .model import DeepLoco
-from .network import CELL, DeepLocoConfig
+from .network import DeepLocoConfig
 from .postprocess import cell_grid, concat_tables, postprocess
 from .simulate import Simulator
 
@@ -301,11 +301,10 @@ class Trainer:
             pos, w = net(frames)
             true_pos = truth_positions(truth, net.config.dim)
             loss = kernel_loss(pos, w, true_pos, truth["mask"], c.sigmas, c.kernel, c.z_scale)
-            if c.cell_loss_weight and net.config.cellular:
-                grid = (frames.shape[-2] // CELL, frames.shape[-1] // CELL)
-                loss = loss + c.cell_loss_weight * cell_loss(pos, w, true_pos, truth["mask"], grid,
-                                                             CELL * net.config.pixel_size, z_scale=1.0,
-                                                             reach=net.config.offset_range)
+            cells = cell_grid(net.config, tuple(frames.shape[-2:]))
+            if c.cell_loss_weight and cells is not None:
+                loss = loss + c.cell_loss_weight * cell_loss(pos, w, true_pos, truth["mask"], (cells.rows, cells.cols),
+                                                             cells.cell_nm, z_scale=1.0, reach=cells.offset_range)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
