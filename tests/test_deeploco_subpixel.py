@@ -8,7 +8,7 @@ from starloc.deeploco import Gaussian2DPSF, Simulator
 from starloc.deeploco.model import DeepLoco
 from starloc.deeploco.network import DeepLocoConfig
 from starloc.deeploco.stack import localize_stack
-from starloc.deeploco.subpixel import SubpixelCorrection, fit_correction, nearest_neighbour_distance
+from starloc.deeploco.subpixel import SubpixelCorrection, crowded_mask, fit_correction
 from starloc.errors import InputError
 
 PERIOD = 400.0  # nm: a 4-pixel cell at 100 nm
@@ -42,11 +42,32 @@ def test_fit_then_apply_removes_a_known_phase_dependent_bias_of_each_kind():
     assert np.abs(one["x"] - truth[:, 0]).max() > 1.0
 
 
-def test_nearest_neighbour_distance_within_frames_only():
+def test_crowded_mask_within_frames_only():
     table = {"frame": np.array([0, 0, 1, 2, 2, 2]), "x": np.array([0.0, 300, 0, 0, 0, 50]),
              "y": np.array([0.0, 400, 0, 10, 1000, 10])}
-    np.testing.assert_allclose(nearest_neighbour_distance(table), [500, 500, np.inf, 50, 990, 50])
-    assert nearest_neighbour_distance({"frame": np.zeros(0), "x": np.zeros(0), "y": np.zeros(0)}).shape == (0,)
+    # distances: 500 (frame 0), alone (frame 1), 50 and 990 (frame 2); "closer than" is strict
+    assert crowded_mask(table, 500.0).tolist() == [False, False, False, True, False, True]
+    assert crowded_mask(table, 500.1).tolist() == [True, True, False, True, False, True]
+    assert crowded_mask(table, 1000.0).tolist() == [True, True, False, True, True, True]
+    assert crowded_mask({"frame": np.zeros(0), "x": np.zeros(0), "y": np.zeros(0)}, 800.0).shape == (0,)
+    assert crowded_mask({"frame": np.zeros(1), "x": np.zeros(1), "y": np.zeros(1)}, 800.0).tolist() == [False]
+
+
+def test_crowded_mask_equals_all_pairs_on_random_tables():
+    rng = np.random.default_rng(3)
+    for n, frames, extent in ((300, 5, 3000.0), (2000, 40, 6400.0), (500, 1, 20000.0)):
+        table = {"frame": rng.integers(0, frames, n), "x": rng.uniform(0, extent, n),
+                 "y": rng.uniform(0, extent, n)}
+        table["x"][:10] = table["x"][10:20]  # ties in x
+        xy = np.column_stack([table["x"], table["y"]])
+        dist = np.linalg.norm(xy[:, None] - xy[None], axis=-1)
+        dist[table["frame"][:, None] != table["frame"][None]] = np.inf
+        np.fill_diagonal(dist, np.inf)
+        order = np.lexsort((table["x"], table["frame"]))  # the order starloc's tables come in
+        ordered = {key: v[order] for key, v in table.items()}
+        for d in (100.0, 800.0, 2500.0):
+            np.testing.assert_array_equal(crowded_mask(table, d), dist.min(1) < d)
+            np.testing.assert_array_equal(crowded_mask(ordered, d), (dist.min(1) < d)[order])
 
 
 def test_shift_is_periodic_and_continuous_across_the_period_boundary():

@@ -30,7 +30,7 @@ from ..smlm_metrics import match_localizations
 from .network import CELL
 from .postprocess import concat_tables
 from .simulate import truth_table
-from .subpixel import SubpixelCorrection, fit_correction, nearest_neighbour_distance
+from .subpixel import SubpixelCorrection, crowded_mask, fit_correction
 
 __all__ = ["Calibration", "THRESHOLDS", "best_threshold", "calibrate", "simulated_localizations"]
 
@@ -152,8 +152,7 @@ def calibrate(model: Any, simulator: Any, frames: int = 2048, seed: int = 2024, 
     if len(pi) < MIN_MATCHES:
         return None
     crowded_distance = 2 * CELL * cfg.pixel_size
-    crowded = nearest_neighbour_distance(table)[pi] < crowded_distance
-    subpixel = fit_correction(pred[pi], tp[ti], period, crowded, crowded_distance,
+    subpixel = fit_correction(pred[pi], tp[ti], period, crowded_mask(table, crowded_distance)[pi], crowded_distance,
                               z_range=tuple(cfg.z_range) if cfg.dim == 3 else None)
     return Calibration(threshold=threshold if choose_threshold else None, jaccard=jaccard, subpixel=subpixel,
                        frames=int(frames))
