@@ -137,10 +137,12 @@ def postprocess(
     return _table(frame[good], centre[good], conf[good], frame_offset)
 
 
-def _table(frame: np.ndarray, centre: np.ndarray, confidence: np.ndarray, frame_offset: int) -> dict[str, np.ndarray]:
+def _table(frame: np.ndarray, centre: np.ndarray, confidence: np.ndarray, frame_offset: int,
+           order: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The localization table of components (frame, ``centre (N, D)`` nm, confidence), rows
-    sorted by frame then x."""
-    order = np.lexsort((centre[:, 0], frame))
+    sorted by frame then x (``order``: that order, if known)."""
+    if order is None:
+        order = np.lexsort((centre[:, 0], frame))
     table = {"frame": frame[order] + int(frame_offset)}
     for d, name in enumerate(COLUMNS[:centre.shape[1]]):
         table[name] = centre[order, d]
@@ -216,5 +218,10 @@ def _postprocess_cells(positions: torch.Tensor, weights: torch.Tensor, cells: Ce
     index = torch.arange(none, device=pos.device).view(1, h, w)
     root = (frame_base + index)[keep & (labels == index)]  # one per component
     root = root[conf[root] >= threshold]
-    centre = (total[root] / conf[root][:, None]).cpu().numpy()
-    return _table((root // none).cpu().numpy().astype(np.int64), centre, conf[root].cpu().numpy(), frame_offset)
+    centre = total[root] / conf[root][:, None]
+    frame = root // none
+    # frame then x, as np.lexsort would order them, sorted on the device (a GPU's sort is fast)
+    order = torch.argsort(centre[:, 0], stable=True)
+    order = order[torch.argsort(frame[order], stable=True)]
+    return _table(frame.cpu().numpy().astype(np.int64), centre.cpu().numpy(), conf[root].cpu().numpy(),
+                  frame_offset, order.cpu().numpy())
