@@ -642,7 +642,7 @@ def add_commands(sub) -> None:
     lo.add_argument("--threshold", type=float, default=None, help="confidence threshold (default: the model's)")
     lo.add_argument("--batch-size", type=int, default=None,
                     help="tiles per network call (default: 0.25 Mpx worth on a CPU, e.g. 16 tiles of "
-                         "128 px; 1 Mpx on a GPU)")
+                         "128 px; 4 Mpx on a GPU)")
     lo.add_argument("--tile", type=int, default=None,
                     help="tile side in px for fully convolutional models (default: the whole frame up to "
                          "512 px, else tiles of 128-512 px)")

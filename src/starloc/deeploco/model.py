@@ -112,7 +112,7 @@ class DeepLoco:
         nm (corner origin), ``confidence``; see :func:`~starloc.deeploco.postprocess.postprocess`.
         ``correct``: apply the model's sub-pixel correction (:mod:`~starloc.deeploco.subpixel`),
         if it has one. ``batch_size``: frames per network call (default
-        :func:`~starloc.deeploco.network.inference_batch`: 64 frames of 64 x 64 on a CPU, 256 on
+        :func:`~starloc.deeploco.network.inference_batch`: 64 frames of 64 x 64 on a CPU, 1024 on
         a GPU)."""
         t = torch.as_tensor(np.asarray(frames) if not isinstance(frames, torch.Tensor) else frames)
         if t.ndim == 3:
