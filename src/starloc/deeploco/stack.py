@@ -528,6 +528,7 @@ def _localize_chunk(model: Any, forward: Any, frames: np.ndarray, plan: TilePlan
     tile_x0 = np.array([t[1] for t in tiles], dtype=np.float64)
     own = np.array([[t[2][0], t[2][1], t[3][0], t[3][1]] for t in tiles], dtype=np.float64) * ps  # nm
     jobs = [(f, k) for f in range(frames.shape[0]) for k in range(n_tiles)]
+    whole = n_tiles == 1 and tuple(padded.shape[1:]) == (th, tw)
     device = model.device
     cells = cell_grid(cfg, (th, tw))
     parts: list[Table] = []
@@ -536,8 +537,12 @@ def _localize_chunk(model: Any, forward: Any, frames: np.ndarray, plan: TilePlan
         batch = jobs[b0 : b0 + batch_size]
         batch_f = np.array([f for f, _ in batch], dtype=np.int64)
         batch_k = np.array([k for _, k in batch], dtype=np.int64)
-        x = torch.stack([padded[f, tiles[k][0] : tiles[k][0] + th, tiles[k][1] : tiles[k][1] + tw]
-                         for f, k in batch])[:, None].to(device)
+        if whole:
+            x = padded[batch_f[0] : batch_f[-1] + 1]  # consecutive whole frames: a view, no copy
+        else:
+            x = torch.stack([padded[f, tiles[k][0] : tiles[k][0] + th, tiles[k][1] : tiles[k][1] + tw]
+                             for f, k in batch])
+        x = x[:, None].to(device)
         pos, w = forward(x)
         tb = postprocess(pos, w, link_distance=link_distance, threshold=threshold, z_scale=z_scale, cells=cells)
         if not len(tb["frame"]):
