@@ -11,6 +11,9 @@ import torch
 from starloc import sim
 from starloc.deeploco import EMCCD, Gaussian2DPSF, Simulator
 from starloc.deeploco.model import DeepLoco
+from starloc.deeploco.postprocess import CellGrid, postprocess
+from starloc.deeploco.stack import localize_stack
+from starloc.deeploco.subpixel import SubpixelCorrection
 from starloc.deeploco.training import DeepLocoTrainConfig, train
 from starloc.lodestar.model import LodeSTAR
 from starloc.lodestar.training import TrainConfig
@@ -62,3 +65,48 @@ def test_lodestar_trains_on_cuda_and_its_maps_match_the_cpu(tiny_network):
     ref = cpu.maps(frames)
     np.testing.assert_allclose(gpu.weights, ref.weights, atol=1e-3)
     np.testing.assert_allclose(gpu.positions, ref.positions, atol=1e-2)
+
+
+
+def test_grid_postprocess_gives_the_same_table_on_the_gpu():
+    """The same candidates on either device: the same components, sums and row order."""
+    h, w, B = 12, 16, 6
+    g = torch.Generator().manual_seed(0)
+    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    centre = torch.stack([cols.reshape(-1) + 0.5, rows.reshape(-1) + 0.5], -1) * 400.0
+    pos = centre + (2 * torch.rand(B, h * w, 2, generator=g) - 1) * 300.0
+    pos = torch.cat([pos, 500 * torch.randn(B, h * w, 1, generator=g)], -1)
+    wt = torch.rand(B, h * w, generator=g)
+    cells = CellGrid(h, w, 400.0, 0.75)
+    for link in (100.0, 450.0):
+        cpu = postprocess(pos, wt, link_distance=link, threshold=0.3, cells=cells)
+        gpu = postprocess(pos.cuda(), wt.cuda(), link_distance=link, threshold=0.3, cells=cells)
+        assert len(cpu["x"]) > 50 and list(cpu) == list(gpu)
+        for key in cpu:
+            np.testing.assert_allclose(gpu[key], cpu[key], rtol=0, atol=1e-9)
+
+
+def test_deeploco_stacks_localize_the_same_on_both_devices(tmp_path):
+    """Whole frames (consecutive frames in one call) and tiled frames (seams merged), with a
+    sub-pixel correction: the GPU's table is the CPU's."""
+    cfg = DeepLocoTrainConfig(conv_widths=(4, 8, 8), batch=8, steps=20, val_size=0, calibration_frames=0)
+    model = finish(train(_sim("cpu"), cfg))
+    offsets = np.stack([np.stack([np.sin(np.linspace(0, 2 * np.pi, 16, endpoint=False)) * a for a in (3, -2)])
+                        for _ in range(2)])
+    model.subpixel = SubpixelCorrection(400.0, offsets * np.array([1.0, 0.5])[:, None, None], 800.0)
+    model.save(tmp_path / "m.pt")
+    scene = Simulator(Gaussian2DPSF(130.0), camera=EMCCD.smlm2016(), frame_shape=(96, 96), density=1.0,
+                      photons_range=(2000, 5000), background_range=(20, 40))
+    frames = scene.sample(3, torch.Generator().manual_seed(2))[0][:, 0].numpy()
+    torch.backends.cudnn.allow_tf32 = False  # positions within ~1e-3 nm: no link flips at 100 nm
+    try:
+        for tile in (None, 64):
+            on_gpu = localize_stack(DeepLoco.load(tmp_path / "m.pt", device="cuda"), frames,
+                                    input_units="photons", tile=tile, threshold=0.0)
+            on_cpu = localize_stack(DeepLoco.load(tmp_path / "m.pt"), frames, input_units="photons", tile=tile,
+                                    threshold=0.0)
+            assert len(on_cpu["x"]) > 100 and np.array_equal(on_gpu["frame"], on_cpu["frame"])
+            for key in ("x", "y", "confidence"):
+                np.testing.assert_allclose(on_gpu[key], on_cpu[key], atol=0.05)
+    finally:
+        torch.backends.cudnn.allow_tf32 = True
