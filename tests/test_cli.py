@@ -36,6 +36,27 @@ def test_train_writes_a_model(model_path, capsys):
     assert model_path.stat().st_size > 10_000
 
 
+def test_train_options_reach_the_training_config(scene, tmp_path):
+    from starloc.lodestar.model import LodeSTAR
+
+    folder, (row, col) = scene
+    out = tmp_path / "m.pt"
+    assert main(["lodestar", "train", str(folder / "scene.tif"), "--crop", str(row), str(col), "40", "40",
+                 "--steps", "6", "--min-steps", "4", "--copies", "3", "--device", "cpu", "-o", str(out)]) == 0
+    training = LodeSTAR.load(out).metadata["training"]
+    assert (training["max_steps"], training["min_steps"], training["copies"]) == (6, 4, 3)
+
+
+@pytest.mark.parametrize("option, value", [("--copies", "1"), ("--copies", "many"), ("--min-steps", "-1")])
+def test_train_refuses_bad_step_and_copy_counts(scene, tmp_path, capsys, option, value):
+    folder, (row, col) = scene
+    with pytest.raises(SystemExit) as exc:
+        main(["lodestar", "train", str(folder / "scene.tif"), "--crop", str(row), str(col), "40", "40",
+              option, value, "-o", str(tmp_path / "m.pt")])
+    assert exc.value.code == 2 and option in capsys.readouterr().err
+    assert not (tmp_path / "m.pt").exists()
+
+
 def test_detect_writes_frame_row_col_and_features(scene, model_path):
     folder, _ = scene
     out = folder / "det.csv"
@@ -216,4 +237,7 @@ def test_the_step_defaults_in_the_help_are_the_training_config_ones(capsys):
     for command in (["lodestar", "train"], ["demo"]):
         with pytest.raises(SystemExit):
             main([*command, "--help"])
-        assert f"default {TrainConfig.max_steps}" in " ".join(capsys.readouterr().out.split())
+        text = " ".join(capsys.readouterr().out.split())
+        assert f"default {TrainConfig.max_steps}" in text
+        if command == ["lodestar", "train"]:
+            assert f"(default {TrainConfig.min_steps}," in text and f"(default {TrainConfig.copies})" in text

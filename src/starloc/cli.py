@@ -14,7 +14,8 @@ import warnings
 from pathlib import Path
 
 from starloc import __version__
-from starloc.cli_common import add_cluster_options, cluster_client, frames_type, positive, progress_bar, resolve_device
+from starloc.cli_common import (add_cluster_options, at_least, cluster_client, frames_type, positive, progress_bar,
+                                resolve_device)
 from starloc.errors import StarlocError, StarlocWarning
 
 EXIT_BAD_INPUT = 2
@@ -42,7 +43,9 @@ def cmd_lodestar_train(args) -> int:
                       "object (a model trained on several usually finds none); crop a single object",
                       StarlocWarning)
     steps = TrainConfig.max_steps if args.steps is None else args.steps
-    config = TrainConfig(max_steps=steps, min_steps=min(steps, TrainConfig.min_steps), seed=args.seed,
+    min_steps = TrainConfig.min_steps if args.min_steps is None else args.min_steps
+    copies = TrainConfig.copies if args.copies is None else args.copies
+    config = TrainConfig(max_steps=steps, min_steps=min(steps, min_steps), copies=copies, seed=args.seed,
                          device=resolve_device(args.device), downsample=args.downsample,
                          network=NetworkConfig(in_channels=crops[0].shape[0]))
     gen = train(crops, config)
@@ -155,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--frame", type=int, default=0, help="0-based frame of a stack to crop from")
     t.add_argument("--steps", type=int, default=None,
                    help="maximum training steps (default 2600; training stops earlier on a loss plateau)")
+    t.add_argument("--min-steps", type=at_least(0), default=None, metavar="N",
+                   help="no early stop before this step (default 2200, or --steps if lower)")
+    t.add_argument("--copies", type=at_least(2), default=None, metavar="N",
+                   help="transformed copies of the crop per step (default 12); more average "
+                        "each step over more transforms and noise draws, at a higher cost per step. On a GPU "
+                        "'--copies 32 --steps 5200 --min-steps 4400' trains a more precise model in about a "
+                        "minute (docs/benchmarks.md)")
     t.add_argument("--seed", type=int, default=0, help="random seed (same seed, same model)")
     t.add_argument("--downsample", type=positive(int), default=1, metavar="D",
                    help="look at the image in blocks of DxD pixels (their mean), in training and in "

@@ -47,6 +47,22 @@ def positive(kind: type = float):
     return parse
 
 
+def at_least(minimum: int):
+    """An argparse type: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return v
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
 def frames_type(text: str) -> slice:
     """``A:B`` (0-based, B excluded, either may be omitted or negative, as a Python slice) or
     ``A`` (one frame) -> slice."""
