@@ -299,6 +299,14 @@ def test_downsampling_sets_the_smallest_crop_and_advanced_settings_reach_the_tra
     assert viewer.layers[WEIGHT_LAYER].data.shape == image.shape  # maps at the image's resolution
 
 
+@pytest.mark.parametrize("cuda", [False, True])
+def test_the_device_is_the_gpu_when_there_is_one(make_napari_viewer, monkeypatch, cuda):
+    monkeypatch.setattr(lw.torch.cuda, "is_available", lambda: cuda)
+    _, widget = _widget(make_napari_viewer, steps=20)
+    assert widget.device == ("cuda" if cuda else "cpu")
+    assert [widget.device_combo.itemText(i) for i in range(widget.device_combo.count())][0] == "cpu"
+
+
 def test_crop_info_suggests_downsampling_for_a_large_object(make_napari_viewer, qtbot):
     rows, cols = np.indices((100, 100))
     ring = 10.0 + 60.0 * np.exp(-((np.hypot(rows - 50, cols - 50) - 24.0) ** 2) / 4.5)
