@@ -224,7 +224,7 @@ class LodeSTARWidget(QWidget):
         form = QFormLayout()
         self.device_combo = QComboBox()
         self.device_combo.addItems(available_devices())
-        # the GPU when there is one, as the command line's --device auto (training ~10x faster)
+        # the GPU when there is one, as the command line's --device auto (training 6-10x faster)
         self.device_combo.setCurrentText("cuda" if "cuda" in available_devices() else "cpu")
         form.addRow("Device", self.device_combo)
         self.seed_spin = QSpinBox()
