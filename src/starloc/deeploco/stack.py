@@ -49,13 +49,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 
 from ..errors import InputError, StarlocWarning, one_line
 from ..io import read_image, select_frames
 from ..progress import finish
 from .camera import Camera
 from .network import CELL, CELL_ARCHITECTURES, inference_batch
-from .postprocess import cell_grid, concat_tables, empty_table, postprocess, sorted_by_frame
+from .postprocess import cell_grid, concat_tables, empty_table, frame_separated, postprocess, sorted_by_frame
 
 __all__ = [
     "FrameSource",
@@ -481,17 +482,14 @@ def _pad_frames(frames: np.ndarray, pad: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def _merge_across_seams(table: Table, tile_id: np.ndarray, distance: float, extent: float) -> np.ndarray:
+def _merge_across_seams(table: Table, tile_id: np.ndarray, distance: float) -> np.ndarray:
     """Keep-mask: of two same-frame localizations from different tiles closer than ``distance`` nm
     (lateral), the lower-confidence one is dropped (greedy, strongest first)."""
     n = len(tile_id)
     keep = np.ones(n, dtype=bool)
     if n < 2 or not distance > 0:
         return keep
-    from scipy.spatial import cKDTree
-
-    sep = 4.0 * (extent + distance)  # frames are this far apart along a third axis
-    pts = np.column_stack([table["x"], table["y"], table["frame"].astype(np.float64) * sep])
+    pts = frame_separated(np.column_stack([table["x"], table["y"]]), table["frame"], distance)
     pairs = cKDTree(pts).query_pairs(float(distance), output_type="ndarray")
     if not len(pairs):
         return keep
@@ -565,8 +563,7 @@ def _localize_chunk(model: Any, forward: Any, frames: np.ndarray, plan: TilePlan
     table = concat_tables(parts)
     tile_id = np.concatenate(part_tiles)
     if n_tiles > 1:
-        extent = max(plan.padded_shape) * ps
-        keep = _merge_across_seams(table, tile_id, merge_distance, extent)
+        keep = _merge_across_seams(table, tile_id, merge_distance)
         table = {key: v[keep] for key, v in table.items()}
     return sorted_by_frame(table)
 
