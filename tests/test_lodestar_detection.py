@@ -61,6 +61,29 @@ def test_detect_finds_each_object_exactly_including_one_at_the_border():
     np.testing.assert_allclose(found.features["consistency"], 0, atol=1e-8)
 
 
+def test_a_wide_object_weighed_on_its_rim_is_found_and_empty_background_is_not():
+    # As a network sees a disk ~20 px across: the centre pixels agree exactly but carry little
+    # weight (the interior is uniform), the rim pixels carry the weight but scatter. The score
+    # then peaks at the centre, where the weight (0.005) is below min_weight.
+    obj = np.array([20.3, 19.6])
+    rows, cols = np.meshgrid(np.arange(20) * 2 + 0.5, np.arange(20) * 2 + 0.5, indexing="ij")
+    dist = np.hypot(rows - obj[0], cols - obj[1])
+    rng = np.random.default_rng(3)
+    P = np.stack([rows, cols]) + rng.normal(0, 3.0, size=(2, 20, 20))  # background: scattered
+    weights = np.full((20, 20), 1e-4)
+    centre, rim = dist <= 4.5, (dist > 4.5) & (dist <= 8)
+    P[:, centre] = obj[:, None]
+    P[:, rim] = obj[:, None] + rng.normal(0, 0.3, size=(2, rim.sum()))
+    weights[centre], weights[rim] = 0.005, 0.5
+    maps = Maps(P[None].astype(np.float32), weights[None].astype(np.float32), 2, (40, 40))
+    found = detect(maps, DetectParams(cutoff=0.98))
+    assert len(found) == 1
+    np.testing.assert_allclose(found.positions[0], obj, atol=0.25)  # the rim scatters by 0.3 px
+    # Nothing but background (every weight 1e-4): no detection at all.
+    empty = Maps(P[None].astype(np.float32), np.full((1, 20, 20), 1e-4, np.float32), 2, (40, 40))
+    assert len(detect(empty, DetectParams(cutoff=0.98))) == 0
+
+
 def test_pool_single_ignores_scattered_low_weight_predictions():
     maps = _maps_for([(8.4, 30.8)])
     maps.weights[:] = np.where(maps.weights > 0.5, 1e-4, 0.9e-4)  # weights nearly flat, as at low SNR

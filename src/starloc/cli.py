@@ -186,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--mode", choices=("quantile", "ratio", "absolute"),
                    help="cutoff as a quantile of the score map (default), a fraction of its maximum, "
                         "or an absolute value")
-    d.add_argument("--min-weight", type=float, help="ignore peaks whose weight is below this (default 0.01)")
+    d.add_argument("--min-weight", type=float,
+                   help="ignore score peaks with no weight above this within --radius (default 0.01)")
     d.add_argument("--radius", type=positive(), metavar="PX",
                    help="half-size of the neighbourhood for peak finding and refinement (default 4; pixels "
                         "of the network's input, i.e. of the downsampled image for a --downsample model)")

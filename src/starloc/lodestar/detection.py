@@ -136,7 +136,8 @@ class DetectParams:
         the paper's 0.99: 0.99 keeps 1 % of the output pixels, fewer than 20-50 objects of a
         256x256 scene cover, and dropped up to 14 of ~380 objects in 10 such scenes (sphere,
         SNR 10) where 0.98 dropped none and added no false positive in sparse or SNR-5 scenes.
-    min_weight: peaks whose weight is below this are ignored (empty background).
+    min_weight: peaks with no weight of at least this within ``radius`` are ignored (empty
+        background).
     radius: half-size in pixels (of the network's input, see the module docstring) of the
         neighbourhood used for peak finding and for refinement; predictions farther than
         ``cluster_radius`` px from a detection do not take part in its refinement.
@@ -221,11 +222,18 @@ def _detect_frame(P, w, score, consistency, stride, params, crowded_distance):
     r = max(1, int(round(params.radius / stride)))
     peaks = (score == ndimage.maximum_filter(score, size=2 * r + 1, mode="nearest"))
     peaks &= score >= threshold(score, params.cutoff, params.mode)
-    peaks &= w >= params.min_weight
+    # The weight test is on the predictions that form the detection, not on the peak pixel: for
+    # objects wider than a few pixels the network weighs their rim, and the score peaks at the
+    # centre, where the predictions agree best but the weight can be ~0.005. The window maximum
+    # (a necessary condition) only spares refining peaks of empty background.
+    peaks &= ndimage.maximum_filter(w, size=2 * r + 1, mode="nearest") >= params.min_weight
     ii, jj = np.nonzero(peaks)
+    if len(ii):
+        pos, mass, spread, heaviest = _refine(P, w, ii, jj, r, params.cluster_radius)
+        real = heaviest >= params.min_weight
+        ii, jj, pos, mass, spread = ii[real], jj[real], pos[real], mass[real], spread[real]
     if len(ii) == 0:
         return np.zeros((0, k)), {n: np.zeros(0) for n in ("score", "weight", "consistency")}
-    pos, mass, spread = _refine(P, w, ii, jj, r, params.cluster_radius)
     crowded = _crowded(pos[:, :2], crowded_distance)
     if crowded.any():
         c = np.flatnonzero(crowded)
@@ -245,6 +253,8 @@ def _crowded(pos: np.ndarray, distance: float) -> np.ndarray:
 def _refine(P, w, ii, jj, r, cluster_radius, consistency=None, iterations=3, maps=None):
     """Weighted mean of the predictions in a ``(2r+1)^2`` window that lie near the estimate.
 
+    Returns ``(N, K)`` estimates and, per detection, the summed weight of its cluster, the
+    weighted variance of the cluster's predictions (px^2) and the largest single weight in it.
     ``P (K, h, w)``, ``w (h, w)`` (and ``consistency``) are the maps of one frame, or, with
     ``maps`` (the index of each detection's map), a stack ``(n, K, h, w)``, ``(n, h, w)``.
 
@@ -281,7 +291,7 @@ def _refine(P, w, ii, jj, r, cluster_radius, consistency=None, iterations=3, map
         est = np.where(total[:, None] > 0, new, est)
     dev = ((cand[..., :2] - est[:, None, :2]) ** 2).sum(-1)
     spread = (dev * ww).sum(1) / np.maximum(total, 1e-12)
-    return est, total, spread
+    return est, total, spread, (cw * near).max(axis=1, initial=0.0)
 
 
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
