@@ -1,12 +1,16 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 from starloc import sim
 from starloc.errors import ModelFileError
-from starloc.lodestar.detection import DetectParams, detect, pool_single
-from starloc.lodestar.model import LodeSTAR
-from starloc.lodestar.training import PlateauStopper, TrainConfig, augmentation, train
+from starloc.lodestar.detection import DetectParams, detect, pool_single, pool_single_symmetries
+from starloc.lodestar.model import LodeSTAR, normalize
+from starloc.lodestar.training import (
+    PlateauStopper, TrainConfig, augmentation, measure_position_offset, train,
+)
 from starloc.metrics import detection_metrics
 from starloc.progress import finish
 
@@ -159,6 +163,76 @@ def test_grid_symmetry_averaging_keeps_shapes_and_positions(trained_point_model)
     assert averaged.positions.shape == plain.positions.shape == (20, 2, 15, 15)
     err = np.sqrt(np.mean((pool_single(averaged)[:, :2] - truth) ** 2))
     assert err < 0.3
+
+
+def _shifted_copy(model, delta):
+    """A copy of ``model`` whose network adds ``delta`` (row, col) px to every position, in its
+    own frame (the bias of the last 1x1 convolution), as a network that kept an offset."""
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        out.net.body[-1].bias[:2] += torch.tensor(delta)
+    return out
+
+
+def _measured_offset(model, seed=0):
+    image = sim.simulate_single("point", 10, 1, size=28, max_offset=0.5, rng=7)[0][0]
+    crop = normalize(torch.from_numpy(image[None, None].astype(np.float32)), model.normalization)[0]
+    config = TrainConfig()
+    return np.array(measure_position_offset(model, [[crop]], augmentation(config),
+                                            torch.Generator().manual_seed(seed), config.gain, copies=64))
+
+
+def test_training_ends_by_measuring_the_networks_constant_offset(trained_point_model):
+    offset = trained_point_model.position_offset
+    assert len(offset) == 2 and np.all(np.isfinite(offset)) and np.all(np.abs(offset) < 0.2)
+    assert trained_point_model.metadata["training"]["position_offset"] == list(offset)
+    # A network that adds (0.3, -0.2) px in its own frame: the measurement finds that much more.
+    shifted = _shifted_copy(trained_point_model, (0.3, -0.2))
+    np.testing.assert_allclose(_measured_offset(shifted) - _measured_offset(trained_point_model),
+                               [0.3, -0.2], atol=0.03)
+
+
+def test_the_offset_is_subtracted_from_plain_maps_and_cancels_in_symmetry_averages(trained_point_model):
+    image = sim.simulate_scene("point", 3, size=(40, 50), rng=1)[0][None, None]
+    model = copy.deepcopy(trained_point_model)
+    model.position_offset = (0.0, 0.0)
+    plain, averaged = model.maps(image), model.maps(image, augment=True)
+    model.position_offset = (0.25, -0.5)
+    np.testing.assert_allclose(model.maps(image).positions, plain.positions - np.array([0.25, -0.5])[:, None, None],
+                               atol=1e-5)
+    # Each of the 8 symmetries turns the offset with it; their average does not move.
+    np.testing.assert_allclose(model.maps(image, augment=True).positions, averaged.positions, atol=1e-5)
+
+
+def test_a_shifted_network_with_its_measured_offset_agrees_with_its_symmetry_average(trained_point_model):
+    images, truth, _ = sim.simulate_single("point", 10, 40, size=32, max_offset=2.0, rng=11)
+    shifted = _shifted_copy(trained_point_model, (0.3, -0.2))
+    shifted.position_offset = (0.0, 0.0)
+    averaged = pool_single_symmetries(shifted.symmetry_maps(images[:, None]))[:, :2]  # no offset in it
+    before = (pool_single(shifted.maps(images[:, None]))[:, :2] - averaged).mean(0)
+    assert before[0] > 0.15 and before[1] < -0.1  # the shift, plus the tiny network's own offset
+    shifted.position_offset = tuple(_measured_offset(shifted))
+    after = (pool_single(shifted.maps(images[:, None]))[:, :2] - averaged).mean(0)
+    # Most of it is gone; not all, as the offset measured on the training's noisier copies is
+    # not quite the one on these SNR-10 images (the ellipse of the benchmark: -0.067 vs -0.09).
+    assert np.all(np.abs(after) < 0.5 * np.abs(before)) and np.abs(after).max() < 0.08
+
+
+def test_model_files_keep_the_position_offset(trained_point_model, tmp_path):
+    from starloc.io import load_model_file, save_model_file
+
+    model = copy.deepcopy(trained_point_model)
+    model.position_offset = (0.125, -0.0625)
+    model.save(tmp_path / "m.pt")
+    assert LodeSTAR.load(tmp_path / "m.pt").position_offset == (0.125, -0.0625)
+    obj = load_model_file(tmp_path / "m.pt", kind="lodestar")
+    del obj["config"]["position_offset"]  # as files written before it existed
+    save_model_file(tmp_path / "old.pt", "lodestar", obj["config"], obj["state_dict"], obj["metadata"])
+    assert LodeSTAR.load(tmp_path / "old.pt").position_offset == (0.0, 0.0)
+    obj["config"]["position_offset"] = [0.1, float("nan")]
+    save_model_file(tmp_path / "bad.pt", "lodestar", obj["config"], obj["state_dict"], obj["metadata"])
+    with pytest.raises(ModelFileError, match="position_offset"):
+        LodeSTAR.load(tmp_path / "bad.pt")
 
 
 def test_augmentation_noise_is_white_after_the_warp():

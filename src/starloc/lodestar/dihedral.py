@@ -26,7 +26,8 @@ def _unrotate_points(pos: torch.Tensor, height: int) -> torch.Tensor:
 
 def dihedral_maps(forward: Forward, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``forward`` (returning absolute ``(P, rho)`` maps) on the 8 grid symmetries of ``x``,
-    each mapped back to ``x``'s frame: ``(8, N, K, h, w)`` positions, ``(8, N, h, w)`` logits.
+    each mapped back to ``x``'s frame: ``(8, N, K, h, w)`` positions, ``(8, N, h, w)`` logits;
+    index 0 is ``x`` itself.
 
     ``x`` is ``(N, C, H, W)`` with H, W multiples of the network stride, so that the output
     grid turns with the image.

@@ -193,12 +193,20 @@ class Maps:
 
 @dataclass
 class LodeSTAR:
-    """A LodeSTAR model ready for inference (see :mod:`starloc.lodestar.training`)."""
+    """A LodeSTAR model ready for inference (see :mod:`starloc.lodestar.training`).
+
+    ``position_offset``: (row, col) in the network's pixels, subtracted from every predicted
+    position at inference, in the network's own frame (before the maps of a rotated or
+    flipped frame are turned back). Training measures it at its end: a constant offset the
+    network kept although the flips and rotations penalize it; see
+    :func:`~starloc.lodestar.training.measure_position_offset`.
+    """
 
     net: LodeSTARNet
     normalization: str = "background"
     metadata: dict = field(default_factory=dict)
     downsample: int = 1
+    position_offset: tuple[float, float] = (0.0, 0.0)
 
     @classmethod
     def new(cls, config: NetworkConfig = NetworkConfig(), seed: int = 0, **kw) -> LodeSTAR:
@@ -329,11 +337,18 @@ class LodeSTAR:
         return P[..., k : k + h // s, k : k + w // s], rho[..., k : k + h // s, k : k + w // s]
 
     def _forward_tiled(self, x: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`forward_normalized` in absolute coordinates, tile by tile.
+        """:meth:`forward_normalized` in absolute coordinates, tile by tile, less the model's
+        ``position_offset``.
 
         Tiles start at multiples of the stride and overlap by half the receptive field, so
         every output pixel is computed with its whole receptive field in view.
         """
+        P, rho = self._forward_tiles(x, tile)
+        if any(self.position_offset):
+            P[:, :2] -= torch.tensor(self.position_offset, dtype=P.dtype, device=P.device).view(1, 2, 1, 1)
+        return P, rho
+
+    def _forward_tiles(self, x: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.config.stride
         h, w = x.shape[-2:]
         if h <= tile and w <= tile:
@@ -357,7 +372,7 @@ class LodeSTAR:
     def save(self, path) -> None:
         """Write the model as one self-describing file (atomic; see :mod:`starloc.io`)."""
         config = {"network": self.config.to_dict(), "normalization": self.normalization,
-                  "downsample": self.downsample}
+                  "downsample": self.downsample, "position_offset": [float(v) for v in self.position_offset]}
         save_model_file(path, MODEL_KIND, config, self.net.state_dict(), self.metadata)
 
     @classmethod
@@ -369,8 +384,11 @@ class LodeSTAR:
             normalization = obj["config"]["normalization"]
             if normalization not in NORMALIZATIONS:
                 raise ValueError(f"unknown normalization {normalization!r}")
+            offset = tuple(float(v) for v in obj["config"].get("position_offset", (0.0, 0.0)))
+            if len(offset) != 2 or not np.all(np.isfinite(offset)):
+                raise ValueError(f"position_offset must be two finite numbers, got {offset}")
             model = cls(net=LodeSTARNet(config), normalization=normalization, metadata=obj["metadata"],
-                        downsample=check_downsample(obj["config"].get("downsample", 1)))
+                        downsample=check_downsample(obj["config"].get("downsample", 1)), position_offset=offset)
             model.net.load_state_dict(obj["state_dict"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ModelFileError(f"{str(path)!r}: damaged LodeSTAR model ({exc})") from None
