@@ -136,8 +136,8 @@ class DetectParams:
         the paper's 0.99: 0.99 keeps 1 % of the output pixels, fewer than 20-50 objects of a
         256x256 scene cover, and dropped up to 14 of ~380 objects in 10 such scenes (sphere,
         SNR 10) where 0.98 dropped none and added no false positive in sparse or SNR-5 scenes.
-    min_weight: peaks with no weight of at least this within ``radius`` are ignored (empty
-        background).
+    min_weight: a detection is kept only if one of the predictions it is refined from has at
+        least this weight (empty background has none).
     radius: half-size in pixels (of the network's input, see the module docstring) of the
         neighbourhood used for peak finding and for refinement; predictions farther than
         ``cluster_radius`` px from a detection do not take part in its refinement.
@@ -253,8 +253,6 @@ def _crowded(pos: np.ndarray, distance: float) -> np.ndarray:
 def _refine(P, w, ii, jj, r, cluster_radius, consistency=None, iterations=3, maps=None):
     """Weighted mean of the predictions in a ``(2r+1)^2`` window that lie near the estimate.
 
-    Returns ``(N, K)`` estimates and, per detection, the summed weight of its cluster, the
-    weighted variance of the cluster's predictions (px^2) and the largest single weight in it.
     ``P (K, h, w)``, ``w (h, w)`` (and ``consistency``) are the maps of one frame, or, with
     ``maps`` (the index of each detection's map), a stack ``(n, K, h, w)``, ``(n, h, w)``.
 
@@ -266,6 +264,9 @@ def _refine(P, w, ii, jj, r, cluster_radius, consistency=None, iterations=3, map
     matched RMSE of objects closer than 16 px to another from 0.19 to 0.09 px (sphere) and
     0.19 to 0.13 px (crescent); applied to isolated objects it cost the ellipse 0.057 ->
     0.071 px, hence only for crowded ones.
+
+    Returns ``(N, K)`` estimates and, per detection, the summed weight of its cluster, the
+    weighted variance of the cluster's predictions (px^2) and the largest single weight in it.
     """
     if maps is None:
         P, w, maps = P[None], w[None], np.zeros(len(ii), dtype=np.int64)
