@@ -22,7 +22,6 @@ and one JSON line.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import platform
 import subprocess
@@ -32,9 +31,10 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-from scipy.optimize import linear_sum_assignment
-from scipy.spatial.distance import cdist
 from scipy.special import erf
+
+from starloc.smlm_io import read_thunderstorm_csv
+from starloc.smlm_metrics import match_localizations
 
 PIXEL, SIGMA, BACKGROUND, PHOTONS, DENSITY = 100.0, 130.0, 50.0, (1000.0, 5000.0), 0.5
 QE, READ_NOISE, ADU_PER_E, OFFSET = 0.8, 1.5, 2.0, 100.0
@@ -65,30 +65,14 @@ def starloc(*args: str) -> None:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def read_thunderstorm(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """0-based frames and ``(N, 2)`` (x, y) nm of a ThunderSTORM CSV."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    frames = np.array([int(float(r["frame"])) - 1 for r in rows], dtype=int)
-    xy = np.array([[float(r["x [nm]"]), float(r["y [nm]"])] for r in rows]).reshape(-1, 2)
-    return frames, xy
-
-
-def score(frames: np.ndarray, xy: np.ndarray, truth: list[np.ndarray], tolerance: float = 100.0) -> dict:
-    tp = fp = fn = 0
-    errors = []
-    for t, true in enumerate(truth):
-        found = xy[frames == t]
-        if len(found) == 0 or len(true) == 0:
-            fp, fn = fp + len(found), fn + len(true)
-            continue
-        dist = cdist(true, found)
-        ti, fi = linear_sum_assignment(np.where(dist <= tolerance, dist, 1e9))
-        ok = dist[ti, fi] <= tolerance
-        tp, fp, fn = tp + int(ok.sum()), fp + len(found) - int(ok.sum()), fn + len(true) - int(ok.sum())
-        errors.append(true[ti[ok]] - found[fi[ok]])
-    fp += int((frames >= len(truth)).sum())
-    e = np.concatenate(errors) if errors else np.zeros((0, 2))
+def score(table: dict, truth: list[np.ndarray], tolerance: float = 100.0) -> dict:
+    """Jaccard, RMSE x / y and mean error (truth - localization) of a localization table (nm)."""
+    true_frame = np.concatenate([np.full(len(t), i) for i, t in enumerate(truth)])
+    true_xy = np.concatenate(truth)
+    found_xy = np.stack([table["x"], table["y"]], 1)
+    pi, ti = match_localizations(table["frame"], found_xy, true_frame, true_xy, lateral_tol=tolerance)
+    tp, fp, fn = len(pi), len(found_xy) - len(pi), len(true_xy) - len(ti)
+    e = true_xy[ti] - found_xy[pi]
     return {"emitters": tp + fn, "tp": tp, "fp": fp, "fn": fn, "jaccard": tp / max(tp + fp + fn, 1),
             "rmse_x": float(np.sqrt(np.mean(e[:, 0] ** 2))), "rmse_y": float(np.sqrt(np.mean(e[:, 1] ** 2))),
             "mean_error_xy": e.mean(0).round(2).tolist()}
@@ -122,7 +106,7 @@ def main(argv=None):
         start = time.perf_counter()
         starloc("deeploco", "localize", str(tif), "--model", model, "-o", str(locs))
         rows.append({"stack": name, "frames": frames, "size": size, "localize_s": time.perf_counter() - start,
-                     **score(*read_thunderstorm(locs), truth)})
+                     **score(read_thunderstorm_csv(locs), truth)})
     print(f"# DeepLoco via the CLI on a foreign simulator (Gaussian PSF, sCMOS); model {model}, "
           f"train {train_s:.0f} s")
     print(f"{'stack':6s} {'frames':>6s} {'emitters':>8s} {'Jaccard':>8s} {'FP':>5s} {'FN':>5s} {'RMSE x':>7s} "

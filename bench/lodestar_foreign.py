@@ -32,8 +32,9 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
+
+from starloc.metrics import match
 
 FRAMES, SIZE = 3, 256
 CROP = {"gauss": 32, "dark": 40, "disk": 48}
@@ -86,13 +87,8 @@ def crop_around_most_isolated(centres: np.ndarray, size: int) -> tuple[int, int]
 
 def score(found: np.ndarray, truth: np.ndarray, tolerance: float = 3.0) -> tuple[int, int, int, np.ndarray]:
     """tp, fp, fn and the (row, col) errors (truth - found) of the matched pairs."""
-    if len(found) == 0:
-        return 0, 0, len(truth), np.zeros((0, 2))
-    dist = cdist(truth, found)
-    ti, fi = linear_sum_assignment(np.where(dist <= tolerance, dist, 1e6))
-    ok = dist[ti, fi] <= tolerance
-    tp = int(ok.sum())
-    return tp, len(found) - tp, len(truth) - tp, truth[ti[ok]] - found[fi[ok]]
+    fi, ti = match(found, truth, tolerance)
+    return len(fi), len(found) - len(fi), len(truth) - len(ti), truth[ti] - found[fi]
 
 
 def starloc(*args: str) -> None:

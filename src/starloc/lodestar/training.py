@@ -233,8 +233,7 @@ def measure_position_offset(model: LodeSTAR, groups: list[list[torch.Tensor]], t
     ~0.05 px), and clipped to +-``MAX_POSITION_OFFSET`` px: a larger offset comes from a
     network that has not learned the object yet, not from a residual.
     """
-    crops = [crop for group in groups for crop in group]
-    per_crop = max(2, -(-copies // len(crops)))
+    per_crop = max(2, -(-copies // sum(len(group) for group in groups)))
     diffs = []
     for group in groups:
         batch = torch.stack(group).repeat_interleave(per_crop, dim=0)
