@@ -228,7 +228,8 @@ def test_detect_deblends_crowded_detections_unless_told_not_to(scene, model_path
         got_frames, got, _ = read_points_csv(folder / f"{name}.csv")
         np.testing.assert_array_equal(got_frames, expected.frame)
         np.testing.assert_allclose(got, expected.positions[:, :2], atol=1e-3)
-    assert not np.allclose(deblended.positions, plain.positions, atol=1e-3)  # the scene has crowded spots
+    # the scene has crowded spots: deblending moves some (and may move one out of the frame)
+    assert len(deblended) != len(plain) or not np.allclose(deblended.positions, plain.positions, atol=1e-3)
 
 
 def test_the_step_defaults_in_the_help_are_the_training_config_ones(capsys):

@@ -61,6 +61,15 @@ def test_detect_finds_each_object_exactly_including_one_at_the_border():
     np.testing.assert_allclose(found.features["consistency"], 0, atol=1e-8)
 
 
+def test_detections_outside_the_image_are_dropped():
+    # the pixels near the border predict these positions; the image spans [-0.5, 39.5]
+    objects = [(-0.4, 20.0), (-0.9, 8.0), (39.4, 30.0), (20.0, 40.2)]
+    found = detect(_maps_for(objects, scatter=None), DetectParams(cutoff=0.0, mode="absolute", min_weight=0.5))
+    np.testing.assert_allclose(found.positions[np.argsort(found.positions[:, 0])], [objects[0], objects[2]],
+                               atol=1e-5)
+    assert len(found.features["score"]) == len(found.frame) == 2
+
+
 def test_a_wide_object_weighed_on_its_rim_is_found_and_empty_background_is_not():
     # As a network sees a disk ~20 px across: the centre pixels agree exactly but carry little
     # weight (the interior is uniform), the rim pixels carry the weight but scatter. The score

@@ -191,17 +191,26 @@ class Detections:
     def __len__(self) -> int:
         return len(self.frame)
 
+    def inside(self, image_shape: tuple[int, int]) -> Detections:
+        """The detections whose (row, col) lies in an ``(H, W)`` image, i.e. within the outer
+        edges of its border pixels: ``[-0.5, H - 0.5] x [-0.5, W - 0.5]``."""
+        (h, w), row, col = image_shape, self.positions[:, 0], self.positions[:, 1]
+        keep = (row >= -0.5) & (row <= h - 0.5) & (col >= -0.5) & (col <= w - 0.5)
+        return Detections(self.frame[keep], self.positions[keep], {n: f[keep] for n, f in self.features.items()})
+
 
 def detect(maps: Maps, params: DetectParams = DetectParams()) -> Detections:
     """Multi-object detection on every frame of ``maps``.
 
     Peaks of the score map above the threshold, each refined as the weighted mean of the
     predictions that cluster around it (not the raw peak pixel), then duplicates merged.
+    Detections outside the image (:meth:`Detections.inside`) are dropped: nothing in the
+    frame shows them, and weak models put such ones on the borders.
     Features: ``score`` (score at the peak), ``weight`` (summed weight of the cluster),
     ``consistency`` (weighted variance of the cluster's predictions, px^2 of the network's
     input; small = sure).
     """
-    factor = maps.downsample
+    factor, image_shape = maps.downsample, maps.image_shape
     maps = maps.network_view()
     consistency = clustering_map(maps.positions[:, :2])
     scores = _score(maps.weights, consistency, params.alpha, params.beta)
@@ -214,7 +223,7 @@ def detect(maps: Maps, params: DetectParams = DetectParams()) -> Detections:
     positions[:, :2] = to_image_coordinates(positions[:, :2], factor)
     names = ("score", "weight", "consistency")
     features = {n: np.concatenate([d[1][n] for d in out]) if out else np.zeros(0) for n in names}
-    return Detections(frames, positions, features)
+    return Detections(frames, positions, features).inside(image_shape)
 
 
 def _detect_frame(P, w, score, consistency, stride, params, crowded_distance):

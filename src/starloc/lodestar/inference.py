@@ -54,9 +54,12 @@ def detect_in_maps(model: LodeSTAR, frames: np.ndarray, maps: Maps, params: Dete
                    augment: bool = False, seen: np.ndarray | None = None) -> Detections:
     """:func:`~starloc.lodestar.detection.detect` on the maps of ``(T, C, H, W)`` frames, then
     the crowded detections deblended on the frames (``params.deblend``; ``seen``: see
-    :func:`~starloc.lodestar.deblend.deblend`). Frame indices into ``frames``."""
+    :func:`~starloc.lodestar.deblend.deblend`), keeping those inside the frames. Frame
+    indices into ``frames``."""
     found = detect(maps, params)
-    return deblend(model, frames, found, params, augment, seen) if params.deblend else found
+    if not params.deblend:
+        return found
+    return deblend(model, frames, found, params, augment, seen).inside(frames.shape[-2:])
 
 
 def detect_frames(model: LodeSTAR, frames: np.ndarray, params: DetectParams = DetectParams(),
