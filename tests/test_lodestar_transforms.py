@@ -169,6 +169,15 @@ def test_background_normalization_of_flat_and_empty_frames_is_finite():
     out = normalize(sparse, "background")
     assert torch.allclose(out, sparse / sparse.std())
     assert torch.equal(normalize(torch.zeros(1, 1, 8, 8), "background"), torch.zeros(1, 1, 8, 8))
+    # the same at a level whose float mean does not round back to itself (it used to leave a
+    # spread of ~1e-7 and scale the frame by ~1e8)
+    level = 0.1
+    spots = torch.zeros(1, 1, 64, 64)
+    spots[0, 0, ::3, ::2] = 1.0
+    shifted = spots * 12.1478 + level
+    for method in ("background", "robust"):
+        out = normalize(shifted, method)
+        assert torch.allclose(out, (shifted - level) / shifted.std(), atol=1e-5)
     with pytest.raises(ValueError, match="unknown normalization"):
         normalize(sparse, "minmax")
 

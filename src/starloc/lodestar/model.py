@@ -125,11 +125,15 @@ def _low_quantile_background(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     percentile (``(N, C, P)`` -> two ``(N, C, 1)``)."""
     n = flat.shape[-1]
     med = flat.median(dim=2, keepdim=True).values
-    cut = flat.kthvalue(max(1, int(BACKGROUND_QUANTILE * n)), dim=2, keepdim=True).values
-    low = (flat <= cut).to(flat.dtype)
+    # Moments of the values minus the median: where most pixels are equal (zeros between
+    # sparse photons, at any offset) they are then exactly 0 and so is their spread; the
+    # rounding of a mean of equal values left ~1e-7, which scaled a frame up by ~1e8.
+    centred = flat - med
+    cut = centred.kthvalue(max(1, int(BACKGROUND_QUANTILE * n)), dim=2, keepdim=True).values
+    low = (centred <= cut).to(flat.dtype)
     count = low.sum(dim=2, keepdim=True)
-    mean = (flat * low).sum(dim=2, keepdim=True) / count
-    return med, torch.sqrt(((flat - mean) ** 2 * low).sum(dim=2, keepdim=True) / count)
+    mean = (centred * low).sum(dim=2, keepdim=True) / count
+    return med, torch.sqrt(((centred - mean) ** 2 * low).sum(dim=2, keepdim=True) / count)
 
 
 def clipped_background(flat: torch.Tensor, iterations: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
