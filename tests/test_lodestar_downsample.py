@@ -161,9 +161,22 @@ def test_cli_trains_downsampled_and_detect_uses_the_model_factor(tmp_path, capsy
     frames, positions, _ = read_points_csv(tmp_path / "det.csv")
     assert frames.tolist() == [0] and np.all((positions >= 0) & (positions <= [127, 135]))
     tifffile.imwrite(tmp_path / "ring.tif", _ring((90, 90), (44.5, 44.5), 24.0, np.random.default_rng(2)))
-    assert main(["lodestar", "train", str(tmp_path / "ring.tif"), "--steps", "2", "--device", "cpu",
-                 "--crop", "9", "9", "72", "72", "-o", str(tmp_path / "r.pt")]) == 0
+    ring = ["lodestar", "train", str(tmp_path / "ring.tif"), "--steps", "2", "--device", "cpu",
+            "-o", str(tmp_path / "r.pt")]
+    assert main(ring + ["--crop", "9", "9", "72", "72", "--downsample", "1"]) == 0
     assert "consider --downsample 3" in capsys.readouterr().err
+    assert LodeSTAR.load(tmp_path / "r.pt").downsample == 1
+    # the default, auto: the ring (~54 px) wants 3, the whole image allows it
+    assert main(ring + ["--crop", "0", "0", "90", "90"]) == 0
+    assert "downsampled by 3 (--downsample auto" in capsys.readouterr().err
+    assert LodeSTAR.load(tmp_path / "r.pt").downsample == 3
+    # a 72 px crop holds only 2 receptive fields of 26 px: auto takes 2 and says why not 3
+    assert main(ring + ["--crop", "9", "9", "72", "72"]) == 0
+    assert "needs a crop of at least 78 px (this one: 72 px): training at --downsample 2" in capsys.readouterr().err
+    assert LodeSTAR.load(tmp_path / "r.pt").downsample == 2
+    # an object that fits the receptive field: auto keeps full resolution, silently
+    assert main(base + ["--crop", "4", "8", "56", "56", "-o", str(tmp_path / "m.pt")]) == 0
+    assert "downsampl" not in capsys.readouterr().err
     with pytest.raises(SystemExit) as stop:
         main(base + ["--crop", "4", "8", "56", "56", "--downsample", "0", "-o", str(tmp_path / "n.pt")])
-    assert stop.value.code == 2 and "--downsample: expected a positive number" in capsys.readouterr().err
+    assert stop.value.code == 2 and "--downsample: expected 'auto' or a positive integer" in capsys.readouterr().err

@@ -14,12 +14,31 @@ import warnings
 from pathlib import Path
 
 from starloc import __version__
-from starloc.cli_common import (add_cluster_options, at_least, cluster_client, frames_type, positive, progress_bar,
-                                resolve_device)
+from starloc.cli_common import (add_cluster_options, at_least, cluster_client, downsample_factor, frames_type,
+                                positive, progress_bar, resolve_device)
 from starloc.errors import StarlocError, StarlocWarning
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+
+
+def _auto_downsample(crops, suggested: int, extent: float, field: int) -> int:
+    """``--downsample auto``: the suggested factor (an object about 18 px across once
+    downsampled), lowered to what the smallest crop allows (``field`` px, the receptive field,
+    after downsampling); says on stderr what it chose when that is not 1."""
+    from tqdm import tqdm
+
+    smallest = min(min(c.shape[-2:]) for c in crops)
+    downsample = max(1, min(suggested, smallest // field))
+    if downsample < suggested:
+        warnings.warn(f"the object in the crop is about {extent:.0f} px across, more than the network sees whole; "
+                      f"--downsample {suggested} would fit it but needs a crop of at least {field * suggested} px "
+                      f"(this one: {smallest} px): training at --downsample {downsample}", StarlocWarning)
+    elif downsample > 1:
+        tqdm.write(f"starloc: the object in the crop is about {extent:.0f} px across: training on images "
+                   f"downsampled by {downsample} (--downsample auto; give --downsample 1 to keep full resolution)",
+                   file=sys.stderr)
+    return downsample
 
 
 def cmd_lodestar_train(args) -> int:
@@ -31,13 +50,18 @@ def cmd_lodestar_train(args) -> int:
     from starloc.lodestar.training import TrainConfig, train
 
     image = read_image(args.image)
-    crops = extract_crops(image, args.crop, frame=args.frame,
-                          min_size=NetworkConfig().receptive_field * args.downsample,
+    field = NetworkConfig().receptive_field
+    auto = args.downsample == "auto"
+    crops = extract_crops(image, args.crop, frame=args.frame, min_size=field * (1 if auto else args.downsample),
                           rgb=args.rgb, channel_axis=args.channel_axis)
     suggested, extent = suggest_downsample(crops)
-    if suggested > args.downsample:
-        warnings.warn(f"the object in the crop is about {extent:.0f} px across, more than the network sees "
-                      f"whole at --downsample {args.downsample}: consider --downsample {suggested}", StarlocWarning)
+    if auto:
+        downsample = _auto_downsample(crops, suggested, extent, field)
+    else:
+        downsample = args.downsample
+        if suggested > downsample:
+            warnings.warn(f"the object in the crop is about {extent:.0f} px across, more than the network sees "
+                          f"whole at --downsample {downsample}: consider --downsample {suggested}", StarlocWarning)
     for index, count in crops_with_several_objects(crops):
         warnings.warn(f"crop {index + 1} seems to hold {count} objects: LodeSTAR learns from a crop around ONE "
                       "object (a model trained on several usually finds none); crop a single object",
@@ -46,7 +70,7 @@ def cmd_lodestar_train(args) -> int:
     min_steps = TrainConfig.min_steps if args.min_steps is None else args.min_steps
     copies = TrainConfig.copies if args.copies is None else args.copies
     config = TrainConfig(max_steps=steps, min_steps=min(steps, min_steps), copies=copies, seed=args.seed,
-                         device=resolve_device(args.device), downsample=args.downsample,
+                         device=resolve_device(args.device), downsample=downsample,
                          network=NetworkConfig(in_channels=crops[0].shape[0]))
     gen = train(crops, config)
     with progress_bar(config.max_steps, "training", "step") as bar:
@@ -166,10 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "'--copies 32 --steps 5200 --min-steps 4400' trains a more precise model in about a "
                         "minute (docs/benchmarks.md)")
     t.add_argument("--seed", type=int, default=0, help="random seed (same seed, same model)")
-    t.add_argument("--downsample", type=positive(int), default=1, metavar="D",
+    t.add_argument("--downsample", type=downsample_factor, default="auto", metavar="D",
                    help="look at the image in blocks of DxD pixels (their mean), in training and in "
-                        "'detect': for objects larger than the network's receptive field (26 px), "
-                        "choose the smallest D that makes one span < ~16 px (default 1)")
+                        "'detect', for objects larger than the network's receptive field (26 px). "
+                        "Default 'auto': measure the object in the crop and pick the D that brings it to "
+                        "about 18 px across (1 for objects up to ~26 px); give 1 to keep full resolution")
     _add_common_image_options(t)
     t.add_argument("-o", "--output", type=Path, required=True, help="model file to write")
     t.set_defaults(func=cmd_lodestar_train)

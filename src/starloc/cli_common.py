@@ -47,6 +47,16 @@ def positive(kind: type = float):
     return parse
 
 
+def downsample_factor(text: str) -> int | str:
+    """An argparse type: ``auto`` or a positive integer."""
+    if text == "auto":
+        return text
+    try:
+        return positive(int)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {text!r}") from None
+
+
 def at_least(minimum: int):
     """An argparse type: an integer >= ``minimum``."""
 
