@@ -213,6 +213,18 @@ def test_detect_tuning_options_reach_the_detection(scene, model_path, capsys):
         main([*common, "--radius", "0", "-o", str(folder / "bad.csv")])
 
 
+def test_detect_reads_a_folder_of_one_tiff_per_frame_as_the_stack(scene, model_path, tmp_path):
+    folder, _ = scene
+    (tmp_path / "seq").mkdir()
+    for i, frame in enumerate(tifffile.imread(folder / "scene.tif")):
+        tifffile.imwrite(tmp_path / "seq" / f"t{i}.tif", frame)
+    common = ["lodestar", "detect", "--model", str(model_path)]
+    assert main([*common, str(folder / "scene.tif"), "-o", str(tmp_path / "stack.csv")]) == 0
+    assert main([*common, str(tmp_path / "seq"), "-o", str(tmp_path / "seq.csv")]) == 0
+    for got, expected in zip(read_points_csv(tmp_path / "seq.csv")[:2], read_points_csv(tmp_path / "stack.csv")[:2]):
+        np.testing.assert_array_equal(got, expected)
+
+
 def test_detect_deblends_crowded_detections_unless_told_not_to(scene, model_path):
     from starloc.lodestar.detection import DetectParams, detect
     from starloc.lodestar.inference import detect_frames

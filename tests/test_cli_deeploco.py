@@ -78,6 +78,21 @@ def test_localize_writes_thunderstorm_csv_with_1_based_frames(folder, capsys):
     assert np.all((table["y"] > -400) & (table["y"] < 80 * 100 + 400))
 
 
+def test_localize_reads_a_folder_of_one_tiff_per_frame_as_the_stack(folder, tmp_path):
+    frames = tifffile.imread(folder / "stack.tif")
+    (tmp_path / "seq").mkdir()
+    for i, frame in enumerate(frames):
+        tifffile.imwrite(tmp_path / "seq" / f"img_{i + 1}.tif", frame)
+    common = ["deeploco", "localize", "--model", str(folder / "model.pt"), "--threshold", "0"]
+    assert main([*common, str(folder / "stack.tif"), "-o", str(tmp_path / "stack.csv")]) == 0
+    assert main([*common, str(tmp_path / "seq"), "--frames", "1:3", "-o", str(tmp_path / "seq.csv")]) == 0
+    whole, part = read_thunderstorm_csv(tmp_path / "stack.csv"), read_thunderstorm_csv(tmp_path / "seq.csv")
+    keep = whole["frame"] >= 1
+    assert len(part["frame"]) == int(keep.sum()) > 0
+    for key in ("frame", "x", "y"):
+        np.testing.assert_allclose(part[key], whole[key][keep])
+
+
 def test_localize_frames_and_picasso_output(folder, capsys):
     out = folder / "locs.hdf5"
     assert main(["deeploco", "localize", str(folder / "stack.tif"), "--model", str(folder / "model.pt"),

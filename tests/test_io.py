@@ -82,9 +82,42 @@ def test_read_missing_file(tmp_path):
     assert "nope.tif" in one_line(e)
 
 
-def test_read_directory(tmp_path):
-    with pytest.raises(InputError, match="directory"):
-        read_image(tmp_path)
+def _frames_folder(folder, frames, names):
+    folder.mkdir()
+    for frame, name in zip(frames, names):
+        tifffile.imwrite(folder / name, frame, photometric="minisblack")
+    return folder
+
+
+def test_read_folder_of_one_tiff_per_frame_lazily_in_natural_order(tmp_path):
+    frames = np.arange(4 * 5 * 6, dtype=np.uint16).reshape(4, 5, 6)
+    # written out of order, with unpadded numbers: frame 2 is "f10", after "f9"
+    folder = _frames_folder(tmp_path / "seq", frames, ["f1.tif", "f9.TIF", "f10.tiff", "f11.tif"])
+    (folder / "notes.txt").write_text("not an image")
+    stack = read_image(folder)
+    assert stack.shape == (4, 5, 6) and stack.dtype == np.uint16 and len(stack) == 4
+    np.testing.assert_array_equal(stack[1:3], frames[1:3])
+    np.testing.assert_array_equal(stack[-1], frames[-1])
+    np.testing.assert_array_equal(stack[0:4, 1:3, 2], frames[:, 1:3, 2])
+    np.testing.assert_array_equal(np.asarray(stack), frames)
+    chunks = list(iter_frame_chunks(stack, 3))
+    assert [start for start, _ in chunks] == [0, 3]
+    np.testing.assert_array_equal(np.concatenate([c for _, c in chunks])[:, 0], frames.astype(np.float32))
+
+
+def test_read_folder_errors_name_the_problem(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="folder without TIFF files"):
+        read_image(tmp_path / "empty")
+    stacked = _frames_folder(tmp_path / "stacks", [np.zeros((3, 8, 8), np.uint16)], ["a.tif"])
+    with pytest.raises(InputError, match="one 2D frame per file"):
+        read_image(stacked)
+    mixed = _frames_folder(tmp_path / "mixed", [np.zeros((8, 8), np.uint16), np.zeros((8, 9), np.uint16)],
+                           ["1.tif", "2.tif"])
+    stack = read_image(mixed)
+    np.testing.assert_array_equal(stack[0], np.zeros((8, 8)))
+    with pytest.raises(InputError, match=r"2\.tif.*shape \(8, 9\)"):
+        stack[0:2]
 
 
 def test_read_unsupported_suffix(tmp_path):

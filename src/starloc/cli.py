@@ -201,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = lsub.add_parser("detect", help="detect objects in every frame and write a CSV",
                         description="Write frame,row,col (pixels, frames 0-based) and features.")
-    d.add_argument("image", type=Path, help="TIFF (2D or T×Y×X) or .npy image")
+    d.add_argument("image", type=Path,
+                   help="TIFF (2D or T×Y×X) or .npy image, or a folder of one TIFF per frame")
     d.add_argument("--model", type=Path, required=True, help="model file from 'lodestar train'")
     d.add_argument("--single", action="store_true",
                    help="exactly one object per frame (weighted pooling of the whole frame)")

@@ -632,7 +632,8 @@ def add_commands(sub) -> None:
         description="Localize every frame of a TIFF/.npy stack (read chunk by chunk, tiled for the network). "
                     "Writes nm positions (corner origin) with a confidence column: a ThunderSTORM CSV "
                     "(frames 1-based, as ThunderSTORM) or Picasso HDF5 + YAML (frames 0-based).")
-    lo.add_argument("stack", type=Path, help="TIFF (T×H×W or H×W) or .npy stack, camera ADU by default")
+    lo.add_argument("stack", type=Path, help="TIFF (T×H×W or H×W) or .npy stack, or a folder of one TIFF per frame; "
+                         "camera ADU by default")
     lo.add_argument("--model", type=Path, required=True, help="model file from 'deeploco train'")
     lo.add_argument("-o", "--output", type=Path, required=True, help="output .csv (or .hdf5 for Picasso)")
     lo.add_argument("--pixel-size", type=float, default=None,

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError, ModelFileError, one_line
+from .tiff_folder import TIFF_SUFFIXES, read_tiff_folder
 
 __all__ = [
     "TIFF_SUFFIXES",
@@ -58,7 +59,6 @@ __all__ = [
 # Images
 # --------------------------------------------------------------------------------------
 
-TIFF_SUFFIXES = (".tif", ".tiff")
 IMAGE_SUFFIXES = TIFF_SUFFIXES + (".npy",)
 
 
@@ -69,8 +69,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     ``.npy`` files come back as a read-only :class:`numpy.memmap`, so a 20,000-frame stack
     costs nothing until frames are sliced (use :func:`iter_frame_chunks`). Compressed or
     non-contiguous TIFFs cannot be memory-mapped and are read fully. For multi-series TIFFs the
-    first series is returned. The array is returned as stored (no dtype conversion, no axis
-    interpretation): :func:`as_frames` does that.
+    first series is returned. A folder of single-frame TIFF files is read as a lazy stack,
+    one frame per file in the natural order of their names (:mod:`starloc.tiff_folder`). The
+    array is returned as stored (no dtype conversion, no axis interpretation):
+    :func:`as_frames` does that.
 
     Raises InputError for a missing, unreadable, corrupt or unsupported file.
     """
@@ -78,7 +80,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if not p.exists():
         raise InputError(f"image file {str(p)!r} not found")
     if p.is_dir():
-        raise InputError(f"{str(p)!r} is a directory, expected an image file (.tif, .tiff, .npy)")
+        return read_tiff_folder(p)
     suffix = p.suffix.lower()
     if suffix == ".npy":
         try:

@@ -54,6 +54,7 @@ from scipy.spatial import cKDTree
 from ..errors import InputError, StarlocWarning, one_line
 from ..io import read_image, select_frames
 from ..progress import finish
+from ..tiff_folder import read_tiff_folder
 from .camera import Camera
 from .network import CELL, CELL_ARCHITECTURES, inference_batch
 from .postprocess import cell_grid, concat_tables, empty_table, frame_separated, postprocess, sorted_by_frame
@@ -260,9 +261,20 @@ def _open_tiff(p: Path) -> FrameSource:
         raise InputError(f"cannot read {name} as a TIFF stack (truncated or corrupt?): {one_line(exc)}") from exc
 
 
+def _folder_source(folder: Path) -> FrameSource:
+    """A folder of one TIFF per frame (:func:`starloc.tiff_folder.read_tiff_folder`), with the
+    pixel size its first file states."""
+    import tifffile
+
+    frames = read_tiff_folder(folder)
+    with tifffile.TiffFile(frames.paths[0]) as tif:
+        pixel_size = tiff_pixel_size(tif)
+    return _array_source(frames, repr(str(folder)), pixel_size_nm=pixel_size)
+
+
 def open_stack(source: Any) -> FrameSource:
     """A :class:`FrameSource` over ``source``: a path to a TIFF (``.tif``/``.tiff``) or ``.npy``
-    stack (read lazily), a numpy array or memmap, any array-like with ``shape``, ``dtype`` and
+    stack (read lazily) or to a folder of one TIFF file per frame, a numpy array or memmap, any array-like with ``shape``, ``dtype`` and
     slicing along the first axis (zarr, dask, h5py), or a FrameSource (returned as is).
 
     ``(H, W)`` is one frame, ``(T, H, W)`` a stack; anything else (1D, 4D+, RGB) raises
@@ -275,7 +287,7 @@ def open_stack(source: Any) -> FrameSource:
         if not p.exists():
             raise InputError(f"stack file {str(p)!r} not found")
         if p.is_dir():
-            raise InputError(f"{str(p)!r} is a directory, expected a TIFF or .npy stack")
+            return _folder_source(p)
         suffix = p.suffix.lower()
         if suffix in (".tif", ".tiff"):
             return _open_tiff(p)
