@@ -175,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = lsub.add_parser("train", help="train a model from one or more crops of an image",
                         description="Train LodeSTAR on crops around single objects. Coordinates "
                                     "are pixels: ROW, COL of the crop's top-left pixel, then its size.")
-    t.add_argument("image", type=Path, help="TIFF (2D or T×Y×X) or .npy image")
+    t.add_argument("image", type=Path,
+                   help="TIFF (2D or T×Y×X) or .npy image, or a folder of one TIFF per frame")
     t.add_argument("--crop", nargs=4, type=float, action="append", required=True,
                    metavar=("ROW", "COL", "HEIGHT", "WIDTH"),
                    help="crop rectangle in pixels; repeat for several crops")
