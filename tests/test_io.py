@@ -59,12 +59,23 @@ def test_read_tiff_2d_and_uppercase_suffix(tmp_path):
     np.testing.assert_array_equal(read_image(path), data)
 
 
-def test_read_compressed_tiff_falls_back_to_full_read(tmp_path):
-    data = RNG.integers(0, 255, size=(3, 24, 24), dtype=np.uint8)
+def test_read_compressed_tiff_stack_page_by_page(tmp_path):
+    from starloc.lazy_tiff import TiffPages
+
+    data = RNG.integers(0, 255, size=(5, 24, 20), dtype=np.uint8)
     path = tmp_path / "zlib.tif"
     tifffile.imwrite(path, data, compression="zlib", photometric="minisblack")
     img = read_image(path)
-    np.testing.assert_array_equal(img, data)
+    assert isinstance(img, TiffPages) and img.shape == (5, 24, 20) and img.dtype == np.uint8
+    np.testing.assert_array_equal(img[1:4], data[1:4])
+    np.testing.assert_array_equal(img[-1, 2:5], data[-1, 2:5])
+    np.testing.assert_array_equal(np.asarray(img), data)
+    starts = [start for start, _ in iter_frame_chunks(img, 2)]
+    assert starts == [0, 2, 4]
+    img.close()
+    # a compressed single image is read whole
+    tifffile.imwrite(tmp_path / "one.tif", data[0], compression="zlib")
+    np.testing.assert_array_equal(read_image(tmp_path / "one.tif"), data[0])
 
 
 def test_read_npy_is_memmapped(tmp_path):

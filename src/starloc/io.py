@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError, ModelFileError, one_line
-from .tiff_folder import TIFF_SUFFIXES, read_tiff_folder
+from .lazy_tiff import TIFF_SUFFIXES, TiffPages, one_page_per_frame, read_tiff_folder
 
 __all__ = [
     "TIFF_SUFFIXES",
@@ -68,9 +68,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     The data are *not* loaded into memory when that can be avoided: uncompressed TIFFs and
     ``.npy`` files come back as a read-only :class:`numpy.memmap`, so a 20,000-frame stack
     costs nothing until frames are sliced (use :func:`iter_frame_chunks`). Compressed or
-    non-contiguous TIFFs cannot be memory-mapped and are read fully. For multi-series TIFFs the
+    non-contiguous TIFF stacks cannot be memory-mapped: those stored as one page per frame
+    are read page by page as they are sliced (:class:`starloc.lazy_tiff.TiffPages`), others
+    fully. For multi-series TIFFs the
     first series is returned. A folder of single-frame TIFF files is read as a lazy stack,
-    one frame per file in the natural order of their names (:mod:`starloc.tiff_folder`). The
+    one frame per file in the natural order of their names (:mod:`starloc.lazy_tiff`). The
     array is returned as stored (no dtype conversion, no axis interpretation):
     :func:`as_frames` does that.
 
@@ -98,8 +100,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         except tifffile.TiffFileError as exc:
             raise InputError(f"cannot read {str(p)!r}: not a valid TIFF file ({one_line(exc)})") from exc
         except Exception:
-            pass  # compressed, tiled, non-contiguous, truncated, ...: try a regular read
+            pass  # compressed, tiled, non-contiguous, truncated, ...: read by pages, or whole
         try:
+            if one_page_per_frame(p):
+                return TiffPages(p)
             return np.asarray(tifffile.imread(p))
         except Exception as exc:
             raise InputError(f"cannot read {str(p)!r} as a TIFF image (truncated or corrupt?): {one_line(exc)}") from exc

@@ -54,7 +54,7 @@ from scipy.spatial import cKDTree
 from ..errors import InputError, StarlocWarning, one_line
 from ..io import read_image, select_frames
 from ..progress import finish
-from ..tiff_folder import read_tiff_folder
+from ..lazy_tiff import read_tiff_folder
 from .camera import Camera
 from .network import CELL, CELL_ARCHITECTURES, inference_batch
 from .postprocess import cell_grid, concat_tables, empty_table, frame_separated, postprocess, sorted_by_frame
@@ -262,7 +262,7 @@ def _open_tiff(p: Path) -> FrameSource:
 
 
 def _folder_source(folder: Path) -> FrameSource:
-    """A folder of one TIFF per frame (:func:`starloc.tiff_folder.read_tiff_folder`), with the
+    """A folder of one TIFF per frame (:func:`starloc.lazy_tiff.read_tiff_folder`), with the
     pixel size its first file states."""
     import tifffile
 

@@ -1,0 +1,163 @@
+"""TIFF data read lazily, frame by frame: a folder of single-frame files, or a compressed stack.
+
+Cameras and acquisition software often write one file per frame (``img_000001.tif``, …), and
+the SMLM challenges distribute their sequences that way as well. :func:`read_tiff_folder`
+returns a :class:`TiffFolder`: an array-like with ``shape``, ``dtype`` and slicing along
+the frame axis that reads only the files a slice asks for, so
+:func:`starloc.io.iter_frame_chunks` streams it like a memory-mapped stack. Frames are
+ordered by file name, with runs of digits compared as numbers (``2.tif`` before ``10.tif``).
+Every file must hold one image of the first file's shape and dtype.
+
+A compressed TIFF stack cannot be memory-mapped; :class:`TiffPages` reads the pages (one per
+frame) that a slice asks for instead of the whole file.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError, one_line
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def natural_key(name: str) -> list:
+    """Sort key that compares runs of digits as numbers: ``f2`` < ``f10``."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part.lower()) for part in re.split(r"(\d+)", name)]
+
+
+def _page_shape_and_dtype(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of the image in a TIFF file, without reading its pixels."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            return tuple(series.shape), np.dtype(series.dtype)
+    except Exception as exc:
+        raise InputError(f"cannot read {str(path)!r} as a TIFF image: {one_line(exc)}") from exc
+
+
+class _LazyFrames:
+    """An array-like ``(T, *frame_shape)`` whose frames are read one by one (``_frame``) when a
+    slice along the first axis asks for them."""
+
+    def __init__(self, n_frames: int, frame_shape: tuple[int, ...], dtype: np.dtype):
+        self.n_frames = int(n_frames)
+        self.frame_shape = tuple(frame_shape)
+        self.dtype = np.dtype(dtype)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.n_frames, *self.frame_shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.n_frames
+
+    def _frame(self, index: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        first, rest = (key[0], key[1:]) if key else (slice(None), ())
+        if isinstance(first, (int, np.integer)):
+            return self._frame(range(len(self))[first])[rest]
+        if not isinstance(first, slice):
+            raise TypeError(f"frames are indexed by an integer or a slice, not {first!r}")
+        indices = range(len(self))[first]
+        out = np.empty((len(indices), *self.frame_shape), dtype=self.dtype)
+        for i, index in enumerate(indices):
+            out[i] = self._frame(index)
+        return out[(slice(None), *rest)]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
+class TiffFolder(_LazyFrames):
+    """Lazy ``(T, *frame_shape)`` stack of the TIFF files ``paths``, one frame each."""
+
+    def __init__(self, paths: list[Path], frame_shape: tuple[int, ...], dtype: np.dtype):
+        super().__init__(len(paths), frame_shape, dtype)
+        self.paths = list(paths)
+
+    def _frame(self, index: int) -> np.ndarray:
+        import tifffile
+
+        path = self.paths[index]
+        try:
+            frame = np.asarray(tifffile.imread(path))
+        except Exception as exc:
+            raise InputError(f"cannot read {str(path)!r} as a TIFF image: {one_line(exc)}") from exc
+        if frame.shape != self.frame_shape or frame.dtype != self.dtype:
+            raise InputError(
+                f"{str(path)!r} holds a {frame.dtype} image of shape {frame.shape}, unlike the folder's first "
+                f"file ({self.dtype}, {self.frame_shape}): a folder is read as one frame of one shape per file"
+            )
+        return frame
+
+
+
+class TiffPages(_LazyFrames):
+    """Lazy ``(T, H, W)`` stack of a TIFF file whose first series holds one page per frame
+    (e.g. compressed): a slice reads only its pages. Keeps the file open while it lives."""
+
+    def __init__(self, path: Path):
+        import tifffile
+
+        self.path = Path(path)
+        self._tif = tifffile.TiffFile(self.path)
+        series = self._tif.series[0]
+        super().__init__(series.shape[0], tuple(series.shape[1:]), series.dtype)
+
+    def _frame(self, index: int) -> np.ndarray:
+        try:
+            return np.asarray(self._tif.asarray(key=index, series=0)).reshape(self.frame_shape)
+        except Exception as exc:
+            raise InputError(f"cannot read frame {index} of {str(self.path)!r} (truncated or corrupt?): "
+                             f"{one_line(exc)}") from exc
+
+    def close(self) -> None:
+        self._tif.close()
+
+    def __del__(self):
+        tif = getattr(self, "_tif", None)
+        if tif is not None:
+            tif.close()
+
+
+def one_page_per_frame(path: Path) -> bool:
+    """Whether the first series of the TIFF at ``path`` is a ``(T, H, W)`` stack stored as one
+    page per frame (so that :class:`TiffPages` can read it frame by frame)."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        return len(series.shape) == 3 and len(series.pages) == series.shape[0] > 1
+
+
+def read_tiff_folder(folder: str | Path) -> TiffFolder:
+    """The TIFF files of ``folder`` (not its sub-folders) as a lazy stack, in natural order of
+    their names. InputError when it holds none, or when its first file holds more than one
+    frame (give that file itself)."""
+    folder = Path(folder)
+    paths = sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES
+                    and not p.name.startswith(".")), key=lambda p: natural_key(p.name))
+    if not paths:
+        raise InputError(f"{str(folder)!r} is a folder without TIFF files (.tif, .tiff); give an image file "
+                         "or a folder of one TIFF per frame")
+    shape, dtype = _page_shape_and_dtype(paths[0])
+    is_colour = len(shape) == 3 and shape[-1] in (3, 4)
+    if len(shape) != 2 and not is_colour:
+        raise InputError(f"{str(paths[0])!r} in folder {str(folder)!r} holds an image of shape {shape}: a folder "
+                         "is read as one 2D frame per file; give a multi-frame TIFF as a file, not its folder")
+    return TiffFolder(paths, shape, dtype)
