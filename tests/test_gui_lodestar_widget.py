@@ -28,6 +28,7 @@ from starloc.gui.lodestar_source import (  # noqa: E402
     rectangles_in_image,
 )
 from starloc.lodestar.detection import Detections  # noqa: E402
+from starloc.lodestar.network import NetworkConfig  # noqa: E402
 from starloc.errors import InputError  # noqa: E402
 from starloc.io import read_points_csv  # noqa: E402
 from starloc.lodestar.training import TrainConfig, train  # noqa: E402
@@ -283,6 +284,8 @@ def test_downsampling_sets_the_smallest_crop_and_advanced_settings_reach_the_tra
     viewer.add_image(image, name="scene", scale=SCALE, translate=TRANSLATE)
     _draw(widget, truth[0])
     assert widget.crops()[1][0].shape[-2:] == (CROP, CROP)
+    widget.downsample_auto.setChecked(False)
+    assert widget.downsample_spin.isEnabled()
     widget.downsample_spin.setValue(2)
     assert widget.train_config().downsample == 2
     assert widget.train_config().shot_noise == TrainConfig.shot_noise
@@ -313,8 +316,27 @@ def test_crop_info_suggests_downsampling_for_a_large_object(make_napari_viewer, 
     viewer, widget = _widget(make_napari_viewer, steps=3)
     viewer.add_image(np.random.default_rng(0).poisson(ring).astype(np.float32), name="ring")
     _draw(widget, (50.0, 50.0), size=80)
+    # Auto (the default): the ring, ~54 px across, is trained downsampled by 3
     widget._update_crop_preview()
-    assert "object ≈" in widget.crop_info.text() and "Downsample 3 suggested" in widget.crop_info.text()
+    assert "object ≈" in widget.crop_info.text() and "Downsample 3 (auto)" in widget.crop_info.text()
+    assert widget.downsample_spin.value() == 3 and not widget.downsample_spin.isEnabled()
+    assert widget.min_crop_size == TINY.receptive_field
+    # the default network sees 26 px: a crop of 72 px holds 2 of them, so Auto takes 2 and says
+    # what 3 needs
+    widget.set_network_config(NetworkConfig())
+    viewer.layers[CROP_LAYER].data = []
+    _draw(widget, (50.0, 50.0), size=72)
+    widget._update_crop_preview()
+    assert "Downsample 2 (auto); 3 needs a crop of ≥ 78 px" in widget.crop_info.text()
+    widget.use_threads = False
+    assert widget.train() is None and widget.model.downsample == 2
+    # set by hand: a suggestion instead
+    widget.downsample_auto.setChecked(False)
+    widget.downsample_spin.setValue(1)
+    viewer.layers[CROP_LAYER].data = []
+    _draw(widget, (50.0, 50.0), size=80)
+    widget._update_crop_preview()
+    assert "Downsample 3 suggested" in widget.crop_info.text() and widget.downsample_spin.value() == 1
     widget.downsample_spin.setValue(3)
     widget._update_crop_preview()
     assert "suggested" not in widget.crop_info.text()

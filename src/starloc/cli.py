@@ -22,14 +22,10 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 
-def _auto_downsample(crops, suggested: int, extent: float, field: int) -> int:
-    """``--downsample auto``: the suggested factor (an object about 18 px across once
-    downsampled), lowered to what the smallest crop allows (``field`` px, the receptive field,
-    after downsampling); says on stderr what it chose when that is not 1."""
+def _announce_downsample(downsample: int, suggested: int, extent: float, field: int, smallest: int) -> None:
+    """Say on stderr what ``--downsample auto`` chose, when that is not 1 or not the suggestion."""
     from tqdm import tqdm
 
-    smallest = min(min(c.shape[-2:]) for c in crops)
-    downsample = max(1, min(suggested, smallest // field))
     if downsample < suggested:
         warnings.warn(f"the object in the crop is about {extent:.0f} px across, more than the network sees whole; "
                       f"--downsample {suggested} would fit it but needs a crop of at least {field * suggested} px "
@@ -38,13 +34,12 @@ def _auto_downsample(crops, suggested: int, extent: float, field: int) -> int:
         tqdm.write(f"starloc: the object in the crop is about {extent:.0f} px across: training on images "
                    f"downsampled by {downsample} (--downsample auto; give --downsample 1 to keep full resolution)",
                    file=sys.stderr)
-    return downsample
 
 
 def cmd_lodestar_train(args) -> int:
     from starloc.io import read_image
     from starloc.lodestar.crop_content import crops_with_several_objects
-    from starloc.lodestar.downsampling import suggest_downsample
+    from starloc.lodestar.downsampling import auto_downsample, suggest_downsample
     from starloc.lodestar.inference import extract_crops
     from starloc.lodestar.network import NetworkConfig
     from starloc.lodestar.training import TrainConfig, train
@@ -54,10 +49,11 @@ def cmd_lodestar_train(args) -> int:
     auto = args.downsample == "auto"
     crops = extract_crops(image, args.crop, frame=args.frame, min_size=field * (1 if auto else args.downsample),
                           rgb=args.rgb, channel_axis=args.channel_axis)
-    suggested, extent = suggest_downsample(crops)
     if auto:
-        downsample = _auto_downsample(crops, suggested, extent, field)
+        downsample, suggested, extent = auto_downsample(crops, field)
+        _announce_downsample(downsample, suggested, extent, field, min(min(c.shape[-2:]) for c in crops))
     else:
+        suggested, extent = suggest_downsample(crops)
         downsample = args.downsample
         if suggested > downsample:
             warnings.warn(f"the object in the crop is about {extent:.0f} px across, more than the network sees "

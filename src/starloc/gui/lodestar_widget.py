@@ -68,7 +68,7 @@ from starloc.gui.lodestar_source import (
 )
 from starloc.lodestar.crop_content import crops_with_several_objects
 from starloc.lodestar.detection import CUTOFF_MODES, DetectParams
-from starloc.lodestar.downsampling import suggest_downsample
+from starloc.lodestar.downsampling import auto_downsample, suggest_downsample
 from starloc.lodestar.inference import extract_crops
 from starloc.lodestar.model import LodeSTAR
 from starloc.lodestar.network import NetworkConfig
@@ -270,7 +270,17 @@ class LodeSTARWidget(QWidget):
             "For objects larger than the receptive field: the smallest D that makes one span < ~16 px",
         )
         self.downsample_spin.valueChanged.connect(self._update_rf_label)
-        adv.addRow("Downsample", self.downsample_spin)
+        self.downsample_auto = QCheckBox("Auto")
+        self.downsample_auto.setChecked(True)
+        self.downsample_auto.setToolTip(
+            "Set Downsample from the size of the object in the crop (as far as the crop allows: at least "
+            "the receptive field once downsampled); untick to set it yourself")
+        self.downsample_auto.toggled.connect(self._on_downsample_auto)
+        self.downsample_spin.setEnabled(False)
+        row = QHBoxLayout()
+        row.addWidget(self.downsample_spin)
+        row.addWidget(self.downsample_auto)
+        adv.addRow("Downsample", row)
         self.rf_label = QLabel()
         adv.addRow("Receptive field", self.rf_label)
         adv_outer.addWidget(self._advanced_content)
@@ -368,8 +378,14 @@ class LodeSTARWidget(QWidget):
 
     @property
     def min_crop_size(self) -> int:
-        """Smallest crop side (image px): the receptive field, downsampling included."""
-        return self.network_config.receptive_field * self.downsample_spin.value()
+        """Smallest crop side (image px): the receptive field, downsampling included (with
+        Auto, the factor adapts to the crop, so the receptive field itself)."""
+        factor = 1 if self.downsample_auto.isChecked() else self.downsample_spin.value()
+        return self.network_config.receptive_field * factor
+
+    def _on_downsample_auto(self, auto: bool) -> None:
+        self.downsample_spin.setEnabled(not auto)
+        self._update_rf_label()
 
     def _update_rf_label(self, *_) -> None:
         rf = self.min_crop_size
@@ -563,7 +579,15 @@ class LodeSTARWidget(QWidget):
         return boxes, crops, frame, src
 
     def _downsample_hint(self, crops) -> str:
-        """A note when the object's size calls for another Downsample value."""
+        """With Auto: set Downsample for these crops and say so when it is not 1; else a note
+        when the object's size calls for another value."""
+        if self.downsample_auto.isChecked():
+            factor, suggested, extent = auto_downsample(crops, self.network_config.receptive_field)
+            self.downsample_spin.setValue(factor)
+            if factor < suggested:
+                return (f"; object ≈ {extent:.0f} px across: Downsample {factor} (auto); {suggested} needs a crop "
+                        f"of ≥ {suggested * self.network_config.receptive_field} px")
+            return f"; object ≈ {extent:.0f} px across: Downsample {factor} (auto)" if factor > 1 else ""
         suggested, extent = suggest_downsample(crops)
         if suggested == self.downsample_spin.value():
             return ""
@@ -702,6 +726,7 @@ class LodeSTARWidget(QWidget):
         except InputError as exc:
             show_error(f"LodeSTAR: {exc}")
             return None
+        self._downsample_hint(crops)  # with Auto, the factor for these crops
         config = self.train_config()
         augment = self.augment_check.isChecked()
         key = (src.name, frame, augment)

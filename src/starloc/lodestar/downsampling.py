@@ -55,3 +55,12 @@ def suggest_downsample(crops) -> tuple[int, float]:
     :func:`object_extent` among them (px)."""
     extent = max(object_extent(c) for c in crops)
     return downsample_for(extent), extent
+
+
+def auto_downsample(crops, receptive_field: int) -> tuple[int, int, float]:
+    """``(factor, suggested, extent)``: the :func:`suggest_downsample` factor for these crops,
+    lowered to what the smallest crop allows (its side must span ``receptive_field`` px once
+    downsampled), with the suggested factor and the object's extent (px) for the message."""
+    suggested, extent = suggest_downsample(crops)
+    smallest = min(min(np.shape(c)[-2:]) for c in crops)
+    return max(1, min(suggested, smallest // receptive_field)), suggested, extent
