@@ -27,7 +27,7 @@ from starloc.gui.lodestar_source import (  # noqa: E402
     points_in_image,
     rectangles_in_image,
 )
-from starloc.lodestar.detection import Detections  # noqa: E402
+from starloc.lodestar.detection import DetectParams, Detections  # noqa: E402
 from starloc.lodestar.network import NetworkConfig  # noqa: E402
 from starloc.errors import InputError  # noqa: E402
 from starloc.io import read_points_csv  # noqa: E402
@@ -145,6 +145,18 @@ def test_train_in_a_worker_then_tune_save_load_and_export(make_napari_viewer, qt
     assert not widget.detect_params().deblend and widget._maps is maps
     with qtbot.waitSignal(widget.detection_updated, timeout=5000):
         widget.deblend_check.setChecked(True)
+    # Min weight (as --min-weight) reaches the detection: the layer holds what the core keeps on
+    # the same maps with it (this model saturates its weights on the spots: 1.0 drops one).
+    assert widget.detect_params().min_weight == DetectParams().min_weight
+    n_default = len(points.data)
+    with qtbot.waitSignal(widget.detection_updated, timeout=5000):
+        widget.min_weight_spin.setValue(1.0)
+    strict = lw.run_detect(widget.model, widget._frame, widget._maps, widget.detect_params(), False).detections
+    assert widget.detect_params().min_weight == 1.0
+    assert len(points.data) == len(strict) < n_default, (len(points.data), n_default)
+    with qtbot.waitSignal(widget.detection_updated, timeout=5000):
+        widget.min_weight_spin.setValue(DetectParams().min_weight)
+    assert len(points.data) == n_default
     # Deblending runs the network: above deblend_worker_pixels detection goes to a worker.
     widget.deblend_worker_pixels = 0
     with _wait_job(qtbot, widget, "detect") as blocker, qtbot.waitSignal(widget.detection_updated, timeout=5000):

@@ -324,6 +324,11 @@ class LodeSTARWidget(QWidget):
         form.addRow("Cutoff mode", self.mode_combo)
         self.cutoff_spin = self._float_spin(0.0, 1.0, defaults.cutoff, 4, 0.01)
         form.addRow("Cutoff", self.cutoff_spin)
+        self.min_weight_spin = self._float_spin(0.0, 1.0, defaults.min_weight, 4, 0.001)
+        self.min_weight_spin.setToolTip(
+            "Keep a detection only if one of the predictions it is refined from weighs at least this (empty "
+            "background has none). Lower it when objects unlike the cropped one (another size) are missed")
+        form.addRow("Min weight", self.min_weight_spin)
         self.augment_check = QCheckBox("Average 8 rotations/flips (8× slower)")
         form.addRow(self.augment_check)
         self.deblend_check = QCheckBox("Deblend crowded objects")
@@ -332,7 +337,7 @@ class LodeSTARWidget(QWidget):
                                       "out (more accurate in crowded images, a little slower)")
         form.addRow(self.deblend_check)
         det_layout.addLayout(form)
-        for spin in (self.alpha_spin, self.beta_spin, self.cutoff_spin):
+        for spin in (self.alpha_spin, self.beta_spin, self.cutoff_spin, self.min_weight_spin):
             spin.valueChanged.connect(self._schedule_detect)
         self.mode_combo.currentTextChanged.connect(self._on_mode_changed)
         self.augment_check.toggled.connect(self._on_augment_changed)
@@ -422,6 +427,7 @@ class LodeSTARWidget(QWidget):
             alpha=self.alpha_spin.value(),
             beta=None if beta <= self.beta_spin.minimum() else beta,
             cutoff=self.cutoff_spin.value(),
+            min_weight=self.min_weight_spin.value(),
             mode=self.mode_combo.currentText(),
             deblend=self.deblend_check.isChecked(),
         )
