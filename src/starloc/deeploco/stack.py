@@ -53,8 +53,8 @@ from scipy.spatial import cKDTree
 
 from ..errors import InputError, StarlocWarning, one_line
 from ..io import read_image, select_frames
-from ..progress import finish
 from ..lazy_tiff import read_tiff_folder
+from ..progress import finish
 from .camera import Camera
 from .network import CELL, CELL_ARCHITECTURES, inference_batch
 from .postprocess import cell_grid, concat_tables, empty_table, frame_separated, postprocess, sorted_by_frame
@@ -274,8 +274,9 @@ def _folder_source(folder: Path) -> FrameSource:
 
 def open_stack(source: Any) -> FrameSource:
     """A :class:`FrameSource` over ``source``: a path to a TIFF (``.tif``/``.tiff``) or ``.npy``
-    stack (read lazily) or to a folder of one TIFF file per frame, a numpy array or memmap, any array-like with ``shape``, ``dtype`` and
-    slicing along the first axis (zarr, dask, h5py), or a FrameSource (returned as is).
+    stack (read lazily) or to a folder of one TIFF file per frame, a numpy array or memmap,
+    any array-like with ``shape``, ``dtype`` and slicing along the first axis (zarr, dask,
+    h5py), or a FrameSource (returned as is).
 
     ``(H, W)`` is one frame, ``(T, H, W)`` a stack; anything else (1D, 4D+, RGB) raises
     InputError, as do empty stacks, non-numeric data and missing or unreadable files.

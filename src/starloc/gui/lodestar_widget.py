@@ -584,12 +584,21 @@ class LodeSTARWidget(QWidget):
         crops = extract_crops(src.data, boxes, frame=frame, min_size=self.min_crop_size, rgb=src.rgb)
         return boxes, crops, frame, src
 
+    def _apply_auto_downsample(self, crops) -> tuple[int, int, float] | None:
+        """With Auto ticked: set Downsample for these crops and return ``(factor, suggested,
+        extent)`` (see :func:`~starloc.lodestar.downsampling.auto_downsample`); else None."""
+        if not self.downsample_auto.isChecked():
+            return None
+        chosen = auto_downsample(crops, self.network_config.receptive_field)
+        self.downsample_spin.setValue(chosen[0])
+        return chosen
+
     def _downsample_hint(self, crops) -> str:
-        """With Auto: set Downsample for these crops and say so when it is not 1; else a note
-        when the object's size calls for another value."""
-        if self.downsample_auto.isChecked():
-            factor, suggested, extent = auto_downsample(crops, self.network_config.receptive_field)
-            self.downsample_spin.setValue(factor)
+        """With Auto: the factor it set, when not 1; else a note when the object's size calls
+        for another value."""
+        chosen = self._apply_auto_downsample(crops)
+        if chosen is not None:
+            factor, suggested, extent = chosen
             if factor < suggested:
                 return (f"; object ≈ {extent:.0f} px across: Downsample {factor} (auto); {suggested} needs a crop "
                         f"of ≥ {suggested * self.network_config.receptive_field} px")
@@ -732,7 +741,7 @@ class LodeSTARWidget(QWidget):
         except InputError as exc:
             show_error(f"LodeSTAR: {exc}")
             return None
-        self._downsample_hint(crops)  # with Auto, the factor for these crops
+        self._apply_auto_downsample(crops)
         config = self.train_config()
         augment = self.augment_check.isChecked()
         key = (src.name, frame, augment)
