@@ -39,7 +39,7 @@ def _announce_downsample(downsample: int, suggested: int, extent: float, field: 
 def cmd_lodestar_train(args) -> int:
     from starloc.io import read_image
     from starloc.lodestar.crop_content import crops_with_several_objects
-    from starloc.lodestar.downsampling import auto_downsample, suggest_downsample
+    from starloc.lodestar.downsampling import auto_downsample, smallest_side, suggest_downsample
     from starloc.lodestar.inference import extract_crops
     from starloc.lodestar.network import NetworkConfig
     from starloc.lodestar.training import TrainConfig, train
@@ -51,7 +51,7 @@ def cmd_lodestar_train(args) -> int:
                           rgb=args.rgb, channel_axis=args.channel_axis)
     if auto:
         downsample, suggested, extent = auto_downsample(crops, field)
-        _announce_downsample(downsample, suggested, extent, field, min(min(c.shape[-2:]) for c in crops))
+        _announce_downsample(downsample, suggested, extent, field, smallest_side(crops))
     else:
         suggested, extent = suggest_downsample(crops)
         downsample = args.downsample

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError, ModelFileError, one_line
-from .lazy_tiff import TIFF_SUFFIXES, TiffPages, one_page_per_frame, read_tiff_folder
+from .lazy_tiff import TIFF_SUFFIXES, open_paged_stack, read_tiff_folder
 
 __all__ = [
     "TIFF_SUFFIXES",
@@ -70,11 +70,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     costs nothing until frames are sliced (use :func:`iter_frame_chunks`). Compressed or
     non-contiguous TIFF stacks cannot be memory-mapped: those stored as one page per frame
     are read page by page as they are sliced (:class:`starloc.lazy_tiff.TiffPages`), others
-    fully. For multi-series TIFFs the
-    first series is returned. A folder of single-frame TIFF files is read as a lazy stack,
-    one frame per file in the natural order of their names (:mod:`starloc.lazy_tiff`). The
-    array is returned as stored (no dtype conversion, no axis interpretation):
-    :func:`as_frames` does that.
+    fully. For multi-series TIFFs the first series is returned. A folder of single-frame TIFF
+    files is read as a lazy stack, one frame per file in the natural order of their names
+    (:mod:`starloc.lazy_tiff`). The array is returned as stored (no dtype conversion, no axis
+    interpretation): :func:`as_frames` does that.
 
     Raises InputError for a missing, unreadable, corrupt or unsupported file.
     """
@@ -102,9 +101,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         except Exception:
             pass  # compressed, tiled, non-contiguous, truncated, ...: read by pages, or whole
         try:
-            if one_page_per_frame(p):
-                return TiffPages(p)
-            return np.asarray(tifffile.imread(p))
+            paged = open_paged_stack(p)
+            return paged if paged is not None else np.asarray(tifffile.imread(p))
         except Exception as exc:
             raise InputError(f"cannot read {str(p)!r} as a TIFF image (truncated or corrupt?): {one_line(exc)}") from exc
     raise InputError(

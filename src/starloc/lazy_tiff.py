@@ -62,21 +62,19 @@ class _LazyFrames:
     def __len__(self) -> int:
         return self.n_frames
 
-    def _frame(self, index: int) -> np.ndarray:
+    def _read(self, indices: range) -> np.ndarray:
+        """Frames ``indices`` as ``(len(indices), *frame_shape)``."""
         raise NotImplementedError
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
         first, rest = (key[0], key[1:]) if key else (slice(None), ())
         if isinstance(first, (int, np.integer)):
-            return self._frame(range(len(self))[first])[rest]
+            index = range(len(self))[first]
+            return self._read(range(index, index + 1))[0][rest]
         if not isinstance(first, slice):
             raise TypeError(f"frames are indexed by an integer or a slice, not {first!r}")
-        indices = range(len(self))[first]
-        out = np.empty((len(indices), *self.frame_shape), dtype=self.dtype)
-        for i, index in enumerate(indices):
-            out[i] = self._frame(index)
-        return out[(slice(None), *rest)]
+        return self._read(range(len(self))[first])[(slice(None), *rest)]
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         out = self[:]
@@ -90,10 +88,15 @@ class TiffFolder(_LazyFrames):
         super().__init__(len(paths), frame_shape, dtype)
         self.paths = list(paths)
 
-    def _frame(self, index: int) -> np.ndarray:
+    def _read(self, indices: range) -> np.ndarray:
+        out = np.empty((len(indices), *self.frame_shape), dtype=self.dtype)
+        for i, index in enumerate(indices):
+            out[i] = self._file(self.paths[index])
+        return out
+
+    def _file(self, path: Path) -> np.ndarray:
         import tifffile
 
-        path = self.paths[index]
         try:
             frame = np.asarray(tifffile.imread(path))
         except Exception as exc:
@@ -108,23 +111,22 @@ class TiffFolder(_LazyFrames):
 
 
 class TiffPages(_LazyFrames):
-    """Lazy ``(T, H, W)`` stack of a TIFF file whose first series holds one page per frame
-    (e.g. compressed): a slice reads only its pages. Keeps the file open while it lives."""
+    """Lazy ``(T, H, W)`` stack of an open :class:`tifffile.TiffFile` whose first series holds
+    one page per frame (e.g. compressed): a slice reads only its pages. Closed with
+    :meth:`close` or when it is collected."""
 
-    def __init__(self, path: Path):
-        import tifffile
-
-        self.path = Path(path)
-        self._tif = tifffile.TiffFile(self.path)
-        series = self._tif.series[0]
+    def __init__(self, tif, name: str):
+        self._tif, self.name = tif, name
+        series = tif.series[0]
         super().__init__(series.shape[0], tuple(series.shape[1:]), series.dtype)
 
-    def _frame(self, index: int) -> np.ndarray:
+    def _read(self, indices: range) -> np.ndarray:
         try:
-            return np.asarray(self._tif.asarray(key=index, series=0)).reshape(self.frame_shape)
+            pages = self._tif.asarray(key=indices, series=0)
         except Exception as exc:
-            raise InputError(f"cannot read frame {index} of {str(self.path)!r} (truncated or corrupt?): "
-                             f"{one_line(exc)}") from exc
+            raise InputError(f"cannot read frames {indices.start}..{indices.stop - 1} of {self.name} (truncated or "
+                             f"corrupt?): {one_line(exc)}") from exc
+        return np.asarray(pages).reshape(len(indices), *self.frame_shape)
 
     def close(self) -> None:
         self._tif.close()
@@ -135,14 +137,27 @@ class TiffPages(_LazyFrames):
             tif.close()
 
 
-def one_page_per_frame(path: Path) -> bool:
-    """Whether the first series of the TIFF at ``path`` is a ``(T, H, W)`` stack stored as one
-    page per frame (so that :class:`TiffPages` can read it frame by frame)."""
+def is_paged_stack(tif) -> bool:
+    """Whether the first series of an open :class:`tifffile.TiffFile` is a ``(T, H, W)`` stack
+    stored as one page per frame (so that :class:`TiffPages` can read it frame by frame)."""
+    series = tif.series[0]
+    return len(series.shape) == 3 and len(series.pages) == series.shape[0] > 1
+
+
+def open_paged_stack(path: Path) -> TiffPages | None:
+    """:class:`TiffPages` over the TIFF at ``path`` if it is a paged stack (see
+    :func:`is_paged_stack`), else None (and the file is closed)."""
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        return len(series.shape) == 3 and len(series.pages) == series.shape[0] > 1
+    tif = tifffile.TiffFile(path)
+    try:
+        if is_paged_stack(tif):
+            return TiffPages(tif, repr(str(path)))
+    except Exception:
+        tif.close()
+        raise
+    tif.close()
+    return None
 
 
 def read_tiff_folder(folder: str | Path) -> TiffFolder:

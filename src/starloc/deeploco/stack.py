@@ -53,7 +53,7 @@ from scipy.spatial import cKDTree
 
 from ..errors import InputError, StarlocWarning, one_line
 from ..io import read_image, select_frames
-from ..lazy_tiff import read_tiff_folder
+from ..lazy_tiff import TiffPages, is_paged_stack, read_tiff_folder
 from ..progress import finish
 from .camera import Camera
 from .network import CELL, CELL_ARCHITECTURES, inference_batch
@@ -234,7 +234,7 @@ def _open_tiff(p: Path) -> FrameSource:
         series = tif.series[0]
         shape, dtype = tuple(series.shape), series.dtype
         rgb = "S" in str(getattr(series, "axes", "")) and len(shape) == 3 and shape[-1] in (3, 4)
-        full = _check_layout(shape, dtype, name, rgb=rgb)
+        _check_layout(shape, dtype, name, rgb=rgb)
         pixel_size = tiff_pixel_size(tif)
         try:  # uncompressed and contiguous: memory-map (nothing is read until sliced)
             mm = tifffile.memmap(p, mode="r", series=0)
@@ -243,12 +243,8 @@ def _open_tiff(p: Path) -> FrameSource:
         if mm is not None and tuple(mm.shape) == shape:
             tif.close()
             return _array_source(mm, name, pixel_size)
-        pages = len(series.pages)
-        if len(shape) == 3 and pages == shape[0]:  # one page per frame: read only the pages asked for
-            def reader(start: int, stop: int) -> Any:
-                return tif.asarray(key=range(start, stop), series=0)
-
-            return FrameSource(full, dtype, reader, name=name, pixel_size_nm=pixel_size, closer=tif.close)
+        if is_paged_stack(tif):  # one page per frame: read only the pages asked for
+            return _array_source(TiffPages(tif, name), name, pixel_size, closer=tif.close)
         # anything else (e.g. one compressed page holding several frames): read it all
         data = series.asarray()
         tif.close()

@@ -62,5 +62,9 @@ def auto_downsample(crops, receptive_field: int) -> tuple[int, int, float]:
     lowered to what the smallest crop allows (its side must span ``receptive_field`` px once
     downsampled), with the suggested factor and the object's extent (px) for the message."""
     suggested, extent = suggest_downsample(crops)
-    smallest = min(min(np.shape(c)[-2:]) for c in crops)
-    return max(1, min(suggested, smallest // receptive_field)), suggested, extent
+    return max(1, min(suggested, smallest_side(crops) // receptive_field)), suggested, extent
+
+
+def smallest_side(crops) -> int:
+    """The shortest side (px) among ``(H, W)`` or ``(C, H, W)`` crops."""
+    return min(min(np.shape(c)[-2:]) for c in crops)

@@ -129,11 +129,7 @@ def pooled_weights(rho: torch.Tensor, dropout: float, generator: torch.Generator
 def self_distillation_losses(model, images, transform, generator, copies, dropout, gain=1.0):
     """The two LodeSTAR losses for a batch ``(S, C, H, W)`` of normalized crops."""
     s, _, h, w = images.shape
-    batch = images.repeat_interleave(copies, dim=0)
-    params = transform.sample(batch.shape, generator, device=batch.device)
-    batch = normalize(transform.apply(batch, params), model.normalization)
-    if gain > 1:
-        batch = batch * log_uniform(batch.shape[0], 1.0, gain, generator, batch.device).view(-1, 1, 1, 1)
+    batch, params = transformed_copies(model, images.repeat_interleave(copies, dim=0), transform, generator, gain)
     P, rho = model.forward_normalized(batch, origin=((h - 1) / 2, (w - 1) / 2))
     wn = pooled_weights(rho, dropout, generator)[:, None]
     pooled = (P * wn).sum(dim=(2, 3))
@@ -141,6 +137,18 @@ def self_distillation_losses(model, images, transform, generator, copies, dropou
     consistency = (back - back.mean(dim=1, keepdim=True)).abs().mean()
     within = ((P - pooled[..., None, None]).abs() * wn).sum(dim=(2, 3)).mean()
     return consistency, within
+
+
+def transformed_copies(model: LodeSTAR, batch: torch.Tensor, transform: Compose, generator: torch.Generator,
+                       gain: float = 1.0) -> tuple[torch.Tensor, list]:
+    """Training copies of a batch of normalized crops: each transformed (warp, then noise),
+    normalized again as the model normalizes its input, and scaled by a log-uniform gain in
+    ``[1, gain]``; with the transforms' parameters (to invert the properties)."""
+    params = transform.sample(batch.shape, generator, device=batch.device)
+    batch = normalize(transform.apply(batch, params), model.normalization)
+    if gain > 1:
+        batch = batch * log_uniform(batch.shape[0], 1.0, gain, generator, batch.device).view(-1, 1, 1, 1)
+    return batch, params
 
 
 def augmentation(config: TrainConfig) -> Compose:
@@ -236,11 +244,8 @@ def measure_position_offset(model: LodeSTAR, groups: list[list[torch.Tensor]], t
     per_crop = max(2, -(-copies // sum(len(group) for group in groups)))
     diffs = []
     for group in groups:
-        batch = torch.stack(group).repeat_interleave(per_crop, dim=0)
-        params = transform.sample(batch.shape, generator, device=batch.device)
-        batch = normalize(transform.apply(batch, params), model.normalization)
-        if gain > 1:
-            batch = batch * log_uniform(batch.shape[0], 1.0, gain, generator, batch.device).view(-1, 1, 1, 1)
+        batch, _ = transformed_copies(model, torch.stack(group).repeat_interleave(per_crop, dim=0), transform,
+                                      generator, gain)
         for start in range(0, len(batch), batch_size):
             maps = model.network_maps(batch[start : start + batch_size], symmetries=True)
             plain = pool_single(Maps(maps.positions[0], maps.weights[0], maps.stride, maps.image_shape,
