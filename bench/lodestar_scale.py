@@ -78,8 +78,7 @@ def run(shape: str, d: int, snr: float, device: str, max_steps: int, seed: int =
     centre = (crop - 1) / 2 + rng.uniform(-1, 1, 2)
     image = noisy(shape, (crop, crop), centre[None], snr, rng)
     log = []
-    config = TrainConfig(device=device, downsample=d, seed=seed, max_steps=max_steps,
-                         min_steps=min(max_steps, TrainConfig.min_steps))
+    config = TrainConfig(device=device, downsample=d, seed=seed, max_steps=max_steps)
     model = finish(train([image], config), log.append)
     pred, truth, seconds = [], [], 0.0
     for _ in range(4):
@@ -107,7 +106,7 @@ def main(argv=None):
     ap.add_argument("--shapes", nargs="+", default=list(RADIUS), choices=list(RADIUS))
     ap.add_argument("--downsample", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--snr", type=float, default=10.0)
-    ap.add_argument("--steps", type=int, default=TrainConfig.max_steps, help="maximum training steps")
+    ap.add_argument("--steps", type=int, default=None, help="maximum training steps (default: the training's)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = [run(shape, d, args.snr, args.device, args.steps) for shape in args.shapes for d in args.downsample]

@@ -245,12 +245,16 @@ def test_detect_deblends_crowded_detections_unless_told_not_to(scene, model_path
 
 
 def test_the_step_defaults_in_the_help_are_the_training_config_ones(capsys):
-    from starloc.lodestar.training import TrainConfig
+    from starloc.lodestar.training import BASE_STEPS, MAX_STEP_SCALE, REFERENCE_SIDE, TrainConfig
 
     for command in (["lodestar", "train"], ["demo"]):
         with pytest.raises(SystemExit):
             main([*command, "--help"])
         text = " ".join(capsys.readouterr().out.split())
-        assert f"default {TrainConfig.max_steps}" in text
         if command == ["lodestar", "train"]:
-            assert f"(default {TrainConfig.min_steps}," in text and f"(default {TrainConfig.copies})" in text
+            base_max, base_min = BASE_STEPS
+            assert f"default: {base_max} for a crop of {REFERENCE_SIDE}x{REFERENCE_SIDE} px" in text
+            assert MAX_STEP_SCALE == 2 and "up to twice that for smaller crops" in text
+            assert f"(default: {base_min}, scaled" in text and f"(default {TrainConfig.copies})" in text
+        else:
+            assert "(default: as 'lodestar train')" in text

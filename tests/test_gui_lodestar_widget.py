@@ -290,6 +290,18 @@ def test_rectangles_map_between_layers_with_different_transforms():
     assert rectangles_in_image(shapes, image, use_all=True)[0] == (10, 5, 20, 20)
 
 
+def test_step_settings_default_to_auto_and_explicit_values_reach_the_training_config(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-starloc", "LodeSTAR")
+    assert widget.max_steps_spin.text() == "auto" and widget.min_steps_spin.text() == "auto"
+    config = widget.train_config()
+    assert config.max_steps is None and config.min_steps is None
+    widget.max_steps_spin.setValue(700)
+    widget.min_steps_spin.setValue(0)
+    config = widget.train_config()
+    assert (config.max_steps, config.min_steps) == (700, 0)
+
+
 def test_downsampling_sets_the_smallest_crop_and_advanced_settings_reach_the_training_config(make_napari_viewer, qtbot, scene):
     image, truth = scene
     viewer, widget = _widget(make_napari_viewer, steps=20)

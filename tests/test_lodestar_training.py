@@ -9,7 +9,7 @@ from starloc.errors import ModelFileError
 from starloc.lodestar.detection import DetectParams, detect, pool_single, pool_single_symmetries
 from starloc.lodestar.model import LodeSTAR, normalize
 from starloc.lodestar.training import (
-    PlateauStopper, TrainConfig, augmentation, measure_position_offset, train,
+    PlateauStopper, TrainConfig, augmentation, measure_position_offset, step_budget, train,
 )
 from starloc.metrics import detection_metrics
 from starloc.progress import finish
@@ -52,6 +52,34 @@ def test_plateau_decays_the_learning_rate_then_stops():
     first_decay = actions.index("decay")
     assert 10 <= first_decay < 40
     assert actions.index("stop") - first_decay >= 20
+
+
+def test_the_default_step_budget_grows_as_the_crop_shrinks_up_to_twice():
+    auto = TrainConfig()
+    assert step_budget(auto, [(64, 64)]) == (2600, 2200)
+    assert step_budget(auto, [(200, 90)]) == (2600, 2200)  # larger crops keep the base budget
+    assert step_budget(auto, [(52, 52)]) == (round(2600 * 4096 / 2704), round(2200 * 4096 / 2704))
+    assert step_budget(auto, [(40, 40)]) == (5200, 4400)  # 2.56x fewer pixels, capped at 2x
+    assert step_budget(auto, [(26, 26)]) == (5200, 4400)
+    assert step_budget(auto, [(40, 40), (88, 88)]) == (2600, 2200)  # the mean area counts
+    # in model pixels: a 128 px crop downsampled by 3 is 42 px across
+    assert step_budget(TrainConfig(downsample=3), [(128, 128)]) == (5200, 4400)
+
+
+def test_explicit_steps_are_kept_and_min_steps_never_exceeds_max_steps():
+    assert step_budget(TrainConfig(max_steps=300), [(40, 40)]) == (300, 300)
+    assert step_budget(TrainConfig(max_steps=9000), [(40, 40)]) == (9000, 4400)
+    assert step_budget(TrainConfig(min_steps=100), [(64, 64)]) == (2600, 100)
+    assert step_budget(TrainConfig(max_steps=50, min_steps=10), [(40, 40)]) == (50, 10)
+
+
+def test_training_runs_the_budget_of_its_crop_and_stores_it(tiny_network):
+    gen = train([_crop(size=40)], TrainConfig(network=tiny_network, copies=2))
+    progress = next(gen)
+    gen.close()
+    assert progress.max_steps == 5200
+    model = finish(train([_crop(size=40)], _config(tiny_network, max_steps=5, min_steps=None)))
+    assert model.metadata["training"]["max_steps"] == 5 and model.metadata["training"]["min_steps"] == 5
 
 
 def test_closing_the_generator_cancels_between_steps(tiny_network):

@@ -42,7 +42,7 @@ def cmd_lodestar_train(args) -> int:
     from starloc.lodestar.downsampling import auto_downsample, smallest_side, suggest_downsample
     from starloc.lodestar.inference import extract_crops
     from starloc.lodestar.network import NetworkConfig
-    from starloc.lodestar.training import TrainConfig, train
+    from starloc.lodestar.training import TrainConfig, step_budget, train
 
     image = read_image(args.image)
     field = NetworkConfig().receptive_field
@@ -62,14 +62,13 @@ def cmd_lodestar_train(args) -> int:
         warnings.warn(f"crop {index + 1} seems to hold {count} objects: LodeSTAR learns from a crop around ONE "
                       "object (a model trained on several usually finds none); crop a single object",
                       StarlocWarning)
-    steps = TrainConfig.max_steps if args.steps is None else args.steps
-    min_steps = TrainConfig.min_steps if args.min_steps is None else args.min_steps
     copies = TrainConfig.copies if args.copies is None else args.copies
-    config = TrainConfig(max_steps=steps, min_steps=min(steps, min_steps), copies=copies, seed=args.seed,
+    config = TrainConfig(max_steps=args.steps, min_steps=args.min_steps, copies=copies, seed=args.seed,
                          device=resolve_device(args.device), downsample=downsample,
                          network=NetworkConfig(in_channels=crops[0].shape[0]))
+    max_steps, _ = step_budget(config, [c.shape[-2:] for c in crops])
     gen = train(crops, config)
-    with progress_bar(config.max_steps, "training", "step") as bar:
+    with progress_bar(max_steps, "training", "step") as bar:
         while True:
             try:
                 p = next(gen)
@@ -177,10 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar=("ROW", "COL", "HEIGHT", "WIDTH"),
                    help="crop rectangle in pixels; repeat for several crops")
     t.add_argument("--frame", type=int, default=0, help="0-based frame of a stack to crop from")
-    t.add_argument("--steps", type=int, default=None,
-                   help="maximum training steps (default 2600; training stops earlier on a loss plateau)")
+    t.add_argument("--steps", type=at_least(1), default=None, metavar="N",
+                   help="maximum training steps; training stops earlier on a loss plateau (default: 2600 for a "
+                        "crop of 64x64 px or more, up to twice that for smaller crops, which train about as "
+                        "long)")
     t.add_argument("--min-steps", type=at_least(0), default=None, metavar="N",
-                   help="no early stop before this step (default 2200, or --steps if lower)")
+                   help="no early stop before this step (default: 2200, scaled with the crop as --steps; "
+                        "never above --steps)")
     t.add_argument("--copies", type=at_least(2), default=None, metavar="N",
                    help="transformed copies of the crop per step (default 12); more average "
                         "each step over more transforms and noise draws, at a higher cost per step. On a GPU "
@@ -241,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--shape", default="point",
                       help="particle shape to simulate: point, sphere, annulus, ellipse or crescent")
     demo.add_argument("--seed", type=int, default=0, help="random seed of the simulation and training")
-    demo.add_argument("--steps", type=int, default=None, help="maximum LodeSTAR training steps (default 2600)")
+    demo.add_argument("--steps", type=at_least(1), default=None, metavar="N",
+                      help="maximum LodeSTAR training steps (default: as 'lodestar train')")
     demo.add_argument("--method", choices=("all", "lodestar", "deeploco"), default="all",
                       help="which method's demo to run (default: both)")
     demo.add_argument("--deeploco-steps", type=int, default=400,

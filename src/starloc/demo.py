@@ -42,8 +42,8 @@ def crop_around(position: np.ndarray, size: int, image_shape: tuple[int, int]) -
 
 
 def run_demo(out_dir: Path, shape: str = "point", seed: int = 0, n_objects: int = 30, snr: float = 10,
-             max_steps: int = TrainConfig.max_steps) -> int:
-    """Run the demo; returns the exit code (0)."""
+             max_steps: int | None = None) -> int:
+    """Run the demo; returns the exit code (0). ``max_steps=None``: the default training budget."""
     if shape not in sim.SHAPES:
         raise InputError(f"unknown shape {shape!r}; choose one of {', '.join(sim.SHAPES)}")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -59,7 +59,7 @@ def run_demo(out_dir: Path, shape: str = "point", seed: int = 0, n_objects: int 
         if p.step % 100 == 0:
             print(f"  step {p.step:5d}  consistency {p.consistency:.4f} px  elapsed {p.elapsed:5.1f} s")
 
-    config = TrainConfig(seed=seed, max_steps=max_steps, min_steps=min(max_steps, TrainConfig.min_steps))
+    config = TrainConfig(seed=seed, max_steps=max_steps)
     model = finish(train(crops, config), report)
     print(f"trained {model.metadata['training']['steps_done']} steps in {time.perf_counter() - start:.1f} s")
     found = detect_frames(model, image[None, None])

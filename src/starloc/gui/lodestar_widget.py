@@ -72,7 +72,7 @@ from starloc.lodestar.downsampling import auto_downsample, suggest_downsample
 from starloc.lodestar.inference import extract_crops
 from starloc.lodestar.model import LodeSTAR
 from starloc.lodestar.network import NetworkConfig
-from starloc.lodestar.training import TrainConfig
+from starloc.lodestar.training import TrainConfig, step_budget
 from starloc.progress import finish
 
 THUMBNAIL_PX = 96
@@ -232,9 +232,12 @@ class LodeSTARWidget(QWidget):
         self.seed_spin.setRange(0, 2**31 - 1)
         form.addRow("Seed", self.seed_spin)
         self.max_steps_spin = QSpinBox()
-        self.max_steps_spin.setRange(1, 100_000)
-        self.max_steps_spin.setValue(TrainConfig.max_steps)
-        self.max_steps_spin.setToolTip("Upper bound; training stops earlier when the loss stops improving")
+        self.max_steps_spin.setRange(0, 100_000)
+        self.max_steps_spin.setSpecialValueText("auto")  # shown at 0: TrainConfig.max_steps = None
+        self.max_steps_spin.setValue(0)
+        self.max_steps_spin.setToolTip("Upper bound; training stops earlier when the loss stops improving. "
+                                       "auto: 2600 for a crop of 64x64 px or more, up to twice that for "
+                                       "smaller crops (they train about as long)")
         form.addRow("Max steps", self.max_steps_spin)
         train_layout.addLayout(form)
 
@@ -245,7 +248,9 @@ class LodeSTARWidget(QWidget):
         self._advanced_content = QWidget()
         adv = QFormLayout(self._advanced_content)
         adv.setContentsMargins(0, 0, 0, 0)
-        self.min_steps_spin = self._int_spin(0, 100_000, TrainConfig.min_steps, "No early stop before this step")
+        self.min_steps_spin = self._int_spin(-1, 100_000, -1, "No early stop before this step (auto: 2200, "
+                                             "scaled with the crop as Max steps)")
+        self.min_steps_spin.setSpecialValueText("auto")  # shown at -1: TrainConfig.min_steps = None
         adv.addRow("Min steps", self.min_steps_spin)
         self.patience_spin = self._int_spin(1, 100_000, TrainConfig.patience, "Steps without improvement = plateau")
         adv.addRow("Patience", self.patience_spin)
@@ -407,8 +412,8 @@ class LodeSTARWidget(QWidget):
     def train_config(self) -> TrainConfig:
         """The training settings of the widget, frozen (handed to the worker)."""
         return TrainConfig(
-            max_steps=self.max_steps_spin.value(),
-            min_steps=min(self.min_steps_spin.value(), self.max_steps_spin.value()),
+            max_steps=self.max_steps_spin.value() or None,
+            min_steps=None if self.min_steps_spin.value() < 0 else self.min_steps_spin.value(),
             patience=self.patience_spin.value(),
             copies=self.copies_spin.value(),
             lr=self.lr_spin.value(),
@@ -745,7 +750,7 @@ class LodeSTARWidget(QWidget):
         config = self.train_config()
         augment = self.augment_check.isChecked()
         key = (src.name, frame, augment)
-        self.progress.setRange(0, config.max_steps)
+        self.progress.setRange(0, step_budget(config, [c.shape[-2:] for c in crops])[0])
         self.progress.setValue(0)
         self.status.setText("training…")
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Generator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -35,18 +35,21 @@ MAX_POSITION_OFFSET = 0.5  # px of the network's input, see measure_position_off
 class TrainConfig:
     """Training hyper-parameters (stored in the model file).
 
-    max_steps: hard step budget (2600: a 64 px crop then trains in <= ~175 s on 2 quiet cores,
-        where 3000 steps took up to 193 s; the accuracy benchmark's figures stayed within
-        0.005 px but for the annulus at SNR 2-3, 0.180 / 0.106 -> 0.197 / 0.112 px, still
-        better than both baselines). Training stops earlier once the consistency loss has not
+    max_steps: hard step budget. ``None`` (the default): :func:`step_budget`, 2600 steps for a
+        crop of 64 x 64 model pixels or more and more for smaller crops, up to 5200 (see
+        there). 2600: a 64 px crop then trains in <= ~175 s on 2 quiet cores, where 3000 steps
+        took up to 193 s; the accuracy benchmark's figures stayed within 0.005 px but for the
+        annulus at SNR 2-3, 0.180 / 0.106 -> 0.197 / 0.112 px, still better than both
+        baselines. Training stops earlier once the consistency loss has not
     improved by ``plateau_tol`` (relative) for ``patience`` steps, twice: the first plateau
-    divides the learning rate by 10, the second ends training. No stop before ``min_steps``:
-    the loss flattens long before the accuracy on dim objects does (stopping at the first
-    flat stretch, ~1100 steps, left an ellipse at SNR 5 at 0.115 px; 2300 steps, 0.101 px).
-    2200: with photon noise the loss is noisier and from step 1500 the stopper ended 4 of 5
-    benchmark trainings of one seed at 1923-2156 steps; from 2200 they reach the cap and
-    beat both baselines at SNR <= 5 in 14 and 10 of 15 cases on two seeds, against 11 and 8
-    (sphere seed 1 at SNR 2: 0.262 -> 0.252 px; docs/benchmarks.md).
+    divides the learning rate by 10, the second ends training.
+    min_steps: no early stop before this step (``None``: 2200, scaled as ``max_steps``; never
+    above ``max_steps``). The loss flattens long before the accuracy on dim objects does
+    (stopping at the first flat stretch, ~1100 steps, left an ellipse at SNR 5 at 0.115 px;
+    2300 steps, 0.101 px). 2200: with photon noise the loss is noisier and from step 1500
+    the stopper ended 4 of 5 benchmark trainings of one seed at 1923-2156 steps; from 2200
+    they reach the cap and beat both baselines at SNR <= 5 in 14 and 10 of 15 cases on two
+    seeds, against 11 and 8 (sphere seed 1 at SNR 2: 0.262 -> 0.252 px; docs/benchmarks.md).
     copies: transformed copies of each crop per step. More copies average the consistency
     gradient over more transforms and noise draws: on the SNR-10 ellipse, 8 / 12 / 16 copies
     gave 0.236 / 0.214 / 0.206 px at SNR 3 and 0.101 / 0.093 / 0.091 px at SNR 5, at
@@ -76,8 +79,8 @@ class TrainConfig:
     pixels.
     """
 
-    max_steps: int = 2600
-    min_steps: int = 2200
+    max_steps: int | None = None
+    min_steps: int | None = None
     patience: int = 300
     plateau_tol: float = 0.02
     copies: int = 12
@@ -101,6 +104,34 @@ class TrainConfig:
         d = asdict(self)
         d["network"] = self.network.to_dict()
         return d
+
+
+BASE_STEPS = (2600, 2200)  # (max_steps, min_steps) for a crop of REFERENCE_SIDE^2 model pixels or more
+REFERENCE_SIDE = 64
+MAX_STEP_SCALE = 2.0
+
+
+def step_budget(config: TrainConfig, crop_shapes: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """``(max_steps, min_steps)`` of a training on crops of these ``(H, W)`` input pixels.
+
+    Explicit ``config.max_steps`` / ``min_steps`` are kept (``min_steps`` capped at
+    ``max_steps``). ``None`` takes :data:`BASE_STEPS` times ``64^2 / area``, the mean crop
+    area in model pixels (after ``config.downsample``), clipped to ``[1, 2]``: a step costs
+    about in proportion to the area, so a crop of 45 px or less trains twice the steps in
+    about the time 2600 steps of a 64 px crop take (40 px, 5200 steps: 110-113 s on 2 cores;
+    64 px, 2600 steps: 114-122 s, in one run of bench/lodestar_speed.py). The cap bounds the
+    time of tiny crops, whose steps cost mostly the fixed overhead. More steps are more
+    precise on dim objects: on the accuracy benchmark's sphere (seed 1, a 40 px crop) 2600
+    steps erred by 0.239 / 0.153 / 0.091 px at SNR 2 / 3 / 5, behind the centroid's 0.236 /
+    0.151 / 0.092 at SNR 2 and 3, and 5200 steps by 0.233 / 0.148 / 0.089 px
+    (docs/benchmarks.md).
+    """
+    d = check_downsample(config.downsample)
+    area = float(np.mean([(h // d) * (w // d) for h, w in crop_shapes]))
+    scale = min(MAX_STEP_SCALE, max(1.0, REFERENCE_SIDE**2 / max(area, 1.0)))
+    max_steps = config.max_steps if config.max_steps is not None else round(BASE_STEPS[0] * scale)
+    min_steps = config.min_steps if config.min_steps is not None else round(BASE_STEPS[1] * scale)
+    return max_steps, min(min_steps, max_steps)
 
 
 @dataclass(frozen=True)
@@ -187,6 +218,8 @@ def train(
         raise InputError(f"the model downsamples by {model.downsample}, the training config by {factor}")
     model.to(device)
     tensors = _as_crop_tensors(crops, model.config.in_channels)
+    max_steps, min_steps = step_budget(config, [tuple(t.shape[-2:]) for t in tensors])
+    config = replace(config, max_steps=max_steps, min_steps=min_steps)
     seen = [downsample_frames(t[None].to(device), factor) for t in tensors]
     groups = _group_by_shape([normalize(t, model.normalization)[0] for t in seen])
     transform = augmentation(config)
