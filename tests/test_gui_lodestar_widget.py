@@ -31,7 +31,7 @@ from starloc.lodestar.detection import DetectParams, Detections  # noqa: E402
 from starloc.lodestar.network import NetworkConfig  # noqa: E402
 from starloc.errors import InputError  # noqa: E402
 from starloc.io import read_points_csv  # noqa: E402
-from starloc.lodestar.training import TrainConfig, train  # noqa: E402
+from starloc.lodestar.training import TrainConfig, step_budget, train  # noqa: E402
 from starloc.progress import finish  # noqa: E402
 from tests.conftest import TINY  # noqa: E402
 
@@ -201,9 +201,17 @@ def test_cancel_keeps_the_previous_model_and_adds_no_layers(make_napari_viewer, 
     assert widget.train_button.isEnabled() and not widget.is_busy()
 
     widget.model = point_model
+    widget.max_steps_spin.setValue(0)  # auto: the budget of the crop's size
+    widget.min_steps_spin.setValue(-1)
+    budget = step_budget(widget.train_config(), [(CROP, CROP)])[0]
+    assert budget == 5200  # a crop under 45 px trains twice the base 2600 steps
+    maxima = []
     with _wait_job(qtbot, widget, "train") as blocker:
-        widget.train().yielded.connect(cancel_at_step_3)
+        worker = widget.train()
+        worker.yielded.connect(lambda p: maxima.append((p.max_steps, widget.progress.maximum())))
+        worker.yielded.connect(cancel_at_step_3)
     assert blocker.args == ["train", "aborted"] and widget.model is point_model
+    assert maxima and all(m == (budget, budget) for m in maxima)
     assert messages["error"] == []
 
 
