@@ -34,6 +34,7 @@ from starloc.metrics import detection_metrics, match
 from starloc.progress import finish
 
 SNRS = (2, 3, 5, 7, 10, 15, 20)
+SIZE = 64  # px, side of the training and test images
 
 
 def errors(pred: np.ndarray, truth: np.ndarray, shape: str, angles: np.ndarray) -> np.ndarray:
@@ -60,17 +61,17 @@ def mean_crb(shape: str, snr: float, n_angles: int = 4) -> float:
 def train_model(shape: str, seed: int, config: TrainConfig, crop: int = 40):
     """Train on ONE 64x64 image at SNR 10 (object within 3 px of its centre), or on its
     central ``crop`` x ``crop`` px, as a user draws a crop around the object."""
-    image, _, _ = sim.simulate_single(shape, 10, 1, size=64, max_offset=3.0, rng=seed)
-    o = (64 - crop) // 2
+    image, _, _ = sim.simulate_single(shape, 10, 1, size=SIZE, max_offset=3.0, rng=seed)
+    top = (SIZE - crop) // 2
     start = time.perf_counter()
-    model = finish(train([image[0, o:o + crop, o:o + crop]], config))
+    model = finish(train([image[0, top:top + crop, top:top + crop]], config))
     return model, time.perf_counter() - start
 
 
 def single_object_rows(shape, model, n_test, seed):
     rows = []
     for snr in SNRS:
-        images, truth, angles = sim.simulate_single(shape, snr, n_test, size=64, rng=seed + 1000 + snr)
+        images, truth, angles = sim.simulate_single(shape, snr, n_test, size=SIZE, rng=seed + 1000 + snr)
         preds = {
             "lodestar": predict_single(model, images)[:, :2],
             "centroid": baselines.centroid(images),
@@ -171,7 +172,7 @@ def main(argv=None):
                     help="train on the central CROP x CROP px of the 64x64 training image (32-64; default 40)")
     ap.add_argument("--config", default="{}", help="TrainConfig overrides as a Python dict literal")
     args = ap.parse_args(argv)
-    if not 32 <= args.crop <= 64:
+    if not 32 <= args.crop <= SIZE:
         ap.error("--crop must be 32-64 px: the largest object spans 24 px, 3 px off the centre")
     torch.set_num_threads(args.threads)
     import ast

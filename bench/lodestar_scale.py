@@ -71,7 +71,7 @@ def place(n: int, size: int, distance: float, margin: float, rng: np.random.Gene
     return np.array(out)
 
 
-def run(shape: str, d: int, snr: float, device: str, max_steps: int, seed: int = 0) -> dict:
+def run(shape: str, d: int, snr: float, device: str, max_steps: int | None, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     radius = RADIUS[shape]
     crop = int(max(3 * radius, NetworkConfig().receptive_field * d))

@@ -72,7 +72,7 @@ from starloc.lodestar.downsampling import auto_downsample, suggest_downsample
 from starloc.lodestar.inference import extract_crops
 from starloc.lodestar.model import LodeSTAR
 from starloc.lodestar.network import NetworkConfig
-from starloc.lodestar.training import TrainConfig, step_budget
+from starloc.lodestar.training import BASE_STEPS, MAX_STEP_SCALE, REFERENCE_SIDE, TrainConfig, step_budget
 from starloc.progress import finish
 
 THUMBNAIL_PX = 96
@@ -235,9 +235,10 @@ class LodeSTARWidget(QWidget):
         self.max_steps_spin.setRange(0, 100_000)
         self.max_steps_spin.setSpecialValueText("auto")  # shown at 0: TrainConfig.max_steps = None
         self.max_steps_spin.setValue(0)
-        self.max_steps_spin.setToolTip("Upper bound; training stops earlier when the loss stops improving. "
-                                       "auto: 2600 for a crop of 64x64 px or more, up to twice that for "
-                                       "smaller crops (they train about as long)")
+        self.max_steps_spin.setToolTip(
+            f"Upper bound; training stops earlier when the loss stops improving. auto: {BASE_STEPS[0]} for a "
+            f"crop of {REFERENCE_SIDE}x{REFERENCE_SIDE} px or more, up to {MAX_STEP_SCALE:g}x that for smaller "
+            "crops (they train about as long)")
         form.addRow("Max steps", self.max_steps_spin)
         train_layout.addLayout(form)
 
@@ -248,8 +249,8 @@ class LodeSTARWidget(QWidget):
         self._advanced_content = QWidget()
         adv = QFormLayout(self._advanced_content)
         adv.setContentsMargins(0, 0, 0, 0)
-        self.min_steps_spin = self._int_spin(-1, 100_000, -1, "No early stop before this step (auto: 2200, "
-                                             "scaled with the crop as Max steps)")
+        self.min_steps_spin = self._int_spin(-1, 100_000, -1, f"No early stop before this step (auto: "
+                                             f"{BASE_STEPS[1]}, scaled with the crop as Max steps)")
         self.min_steps_spin.setSpecialValueText("auto")  # shown at -1: TrainConfig.min_steps = None
         adv.addRow("Min steps", self.min_steps_spin)
         self.patience_spin = self._int_spin(1, 100_000, TrainConfig.patience, "Steps without improvement = plateau")
