@@ -8,7 +8,6 @@ machine gives the same pictures, apart from timings shown in the widget.
 
 import argparse
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +42,6 @@ def wait(widget, kind: str) -> None:
 
 def main(steps: int) -> None:
     OUT.mkdir(exist_ok=True)
-    warnings.filterwarnings("ignore", message=".*PyQt5 backend is deprecated")
     lodestar_widget.show_info = print  # no notification toasts over the screenshots
     viewer = napari.Viewer(title="napari-starloc: LodeSTAR")
     viewer.window._qt_window.resize(1400, 950)

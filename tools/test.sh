@@ -124,6 +124,9 @@ fi
 # Keep stray GUI/plotting settings of the caller from leaking in; xvfb-run provides DISPLAY.
 unset QT_QPA_PLATFORM
 export MPLBACKEND=Agg
+# The [gui] extra installs PyQt6. An environment that still has PyQt5 from before would give
+# qtpy (napari) PyQt5 and pytest-qt PyQt6 in one process; pin both to the binding we install.
+export QT_API="${QT_API:-pyqt6}" PYTEST_QT_API="${PYTEST_QT_API:-${QT_API:-pyqt6}}"
 log "xvfb-run -a $PYTHON -m pytest $*"
 # -p no:xvfb: xvfb-run already provides the display, pytest-xvfb need not start a second one.
 exec xvfb-run -a -s "-screen 0 1280x1024x24" "$PYTHON" -m pytest -p no:xvfb "$@"
