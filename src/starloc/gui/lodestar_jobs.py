@@ -9,24 +9,17 @@ instead of napari's traceback notification. Cancelling = the worker stops iterat
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from starloc.errors import StarlocError
+from starloc.gui.jobs import Failure, limit_threads
 from starloc.lodestar.detection import DetectParams, score_map, to_image_resolution
 from starloc.lodestar.inference import detect_in_maps, iter_detect
 from starloc.lodestar.model import LodeSTAR, Maps
 from starloc.lodestar.training import TrainConfig, train
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A user-facing error raised inside a job (its message is shown as a notification)."""
-
-    error: StarlocError
 
 
 @dataclass(frozen=True)
@@ -38,18 +31,13 @@ class Detected:
     score: np.ndarray
 
 
-def _limit_threads() -> None:
-    """Leave one core to the GUI (torch releases the GIL while it computes)."""
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
-
-
 def train_job(crops: list[np.ndarray], config: TrainConfig, frame: np.ndarray, augment: bool):
     """Train on the crops (yields :class:`~starloc.lodestar.training.Progress`), then compute
     the maps of ``frame`` ``(1, C, H, W)``. Returns ``(model, maps)`` or a :class:`Failure`.
 
     The network's ``in_channels`` is taken from ``frame`` (the crops come from the same image).
     """
-    _limit_threads()
+    limit_threads()
     config = replace(config, network=replace(config.network, in_channels=frame.shape[1]))
     try:
         model = yield from train(crops, config)
@@ -64,7 +52,7 @@ def train_job(crops: list[np.ndarray], config: TrainConfig, frame: np.ndarray, a
 
 def maps_job(model: LodeSTAR, frame: np.ndarray, augment: bool):
     """Maps of one frame ``(1, C, H, W)``; yields once first so a queued job can be cancelled."""
-    _limit_threads()
+    limit_threads()
     yield (0, 1)
     try:
         return model.maps(frame, augment=augment)
@@ -107,7 +95,7 @@ def describe_training(model: LodeSTAR, n_crops: int) -> str:
 
 def detect_all_job(model: LodeSTAR, image, params: DetectParams, rgb: str, augment: bool, chunk: int = 4):
     """Detection on every frame of a (possibly lazy) image; yields ``(done, total)``."""
-    _limit_threads()
+    limit_threads()
     try:
         return (yield from iter_detect(model, image, params, chunk=chunk, rgb=rgb, augment=augment))
     except StarlocError as exc:

@@ -36,9 +36,9 @@ from qtpy.QtWidgets import (
 
 from starloc.errors import InputError, StarlocError
 from starloc.gui import lodestar_layers as layers_
+from starloc.gui.jobs import Failure
 from starloc.gui.lodestar_jobs import (
     Detected,
-    Failure,
     describe_training,
     detect_all_job,
     detect_job,
