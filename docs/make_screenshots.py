@@ -1,9 +1,11 @@
-"""Regenerate the screenshots of docs/lodestar.md with the real widget, headless.
+"""Regenerate the screenshots of docs/lodestar.md (and docs/deeploco.md) with the real widgets, headless.
 
-    xvfb-run -a -s "-screen 0 1400x1000x24" python docs/make_screenshots.py [--steps 300]
+    xvfb-run -a -s "-screen 0 1400x1000x24" python docs/make_screenshots.py [--steps 300] [--deeploco-model as.pt]
 
-Writes docs/images/lodestar_*.png (palette PNGs, each well under 300 KB). Seeded: the same
-machine gives the same pictures, apart from timings shown in the widget.
+Writes docs/images/lodestar_*.png (palette PNGs, each well under 300 KB); with
+``--deeploco-model`` (an astigmatic model from ``starloc deeploco train --psf beads-AS.tif
+--camera smlm2016``) also docs/images/deeploco_localize.png. Seeded: the same machine gives the
+same pictures, apart from timings shown in the widget.
 """
 
 import argparse
@@ -15,19 +17,25 @@ from PIL import Image
 from qtpy.QtWidgets import QApplication
 
 import napari
+import torch
 from starloc import sim
-from starloc.gui import lodestar_widget
+from starloc.deeploco import EMCCD, Simulator
+from starloc.deeploco.recipes import bead_psf
+from starloc.gui import deeploco_widget, lodestar_widget
 from starloc.gui.lodestar_source import ALL_POINTS_LAYER, CROP_LAYER, SCORE_LAYER, WEIGHT_LAYER
 
 OUT = Path(__file__).resolve().parent / "images"
 
 
-def snap(viewer, name: str) -> None:
+BEADS_AS = Path(__file__).resolve().parents[2] / "shared" / "data" / "smlm2016-beads" / "beads-AS.tif"
+
+
+def snap(viewer, name: str, prefix: str = "lodestar") -> None:
     for _ in range(5):
         QApplication.processEvents()
     pixels = viewer.screenshot(canvas_only=False, flash=False)
     image = Image.fromarray(np.asarray(pixels)[..., :3]).quantize(colors=128, method=Image.Quantize.MEDIANCUT)
-    path = OUT / f"lodestar_{name}.png"
+    path = OUT / f"{prefix}_{name}.png"
     image.save(path, optimize=True)
     print(f"{path} ({path.stat().st_size // 1024} KB)")
 
@@ -114,7 +122,41 @@ def main(steps: int) -> None:
     viewer.close()
 
 
+def deeploco(model: Path, beads: Path) -> None:
+    """The DeepLoco widget on 20 camera frames (ADU) simulated from the AS bead stack, 1 emitter/µm²."""
+    deeploco_widget.show_info = print
+    camera = EMCCD.smlm2016()
+    simulator = Simulator(bead_psf(beads, modality="AS"), camera, frame_shape=(64, 64), density=1.0,
+                          photons_range=(1000.0, 7000.0), background_range=(100.0, 100.0), z_range=(-750.0, 750.0))
+    generator = torch.Generator().manual_seed(5)
+    truth = simulator.sample_emitters(20, generator)
+    adu = camera.sample(simulator.expected(truth), generator).numpy()
+    viewer = napari.Viewer(title="napari-starloc: DeepLoco")
+    viewer.window._qt_window.resize(1400, 900)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-starloc", "DeepLoco")
+    viewer.add_image(adu, name="AS frames (ADU)", colormap="gray")
+    widget.load_model(model)
+    widget.localize()
+    wait_signal(widget.job_finished)
+    viewer.dims.set_current_step(0, 9)
+    snap(viewer, "localize", prefix="deeploco")
+    viewer.close()
+
+
+def wait_signal(signal) -> None:
+    done = []
+    signal.connect(lambda *args: done.append(args))
+    while not done:
+        QApplication.processEvents()
+    assert done[0] == ("returned",), done
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
-    main(parser.parse_args().steps)
+    parser.add_argument("--deeploco-model", type=Path, default=None, help="also the DeepLoco widget, with this AS model")
+    parser.add_argument("--beads", type=Path, default=BEADS_AS, help="the AS bead stack (default: ../shared/data)")
+    args = parser.parse_args()
+    main(args.steps)
+    if args.deeploco_model is not None:
+        deeploco(args.deeploco_model, args.beads)

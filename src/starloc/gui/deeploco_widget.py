@@ -1,0 +1,347 @@
+"""napari dock widget: localize an SMLM stack with a trained DeepLoco model.
+
+Load a model file (``starloc deeploco train``), pick an image layer (a ``(T, Y, X)`` stack or
+one ``(Y, X)`` frame, camera ADU or photons), click **Localize**: the stack is localized on a
+worker (progress bar, **Cancel** between chunks of frames) by the same core as ``starloc
+deeploco localize``, and the result becomes the Points layer ``DeepLoco localizations``.
+
+Points are ``(frame, row, col)`` (``(row, col)`` for one frame) in the image's pixels, with the
+image layer's scale and translate, so they sit on the emitters. The model's nm positions use a
+corner origin (pixel ``j``'s centre at ``(j + 0.5) * pixel_size``), hence ``row = y / px - 0.5``.
+Features: ``x_nm``, ``y_nm`` (and ``z_nm`` for 3D models), ``confidence``; colour by z (3D) or
+confidence (2D). **Export…** writes the localizations as a ThunderSTORM CSV (nm, 1-based frames).
+
+Bad input is reported with ``show_error`` (one line saying what to do), never a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import napari
+import numpy as np
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from starloc.deeploco.model import DeepLoco
+from starloc.deeploco.stack import StackProgress, iter_localize_stack
+from starloc.errors import StarlocError
+from starloc.gui.jobs import Failure, limit_threads
+from starloc.progress import finish
+from starloc.smlm_io import write_thunderstorm_csv
+
+POINTS_LAYER = "DeepLoco localizations"
+UNITS = {"camera ADU": "adu", "photons": "photons"}
+BUSY = "DeepLoco: a localization is running; wait for it or click Cancel"
+
+
+def localize_job(gen):
+    """Run :func:`~starloc.deeploco.stack.iter_localize_stack`'s generator to its table,
+    yielding its :class:`StackProgress`; a user-facing error becomes a :class:`Failure`."""
+    limit_threads()
+    try:
+        return (yield from gen)
+    except StarlocError as exc:
+        return Failure(exc)
+
+
+def points_from_table(table: dict, pixel_size: float, stack: bool) -> tuple[np.ndarray, dict]:
+    """Points ``(N, 3)`` ``(frame, row, col)`` (``(N, 2)`` without ``stack``) in image pixels,
+    and their features, from a localization table in nm (corner origin)."""
+    row = np.asarray(table["y"], dtype=float) / pixel_size - 0.5
+    col = np.asarray(table["x"], dtype=float) / pixel_size - 0.5
+    cols = [np.asarray(table["frame"], dtype=float), row, col] if stack else [row, col]
+    features = {"x_nm": np.asarray(table["x"], dtype=float), "y_nm": np.asarray(table["y"], dtype=float)}
+    if "z" in table:
+        features["z_nm"] = np.asarray(table["z"], dtype=float)
+    features["confidence"] = np.asarray(table["confidence"], dtype=float)
+    return np.stack(cols, axis=1), features
+
+
+class DeepLocoWidget(QWidget):
+    """Localize SMLM stacks with a trained DeepLoco model, as a napari Points layer.
+
+    Signal (for scripts and tests): ``job_finished(outcome)`` after every localization
+    (returned, aborted, failed). ``use_threads = False`` runs it on the calling thread.
+    """
+
+    job_finished = Signal(str)
+
+    def __init__(self, viewer: napari.viewer.Viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = viewer
+        self.use_threads = True
+        self.model: DeepLoco | None = None
+        self.model_path: Path | None = None
+        self.table: dict | None = None  # the last localizations, nm
+        self.worker = None
+        self._job_id = 0
+        self._running = False
+        self._cancelled = False
+        self._build_ui()
+        for event in self._layer_list_events():
+            event.connect(self._refresh_image_choices)
+        viewer.layers.events.inserted.connect(self._on_inserted)
+        for layer in viewer.layers:
+            layer.events.name.connect(self._refresh_image_choices)
+        self._refresh_image_choices()
+        self._set_running(False)
+        self.destroyed.connect(lambda *_: self._shutdown())
+
+    # ------------------------------------------------------------------ UI
+    def _build_ui(self) -> None:
+        self.load_button = QPushButton("Load model…")
+        self.load_button.setToolTip("A model file written by `starloc deeploco train` (.pt)")
+        self.load_button.clicked.connect(self._ask_model)
+        self.model_label = QLabel("Model: none")
+        self.model_label.setWordWrap(True)
+        self.image_combo = QComboBox()
+        self.image_combo.setToolTip("A (T, Y, X) stack or one (Y, X) frame, pixel size as the model's")
+        self.units_combo = QComboBox()
+        self.units_combo.addItems(list(UNITS))
+        self.units_combo.setToolTip("camera ADU: converted to photons with the model's camera; "
+                                    "photons: already converted")
+        self.threshold_spin = QDoubleSpinBox()
+        self.threshold_spin.setRange(0.0, 10.0)
+        self.threshold_spin.setSingleStep(0.05)
+        self.threshold_spin.setDecimals(2)
+        self.threshold_spin.setSpecialValueText("model")
+        self.threshold_spin.setToolTip("Keep localizations whose confidence (summed candidate weights) is at "
+                                       "least this; 'model' = the threshold calibrated at training")
+        self.localize_button = QPushButton("Localize")
+        self.localize_button.clicked.connect(self.localize)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.progress = QProgressBar()
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.export_button = QPushButton("Export ThunderSTORM CSV…")
+        self.export_button.clicked.connect(self._ask_export)
+
+        form = QFormLayout()
+        form.addRow("Image", self.image_combo)
+        form.addRow("Units", self.units_combo)
+        form.addRow("Threshold", self.threshold_spin)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.localize_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        for w in (self.load_button, self.model_label):
+            layout.addWidget(w)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        for w in (self.progress, self.status, self.export_button):
+            layout.addWidget(w)
+        layout.addStretch(1)
+
+    def _refresh_image_choices(self, *_) -> None:
+        current = self.image_combo.currentText()
+        names = [layer.name for layer in self.viewer.layers if isinstance(layer, napari.layers.Image)]
+        self.image_combo.clear()
+        self.image_combo.addItems(names)
+        if current in names:
+            self.image_combo.setCurrentText(current)
+
+    def _layer_list_events(self):
+        events = self.viewer.layers.events
+        return events.inserted, events.removed, events.moved
+
+    def _on_inserted(self, event) -> None:
+        event.value.events.name.connect(self._refresh_image_choices)  # the choices follow renames
+
+    def _set_running(self, running: bool) -> None:
+        self._running = running
+        for button in (self.load_button, self.localize_button, self.export_button):
+            button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+
+    def _shutdown(self) -> None:
+        self._job_id += 1
+        if self.worker is not None:
+            self.worker.quit()
+        try:
+            for event in self._layer_list_events():
+                event.disconnect(self._refresh_image_choices)
+            self.viewer.layers.events.inserted.disconnect(self._on_inserted)
+            for layer in self.viewer.layers:
+                layer.events.name.disconnect(self._refresh_image_choices)
+        except Exception:  # the viewer may be gone already
+            pass
+
+    # ------------------------------------------------------------------ model
+    def _ask_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load a DeepLoco model", "", "starloc model (*.pt);;All files (*)")
+        if path:
+            self.load_model(path)
+
+    def load_model(self, path) -> bool:
+        """Load a model file (weights only, no code executed); on error the current model stays."""
+        try:
+            model = DeepLoco.load(path)
+        except StarlocError as exc:
+            show_error(f"DeepLoco: {exc}")
+            return False
+        except OSError as exc:
+            show_error(f"DeepLoco: cannot read {str(path)!r}: {exc}")
+            return False
+        self.model, self.model_path = model, Path(path)
+        self.threshold_spin.setSpecialValueText(f"model ({model.threshold:.2f})")
+        self.model_label.setText(f"Model: {self.model_path.name} — {self.describe(model)}")
+        return True
+
+    @staticmethod
+    def describe(model: DeepLoco) -> str:
+        """One line: dimension, pixel size, z range, camera."""
+        c = model.config
+        kind = f"3D, z {c.z_range[0]:g}..{c.z_range[1]:g} nm" if c.dim == 3 else "2D"
+        camera = type(model.camera).__name__ if model.camera is not None else "no camera (photons input)"
+        return f"{kind}, {c.pixel_size:g} nm/px, {camera}"
+
+    # ------------------------------------------------------------------ localize
+    def _image_layer(self):
+        name = self.image_combo.currentText()
+        return self.viewer.layers[name] if name in self.viewer.layers else None
+
+    def localize(self):
+        """Localize every frame of the chosen image layer; returns the worker (None inline or on error)."""
+        if self._running:
+            show_error(BUSY)
+            return None
+        if self.model is None:
+            show_error("DeepLoco: no model; load one trained with `starloc deeploco train`")
+            return None
+        layer = self._image_layer()
+        if layer is None:
+            show_error("DeepLoco: no image layer; open an SMLM stack first")
+            return None
+        if layer.rgb:
+            show_error(f"DeepLoco: {layer.name!r} is an RGB image; SMLM frames are single-channel camera images")
+            return None
+        data = layer.data[0] if layer.multiscale else layer.data
+        if data.ndim not in (2, 3):
+            show_error(f"DeepLoco: {layer.name!r} has {data.ndim} dimensions; expected one (Y, X) frame "
+                       "or a (T, Y, X) stack")
+            return None
+        threshold = self.threshold_spin.value() or None
+        try:
+            gen = iter_localize_stack(self.model, data, input_units=UNITS[self.units_combo.currentText()],
+                                      threshold=threshold)
+        except StarlocError as exc:
+            show_error(f"DeepLoco: {exc}")
+            return None
+        context = (layer.name, data.ndim == 3, tuple(layer.scale), tuple(layer.translate))
+        return self._start(localize_job(gen), context)
+
+    def _start(self, gen, context):
+        self._job_id += 1
+        job = self._job_id
+        self._cancelled = False
+        self._set_running(True)
+        self.progress.setValue(0)
+        self.status.setText("localizing…")
+
+        def yielded(p: StackProgress):
+            if job == self._job_id:
+                self.progress.setMaximum(max(p.frames_total, 1))
+                self.progress.setValue(p.frames_done)
+                self.status.setText(f"frame {p.frames_done}/{p.frames_total} · {p.localizations} localizations "
+                                    f"· {p.elapsed:.1f} s")
+
+        def returned(result):
+            if job != self._job_id:
+                return
+            self._set_running(False)
+            if self._cancelled:
+                self.job_finished.emit("aborted")
+            elif isinstance(result, Failure):
+                show_error(f"DeepLoco: {result.error}")
+                self.status.setText("failed")
+                self.job_finished.emit("failed")
+            else:
+                self._show_result(result, context)
+                self.job_finished.emit("returned")
+
+        def aborted():
+            if job == self._job_id:
+                self._set_running(False)
+                self.job_finished.emit("aborted")
+
+        def errored(exc):  # a bug: napari also shows it with its traceback
+            if job == self._job_id:
+                self._set_running(False)
+                self.job_finished.emit("failed")
+
+        if not self.use_threads:
+            self.worker = None
+            returned(finish(gen, yielded))
+            return None
+        self.worker = create_worker(
+            lambda: (yield from gen), _start_thread=False,
+            _connect={"yielded": yielded, "returned": returned, "aborted": aborted, "errored": errored},
+        )
+        self.worker.start()
+        return self.worker
+
+    def cancel(self) -> None:
+        """Stop the localization between two chunks of frames; no layer is added or changed."""
+        if not self._running:
+            return
+        self._cancelled = True
+        if self.worker is not None:
+            self.worker.quit()
+        self.status.setText("cancelled")
+
+    def _show_result(self, table: dict, context) -> None:
+        name, stack, scale, translate = context
+        self.table = table
+        n = len(table["frame"])
+        self.status.setText(f"{n} localization(s) in {name!r}")
+        if POINTS_LAYER in self.viewer.layers:  # a new run replaces the last one's points
+            self.viewer.layers.remove(POINTS_LAYER)
+        if n == 0:
+            show_info(f"DeepLoco: no localization in {name!r} above the threshold")
+            return
+        data, features = points_from_table(table, float(self.model.config.pixel_size), stack)
+        colour_by = "z_nm" if "z_nm" in features else "confidence"
+        self.viewer.add_points(
+            data, name=POINTS_LAYER, features=features, scale=scale, translate=translate, size=1.5,
+            face_color=colour_by, face_colormap="turbo" if colour_by == "z_nm" else "viridis", border_width=0,
+            metadata={"pixel_size_nm": float(self.model.config.pixel_size), "model": str(self.model_path),
+                      "source": name},
+        )
+
+    # ------------------------------------------------------------------ export
+    def _ask_export(self) -> None:
+        if self.table is None:
+            show_error("DeepLoco: nothing to export; localize a stack first")
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Export localizations", "localizations.csv",
+                                              "ThunderSTORM CSV (*.csv)")
+        if path:
+            self.export_csv(path)
+
+    def export_csv(self, path) -> bool:
+        """Write the last localizations as a ThunderSTORM CSV (nm, 1-based frames; atomic)."""
+        if self.table is None:
+            show_error("DeepLoco: nothing to export; localize a stack first")
+            return False
+        try:
+            out = write_thunderstorm_csv(path, self.table)
+        except (StarlocError, OSError) as exc:
+            show_error(f"DeepLoco: could not write {str(path)!r}: {exc}")
+            return False
+        show_info(f"DeepLoco: {len(self.table['frame'])} localization(s) written to {out}")
+        return True

@@ -1,0 +1,196 @@
+"""The DeepLoco dock widget under Xvfb: load a model → localize a stack (real worker) → Points
+layer on the emitters → export ThunderSTORM CSV; cancel; bad input.
+
+The model is a tiny untrained network: the widget must show exactly what the core
+(:func:`starloc.deeploco.stack.localize_stack`) returns, placed on the image's pixels.
+"""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from starloc.deeploco import EMCCD  # noqa: E402
+from starloc.deeploco.model import DeepLoco  # noqa: E402
+from starloc.deeploco.network import DeepLocoConfig  # noqa: E402
+from starloc.deeploco.stack import localize_stack  # noqa: E402
+from starloc.gui import deeploco_widget as dw  # noqa: E402
+from starloc.smlm_io import read_thunderstorm_csv  # noqa: E402
+from tests.conftest import simulated_adu_stack  # noqa: E402
+
+SCALE = (1.0, 0.1, 0.1)  # frame, µm, µm
+TRANSLATE = (0.0, 2.0, -1.0)
+
+
+@pytest.fixture
+def messages(monkeypatch):
+    seen = {"error": [], "info": []}
+    monkeypatch.setattr(dw, "show_error", seen["error"].append)
+    monkeypatch.setattr(dw, "show_info", seen["info"].append)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("deeploco_widget") / "tiny.pt"
+    config = DeepLocoConfig(frame_size=32, n_candidates=8, conv_widths=(4, 8, 8), fc_width=64)
+    DeepLoco.new(config, seed=0, camera=EMCCD.smlm2016(), threshold=0.3).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def stack():
+    return simulated_adu_stack(3, (80, 72), (3, 6))  # uint16 ADU, challenge camera
+
+
+def _widget(make_napari_viewer, model_file=None):
+    viewer = make_napari_viewer()
+    widget = dw.DeepLocoWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    if model_file is not None:
+        assert widget.load_model(model_file)
+    return viewer, widget
+
+
+def test_localize_in_a_worker_gives_the_core_table_as_points_on_the_image(make_napari_viewer, qtbot, messages,
+                                                                         model_file, stack, tmp_path):
+    viewer, widget = _widget(make_napari_viewer, model_file)
+    assert "2D, 100 nm/px, EMCCD" in widget.model_label.text()
+    assert widget.threshold_spin.text() == "model (0.30)"
+    image = viewer.add_image(stack, name="stack", scale=SCALE, translate=TRANSLATE)
+    image.name = "smlm"  # the choices follow renamed layers
+    assert widget.image_combo.currentText() == "smlm"
+    with qtbot.waitSignal(widget.job_finished, timeout=60_000) as blocker:
+        assert widget.localize() is not None
+        assert not widget.localize_button.isEnabled() and widget.cancel_button.isEnabled()
+    assert blocker.args == ["returned"]
+    assert widget.localize_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+    expected = localize_stack(DeepLoco.load(model_file), stack)
+    assert len(expected["frame"]) > 0
+    layer = viewer.layers[dw.POINTS_LAYER]
+    assert layer.data.shape == (len(expected["frame"]), 3)
+    np.testing.assert_array_equal(layer.data[:, 0], expected["frame"])
+    # corner origin: pixel j's centre is at (j + 0.5) * 100 nm
+    np.testing.assert_allclose(layer.data[:, 1], expected["y"] / 100.0 - 0.5, atol=1e-9)
+    np.testing.assert_allclose(layer.data[:, 2], expected["x"] / 100.0 - 0.5, atol=1e-9)
+    np.testing.assert_allclose(layer.features["confidence"], expected["confidence"])
+    np.testing.assert_allclose(layer.features["x_nm"], expected["x"])
+    np.testing.assert_array_equal(layer.scale, SCALE)
+    np.testing.assert_array_equal(layer.translate, TRANSLATE)
+    assert f"{len(expected['frame'])} localization(s)" in widget.status.text()
+    assert widget.progress.value() == widget.progress.maximum() == 3
+
+    out = tmp_path / "locs.csv"
+    assert widget.export_csv(out)
+    back = read_thunderstorm_csv(out)
+    np.testing.assert_array_equal(back["frame"], expected["frame"])
+    np.testing.assert_allclose(back["x"], expected["x"], atol=1e-3)
+    assert "z" not in back  # a 2D model
+    assert messages["error"] == [] and "written to" in messages["info"][-1]
+
+    # the threshold reaches the core; a run that keeps nothing removes the last run's points
+    widget.threshold_spin.setValue(float(expected["confidence"].max()) + 0.05)
+    widget.use_threads = False
+    widget.localize()
+    assert dw.POINTS_LAYER not in viewer.layers and len(widget.table["frame"]) == 0
+    assert "no localization" in messages["info"][-1]
+
+
+def test_one_frame_gives_row_col_points(make_napari_viewer, messages, model_file, stack):
+    viewer, widget = _widget(make_napari_viewer, model_file)
+    widget.use_threads = False
+    viewer.add_image(stack[1], name="frame")
+    widget.threshold_spin.setValue(0.01)
+    widget.localize()
+    expected = localize_stack(DeepLoco.load(model_file), stack[1], threshold=0.01)
+    layer = viewer.layers[dw.POINTS_LAYER]
+    assert layer.data.shape == (len(expected["frame"]), 2)
+    np.testing.assert_allclose(layer.data[:, 0], expected["y"] / 100.0 - 0.5, atol=1e-9)
+
+
+def test_cancel_adds_no_layer(make_napari_viewer, qtbot, messages, model_file):
+    viewer, widget = _widget(make_napari_viewer, model_file)
+    viewer.add_image(simulated_adu_stack(400, (64, 64), (3, 6)), name="long")
+    with qtbot.waitSignal(widget.job_finished, timeout=60_000) as blocker:
+        worker = widget.localize()
+        assert worker is not None
+        widget.cancel()
+    assert blocker.args == ["aborted"]
+    assert dw.POINTS_LAYER not in viewer.layers and widget.table is None
+    assert widget.status.text() == "cancelled" and widget.localize_button.isEnabled()
+
+
+def test_bad_input_tells_the_user_what_to_do(make_napari_viewer, messages, model_file, stack, tmp_path):
+    viewer, widget = _widget(make_napari_viewer)
+    widget.use_threads = False
+
+    def last_error_after(action):
+        n = len(messages["error"])
+        action()
+        assert len(messages["error"]) == n + 1, messages["error"]
+        return messages["error"][-1]
+
+    assert "no model" in last_error_after(widget.localize)
+    foreign = tmp_path / "foreign.pt"
+    foreign.write_bytes(b"not a model")
+    assert "DeepLoco:" in last_error_after(lambda: widget.load_model(foreign))
+    assert widget.model is None and widget.model_label.text() == "Model: none"
+    assert "not found" in last_error_after(lambda: widget.load_model(tmp_path / "missing.pt"))
+    assert widget.load_model(model_file)
+    assert "no image layer" in last_error_after(widget.localize)
+    assert "nothing to export" in last_error_after(lambda: widget.export_csv(tmp_path / "x.csv"))
+
+    viewer.add_image(np.zeros((40, 40, 3), np.uint8), name="rgb", rgb=True)
+    assert "RGB" in last_error_after(widget.localize)
+    viewer.add_image(np.zeros((2, 2, 40, 40), np.float32), name="4d")
+    widget.image_combo.setCurrentText("4d")
+    assert "4 dimensions" in last_error_after(widget.localize)
+    nan = stack.astype(np.float32)
+    nan[1, 5, 5] = np.nan
+    viewer.add_image(nan, name="nan")
+    widget.image_combo.setCurrentText("nan")
+    assert "NaN" in last_error_after(widget.localize)
+    assert dw.POINTS_LAYER not in viewer.layers
+    viewer.add_image(np.zeros((3, 40, 40), np.float32), name="below baseline")
+    widget.image_combo.setCurrentText("below baseline")
+    assert "baseline" in last_error_after(widget.localize)
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_the_widget_docks_through_the_manifest_and_3d_models_colour_by_z(make_napari_viewer, messages, stack,
+                                                                          tmp_path):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-starloc", "DeepLoco")
+    assert isinstance(widget, dw.DeepLocoWidget)
+    path = tmp_path / "tiny3d.pt"
+    config = DeepLocoConfig(frame_size=32, n_candidates=8, conv_widths=(4, 8, 8), fc_width=64, dim=3,
+                            z_range=(-500.0, 500.0))
+    DeepLoco.new(config, seed=1, camera=EMCCD.smlm2016(), threshold=0.1).save(path)
+    assert widget.load_model(path) and "3D, z -500..500 nm" in widget.model_label.text()
+    viewer.add_image(stack, name="smlm")
+    widget.use_threads = False
+    widget.localize()
+    layer = viewer.layers[dw.POINTS_LAYER]
+    expected = localize_stack(DeepLoco.load(path), stack)
+    np.testing.assert_allclose(layer.features["z_nm"], expected["z"])
+    assert np.all(np.abs(expected["z"]) <= 500.0)
+    # coloured by z: points at different depths get different colours
+    lo, hi = np.argmin(expected["z"]), np.argmax(expected["z"])
+    assert not np.allclose(layer.face_color[lo], layer.face_color[hi])
+
+
+def test_a_closed_widget_no_longer_follows_the_layers(make_napari_viewer):
+    viewer, widget = _widget(make_napari_viewer)
+    layer = viewer.add_image(np.zeros((8, 8), np.float32), name="a")
+    layer.name = "b"
+
+    def choices():
+        return [widget.image_combo.itemText(i) for i in range(widget.image_combo.count())]
+
+    assert choices() == ["b"]  # follows added and renamed layers while open
+    widget._shutdown()  # what the widget's destroyed signal runs
+    layer.name = "c"
+    viewer.add_image(np.zeros((8, 8), np.float32), name="d")
+    assert choices() == ["b"]
