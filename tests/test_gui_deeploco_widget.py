@@ -7,6 +7,7 @@ The model is a tiny untrained network: the widget must show exactly what the cor
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
@@ -194,3 +195,11 @@ def test_a_closed_widget_no_longer_follows_the_layers(make_napari_viewer):
     layer.name = "c"
     viewer.add_image(np.zeros((8, 8), np.float32), name="d")
     assert choices() == ["b"]
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_the_device_is_the_gpu_when_there_is_one(make_napari_viewer, monkeypatch, cuda):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    _, widget = _widget(make_napari_viewer)
+    assert widget.device_combo.currentText() == ("cuda" if cuda else "cpu")
+    assert widget.device_combo.itemText(0) == "cpu"

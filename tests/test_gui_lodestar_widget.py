@@ -5,6 +5,7 @@ A tiny network (conftest.TINY) keeps training to a few seconds on a 2-core machi
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
@@ -336,7 +337,7 @@ def test_downsampling_sets_the_smallest_crop_and_advanced_settings_reach_the_tra
 
 @pytest.mark.parametrize("cuda", [False, True])
 def test_the_device_is_the_gpu_when_there_is_one(make_napari_viewer, monkeypatch, cuda):
-    monkeypatch.setattr(lw.torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     _, widget = _widget(make_napari_viewer, steps=20)
     assert widget.device == ("cuda" if cuda else "cpu")
     assert [widget.device_combo.itemText(i) for i in range(widget.device_combo.count())][0] == "cpu"

@@ -39,7 +39,7 @@ from qtpy.QtWidgets import (
 from starloc.deeploco.model import DeepLoco
 from starloc.deeploco.stack import StackProgress, iter_localize_stack
 from starloc.errors import StarlocError
-from starloc.gui.jobs import Failure, limit_threads
+from starloc.gui.jobs import Failure, available_devices, limit_threads
 from starloc.progress import finish
 from starloc.smlm_io import write_thunderstorm_csv
 
@@ -108,6 +108,10 @@ class DeepLocoWidget(QWidget):
         self.load_button.clicked.connect(self._ask_model)
         self.model_label = QLabel("Model: none")
         self.model_label.setWordWrap(True)
+        self.device_combo = QComboBox()
+        devices = available_devices()
+        self.device_combo.addItems(devices)
+        self.device_combo.setCurrentText("cuda" if "cuda" in devices else "cpu")  # as --device auto
         self.image_combo = QComboBox()
         self.image_combo.setToolTip("A (T, Y, X) stack or one (Y, X) frame, pixel size as the model's")
         self.units_combo = QComboBox()
@@ -132,6 +136,7 @@ class DeepLocoWidget(QWidget):
         self.export_button.clicked.connect(self._ask_export)
 
         form = QFormLayout()
+        form.addRow("Device", self.device_combo)
         form.addRow("Image", self.image_combo)
         form.addRow("Units", self.units_combo)
         form.addRow("Threshold", self.threshold_spin)
@@ -237,6 +242,7 @@ class DeepLocoWidget(QWidget):
             return None
         threshold = self.threshold_spin.value() or None
         try:
+            self.model.to(self.device_combo.currentText())
             gen = iter_localize_stack(self.model, data, input_units=UNITS[self.units_combo.currentText()],
                                       threshold=threshold)
         except StarlocError as exc:

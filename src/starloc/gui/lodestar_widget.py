@@ -13,7 +13,6 @@ from pathlib import Path
 
 import napari
 import numpy as np
-import torch
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt, QTimer, Signal
@@ -36,7 +35,7 @@ from qtpy.QtWidgets import (
 
 from starloc.errors import InputError, StarlocError
 from starloc.gui import lodestar_layers as layers_
-from starloc.gui.jobs import Failure
+from starloc.gui.jobs import Failure, available_devices
 from starloc.gui.lodestar_jobs import (
     Detected,
     describe_training,
@@ -79,17 +78,6 @@ THUMBNAIL_PX = 96
 DEBOUNCE_MS = 200
 BUSY = "LodeSTAR: busy; wait for the current job or cancel it"
 DEFAULT_CROP_SIZE = 40  # px, side of the square crop around a clicked centre
-
-
-def available_devices() -> list[str]:
-    """Torch devices that can actually be used here (cpu first)."""
-    devices = ["cpu"]
-    if torch.cuda.is_available():
-        devices.append("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        devices.append("mps")
-    return devices
 
 
 class LodeSTARWidget(QWidget):
