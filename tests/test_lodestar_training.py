@@ -9,8 +9,9 @@ from starloc.errors import ModelFileError
 from starloc.lodestar.detection import DetectParams, detect, pool_single, pool_single_symmetries
 from starloc.lodestar.model import LodeSTAR, normalize
 from starloc.lodestar.training import (
-    PlateauStopper, TrainConfig, augmentation, measure_position_offset, step_budget, train,
+    PlateauStopper, TrainConfig, augmentation, measure_position_offset, noise_factor, step_budget, train,
 )
+from starloc.errors import InputError
 from starloc.metrics import detection_metrics
 from starloc.progress import finish
 
@@ -80,6 +81,46 @@ def test_training_runs_the_budget_of_its_crop_and_stores_it(tiny_network):
     assert progress.max_steps == 5200
     model = finish(train([_crop(size=40)], _config(tiny_network, max_steps=5, min_steps=None)))
     assert model.metadata["training"]["max_steps"] == 5 and model.metadata["training"]["min_steps"] == 5
+
+
+def _normalized(image):
+    return normalize(torch.as_tensor(image, dtype=torch.float32)[None, None])[0]
+
+
+def test_the_noise_range_reaches_the_same_dim_objects_from_a_bright_crop():
+    from scipy.ndimage import median_filter
+
+    config = TrainConfig()
+    # the benchmark's SNR-10 crops keep the configured factor
+    for shape in sim.SHAPES:
+        image = sim.simulate_single(shape, 10, 1, size=40, max_offset=3.0, rng=0)[0][0]
+        assert noise_factor(config, [_normalized(image)]) == config.noise
+    # a bright crop: raised to its brightest 3x3 median over `dimmest`
+    bright = _normalized(sim.simulate_single("ellipse", 40, 1, size=40, max_offset=3.0, rng=0)[0][0])
+    peak = median_filter(bright[0].numpy(), size=3, mode="nearest").max()
+    assert noise_factor(config, [bright]) == pytest.approx(peak / 10.0, rel=1e-6)
+    assert peak / 10.0 > 12
+    # dark objects count by their depth; a hot pixel not at all; None keeps the factor
+    assert noise_factor(config, [-bright]) == pytest.approx(peak / 10.0, rel=1e-6)
+    dim = _normalized(_crop(size=40))
+    hot = dim.clone()
+    hot[0, 20, 20] = 1e4
+    assert noise_factor(config, [hot]) == noise_factor(config, [dim]) == config.noise
+    assert noise_factor(TrainConfig(dimmest=None, noise=4.0), [bright]) == 4.0
+    assert noise_factor(TrainConfig(noise=1.0), [bright]) == 1.0  # augmentation off stays off
+    # several crops: the median crop decides
+    assert noise_factor(config, [dim, bright, bright]) == noise_factor(config, [bright])
+    with pytest.raises(InputError, match="dimmest"):
+        noise_factor(TrainConfig(dimmest=0.0), [dim])
+
+
+def test_training_stores_the_noise_factor_it_used(tiny_network):
+    bright = sim.simulate_single("point", 40, 1, size=24, max_offset=1.0, rng=0)[0][0]
+    model = finish(train([bright], _config(tiny_network, max_steps=2, min_steps=2)))
+    used = model.metadata["training"]["noise"]
+    assert used == pytest.approx(noise_factor(TrainConfig(), [_normalized(bright)])) and used > 6.0
+    model = finish(train([bright], _config(tiny_network, max_steps=2, min_steps=2, dimmest=None)))
+    assert model.metadata["training"]["noise"] == 6.0
 
 
 def test_closing_the_generator_cancels_between_steps(tiny_network):

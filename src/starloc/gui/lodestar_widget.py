@@ -248,7 +248,9 @@ class LodeSTARWidget(QWidget):
         self.lr_spin = self._float_spin(1e-5, 1.0, TrainConfig.lr, 5, 1e-4)
         adv.addRow("Learning rate", self.lr_spin)
         self.noise_spin = self._float_spin(1.0, 100.0, TrainConfig.noise, 2, 0.5)
-        self.noise_spin.setToolTip("Noise augmentation: SNR lowered by up to this factor (1 = off)")
+        self.noise_spin.setToolTip(
+            "Noise augmentation: SNR lowered by up to this factor (1 = off). A brighter crop gets a "
+            f"larger factor, so that training reaches objects {TrainConfig.dimmest:g} background SDs bright")
         adv.addRow("Noise factor", self.noise_spin)
         self.shot_check = QCheckBox("Photon noise")
         self.shot_check.setChecked(TrainConfig.shot_noise != (0.0, 0.0))

@@ -56,10 +56,10 @@ class TrainConfig:
     ~50 / 65 / 80 ms per step on a 64 px crop (2 cores).
     translate: max translation per axis in pixels.
     noise: the largest factor by which noise augmentation lowers the SNR of a crop, see
-    :class:`~starloc.lodestar.transforms.Noise`. It is added after the geometric warp, as
-    a camera adds it: interpolation smooths noise, and a network trained on smoothed noise
-    erred by 0.94 px (point, SNR 2) where the same network trained on white noise erred
-    by 0.33 px.
+    :class:`~starloc.lodestar.transforms.Noise`; raised for bright crops, see ``dimmest``. It
+    is added after the geometric warp, as a camera adds it: interpolation smooths noise, and
+    a network trained on smoothed noise erred by 0.94 px (point, SNR 2) where the same
+    network trained on white noise erred by 0.33 px.
     shot_noise: range of the photon-noise coefficient of the noise augmentation, see
     :class:`~starloc.lodestar.transforms.Noise` (``(0, 0)``: background-like noise only).
     Without it the network only ever saw noise as strong on the object as around it; real
@@ -69,6 +69,14 @@ class TrainConfig:
     ``(0.03, 0.5)`` 0.296 / 0.191 / 0.117. A wider ``(0.03, 1)`` did as well on the point
     but cost the crescent 0.01 px in crowded scenes (multi-object RMSE 0.104 against 0.090)
     and the ellipse at SNR 2 (0.253 against 0.225 px); see docs/benchmarks.md.
+    dimmest: the noise augmentation reaches down to objects this many background standard
+        deviations bright (the crop's robust peak, see :func:`noise_factor`): the factor is
+        ``max(noise, peak / dimmest)``. A crop at the benchmark's SNR 10 peaks at ~45 and keeps
+        ``noise``; a bright one would otherwise teach only SNRs far above the dim frames it
+        meets (a photobleached time-lapse). Trained on one SNR-40 crop, the ellipse erred by
+        0.271 px at SNR 2 with the factor 6 and by 0.223 with 16 (centroid 0.209), the point
+        0.335 and 0.313 (0.324); at SNR 10-40 within 0.001 px (docs/benchmarks.md). ``None``,
+        or ``noise`` 1 (no noise augmentation): ``noise`` as given.
     gain: the normalized copies are multiplied by a log-uniform factor in ``[1, gain]``, so
     brighter objects than the crop's stay in distribution (without it a model trained at
     SNR 10 erred by 0.5-2 px at SNR 20-30; with it 0.03 px).
@@ -91,6 +99,7 @@ class TrainConfig:
     flip: bool = True
     interpolation: str = "bilinear"
     noise: float = 6.0
+    dimmest: float | None = 10.0
     shot_noise: tuple[float, float] = (0.03, 0.5)
     gain: float = 3.0
     within_weight: float = 0.1
@@ -132,6 +141,25 @@ def step_budget(config: TrainConfig, crop_shapes: Sequence[tuple[int, int]]) -> 
     max_steps = config.max_steps if config.max_steps is not None else round(BASE_STEPS[0] * scale)
     min_steps = config.min_steps if config.min_steps is not None else round(BASE_STEPS[1] * scale)
     return max_steps, min(min_steps, max_steps)
+
+
+def noise_factor(config: TrainConfig, crops: Sequence[torch.Tensor]) -> float:
+    """The noise augmentation's largest factor for these normalized ``(C, H, W)`` crops:
+    ``max(config.noise, peak / config.dimmest)``, ``peak`` the median over the crops of the
+    largest |3 x 3 median| (in background standard deviations; dark objects count by their
+    depth, a hot pixel not at all).
+    ``config.noise`` when ``config.dimmest`` is None or ``config.noise`` is 1 (augmentation off)."""
+    if config.dimmest is None or config.noise <= 1:
+        return float(config.noise)
+    if not config.dimmest > 0:
+        raise InputError(f"dimmest must be > 0 or None, got {config.dimmest}")
+    peaks = []
+    for crop in crops:
+        x = crop.detach().to("cpu", torch.float32)
+        x = torch.nn.functional.pad(x[None], (1, 1, 1, 1), mode="replicate")[0]
+        patches = x.unfold(1, 3, 1).unfold(2, 3, 1)  # (C, H, W, 3, 3)
+        peaks.append(float(patches.flatten(-2).median(dim=-1).values.abs().max()))  # dark objects too
+    return max(float(config.noise), float(np.median(peaks)) / config.dimmest)
 
 
 @dataclass(frozen=True)
@@ -222,6 +250,7 @@ def train(
     config = replace(config, max_steps=max_steps, min_steps=min_steps)
     seen = [downsample_frames(t[None].to(device), factor) for t in tensors]
     groups = _group_by_shape([normalize(t, model.normalization)[0] for t in seen])
+    config = replace(config, noise=noise_factor(config, [t for group in groups for t in group]))
     transform = augmentation(config)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     optimizer = torch.optim.Adam(model.net.parameters(), lr=config.lr)
