@@ -20,7 +20,6 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
@@ -39,8 +38,7 @@ from qtpy.QtWidgets import (
 from starloc.deeploco.model import DeepLoco
 from starloc.deeploco.stack import StackProgress, iter_localize_stack
 from starloc.errors import StarlocError
-from starloc.gui.jobs import Failure, available_devices, limit_threads
-from starloc.progress import finish
+from starloc.gui.jobs import Failure, available_devices, limit_threads, start_job
 from starloc.smlm_io import write_thunderstorm_csv
 
 POINTS_LAYER = "DeepLoco localizations"
@@ -61,10 +59,10 @@ def localize_job(gen):
 def points_from_table(table: dict, pixel_size: float, stack: bool) -> tuple[np.ndarray, dict]:
     """Points ``(N, 3)`` ``(frame, row, col)`` (``(N, 2)`` without ``stack``) in image pixels,
     and their features, from a localization table in nm (corner origin)."""
-    row = np.asarray(table["y"], dtype=float) / pixel_size - 0.5
-    col = np.asarray(table["x"], dtype=float) / pixel_size - 0.5
+    x, y = (np.asarray(table[k], dtype=float) for k in ("x", "y"))
+    row, col = y / pixel_size - 0.5, x / pixel_size - 0.5
     cols = [np.asarray(table["frame"], dtype=float), row, col] if stack else [row, col]
-    features = {"x_nm": np.asarray(table["x"], dtype=float), "y_nm": np.asarray(table["y"], dtype=float)}
+    features = {"x_nm": x, "y_nm": y}
     if "z" in table:
         features["z_nm"] = np.asarray(table["z"], dtype=float)
     features["confidence"] = np.asarray(table["confidence"], dtype=float)
@@ -290,15 +288,8 @@ class DeepLocoWidget(QWidget):
                 self._set_running(False)
                 self.job_finished.emit("failed")
 
-        if not self.use_threads:
-            self.worker = None
-            returned(finish(gen, yielded))
-            return None
-        self.worker = create_worker(
-            lambda: (yield from gen), _start_thread=False,
-            _connect={"yielded": yielded, "returned": returned, "aborted": aborted, "errored": errored},
-        )
-        self.worker.start()
+        self.worker = None  # not the last job's, should this one raise inline
+        self.worker = start_job(gen, self.use_threads, yielded, returned, aborted, errored)
         return self.worker
 
     def cancel(self) -> None:

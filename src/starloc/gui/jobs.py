@@ -1,4 +1,4 @@
-"""What the widgets' workers share: the failure value of a job, the devices and the thread budget.
+"""What the widgets' jobs share: how one is started, its failure value, the devices and the thread budget.
 
 A job is a generator run on a napari worker. User-facing errors (``StarlocError``) are
 returned as :class:`Failure` rather than raised, so the widget shows their one-line message
@@ -8,11 +8,14 @@ instead of napari's traceback notification.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import torch
+from napari.qt.threading import create_worker
 
 from starloc.errors import StarlocError
+from starloc.progress import finish
 
 
 @dataclass(frozen=True)
@@ -36,3 +39,25 @@ def available_devices() -> list[str]:
 def limit_threads() -> None:
     """Leave one core to the GUI (torch releases the GIL while it computes)."""
     torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+
+
+def start_job(gen: Generator, use_threads: bool, yielded: Callable, returned: Callable, aborted: Callable,
+              errored: Callable):
+    """Run a job generator on a napari worker, connected to the four callbacks, and return the
+    started worker; or, without ``use_threads``, run it to its end on the calling thread
+    (debugging, tests) and return None. Inline, an unexpected exception reaches ``errored``
+    and is raised again."""
+    if not use_threads:
+        try:
+            result = finish(gen, yielded)
+        except Exception as exc:
+            errored(exc)
+            raise
+        returned(result)
+        return None
+    worker = create_worker(
+        lambda: (yield from gen), _start_thread=False,
+        _connect={"yielded": yielded, "returned": returned, "aborted": aborted, "errored": errored},
+    )
+    worker.start()
+    return worker

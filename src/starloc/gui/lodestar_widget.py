@@ -13,7 +13,6 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtGui import QImage, QPixmap
@@ -35,7 +34,7 @@ from qtpy.QtWidgets import (
 
 from starloc.errors import InputError, StarlocError
 from starloc.gui import lodestar_layers as layers_
-from starloc.gui.jobs import Failure, available_devices
+from starloc.gui.jobs import Failure, available_devices, start_job
 from starloc.gui.lodestar_jobs import (
     Detected,
     describe_training,
@@ -72,7 +71,6 @@ from starloc.lodestar.inference import extract_crops
 from starloc.lodestar.model import LodeSTAR
 from starloc.lodestar.network import NetworkConfig
 from starloc.lodestar.training import BASE_STEPS, MAX_STEP_SCALE, REFERENCE_SIDE, TrainConfig, step_budget
-from starloc.progress import finish
 
 THUMBNAIL_PX = 96
 DEBOUNCE_MS = 200
@@ -688,22 +686,9 @@ class LodeSTARWidget(QWidget):
             if job == self._job_id:
                 on_yield(value)
 
-        if not self.use_threads:
-            self.worker = None
-            try:
-                result = finish(gen, yielded)
-            except Exception as exc:
-                errored(exc)
-                raise
-            returned(result)
-            return None
-        worker = create_worker(
-            lambda: (yield from gen), _start_thread=False,
-            _connect={"yielded": yielded, "returned": returned, "aborted": aborted, "errored": errored},
-        )
-        self.worker = worker
-        worker.start()
-        return worker
+        self.worker = None  # not the last job's, should this one raise inline
+        self.worker = start_job(gen, self.use_threads, yielded, returned, aborted, errored)
+        return self.worker
 
     def _quit_worker(self) -> None:
         self._job_id += 1  # results of the old job are ignored from now on
