@@ -305,3 +305,10 @@ def test_the_arch_choices_are_the_network_architectures():
     from starloc.deeploco.network import ARCHITECTURES
 
     assert cli_deeploco.ARCHITECTURES == ARCHITECTURES  # the CLI's copy, kept free of torch
+
+
+def test_the_camera_choices_are_the_camera_presets():
+    from starloc import cli_deeploco
+    from starloc.deeploco.camera import CAMERA_PRESETS
+
+    assert cli_deeploco.CAMERA_KINDS == CAMERA_PRESETS

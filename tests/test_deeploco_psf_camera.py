@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from starloc.deeploco.camera import EMCCD, SCMOS, Camera
+from starloc.deeploco.camera import EMCCD, SCMOS, Camera, camera_preset
 from starloc.deeploco.psf import AstigmaticPSF, EmpiricalPSF, Gaussian2DPSF, estimate_baseline
 from starloc.errors import InputError
 
@@ -308,3 +308,14 @@ def test_camera_round_trip_determinism_and_checks(cam):
     assert type(again) is type(cam) and again.qe == cam.qe
     assert math.isclose(float(cam.to_adu(torch.tensor(1.0))) - float(cam.to_adu(torch.tensor(0.0))),
                         float(1 / torch.as_tensor(cam.photons_per_adu)), rel_tol=1e-6)
+
+
+def test_camera_presets_and_overrides():
+    assert camera_preset("smlm2016").to_dict() == EMCCD.smlm2016().to_dict()
+    assert camera_preset("smlm2016", baseline=400.0).to_dict() == {**EMCCD.smlm2016().to_dict(), "baseline": 400.0}
+    assert camera_preset("emccd").to_dict() == EMCCD().to_dict()
+    assert camera_preset("scmos", qe=0.7).to_dict() == SCMOS(qe=0.7).to_dict()
+    with pytest.raises(InputError, match="em_gain does not apply"):
+        camera_preset("scmos", em_gain=10.0)
+    with pytest.raises(InputError, match="unknown camera 'ccd'"):
+        camera_preset("ccd")

@@ -22,6 +22,7 @@ from typing import Any
 from starloc.cli_common import add_cluster_options, cluster_client, frames_type, positive, progress_bar, resolve_device
 from starloc.errors import InputError
 
+#: starloc.deeploco.camera.CAMERA_PRESETS, written out so that `starloc --help` imports no torch
 CAMERA_KINDS = ("smlm2016", "emccd", "scmos")
 #: starloc.deeploco.network.ARCHITECTURES, written out so that `starloc --help` imports no torch
 ARCHITECTURES = ("paper", "fcn", "unet")
@@ -75,7 +76,7 @@ def _camera_overrides(args) -> dict[str, float]:
 def build_camera(kind: str | None, overrides: dict[str, float], base: Any = None):
     """A camera of ``kind`` (smlm2016, emccd, scmos) with ``overrides``; with ``kind=None`` the
     ``base`` camera (e.g. a model's) with ``overrides``, or None when neither is given."""
-    from starloc.deeploco.camera import EMCCD, SCMOS, Camera
+    from starloc.deeploco.camera import Camera, camera_preset
 
     if kind is None:
         if base is None:
@@ -89,17 +90,9 @@ def build_camera(kind: str | None, overrides: dict[str, float], base: Any = None
         if d.get("kind") == "SCMOS" and "em_gain" in overrides:
             raise InputError("--em-gain does not apply to an sCMOS camera")
         return Camera.from_dict({**d, **overrides})
-    if kind == "smlm2016":
-        d = EMCCD.smlm2016().to_dict()
-        d.pop("kind")
-        return EMCCD(**{**d, **overrides})
-    if kind == "emccd":
-        return EMCCD(**overrides)
-    if kind == "scmos":
-        if "em_gain" in overrides:
-            raise InputError("--em-gain does not apply to an sCMOS camera")
-        return SCMOS(**overrides)
-    raise InputError(f"unknown camera {kind!r}; choose one of {', '.join(CAMERA_KINDS)}")
+    if kind == "scmos" and "em_gain" in overrides:
+        raise InputError("--em-gain does not apply to an sCMOS camera")
+    return camera_preset(kind, **overrides)
 
 
 def _add_camera_options(p: argparse.ArgumentParser, what: str) -> None:

@@ -26,7 +26,10 @@ import torch
 
 from ..errors import InputError
 
-__all__ = ["Camera", "EMCCD", "SCMOS"]
+__all__ = ["Camera", "EMCCD", "SCMOS", "CAMERA_PRESETS", "camera_preset"]
+
+#: names of :func:`camera_preset`
+CAMERA_PRESETS = ("smlm2016", "emccd", "scmos")
 
 Tensor = torch.Tensor
 
@@ -245,3 +248,20 @@ class SCMOS(Camera):
 
     def _electrons(self, expected: Tensor, generator: torch.Generator) -> Tensor:
         return torch.poisson(self.qe * expected, generator=generator)
+
+
+def camera_preset(kind: str, **overrides: Any) -> Camera:
+    """A camera by name, with ``overrides`` replacing any of its settings: ``"smlm2016"`` (the
+    SMLM Challenge 2016 EMCCD, :meth:`EMCCD.smlm2016`), ``"emccd"`` or ``"scmos"`` (their class
+    defaults). ``em_gain`` is refused for an sCMOS."""
+    if kind == "smlm2016":
+        d = EMCCD.smlm2016().to_dict()
+        d.pop("kind")
+        return EMCCD(**{**d, **overrides})
+    if kind == "emccd":
+        return EMCCD(**overrides)
+    if kind == "scmos":
+        if "em_gain" in overrides:
+            raise InputError("em_gain does not apply to an sCMOS camera")
+        return SCMOS(**overrides)
+    raise InputError(f"unknown camera {kind!r}; choose one of {', '.join(CAMERA_PRESETS)}")
