@@ -20,7 +20,8 @@ from starloc.gui import deeploco_widget as dw  # noqa: E402
 from starloc.smlm_io import read_thunderstorm_csv  # noqa: E402
 from tests.conftest import simulated_adu_stack  # noqa: E402
 
-SCALE = (1.0, 0.1, 0.1)  # frame, µm, µm
+SCALE = (1.0, 0.1, 0.1)  # frame, µm, µm: the model's 100 nm pixels
+UNITS = ("pixel", "um", "um")
 TRANSLATE = (0.0, 2.0, -1.0)
 
 
@@ -59,7 +60,7 @@ def test_localize_in_a_worker_gives_the_core_table_as_points_on_the_image(make_n
     viewer, widget = _widget(make_napari_viewer, model_file)
     assert "2D, 100 nm/px, EMCCD" in widget.model_label.text()
     assert widget.threshold_spin.text() == "model (0.30)"
-    image = viewer.add_image(stack, name="stack", scale=SCALE, translate=TRANSLATE)
+    image = viewer.add_image(stack, name="stack", scale=SCALE, translate=TRANSLATE, units=UNITS)
     image.name = "smlm"  # the choices follow renamed layers
     assert widget.image_combo.currentText() == "smlm"
     with qtbot.waitSignal(widget.job_finished, timeout=60_000) as blocker:
@@ -80,6 +81,7 @@ def test_localize_in_a_worker_gives_the_core_table_as_points_on_the_image(make_n
     np.testing.assert_allclose(layer.features["x_nm"], expected["x"])
     np.testing.assert_array_equal(layer.scale, SCALE)
     np.testing.assert_array_equal(layer.translate, TRANSLATE)
+    assert layer.units == image.units
     assert f"{len(expected['frame'])} localization(s)" in widget.status.text()
     assert widget.progress.value() == widget.progress.maximum() == 3
 
@@ -203,3 +205,16 @@ def test_the_device_is_the_gpu_when_there_is_one(make_napari_viewer, monkeypatch
     _, widget = _widget(make_napari_viewer)
     assert widget.device_combo.currentText() == ("cuda" if cuda else "cpu")
     assert widget.device_combo.itemText(0) == "cpu"
+
+
+def test_an_image_in_physical_units_must_have_the_models_pixel_size(make_napari_viewer, messages, model_file, stack):
+    viewer, widget = _widget(make_napari_viewer, model_file)
+    widget.use_threads = False
+    viewer.add_image(stack, name="160 nm", scale=(1, 0.16, 0.16), units=UNITS)
+    assert widget.localize() is None
+    assert "has 160 nm pixels but the model was trained for 100 nm" in messages["error"][-1]
+    assert dw.POINTS_LAYER not in viewer.layers
+    viewer.layers.clear()
+    viewer.add_image(stack, name="100 nm", scale=(1, 100, 100), units=("pixel", "nm", "nm"))
+    widget.localize()
+    assert dw.POINTS_LAYER in viewer.layers and len(messages["error"]) == 1

@@ -219,7 +219,8 @@ def test_cancel_keeps_the_previous_model_and_adds_no_layers(make_napari_viewer, 
 def test_detect_all_frames_of_a_timelapse(make_napari_viewer, qtbot, messages, point_model):
     stack, tracks = sim.simulate_timelapse(4, 5, size=(64, 64), diffusion=1.0, rng=3)
     viewer, widget = _widget(make_napari_viewer)
-    layer = viewer.add_image(stack.astype(np.float32), name="movie", scale=(2.0, *SCALE), translate=(0, *TRANSLATE))
+    layer = viewer.add_image(stack.astype(np.float32), name="movie", scale=(2.0, *SCALE), translate=(0, *TRANSLATE),
+                             units=("s", "um", "um"))
     assert any("first axis" in m for m in messages["info"])
     widget.mode_combo.setCurrentText("ratio")
     widget.cutoff_spin.setValue(0.3)
@@ -232,6 +233,7 @@ def test_detect_all_frames_of_a_timelapse(make_napari_viewer, qtbot, messages, p
     assert set(np.unique(points.data[:, 0])) == {0, 1, 2, 3}
     np.testing.assert_allclose(points.scale, layer.scale)
     np.testing.assert_allclose(points.translate, layer.translate)
+    assert points.units == layer.units  # napari would otherwise warn of inconsistent units
     for t in range(4):
         assert _fraction_within(points.data[points.data[:, 0] == t, 1:], tracks[t]) >= 0.8
 

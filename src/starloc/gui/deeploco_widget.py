@@ -1,4 +1,6 @@
-"""napari dock widget: localize an SMLM stack with a trained DeepLoco model.
+"""napari dock widget: localize an SMLM stack with a trained DeepLoco model (the **Localize**
+tab), or train one from a bead z-stack (the **Train** tab, :mod:`starloc.gui.deeploco_training`;
+the model it writes is loaded here when it is done).
 
 Load a model file (``starloc deeploco train``), pick an image layer (a ``(T, Y, X)`` stack or
 one ``(Y, X)`` frame, camera ADU or photons), click **Localize**: the stack is localized on a
@@ -6,7 +8,8 @@ worker (progress bar, **Cancel** between chunks of frames) by the same core as `
 deeploco localize``, and the result becomes the Points layer ``DeepLoco localizations``.
 
 Points are ``(frame, row, col)`` (``(row, col)`` for one frame) in the image's pixels, with the
-image layer's scale and translate, so they sit on the emitters. The model's nm positions use a
+image layer's scale, translate and units, so they sit on the emitters. An image whose axes carry
+length units must have the model's pixel size. The model's nm positions use a
 corner origin (pixel ``j``'s centre at ``(j + 0.5) * pixel_size``), hence ``row = y / px - 0.5``.
 Features: ``x_nm``, ``y_nm`` (and ``z_nm`` for 3D models), ``confidence``; colour by z (3D) or
 confidence (2D). **Export…** writes the localizations as a ThunderSTORM CSV (nm, 1-based frames).
@@ -31,6 +34,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QProgressBar,
     QPushButton,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -38,7 +42,9 @@ from qtpy.QtWidgets import (
 from starloc.deeploco.model import DeepLoco
 from starloc.deeploco.stack import StackProgress, iter_localize_stack
 from starloc.errors import StarlocError
+from starloc.gui.deeploco_training import DeepLocoTrainPanel
 from starloc.gui.jobs import Failure, available_devices, limit_threads, start_job
+from starloc.gui.units import pixel_size_nm, placement
 from starloc.smlm_io import write_thunderstorm_csv
 
 POINTS_LAYER = "DeepLoco localizations"
@@ -141,7 +147,8 @@ class DeepLocoWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.localize_button)
         buttons.addWidget(self.cancel_button)
-        layout = QVBoxLayout(self)
+        page = QWidget()
+        layout = QVBoxLayout(page)
         for w in (self.load_button, self.model_label):
             layout.addWidget(w)
         layout.addLayout(form)
@@ -149,6 +156,14 @@ class DeepLocoWidget(QWidget):
         for w in (self.progress, self.status, self.export_button):
             layout.addWidget(w)
         layout.addStretch(1)
+        self.train_panel = DeepLocoTrainPanel(self.viewer)
+        self.train_panel.model_written.connect(self._on_model_written)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(page, "Localize")
+        self.tabs.addTab(self.train_panel, "Train")
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(self.tabs)
 
     def _refresh_image_choices(self, *_) -> None:
         current = self.image_combo.currentText()
@@ -172,6 +187,7 @@ class DeepLocoWidget(QWidget):
         self.cancel_button.setEnabled(running)
 
     def _shutdown(self) -> None:
+        self.train_panel.shutdown()
         self._job_id += 1
         if self.worker is not None:
             self.worker.quit()
@@ -204,6 +220,11 @@ class DeepLocoWidget(QWidget):
         self.threshold_spin.setSpecialValueText(f"model ({model.threshold:.2f})")
         self.model_label.setText(f"Model: {self.model_path.name} — {self.describe(model)}")
         return True
+
+    def _on_model_written(self, path: str) -> None:
+        """A model trained in the Train tab becomes the one that localizes."""
+        if self.load_model(path):
+            self.tabs.setCurrentIndex(0)
 
     @staticmethod
     def describe(model: DeepLoco) -> str:
@@ -238,6 +259,12 @@ class DeepLocoWidget(QWidget):
             show_error(f"DeepLoco: {layer.name!r} has {data.ndim} dimensions; expected one (Y, X) frame "
                        "or a (T, Y, X) stack")
             return None
+        pixel = pixel_size_nm(layer)
+        model_pixel = float(self.model.config.pixel_size)
+        if pixel is not None and abs(pixel - model_pixel) > 0.01 * model_pixel:
+            show_error(f"DeepLoco: {layer.name!r} has {pixel:g} nm pixels but the model was trained for "
+                       f"{model_pixel:g} nm; train a model for this camera's pixel size")
+            return None
         threshold = self.threshold_spin.value() or None
         try:
             self.model.to(self.device_combo.currentText())
@@ -246,7 +273,8 @@ class DeepLocoWidget(QWidget):
         except StarlocError as exc:
             show_error(f"DeepLoco: {exc}")
             return None
-        context = (layer.name, data.ndim == 3, tuple(layer.scale), tuple(layer.translate))
+        context = (layer.name, data.ndim == 3, tuple(layer.scale), tuple(layer.translate),
+                   getattr(layer, "units", None))
         return self._start(localize_job(gen), context)
 
     def _start(self, gen, context):
@@ -258,7 +286,7 @@ class DeepLocoWidget(QWidget):
         self.status.setText("localizing…")
 
         def yielded(p: StackProgress):
-            if job == self._job_id:
+            if job == self._job_id and not self._cancelled:  # not progress queued before the cancel
                 self.progress.setMaximum(max(p.frames_total, 1))
                 self.progress.setValue(p.frames_done)
                 self.status.setText(f"frame {p.frames_done}/{p.frames_total} · {p.localizations} localizations "
@@ -302,7 +330,7 @@ class DeepLocoWidget(QWidget):
         self.status.setText("cancelled")
 
     def _show_result(self, table: dict, context) -> None:
-        name, stack, scale, translate = context
+        name, stack, scale, translate, units = context
         self.table = table
         n = len(table["frame"])
         self.status.setText(f"{n} localization(s) in {name!r}")
@@ -314,7 +342,7 @@ class DeepLocoWidget(QWidget):
         data, features = points_from_table(table, float(self.model.config.pixel_size), stack)
         colour_by = "z_nm" if "z_nm" in features else "confidence"
         self.viewer.add_points(
-            data, name=POINTS_LAYER, features=features, scale=scale, translate=translate, size=1.5,
+            data, name=POINTS_LAYER, features=features, **placement(scale, translate, units), size=1.5,
             face_color=colour_by, face_colormap="turbo" if colour_by == "z_nm" else "viridis", border_width=0,
             metadata={"pixel_size_nm": float(self.model.config.pixel_size), "model": str(self.model_path),
                       "source": name},

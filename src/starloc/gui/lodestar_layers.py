@@ -1,6 +1,6 @@
 """Result layers of the LodeSTAR widget: add them once, refresh them in place afterwards.
 
-Main thread only. Each layer gets the scale and translate of the source image layer, so
+Main thread only. Each layer gets the scale, translate (and units) of the source image layer, so
 maps and detections sit exactly on the image whatever its pixel size or offset.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from starloc.gui.lodestar_source import OUTPUT_KEY, ImageSource
+from starloc.gui.units import placement
 from starloc.lodestar.detection import Detections
 
 FEATURES = ("score", "weight", "consistency")
@@ -31,16 +32,21 @@ def show_map(viewer, name: str, values: np.ndarray, src: ImageSource, colormap: 
     layer = find_layer(viewer, name, "Image")
     if layer is not None and layer.ndim == 2:
         layer.data = values
-        layer.scale, layer.translate = src.scale, src.translate
+        _place(layer, src.scale, src.translate, src.units)
         layer.metadata.update(meta)
         layer.contrast_limits = _limits(values)
         return layer
     if layer is not None:
         viewer.layers.remove(layer)
     return viewer.add_image(
-        values, name=name, scale=src.scale, translate=src.translate, colormap=colormap,
+        values, name=name, **placement(src.scale, src.translate, src.units), colormap=colormap,
         blending="additive", opacity=0.6, contrast_limits=_limits(values), metadata=meta,
     )
+
+
+def _place(layer, scale, translate, units) -> None:
+    for key, value in placement(scale, translate, units).items():
+        setattr(layer, key, value)
 
 
 def _limits(values: np.ndarray) -> tuple[float, float]:
@@ -70,12 +76,13 @@ def show_points(viewer, name: str, found: Detections, src: ImageSource, with_fra
     face = "score" if np.all(np.isfinite(features["score"])) else PLAIN_COLOUR
     scale = src.full_scale if with_frame else src.scale
     translate = src.full_translate if with_frame else src.translate
+    units = src.full_units if with_frame else src.units
     meta = {OUTPUT_KEY: True, "source": src.name, **(metadata or {})}
     layer = find_layer(viewer, name, "Points")
     if layer is not None and layer.ndim == data.shape[1]:
         layer.data = data
         layer.features = features
-        layer.scale, layer.translate = scale, translate
+        _place(layer, scale, translate, units)
         layer.metadata.update(meta)
         layer.face_color = face  # back to (or away from) the score colormap as needed
         if face == "score":
@@ -86,7 +93,7 @@ def show_points(viewer, name: str, found: Detections, src: ImageSource, with_fra
         viewer.layers.remove(layer)
     return viewer.add_points(
         data, name=name, features=features, face_color=face, face_colormap="viridis",
-        border_color="white", border_width=0.1, size=POINT_SIZE, scale=scale, translate=translate,
+        border_color="white", border_width=0.1, size=POINT_SIZE, **placement(scale, translate, units),
         metadata=meta, out_of_slice_display=False,
     )
 

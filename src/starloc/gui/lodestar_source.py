@@ -42,7 +42,8 @@ class ImageSource:
     n_frames: 1 for a 2D image, T for a T×Y×X time-lapse.
     height, width: frame size in pixels.
     scale, translate: of the layer's last two (spatial) axes; ``full_scale``/``full_translate``
-    of all its axes (with the time axis first for a time-lapse).
+    of all its axes (with the time axis first for a time-lapse); ``full_units``/``units`` the
+    same for napari's per-axis units (None where napari has none), so outputs line up.
     """
 
     name: str
@@ -55,6 +56,12 @@ class ImageSource:
     translate: tuple[float, float]
     full_scale: tuple[float, ...]
     full_translate: tuple[float, ...]
+    full_units: tuple | None = None
+
+    @property
+    def units(self) -> tuple | None:
+        """The units of the two spatial axes (None: napari without layer units)."""
+        return None if self.full_units is None else self.full_units[-2:]
 
     @property
     def is_timelapse(self) -> bool:
@@ -99,6 +106,7 @@ def image_source(layer) -> ImageSource:
         name=layer.name, data=data, rgb="gray" if rgb else "error", n_frames=n_frames,
         height=h, width=w, scale=scale[-2:], translate=translate[-2:],
         full_scale=scale, full_translate=translate,
+        full_units=tuple(layer.units) if getattr(layer, "units", None) is not None else None,
     )
 
 

@@ -1,0 +1,427 @@
+"""The DeepLoco widget's **Train** tab: a model from a bead z-stack layer, trained on a worker.
+
+Pick the bead z-stack (an image layer ``(Z, Y, X)`` in camera ADU) or a parametric PSF for
+users without beads, say how the stack was taken (pixel size, z step, z of its first slice,
+all in nm; read from the layer when its axes carry length units) and which camera the SMLM data come from, then **Train**. The same core as
+``starloc deeploco train`` builds the empirical PSF, simulates frames with the default
+training ranges (``starloc.deeploco.recipes``; photons and background can be narrowed here),
+trains, calibrates the confidence threshold and writes the model file (atomically) when it is
+done. **Cancel** stops between steps and writes nothing.
+
+Bad input (a stack without usable beads, NaN, a missing folder…) is a one-line notification.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import napari
+import numpy as np
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from starloc.deeploco.camera import EMCCD, SCMOS, camera_preset
+from starloc.deeploco.psf import AstigmaticPSF, EmpiricalPSF, Gaussian2DPSF
+from starloc.deeploco.recipes import BACKGROUND, PHOTONS, default_simulator
+from starloc.deeploco.training import DeepLocoTrainConfig, Progress, train
+from starloc.errors import InputError, StarlocError
+from starloc.gui.jobs import Failure, available_devices, limit_threads, start_job
+from starloc.gui.units import axis_nm, pixel_size_nm
+
+#: PSF choices that need no bead stack (the bead-stack layers are listed before them)
+GAUSSIAN, ASTIGMATIC = "Gaussian 2D (no beads)", "Astigmatic 3D (no beads)"
+#: camera choice -> ``camera_preset`` name (None: frames already in photons)
+CAMERAS = {"SMLM 2016 EMCCD": "smlm2016", "EMCCD": "emccd", "sCMOS": "scmos", "none (photons)": None}
+#: camera settings shown in the form: keyword -> (label, low, high, decimals)
+CAMERA_FIELDS = {
+    "baseline": ("Baseline (ADU)", -1e5, 1e5, 1),
+    "e_per_adu": ("e⁻ per ADU", 1e-3, 1e4, 3),
+    "em_gain": ("EM gain", 1.0, 1e4, 1),
+    "qe": ("Quantum efficiency", 0.01, 1.0, 3),
+    "read_noise": ("Read noise (e⁻ rms)", 0.0, 1e4, 2),
+}
+BUSY = "DeepLoco: a training is running; wait for it or click Cancel"
+
+
+def preset_values(kind: str) -> dict[str, float]:
+    """The settings of a camera preset that the form shows (EM gain 1 for an sCMOS)."""
+    camera = {"smlm2016": EMCCD.smlm2016, "emccd": EMCCD, "scmos": SCMOS}[kind]()
+    return {k: float(getattr(camera, k)) for k in CAMERA_FIELDS}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainRequest:
+    """Everything a training needs, read from the form on the GUI thread (lengths in nm)."""
+
+    psf: str  # a layer's name, GAUSSIAN or ASTIGMATIC
+    stack: np.ndarray | None  # the bead z-stack (Z, Y, X), ADU
+    in_focus: bool
+    pixel_size: float
+    z_step: float
+    z0: float
+    camera: str | None
+    camera_settings: dict
+    photons: tuple[float, float]
+    background: tuple[float, float]
+    config: DeepLocoTrainConfig
+    output: Path
+
+    def build_psf(self):
+        """The PSF model: empirical from the bead stack, or a parametric one."""
+        if self.psf == GAUSSIAN:
+            return Gaussian2DPSF()
+        if self.psf == ASTIGMATIC:
+            return AstigmaticPSF()
+        psf = EmpiricalPSF.from_bead_stack(self.stack, pixel_size=self.pixel_size, z_step=self.z_step, z0=self.z0)
+        return psf.in_focus() if self.in_focus else psf
+
+    def build_camera(self):
+        if self.camera is None:
+            return None
+        settings = dict(self.camera_settings)
+        if self.camera == "scmos":
+            settings.pop("em_gain", None)
+        return camera_preset(self.camera, **settings)
+
+
+def train_job(request: TrainRequest):
+    """Build the PSF, camera and simulator, train (yielding :class:`Progress`), write the model;
+    returns the model's path, or a :class:`Failure` for a user-facing error."""
+    limit_threads()
+    try:
+        psf = request.build_psf()
+        sim = default_simulator(psf, request.build_camera(), pixel_size=request.pixel_size,
+                                photons_range=request.photons, background_range=request.background,
+                                device=request.config.device)
+        model = yield from train(sim, request.config)
+        model.metadata = {**model.metadata, "source": {"command": "napari DeepLoco widget", "psf": request.psf}}
+        model.save(request.output)
+        return request.output
+    except StarlocError as exc:
+        return Failure(exc)
+    except OSError as exc:
+        return Failure(InputError(f"could not write {str(request.output)!r}: {exc}"))
+
+
+class DeepLocoTrainPanel(QWidget):
+    """Train a DeepLoco model in napari (see the module docstring).
+
+    Signals: ``model_written(path)`` when a model file has been written; ``job_finished(outcome)``
+    after every training (returned, aborted, failed). ``use_threads = False`` trains on the
+    calling thread (tests). ``extra_settings``: more :class:`DeepLocoTrainConfig` fields, as the
+    CLI's ``--set`` (e.g. a smaller validation set in tests).
+    """
+
+    model_written = Signal(str)
+    job_finished = Signal(str)
+
+    def __init__(self, viewer: napari.viewer.Viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = viewer
+        self.use_threads = True
+        self.extra_settings: dict = {}
+        self.worker = None
+        self._job_id = 0
+        self._running = False
+        self._cancelled = False
+        self._build_ui()
+        events = viewer.layers.events
+        for event in (events.inserted, events.removed, events.moved):
+            event.connect(self._refresh_psf_choices)
+        events.inserted.connect(self._on_inserted)
+        for layer in viewer.layers:
+            layer.events.name.connect(self._refresh_psf_choices)
+        self._refresh_psf_choices()
+        self._on_camera_changed()
+        self._set_running(False)
+
+    # ------------------------------------------------------------------ UI
+    def _build_ui(self) -> None:
+        self.psf_combo = QComboBox()
+        self.psf_combo.setToolTip("A bead z-stack image layer (Z, Y, X) in camera ADU, or a parametric PSF")
+        self.psf_combo.currentTextChanged.connect(self._on_psf_changed)
+        self._scale_read_from = None  # the bead layer whose units set the pixel size and z step
+        self._psf_picked = False  # whether the user chose a PSF (then a new layer does not replace it)
+        self.psf_combo.activated.connect(self._on_psf_picked)
+        self.in_focus_check = QCheckBox("2D model (the stack's in-focus slice only)")
+        self.pixel_spin = self._spin(1.0, 10_000.0, 100.0, 1, "camera pixel size (nm)")
+        self.z_step_spin = self._spin(0.1, 10_000.0, 10.0, 1, "nm between the bead stack's slices")
+        self.z_step_spin.valueChanged.connect(self._centre_z0)
+        self.z0_spin = self._spin(-100_000.0, 100_000.0, -750.0, 1,
+                                  "z of the stack's first slice (nm); focus at 0, centred by default")
+        self.camera_combo = QComboBox()
+        self.camera_combo.addItems(list(CAMERAS))
+        self.camera_combo.setToolTip("The camera of the SMLM data the model will localize")
+        self.camera_combo.currentTextChanged.connect(self._on_camera_changed)
+        self.camera_spins = {k: self._spin(lo, hi, 0.0, dec, label) for k, (label, lo, hi, dec) in CAMERA_FIELDS.items()}
+        self.photons_spins = self._range_spins(PHOTONS, 1.0, 1e7, "photons per emitter (log-uniform)")
+        self.background_spins = self._range_spins(BACKGROUND, 0.0, 1e5, "background photons per pixel")
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(1, 1_000_000)
+        self.steps_spin.setValue(DeepLocoTrainConfig().steps)
+        self.steps_spin.setToolTip("optimizer steps; the default takes about 15 min on 2 CPU cores")
+        self.seed_spin = QSpinBox()
+        self.seed_spin.setRange(0, 2**31 - 1)
+        self.device_combo = QComboBox()
+        devices = available_devices()
+        self.device_combo.addItems(devices)
+        self.device_combo.setCurrentText("cuda" if "cuda" in devices else "cpu")
+        self.output_edit = QLineEdit()
+        self.output_edit.setPlaceholderText("model file (.pt)")
+        browse = QToolButton()
+        browse.setText("…")
+        browse.clicked.connect(self._ask_output)
+        self.train_button = QPushButton("Train")
+        self.train_button.clicked.connect(self.train)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.progress = QProgressBar()
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("PSF", self.psf_combo)
+        form.addRow("", self.in_focus_check)
+        form.addRow("Pixel size (nm)", self.pixel_spin)
+        form.addRow("Z step (nm)", self.z_step_spin)
+        form.addRow("First slice z (nm)", self.z0_spin)
+        form.addRow("Camera", self.camera_combo)
+        for key, spin in self.camera_spins.items():
+            form.addRow(CAMERA_FIELDS[key][0], spin)
+        form.addRow("Photons", self._pair(self.photons_spins))
+        form.addRow("Background", self._pair(self.background_spins))
+        form.addRow("Steps", self.steps_spin)
+        form.addRow("Seed", self.seed_spin)
+        form.addRow("Device", self.device_combo)
+        out = QHBoxLayout()
+        out.addWidget(self.output_edit)
+        out.addWidget(browse)
+        form.addRow("Save to", out)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.train_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+    @staticmethod
+    def _spin(lo: float, hi: float, value: float, decimals: int, tip: str) -> QDoubleSpinBox:
+        spin = QDoubleSpinBox()
+        spin.setRange(lo, hi)
+        spin.setDecimals(decimals)
+        spin.setValue(value)
+        spin.setToolTip(tip)
+        return spin
+
+    def _range_spins(self, default, lo, hi, tip) -> tuple[QDoubleSpinBox, QDoubleSpinBox]:
+        return self._spin(lo, hi, default[0], 1, tip + ", low end"), self._spin(lo, hi, default[1], 1, tip + ", high end")
+
+    @staticmethod
+    def _pair(spins) -> QHBoxLayout:
+        row = QHBoxLayout()
+        row.addWidget(spins[0])
+        row.addWidget(QLabel("to"))
+        row.addWidget(spins[1])
+        return row
+
+    def _bead_layers(self) -> list:
+        return [layer for layer in self.viewer.layers
+                if isinstance(layer, napari.layers.Image) and not layer.rgb and layer.ndim == 3]
+
+    def _refresh_psf_choices(self, *_) -> None:
+        current = self.psf_combo.currentText()
+        names = [layer.name for layer in self._bead_layers()] + [GAUSSIAN, ASTIGMATIC]
+        self.psf_combo.blockSignals(True)
+        self.psf_combo.clear()
+        self.psf_combo.addItems(names)
+        self.psf_combo.blockSignals(False)
+        keep = current in names and (self._psf_picked or current not in (GAUSSIAN, ASTIGMATIC))
+        self.psf_combo.setCurrentText(current if keep else names[0])  # a bead stack before a model
+        self._on_psf_changed()
+
+    def _on_inserted(self, event) -> None:
+        event.value.events.name.connect(self._refresh_psf_choices)
+
+    def _on_psf_picked(self, *_) -> None:
+        self._psf_picked = True
+
+    def _bead_layer(self):
+        name = self.psf_combo.currentText()
+        if name in (GAUSSIAN, ASTIGMATIC) or name not in self.viewer.layers:
+            return None
+        return self.viewer.layers[name]
+
+    def _on_psf_changed(self, *_) -> None:
+        layer = self._bead_layer()
+        for w in (self.in_focus_check, self.z_step_spin, self.z0_spin):
+            w.setEnabled(layer is not None)
+        if layer is not None and layer.name != self._scale_read_from:
+            self._scale_read_from = layer.name  # not again on every layer-list event
+            self._read_layer_scale(layer)
+        self._centre_z0()
+
+    def _read_layer_scale(self, layer) -> None:
+        """Take the pixel size and z step from a bead layer whose axes are in physical units."""
+        pixel, z_step = pixel_size_nm(layer), axis_nm(layer, 0)
+        if pixel is not None:
+            self.pixel_spin.setValue(pixel)
+        if z_step is not None:
+            self.z_step_spin.setValue(z_step)
+
+    def _centre_z0(self, *_) -> None:
+        """Put the focus (z = 0) at the stack's middle slice, as a symmetric scan has it."""
+        layer = self._bead_layer()
+        if layer is not None:
+            self.z0_spin.setValue(-(layer.data.shape[0] - 1) / 2 * self.z_step_spin.value())
+
+    def _on_camera_changed(self, *_) -> None:
+        kind = CAMERAS[self.camera_combo.currentText()]
+        values = preset_values(kind) if kind is not None else {}
+        for key, spin in self.camera_spins.items():
+            spin.setEnabled(kind is not None and not (kind == "scmos" and key == "em_gain"))
+            if key in values:
+                spin.setValue(values[key])
+
+    def _ask_output(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save the DeepLoco model as", "deeploco.pt",
+                                              "starloc model (*.pt)")
+        if path:
+            self.output_edit.setText(path)
+
+    def _set_running(self, running: bool) -> None:
+        self._running = running
+        self.train_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+
+    def shutdown(self) -> None:
+        """Stop a running training and let go of the viewer's events (the widget is closing)."""
+        self._job_id += 1
+        if self.worker is not None:
+            self.worker.quit()
+        try:
+            events = self.viewer.layers.events
+            for event in (events.inserted, events.removed, events.moved):
+                event.disconnect(self._refresh_psf_choices)
+            events.inserted.disconnect(self._on_inserted)
+            for layer in self.viewer.layers:
+                layer.events.name.disconnect(self._refresh_psf_choices)
+        except Exception:  # the viewer may be gone already
+            pass
+
+    # ------------------------------------------------------------------ train
+    def request(self) -> TrainRequest:
+        """The form as a :class:`TrainRequest`; raises :class:`InputError` for what cannot work."""
+        text = self.output_edit.text().strip()
+        if not text:
+            raise InputError("choose where to save the model (Save to)")
+        output = Path(text).expanduser()
+        if output.suffix == "":
+            output = output.with_suffix(".pt")
+        if not output.parent.is_dir():
+            raise InputError(f"cannot save to {str(output)!r}: folder {str(output.parent)!r} does not exist")
+        layer = self._bead_layer()
+        stack = None
+        if layer is not None:
+            stack = np.asarray(layer.data[0] if layer.multiscale else layer.data)
+        elif self.psf_combo.currentText() not in (GAUSSIAN, ASTIGMATIC):
+            raise InputError("the bead z-stack layer is gone; pick another PSF")
+        photons = tuple(s.value() for s in self.photons_spins)
+        background = tuple(s.value() for s in self.background_spins)
+        for name, (lo, hi) in (("photons", photons), ("background", background)):
+            if lo > hi:
+                raise InputError(f"the {name} range runs backwards ({lo:g} to {hi:g})")
+        config = DeepLocoTrainConfig(**{"steps": self.steps_spin.value(), "seed": self.seed_spin.value(),
+                                        "device": self.device_combo.currentText(), **self.extra_settings})
+        return TrainRequest(
+            psf=self.psf_combo.currentText(), stack=stack, in_focus=self.in_focus_check.isChecked(),
+            pixel_size=self.pixel_spin.value(), z_step=self.z_step_spin.value(), z0=self.z0_spin.value(),
+            camera=CAMERAS[self.camera_combo.currentText()],
+            camera_settings={k: s.value() for k, s in self.camera_spins.items()},
+            photons=photons, background=background, config=config, output=output,
+        )
+
+    def train(self):
+        """Start a training from the form; returns the worker (None inline or on bad input)."""
+        if self._running:
+            show_error(BUSY)
+            return None
+        try:
+            request = self.request()
+        except StarlocError as exc:
+            show_error(f"DeepLoco: {exc}")
+            return None
+        self._job_id += 1
+        job = self._job_id
+        self._cancelled = False
+        self._set_running(True)
+        self.progress.setMaximum(request.config.steps)
+        self.progress.setValue(0)
+        self.status.setText("building the PSF and the validation frames…")
+
+        def yielded(p: Progress):
+            if job != self._job_id or self._cancelled:  # progress queued before the cancel
+                return
+            self.progress.setValue(p.step)
+            val = f" · validation Jaccard {p.val_jaccard:.3f}" if p.val_jaccard is not None else ""
+            self.status.setText(f"step {p.step}/{p.max_steps} · loss {p.loss:.4g}{val} · {p.elapsed:.0f} s")
+            if p.step == p.max_steps and request.config.calibration_frames:
+                self.status.setText(self.status.text() + " · calibrating the threshold…")
+
+        def returned(result):
+            if job != self._job_id:
+                return
+            self._set_running(False)
+            if self._cancelled:
+                self.job_finished.emit("aborted")
+            elif isinstance(result, Failure):
+                show_error(f"DeepLoco: {result.error}")
+                self.status.setText("failed; nothing written")
+                self.job_finished.emit("failed")
+            else:
+                self.status.setText(f"model written to {result}")
+                show_info(f"DeepLoco: model written to {result}")
+                self.model_written.emit(str(result))
+                self.job_finished.emit("returned")
+
+        def aborted():
+            if job == self._job_id:
+                self._set_running(False)
+                self.job_finished.emit("aborted")
+
+        def errored(exc):  # a bug: napari also shows it with its traceback
+            if job == self._job_id:
+                self._set_running(False)
+                self.job_finished.emit("failed")
+
+        self.worker = None
+        self.worker = start_job(train_job(request), self.use_threads, yielded, returned, aborted, errored)
+        return self.worker
+
+    def cancel(self) -> None:
+        """Stop the training after the current step; no model file is written."""
+        if not self._running:
+            return
+        self._cancelled = True
+        if self.worker is not None:
+            self.worker.quit()
+        self.status.setText("cancelled; nothing written")

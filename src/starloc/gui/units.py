@@ -1,0 +1,34 @@
+"""Physical pixel sizes and placement of napari layers: napari >= 0.6 layers carry a unit per axis.
+
+Readers that know the pixel size (and users, through the layer's properties) set ``scale`` and
+``units``; a plain array has unit ``pixel`` and tells nothing.
+"""
+
+from __future__ import annotations
+
+
+def axis_nm(layer, axis: int) -> float | None:
+    """The layer's step along ``axis`` in nm, or None when its unit there is not a length
+    (``pixel``, the default) or the napari version has no units."""
+    units = getattr(layer, "units", None)
+    if units is None:
+        return None
+    try:
+        return float((layer.scale[axis] * units[axis]).to("nm").magnitude)
+    except Exception:  # pint's DimensionalityError (pixel), or a unit pint does not know
+        return None
+
+
+def pixel_size_nm(layer) -> float | None:
+    """The layer's pixel size in nm when both image axes (the last two) are lengths of the same
+    size (square pixels), else None."""
+    rows, cols = axis_nm(layer, -2), axis_nm(layer, -1)
+    if rows is None or cols is None or abs(rows - cols) > 1e-6 * max(rows, cols):
+        return None
+    return cols
+
+
+def placement(scale, translate, units) -> dict:
+    """Layer keywords that put an output layer on its source image: its scale and translate,
+    and its units where napari has them (``units=None``), so napari sees consistent units."""
+    return {"scale": scale, "translate": translate, **({"units": units} if units is not None else {})}

@@ -1,0 +1,201 @@
+"""The DeepLoco widget's Train tab under Xvfb: bead z-stack layer → a few training steps (real
+worker) → model file written and loaded by the Localize tab; cancel; parametric PSFs; cameras;
+bad input.
+
+Tiny networks and a handful of steps: these check the wiring (what reaches the core, what is
+written, what the user sees), not accuracy.
+"""
+
+import numpy as np
+import pytest
+import tifffile
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from starloc.deeploco.camera import EMCCD  # noqa: E402
+from starloc.deeploco.demo import BUNDLED_Z0, BUNDLED_Z_STEP, bundled_bead_stack  # noqa: E402
+from starloc.deeploco.model import DeepLoco  # noqa: E402
+from starloc.gui import deeploco_training as dt  # noqa: E402
+from starloc.gui import deeploco_widget as dw  # noqa: E402
+
+TINY = {"conv_widths": (4, 8, 8), "n_candidates": 8, "batch": 2, "val_size": 4, "val_every": 2,
+        "calibration_frames": 0}
+
+
+@pytest.fixture
+def messages(monkeypatch):
+    seen = {"error": [], "info": []}
+    for module in (dt, dw):
+        monkeypatch.setattr(module, "show_error", seen["error"].append)
+        monkeypatch.setattr(module, "show_info", seen["info"].append)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def beads():
+    return tifffile.imread(bundled_bead_stack())  # (76, 40, 40) uint16 ADU, z every 20 nm
+
+
+def _panel(make_napari_viewer, beads=None, steps=3):
+    viewer = make_napari_viewer()
+    widget = dw.DeepLocoWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    if beads is not None:
+        viewer.add_image(beads, name="beads")
+    panel = widget.train_panel
+    panel.extra_settings = dict(TINY)
+    panel.steps_spin.setValue(steps)
+    return viewer, widget, panel
+
+
+def test_train_from_a_bead_layer_in_a_worker_writes_and_loads_the_model(make_napari_viewer, qtbot, messages,
+                                                                       beads, tmp_path):
+    viewer, widget, panel = _panel(make_napari_viewer, beads)
+    assert panel.psf_combo.currentText() == "beads"
+    panel.z_step_spin.setValue(BUNDLED_Z_STEP)
+    assert panel.z0_spin.value() == BUNDLED_Z0  # the focus at the middle slice
+    assert panel.camera_combo.currentText() == "SMLM 2016 EMCCD"
+    assert panel.camera_spins["e_per_adu"].value() == 45.0
+    out = tmp_path / "beads.pt"
+    panel.output_edit.setText(str(out))
+    with qtbot.waitSignal(panel.job_finished, timeout=120_000) as blocker:
+        assert panel.train() is not None
+        assert not panel.train_button.isEnabled() and panel.cancel_button.isEnabled()
+    assert blocker.args == ["returned"], messages
+    assert panel.train_button.isEnabled() and not panel.cancel_button.isEnabled()
+    assert panel.progress.value() == 3
+    assert "model written to" in panel.status.text()
+
+    model = DeepLoco.load(out)
+    assert model.config.dim == 3 and model.config.conv_widths == (4, 8, 8)
+    assert model.psf.z_range == (-750.0, 750.0)
+    assert model.camera.to_dict() == EMCCD.smlm2016().to_dict()
+    training = model.metadata["training"]
+    assert training["steps_done"] == 3
+    assert training["simulator"]["photons_range"] == [500.0, 20000.0]
+    assert model.metadata["source"]["command"] == "napari DeepLoco widget"
+    # the Localize tab now holds the new model
+    assert widget.model_path == out and widget.tabs.currentIndex() == 0
+    assert "3D, z -750..750 nm, 100 nm/px, EMCCD" in widget.model_label.text()
+    assert messages["error"] == []
+
+
+def test_same_form_same_seed_same_model(make_napari_viewer, messages, beads, tmp_path):
+    viewer, widget, panel = _panel(make_napari_viewer, beads, steps=2)
+    panel.use_threads = False
+    panel.in_focus_check.setChecked(True)
+    weights = []
+    for name in ("a.pt", "b.pt"):
+        panel.output_edit.setText(str(tmp_path / name))
+        panel.train()
+        model = DeepLoco.load(tmp_path / name)
+        assert model.config.dim == 2  # the in-focus slice only
+        weights.append(model.net.state_dict())
+    for key in weights[0]:
+        np.testing.assert_array_equal(weights[0][key].numpy(), weights[1][key].numpy())
+
+
+def test_cancel_writes_nothing(make_napari_viewer, qtbot, messages, beads, tmp_path):
+    viewer, widget, panel = _panel(make_napari_viewer, beads, steps=100_000)
+    out = tmp_path / "never.pt"
+    panel.output_edit.setText(str(out))
+    with qtbot.waitSignal(panel.job_finished, timeout=120_000) as blocker:
+        panel.train()
+        qtbot.waitUntil(lambda: panel.progress.value() >= 1, timeout=60_000)
+        panel.cancel()
+    assert blocker.args == ["aborted"]
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    assert "nothing written" in panel.status.text()
+    assert panel.train_button.isEnabled() and widget.model is None
+
+
+def test_parametric_psfs_and_a_photon_camera_need_no_beads(make_napari_viewer, messages, tmp_path):
+    viewer, widget, panel = _panel(make_napari_viewer)
+    panel.use_threads = False
+    assert [panel.psf_combo.itemText(i) for i in range(panel.psf_combo.count())] == [dt.GAUSSIAN, dt.ASTIGMATIC]
+    assert not panel.z_step_spin.isEnabled()
+    panel.camera_combo.setCurrentText("none (photons)")
+    assert not any(s.isEnabled() for s in panel.camera_spins.values())
+    panel.photons_spins[0].setValue(1000)
+    panel.photons_spins[1].setValue(5000)
+    for psf, dim in ((dt.GAUSSIAN, 2), (dt.ASTIGMATIC, 3)):
+        panel.psf_combo.setCurrentText(psf)
+        panel.output_edit.setText(str(tmp_path / "m"))  # ".pt" is added
+        panel.train()
+        model = DeepLoco.load(tmp_path / "m.pt")
+        assert model.config.dim == dim and model.camera is None
+        assert model.metadata["training"]["simulator"]["photons_range"] == [1000.0, 5000.0]
+    assert messages["error"] == []
+
+
+def test_camera_presets_fill_the_form_and_reach_the_model(make_napari_viewer, messages, tmp_path):
+    viewer, widget, panel = _panel(make_napari_viewer)
+    panel.use_threads = False
+    panel.camera_combo.setCurrentText("sCMOS")
+    assert not panel.camera_spins["em_gain"].isEnabled()
+    assert panel.camera_spins["read_noise"].value() == dt.preset_values("scmos")["read_noise"]
+    panel.camera_spins["baseline"].setValue(400)
+    panel.output_edit.setText(str(tmp_path / "s.pt"))
+    panel.train()
+    camera = DeepLoco.load(tmp_path / "s.pt").camera.to_dict()
+    assert camera["kind"] == "SCMOS" and camera["baseline"] == 400.0
+
+
+def test_bad_input_is_one_notification_and_writes_nothing(make_napari_viewer, messages, beads, tmp_path):
+    viewer, widget, panel = _panel(make_napari_viewer, beads)
+    panel.use_threads = False
+    assert panel.train() is None
+    assert "choose where to save" in messages["error"][-1]
+
+    panel.output_edit.setText(str(tmp_path / "missing" / "m.pt"))
+    panel.train()
+    assert "does not exist" in messages["error"][-1]
+
+    panel.output_edit.setText(str(tmp_path / "m.pt"))
+    panel.photons_spins[0].setValue(9000)
+    panel.photons_spins[1].setValue(100)
+    panel.train()
+    assert "photons range runs backwards" in messages["error"][-1]
+    panel.photons_spins[1].setValue(20000)
+
+    flat = np.full((20, 40, 40), 100, np.uint16)  # no bead in it
+    viewer.add_image(flat, name="no beads")
+    panel.psf_combo.setCurrentText("no beads")
+    panel.train()
+    assert "bead" in messages["error"][-1] and messages["error"][-1].startswith("DeepLoco: ")
+    assert "failed" in panel.status.text() and panel.train_button.isEnabled()
+
+    nan = beads.astype(np.float32)
+    nan[3, 5, 5] = np.nan
+    viewer.add_image(nan, name="nan beads")
+    panel.psf_combo.setCurrentText("nan beads")
+    panel.train()
+    assert "NaN" in messages["error"][-1] or "nan" in messages["error"][-1].lower()
+    assert list(tmp_path.iterdir()) == [] and widget.model is None
+    # 2D and RGB layers are not bead stacks
+    viewer.add_image(beads[0], name="one slice")
+    viewer.add_image(np.zeros((8, 8, 3), np.uint8), name="rgb", rgb=True)
+    names = [panel.psf_combo.itemText(i) for i in range(panel.psf_combo.count())]
+    assert "one slice" not in names and "rgb" not in names
+
+
+def test_pixel_size_and_z_step_come_from_a_layer_in_physical_units(make_napari_viewer, messages, beads):
+    viewer, widget, panel = _panel(make_napari_viewer)
+    viewer.add_image(beads, name="beads", scale=(0.02, 0.16, 0.16), units=("um", "um", "um"))
+    assert panel.pixel_spin.value() == pytest.approx(160.0)
+    assert panel.z_step_spin.value() == pytest.approx(20.0)
+    assert panel.z0_spin.value() == pytest.approx(-750.0)
+    panel.pixel_spin.setValue(110.0)  # the user's value survives unrelated layer events
+    viewer.add_image(beads[0], name="slice")
+    assert panel.pixel_spin.value() == 110.0
+
+
+def test_psf_choices_follow_the_layers(make_napari_viewer, messages, beads):
+    viewer, widget, panel = _panel(make_napari_viewer)
+    layer = viewer.add_image(beads, name="beads")
+    assert panel.psf_combo.currentText() == "beads" and panel.z_step_spin.isEnabled()
+    layer.name = "AS beads"
+    assert panel.psf_combo.currentText() == "AS beads"
+    viewer.layers.remove(layer)
+    assert panel.psf_combo.currentText() == dt.GAUSSIAN and not panel.z_step_spin.isEnabled()
