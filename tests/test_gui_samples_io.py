@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tifffile
 
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
@@ -84,6 +85,31 @@ def test_membrane_cells_sample_needs_downsampling(make_napari_viewer):
     assert ring_px > 3 * layer.data[r - 3 : r + 4, c - 3 : c + 4].mean()
     top, left = np.rint(truth[0] - 36).astype(int).clip(0, 384 - 72)
     assert downsample_for(object_extent(layer.data[top : top + 72, left : left + 72])) == 3
+
+
+def test_deeploco_samples_train_and_localize_in_nm(make_napari_viewer):
+    from starloc.deeploco.demo import bundled_bead_stack
+    from starloc.gui.units import axis_nm, pixel_size_nm
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "astigmatic-beads")
+    beads = viewer.layers["AS bead z-stack"]
+    assert beads.data.shape == (76, 40, 40) and beads.data.dtype == np.uint16
+    np.testing.assert_array_equal(beads.data, tifffile.imread(bundled_bead_stack()))
+    assert pixel_size_nm(beads) == 100.0 and axis_nm(beads, 0) == 20.0
+
+    viewer.open_sample(PLUGIN, "smlm-astigmatic")
+    smlm = viewer.layers["AS SMLM stack"]
+    assert smlm.data.shape == (40, 64, 64) and smlm.data.dtype == np.uint16
+    assert pixel_size_nm(smlm) == 100.0 and axis_nm(smlm, 0) is None  # frames, not a length
+    truth = smlm.metadata["ground_truth"]
+    n = len(truth["frame"])
+    assert 0.3 < n / (40 * 6.4 * 6.4) < 0.7  # 0.5 emitters per µm²
+    assert np.all((truth["x"] >= 0) & (truth["x"] <= 6400) & (np.abs(truth["z"]) <= 750))
+    assert np.all((truth["photons"] >= 1000) & (truth["photons"] <= 7000))
+    # the emitters are where the truth says: brighter than the median frame around their pixel
+    f, r, c = truth["frame"], (truth["y"] // 100).astype(int), (truth["x"] // 100).astype(int)
+    assert np.mean(smlm.data[f, r, c] > np.median(smlm.data)) > 0.9
 
 
 def test_samples_are_seeded():
@@ -223,3 +249,11 @@ def test_get_reader_rejects_foreign_input_without_raising(tmp_path):
     (data, kwargs, _), = points_io.read_points([str(ours)])
     np.testing.assert_array_equal(data, [[1.5, 2.5]])
     assert kwargs["name"] == "ours" and kwargs["face_color"] == "score"
+
+
+def test_the_smlm_sample_is_seeded():
+    (a, meta_a, _), = samples.smlm_astigmatic()
+    (b, meta_b, _), = samples.smlm_astigmatic()
+    np.testing.assert_array_equal(a, b)
+    for key, value in meta_a["metadata"]["ground_truth"].items():
+        np.testing.assert_array_equal(value, meta_b["metadata"]["ground_truth"][key])

@@ -1,9 +1,11 @@
 """Sample data for napari (npe2 ``sample_data`` contributions): small, seeded, with ground truth.
 
 Every function returns a list with one napari layer data tuple ``(data, kwargs, "image")``.
-Images are float32 photon counts simulated by :mod:`starloc.sim` (Poisson noise, SNR convention
-of that module). The true object positions travel with the layer in
-``layer.metadata["ground_truth"]``:
+The LodeSTAR images are float32 photon counts simulated by :mod:`starloc.sim` (Poisson noise,
+SNR convention of that module). The DeepLoco samples are camera data: the bead z-stack bundled
+with the package and an SMLM stack simulated from it (uint16 ADU, the SMLM Challenge 2016
+EMCCD), in physical units (nm). The true object positions travel with the layer in
+``layer.metadata["ground_truth"]``; for the LodeSTAR samples:
 
 * units: pixels of the image, in napari's axis order ``(row, col)`` (``(frame, particle, (row,
   col))`` for the time-lapse), pixel centres at integer coordinates, frames 0-based;
@@ -20,7 +22,8 @@ from scipy import special
 from starloc import sim
 
 #: Fixed seeds of the samples (changing one changes the documented ground truth).
-SEEDS = {"single-particle": 2022, "diffusing-particles": 7, "cell-like-blobs": 11, "membrane-cells": 5}
+SEEDS = {"single-particle": 2022, "diffusing-particles": 7, "cell-like-blobs": 11, "membrane-cells": 5,
+         "smlm-astigmatic": 3}
 
 _UNITS = "pixels; (row, col) with pixel centres at integers"
 
@@ -140,3 +143,50 @@ def membrane_cells() -> list[tuple]:
     image = sim.add_poisson_noise(_rings(size, positions, radii), snr, rng=rng)
     meta = {"ground_truth": positions, "radius": radii, "units": _UNITS, "snr": snr}
     return [(image, {"name": "membrane cells", "metadata": meta}, "image")]
+
+
+def astigmatic_beads() -> list[tuple]:
+    """The bead z-stack bundled with the package: one astigmatic bead of the SMLM Challenge 2016
+    calibration data, (76, 40, 40) uint16 ADU, z every 20 nm from -750 nm, 100 nm pixels (the
+    layer's scale, in nm). Train a DeepLoco model from it in the DeepLoco widget's Train tab."""
+    import tifffile
+
+    from starloc.deeploco.demo import BUNDLED_Z0, BUNDLED_Z_STEP, bundled_bead_stack
+
+    stack = tifffile.imread(bundled_bead_stack())
+    meta = {"z0_nm": BUNDLED_Z0, "z_step_nm": BUNDLED_Z_STEP, "pixel_size_nm": 100.0,
+            "source": "SMLM Challenge 2016 bead calibration (astigmatic), Sage et al., Nat. Methods 2019"}
+    kwargs = {"name": "AS bead z-stack", "scale": (BUNDLED_Z_STEP, 100.0, 100.0), "units": ("nm", "nm", "nm"),
+              "metadata": meta}
+    return [(stack, kwargs, "image")]
+
+
+def smlm_astigmatic() -> list[tuple]:
+    """An astigmatic SMLM stack to localize: 40 frames of 64x64 px (100 nm), 0.5 emitters/µm²,
+    1000-7000 photons, 100 background photons/px, z uniform over ±750 nm, rendered with the
+    empirical PSF of :func:`astigmatic_beads` and the challenge EMCCD (uint16 ADU, baseline 100).
+
+    Ground truth: a dict of ``frame`` (0-based), ``x``, ``y``, ``z`` (nm; x along columns, y
+    along rows, origin at the image's top-left corner, so pixel ``j``'s centre is at
+    ``(j + 0.5) * 100`` nm) and ``photons``."""
+    import torch
+
+    from starloc.deeploco.camera import EMCCD
+    from starloc.deeploco.demo import BUNDLED_Z0, BUNDLED_Z_STEP, bundled_bead_stack
+    from starloc.deeploco.recipes import bead_psf
+    from starloc.deeploco.simulate import Simulator, truth_table
+
+    psf = bead_psf(bundled_bead_stack(), z_step=BUNDLED_Z_STEP, z0=BUNDLED_Z0)
+    camera = EMCCD.smlm2016()
+    sim = Simulator(psf, camera, frame_shape=(64, 64), density=0.5, photons_range=(1000.0, 7000.0),
+                    background_range=(100.0, 100.0))
+    g = torch.Generator().manual_seed(SEEDS["smlm-astigmatic"])
+    truth = sim.sample_emitters(40, g)
+    adu = camera.sample(sim.expected(truth), g).numpy().astype(np.uint16)
+    frame, xyz = truth_table(truth, 3)
+    photons = truth["photons"][truth["mask"]].numpy()
+    meta = {"ground_truth": {"frame": frame, "x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2], "photons": photons},
+            "units": "nm, corner origin; frames 0-based", "camera": camera.to_dict(), "pixel_size_nm": 100.0}
+    kwargs = {"name": "AS SMLM stack", "scale": (1.0, 100.0, 100.0), "units": ("pixel", "nm", "nm"),
+              "metadata": meta}
+    return [(adu, kwargs, "image")]
