@@ -1,10 +1,10 @@
 """Regenerate the screenshots of docs/lodestar.md (and docs/deeploco.md) with the real widgets, headless.
 
-    xvfb-run -a -s "-screen 0 1400x1000x24" python docs/make_screenshots.py [--steps 300] [--deeploco-model as.pt]
+    xvfb-run -a -s "-screen 0 1400x1000x24" python docs/make_screenshots.py [--steps 300] [--deeploco-model as.pt [--deeploco-only]]
 
 Writes docs/images/lodestar_*.png (palette PNGs, each well under 300 KB); with
 ``--deeploco-model`` (an astigmatic model from ``starloc deeploco train --psf beads-AS.tif
---camera smlm2016``) also docs/images/deeploco_localize.png. Seeded: the same machine gives the
+--camera smlm2016``) also docs/images/deeploco_localize.png and deeploco_train.png. Seeded: the same machine gives the
 same pictures, apart from timings shown in the widget.
 """
 
@@ -140,6 +140,22 @@ def deeploco(model: Path, beads: Path) -> None:
     wait_signal(widget.job_finished)
     viewer.dims.set_current_step(0, 9)
     snap(viewer, "localize", prefix="deeploco")
+
+    # the Train tab on the bundled bead sample, a few steps into a default training (then cancelled)
+    viewer.layers.clear()
+    viewer.open_sample("napari-starloc", "astigmatic-beads")
+    viewer.dims.set_current_step(0, 37)  # the focus
+    panel = widget.train_panel
+    widget.tabs.setCurrentIndex(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        panel.output_edit.setText(str(Path(tmp) / "as.pt"))
+        panel.train()
+        while panel.progress.value() < 40:
+            QApplication.processEvents()
+        snap(viewer, "train", prefix="deeploco")
+        panel.cancel()
+        while panel.train_button.isEnabled() is False:
+            QApplication.processEvents()
     viewer.close()
 
 
@@ -156,7 +172,9 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
     parser.add_argument("--deeploco-model", type=Path, default=None, help="also the DeepLoco widget, with this AS model")
     parser.add_argument("--beads", type=Path, default=BEADS_AS, help="the AS bead stack (default: ../shared/data)")
+    parser.add_argument("--deeploco-only", action="store_true", help="only the DeepLoco screenshots")
     args = parser.parse_args()
-    main(args.steps)
+    if not args.deeploco_only:
+        main(args.steps)
     if args.deeploco_model is not None:
         deeploco(args.deeploco_model, args.beads)
