@@ -37,7 +37,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from starloc.deeploco.camera import EMCCD, SCMOS, camera_preset
+from starloc.deeploco.camera import camera_preset
 from starloc.deeploco.psf import AstigmaticPSF, EmpiricalPSF, Gaussian2DPSF
 from starloc.deeploco.recipes import BACKGROUND, PHOTONS, default_simulator
 from starloc.deeploco.training import DeepLocoTrainConfig, Progress, train
@@ -62,7 +62,7 @@ BUSY = "DeepLoco: a training is running; wait for it or click Cancel"
 
 def preset_values(kind: str) -> dict[str, float]:
     """The settings of a camera preset that the form shows (EM gain 1 for an sCMOS)."""
-    camera = {"smlm2016": EMCCD.smlm2016, "emccd": EMCCD, "scmos": SCMOS}[kind]()
+    camera = camera_preset(kind)
     return {k: float(getattr(camera, k)) for k in CAMERA_FIELDS}
 
 
