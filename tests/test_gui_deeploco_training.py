@@ -199,3 +199,8 @@ def test_psf_choices_follow_the_layers(make_napari_viewer, messages, beads):
     assert panel.psf_combo.currentText() == "AS beads"
     viewer.layers.remove(layer)
     assert panel.psf_combo.currentText() == dt.GAUSSIAN and not panel.z_step_spin.isEnabled()
+    # an SMLM time-lapse is 3D too: a stack whose first axis is a length (z) is offered first
+    viewer.add_image(np.zeros((5, 16, 16), np.uint16), name="smlm", units=("pixel", "nm", "nm"))
+    viewer.add_image(beads, name="z-stack", scale=(20, 100, 100), units=("nm", "nm", "nm"))
+    names = [panel.psf_combo.itemText(i) for i in range(panel.psf_combo.count())]
+    assert names == ["z-stack", "smlm", dt.GAUSSIAN, dt.ASTIGMATIC]

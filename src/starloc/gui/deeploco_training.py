@@ -245,8 +245,11 @@ class DeepLocoTrainPanel(QWidget):
         return row
 
     def _bead_layers(self) -> list:
-        return [layer for layer in self.viewer.layers
-                if isinstance(layer, napari.layers.Image) and not layer.rgb and layer.ndim == 3]
+        """3D single-channel image layers; those whose first axis is a length (z) come first,
+        since a time-lapse SMLM stack is 3D too."""
+        layers = [layer for layer in self.viewer.layers
+                  if isinstance(layer, napari.layers.Image) and not layer.rgb and layer.ndim == 3]
+        return sorted(layers, key=lambda layer: axis_nm(layer, 0) is None)
 
     def _refresh_psf_choices(self, *_) -> None:
         current = self.psf_combo.currentText()
