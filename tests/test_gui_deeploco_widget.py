@@ -16,6 +16,7 @@ from starloc.deeploco import EMCCD  # noqa: E402
 from starloc.deeploco.model import DeepLoco  # noqa: E402
 from starloc.deeploco.network import DeepLocoConfig  # noqa: E402
 from starloc.deeploco.stack import localize_stack  # noqa: E402
+from starloc.errors import InputError  # noqa: E402
 from starloc.gui import deeploco_widget as dw  # noqa: E402
 from starloc.smlm_io import read_thunderstorm_csv  # noqa: E402
 from tests.conftest import simulated_adu_stack  # noqa: E402
@@ -218,3 +219,49 @@ def test_an_image_in_physical_units_must_have_the_models_pixel_size(make_napari_
     viewer.add_image(stack, name="100 nm", scale=(1, 100, 100), units=("pixel", "nm", "nm"))
     widget.localize()
     assert dw.POINTS_LAYER in viewer.layers and len(messages["error"]) == 1
+
+
+def test_render_places_the_super_resolved_image_on_the_camera_image():
+    from napari.layers import Image
+
+    from starloc.gui.render_layer import render_image, render_placement
+
+    table = {"frame": np.array([0, 3]), "x": np.array([250.0, 387.0]), "y": np.array([150.0, 222.0])}
+    camera = Image(np.zeros((4, 6, 5)), scale=(1, 0.1, 0.1), translate=(0, 2.0, -1.0))
+    image = render_image(table, (6, 5), 100.0, 10.0)
+    assert image.shape == (60, 50) and image.dtype == np.float32
+    np.testing.assert_allclose(image.sum(), 2.0, rtol=1e-5)  # unit mass per localization
+    scale, translate = render_placement(camera.scale, camera.translate, 100.0, 10.0)
+    render = Image(image, scale=scale, translate=translate)
+    for x, y in zip(table["x"], table["y"]):
+        # the blob's centroid, in the rendering's pixels, lands where the camera has the localization
+        r0, c0 = int(y // 10), int(x // 10)
+        win = image[r0 - 8 : r0 + 9, c0 - 8 : c0 + 9]
+        rr, cc = np.mgrid[r0 - 8 : r0 + 9, c0 - 8 : c0 + 9]
+        centroid = ((win * rr).sum() / win.sum(), (win * cc).sum() / win.sum())
+        np.testing.assert_allclose(render.data_to_world(centroid),
+                                   camera.data_to_world((0, y / 100 - 0.5, x / 100 - 0.5))[1:], atol=1e-5)
+    rgb = render_image({**table, "z": np.array([-300.0, 400.0])}, (6, 5), 100.0, 20.0)
+    assert rgb.shape == (30, 25, 3) and 0 <= rgb.min() and rgb.max() <= 1
+    with pytest.raises(InputError, match="choose a larger render pixel"):
+        render_image(table, (20_000, 20_000), 100.0, 1.0)
+
+
+def test_render_button_adds_the_rendering_of_the_last_localizations(make_napari_viewer, messages, model_file,
+                                                                     stack):
+    viewer, widget = _widget(make_napari_viewer, model_file)
+    widget.use_threads = False
+    assert widget.render() is None and "nothing to render" in messages["error"][-1]
+    image = viewer.add_image(stack, name="stack", scale=SCALE, translate=TRANSLATE, units=UNITS)
+    widget.localize()
+    n = len(widget.table["frame"])
+    widget.render_spin.setValue(20.0)
+    layer = widget.render()
+    assert layer is viewer.layers[dw.RENDER_LAYER] and layer.data.shape == (400, 360)  # 80x72 px of 100 nm
+    assert 0.9 * n < layer.data.sum() <= n + 1e-3  # unit mass each, a little lost at the border
+    np.testing.assert_allclose(layer.scale, [0.02, 0.02])
+    assert layer.units == image.units[1:]
+    widget.render_spin.setValue(50.0)
+    widget.render()  # replaces the last rendering
+    assert [lay.name for lay in viewer.layers].count(dw.RENDER_LAYER) == 1
+    assert viewer.layers[dw.RENDER_LAYER].data.shape == (160, 144)

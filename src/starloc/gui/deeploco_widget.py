@@ -12,7 +12,8 @@ image layer's scale, translate and units, so they sit on the emitters. An image 
 length units must have the model's pixel size. The model's nm positions use a
 corner origin (pixel ``j``'s centre at ``(j + 0.5) * pixel_size``), hence ``row = y / px - 0.5``.
 Features: ``x_nm``, ``y_nm`` (and ``z_nm`` for 3D models), ``confidence``; colour by z (3D) or
-confidence (2D). **Export…** writes the localizations as a ThunderSTORM CSV (nm, 1-based frames).
+confidence (2D). **Export…** writes the localizations as a ThunderSTORM CSV (nm, 1-based frames);
+**Render** adds them as a super-resolved image layer (:mod:`starloc.gui.render_layer`).
 
 Bad input is reported with ``show_error`` (one line saying what to do), never a traceback.
 """
@@ -44,10 +45,12 @@ from starloc.deeploco.stack import StackProgress, iter_localize_stack
 from starloc.errors import StarlocError
 from starloc.gui.deeploco_training import DeepLocoTrainPanel
 from starloc.gui.jobs import Failure, available_devices, limit_threads, start_job
+from starloc.gui.render_layer import render_image, render_placement
 from starloc.gui.units import pixel_size_nm, placement
 from starloc.smlm_io import write_thunderstorm_csv
 
 POINTS_LAYER = "DeepLoco localizations"
+RENDER_LAYER = "DeepLoco render"
 UNITS = {"camera ADU": "adu", "photons": "photons"}
 BUSY = "DeepLoco: a localization is running; wait for it or click Cancel"
 
@@ -91,6 +94,7 @@ class DeepLocoWidget(QWidget):
         self.model: DeepLoco | None = None
         self.model_path: Path | None = None
         self.table: dict | None = None  # the last localizations, nm
+        self._table_context: tuple = ()
         self.worker = None
         self._job_id = 0
         self._running = False
@@ -138,6 +142,16 @@ class DeepLocoWidget(QWidget):
         self.status.setWordWrap(True)
         self.export_button = QPushButton("Export ThunderSTORM CSV…")
         self.export_button.clicked.connect(self._ask_export)
+        self.render_spin = QDoubleSpinBox()
+        self.render_spin.setRange(1.0, 1000.0)
+        self.render_spin.setDecimals(1)
+        self.render_spin.setValue(10.0)
+        self.render_spin.setSuffix(" nm")
+        self.render_spin.setToolTip("pixel size of the super-resolved rendering (Gaussian splats of one pixel σ)")
+        self.render_button = QPushButton("Render")
+        self.render_button.setToolTip("Add the localizations of all frames as a super-resolved image "
+                                      "(coloured by z for 3D models)")
+        self.render_button.clicked.connect(self.render)
 
         form = QFormLayout()
         form.addRow("Device", self.device_combo)
@@ -155,6 +169,10 @@ class DeepLocoWidget(QWidget):
         layout.addLayout(buttons)
         for w in (self.progress, self.status, self.export_button):
             layout.addWidget(w)
+        render_row = QHBoxLayout()
+        render_row.addWidget(self.render_button)
+        render_row.addWidget(self.render_spin)
+        layout.addLayout(render_row)
         layout.addStretch(1)
         self.train_panel = DeepLocoTrainPanel(self.viewer)
         self.train_panel.model_written.connect(self._on_model_written)
@@ -182,7 +200,7 @@ class DeepLocoWidget(QWidget):
 
     def _set_running(self, running: bool) -> None:
         self._running = running
-        for button in (self.load_button, self.localize_button, self.export_button):
+        for button in (self.load_button, self.localize_button, self.export_button, self.render_button):
             button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
 
@@ -274,7 +292,7 @@ class DeepLocoWidget(QWidget):
             show_error(f"DeepLoco: {exc}")
             return None
         context = (layer.name, data.ndim == 3, tuple(layer.scale), tuple(layer.translate),
-                   getattr(layer, "units", None))
+                   getattr(layer, "units", None), tuple(data.shape[-2:]))
         return self._start(localize_job(gen), context)
 
     def _start(self, gen, context):
@@ -330,8 +348,9 @@ class DeepLocoWidget(QWidget):
         self.status.setText("cancelled")
 
     def _show_result(self, table: dict, context) -> None:
-        name, stack, scale, translate, units = context
+        name, stack, scale, translate, units, _ = context
         self.table = table
+        self._table_context = (*context, float(self.model.config.pixel_size))  # what render() needs
         n = len(table["frame"])
         self.status.setText(f"{n} localization(s) in {name!r}")
         if POINTS_LAYER in self.viewer.layers:  # a new run replaces the last one's points
@@ -346,6 +365,29 @@ class DeepLocoWidget(QWidget):
             face_color=colour_by, face_colormap="turbo" if colour_by == "z_nm" else "viridis", border_width=0,
             metadata={"pixel_size_nm": float(self.model.config.pixel_size), "model": str(self.model_path),
                       "source": name},
+        )
+
+    # ------------------------------------------------------------------ render
+    def render(self):
+        """Add (or replace) the layer ``DeepLoco render``: the last localizations of every frame
+        as Gaussian splats on ``render_spin`` nm pixels over the camera field, placed on the image."""
+        if self.table is None or not len(self.table["frame"]):
+            show_error("DeepLoco: nothing to render; localize a stack first")
+            return None
+        name, _, scale, translate, units, field, camera_px = self._table_context
+        render_px = self.render_spin.value()
+        try:
+            image = render_image(self.table, field, camera_px, render_px)
+        except StarlocError as exc:
+            show_error(f"DeepLoco: {exc}")
+            return None
+        if RENDER_LAYER in self.viewer.layers:
+            self.viewer.layers.remove(RENDER_LAYER)
+        r_scale, r_translate = render_placement(scale, translate, camera_px, render_px)
+        look = {"rgb": True} if image.ndim == 3 else {"colormap": "magma"}
+        return self.viewer.add_image(
+            image, name=RENDER_LAYER, **look, **placement(r_scale, r_translate, None if units is None else units[-2:]),
+            blending="additive", metadata={"render_pixel_nm": render_px, "source": name, "localizations": len(self.table["frame"])},
         )
 
     # ------------------------------------------------------------------ export
