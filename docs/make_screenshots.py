@@ -4,7 +4,7 @@
 
 Writes docs/images/lodestar_*.png (palette PNGs, each well under 300 KB); with
 ``--deeploco-model`` (an astigmatic model from ``starloc deeploco train --psf beads-AS.tif
---camera smlm2016``) also docs/images/deeploco_localize.png and deeploco_train.png. Seeded: the same machine gives the
+--camera smlm2016``) also docs/images/deeploco_localize.png, deeploco_render.png and deeploco_train.png. Seeded: the same machine gives the
 same pictures, apart from timings shown in the widget.
 """
 
@@ -140,6 +140,10 @@ def deeploco(model: Path, beads: Path) -> None:
     wait_signal(widget.job_finished)
     viewer.dims.set_current_step(0, 9)
     snap(viewer, "localize", prefix="deeploco")
+    widget.render()  # all 20 frames at 10 nm, coloured by z
+    viewer.layers[deeploco_widget.POINTS_LAYER].visible = False
+    viewer.layers["AS frames (ADU)"].visible = False
+    snap(viewer, "render", prefix="deeploco")
 
     # the Train tab on the bundled bead sample, a few steps into a default training (then cancelled)
     viewer.layers.clear()
