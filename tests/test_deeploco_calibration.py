@@ -10,7 +10,7 @@ from starloc.deeploco import AstigmaticPSF, Gaussian2DPSF, Simulator
 from starloc.deeploco.calibration import THRESHOLDS, best_threshold, calibrate
 from starloc.deeploco.model import DeepLoco
 from starloc.deeploco.network import DeepLocoConfig
-from starloc.deeploco.subpixel import fit_correction
+from starloc.deeploco.subpixel import SPARSE_DENSITY, fit_correction
 from starloc.deeploco.training import DeepLocoTrainConfig, train
 from starloc.progress import finish
 
@@ -99,6 +99,9 @@ def test_calibrate_measures_the_axial_bias_of_a_3d_model(monkeypatch):
     monkeypatch.setattr("starloc.deeploco.calibration.fit_correction", partial(fit_correction, z_prior=0.0))
     cal = calibrate(model, sim3, frames=n // 2)
     assert cal.subpixel.z_range == (-600.0, 600.0)
-    np.testing.assert_allclose(cal.subpixel.axial, [[3.0] * 15, [8.0] * 15], atol=1e-9)
+    # two localizations per 10.24 µm² frame: every frame is sparse, so the sparse row is the isolated one
+    np.testing.assert_allclose(cal.subpixel.axial, [[3.0] * 15, [8.0] * 15, [3.0] * 15], atol=1e-9)
+    assert cal.subpixel.sparse_density == SPARSE_DENSITY
     cal.apply(model)
     np.testing.assert_allclose(model.subpixel.apply(table)["z"], truth[:, 2], atol=1e-9)
+    np.testing.assert_allclose(model.subpixel.apply(table, field_area_um2=10.24)["z"], truth[:, 2], atol=1e-9)

@@ -8,7 +8,7 @@ from starloc.deeploco import Gaussian2DPSF, Simulator
 from starloc.deeploco.model import DeepLoco
 from starloc.deeploco.network import DeepLocoConfig
 from starloc.deeploco.stack import localize_stack
-from starloc.deeploco.subpixel import SubpixelCorrection, crowded_mask, fit_correction
+from starloc.deeploco.subpixel import SubpixelCorrection, crowded_mask, fit_correction, frame_density
 from starloc.errors import InputError
 
 PERIOD = 400.0  # nm: a 4-pixel cell at 100 nm
@@ -203,3 +203,44 @@ def test_bad_axial_tables_are_refused():
         SubpixelCorrection(PERIOD, flat, 800.0, axial=np.zeros((2, 5)), z_range=(10.0, -10.0))
     with pytest.raises(InputError, match=r"\(N, 3\)"):
         fit_correction(np.zeros((10, 2)), np.zeros((10, 2)), PERIOD, z_range=Z_RANGE)
+
+
+def test_isolated_localizations_of_sparse_frames_get_their_own_axial_row():
+    # frames of 10 µm²: even frames hold 1 localization (0.1 per µm², sparse), odd frames 6
+    # (0.6 per µm²) spread 1.5 µm apart (isolated, not sparse); the sparse ones err by -2 nm in
+    # z, the others by +7 nm; crowded pairs would use row 1 (none here)
+    rng = np.random.default_rng(4)
+    frames, rows = [], []
+    for f in range(3000):
+        k = 1 if f % 2 == 0 else 6
+        frames += [f] * k
+        rows += [(1500.0 * j + 10.0, 500.0, rng.uniform(*Z_RANGE)) for j in range(k)]
+    frame = np.array(frames)
+    pred = np.array(rows)
+    sparse_truth = frame_density(frame, 10.0) < 0.3
+    assert sparse_truth.sum() == 1500 and (~sparse_truth).sum() == 9000
+    truth = pred + np.column_stack([np.zeros((len(pred), 2)), np.where(sparse_truth, -2.0, 7.0)])
+    corr = fit_correction(pred, truth, PERIOD, crowded_mask({"frame": frame, "x": pred[:, 0], "y": pred[:, 1]}, 800.0),
+                          z_range=Z_RANGE, z_prior=0, smooth=0.01, sparse=sparse_truth, sparse_density=0.3)
+    assert corr.axial.shape == (3, 15) and corr.sparse_density == 0.3
+    np.testing.assert_allclose(corr.axial[0], 7.0, atol=1e-9)
+    np.testing.assert_allclose(corr.axial[2], -2.0, atol=1e-9)
+    table = {"frame": frame, "x": pred[:, 0], "y": pred[:, 1], "z": pred[:, 2]}
+    assert corr.kinds(table, 10.0).tolist() == np.where(sparse_truth, 2, 0).tolist()
+    np.testing.assert_allclose(corr.apply(table, field_area_um2=10.0)["z"], truth[:, 2], atol=1e-9)
+    # without the frame's area no frame is known to be sparse: the isolated row for all
+    np.testing.assert_allclose(corr.apply(table)["z"], pred[:, 2] + 7.0, atol=1e-9)
+    # the lateral tables treat sparse as isolated, and the file keeps all three rows
+    again = SubpixelCorrection.from_dict(corr.to_dict())
+    assert np.array_equal(again.axial, corr.axial) and again.sparse_density == 0.3
+    # too few sparse localizations for a row of their own: the isolated row is copied
+    few = fit_correction(pred[:2000], truth[:2000], PERIOD, None, z_range=Z_RANGE, z_prior=0, smooth=0.01,
+                         sparse=np.arange(2000) < 100)
+    np.testing.assert_array_equal(few.axial[2], few.axial[0])
+    with pytest.raises(InputError, match="sparse_density"):
+        SubpixelCorrection(PERIOD, np.zeros((2, 2, 8)), 800.0, axial=np.zeros((3, 5)), z_range=Z_RANGE)
+
+
+def test_frame_density_counts_each_frames_localizations():
+    np.testing.assert_allclose(frame_density(np.array([3, 3, 7, 3, 9, 9]), 2.0), [1.5, 1.5, 0.5, 1.5, 1.0, 1.0])
+    assert frame_density(np.zeros(0), 2.0).shape == (0,)

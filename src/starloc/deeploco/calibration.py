@@ -12,8 +12,8 @@ do not say by themselves:
   0.024-0.043 over the old fixed 0.3 (their false positives are mostly defocused emitters placed
   100-250 nm off, with less confidence than well-placed ones); the 2D models chose 0.15-0.25.
 - **sub-pixel correction** of the localizations kept by that threshold, and for 3D models the
-  axial bias as a function of the predicted z
-  (:func:`~starloc.deeploco.subpixel.fit_correction`).
+  axial bias as a function of the predicted z, for isolated, crowded and sparse-frame
+  localizations (:func:`~starloc.deeploco.subpixel.fit_correction`).
 
 Coordinates: nm, as in :mod:`starloc.deeploco`.
 """
@@ -30,7 +30,7 @@ from ..smlm_metrics import match_localizations
 from .network import CELL
 from .postprocess import concat_tables
 from .simulate import truth_table
-from .subpixel import SubpixelCorrection, crowded_mask, fit_correction
+from .subpixel import SPARSE_DENSITY, SubpixelCorrection, crowded_mask, fit_correction, frame_density
 
 __all__ = ["Calibration", "THRESHOLDS", "best_threshold", "calibrate", "simulated_localizations"]
 
@@ -152,7 +152,11 @@ def calibrate(model: Any, simulator: Any, frames: int = 2048, seed: int = 2024, 
     if len(pi) < MIN_MATCHES:
         return None
     crowded_distance = 2 * CELL * cfg.pixel_size
+    sparse = None
+    if cfg.dim == 3:
+        area = simulator.frame_shape[0] * simulator.frame_shape[1] * simulator.pixel_size**2 / 1e6
+        sparse = (frame_density(table["frame"], area) < SPARSE_DENSITY)[pi]
     subpixel = fit_correction(pred[pi], tp[ti], period, crowded_mask(table, crowded_distance)[pi], crowded_distance,
-                              z_range=tuple(cfg.z_range) if cfg.dim == 3 else None)
+                              z_range=tuple(cfg.z_range) if cfg.dim == 3 else None, sparse=sparse)
     return Calibration(threshold=threshold if choose_threshold else None, jaccard=jaccard, subpixel=subpixel,
                        frames=int(frames))

@@ -137,7 +137,9 @@ class DeepLoco:
         if not tables:
             return empty_table(self.config.dim)
         table = concat_tables(tables)
-        return self.subpixel.apply(table) if correct and self.subpixel is not None else table
+        if not correct or self.subpixel is None:
+            return table
+        return self.subpixel.apply(table, field_area_um2=S * S * self.config.pixel_size**2 / 1e6)
 
     # ------------------------------------------------------------------ files
     def file_config(self) -> dict[str, Any]:

@@ -555,7 +555,7 @@ def _localize_chunk(model: Any, forward: Any, frames: np.ndarray, plan: TilePlan
         if not len(tb["frame"]):
             continue
         if model.subpixel is not None:
-            tb = model.subpixel.apply(tb)  # in tile coordinates: the phase is the network's
+            tb = model.subpixel.apply(tb, field_area_um2=th * tw * ps**2 / 1e6)  # tile coordinates: the network's
         f, k = batch_f[tb["frame"]], batch_k[tb["frame"]]  # tb["frame"] indexes the batch
         xs = tb["x"] + tile_x0[k] * ps
         ys = tb["y"] + tile_y0[k] * ps
