@@ -42,7 +42,7 @@ from starloc.deeploco.psf import AstigmaticPSF, EmpiricalPSF, Gaussian2DPSF
 from starloc.deeploco.recipes import BACKGROUND, PHOTONS, default_simulator
 from starloc.deeploco.training import DeepLocoTrainConfig, Progress, train
 from starloc.errors import InputError, StarlocError
-from starloc.gui.jobs import Failure, available_devices, limit_threads, start_job
+from starloc.gui.jobs import Failure, JobSlot, available_devices, limit_threads
 from starloc.gui.units import axis_nm, pixel_size_nm
 
 #: PSF choices that need no bead stack (the bead-stack layers are listed before them)
@@ -137,10 +137,7 @@ class DeepLocoTrainPanel(QWidget):
         self.viewer = viewer
         self.use_threads = True
         self.extra_settings: dict = {}
-        self.worker = None
-        self._job_id = 0
-        self._running = False
-        self._cancelled = False
+        self.jobs = JobSlot(self._set_running, self.job_finished.emit)
         self._build_ui()
         events = viewer.layers.events
         for event in (events.inserted, events.removed, events.moved):
@@ -311,16 +308,18 @@ class DeepLocoTrainPanel(QWidget):
         if path:
             self.output_edit.setText(path)
 
+    @property
+    def worker(self):
+        """The napari worker of the current training (None inline or before the first)."""
+        return self.jobs.worker
+
     def _set_running(self, running: bool) -> None:
-        self._running = running
         self.train_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
 
     def shutdown(self) -> None:
         """Stop a running training and let go of the viewer's events (the widget is closing)."""
-        self._job_id += 1
-        if self.worker is not None:
-            self.worker.quit()
+        self.jobs.close()
         try:
             events = self.viewer.layers.events
             for event in (events.inserted, events.removed, events.moved):
@@ -365,7 +364,7 @@ class DeepLocoTrainPanel(QWidget):
 
     def train(self):
         """Start a training from the form; returns the worker (None inline or on bad input)."""
-        if self._running:
+        if self.jobs.running:
             show_error(BUSY)
             return None
         try:
@@ -373,58 +372,29 @@ class DeepLocoTrainPanel(QWidget):
         except StarlocError as exc:
             show_error(f"DeepLoco: {exc}")
             return None
-        self._job_id += 1
-        job = self._job_id
-        self._cancelled = False
-        self._set_running(True)
         self.progress.setMaximum(request.config.steps)
         self.progress.setValue(0)
         self.status.setText("building the PSF and the validation frames…")
 
-        def yielded(p: Progress):
-            if job != self._job_id or self._cancelled:  # progress queued before the cancel
-                return
+        def progress(p: Progress):
             self.progress.setValue(p.step)
             val = f" · validation Jaccard {p.val_jaccard:.3f}" if p.val_jaccard is not None else ""
             self.status.setText(f"step {p.step}/{p.max_steps} · loss {p.loss:.4g}{val} · {p.elapsed:.0f} s")
             if p.step == p.max_steps and request.config.calibration_frames:
                 self.status.setText(self.status.text() + " · calibrating the threshold…")
 
-        def returned(result):
-            if job != self._job_id:
-                return
-            self._set_running(False)
-            if self._cancelled:
-                self.job_finished.emit("aborted")
-            elif isinstance(result, Failure):
-                show_error(f"DeepLoco: {result.error}")
-                self.status.setText("failed; nothing written")
-                self.job_finished.emit("failed")
-            else:
-                self.status.setText(f"model written to {result}")
-                show_info(f"DeepLoco: model written to {result}")
-                self.model_written.emit(str(result))
-                self.job_finished.emit("returned")
+        def written(path):
+            self.status.setText(f"model written to {path}")
+            show_info(f"DeepLoco: model written to {path}")
+            self.model_written.emit(str(path))
 
-        def aborted():
-            if job == self._job_id:
-                self._set_running(False)
-                self.job_finished.emit("aborted")
+        def failed(error):
+            show_error(f"DeepLoco: {error}")
+            self.status.setText("failed; nothing written")
 
-        def errored(exc):  # a bug: napari also shows it with its traceback
-            if job == self._job_id:
-                self._set_running(False)
-                self.job_finished.emit("failed")
-
-        self.worker = None
-        self.worker = start_job(train_job(request), self.use_threads, yielded, returned, aborted, errored)
-        return self.worker
+        return self.jobs.start(train_job(request), self.use_threads, progress, written, failed)
 
     def cancel(self) -> None:
         """Stop the training after the current step; no model file is written."""
-        if not self._running:
-            return
-        self._cancelled = True
-        if self.worker is not None:
-            self.worker.quit()
-        self.status.setText("cancelled; nothing written")
+        if self.jobs.cancel():
+            self.status.setText("cancelled; nothing written")

@@ -44,7 +44,7 @@ from starloc.deeploco.model import DeepLoco
 from starloc.deeploco.stack import StackProgress, iter_localize_stack
 from starloc.errors import StarlocError
 from starloc.gui.deeploco_training import DeepLocoTrainPanel
-from starloc.gui.jobs import Failure, available_devices, limit_threads, start_job
+from starloc.gui.jobs import Failure, JobSlot, available_devices, limit_threads
 from starloc.gui.render_layer import render_image, render_placement
 from starloc.gui.units import pixel_size_nm, placement
 from starloc.smlm_io import write_thunderstorm_csv
@@ -95,10 +95,7 @@ class DeepLocoWidget(QWidget):
         self.model_path: Path | None = None
         self.table: dict | None = None  # the last localizations, nm
         self._table_context: tuple = ()
-        self.worker = None
-        self._job_id = 0
-        self._running = False
-        self._cancelled = False
+        self.jobs = JobSlot(self._set_running, self.job_finished.emit)
         self._build_ui()
         for event in self._layer_list_events():
             event.connect(self._refresh_image_choices)
@@ -198,17 +195,19 @@ class DeepLocoWidget(QWidget):
     def _on_inserted(self, event) -> None:
         event.value.events.name.connect(self._refresh_image_choices)  # the choices follow renames
 
+    @property
+    def worker(self):
+        """The napari worker of the current localization (None inline or before the first)."""
+        return self.jobs.worker
+
     def _set_running(self, running: bool) -> None:
-        self._running = running
         for button in (self.load_button, self.localize_button, self.export_button, self.render_button):
             button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
 
     def _shutdown(self) -> None:
         self.train_panel.shutdown()
-        self._job_id += 1
-        if self.worker is not None:
-            self.worker.quit()
+        self.jobs.close()
         try:
             for event in self._layer_list_events():
                 event.disconnect(self._refresh_image_choices)
@@ -259,7 +258,7 @@ class DeepLocoWidget(QWidget):
 
     def localize(self):
         """Localize every frame of the chosen image layer; returns the worker (None inline or on error)."""
-        if self._running:
+        if self.jobs.running:
             show_error(BUSY)
             return None
         if self.model is None:
@@ -296,56 +295,26 @@ class DeepLocoWidget(QWidget):
         return self._start(localize_job(gen), context)
 
     def _start(self, gen, context):
-        self._job_id += 1
-        job = self._job_id
-        self._cancelled = False
-        self._set_running(True)
         self.progress.setValue(0)
         self.status.setText("localizing…")
 
-        def yielded(p: StackProgress):
-            if job == self._job_id and not self._cancelled:  # not progress queued before the cancel
-                self.progress.setMaximum(max(p.frames_total, 1))
-                self.progress.setValue(p.frames_done)
-                self.status.setText(f"frame {p.frames_done}/{p.frames_total} · {p.localizations} localizations "
-                                    f"· {p.elapsed:.1f} s")
+        def progress(p: StackProgress):
+            self.progress.setMaximum(max(p.frames_total, 1))
+            self.progress.setValue(p.frames_done)
+            self.status.setText(f"frame {p.frames_done}/{p.frames_total} · {p.localizations} localizations "
+                                f"· {p.elapsed:.1f} s")
 
-        def returned(result):
-            if job != self._job_id:
-                return
-            self._set_running(False)
-            if self._cancelled:
-                self.job_finished.emit("aborted")
-            elif isinstance(result, Failure):
-                show_error(f"DeepLoco: {result.error}")
-                self.status.setText("failed")
-                self.job_finished.emit("failed")
-            else:
-                self._show_result(result, context)
-                self.job_finished.emit("returned")
+        def failed(error):
+            show_error(f"DeepLoco: {error}")
+            self.status.setText("failed")
 
-        def aborted():
-            if job == self._job_id:
-                self._set_running(False)
-                self.job_finished.emit("aborted")
-
-        def errored(exc):  # a bug: napari also shows it with its traceback
-            if job == self._job_id:
-                self._set_running(False)
-                self.job_finished.emit("failed")
-
-        self.worker = None  # not the last job's, should this one raise inline
-        self.worker = start_job(gen, self.use_threads, yielded, returned, aborted, errored)
-        return self.worker
+        return self.jobs.start(gen, self.use_threads, progress, lambda table: self._show_result(table, context),
+                               failed)
 
     def cancel(self) -> None:
         """Stop the localization between two chunks of frames; no layer is added or changed."""
-        if not self._running:
-            return
-        self._cancelled = True
-        if self.worker is not None:
-            self.worker.quit()
-        self.status.setText("cancelled")
+        if self.jobs.cancel():
+            self.status.setText("cancelled")
 
     def _show_result(self, table: dict, context) -> None:
         name, stack, scale, translate, units, _ = context

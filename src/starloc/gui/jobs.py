@@ -61,3 +61,84 @@ def start_job(gen: Generator, use_threads: bool, yielded: Callable, returned: Ca
     )
     worker.start()
     return worker
+
+
+class JobSlot:
+    """One job at a time for a widget: starts it, drops the callbacks of a job that was replaced
+    or whose widget closed, and tells returned, cancelled and failed apart.
+
+    ``set_running(bool)`` updates the widget's buttons; ``finished(outcome)`` is called once per
+    job with ``"returned"``, ``"aborted"`` (cancelled) or ``"failed"`` (a :class:`Failure`, or a
+    bug, which napari also shows with its traceback).
+    """
+
+    def __init__(self, set_running: Callable[[bool], None], finished: Callable[[str], None]):
+        self._set_running = set_running
+        self._finished = finished
+        self.worker = None
+        self.running = False
+        self.cancelled = False
+        self._job_id = 0
+
+    def _running(self, running: bool) -> None:
+        self.running = running
+        self._set_running(running)
+
+    def start(self, gen: Generator, use_threads: bool, on_yield: Callable, on_result: Callable,
+              on_failure: Callable[[StarlocError], None]):
+        """Run ``gen`` (see :func:`start_job`); ``on_yield`` gets its progress (none queued
+        before a cancel), ``on_result`` its return value, ``on_failure`` a returned Failure's
+        error. Returns the worker (None inline)."""
+        self._job_id += 1
+        job = self._job_id
+        self.cancelled = False
+        self._running(True)
+
+        def current() -> bool:
+            return job == self._job_id
+
+        def yielded(value):
+            if current() and not self.cancelled:
+                on_yield(value)
+
+        def returned(result):
+            if not current():
+                return
+            self._running(False)
+            if self.cancelled:
+                self._finished("aborted")
+            elif isinstance(result, Failure):
+                on_failure(result.error)
+                self._finished("failed")
+            else:
+                on_result(result)
+                self._finished("returned")
+
+        def aborted():
+            if current():
+                self._running(False)
+                self._finished("aborted")
+
+        def errored(exc):
+            if current():
+                self._running(False)
+                self._finished("failed")
+
+        self.worker = None  # not the last job's, should this one raise inline
+        self.worker = start_job(gen, use_threads, yielded, returned, aborted, errored)
+        return self.worker
+
+    def cancel(self) -> bool:
+        """Ask the running job to stop at its next yield; False when none runs."""
+        if not self.running:
+            return False
+        self.cancelled = True
+        if self.worker is not None:
+            self.worker.quit()
+        return True
+
+    def close(self) -> None:
+        """Forget the current job (its callbacks are dropped) and ask it to stop."""
+        self._job_id += 1
+        if self.worker is not None:
+            self.worker.quit()
