@@ -43,6 +43,7 @@ from starloc.deeploco.recipes import BACKGROUND, PHOTONS, default_simulator
 from starloc.deeploco.training import DeepLocoTrainConfig, Progress, train
 from starloc.errors import InputError, StarlocError
 from starloc.gui.jobs import Failure, JobSlot, available_devices, limit_threads
+from starloc.gui.layer_watch import LayerWatch
 from starloc.gui.units import axis_nm, pixel_size_nm
 
 #: PSF choices that need no bead stack (the bead-stack layers are listed before them)
@@ -139,12 +140,7 @@ class DeepLocoTrainPanel(QWidget):
         self.extra_settings: dict = {}
         self.jobs = JobSlot(self._set_running, self.job_finished.emit)
         self._build_ui()
-        events = viewer.layers.events
-        for event in (events.inserted, events.removed, events.moved):
-            event.connect(self._refresh_psf_choices)
-        events.inserted.connect(self._on_inserted)
-        for layer in viewer.layers:
-            layer.events.name.connect(self._refresh_psf_choices)
+        self._layers = LayerWatch(viewer, self._refresh_psf_choices)
         self._refresh_psf_choices()
         self._on_camera_changed()
         self._set_running(False)
@@ -259,9 +255,6 @@ class DeepLocoTrainPanel(QWidget):
         self.psf_combo.setCurrentText(current if keep else names[0])  # a bead stack before a model
         self._on_psf_changed()
 
-    def _on_inserted(self, event) -> None:
-        event.value.events.name.connect(self._refresh_psf_choices)
-
     def _on_psf_picked(self, *_) -> None:
         self._psf_picked = True
 
@@ -320,15 +313,7 @@ class DeepLocoTrainPanel(QWidget):
     def shutdown(self) -> None:
         """Stop a running training and let go of the viewer's events (the widget is closing)."""
         self.jobs.close()
-        try:
-            events = self.viewer.layers.events
-            for event in (events.inserted, events.removed, events.moved):
-                event.disconnect(self._refresh_psf_choices)
-            events.inserted.disconnect(self._on_inserted)
-            for layer in self.viewer.layers:
-                layer.events.name.disconnect(self._refresh_psf_choices)
-        except Exception:  # the viewer may be gone already
-            pass
+        self._layers.close()
 
     # ------------------------------------------------------------------ train
     def request(self) -> TrainRequest:

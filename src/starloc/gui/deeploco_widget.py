@@ -45,6 +45,7 @@ from starloc.deeploco.stack import StackProgress, iter_localize_stack
 from starloc.errors import StarlocError
 from starloc.gui.deeploco_training import DeepLocoTrainPanel
 from starloc.gui.jobs import Failure, JobSlot, available_devices, limit_threads
+from starloc.gui.layer_watch import LayerWatch
 from starloc.gui.render_layer import render_image, render_placement
 from starloc.gui.units import pixel_size_nm, placement
 from starloc.smlm_io import write_thunderstorm_csv
@@ -97,11 +98,7 @@ class DeepLocoWidget(QWidget):
         self._table_context: tuple = ()
         self.jobs = JobSlot(self._set_running, self.job_finished.emit)
         self._build_ui()
-        for event in self._layer_list_events():
-            event.connect(self._refresh_image_choices)
-        viewer.layers.events.inserted.connect(self._on_inserted)
-        for layer in viewer.layers:
-            layer.events.name.connect(self._refresh_image_choices)
+        self._layers = LayerWatch(viewer, self._refresh_image_choices)
         self._refresh_image_choices()
         self._set_running(False)
         self.destroyed.connect(lambda *_: self._shutdown())
@@ -188,13 +185,6 @@ class DeepLocoWidget(QWidget):
         if current in names:
             self.image_combo.setCurrentText(current)
 
-    def _layer_list_events(self):
-        events = self.viewer.layers.events
-        return events.inserted, events.removed, events.moved
-
-    def _on_inserted(self, event) -> None:
-        event.value.events.name.connect(self._refresh_image_choices)  # the choices follow renames
-
     @property
     def worker(self):
         """The napari worker of the current localization (None inline or before the first)."""
@@ -208,14 +198,7 @@ class DeepLocoWidget(QWidget):
     def _shutdown(self) -> None:
         self.train_panel.shutdown()
         self.jobs.close()
-        try:
-            for event in self._layer_list_events():
-                event.disconnect(self._refresh_image_choices)
-            self.viewer.layers.events.inserted.disconnect(self._on_inserted)
-            for layer in self.viewer.layers:
-                layer.events.name.disconnect(self._refresh_image_choices)
-        except Exception:  # the viewer may be gone already
-            pass
+        self._layers.close()
 
     # ------------------------------------------------------------------ model
     def _ask_model(self) -> None:
