@@ -169,7 +169,7 @@ class DeepLocoTrainPanel(QWidget):
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(1, 1_000_000)
         self.steps_spin.setValue(DeepLocoTrainConfig().steps)
-        self.steps_spin.setToolTip("optimizer steps; the default takes about 20 min on a 2-core CPU "
+        self.steps_spin.setToolTip("optimizer steps; the default takes about 25 min on a 2-core CPU "
                                    "(the widget leaves one core to napari), a few on a GPU")
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, 2**31 - 1)
