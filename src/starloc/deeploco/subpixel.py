@@ -256,10 +256,11 @@ def fit_correction(predicted: np.ndarray, truth: np.ndarray, period: float, crow
     each bin: a shrinkage of 5-21 % and 1-7 %.
     sparse : ``(N,)`` bool, which predictions come from frames with fewer than
     ``sparse_density`` localizations per µm² (with ``z_range``: a third axial row fitted to
-    the isolated ones of those frames, and the isolated row to the other isolated ones). Why: on the default CPU astigmatic model's calibration
-    frames (a count per frame uniform up to 2.5 emitters/µm²) isolated localizations erred in z
-    by +0.7 nm in frames of fewer than 15 emitters and by +11 nm in frames of 60-110, and one
-    isolated row fitted to that mixture moved sparse test frames by -6.4 nm (docs/benchmarks.md).
+    the isolated ones of those frames, and the isolated row to the other isolated ones). Why:
+    on the default CPU astigmatic model's calibration frames (a count per frame uniform up to
+    2.5 emitters/µm²) isolated localizations erred in z by +0.7 nm in frames of fewer than 15
+    emitters and by +11 nm in frames of 60-110, and one isolated row fitted to that mixture
+    moved sparse test frames by -6.4 nm (docs/benchmarks.md).
     """
     p = np.asarray(predicted, dtype=np.float64)
     t = np.asarray(truth, dtype=np.float64)
