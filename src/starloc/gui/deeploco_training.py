@@ -2,8 +2,8 @@
 
 Pick the bead z-stack (an image layer ``(Z, Y, X)`` in camera ADU) or a parametric PSF for
 users without beads, say how the stack was taken (pixel size, z step, z of its first slice,
-all in nm; read from the layer when its axes carry length units) and which camera the SMLM data come from, then **Train**. The same core as
-``starloc deeploco train`` builds the empirical PSF, simulates frames with the default
+all in nm; read from the layer when its axes carry length units) and which camera the SMLM
+data come from, then **Train**. The same core as ``starloc deeploco train`` builds the empirical PSF, simulates frames with the default
 training ranges (``starloc.deeploco.recipes``; photons and background can be narrowed here),
 trains, calibrates the confidence threshold and writes the model file (atomically) when it is
 done. **Cancel** stops between steps and writes nothing.
@@ -163,7 +163,8 @@ class DeepLocoTrainPanel(QWidget):
         self.camera_combo.addItems(list(CAMERAS))
         self.camera_combo.setToolTip("The camera of the SMLM data the model will localize")
         self.camera_combo.currentTextChanged.connect(self._on_camera_changed)
-        self.camera_spins = {k: self._spin(lo, hi, 0.0, dec, label) for k, (label, lo, hi, dec) in CAMERA_FIELDS.items()}
+        self.camera_spins = {k: self._spin(lo, hi, 0.0, dec, label)
+                             for k, (label, lo, hi, dec) in CAMERA_FIELDS.items()}
         self.photons_spins = self._range_spins(PHOTONS, 1.0, 1e7, "photons per emitter (log-uniform)")
         self.background_spins = self._range_spins(BACKGROUND, 0.0, 1e5, "background photons per pixel")
         self.steps_spin = QSpinBox()
@@ -228,7 +229,8 @@ class DeepLocoTrainPanel(QWidget):
         return spin
 
     def _range_spins(self, default, lo, hi, tip) -> tuple[QDoubleSpinBox, QDoubleSpinBox]:
-        return self._spin(lo, hi, default[0], 1, tip + ", low end"), self._spin(lo, hi, default[1], 1, tip + ", high end")
+        return (self._spin(lo, hi, default[0], 1, tip + ", low end"),
+                self._spin(lo, hi, default[1], 1, tip + ", high end"))
 
     @staticmethod
     def _pair(spins) -> QHBoxLayout:

@@ -337,10 +337,10 @@ class DeepLocoWidget(QWidget):
             self.viewer.layers.remove(RENDER_LAYER)
         r_scale, r_translate = render_placement(scale, translate, camera_px, render_px)
         look = {"rgb": True} if image.ndim == 3 else {"colormap": "magma"}
-        return self.viewer.add_image(
-            image, name=RENDER_LAYER, **look, **placement(r_scale, r_translate, None if units is None else units[-2:]),
-            blending="additive", metadata={"render_pixel_nm": render_px, "source": name, "localizations": len(self.table["frame"])},
-        )
+        meta = {"render_pixel_nm": render_px, "source": name, "localizations": len(self.table["frame"])}
+        r_units = None if units is None else units[-2:]
+        return self.viewer.add_image(image, name=RENDER_LAYER, **look, **placement(r_scale, r_translate, r_units),
+                                     blending="additive", metadata=meta)
 
     # ------------------------------------------------------------------ export
     def _ask_export(self) -> None:
