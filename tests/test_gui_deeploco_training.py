@@ -186,9 +186,12 @@ def test_pixel_size_and_z_step_come_from_a_layer_in_physical_units(make_napari_v
     assert panel.pixel_spin.value() == pytest.approx(160.0)
     assert panel.z_step_spin.value() == pytest.approx(20.0)
     assert panel.z0_spin.value() == pytest.approx(-750.0)
-    panel.pixel_spin.setValue(110.0)  # the user's value survives unrelated layer events
+    panel.pixel_spin.setValue(110.0)  # the user's values survive unrelated layer events
+    panel.z0_spin.setValue(-600.0)
     viewer.add_image(beads[0], name="slice")
-    assert panel.pixel_spin.value() == 110.0
+    assert panel.pixel_spin.value() == 110.0 and panel.z0_spin.value() == -600.0
+    panel.z_step_spin.setValue(10.0)  # a new z step centres the stack again
+    assert panel.z0_spin.value() == pytest.approx(-375.0)
 
 
 def test_psf_choices_follow_the_layers(make_napari_viewer, messages, beads):

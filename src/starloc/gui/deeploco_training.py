@@ -272,9 +272,9 @@ class DeepLocoTrainPanel(QWidget):
         for w in (self.in_focus_check, self.z_step_spin, self.z0_spin):
             w.setEnabled(layer is not None)
         if layer is not None and layer.name != self._scale_read_from:
-            self._scale_read_from = layer.name  # not again on every layer-list event
-            self._read_layer_scale(layer)
-        self._centre_z0()
+            self._scale_read_from = layer.name  # not again on every layer-list event: the
+            self._read_layer_scale(layer)  # user's values stay until another stack is chosen
+            self._centre_z0()
 
     def _read_layer_scale(self, layer) -> None:
         """Take the pixel size and z step from a bead layer whose axes are in physical units."""
@@ -288,7 +288,8 @@ class DeepLocoTrainPanel(QWidget):
         """Put the focus (z = 0) at the stack's middle slice, as a symmetric scan has it."""
         layer = self._bead_layer()
         if layer is not None:
-            self.z0_spin.setValue(-(layer.data.shape[0] - 1) / 2 * self.z_step_spin.value())
+            slices = (layer.data[0] if layer.multiscale else layer.data).shape[0]
+            self.z0_spin.setValue(-(slices - 1) / 2 * self.z_step_spin.value())
 
     def _on_camera_changed(self, *_) -> None:
         kind = CAMERAS[self.camera_combo.currentText()]
