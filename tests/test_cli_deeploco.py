@@ -247,6 +247,41 @@ def test_train_from_a_bead_stack_in_3d_and_in_focus_2d(tmp_path, capsys):
     _bad(capsys, ["deeploco", "train", "--psf", "gaussian", "--in-focus", "-o", str(tmp_path / "g.pt")], "--in-focus")
 
 
+def test_a_bead_tiff_states_its_pixel_size_and_z_step(tmp_path, capsys):
+    from starloc.deeploco.demo import bundled_bead_stack
+    from starloc.deeploco.stack import tiff_spacing
+
+    beads = tifffile.imread(bundled_bead_stack())[::2]  # 38 slices, 40 nm apart
+    imagej = tmp_path / "beads-ij.tif"  # ImageJ: pixels per µm, spacing in µm
+    tifffile.imwrite(imagej, beads, imagej=True, resolution=(1 / 0.16, 1 / 0.16),
+                     metadata={"unit": "um", "spacing": 0.04, "axes": "ZYX"})
+    ome = tmp_path / "beads.ome.tif"
+    tifffile.imwrite(ome, beads, ome=True, metadata={"axes": "ZYX", "PhysicalSizeX": 160.0, "PhysicalSizeXUnit": "nm",
+                                                     "PhysicalSizeY": 160.0, "PhysicalSizeYUnit": "nm",
+                                                     "PhysicalSizeZ": 0.04, "PhysicalSizeZUnit": "µm"})
+    plain = tmp_path / "beads-plain.tif"
+    tifffile.imwrite(plain, beads)
+    for path in (imagej, ome):
+        assert tiff_spacing(path) == (pytest.approx(160.0), pytest.approx(40.0))
+    assert tiff_spacing(plain) == (None, None) and tiff_spacing(tmp_path / "none.tif") == (None, None)
+
+    common = ["deeploco", "train", "--camera", "smlm2016", "--frame-size", "32", "--steps", "1", "--batch", "2",
+              "--set", "val_size=0", "--set", "calibration_frames=0", "--device", "cpu"]
+    assert main([*common, "--psf", str(imagej), "-o", str(tmp_path / "ij.pt")]) == 0
+    assert "from beads-ij.tif's metadata: pixel size 160 nm, z step 40 nm" in capsys.readouterr().err
+    model = DeepLoco.load(tmp_path / "ij.pt")
+    assert model.config.pixel_size == pytest.approx(160.0)
+    assert model.config.z_range == pytest.approx((-740.0, 740.0))  # 38 slices centred on focus
+    # an option wins over the file, with a warning; a file without metadata keeps the defaults
+    assert main([*common, "--psf", str(imagej), "--pixel-size", "100", "-o", str(tmp_path / "opt.pt")]) == 0
+    assert "beads-ij.tif states pixel size 160 nm; using --pixel-size 100" in capsys.readouterr().err
+    assert DeepLoco.load(tmp_path / "opt.pt").config.pixel_size == 100.0
+    assert main([*common, "--psf", str(plain), "-o", str(tmp_path / "plain.pt")]) == 0
+    assert "metadata" not in capsys.readouterr().err
+    plain_model = DeepLoco.load(tmp_path / "plain.pt")
+    assert plain_model.config.pixel_size == 100.0 and plain_model.config.z_range == pytest.approx((-185.0, 185.0))
+
+
 def test_calibrate_rechooses_threshold_and_refuses_what_it_cannot_calibrate(folder, tmp_path, capsys, monkeypatch):
     from starloc.deeploco.calibration import THRESHOLDS
     from starloc.deeploco.network import DeepLocoConfig

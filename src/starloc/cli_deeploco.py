@@ -29,6 +29,8 @@ ARCHITECTURES = ("paper", "fcn", "unet")
 #: camera options: argparse dest -> Camera keyword
 CAMERA_OPTIONS = {"baseline": "baseline", "e_per_adu": "e_per_adu", "em_gain": "em_gain", "qe": "qe",
                   "read_noise": "read_noise"}
+#: nm between bead-stack slices when neither --psf-z-step nor the file says (the SMLM 2016 stacks')
+DEFAULT_Z_STEP = 10.0
 #: Picasso needs a localization precision; DeepLoco gives none per localization
 PICASSO_PRECISION_NM = 10.0
 HDF5_SUFFIXES = (".hdf5", ".h5")
@@ -153,8 +155,33 @@ def _build_psf(args):
     kw = {k: v for k, v in bead_opts.items() if v is not None}
     if args.pixel_size is not None:
         kw["pixel_size"] = args.pixel_size
+    kw.update(_stated_spacing(path, kw))
+    if "z0" not in kw and stack.ndim == 3:  # the focus at the middle slice, as a symmetric scan has it
+        kw["z0"] = -(stack.shape[0] - 1) / 2 * kw.get("z_step", DEFAULT_Z_STEP)
     psf = EmpiricalPSF.from_bead_stack(stack, **kw)
     return psf.in_focus() if args.in_focus else psf
+
+
+def _stated_spacing(path: Path, given: dict[str, Any]) -> dict[str, float]:
+    """The pixel size and z step a bead TIFF's metadata states, for those the options left out
+    (said on stderr); an option that contradicts the file is kept, with a warning."""
+    from starloc.deeploco.stack import tiff_spacing
+
+    stated = dict(zip(("pixel_size", "z_step"), tiff_spacing(path)))
+    options = {"pixel_size": "--pixel-size", "z_step": "--psf-z-step"}
+    used: dict[str, float] = {}
+    for key, value in stated.items():
+        if value is None:
+            continue
+        if key not in given:
+            used[key] = value
+        elif abs(given[key] - value) > 0.01 * value:
+            print(f"starloc: warning: {path.name} states {key.replace('_', ' ')} {value:g} nm; using "
+                  f"{options[key]} {given[key]:g}", file=sys.stderr)
+    if used:
+        print(f"starloc: from {path.name}'s metadata: " + ", ".join(f"{k.replace('_', ' ')} {v:g} nm"
+                                                                  for k, v in used.items()), file=sys.stderr)
+    return used
 
 
 def _parse_value(key: str, text: str, default: Any) -> Any:
@@ -560,11 +587,15 @@ def add_commands(sub) -> None:
                    help="nm: the Gaussian PSF's sigma, or the astigmatic PSF's in-focus sigma0")
     g.add_argument("--astig-c", type=float, default=None, help="nm: astigmatic focal offset c")
     g.add_argument("--astig-d", type=positive(), default=None, help="nm: astigmatic depth of focus d")
-    g.add_argument("--psf-z-step", type=positive(), default=None, help="nm between bead-stack slices")
-    g.add_argument("--psf-z0", type=float, default=None, help="nm: z of the bead stack's first slice")
+    g.add_argument("--psf-z-step", type=positive(), default=None,
+                   help="nm between bead-stack slices (default: the TIFF's ImageJ/OME metadata, else 10)")
+    g.add_argument("--psf-z0", type=float, default=None,
+                   help="nm: z of the bead stack's first slice (default: the focus at the middle slice, "
+                        "-(Z-1)/2 x z step)")
     g.add_argument("--psf-baseline", type=float, default=None,
                    help="bead stack camera baseline (ADU; estimated when left out)")
-    g.add_argument("--pixel-size", type=positive(), default=None, help="camera pixel size (nm)")
+    g.add_argument("--pixel-size", type=positive(), default=None,
+                   help="camera pixel size (nm; default: the bead TIFF's ImageJ/OME metadata, else 100)")
     g.add_argument("--in-focus", action="store_true",
                    help="bead stack: use only its in-focus slice (z = 0) and train a 2D model")
     _add_camera_options(t, "the simulated camera (none: Poisson noise only, the model then expects photons)")

@@ -68,6 +68,8 @@ __all__ = [
     "iter_localize_stack",
     "localize_stack",
     "tiff_pixel_size",
+    "tiff_spacing",
+    "tiff_z_step",
     "INPUT_UNITS",
     "FCN_MAX_TILE",
 ]
@@ -191,6 +193,10 @@ def _array_source(arr: Any, name: str, pixel_size_nm: float | None = None,
     return FrameSource(full, dtype, reader, name=name, pixel_size_nm=pixel_size_nm, closer=closer)
 
 
+#: length units of TIFF metadata (lower case) -> nm
+_LENGTH_UNITS_NM = {"micron": 1000.0, "microns": 1000.0, "µm": 1000.0, "um": 1000.0, "nm": 1.0, "mm": 1e6}
+
+
 def tiff_pixel_size(tif: Any) -> float | None:
     """Pixel size (nm) stated by an open :class:`tifffile.TiffFile`'s ImageJ or OME metadata, or
     None (no metadata, unknown unit, or anisotropic pixels). Never raises."""
@@ -202,13 +208,13 @@ def tiff_pixel_size(tif: Any) -> float | None:
             m = re.search(r'PhysicalSizeX="([^"]+)"', xml)
             if m:
                 unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', xml)
-                scale = {"µm": 1000.0, "um": 1000.0, "nm": 1.0, "mm": 1e6}.get(unit.group(1) if unit else "µm")
+                scale = _LENGTH_UNITS_NM.get(unit.group(1).lower() if unit else "µm")
                 if scale:
                     value = float(m.group(1)) * scale
                     return value if math.isfinite(value) and value > 0 else None
         meta = tif.imagej_metadata or {}
         unit = str(meta.get("unit", "")).strip().lower().replace("\\u00b5", "µ")
-        scale = {"micron": 1000.0, "microns": 1000.0, "µm": 1000.0, "um": 1000.0, "nm": 1.0}.get(unit)
+        scale = _LENGTH_UNITS_NM.get(unit)
         if scale is None:
             return None
         tags = tif.pages[0].tags
@@ -220,6 +226,42 @@ def tiff_pixel_size(tif: Any) -> float | None:
         return value if math.isfinite(value) and value > 0 else None
     except Exception:
         return None
+
+
+def tiff_z_step(tif: Any) -> float | None:
+    """Distance (nm) between the slices of a z-stack stated by an open :class:`tifffile.TiffFile`'s
+    OME (``PhysicalSizeZ``) or ImageJ (``spacing``, in ``unit``) metadata, or None. Never raises."""
+    try:
+        if tif.is_ome and tif.ome_metadata:
+            import re
+
+            xml = tif.ome_metadata
+            m = re.search(r'PhysicalSizeZ="([^"]+)"', xml)
+            if m:
+                unit = re.search(r'PhysicalSizeZUnit="([^"]+)"', xml)
+                scale = _LENGTH_UNITS_NM.get(unit.group(1).lower() if unit else "µm")
+                value = float(m.group(1)) * scale if scale else math.nan
+                return value if math.isfinite(value) and value > 0 else None
+        meta = tif.imagej_metadata or {}
+        scale = _LENGTH_UNITS_NM.get(str(meta.get("unit", "")).strip().lower().replace("\\u00b5", "µ"))
+        if scale is None or "spacing" not in meta:
+            return None
+        value = float(meta["spacing"]) * scale
+        return value if math.isfinite(value) and value > 0 else None
+    except Exception:
+        return None
+
+
+def tiff_spacing(path: Any) -> tuple[float | None, float | None]:
+    """``(pixel size, z step)`` in nm stated by a TIFF file's metadata (None where it states
+    none, or the file is no TIFF). Never raises."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return tiff_pixel_size(tif), tiff_z_step(tif)
+    except Exception:
+        return None, None
 
 
 def _open_tiff(p: Path) -> FrameSource:
