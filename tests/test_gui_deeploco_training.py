@@ -194,6 +194,18 @@ def test_pixel_size_and_z_step_come_from_a_layer_in_physical_units(make_napari_v
     assert panel.z0_spin.value() == pytest.approx(-375.0)
 
 
+def test_pixel_size_and_z_step_come_from_the_tiff_a_layer_was_opened_from(make_napari_viewer, messages, beads,
+                                                                          tmp_path):
+    path = tmp_path / "beads.tif"
+    tifffile.imwrite(path, beads, imagej=True, resolution=(1 / 0.16, 1 / 0.16),
+                     metadata={"unit": "um", "spacing": 0.02, "axes": "ZYX"})
+    viewer, widget, panel = _panel(make_napari_viewer)
+    (layer,) = viewer.open(path, plugin="napari")
+    assert str(layer.source.path) == str(path)
+    assert panel.psf_combo.currentText() == layer.name
+    assert panel.pixel_spin.value() == pytest.approx(160.0) and panel.z_step_spin.value() == pytest.approx(20.0)
+
+
 def test_psf_choices_follow_the_layers(make_napari_viewer, messages, beads):
     viewer, widget, panel = _panel(make_napari_viewer)
     layer = viewer.add_image(beads, name="beads")

@@ -2,7 +2,8 @@
 
 Pick the bead z-stack (an image layer ``(Z, Y, X)`` in camera ADU) or a parametric PSF for
 users without beads, say how the stack was taken (pixel size, z step, z of its first slice,
-all in nm; read from the layer when its axes carry length units) and which camera the SMLM
+all in nm; read from the layer when its axes carry length units, or from the metadata of
+the TIFF it was opened from) and which camera the SMLM
 data come from, then **Train**. The same core as ``starloc deeploco train`` builds the empirical PSF, simulates frames with the default
 training ranges (``starloc.deeploco.recipes``; photons and background can be narrowed here),
 trains, calibrates the confidence threshold and writes the model file (atomically) when it is
@@ -40,6 +41,7 @@ from qtpy.QtWidgets import (
 from starloc.deeploco.camera import camera_preset
 from starloc.deeploco.psf import AstigmaticPSF, EmpiricalPSF, Gaussian2DPSF
 from starloc.deeploco.recipes import BACKGROUND, PHOTONS, default_simulator
+from starloc.deeploco.stack import tiff_spacing
 from starloc.deeploco.training import DeepLocoTrainConfig, Progress, train
 from starloc.errors import InputError, StarlocError
 from starloc.gui.jobs import Failure, JobSlot, available_devices, limit_threads
@@ -277,8 +279,13 @@ class DeepLocoTrainPanel(QWidget):
             self._centre_z0()
 
     def _read_layer_scale(self, layer) -> None:
-        """Take the pixel size and z step from a bead layer whose axes are in physical units."""
+        """Take the pixel size and z step from a bead layer whose axes are in physical units, or
+        from the metadata of the TIFF file it was opened from."""
         pixel, z_step = pixel_size_nm(layer), axis_nm(layer, 0)
+        path = getattr(getattr(layer, "source", None), "path", None)
+        if (pixel is None or z_step is None) and path and str(path).lower().endswith((".tif", ".tiff")):
+            stated = tiff_spacing(path)
+            pixel, z_step = pixel if pixel is not None else stated[0], z_step if z_step is not None else stated[1]
         if pixel is not None:
             self.pixel_spin.setValue(pixel)
         if z_step is not None:
