@@ -7,6 +7,7 @@ The model is a tiny untrained network: the widget must show exactly what the cor
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 
 pytest.importorskip("napari")
@@ -208,7 +209,8 @@ def test_the_device_is_the_gpu_when_there_is_one(make_napari_viewer, monkeypatch
     assert widget.device_combo.itemText(0) == "cpu"
 
 
-def test_an_image_in_physical_units_must_have_the_models_pixel_size(make_napari_viewer, messages, model_file, stack):
+def test_an_image_in_physical_units_must_have_the_models_pixel_size(make_napari_viewer, messages, model_file, stack,
+                                                                   tmp_path):
     viewer, widget = _widget(make_napari_viewer, model_file)
     widget.use_threads = False
     viewer.add_image(stack, name="160 nm", scale=(1, 0.16, 0.16), units=UNITS)
@@ -219,6 +221,13 @@ def test_an_image_in_physical_units_must_have_the_models_pixel_size(make_napari_
     viewer.add_image(stack, name="100 nm", scale=(1, 100, 100), units=("pixel", "nm", "nm"))
     widget.localize()
     assert dw.POINTS_LAYER in viewer.layers and len(messages["error"]) == 1
+    # a stack opened from a TIFF that states its pixel size
+    path = tmp_path / "smlm-160nm.tif"
+    tifffile.imwrite(path, stack, imagej=True, resolution=(1 / 0.16, 1 / 0.16), metadata={"unit": "um", "axes": "TYX"})
+    viewer.layers.clear()
+    (layer,) = viewer.open(path, plugin="napari")
+    widget.image_combo.setCurrentText(layer.name)
+    assert widget.localize() is None and "has 160 nm pixels" in messages["error"][-1]
 
 
 def test_render_places_the_super_resolved_image_on_the_camera_image():

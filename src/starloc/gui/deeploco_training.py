@@ -41,12 +41,11 @@ from qtpy.QtWidgets import (
 from starloc.deeploco.camera import camera_preset
 from starloc.deeploco.psf import AstigmaticPSF, EmpiricalPSF, Gaussian2DPSF
 from starloc.deeploco.recipes import BACKGROUND, PHOTONS, default_simulator
-from starloc.deeploco.stack import tiff_spacing
 from starloc.deeploco.training import DeepLocoTrainConfig, Progress, train
 from starloc.errors import InputError, StarlocError
 from starloc.gui.jobs import Failure, JobSlot, available_devices, limit_threads
 from starloc.gui.layer_watch import LayerWatch
-from starloc.gui.units import axis_nm, pixel_size_nm
+from starloc.gui.units import axis_nm, stated_spacing_nm
 
 #: PSF choices that need no bead stack (the bead-stack layers are listed before them)
 GAUSSIAN, ASTIGMATIC = "Gaussian 2D (no beads)", "Astigmatic 3D (no beads)"
@@ -281,11 +280,7 @@ class DeepLocoTrainPanel(QWidget):
     def _read_layer_scale(self, layer) -> None:
         """Take the pixel size and z step from a bead layer whose axes are in physical units, or
         from the metadata of the TIFF file it was opened from."""
-        pixel, z_step = pixel_size_nm(layer), axis_nm(layer, 0)
-        path = getattr(getattr(layer, "source", None), "path", None)
-        if (pixel is None or z_step is None) and path and str(path).lower().endswith((".tif", ".tiff")):
-            stated = tiff_spacing(path)
-            pixel, z_step = pixel if pixel is not None else stated[0], z_step if z_step is not None else stated[1]
+        pixel, z_step = stated_spacing_nm(layer)
         if pixel is not None:
             self.pixel_spin.setValue(pixel)
         if z_step is not None:

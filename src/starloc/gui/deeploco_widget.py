@@ -9,7 +9,7 @@ deeploco localize``, and the result becomes the Points layer ``DeepLoco localiza
 
 Points are ``(frame, row, col)`` (``(row, col)`` for one frame) in the image's pixels, with the
 image layer's scale, translate and units, so they sit on the emitters. An image whose axes carry
-length units must have the model's pixel size. The model's nm positions use a
+length units, or whose TIFF file states a pixel size, must have the model's pixel size. The model's nm positions use a
 corner origin (pixel ``j``'s centre at ``(j + 0.5) * pixel_size``), hence ``row = y / px - 0.5``.
 Features: ``x_nm``, ``y_nm`` (and ``z_nm`` for 3D models), ``confidence``; colour by z (3D) or
 confidence (2D). **Export…** writes the localizations as a ThunderSTORM CSV (nm, 1-based frames);
@@ -47,7 +47,7 @@ from starloc.gui.deeploco_training import DeepLocoTrainPanel
 from starloc.gui.jobs import Failure, JobSlot, available_devices, limit_threads
 from starloc.gui.layer_watch import LayerWatch
 from starloc.gui.render_layer import render_image, render_placement
-from starloc.gui.units import pixel_size_nm, placement
+from starloc.gui.units import placement, stated_pixel_size_nm
 from starloc.smlm_io import write_thunderstorm_csv
 
 POINTS_LAYER = "DeepLoco localizations"
@@ -259,7 +259,7 @@ class DeepLocoWidget(QWidget):
             show_error(f"DeepLoco: {layer.name!r} has {data.ndim} dimensions; expected one (Y, X) frame "
                        "or a (T, Y, X) stack")
             return None
-        pixel = pixel_size_nm(layer)
+        pixel = stated_pixel_size_nm(layer)
         model_pixel = float(self.model.config.pixel_size)
         if pixel is not None and abs(pixel - model_pixel) > 0.01 * model_pixel:
             show_error(f"DeepLoco: {layer.name!r} has {pixel:g} nm pixels but the model was trained for "

@@ -32,3 +32,22 @@ def placement(scale, translate, units) -> dict:
     """Layer keywords that put an output layer on its source image: its scale and translate,
     and its units where napari has them (``units=None``), so napari sees consistent units."""
     return {"scale": scale, "translate": translate, **({"units": units} if units is not None else {})}
+
+
+def stated_spacing_nm(layer) -> tuple[float | None, float | None]:
+    """``(pixel size, step along the first axis)`` in nm: from the layer's units, else from the
+    ImageJ/OME metadata of the TIFF file it was opened from; None where neither says."""
+    pixel, first = pixel_size_nm(layer), axis_nm(layer, 0)
+    path = getattr(getattr(layer, "source", None), "path", None)
+    if (pixel is None or first is None) and path and str(path).lower().endswith((".tif", ".tiff")):
+        from starloc.deeploco.stack import tiff_spacing
+
+        stated = tiff_spacing(path)
+        pixel = pixel if pixel is not None else stated[0]
+        first = first if first is not None else stated[1]
+    return pixel, first
+
+
+def stated_pixel_size_nm(layer) -> float | None:
+    """The layer's pixel size in nm (see :func:`stated_spacing_nm`), or None."""
+    return stated_spacing_nm(layer)[0]
