@@ -219,3 +219,29 @@ def test_psf_choices_follow_the_layers(make_napari_viewer, messages, beads):
     viewer.add_image(beads, name="z-stack", scale=(20, 100, 100), units=("nm", "nm", "nm"))
     names = [panel.psf_combo.itemText(i) for i in range(panel.psf_combo.count())]
     assert names == ["z-stack", "smlm", dt.GAUSSIAN, dt.ASTIGMATIC]
+
+
+def test_the_samples_from_beads_to_a_rendered_csv(make_napari_viewer, qtbot, messages, tmp_path):
+    """The napari flow of docs/deeploco.md on the bundled samples: train on the bead sample,
+    localize the SMLM sample with the new model, render, export."""
+    viewer, widget, panel = _panel(make_napari_viewer, steps=2)
+    viewer.open_sample("napari-starloc", "astigmatic-beads")
+    assert panel.psf_combo.currentText() == "AS bead z-stack" and panel.z_step_spin.value() == 20.0
+    panel.output_edit.setText(str(tmp_path / "as.pt"))
+    with qtbot.waitSignal(panel.job_finished, timeout=120_000) as blocker:
+        panel.train()
+    assert blocker.args == ["returned"], messages["error"]
+    assert widget.model is not None and widget.model.config.dim == 3
+
+    viewer.open_sample("napari-starloc", "smlm-astigmatic")
+    widget.image_combo.setCurrentText("AS SMLM stack")
+    widget.threshold_spin.setValue(0.01)  # an untrained network: keep what it finds
+    with qtbot.waitSignal(widget.job_finished, timeout=120_000) as blocker:
+        widget.localize()
+    assert blocker.args == ["returned"], messages["error"]
+    points = viewer.layers[dw.POINTS_LAYER]
+    assert points.units == viewer.layers["AS SMLM stack"].units and "z_nm" in points.features
+    render = widget.render()
+    assert render.rgb and render.data.shape == (640, 640, 3)
+    assert widget.export_csv(tmp_path / "locs.csv") and (tmp_path / "locs.csv").stat().st_size > 0
+    assert messages["error"] == []
