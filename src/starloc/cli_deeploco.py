@@ -493,6 +493,43 @@ def cmd_deeploco_localize(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------
+# deeploco brightness
+# ------------------------------------------------------------------------------------------
+
+#: frames read by 'deeploco brightness' when --frames is not given
+BRIGHTNESS_FRAMES = 1000
+
+
+def cmd_deeploco_brightness(args) -> int:
+    import numpy as np
+
+    from starloc.deeploco.brightness import measure_brightness
+    from starloc.deeploco.stack import open_stack, to_photons
+
+    camera = build_camera(args.camera, _camera_overrides(args))
+    if args.units == "adu" and camera is None:
+        raise InputError("frames in camera ADU need --camera smlm2016|emccd|scmos (and its settings) to be "
+                         "converted to photons; give --units photons for frames already in photons")
+    with open_stack(args.stack) as src:
+        frames = range(*(args.frames or slice(0, BRIGHTNESS_FRAMES)).indices(src.n_frames))
+        if not len(frames):
+            raise InputError(f"--frames selects no frame of {src.n_frames}")
+        block = src.read(frames.start, frames.stop)[:: frames.step]
+    name = repr(str(args.stack))
+    photons = to_photons(block, camera if args.units == "adu" else None, frames.start, name)
+    found = measure_brightness(photons, window=args.window)
+    (p_lo, p_hi), (b_lo, b_hi) = found.suggested_ranges()
+    b5, b50, b95 = np.percentile(found.background, [5, 50, 95])
+    p5, p50, p95 = np.percentile(found.photons, [5, 50, 95])
+    print(f"background: {b5:.1f} / {b50:.1f} / {b95:.1f} photons/px (5th / 50th / 95th percentile over "
+          f"{found.frames} frames)")
+    print(f"emitters:   {p5:.0f} / {p50:.0f} / {p95:.0f} photons ({len(found.photons)} isolated spots, "
+          f"{args.window}x{args.window} px each)")
+    print(f"train with: --photons {p_lo:g}:{p_hi:g} --background {b_lo:g}:{b_hi:g}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
 # render
 # ------------------------------------------------------------------------------------------
 
@@ -685,6 +722,21 @@ def add_commands(sub) -> None:
     _add_camera_options(lo, "override the model's camera (e.g. --baseline for another offset)")
     add_cluster_options(lo, "stack")
     lo.set_defaults(func=cmd_deeploco_localize)
+
+    br = dsub.add_parser(
+        "brightness", help="measure the emitters' photons and the background of a stack, to narrow the training",
+        description="Photons per isolated spot and background photons per pixel of an SMLM stack "
+                    "(starloc.deeploco.brightness), and the --photons / --background ranges that cover them "
+                    "for 'deeploco train'. The dimmest emitters are below the detector's cut; dense frames "
+                    "have few isolated spots.")
+    br.add_argument("stack", type=Path, help="TIFF or .npy stack, or a folder of one TIFF per frame")
+    br.add_argument("--frames", type=frames_type, default=None, metavar="A:B",
+                    help=f"0-based frames A..B-1 to measure (default: the first {BRIGHTNESS_FRAMES})")
+    br.add_argument("--window", type=int, default=13, help="box side (px) summed around each spot (default 13)")
+    br.add_argument("--units", choices=("adu", "photons"), default="adu",
+                    help="the stack's units (default adu: converted with the camera options)")
+    _add_camera_options(br, "the stack's camera (ADU -> photons)")
+    br.set_defaults(func=cmd_deeploco_brightness)
 
     rd = sub.add_parser("render", help="render a localization table as a super-resolution image",
                         description="Render a ThunderSTORM CSV (or a starloc points table with "

@@ -68,6 +68,7 @@ __all__ = [
     "iter_localize_stack",
     "localize_stack",
     "tiff_pixel_size",
+    "to_photons",
     "tiff_spacing",
     "tiff_z_step",
     "INPUT_UNITS",
@@ -483,7 +484,11 @@ def _check_finite(block: np.ndarray, start: int, name: str) -> None:
         raise InputError(f"frame {start + bad} of {name} contains NaN or inf values")
 
 
-def _to_photons(block: np.ndarray, camera: Camera | None, start: int, name: str, check: bool) -> np.ndarray:
+def to_photons(block: np.ndarray, camera: Camera | None, start: int = 0, name: str = "stack",
+               check: bool = True) -> np.ndarray:
+    """Frames ``(T, H, W)`` (frame ``start`` first, of the stack called ``name``) in photons:
+    converted with ``camera`` (checked against its baseline), or as they are without one."""
+    _check_finite(block, start, name)
     if camera is None:
         return block.astype(np.float32, copy=False)
     t = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
@@ -708,8 +713,7 @@ def _run(model: Any, src: FrameSource, owned: bool, cam: Camera | None, selected
         for c0 in range(selected.start, selected.stop, chunk_frames):
             c1 = min(c0 + chunk_frames, selected.stop)
             block = src.read(c0, c1)
-            _check_finite(block, c0, src.name)
-            photons = _to_photons(block, cam, c0, src.name, check=(c0 == selected.start))
+            photons = to_photons(block, cam, c0, src.name, check=(c0 == selected.start))
             del block
             if c0 == selected.start:
                 check_background(photons, model, src.name)

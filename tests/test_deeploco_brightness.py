@@ -1,0 +1,70 @@
+"""Brightness of a stack (photons per isolated spot, background per frame) and the training ranges
+it suggests: right on simulated frames of known brightness, through the CLI, bad input refused."""
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from starloc.cli import EXIT_BAD_INPUT, main
+from starloc.deeploco import EMCCD, Gaussian2DPSF, Simulator
+from starloc.deeploco.brightness import measure_brightness
+from starloc.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def sparse():
+    """60 frames of 48x48 px, ~2 emitters each (2000-6000 photons, uniform), 50 photons/px; ADU
+    with the challenge camera, and the camera."""
+    camera = EMCCD.smlm2016()
+    sim = Simulator(Gaussian2DPSF(130.0), camera, frame_shape=(48, 48), density=0.1,
+                    photons_range=(2000.0, 6000.0), background_range=(50.0, 50.0))
+    g = torch.Generator().manual_seed(1)
+    truth = sim.sample_emitters(60, g)
+    expected = sim.expected(truth)
+    return camera.sample(expected, g).numpy().astype(np.uint16), camera, expected
+
+
+def test_photons_and_background_of_known_frames(sparse):
+    adu, camera, _ = sparse
+    found = measure_brightness(camera.normalize(torch.from_numpy(adu.astype(np.float32))).numpy())
+    assert found.frames == 60 and len(found.background) == 60
+    assert np.median(found.background) == pytest.approx(50.0, rel=0.03)
+    assert len(found.photons) >= 40
+    assert np.median(found.photons) == pytest.approx(4000.0, rel=0.12)
+    (p_lo, p_hi), (b_lo, b_hi) = found.suggested_ranges()
+    assert p_lo <= 2000 and 6000 <= p_hi <= 12000 and b_lo <= 50 <= b_hi
+
+
+def test_noiseless_spots_sum_to_their_photons(sparse):
+    *_, expected = sparse  # the expected image: no noise, so every isolated spot holds its photons
+    found = measure_brightness(expected.numpy(), snr=5.0)
+    np.testing.assert_allclose(found.background, 50.0, rtol=1e-6)
+    assert 2000 * 0.97 <= found.photons.min() and found.photons.max() <= 6000 * 1.001
+
+
+def test_bad_frames_are_refused(sparse):
+    adu, camera, _ = sparse
+    photons = camera.normalize(torch.from_numpy(adu.astype(np.float32))).numpy()
+    with pytest.raises(InputError, match="NaN"):
+        measure_brightness(np.where(np.arange(48) == 3, np.nan, photons))
+    with pytest.raises(InputError, match="expected frames"):
+        measure_brightness(np.zeros(10))
+    with pytest.raises(InputError, match="odd"):
+        measure_brightness(photons, window=12)
+    with pytest.raises(InputError, match="isolated spots"):
+        measure_brightness(photons[:3])
+
+
+def test_cli_prints_the_ranges_to_train_with(sparse, tmp_path, capsys):
+    adu, *_ = sparse
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, adu)
+    assert main(["deeploco", "brightness", str(path), "--camera", "smlm2016"]) == 0
+    out = capsys.readouterr().out
+    assert "over 60 frames" in out and "train with: --photons " in out and "--background " in out
+    assert main(["deeploco", "brightness", str(path), "--camera", "smlm2016", "--frames", "0:2"]) == EXIT_BAD_INPUT
+    assert "isolated spots" in capsys.readouterr().err
+    assert main(["deeploco", "brightness", str(path)]) == EXIT_BAD_INPUT
+    assert "need --camera" in capsys.readouterr().err
+    assert main(["deeploco", "brightness", str(path), "--units", "photons"]) == 0  # ADU taken as photons: runs
