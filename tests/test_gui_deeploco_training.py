@@ -245,3 +245,23 @@ def test_the_samples_from_beads_to_a_rendered_csv(make_napari_viewer, qtbot, mes
     assert render.rgb and render.data.shape == (640, 640, 3)
     assert widget.export_csv(tmp_path / "locs.csv") and (tmp_path / "locs.csv").stat().st_size > 0
     assert messages["error"] == []
+
+
+def test_measure_sets_the_ranges_from_an_smlm_stack(make_napari_viewer, qtbot, messages):
+    viewer, widget, panel = _panel(make_napari_viewer)
+    viewer.open_sample("napari-starloc", "astigmatic-beads")
+    viewer.open_sample("napari-starloc", "smlm-astigmatic")  # 1000-7000 photons, 100 photons/px
+    assert panel.measure_combo.currentText() == "AS SMLM stack"
+    with qtbot.waitSignal(panel.measure_finished, timeout=60_000) as blocker:
+        assert panel.measure_brightness() is not None
+    assert blocker.args == ["returned"], messages["error"]
+    lo, hi = (s.value() for s in panel.photons_spins)
+    assert 300 <= lo <= 1000 and 7000 <= hi <= 15000
+    b_lo, b_hi = (s.value() for s in panel.background_spins)
+    assert b_lo < 100 < b_hi <= 150
+    assert "isolated spots" in panel.status.text()
+    # wrong camera settings: a notification, the ranges stay
+    panel.use_threads = False
+    panel.camera_spins["baseline"].setValue(5000.0)
+    panel.measure_brightness()
+    assert "below" in messages["error"][-1] and panel.photons_spins[1].value() == hi

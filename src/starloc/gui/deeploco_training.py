@@ -7,7 +7,8 @@ the TIFF it was opened from) and which camera the SMLM
 data come from, then **Train**. The same core as ``starloc deeploco train`` builds the empirical PSF, simulates frames with the default
 training ranges (``starloc.deeploco.recipes``; photons and background can be narrowed here),
 trains, calibrates the confidence threshold and writes the model file (atomically) when it is
-done. **Cancel** stops between steps and writes nothing.
+done. **Cancel** stops between steps and writes nothing. **Measure** sets the Photons and
+Background ranges to cover an SMLM stack of your data (``starloc deeploco brightness``).
 
 Bad input (a stack without usable beads, NaN, a missing folder…) is a one-line notification.
 """
@@ -40,7 +41,9 @@ from qtpy.QtWidgets import (
 
 from starloc.deeploco.camera import camera_preset
 from starloc.deeploco.psf import AstigmaticPSF, EmpiricalPSF, Gaussian2DPSF
+from starloc.deeploco.brightness import measure_brightness
 from starloc.deeploco.recipes import BACKGROUND, PHOTONS, default_simulator
+from starloc.deeploco.stack import to_photons
 from starloc.deeploco.training import DeepLocoTrainConfig, Progress, train
 from starloc.errors import InputError, StarlocError
 from starloc.gui.jobs import Failure, JobSlot, available_devices, limit_threads
@@ -60,6 +63,8 @@ CAMERA_FIELDS = {
     "read_noise": ("Read noise (e⁻ rms)", 0.0, 1e4, 2),
 }
 BUSY = "DeepLoco: a training is running; wait for it or click Cancel"
+#: frames of a stack that Measure looks at (as `starloc deeploco brightness`)
+BRIGHTNESS_FRAMES = 1000
 
 
 def preset_values(kind: str) -> dict[str, float]:
@@ -95,12 +100,13 @@ class TrainRequest:
         return psf.in_focus() if self.in_focus else psf
 
     def build_camera(self):
-        if self.camera is None:
-            return None
-        settings = dict(self.camera_settings)
-        if self.camera == "scmos":
-            settings.pop("em_gain", None)
-        return camera_preset(self.camera, **settings)
+        return None if self.camera is None else self.camera_from(self.camera, self.camera_settings)
+
+    @staticmethod
+    def camera_from(kind: str, settings: dict):
+        """A :func:`camera_preset` with the form's settings (an sCMOS has no EM gain)."""
+        settings = {k: v for k, v in settings.items() if not (kind == "scmos" and k == "em_gain")}
+        return camera_preset(kind, **settings)
 
 
 def train_job(request: TrainRequest):
@@ -122,6 +128,18 @@ def train_job(request: TrainRequest):
         return Failure(InputError(f"could not write {str(request.output)!r}: {exc}"))
 
 
+def measure_job(data, camera, name: str, max_frames: int = BRIGHTNESS_FRAMES):
+    """:func:`~starloc.deeploco.brightness.measure_brightness` of the first ``max_frames`` frames
+    of ``data`` (ADU with ``camera``, else photons); a user-facing error becomes a Failure."""
+    limit_threads()
+    try:
+        block = np.asarray(data[:max_frames] if np.ndim(data) == 3 else data[None])
+        yield len(block)
+        return measure_brightness(to_photons(block, camera, 0, repr(name)))
+    except StarlocError as exc:
+        return Failure(exc)
+
+
 class DeepLocoTrainPanel(QWidget):
     """Train a DeepLoco model in napari (see the module docstring).
 
@@ -133,6 +151,7 @@ class DeepLocoTrainPanel(QWidget):
 
     model_written = Signal(str)
     job_finished = Signal(str)
+    measure_finished = Signal(str)
 
     def __init__(self, viewer: napari.viewer.Viewer, parent=None):
         super().__init__(parent)
@@ -140,9 +159,10 @@ class DeepLocoTrainPanel(QWidget):
         self.use_threads = True
         self.extra_settings: dict = {}
         self.jobs = JobSlot(self._set_running, self.job_finished.emit)
+        self.measuring = JobSlot(self._set_measuring, self.measure_finished.emit)
         self._build_ui()
-        self._layers = LayerWatch(viewer, self._refresh_psf_choices)
-        self._refresh_psf_choices()
+        self._layers = LayerWatch(viewer, self._refresh_layer_choices)
+        self._refresh_layer_choices()
         self._on_camera_changed()
         self._set_running(False)
 
@@ -166,6 +186,14 @@ class DeepLocoTrainPanel(QWidget):
         self.camera_combo.currentTextChanged.connect(self._on_camera_changed)
         self.camera_spins = {k: self._spin(lo, hi, 0.0, dec, label)
                              for k, (label, lo, hi, dec) in CAMERA_FIELDS.items()}
+        self.measure_combo = QComboBox()
+        self.measure_combo.setToolTip("An SMLM stack of your data (camera ADU, converted with the camera below)")
+        self._measure_picked = False  # whether the user chose the stack (then new layers do not replace it)
+        self.measure_combo.activated.connect(lambda *_: setattr(self, "_measure_picked", True))
+        self.measure_button = QPushButton("Measure")
+        self.measure_button.setToolTip("Set Photons and Background to the ranges that cover this stack's "
+                                       "isolated spots and background (as `starloc deeploco brightness`)")
+        self.measure_button.clicked.connect(self.measure_brightness)
         self.photons_spins = self._range_spins(PHOTONS, 1.0, 1e7, "photons per emitter (log-uniform)")
         self.background_spins = self._range_spins(BACKGROUND, 0.0, 1e5, "background photons per pixel")
         self.steps_spin = QSpinBox()
@@ -201,6 +229,10 @@ class DeepLocoTrainPanel(QWidget):
         form.addRow("Camera", self.camera_combo)
         for key, spin in self.camera_spins.items():
             form.addRow(CAMERA_FIELDS[key][0], spin)
+        measure = QHBoxLayout()
+        measure.addWidget(self.measure_combo)
+        measure.addWidget(self.measure_button)
+        form.addRow("Ranges from", measure)
         form.addRow("Photons", self._pair(self.photons_spins))
         form.addRow("Background", self._pair(self.background_spins))
         form.addRow("Steps", self.steps_spin)
@@ -247,6 +279,19 @@ class DeepLocoTrainPanel(QWidget):
         layers = [layer for layer in self.viewer.layers
                   if isinstance(layer, napari.layers.Image) and not layer.rgb and layer.ndim == 3]
         return sorted(layers, key=lambda layer: axis_nm(layer, 0) is None)
+
+    def _refresh_layer_choices(self, *_) -> None:
+        self._refresh_psf_choices()
+        current = self.measure_combo.currentText()
+        names = [layer.name for layer in self.viewer.layers
+                 if isinstance(layer, napari.layers.Image) and not layer.rgb and layer.ndim in (2, 3)]
+        self.measure_combo.clear()
+        self.measure_combo.addItems(names)
+        stacks = [n for n in names if axis_nm(self.viewer.layers[n], 0) is None]  # not z-stacks
+        if current in names and (self._measure_picked or current in stacks):
+            self.measure_combo.setCurrentText(current)
+        elif names:  # the newest layer that is not a z-stack: likely the SMLM data
+            self.measure_combo.setCurrentText((stacks or names)[-1])
 
     def _refresh_psf_choices(self, *_) -> None:
         current = self.psf_combo.currentText()
@@ -312,6 +357,9 @@ class DeepLocoTrainPanel(QWidget):
         """The napari worker of the current training (None inline or before the first)."""
         return self.jobs.worker
 
+    def _set_measuring(self, running: bool) -> None:
+        self.measure_button.setEnabled(not running)
+
     def _set_running(self, running: bool) -> None:
         self.train_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
@@ -349,7 +397,7 @@ class DeepLocoTrainPanel(QWidget):
             psf=self.psf_combo.currentText(), stack=stack, in_focus=self.in_focus_check.isChecked(),
             pixel_size=self.pixel_spin.value(), z_step=self.z_step_spin.value(), z0=self.z0_spin.value(),
             camera=CAMERAS[self.camera_combo.currentText()],
-            camera_settings={k: s.value() for k, s in self.camera_spins.items()},
+            camera_settings=self._camera_settings(),
             photons=photons, background=background, config=config, output=output,
         )
 
@@ -384,6 +432,43 @@ class DeepLocoTrainPanel(QWidget):
             self.status.setText("failed; nothing written")
 
         return self.jobs.start(train_job(request), self.use_threads, progress, written, failed)
+
+    def measure_brightness(self):
+        """Measure the chosen stack's brightness on a worker and set the Photons and Background
+        ranges to cover it; returns the worker (None inline or on bad input)."""
+        name = self.measure_combo.currentText()
+        if name not in self.viewer.layers:
+            show_error("DeepLoco: no image to measure; open an SMLM stack of your data")
+            return None
+        if self.measuring.running:
+            return None
+        layer = self.viewer.layers[name]
+        data = layer.data[0] if layer.multiscale else layer.data
+        kind = CAMERAS[self.camera_combo.currentText()]
+        try:
+            camera = None if kind is None else TrainRequest.camera_from(kind, self._camera_settings())
+        except StarlocError as exc:
+            show_error(f"DeepLoco: {exc}")
+            return None
+        self.status.setText(f"measuring {name!r}…")
+
+        def done(found):
+            (p_lo, p_hi), (b_lo, b_hi) = found.suggested_ranges()
+            for spin, value in zip((*self.photons_spins, *self.background_spins), (p_lo, p_hi, b_lo, b_hi)):
+                spin.setValue(value)
+            p5, p50, p95 = np.percentile(found.photons, [5, 50, 95])
+            self.status.setText(f"{name}: {p5:.0f} / {p50:.0f} / {p95:.0f} photons (5th / 50th / 95th "
+                                f"percentile of {len(found.photons)} isolated spots), background "
+                                f"{np.median(found.background):.1f} photons/px")
+
+        def failed(error):
+            show_error(f"DeepLoco: {error}")
+            self.status.setText("")
+
+        return self.measuring.start(measure_job(data, camera, name), self.use_threads, lambda _: None, done, failed)
+
+    def _camera_settings(self) -> dict:
+        return {k: s.value() for k, s in self.camera_spins.items()}
 
     def cancel(self) -> None:
         """Stop the training after the current step; no model file is written."""
