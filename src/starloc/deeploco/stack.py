@@ -198,24 +198,39 @@ def _array_source(arr: Any, name: str, pixel_size_nm: float | None = None,
 _LENGTH_UNITS_NM = {"micron": 1000.0, "microns": 1000.0, "µm": 1000.0, "um": 1000.0, "nm": 1.0, "mm": 1e6}
 
 
+def _positive_nm(value: float) -> float | None:
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def _ome_length_nm(tif: Any, axis: str) -> float | None:
+    """``PhysicalSize{axis}`` of OME metadata in nm (µm when no unit is given), or None."""
+    if not (tif.is_ome and tif.ome_metadata):
+        return None
+    import re
+
+    m = re.search(rf'PhysicalSize{axis}="([^"]+)"', tif.ome_metadata)
+    if not m:
+        return None
+    unit = re.search(rf'PhysicalSize{axis}Unit="([^"]+)"', tif.ome_metadata)
+    scale = _LENGTH_UNITS_NM.get(unit.group(1).lower() if unit else "µm")
+    return _positive_nm(float(m.group(1)) * scale) if scale else None
+
+
+def _imagej_unit_nm(tif: Any) -> tuple[dict, float | None]:
+    """ImageJ metadata and nm per unit of its ``unit`` (None: no length unit)."""
+    meta = tif.imagej_metadata or {}
+    unit = str(meta.get("unit", "")).strip().lower().replace("\\u00b5", "µ")
+    return meta, _LENGTH_UNITS_NM.get(unit)
+
+
 def tiff_pixel_size(tif: Any) -> float | None:
     """Pixel size (nm) stated by an open :class:`tifffile.TiffFile`'s ImageJ or OME metadata, or
     None (no metadata, unknown unit, or anisotropic pixels). Never raises."""
     try:
-        if tif.is_ome and tif.ome_metadata:
-            import re
-
-            xml = tif.ome_metadata
-            m = re.search(r'PhysicalSizeX="([^"]+)"', xml)
-            if m:
-                unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', xml)
-                scale = _LENGTH_UNITS_NM.get(unit.group(1).lower() if unit else "µm")
-                if scale:
-                    value = float(m.group(1)) * scale
-                    return value if math.isfinite(value) and value > 0 else None
-        meta = tif.imagej_metadata or {}
-        unit = str(meta.get("unit", "")).strip().lower().replace("\\u00b5", "µ")
-        scale = _LENGTH_UNITS_NM.get(unit)
+        ome = _ome_length_nm(tif, "X")
+        if ome is not None:
+            return ome
+        _, scale = _imagej_unit_nm(tif)
         if scale is None:
             return None
         tags = tif.pages[0].tags
@@ -223,8 +238,7 @@ def tiff_pixel_size(tif: Any) -> float | None:
         px_x, px_y = xr[1] / xr[0], yr[1] / yr[0]  # unit per pixel
         if not (px_x > 0 and abs(px_x - px_y) <= 1e-6 * px_x):
             return None
-        value = px_x * scale
-        return value if math.isfinite(value) and value > 0 else None
+        return _positive_nm(px_x * scale)
     except Exception:
         return None
 
@@ -233,22 +247,13 @@ def tiff_z_step(tif: Any) -> float | None:
     """Distance (nm) between the slices of a z-stack stated by an open :class:`tifffile.TiffFile`'s
     OME (``PhysicalSizeZ``) or ImageJ (``spacing``, in ``unit``) metadata, or None. Never raises."""
     try:
-        if tif.is_ome and tif.ome_metadata:
-            import re
-
-            xml = tif.ome_metadata
-            m = re.search(r'PhysicalSizeZ="([^"]+)"', xml)
-            if m:
-                unit = re.search(r'PhysicalSizeZUnit="([^"]+)"', xml)
-                scale = _LENGTH_UNITS_NM.get(unit.group(1).lower() if unit else "µm")
-                value = float(m.group(1)) * scale if scale else math.nan
-                return value if math.isfinite(value) and value > 0 else None
-        meta = tif.imagej_metadata or {}
-        scale = _LENGTH_UNITS_NM.get(str(meta.get("unit", "")).strip().lower().replace("\\u00b5", "µ"))
+        ome = _ome_length_nm(tif, "Z")
+        if ome is not None:
+            return ome
+        meta, scale = _imagej_unit_nm(tif)
         if scale is None or "spacing" not in meta:
             return None
-        value = float(meta["spacing"]) * scale
-        return value if math.isfinite(value) and value > 0 else None
+        return _positive_nm(float(meta["spacing"]) * scale)
     except Exception:
         return None
 
