@@ -73,6 +73,11 @@ def preset_values(kind: str) -> dict[str, float]:
     return {k: float(getattr(camera, k)) for k in CAMERA_FIELDS}
 
 
+def form_camera(kind: str, settings: dict):
+    """A :func:`camera_preset` with the form's settings (an sCMOS has no EM gain)."""
+    return camera_preset(kind, **{k: v for k, v in settings.items() if not (kind == "scmos" and k == "em_gain")})
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainRequest:
     """Everything a training needs, read from the form on the GUI thread (lengths in nm)."""
@@ -100,13 +105,7 @@ class TrainRequest:
         return psf.in_focus() if self.in_focus else psf
 
     def build_camera(self):
-        return None if self.camera is None else self.camera_from(self.camera, self.camera_settings)
-
-    @staticmethod
-    def camera_from(kind: str, settings: dict):
-        """A :func:`camera_preset` with the form's settings (an sCMOS has no EM gain)."""
-        settings = {k: v for k, v in settings.items() if not (kind == "scmos" and k == "em_gain")}
-        return camera_preset(kind, **settings)
+        return None if self.camera is None else form_camera(self.camera, self.camera_settings)
 
 
 def train_job(request: TrainRequest):
@@ -446,7 +445,7 @@ class DeepLocoTrainPanel(QWidget):
         data = layer.data[0] if layer.multiscale else layer.data
         kind = CAMERAS[self.camera_combo.currentText()]
         try:
-            camera = None if kind is None else TrainRequest.camera_from(kind, self._camera_settings())
+            camera = None if kind is None else form_camera(kind, self._camera_settings())
         except StarlocError as exc:
             show_error(f"DeepLoco: {exc}")
             return None
