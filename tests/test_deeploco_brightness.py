@@ -68,3 +68,10 @@ def test_cli_prints_the_ranges_to_train_with(sparse, tmp_path, capsys):
     assert main(["deeploco", "brightness", str(path)]) == EXIT_BAD_INPUT
     assert "need --camera" in capsys.readouterr().err
     assert main(["deeploco", "brightness", str(path), "--units", "photons"]) == 0  # ADU taken as photons: runs
+
+
+def test_the_cli_measures_as_many_frames_as_the_core_says():
+    from starloc import cli_deeploco
+    from starloc.deeploco.brightness import DEFAULT_FRAMES
+
+    assert cli_deeploco.BRIGHTNESS_FRAMES == DEFAULT_FRAMES

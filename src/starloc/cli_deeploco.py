@@ -496,7 +496,8 @@ def cmd_deeploco_localize(args) -> int:
 # deeploco brightness
 # ------------------------------------------------------------------------------------------
 
-#: frames read by 'deeploco brightness' when --frames is not given
+#: frames read by 'deeploco brightness' when --frames is not given (= brightness.DEFAULT_FRAMES,
+#: written out so that `starloc --help` imports no torch)
 BRIGHTNESS_FRAMES = 1000
 
 

@@ -32,10 +32,12 @@ from scipy import ndimage
 from ..errors import InputError
 from .baseline import detect_spots
 
-__all__ = ["Brightness", "measure_brightness"]
+__all__ = ["DEFAULT_FRAMES", "Brightness", "measure_brightness"]
 
 #: fewest isolated spots to report photons from
 MIN_SPOTS = 20
+#: frames of a stack the CLI and the napari Train tab measure unless told otherwise
+DEFAULT_FRAMES = 1000
 
 
 @dataclass(frozen=True)

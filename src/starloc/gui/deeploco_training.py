@@ -39,9 +39,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from starloc.deeploco.brightness import DEFAULT_FRAMES, measure_brightness
 from starloc.deeploco.camera import camera_preset
 from starloc.deeploco.psf import AstigmaticPSF, EmpiricalPSF, Gaussian2DPSF
-from starloc.deeploco.brightness import measure_brightness
 from starloc.deeploco.recipes import BACKGROUND, PHOTONS, default_simulator
 from starloc.deeploco.stack import to_photons
 from starloc.deeploco.training import DeepLocoTrainConfig, Progress, train
@@ -63,8 +63,6 @@ CAMERA_FIELDS = {
     "read_noise": ("Read noise (e⁻ rms)", 0.0, 1e4, 2),
 }
 BUSY = "DeepLoco: a training is running; wait for it or click Cancel"
-#: frames of a stack that Measure looks at (as `starloc deeploco brightness`)
-BRIGHTNESS_FRAMES = 1000
 
 
 def preset_values(kind: str) -> dict[str, float]:
@@ -127,7 +125,7 @@ def train_job(request: TrainRequest):
         return Failure(InputError(f"could not write {str(request.output)!r}: {exc}"))
 
 
-def measure_job(data, camera, name: str, max_frames: int = BRIGHTNESS_FRAMES):
+def measure_job(data, camera, name: str, max_frames: int = DEFAULT_FRAMES):
     """:func:`~starloc.deeploco.brightness.measure_brightness` of the first ``max_frames`` frames
     of ``data`` (ADU with ``camera``, else photons); a user-facing error becomes a Failure."""
     limit_threads()
