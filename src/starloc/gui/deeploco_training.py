@@ -46,7 +46,7 @@ from starloc.deeploco.recipes import BACKGROUND, PHOTONS, default_simulator
 from starloc.deeploco.stack import to_photons
 from starloc.deeploco.training import DeepLocoTrainConfig, Progress, train
 from starloc.errors import InputError, StarlocError
-from starloc.gui.jobs import Failure, JobSlot, available_devices, limit_threads
+from starloc.gui.jobs import JobSlot, available_devices
 from starloc.gui.layer_watch import LayerWatch
 from starloc.gui.units import axis_nm, stated_spacing_nm
 
@@ -108,33 +108,26 @@ class TrainRequest:
 
 def train_job(request: TrainRequest):
     """Build the PSF, camera and simulator, train (yielding :class:`Progress`), write the model;
-    returns the model's path, or a :class:`Failure` for a user-facing error."""
-    limit_threads()
+    returns the model's path."""
+    psf = request.build_psf()
+    sim = default_simulator(psf, request.build_camera(), pixel_size=request.pixel_size,
+                            photons_range=request.photons, background_range=request.background,
+                            device=request.config.device)
+    model = yield from train(sim, request.config)
+    model.metadata = {**model.metadata, "source": {"command": "napari DeepLoco widget", "psf": request.psf}}
     try:
-        psf = request.build_psf()
-        sim = default_simulator(psf, request.build_camera(), pixel_size=request.pixel_size,
-                                photons_range=request.photons, background_range=request.background,
-                                device=request.config.device)
-        model = yield from train(sim, request.config)
-        model.metadata = {**model.metadata, "source": {"command": "napari DeepLoco widget", "psf": request.psf}}
         model.save(request.output)
-        return request.output
-    except StarlocError as exc:
-        return Failure(exc)
     except OSError as exc:
-        return Failure(InputError(f"could not write {str(request.output)!r}: {exc}"))
+        raise InputError(f"could not write {str(request.output)!r}: {exc}") from None
+    return request.output
 
 
 def measure_job(data, camera, name: str, max_frames: int = DEFAULT_FRAMES):
     """:func:`~starloc.deeploco.brightness.measure_brightness` of the first ``max_frames`` frames
-    of ``data`` (ADU with ``camera``, else photons); a user-facing error becomes a Failure."""
-    limit_threads()
-    try:
-        block = np.asarray(data[:max_frames] if np.ndim(data) == 3 else data[None])
-        yield len(block)
-        return measure_brightness(to_photons(block, camera, 0, repr(name)))
-    except StarlocError as exc:
-        return Failure(exc)
+    of ``data`` (ADU with ``camera``, else photons)."""
+    block = np.asarray(data[:max_frames] if np.ndim(data) == 3 else data[None])
+    yield len(block)
+    return measure_brightness(to_photons(block, camera, 0, repr(name)))
 
 
 class DeepLocoTrainPanel(QWidget):

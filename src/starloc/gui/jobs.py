@@ -1,8 +1,9 @@
 """What the widgets' jobs share: how one is started, its failure value, the devices and the thread budget.
 
-A job is a generator run on a napari worker. User-facing errors (``StarlocError``) are
-returned as :class:`Failure` rather than raised, so the widget shows their one-line message
-instead of napari's traceback notification.
+A job is a generator run on a napari worker. :func:`start_job` runs every job under
+:func:`guarded`: the worker's thread budget is set, and user-facing errors (``StarlocError``)
+are returned as :class:`Failure` rather than raised, so the widget shows their one-line message
+instead of napari's traceback notification. Jobs themselves need neither.
 """
 
 from __future__ import annotations
@@ -41,12 +42,22 @@ def limit_threads() -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
 
 
+def guarded(gen: Generator) -> Generator:
+    """``gen`` run with :func:`limit_threads`, a ``StarlocError`` it raises returned as a :class:`Failure`."""
+    limit_threads()
+    try:
+        return (yield from gen)
+    except StarlocError as exc:
+        return Failure(exc)
+
+
 def start_job(gen: Generator, use_threads: bool, yielded: Callable, returned: Callable, aborted: Callable,
               errored: Callable):
     """Run a job generator on a napari worker, connected to the four callbacks, and return the
     started worker; or, without ``use_threads``, run it to its end on the calling thread
     (debugging, tests) and return None. Inline, an unexpected exception reaches ``errored``
-    and is raised again."""
+    and is raised again. The job runs :func:`guarded`."""
+    gen = guarded(gen)
     if not use_threads:
         try:
             result = finish(gen, yielded)

@@ -2,9 +2,9 @@
 
 Every job is a generator that yields progress and returns its result; it gets copies of
 its inputs (crops, one frame, frozen parameter dataclasses) made on the main thread and
-never touches a layer, widget or the viewer. User-facing errors (``StarlocError``) are
-returned as :class:`Failure` rather than raised, so the GUI shows their one-line message
-instead of napari's traceback notification. Cancelling = the worker stops iterating.
+never touches a layer, widget or the viewer. :func:`starloc.gui.jobs.start_job` runs them with
+the thread budget and turns user-facing errors into a ``Failure``. Cancelling = the worker stops
+iterating.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from starloc.errors import StarlocError
-from starloc.gui.jobs import Failure, limit_threads
 from starloc.lodestar.detection import DetectParams, score_map, to_image_resolution
 from starloc.lodestar.inference import detect_in_maps, iter_detect
 from starloc.lodestar.model import LodeSTAR, Maps
@@ -33,17 +31,14 @@ class Detected:
 
 def train_job(crops: list[np.ndarray], config: TrainConfig, frame: np.ndarray, augment: bool):
     """Train on the crops (yields :class:`~starloc.lodestar.training.Progress`), then compute
-    the maps of ``frame`` ``(1, C, H, W)``. Returns ``(model, maps)`` or a :class:`Failure`.
+    the maps of ``frame`` ``(1, C, H, W)``. Returns ``(model, maps)``.
 
     The network's ``in_channels`` is taken from ``frame`` (the crops come from the same image).
     """
-    limit_threads()
     config = replace(config, network=replace(config.network, in_channels=frame.shape[1]))
     try:
         model = yield from train(crops, config)
         maps = model.maps(frame, augment=augment)
-    except StarlocError as exc:
-        return Failure(exc)
     finally:
         if config.device.startswith("cuda") and torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -52,12 +47,8 @@ def train_job(crops: list[np.ndarray], config: TrainConfig, frame: np.ndarray, a
 
 def maps_job(model: LodeSTAR, frame: np.ndarray, augment: bool):
     """Maps of one frame ``(1, C, H, W)``; yields once first so a queued job can be cancelled."""
-    limit_threads()
     yield (0, 1)
-    try:
-        return model.maps(frame, augment=augment)
-    except StarlocError as exc:
-        return Failure(exc)
+    return model.maps(frame, augment=augment)
 
 
 def detect_job(model: LodeSTAR, frame: np.ndarray, maps: Maps, params: DetectParams, augment: bool):
@@ -95,8 +86,4 @@ def describe_training(model: LodeSTAR, n_crops: int) -> str:
 
 def detect_all_job(model: LodeSTAR, image, params: DetectParams, rgb: str, augment: bool, chunk: int = 4):
     """Detection on every frame of a (possibly lazy) image; yields ``(done, total)``."""
-    limit_threads()
-    try:
-        return (yield from iter_detect(model, image, params, chunk=chunk, rgb=rgb, augment=augment))
-    except StarlocError as exc:
-        return Failure(exc)
+    return (yield from iter_detect(model, image, params, chunk=chunk, rgb=rgb, augment=augment))
