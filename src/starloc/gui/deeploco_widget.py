@@ -9,8 +9,9 @@ deeploco localize``, and the result becomes the Points layer ``DeepLoco localiza
 
 Points are ``(frame, row, col)`` (``(row, col)`` for one frame) in the image's pixels, with the
 image layer's scale, translate and units, so they sit on the emitters. An image whose axes carry
-length units, or whose TIFF file states a pixel size, must have the model's pixel size. The model's nm positions use a
-corner origin (pixel ``j``'s centre at ``(j + 0.5) * pixel_size``), hence ``row = y / px - 0.5``.
+length units, or whose TIFF file states a pixel size, must have the model's pixel size. The
+model's nm positions use a corner origin (pixel ``j``'s centre at ``(j + 0.5) * pixel_size``),
+hence ``row = y / px - 0.5``.
 Features: ``x_nm``, ``y_nm`` (and ``z_nm`` for 3D models), ``confidence``; colour by z (3D) or
 confidence (2D). **Export…** writes the localizations as a ThunderSTORM CSV (nm, 1-based frames);
 **Render** adds them as a super-resolved image layer (:mod:`starloc.gui.render_layer`).
@@ -20,6 +21,7 @@ Bad input is reported with ``show_error`` (one line saying what to do), never a 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import napari
@@ -44,7 +46,7 @@ from starloc.deeploco.model import DeepLoco
 from starloc.deeploco.stack import StackProgress, iter_localize_stack
 from starloc.errors import StarlocError
 from starloc.gui.deeploco_training import DeepLocoTrainPanel
-from starloc.gui.jobs import Failure, JobSlot, available_devices, limit_threads
+from starloc.gui.jobs import JobSlot, available_devices
 from starloc.gui.layer_watch import LayerWatch
 from starloc.gui.render_layer import render_image, render_placement
 from starloc.gui.units import placement, stated_pixel_size_nm
@@ -56,14 +58,19 @@ UNITS = {"camera ADU": "adu", "photons": "photons"}
 BUSY = "DeepLoco: a localization is running; wait for it or click Cancel"
 
 
-def localize_job(gen):
-    """Run :func:`~starloc.deeploco.stack.iter_localize_stack`'s generator to its table,
-    yielding its :class:`StackProgress`; a user-facing error becomes a :class:`Failure`."""
-    limit_threads()
-    try:
-        return (yield from gen)
-    except StarlocError as exc:
-        return Failure(exc)
+@dataclass(frozen=True)
+class Source:
+    """The image layer a localization ran on, as its outputs need it: ``stack`` for ``(T, Y, X)``
+    data, the layer's scale, translate and units (None without napari units), its frame size
+    ``field`` (rows, cols) in pixels, and the model's ``pixel_size`` (nm)."""
+
+    name: str
+    stack: bool
+    scale: tuple
+    translate: tuple
+    units: tuple | None
+    field: tuple[int, int]
+    pixel_size: float
 
 
 def points_from_table(table: dict, pixel_size: float, stack: bool) -> tuple[np.ndarray, dict]:
@@ -95,7 +102,7 @@ class DeepLocoWidget(QWidget):
         self.model: DeepLoco | None = None
         self.model_path: Path | None = None
         self.table: dict | None = None  # the last localizations, nm
-        self._table_context: tuple = ()
+        self.source: Source | None = None  # where self.table came from
         self.jobs = JobSlot(self._set_running, self.job_finished.emit)
         self._build_ui()
         self._layers = LayerWatch(viewer, self._refresh_image_choices)
@@ -273,11 +280,11 @@ class DeepLocoWidget(QWidget):
         except StarlocError as exc:
             show_error(f"DeepLoco: {exc}")
             return None
-        context = (layer.name, data.ndim == 3, tuple(layer.scale), tuple(layer.translate),
-                   getattr(layer, "units", None), tuple(data.shape[-2:]))
-        return self._start(localize_job(gen), context)
+        source = Source(layer.name, data.ndim == 3, tuple(layer.scale), tuple(layer.translate),
+                        getattr(layer, "units", None), tuple(data.shape[-2:]), model_pixel)
+        return self._start(gen, source)
 
-    def _start(self, gen, context):
+    def _start(self, gen, source: Source):
         self.progress.setValue(0)
         self.status.setText("localizing…")
 
@@ -291,7 +298,7 @@ class DeepLocoWidget(QWidget):
             show_error(f"DeepLoco: {error}")
             self.status.setText("failed")
 
-        return self.jobs.start(gen, self.use_threads, progress, lambda table: self._show_result(table, context),
+        return self.jobs.start(gen, self.use_threads, progress, lambda table: self._show_result(table, source),
                                failed)
 
     def cancel(self) -> None:
@@ -299,10 +306,9 @@ class DeepLocoWidget(QWidget):
         if self.jobs.cancel():
             self.status.setText("cancelled")
 
-    def _show_result(self, table: dict, context) -> None:
-        name, stack, scale, translate, units, _ = context
-        self.table = table
-        self._table_context = (*context, float(self.model.config.pixel_size))  # what render() needs
+    def _show_result(self, table: dict, source: Source) -> None:
+        self.table, self.source = table, source
+        name = source.name
         n = len(table["frame"])
         self.status.setText(f"{n} localization(s) in {name!r}")
         if POINTS_LAYER in self.viewer.layers:  # a new run replaces the last one's points
@@ -310,13 +316,13 @@ class DeepLocoWidget(QWidget):
         if n == 0:
             show_info(f"DeepLoco: no localization in {name!r} above the threshold")
             return
-        data, features = points_from_table(table, float(self.model.config.pixel_size), stack)
+        data, features = points_from_table(table, source.pixel_size, source.stack)
         colour_by = "z_nm" if "z_nm" in features else "confidence"
         self.viewer.add_points(
-            data, name=POINTS_LAYER, features=features, **placement(scale, translate, units), size=1.5,
-            face_color=colour_by, face_colormap="turbo" if colour_by == "z_nm" else "viridis", border_width=0,
-            metadata={"pixel_size_nm": float(self.model.config.pixel_size), "model": str(self.model_path),
-                      "source": name},
+            data, name=POINTS_LAYER, features=features, **placement(source.scale, source.translate, source.units),
+            size=1.5, face_color=colour_by, face_colormap="turbo" if colour_by == "z_nm" else "viridis",
+            border_width=0, metadata={"pixel_size_nm": source.pixel_size, "model": str(self.model_path),
+                                      "source": name},
         )
 
     # ------------------------------------------------------------------ render
@@ -326,19 +332,18 @@ class DeepLocoWidget(QWidget):
         if self.table is None or not len(self.table["frame"]):
             show_error("DeepLoco: nothing to render; localize a stack first")
             return None
-        name, _, scale, translate, units, field, camera_px = self._table_context
-        render_px = self.render_spin.value()
+        src, render_px = self.source, self.render_spin.value()
         try:
-            image = render_image(self.table, field, camera_px, render_px)
+            image = render_image(self.table, src.field, src.pixel_size, render_px)
         except StarlocError as exc:
             show_error(f"DeepLoco: {exc}")
             return None
         if RENDER_LAYER in self.viewer.layers:
             self.viewer.layers.remove(RENDER_LAYER)
-        r_scale, r_translate = render_placement(scale, translate, camera_px, render_px)
+        r_scale, r_translate = render_placement(src.scale, src.translate, src.pixel_size, render_px)
         look = {"rgb": True} if image.ndim == 3 else {"colormap": "magma"}
-        meta = {"render_pixel_nm": render_px, "source": name, "localizations": len(self.table["frame"])}
-        r_units = None if units is None else units[-2:]
+        meta = {"render_pixel_nm": render_px, "source": src.name, "localizations": len(self.table["frame"])}
+        r_units = None if src.units is None else src.units[-2:]
         return self.viewer.add_image(image, name=RENDER_LAYER, **look, **placement(r_scale, r_translate, r_units),
                                      blending="additive", metadata=meta)
 
