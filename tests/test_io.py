@@ -654,6 +654,18 @@ def test_load_model_directory(tmp_path):
         load_model_file(tmp_path)
 
 
+def test_load_model_unreadable(tmp_path, monkeypatch):
+    path = tmp_path / "locked.pt"
+    path.write_bytes(b"x")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(torch, "load", denied)  # root reads any file, so the refusal is simulated
+    with pytest.raises(ModelFileError, match="cannot read model file .*locked.pt.*Permission denied"):
+        load_model_file(path)
+
+
 @pytest.mark.parametrize("content", [b"", b"hello world", b"\x00" * 100, b"PK\x03\x04garbage"])
 def test_load_model_not_a_torch_file(tmp_path, content):
     path = tmp_path / "junk.pt"

@@ -673,7 +673,7 @@ def load_model_file(path: str | os.PathLike, kind: str | None = None) -> dict[st
     """Load a file written by :func:`save_model_file`, safely (``weights_only=True``, on CPU).
 
     Returns the dict with keys format, format_version, kind, config, state_dict, metadata.
-    ModelFileError (one line, naming the file) when the file is missing, not a torch file,
+    ModelFileError (one line, naming the file) when the file is missing or unreadable, not a torch file,
     corrupt or truncated, contains anything but plain data and tensors (nothing is executed),
     is a torch file but not a starloc model (e.g. a bare state dict), was written by a newer
     format version, or holds a model of another ``kind`` than requested.
@@ -692,7 +692,9 @@ def load_model_file(path: str | os.PathLike, kind: str | None = None) -> dict[st
             obj = torch.load(p, weights_only=True, map_location="cpu")
     except Exception as exc:  # UnpicklingError, RuntimeError (zip), EOFError, KeyError, ...
         text = str(exc).lower()
-        if isinstance(exc, pickle.UnpicklingError) and "global" in text:
+        if isinstance(exc, OSError):  # e.g. permission denied
+            reason = one_line(exc)
+        elif isinstance(exc, pickle.UnpicklingError) and "global" in text:
             reason = (
                 "it contains Python objects other than plain data and tensors, "
                 "which are not loaded (no code is executed)"

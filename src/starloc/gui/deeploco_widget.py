@@ -220,9 +220,6 @@ class DeepLocoWidget(QWidget):
         except StarlocError as exc:
             show_error(f"DeepLoco: {exc}")
             return False
-        except OSError as exc:
-            show_error(f"DeepLoco: cannot read {str(path)!r}: {exc}")
-            return False
         self.model, self.model_path = model, Path(path)
         self.threshold_spin.setSpecialValueText(f"model ({model.threshold:.2f})")
         self.model_label.setText(f"Model: {self.model_path.name} — {self.describe(model)}")

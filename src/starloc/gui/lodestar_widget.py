@@ -899,9 +899,6 @@ class LodeSTARWidget(QWidget):
         except StarlocError as exc:
             show_error(f"LodeSTAR: {exc}")
             return False
-        except OSError as exc:
-            show_error(f"LodeSTAR: cannot read {str(path)!r}: {exc}")
-            return False
         self.model = model
         self.model_origin = f"loaded from {Path(path).name}{downsampling_note(model)}"
         self.model_info.setText(f"Model: {self.model_origin}")
