@@ -29,8 +29,6 @@ ARCHITECTURES = ("paper", "fcn", "unet")
 #: camera options: argparse dest -> Camera keyword
 CAMERA_OPTIONS = {"baseline": "baseline", "e_per_adu": "e_per_adu", "em_gain": "em_gain", "qe": "qe",
                   "read_noise": "read_noise"}
-#: nm between bead-stack slices when neither --psf-z-step nor the file says (the SMLM 2016 stacks')
-DEFAULT_Z_STEP = 10.0
 #: Picasso needs a localization precision; DeepLoco gives none per localization
 PICASSO_PRECISION_NM = 10.0
 HDF5_SUFFIXES = (".hdf5", ".h5")
@@ -156,9 +154,7 @@ def _build_psf(args):
     if args.pixel_size is not None:
         kw["pixel_size"] = args.pixel_size
     kw.update(_stated_spacing(path, kw))
-    if "z0" not in kw and stack.ndim == 3:  # the focus at the middle slice, as a symmetric scan has it
-        kw["z0"] = -(stack.shape[0] - 1) / 2 * kw.get("z_step", DEFAULT_Z_STEP)
-    psf = EmpiricalPSF.from_bead_stack(stack, **kw)
+    psf = EmpiricalPSF.from_bead_stack(stack, **kw)  # the focus at the middle slice unless --psf-z0
     return psf.in_focus() if args.in_focus else psf
 
 

@@ -35,7 +35,7 @@ import torch
 
 from ..errors import InputError
 
-__all__ = ["PSFModel", "EmpiricalPSF", "Gaussian2DPSF", "AstigmaticPSF", "estimate_baseline"]
+__all__ = ["PSFModel", "EmpiricalPSF", "Gaussian2DPSF", "AstigmaticPSF", "centred_z0", "estimate_baseline"]
 
 Tensor = torch.Tensor
 
@@ -278,6 +278,11 @@ def _fourier_shift_np(img: np.ndarray, dr: float, dc: float) -> np.ndarray:
     return np.fft.irfft2(np.fft.rfft2(img) * ramp, s=(ny, nx))
 
 
+def centred_z0(slices: int, z_step: float) -> float:
+    """z (nm) of the first of ``slices`` slices ``z_step`` nm apart when the middle one is at focus."""
+    return -(int(slices) - 1) / 2 * float(z_step)
+
+
 class EmpiricalPSF(PSFModel):
     """PSF measured from a bead z-stack: ``(Z, P, P)`` slices of unit photon mass.
 
@@ -344,7 +349,7 @@ class EmpiricalPSF(PSFModel):
         stack: Any,
         pixel_size: float = 100.0,
         z_step: float = 10.0,
-        z0: float = -750.0,
+        z0: float | None = None,
         baseline: float | None = None,
         positions: Any = None,
         crop: int = 21,
@@ -364,6 +369,10 @@ class EmpiricalPSF(PSFModel):
         each bead's crop by Fourier shift so its centre lands on the crop's centre pixel; scale each
         bead to unit mean slice mass and average the beads (bead-to-bead aberrations and noise
         average out); clip negatives and normalize every slice to unit photon mass.
+
+        ``z0`` is the z (nm) of the first slice; by default the focus (z = 0) is the middle
+        slice (:func:`centred_z0`), as a scan symmetric about focus has it (-750 nm for the
+        challenge's 151 slices of 10 nm).
 
         ``crop`` is the PSF's side in pixels (made odd). Raises :class:`InputError` for a stack
         that is not 3D, holds NaN/inf, has absurd ``pixel_size``/``z_step``, lies far below the
@@ -489,6 +498,8 @@ class EmpiricalPSF(PSFModel):
             "bead_centres_nm": [list(map(float, p)) for p in centres],
             "crop": crop,
         }
+        if z0 is None:
+            z0 = centred_z0(mean.shape[0], z_step)
         return cls(mean, pixel_size=ps, z_step=z_step, z0=z0, meta=meta)
 
     # ---------------------------------------------------------------- rendering

@@ -41,7 +41,7 @@ from qtpy.QtWidgets import (
 
 from starloc.deeploco.brightness import DEFAULT_FRAMES, measure_brightness
 from starloc.deeploco.camera import camera_preset
-from starloc.deeploco.psf import AstigmaticPSF, EmpiricalPSF, Gaussian2DPSF
+from starloc.deeploco.psf import AstigmaticPSF, EmpiricalPSF, Gaussian2DPSF, centred_z0
 from starloc.deeploco.recipes import BACKGROUND, PHOTONS, default_simulator
 from starloc.deeploco.stack import to_photons
 from starloc.deeploco.training import DeepLocoTrainConfig, Progress, train
@@ -326,7 +326,7 @@ class DeepLocoTrainPanel(QWidget):
         layer = self._bead_layer()
         if layer is not None:
             slices = (layer.data[0] if layer.multiscale else layer.data).shape[0]
-            self.z0_spin.setValue(-(slices - 1) / 2 * self.z_step_spin.value())
+            self.z0_spin.setValue(centred_z0(slices, self.z_step_spin.value()))
 
     def _on_camera_changed(self, *_) -> None:
         kind = CAMERAS[self.camera_combo.currentText()]
