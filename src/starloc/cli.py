@@ -46,7 +46,9 @@ def cmd_lodestar_train(args) -> int:
 
     image = read_image(args.image)
     field = NetworkConfig().receptive_field
-    auto = args.downsample == "auto"
+    auto = args.downsample == "auto" and args.z_range is None  # a field propagates at the camera's pixels
+    if args.downsample == "auto" and not auto:
+        args.downsample = 1
     crops = extract_crops(image, args.crop, frame=args.frame, min_size=field * (1 if auto else args.downsample),
                           rgb=args.rgb, channel_axis=args.channel_axis)
     if auto:
@@ -63,8 +65,11 @@ def cmd_lodestar_train(args) -> int:
                       "object (a model trained on several usually finds none); crop a single object",
                       StarlocWarning)
     copies = TrainConfig.copies if args.copies is None else args.copies
+    optics = {k: getattr(args, k) for k in ("wavelength_nm", "n_medium") if getattr(args, k) is not None}
     config = TrainConfig(max_steps=args.steps, min_steps=args.min_steps, copies=copies, seed=args.seed,
                          device=resolve_device(args.device), downsample=downsample,
+                         z_range_um=args.z_range, signal_range=args.signal_range,
+                         pixel_size_nm=args.pixel_size, **optics,
                          network=NetworkConfig(in_channels=crops[0].shape[0]))
     max_steps, _ = step_budget(config, [c.shape[-2:] for c in crops])
     gen = train(crops, config)
@@ -89,7 +94,7 @@ def cmd_lodestar_train(args) -> int:
 def cmd_lodestar_detect(args) -> int:
     from starloc.io import image_frame_range, read_image, write_points_csv
     from starloc.lodestar.detection import DetectParams
-    from starloc.lodestar.inference import iter_detect, iter_single
+    from starloc.lodestar.inference import iter_detect, iter_single, property_columns
     from starloc.lodestar.model import LodeSTAR
 
     image = read_image(args.image)
@@ -99,16 +104,19 @@ def cmd_lodestar_detect(args) -> int:
     given = {k: getattr(args, k) for k in ("alpha", "beta", "cutoff", "mode", "min_weight", "radius",
                                            "cluster_radius", "crowded_distance", "deblend")}
     params = DetectParams(**{k: v for k, v in given.items() if v is not None})
-    if args.scheduler is not None or args.workers is not None:
+    on_cluster = args.scheduler is not None or args.workers is not None
+    # On a cluster the tasks load the model themselves; here it only names the output columns.
+    model = LodeSTAR.load(args.model, device="cpu" if on_cluster else resolve_device(args.device))
+    if on_cluster:
         found = _detect_on_cluster(args, params, augment, layout, total)
-    else:  # the cluster's tasks load the model themselves
-        model = LodeSTAR.load(args.model, device=resolve_device(args.device))
+    else:
         if args.single:
             gen = iter_single(model, image, augment=augment, frames=args.frames, **layout)
         else:
             gen = iter_detect(model, image, params, augment=augment, frames=args.frames, **layout)
         found = _run_frames(gen, total)
-    write_points_csv(args.output, found.frame, found.positions[:, :2], found.features)
+    extra = property_columns(model, found.positions)
+    write_points_csv(args.output, found.frame, found.positions[:, :2], {**extra, **found.features})
     print(f"{len(found)} detection(s) in {total} frame(s) written to {args.output}")
     return 0
 
@@ -194,12 +202,27 @@ def build_parser() -> argparse.ArgumentParser:
                         "'detect', for objects larger than the network's receptive field (26 px). "
                         "Default 'auto': measure the object in the crop and pick the D that brings it to "
                         "about 18 px across (1 for objects up to ~26 px); give 1 to keep full resolution")
+    h = t.add_argument_group("holography and signal (the paper's extra symmetries)")
+    h.add_argument("--z-range", type=positive(), metavar="UM",
+                   help="learn the axial position from a complex field (2 channels, real and imaginary: give "
+                        "--channel-axis) by propagating the crop up to UM µm either way; z is reported in µm "
+                        "relative to the crop's object. Needs --pixel-size")
+    h.add_argument("--pixel-size", type=positive(), metavar="NM", help="pixel size in the sample, nm")
+    h.add_argument("--wavelength", dest="wavelength_nm", type=positive(), metavar="NM",
+                   help="vacuum wavelength of the illumination, nm (default 633)")
+    h.add_argument("--n-medium", type=positive(), metavar="N",
+                   help="refractive index of the medium around the objects (default 1.33)")
+    h.add_argument("--signal-range", type=positive(), metavar="R",
+                   help="learn the signal strength (for a small scatterer, its polarizability) by scaling the "
+                        "crop by up to R times either way; reported as a multiple of the crop's object. For "
+                        "images with zero background (a scattered field)")
     _add_common_image_options(t)
     t.add_argument("-o", "--output", type=Path, required=True, help="model file to write")
     t.set_defaults(func=cmd_lodestar_train)
 
     d = lsub.add_parser("detect", help="detect objects in every frame and write a CSV",
-                        description="Write frame,row,col (pixels, frames 0-based) and features.")
+                        description="Write frame,row,col (pixels, frames 0-based), the model's other "
+                                    "properties (z_um, signal) and features.")
     d.add_argument("image", type=Path,
                    help="TIFF (2D or T×Y×X) or .npy image, or a folder of one TIFF per frame")
     d.add_argument("--model", type=Path, required=True, help="model file from 'lodestar train'")

@@ -135,3 +135,16 @@ def predict_single(model: LodeSTAR, image, augment: bool = True) -> np.ndarray:
     """``(T, K)`` single-object predictions for an in-memory image; 2D input gives ``(K,)``."""
     out = single_object(model, as_frames(image), augment)[0]
     return out[0] if np.ndim(image) == 2 else out
+
+
+def property_columns(model: LodeSTAR, positions: np.ndarray) -> dict[str, np.ndarray]:
+    """The properties after (row, col) of ``(N, K)`` predictions, as named output columns:
+    ``z_um`` (axial position in µm, relative to the training crop's object; + is further
+    along the light) and ``signal`` (signal strength, e.g. polarizability, as a multiple of
+    the training crop's object: ``exp(log_signal)``). Empty for a plain 2D model."""
+    names = model.metadata.get("properties", ["row", "col"])[2:]
+    out = {}
+    for i, name in enumerate(names, start=2):
+        values = np.asarray(positions[:, i], dtype=np.float64)
+        out["signal" if name == "log_signal" else name] = np.exp(values) if name == "log_signal" else values
+    return out

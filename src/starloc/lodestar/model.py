@@ -24,7 +24,7 @@ from starloc.lodestar.network import LodeSTARNet, NetworkConfig, decode
 
 MODEL_KIND = "lodestar"
 
-NORMALIZATIONS = ("background", "robust")
+NORMALIZATIONS = ("background", "robust", "fixed")
 
 
 BACKGROUND_QUANTILE = 0.75
@@ -95,8 +95,8 @@ def normalize(frames: torch.Tensor, method: str = "background") -> torch.Tensor:
     scale of the crop, not of the frames it is applied to (a disc 32 px across in a 52 px
     crop was then found 5 px off).
     """
-    if method not in NORMALIZATIONS:
-        raise ValueError(f"unknown normalization {method!r}; expected one of {NORMALIZATIONS}")
+    if method not in NORMALIZATIONS or method == "fixed":
+        raise ValueError(f"unknown per-frame normalization {method!r}; expected 'background' or 'robust'")
     flat = frames.flatten(2)
     level, scale = _low_quantile_background(flat)
     if method == "background":
@@ -105,6 +105,21 @@ def normalize(frames: torch.Tensor, method: str = "background") -> torch.Tensor:
     scale = torch.where(scale > 0, scale, flat.std(dim=2, keepdim=True))
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     return ((flat - level) / scale).view_as(frames)
+
+
+def fixed_normalization(crops: list[torch.Tensor]) -> tuple[tuple[float, ...], float]:
+    """``(levels, scale)`` of the ``fixed`` normalization measured on ``(C, H, W)`` crops:
+    per channel, the median over the crops of the clipped background level (see
+    :func:`clipped_background`); one scale for all channels, the median of their clipped
+    standard deviations, so that the channels of a complex field keep their ratio and the
+    phase is unchanged. Frames are then normalized with these numbers, not their own, so a
+    brighter object stays brighter: what signal scaling needs."""
+    stats = [clipped_background(c.flatten(1)[None].to(torch.float64)) for c in crops]
+    levels = torch.stack([level[0, :, 0] for level, _ in stats]).median(dim=0).values
+    scale = float(torch.stack([s[0, :, 0] for _, s in stats]).median())
+    if not scale > 0:
+        raise InputError("the crop has no background noise to normalize by (constant image?)")
+    return tuple(float(v) for v in levels), scale
 
 
 def _clipped_where_crowded(flat: torch.Tensor, level: torch.Tensor, scale: torch.Tensor):
@@ -204,6 +219,11 @@ class LodeSTAR:
     flipped frame are turned back). Training measures it at its end: a constant offset the
     network kept although the flips and rotations penalize it; see
     :func:`~starloc.lodestar.training.measure_position_offset`.
+
+    ``property_offset``: subtracted from the properties after (row, col) (z, log-signal;
+    see :mod:`.transforms`), whose equivariances fix differences only: training sets it so
+    that its crops read 0, i.e. z and log-signal are relative to the training crop.
+    ``fixed_input``: ``(levels per channel, scale)`` of the ``fixed`` normalization.
     """
 
     net: LodeSTARNet
@@ -211,6 +231,8 @@ class LodeSTAR:
     metadata: dict = field(default_factory=dict)
     downsample: int = 1
     position_offset: tuple[float, float] = (0.0, 0.0)
+    property_offset: tuple[float, ...] = ()
+    fixed_input: tuple[tuple[float, ...], float] | None = None
 
     @classmethod
     def new(cls, config: NetworkConfig = NetworkConfig(), seed: int = 0, **kw) -> LodeSTAR:
@@ -233,7 +255,25 @@ class LodeSTAR:
 
     def forward(self, frames: torch.Tensor, origin=(0.0, 0.0)) -> tuple[torch.Tensor, torch.Tensor]:
         """``(P, rho)`` of :func:`decode` for raw ``(N, C, H, W)`` frames."""
-        return self.forward_normalized(normalize(frames, self.normalization), origin)
+        return self.forward_normalized(self.normalize(frames), origin)
+
+    def normalize(self, frames: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` frames normalized as this model's network expects them: by each
+        frame's own background (:func:`normalize`), or by the numbers measured on the
+        training crops (``fixed``)."""
+        if self.normalization != "fixed":
+            return normalize(frames, self.normalization)
+        if self.fixed_input is None:
+            raise InputError("the model's fixed normalization has not been measured")
+        levels, scale = self.fixed_input
+        level = torch.tensor(levels, dtype=frames.dtype, device=frames.device).view(1, -1, 1, 1)
+        return (frames - level) / scale
+
+    def renormalize(self, copies: torch.Tensor) -> torch.Tensor:
+        """Transformed copies of already normalized crops, normalized again as a frame
+        would be (training): the per-frame normalizations again; ``fixed`` has nothing to
+        redo, and must not, or it would undo signal scaling."""
+        return copies if self.normalization == "fixed" else normalize(copies, self.normalization)
 
     def forward_normalized(self, frames: torch.Tensor, origin=(0.0, 0.0)) -> tuple[torch.Tensor, torch.Tensor]:
         """``(P, rho)`` of :func:`decode` for frames already passed through :func:`normalize`."""
@@ -291,7 +331,7 @@ class LodeSTAR:
     def network_input(self, frames: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W)`` frames as the network sees them: downsampled, then normalized
         (``(N, C, H // d, W // d)``, on the model's device)."""
-        return normalize(downsample_frames(frames.to(self.device), self.downsample), self.normalization)
+        return self.normalize(downsample_frames(frames.to(self.device), self.downsample))
 
     @torch.inference_mode()
     def network_maps(self, x: torch.Tensor, tile: int = 1024, symmetries: bool = False, margin: bool = True) -> Maps:
@@ -350,6 +390,9 @@ class LodeSTAR:
         P, rho = self._forward_tiles(x, tile)
         if any(self.position_offset):
             P[:, :2] -= torch.tensor(self.position_offset, dtype=P.dtype, device=P.device).view(1, 2, 1, 1)
+        if any(self.property_offset):
+            offset = torch.tensor(self.property_offset, dtype=P.dtype, device=P.device)
+            P[:, 2:] -= offset.view(1, -1, 1, 1)
         return P, rho
 
     def _forward_tiles(self, x: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -376,7 +419,11 @@ class LodeSTAR:
     def save(self, path) -> None:
         """Write the model as one self-describing file (atomic; see :mod:`starloc.io`)."""
         config = {"network": self.config.to_dict(), "normalization": self.normalization,
-                  "downsample": self.downsample, "position_offset": [float(v) for v in self.position_offset]}
+                  "downsample": self.downsample, "position_offset": [float(v) for v in self.position_offset],
+                  "property_offset": [float(v) for v in self.property_offset]}
+        if self.fixed_input is not None:
+            config["fixed_input"] = {"levels": [float(v) for v in self.fixed_input[0]],
+                                     "scale": float(self.fixed_input[1])}
         save_model_file(path, MODEL_KIND, config, self.net.state_dict(), self.metadata)
 
     @classmethod
@@ -391,10 +438,26 @@ class LodeSTAR:
             offset = tuple(float(v) for v in obj["config"].get("position_offset", (0.0, 0.0)))
             if len(offset) != 2 or not np.all(np.isfinite(offset)):
                 raise ValueError(f"position_offset must be two finite numbers, got {offset}")
+            extra = tuple(float(v) for v in obj["config"].get("property_offset", ()))
+            if len(extra) not in (0, config.n_properties - 2) or not np.all(np.isfinite(extra)):
+                raise ValueError(f"property_offset must be {config.n_properties - 2} finite numbers, got {extra}")
+            fixed = _fixed_input(obj["config"].get("fixed_input"), normalization, config.in_channels)
             model = cls(net=LodeSTARNet(config), normalization=normalization, metadata=obj["metadata"],
-                        downsample=check_downsample(obj["config"].get("downsample", 1)), position_offset=offset)
+                        downsample=check_downsample(obj["config"].get("downsample", 1)), position_offset=offset,
+                        property_offset=extra, fixed_input=fixed)
             model.net.load_state_dict(obj["state_dict"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ModelFileError(f"{str(path)!r}: damaged LodeSTAR model ({exc})") from None
         model.net.eval()
         return model.to(device)
+
+
+def _fixed_input(stored, normalization: str, channels: int) -> tuple[tuple[float, ...], float] | None:
+    """The ``fixed_input`` of a model file, checked (``ValueError`` if damaged)."""
+    if normalization != "fixed":
+        return None
+    levels = tuple(float(v) for v in stored["levels"])
+    scale = float(stored["scale"])
+    if len(levels) != channels or not np.all(np.isfinite(levels)) or not (np.isfinite(scale) and scale > 0):
+        raise ValueError(f"fixed normalization needs {channels} finite levels and a positive scale")
+    return levels, scale

@@ -23,9 +23,10 @@ import torch
 
 from starloc.errors import InputError
 from starloc.lodestar.detection import pool_single, pool_single_symmetries
-from starloc.lodestar.model import LodeSTAR, Maps, check_downsample, downsample_frames, normalize
+from starloc.lodestar.holography import Optics
+from starloc.lodestar.model import LodeSTAR, Maps, check_downsample, downsample_frames, fixed_normalization
 from starloc.lodestar.network import NetworkConfig
-from starloc.lodestar.transforms import Compose, Geometric, Noise, log_uniform
+from starloc.lodestar.transforms import Compose, Geometric, Noise, Propagate, SignalScale, log_uniform
 
 WEIGHT_EPS = 1e-6
 MAX_POSITION_OFFSET = 0.5  # px of the network's input, see measure_position_offset
@@ -85,6 +86,17 @@ class TrainConfig:
     network's receptive field (26 px by default): choose d so that an object spans less
     than ~16 px once downsampled (a larger d costs precision). ``translate`` is in downsampled
     pixels.
+    z_range_um: holography (crops of 2 channels, real and imaginary field): teach the axial
+        position by propagating each copy by up to this many µm either way (the paper's
+        Fourier propagation symmetry, :class:`~starloc.lodestar.transforms.Propagate`);
+        needs ``pixel_size_nm`` (in the sample), ``wavelength_nm`` (vacuum) and
+        ``n_medium``. Adds the property ``z_um``, relative to the training crop's object.
+    signal_range: teach the log of the signal strength (for a small scatterer, of its
+        polarizability) by scaling each copy by a log-uniform factor in ``[1/r, r]``
+        (:class:`~starloc.lodestar.transforms.SignalScale`); it replaces the ``gain``
+        augmentation. Adds the property ``log_signal``, relative to the training crop.
+    Either one switches the model to the ``fixed`` normalization (measured on the crops),
+    since a per-frame one would undo the signal's scale.
     """
 
     max_steps: int | None = None
@@ -107,7 +119,17 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     downsample: int = 1
+    z_range_um: float | None = None
+    signal_range: float | None = None
+    wavelength_nm: float = 633.0
+    pixel_size_nm: float | None = None
+    n_medium: float = 1.33
     network: NetworkConfig = field(default_factory=NetworkConfig)
+
+    @property
+    def extra_properties(self) -> tuple[str, ...]:
+        """Names of the properties after (row, col) this config teaches, in channel order."""
+        return (("z_um",) if self.z_range_um else ()) + (("log_signal",) if self.signal_range else ())
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -204,16 +226,41 @@ def transformed_copies(model: LodeSTAR, batch: torch.Tensor, transform: Compose,
     normalized again as the model normalizes its input, and scaled by a log-uniform gain in
     ``[1, gain]``; with the transforms' parameters (to invert the properties)."""
     params = transform.sample(batch.shape, generator, device=batch.device)
-    batch = normalize(transform.apply(batch, params), model.normalization)
+    batch = model.renormalize(transform.apply(batch, params))
     if gain > 1:
         batch = batch * log_uniform(batch.shape[0], 1.0, gain, generator, batch.device).view(-1, 1, 1, 1)
     return batch, params
 
 
 def augmentation(config: TrainConfig) -> Compose:
-    """The transforms of one training copy: geometric warp, then noise (white, as a camera's)."""
-    return Compose((Geometric(config.translate, config.rotate, config.flip, config.interpolation),
-                    Noise(config.noise, tuple(config.shot_noise))))
+    """The transforms of one training copy: geometric warp, the property transforms the config
+    asks for (propagation, signal scaling), then noise (white, as a camera's)."""
+    steps = [Geometric(config.translate, config.rotate, config.flip, config.interpolation)]
+    names = config.extra_properties
+    if config.z_range_um:
+        optics = Optics(config.wavelength_nm, config.pixel_size_nm, config.n_medium)
+        steps.append(Propagate(config.z_range_um, optics, index=2 + names.index("z_um")))
+    if config.signal_range:
+        steps.append(SignalScale(config.signal_range, index=2 + names.index("log_signal")))
+    return Compose((*steps, Noise(config.noise, tuple(config.shot_noise))))
+
+
+def _check_properties(config: TrainConfig, in_channels: int) -> None:
+    """Bad property settings as a clear :class:`InputError`."""
+    if config.z_range_um is not None:
+        if not (math.isfinite(config.z_range_um) and config.z_range_um > 0):
+            raise InputError(f"z range must be a positive number of µm, got {config.z_range_um}")
+        if in_channels != 2:
+            raise InputError("axial training propagates a complex field: the crop needs 2 channels (real, "
+                             f"imaginary), it has {in_channels}")
+        if config.pixel_size_nm is None:
+            raise InputError("axial training needs the pixel size in the sample (nm)")
+        if config.downsample != 1:
+            raise InputError("axial training propagates the field at the camera's pixel size: downsampling "
+                             f"(here {config.downsample}) is not supported with it")
+        Optics(config.wavelength_nm, config.pixel_size_nm, config.n_medium)
+    if config.signal_range is not None and not (math.isfinite(config.signal_range) and config.signal_range > 1):
+        raise InputError(f"signal range must be a factor > 1, got {config.signal_range}")
 
 
 def _as_crop_tensors(crops: Sequence[np.ndarray], in_channels: int) -> list[torch.Tensor]:
@@ -240,16 +287,27 @@ def train(
     """
     device = torch.device(config.device)
     factor = check_downsample(config.downsample)
+    extra = config.extra_properties
+    _check_properties(config, config.network.in_channels if model is None else model.config.in_channels)
+    if extra:
+        config = replace(config, gain=1.0 if config.signal_range else config.gain,
+                         network=replace(config.network, n_properties=2 + len(extra)))
     if model is None:
-        model = LodeSTAR.new(config.network, seed=config.seed, downsample=factor)
+        model = LodeSTAR.new(config.network, seed=config.seed, downsample=factor,
+                             normalization="fixed" if extra else "background")
     elif model.downsample != factor:
         raise InputError(f"the model downsamples by {model.downsample}, the training config by {factor}")
+    elif model.config.n_properties != 2 + len(extra):
+        raise InputError(f"the model predicts {model.config.n_properties} properties, the training config "
+                         f"teaches {2 + len(extra)}")
     model.to(device)
     tensors = _as_crop_tensors(crops, model.config.in_channels)
     max_steps, min_steps = step_budget(config, [tuple(t.shape[-2:]) for t in tensors])
     config = replace(config, max_steps=max_steps, min_steps=min_steps)
     seen = [downsample_frames(t[None].to(device), factor) for t in tensors]
-    groups = _group_by_shape([normalize(t, model.normalization)[0] for t in seen])
+    if model.normalization == "fixed" and model.fixed_input is None:
+        model.fixed_input = fixed_normalization([t[0] for t in seen])
+    groups = _group_by_shape([model.normalize(t)[0] for t in seen])
     config = replace(config, noise=noise_factor(config, [t for group in groups for t in group]))
     transform = augmentation(config)
     generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -279,7 +337,11 @@ def train(
                 g["lr"] *= 0.1
     model.net.eval()
     model.position_offset = measure_position_offset(model, groups, transform, generator, config.gain)
-    model.metadata = {**model.metadata, "training": {**config.to_dict(), "steps_done": step,
+    if extra:
+        model.property_offset = ()
+        model.property_offset = crop_properties(model, groups)
+    model.metadata = {**model.metadata, "properties": ["row", "col", *extra],
+                      "training": {**config.to_dict(), "steps_done": step,
                       "final_consistency": progress.consistency, "seconds": progress.elapsed,
                       "crop_shapes": [list(t.shape) for t in tensors],
                       "position_offset": list(model.position_offset)}}
@@ -320,6 +382,17 @@ def measure_position_offset(model: LodeSTAR, groups: list[list[torch.Tensor]], t
     measured = np.where(np.abs(median) >= 3 * error, median, 0.0)
     offset = np.clip(measured + np.asarray(model.position_offset), -MAX_POSITION_OFFSET, MAX_POSITION_OFFSET)
     return float(offset[0]), float(offset[1])
+
+
+@torch.inference_mode()
+def crop_properties(model: LodeSTAR, groups: list[list[torch.Tensor]]) -> tuple[float, ...]:
+    """The properties after (row, col) that ``model`` reads on its (normalized) training
+    crops: the mean over the crops of the median over the 8 grid symmetries. Subtracted at
+    inference (``property_offset``), they make z and log-signal relative to the crops."""
+    values = []
+    for group in groups:
+        values.append(pool_single_symmetries(model.network_maps(torch.stack(group), symmetries=True))[:, 2:])
+    return tuple(float(v) for v in np.concatenate(values).mean(axis=0))
 
 
 def _group_by_shape(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:

@@ -19,6 +19,8 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from starloc.lodestar.holography import Optics, propagate, to_channels, to_complex
+
 
 class Transform(Protocol):
     """What LodeSTAR needs from a transform."""
@@ -163,3 +165,58 @@ class Noise:
 
     def invert(self, properties, params):
         return properties
+
+
+@dataclass(frozen=True)
+class Propagate:
+    """Fourier (angular-spectrum) propagation of a holographic field by a uniform ``dz`` in
+    ``[-max_um, max_um]`` µm (see :mod:`starloc.lodestar.holography`).
+
+    Images are ``(N, 2, H, W)`` (real, imaginary). An object at axial position ``z`` appears
+    at ``z - dz`` in the propagated field, so ``invert`` adds ``dz`` back to property
+    ``index`` (µm). In-plane positions are unchanged: propagation is isotropic and
+    commutes with the geometric warp.
+    """
+
+    max_um: float
+    optics: Optics
+    index: int = 2
+
+    def sample(self, shape, generator, device=None):
+        u = torch.rand(shape[0], generator=generator, device=generator.device).to(device)
+        return {"dz": (u * 2 - 1) * self.max_um}
+
+    def apply(self, images, params):
+        return to_channels(propagate(to_complex(images), params["dz"], self.optics), images.dtype)
+
+    def invert(self, properties, params):
+        out = properties.clone()
+        out[:, self.index] = properties[:, self.index] + params["dz"].to(properties.dtype)
+        return out
+
+
+@dataclass(frozen=True)
+class SignalScale:
+    """Multiply images by a log-uniform factor ``s`` in ``[1 / max_factor, max_factor]``.
+
+    For images whose background is zero (a scattered field, a background-subtracted
+    fluorescence image), ``s`` scales the object's signal, and with it the polarizability
+    of a small scatterer. The property ``index`` is the log of the signal: the transformed
+    image's is ``log s`` larger, so ``invert`` subtracts ``log s``. Only meaningful with a
+    normalization that keeps the scale (``fixed``); noise is added after it, as a camera
+    adds it to a weaker or stronger object.
+    """
+
+    max_factor: float
+    index: int = 3
+
+    def sample(self, shape, generator, device=None):
+        return {"scale": log_uniform(shape[0], 1.0 / self.max_factor, self.max_factor, generator, device)}
+
+    def apply(self, images, params):
+        return images * params["scale"].view(-1, *(1,) * (images.dim() - 1)).to(images.dtype)
+
+    def invert(self, properties, params):
+        out = properties.clone()
+        out[:, self.index] = properties[:, self.index] - torch.log(params["scale"]).to(properties.dtype)
+        return out
