@@ -471,3 +471,26 @@ def test_export_reports_a_writer_failure_that_napari_only_logs(make_napari_viewe
     assert widget.export_points(tmp_path / "p.csv") == []
     assert "could not export" in messages["error"][-1]
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_signal_model_shows_and_exports_the_signal(make_napari_viewer, qtbot, messages, scene, tmp_path):
+    """A model trained with signal scaling (core, no Qt) adds a ``signal`` feature to the
+    detections, which the CSV export keeps."""
+    image, truth = scene
+    flat = image - np.median(image)  # signal scaling wants a zero background
+    config = TrainConfig(max_steps=150, min_steps=150, network=TINY, seed=0, signal_range=3.0)
+    model = finish(train([_crop_around(flat, truth[0])], config))
+    viewer, widget = _widget(make_napari_viewer)
+    viewer.add_image(flat, name="scene")
+    widget.mode_combo.setCurrentText("ratio")
+    widget.cutoff_spin.setValue(0.3)
+    widget.model = model
+    with _wait_job(qtbot, widget, "detect_all") as blocker:
+        widget.detect_all()
+    assert blocker.args == ["detect_all", "returned"], messages["error"]
+    points = viewer.layers[ALL_POINTS_LAYER]
+    assert len(points.data) > 0 and "signal" in points.features
+    assert np.all(points.features["signal"] > 0)
+    written = widget.export_points(tmp_path / "found.csv")
+    _, _, features = read_points_csv(written[0])
+    np.testing.assert_allclose(features["signal"], points.features["signal"])

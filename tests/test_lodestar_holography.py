@@ -162,3 +162,29 @@ def test_signal_scaling_alone_on_a_fluorescence_crop():
     # z and the signal are relative to the crop: the crop itself reads a signal of ~1
     signal = property_columns(model, single_object(model, crop[None, None])[0])["signal"]
     assert abs(float(signal[0]) - 1) < 0.05
+
+
+def test_cli_trains_on_a_hologram_and_writes_z_and_signal(tmp_path, capsys):
+    import tifffile
+
+    from starloc.cli import EXIT_BAD_INPUT, main
+    from starloc.io import read_points_csv
+
+    image, _ = simulate_holograms(1, 64, z_um=(0.5, 0.5), rng=1)
+    tifffile.imwrite(tmp_path / "field.tif", image[0])  # (2, H, W): real, imaginary
+    stack, _ = simulate_holograms(3, 64, rng=2)
+    tifffile.imwrite(tmp_path / "stack.tif", stack)  # (T, 2, H, W)
+    model = tmp_path / "m.pt"
+    train_args = ["lodestar", "train", str(tmp_path / "field.tif"), "--channel-axis", "0",
+                  "--crop", "12", "12", "40", "40", "--steps", "20", "-o", str(model)]
+    assert main(train_args + ["--z-range", "2"]) == EXIT_BAD_INPUT  # no pixel size
+    assert "pixel size" in capsys.readouterr().err and not model.exists()
+    assert main(train_args + ["--z-range", "2", "--pixel-size", "114", "--signal-range", "2"]) == 0
+    loaded = LodeSTAR.load(model)
+    assert loaded.metadata["training"]["pixel_size_nm"] == 114.0 and loaded.downsample == 1
+    out = tmp_path / "d.csv"
+    assert main(["lodestar", "detect", str(tmp_path / "stack.tif"), "--channel-axis", "1", "--model", str(model),
+                 "--single", "-o", str(out)]) == 0
+    frames, positions, features = read_points_csv(out)
+    assert list(frames) == [0, 1, 2] and positions.shape == (3, 2)
+    assert {"z_um", "signal"} <= set(features) and np.all(features["signal"] > 0)

@@ -62,8 +62,12 @@ def points_data(found: Detections, src: ImageSource, with_frame: bool) -> np.nda
     return pos
 
 
-def show_points(viewer, name: str, found: Detections, src: ImageSource, with_frame: bool, metadata=None):
+def show_points(viewer, name: str, found: Detections, src: ImageSource, with_frame: bool, metadata=None,
+                properties: dict | None = None):
     """Add or refresh a Points layer of detections with features coloured by score.
+
+    ``properties``: the model's other properties per detection (``z_um``, ``signal``; see
+    :func:`~starloc.lodestar.inference.property_columns`), shown and exported as features.
 
     ``with_frame``: data ``(frame, row, col)`` with the source's full scale/translate (a
     time-lapse); else ``(row, col)`` with its spatial scale/translate. Points are coloured by
@@ -72,7 +76,8 @@ def show_points(viewer, name: str, found: Detections, src: ImageSource, with_fra
     threshold (never NaN), but a ``PLAIN_COLOUR`` fallback keeps any other input visible.
     """
     data = points_data(found, src, with_frame)
-    features = {k: np.asarray(found.features.get(k, np.zeros(len(data))), dtype=float) for k in FEATURES}
+    features = {**{k: np.asarray(v, dtype=float) for k, v in (properties or {}).items()},
+                **{k: np.asarray(found.features.get(k, np.zeros(len(data))), dtype=float) for k in FEATURES}}
     face = "score" if np.all(np.isfinite(features["score"])) else PLAIN_COLOUR
     scale = src.full_scale if with_frame else src.scale
     translate = src.full_translate if with_frame else src.translate

@@ -67,7 +67,7 @@ from starloc.gui.lodestar_source import (
 from starloc.lodestar.crop_content import crops_with_several_objects
 from starloc.lodestar.detection import CUTOFF_MODES, DetectParams
 from starloc.lodestar.downsampling import auto_downsample, suggest_downsample
-from starloc.lodestar.inference import extract_crops
+from starloc.lodestar.inference import extract_crops, property_columns
 from starloc.lodestar.model import LodeSTAR
 from starloc.lodestar.network import NetworkConfig
 from starloc.lodestar.training import BASE_STEPS, MAX_STEP_SCALE, REFERENCE_SIDE, TrainConfig, step_budget
@@ -847,7 +847,7 @@ class LodeSTARWidget(QWidget):
         detections.frame = np.full(len(detections), frame, dtype=np.int64)
         layers_.show_map(self.viewer, SCORE_LAYER, result.score, src, "viridis", frame)
         layers_.show_points(self.viewer, POINTS_LAYER, detections, src, with_frame=src.is_timelapse,
-                            metadata={"frame": frame})
+                            metadata={"frame": frame}, properties=property_columns(self.model, detections.positions))
         where = f" on frame {frame}" if src.is_timelapse else ""
         self.detect_info.setText(f"{len(detections)} detection(s){where}")
         self.detection_updated.emit()
@@ -873,10 +873,12 @@ class LodeSTARWidget(QWidget):
             self.status.setText(f"detecting: frame {done}/{total}")
 
         def on_return(detections):
-            layers_.show_points(self.viewer, ALL_POINTS_LAYER, detections, src, with_frame=src.is_timelapse)
+            layers_.show_points(self.viewer, ALL_POINTS_LAYER, detections, src, with_frame=src.is_timelapse,
+                                properties=property_columns(model, detections.positions))
             self.status.setText(f"{len(detections)} detection(s) in {src.n_frames} frame(s)")
 
-        gen = detect_all_job(self.model, src.data, params, src.rgb, self.augment_check.isChecked())
+        model = self.model  # the one this job runs, even if another is loaded meanwhile
+        gen = detect_all_job(model, src.data, params, src.rgb, self.augment_check.isChecked())
         return self._start("detect_all", gen, on_yield, on_return)
 
     # ------------------------------------------------------------------ files
