@@ -99,6 +99,8 @@ def holo_model():
 def test_trained_model_reads_z_and_signal_relative_to_its_crop(holo_model):
     model, crop_truth = holo_model
     assert model.normalization == "fixed" and model.metadata["properties"] == ["row", "col", "z_um", "log_signal"]
+    training = model.metadata["training"]
+    assert training["gain"] == 1.0 and tuple(training["shot_noise"]) == (0.0, 0.0)  # additive field noise
     images, truth = simulate_holograms(40, 64, z_um=(-1.5, 2.5), amplitude=(0.5, 2.0), rng=5)
     pred = single_object(model, images)[0]
     columns = property_columns(model, pred)

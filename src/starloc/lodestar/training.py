@@ -96,7 +96,9 @@ class TrainConfig:
         (:class:`~starloc.lodestar.transforms.SignalScale`); it replaces the ``gain``
         augmentation. Adds the property ``log_signal``, relative to the training crop.
     Either one switches the model to the ``fixed`` normalization (measured on the crops),
-    since a per-frame one would undo the signal's scale.
+    since a per-frame one would undo the signal's scale. With ``z_range_um`` there is no
+    photon-noise augmentation (``shot_noise`` is ignored): a hologram's field carries the
+    reference beam's noise, which does not grow with the object's signal.
     """
 
     max_steps: int | None = None
@@ -291,6 +293,7 @@ def train(
     _check_properties(config, config.network.in_channels if model is None else model.config.in_channels)
     if extra:
         config = replace(config, gain=1.0 if config.signal_range else config.gain,
+                         shot_noise=(0.0, 0.0) if config.z_range_um else config.shot_noise,
                          network=replace(config.network, n_properties=2 + len(extra)))
     if model is None:
         model = LodeSTAR.new(config.network, seed=config.seed, downsample=factor,
