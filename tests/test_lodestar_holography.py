@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from starloc.errors import InputError, ModelFileError
-from starloc.lodestar.holography import (Optics, propagate, simulate_holograms, to_channels, to_complex,
-                                         transfer_function)
-from starloc.lodestar.inference import property_columns, single_object
+from starloc.lodestar.detection import DetectParams
+from starloc.lodestar.holography import (Optics, propagate, simulate_hologram_scene, simulate_holograms, to_channels,
+                                         to_complex, transfer_function)
+from starloc.lodestar.inference import detect_frames, property_columns, single_object
 from starloc.lodestar.model import LodeSTAR
 from starloc.lodestar.network import NetworkConfig
 from starloc.lodestar.training import TrainConfig, train
@@ -113,6 +114,20 @@ def test_trained_model_reads_z_and_signal_relative_to_its_crop(holo_model):
     assert abs(np.polyval(np.polyfit(truth[:, 2], columns["z_um"], 1), crop_truth[2])) < 0.5
     assert np.corrcoef(np.log(columns["signal"]), np.log(truth[:, 3]))[0, 1] > 0.8
     assert np.sqrt(np.mean((pred[:, :2] - truth[:, :2]) ** 2)) < 0.5
+
+
+def test_detection_in_a_hologram_of_many_scatterers(holo_model):
+    from starloc.metrics import detection_metrics, match
+
+    model, _ = holo_model
+    scene, truth = simulate_hologram_scene(10, size=(128, 128), z_um=(-1.0, 2.0), min_distance=20, rng=4)
+    assert scene.shape == (2, 128, 128) and len(truth) == 10
+    found = detect_frames(model, scene[None], DetectParams())
+    m = detection_metrics(found.positions[:, :2], truth[:, :2], tolerance=3.0)
+    assert m["tp"] >= 8 and m["fp"] <= 1, m
+    pi, ti = match(found.positions[:, :2], truth[:, :2], 3.0)
+    z = property_columns(model, found.positions)["z_um"][pi]
+    assert np.corrcoef(z, truth[ti, 2])[0, 1] > 0.8
 
 
 def test_holography_model_round_trip(holo_model, tmp_path):

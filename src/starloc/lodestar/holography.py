@@ -96,40 +96,83 @@ def to_channels(field: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
     return torch.stack([field.real, field.imag], dim=1).to(dtype)
 
 
+def scatterer_fields(positions: np.ndarray, z_um: np.ndarray, amplitude: np.ndarray, shape: tuple[int, int],
+                     optics: Optics = Optics(), na: float = 1.0, phase: float = 0.5) -> np.ndarray:
+    """``(N, H, W)`` complex fields in the focal plane of ``N`` small scatterers at ``(N, 2)``
+    (row, col) pixels, axial positions ``z_um`` and ``amplitude`` (periodic frame).
+
+    Each is a point whose field, in its own plane, is the coherent in-focus image of the
+    objective (numerical aperture ``na``): ``amplitude * exp(i phase)`` times the pupil's
+    inverse Fourier transform, normalized to a peak of ``amplitude``, placed exactly by a
+    Fourier shift and propagated by ``-z`` to the focal plane.
+    """
+    if not 0 < na < optics.n_medium:
+        raise InputError(f"numerical aperture {na} must be in (0, n_medium = {optics.n_medium})")
+    h, w = shape
+    px = optics.pixel_size_nm / 1000.0
+    fy = np.fft.fftfreq(h, d=px)[:, None]
+    fx = np.fft.fftfreq(w, d=px)[None, :]
+    pupil = (np.hypot(fy, fx) <= na / (optics.wavelength_nm / 1000.0)).astype(np.complex128)
+    peak = np.abs(np.fft.ifft2(pupil)).max()
+    pos = np.asarray(positions, dtype=np.float64)
+    shift = np.exp(-2j * np.pi * px * (fy[None] * pos[:, 0, None, None] + fx[None] * pos[:, 1, None, None]))
+    spectrum = (np.asarray(amplitude) * np.exp(1j * phase) / peak)[:, None, None] * pupil[None] * shift
+    spectrum = spectrum * transfer_function((h, w), torch.from_numpy(-np.asarray(z_um, dtype=np.float64)),
+                                            optics).numpy()
+    return np.fft.ifft2(spectrum)
+
+
+def _with_noise(field: np.ndarray, noise: float, gen: np.random.Generator) -> np.ndarray:
+    """Complex Gaussian noise of ``noise`` per channel added; as float32 (..., 2, H, W)."""
+    field = field + noise * (gen.standard_normal(field.shape) + 1j * gen.standard_normal(field.shape))
+    return np.stack([field.real, field.imag], axis=-3).astype(np.float32)
+
+
+def _draw_amplitudes(gen: np.random.Generator, n: int, amplitude: tuple[float, float]) -> np.ndarray:
+    lo, hi = amplitude
+    return lo * np.exp(gen.uniform(0, 1, n) * math.log(hi / lo)) if hi > lo else np.full(n, float(lo))
+
+
 def simulate_holograms(
     n: int, size: int = 64, z_um: tuple[float, float] = (-2.0, 2.0), amplitude: tuple[float, float] = (1.0, 1.0),
     optics: Optics = Optics(), na: float = 1.0, max_offset: float = 3.0, noise: float = 0.05, phase: float = 0.5,
     rng=0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Holograms of one small scatterer each, with exact ground truth.
-
-    The scatterer is a point whose field, in its own plane, is the coherent in-focus image
-    of the objective (numerical aperture ``na``): ``amplitude * exp(i phase)`` times the
-    pupil's inverse Fourier transform, normalized to a peak of ``amplitude``; it sits
-    within ``max_offset`` px of the centre (exact sub-pixel shift in Fourier space) at a
-    uniform ``z`` in ``z_um``, log-uniform ``amplitude``. Complex Gaussian noise of standard
-    deviation ``noise`` per channel.
+    """Holograms of one small scatterer each (see :func:`scatterer_fields`), with exact
+    ground truth: within ``max_offset`` px of the centre, ``z`` uniform in ``z_um``,
+    log-uniform ``amplitude``, complex Gaussian noise of standard deviation ``noise`` per
+    channel.
 
     Returns ``(N, 2, size, size)`` float32 (real, imaginary) and ``(N, 4)`` truth
     ``(row, col, z_um, amplitude)``, rows and cols in pixels (pixel centres at integers).
     """
-    if na <= 0 or na >= optics.n_medium:
-        raise InputError(f"numerical aperture {na} must be in (0, n_medium = {optics.n_medium})")
     gen = np.random.default_rng(rng)
-    centre = (size - 1) / 2
-    pos = centre + gen.uniform(-max_offset, max_offset, (n, 2))
+    pos = (size - 1) / 2 + gen.uniform(-max_offset, max_offset, (n, 2))
     z = gen.uniform(*z_um, n)
-    lo, hi = amplitude
-    amp = lo * np.exp(gen.uniform(0, 1, n) * math.log(hi / lo)) if hi > lo else np.full(n, float(lo))
-    px = optics.pixel_size_nm / 1000.0
-    fy = np.fft.fftfreq(size, d=px)[:, None]
-    fx = np.fft.fftfreq(size, d=px)[None, :]
-    pupil = (np.hypot(fy, fx) <= na / (optics.wavelength_nm / 1000.0)).astype(np.complex128)
-    peak = np.abs(np.fft.ifft2(pupil)).max()
-    shift = np.exp(-2j * np.pi * (fy[None] * px * pos[:, 0, None, None] + fx[None] * px * pos[:, 1, None, None]))
-    spectrum = (amp * np.exp(1j * phase) / peak)[:, None, None] * pupil[None] * shift
-    spectrum = spectrum * transfer_function((size, size), torch.from_numpy(-z), optics).numpy()
-    field = np.fft.ifft2(spectrum)
-    field = field + noise * (gen.standard_normal(field.shape) + 1j * gen.standard_normal(field.shape))
-    images = np.stack([field.real, field.imag], axis=1).astype(np.float32)
-    return images, np.column_stack([pos, z, amp])
+    amp = _draw_amplitudes(gen, n, amplitude)
+    field = scatterer_fields(pos, z, amp, (size, size), optics, na, phase)
+    return _with_noise(field, noise, gen), np.column_stack([pos, z, amp])
+
+
+def simulate_hologram_scene(
+    n_objects: int, size: tuple[int, int] = (256, 256), z_um: tuple[float, float] = (-2.0, 2.0),
+    amplitude: tuple[float, float] = (1.0, 1.0), optics: Optics = Optics(), na: float = 1.0,
+    min_distance: float = 12.0, margin: float = 8.0, noise: float = 0.05, phase: float = 0.5, rng=0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One hologram of ``n_objects`` scatterers (their fields add), at least ``min_distance``
+    px apart and ``margin`` px from the border: ``(2, H, W)`` float32 and ``(n, 4)`` truth
+    ``(row, col, z_um, amplitude)``. Fewer objects if they do not fit."""
+    gen = np.random.default_rng(rng)
+    h, w = size
+    pos: list[np.ndarray] = []
+    for _ in range(100 * n_objects):
+        if len(pos) == n_objects:
+            break
+        p = gen.uniform((margin, margin), (h - 1 - margin, w - 1 - margin))
+        if all(np.hypot(*(p - q)) >= min_distance for q in pos):
+            pos.append(p)
+    pos_arr = np.array(pos).reshape(-1, 2)
+    z = gen.uniform(*z_um, len(pos_arr))
+    amp = _draw_amplitudes(gen, len(pos_arr), amplitude)
+    field = scatterer_fields(pos_arr, z, amp, size, optics, na, phase).sum(axis=0)
+    return _with_noise(field, noise, gen), np.column_stack([pos_arr, z, amp])
