@@ -326,6 +326,10 @@ def test_downsampling_sets_the_smallest_crop_and_advanced_settings_reach_the_tra
     assert widget.train_config().shot_noise == TrainConfig.shot_noise
     widget.shot_check.setChecked(False)
     assert widget.train_config().shot_noise == (0.0, 0.0)
+    assert widget.train_config().signal_range is None and widget.signal_spin.text() == "off"
+    widget.signal_spin.setValue(3.0)
+    assert widget.train_config().signal_range == 3.0
+    widget.signal_spin.setValue(1.0)
     assert widget.crop_size_spin.minimum() == 2 * TINY.receptive_field
     assert widget.rf_label.text().startswith(f"{2 * TINY.receptive_field} px")
     with pytest.raises(InputError, match="smaller than the minimum"):

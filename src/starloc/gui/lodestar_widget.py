@@ -258,6 +258,13 @@ class LodeSTARWidget(QWidget):
         adv.addRow("", self.shot_check)
         self.translate_spin = self._float_spin(0.0, 10.0, TrainConfig.translate, 2, 0.5)
         adv.addRow("Translation (px)", self.translate_spin)
+        self.signal_spin = self._float_spin(1.0, 100.0, 1.0, 2, 0.5)
+        self.signal_spin.setSpecialValueText("off")  # shown at 1: TrainConfig.signal_range = None
+        self.signal_spin.setToolTip(
+            "Also learn each object's signal strength (for a small scatterer, its polarizability) by "
+            "scaling the crop by up to this factor either way. Detections then carry a 'signal' feature, "
+            "a multiple of the crop's object. Needs a zero background: subtract it first")
+        adv.addRow("Signal range", self.signal_spin)
         self.downsample_spin = self._int_spin(
             1, 32, TrainConfig.downsample,
             "Look at the image in blocks of D×D pixels (their mean), in training and detection. "
@@ -409,6 +416,7 @@ class LodeSTARWidget(QWidget):
             noise=self.noise_spin.value(),
             shot_noise=TrainConfig.shot_noise if self.shot_check.isChecked() else (0.0, 0.0),
             translate=self.translate_spin.value(),
+            signal_range=self.signal_spin.value() if self.signal_spin.value() > 1 else None,
             seed=self.seed_spin.value(),
             device=self.device,
             downsample=self.downsample_spin.value(),
