@@ -180,6 +180,8 @@ def test_background_normalization_of_flat_and_empty_frames_is_finite():
         assert torch.allclose(out, (shifted - level) / shifted.std(), atol=1e-5)
     with pytest.raises(ValueError, match="unknown normalization"):
         normalize(sparse, "minmax")
+    with pytest.raises(ValueError, match="model's numbers"):
+        normalize(sparse, "fixed")
 
 
 def test_dihedral_average_maps_grids_and_maps_back_exactly():

@@ -96,7 +96,8 @@ def normalize(frames: torch.Tensor, method: str = "background") -> torch.Tensor:
     crop was then found 5 px off).
     """
     if method not in NORMALIZATIONS or method == "fixed":
-        raise ValueError(f"unknown per-frame normalization {method!r}; expected 'background' or 'robust'")
+        raise ValueError(f"unknown normalization {method!r} of a frame by itself; expected 'background' or "
+                         "'robust' ('fixed' takes the model's numbers: LodeSTAR.normalize)")
     flat = frames.flatten(2)
     level, scale = _low_quantile_background(flat)
     if method == "background":
