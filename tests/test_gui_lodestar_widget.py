@@ -104,6 +104,17 @@ def _wait_job(qtbot, widget, kind, timeout=60_000):
                             check_params_cb=lambda k, outcome: k == kind)
 
 
+def _detect_all_frames(qtbot, viewer, widget, model, messages):
+    """Detect all frames with ``model`` at a ratio cutoff of 0.3 (worker); the Points layer."""
+    widget.mode_combo.setCurrentText("ratio")
+    widget.cutoff_spin.setValue(0.3)
+    widget.model = model
+    with _wait_job(qtbot, widget, "detect_all") as blocker:
+        widget.detect_all()
+    assert blocker.args == ["detect_all", "returned"], messages["error"]
+    return viewer.layers[ALL_POINTS_LAYER]
+
+
 def test_train_in_a_worker_then_tune_save_load_and_export(make_napari_viewer, qtbot, messages, scene, tmp_path):
     image, truth = scene
     viewer, widget = _widget(make_napari_viewer)
@@ -222,13 +233,7 @@ def test_detect_all_frames_of_a_timelapse(make_napari_viewer, qtbot, messages, p
     layer = viewer.add_image(stack.astype(np.float32), name="movie", scale=(2.0, *SCALE), translate=(0, *TRANSLATE),
                              units=("s", "um", "um"))
     assert any("first axis" in m for m in messages["info"])
-    widget.mode_combo.setCurrentText("ratio")
-    widget.cutoff_spin.setValue(0.3)
-    widget.model = point_model
-    with _wait_job(qtbot, widget, "detect_all") as blocker:
-        widget.detect_all()
-    assert blocker.args == ["detect_all", "returned"], messages["error"]
-    points = viewer.layers[ALL_POINTS_LAYER]
+    points = _detect_all_frames(qtbot, viewer, widget, point_model, messages)
     assert points.data.shape[1] == 3
     assert set(np.unique(points.data[:, 0])) == {0, 1, 2, 3}
     np.testing.assert_allclose(points.scale, layer.scale)
@@ -486,13 +491,7 @@ def test_a_signal_model_shows_and_exports_the_signal(make_napari_viewer, qtbot, 
     model = finish(train([_crop_around(flat, truth[0])], config))
     viewer, widget = _widget(make_napari_viewer)
     viewer.add_image(flat, name="scene")
-    widget.mode_combo.setCurrentText("ratio")
-    widget.cutoff_spin.setValue(0.3)
-    widget.model = model
-    with _wait_job(qtbot, widget, "detect_all") as blocker:
-        widget.detect_all()
-    assert blocker.args == ["detect_all", "returned"], messages["error"]
-    points = viewer.layers[ALL_POINTS_LAYER]
+    points = _detect_all_frames(qtbot, viewer, widget, model, messages)
     assert len(points.data) > 0 and "signal" in points.features
     assert np.all(points.features["signal"] > 0)
     written = widget.export_points(tmp_path / "found.csv")
