@@ -46,14 +46,17 @@ def cmd_lodestar_train(args) -> int:
 
     image = read_image(args.image)
     field = NetworkConfig().receptive_field
-    auto = args.downsample == "auto" and args.z_range is None  # a field propagates at the camera's pixels
-    if args.downsample == "auto" and not auto:
+    hologram = args.z_range is not None  # a field propagates at the camera's pixels: never downsampled
+    auto = args.downsample == "auto" and not hologram
+    if args.downsample == "auto" and hologram:
         args.downsample = 1
     crops = extract_crops(image, args.crop, frame=args.frame, min_size=field * (1 if auto else args.downsample),
                           rgb=args.rgb, channel_axis=args.channel_axis)
     if auto:
         downsample, suggested, extent = auto_downsample(crops, field)
         _announce_downsample(downsample, suggested, extent, field, smallest_side(crops))
+    elif hologram:  # fringes spread far beyond the object: its size says nothing here
+        downsample = args.downsample
     else:
         suggested, extent = suggest_downsample(crops)
         downsample = args.downsample
