@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from starloc.lodestar.detection import DetectParams
-from starloc.lodestar.holography import Optics, propagate, simulate_hologram_scene, simulate_holograms, to_complex
+from starloc.lodestar.holography import Optics, refocus_z, simulate_hologram_scene, simulate_holograms
 from starloc.lodestar.inference import detect_frames, property_columns, single_object
 from starloc.lodestar.network import NetworkConfig
 from starloc.lodestar.training import TrainConfig, train
@@ -39,26 +39,6 @@ from starloc.progress import finish
 SIZE, CROP = 64, 40
 Z0 = 0.5  # µm, the training object's axial position
 NOISES = (0.02, 0.05, 0.1)  # per channel, for objects of amplitude 0.5-2
-
-
-def refocus_z(images: np.ndarray, optics: Optics, span: float = 3.5, step: float = 0.1) -> np.ndarray:
-    """Classical z: propagate each field over planes ``-span..span`` µm and take the plane of
-    the largest peak |E|^2 within 3 px of the frame's centre, refined by a parabola over its
-    neighbours. ``(N,)`` µm."""
-    field = to_complex(torch.from_numpy(images))
-    planes = np.arange(-span, span + step / 2, step)
-    c = SIZE // 2
-    peaks = []
-    for dz in planes:
-        out = propagate(field, torch.full((len(field),), float(dz)), optics)
-        peaks.append((out[:, c - 4:c + 4, c - 4:c + 4].abs() ** 2).flatten(1).max(dim=1).values.numpy())
-    peaks = np.stack(peaks, axis=1)  # (N, planes)
-    i = np.clip(peaks.argmax(axis=1), 1, len(planes) - 2)
-    rows = np.arange(len(i))
-    left, mid, right = peaks[rows, i - 1], peaks[rows, i], peaks[rows, i + 1]
-    denom = left - 2 * mid + right
-    shift = np.where(denom < 0, 0.5 * (left - right) / np.where(denom < 0, denom, -1), 0.0)
-    return planes[i] + np.clip(shift, -1, 1) * step
 
 
 def run(seed: int, n_test: int, train_noise: float, optics: Optics) -> tuple[list[dict], dict]:

@@ -7,8 +7,8 @@ import torch
 
 from starloc.errors import InputError, ModelFileError
 from starloc.lodestar.detection import DetectParams
-from starloc.lodestar.holography import (Optics, propagate, simulate_hologram_scene, simulate_holograms, to_channels,
-                                         to_complex, transfer_function)
+from starloc.lodestar.holography import (Optics, propagate, refocus_z, simulate_hologram_scene, simulate_holograms,
+                                         to_channels, to_complex, transfer_function)
 from starloc.lodestar.inference import detect_frames, property_columns, single_object
 from starloc.lodestar.model import LodeSTAR
 from starloc.lodestar.network import NetworkConfig
@@ -56,6 +56,13 @@ def test_propagation_refocuses_a_simulated_scatterer():
     assert truth[0, 2] == 1.5 and peak > 0.9
 
 
+def test_refocusing_finds_the_axial_position_of_a_scatterer():
+    fields, truth = simulate_holograms(20, 64, z_um=(-2.0, 3.0), noise=0.0, rng=6)
+    z = refocus_z(fields, OPTICS)
+    error = np.abs(z - truth[:, 2])  # µm; planes 0.1 µm apart, parabola-refined
+    assert np.max(error) < 0.1 and np.mean(error) < 0.03
+
+
 def test_channels_round_trip_and_bad_channels():
     x = torch.randn(3, 2, 8, 9)
     assert torch.equal(to_channels(to_complex(x)), x)
@@ -92,12 +99,13 @@ def test_property_transforms_invert_exactly():
 def holo_model():
     torch.manual_seed(0)
     image, truth = simulate_holograms(1, 64, z_um=(0.5, 0.5), rng=1)
+    # the crop's object is declared at its true z (absolute z out) with a signal of 2 (units of 2)
     config = TrainConfig(max_steps=500, min_steps=500, z_range_um=3.0, signal_range=3.0, pixel_size_nm=114.0,
-                         network=NetworkConfig(in_channels=2), seed=0)
+                         crop_z_um=float(truth[0, 2]), crop_signal=2.0, network=NetworkConfig(in_channels=2), seed=0)
     return run(train([image[0, :, 12:52, 12:52]], config)), truth[0]
 
 
-def test_trained_model_reads_z_and_signal_relative_to_its_crop(holo_model):
+def test_trained_model_reads_z_and_signal_in_its_crops_reference(holo_model):
     model, crop_truth = holo_model
     assert model.normalization == "fixed" and model.metadata["properties"] == ["row", "col", "z_um", "log_signal"]
     training = model.metadata["training"]
@@ -110,9 +118,11 @@ def test_trained_model_reads_z_and_signal_relative_to_its_crop(holo_model):
     # here; the default training's accuracy is measured by bench/lodestar_holography.py)
     assert np.corrcoef(columns["z_um"], truth[:, 2])[0, 1] > 0.9
     assert 0.5 < np.polyfit(truth[:, 2], columns["z_um"], 1)[0] < 2.5
-    # z is relative to the crop's object (at 0.5 µm): an object there reads about 0
-    assert abs(np.polyval(np.polyfit(truth[:, 2], columns["z_um"], 1), crop_truth[2])) < 0.5
+    # the crop's object is at 0.5 µm, declared so: an object there reads about 0.5
+    assert abs(np.polyval(np.polyfit(truth[:, 2], columns["z_um"], 1), crop_truth[2]) - crop_truth[2]) < 0.5
     assert np.corrcoef(np.log(columns["signal"]), np.log(truth[:, 3]))[0, 1] > 0.8
+    # the crop's amplitude 1 was declared a signal of 2: objects read about twice their amplitude
+    assert 1.4 < np.median(columns["signal"] / truth[:, 3]) < 2.8
     assert np.sqrt(np.mean((pred[:, :2] - truth[:, :2]) ** 2)) < 0.5
 
 
@@ -159,6 +169,8 @@ def test_damaged_fixed_normalization_is_refused(holo_model, tmp_path):
     ({"z_range_um": 2.0, "pixel_size_nm": 114.0, "downsample": 2, "network": NetworkConfig(in_channels=2)},
      "downsampling"),
     ({"signal_range": 1.0}, "factor > 1"),
+    ({"signal_range": 2.0, "crop_signal": 0.0}, "crop's signal"),
+    ({"signal_range": 2.0, "crop_z_um": float("nan")}, "crop's z"),
 ])
 def test_bad_property_settings(kw, message):
     crop = np.random.default_rng(0).normal(size=(2 if "network" in kw else 1, 32, 32)).astype(np.float32)
@@ -196,9 +208,16 @@ def test_cli_trains_on_a_hologram_and_writes_z_and_signal(tmp_path, capsys):
                   "--crop", "12", "12", "40", "40", "--steps", "20", "-o", str(model)]
     assert main(train_args + ["--z-range", "2"]) == EXIT_BAD_INPUT  # no pixel size
     assert "pixel size" in capsys.readouterr().err and not model.exists()
-    assert main(train_args + ["--z-range", "2", "--pixel-size", "114", "--signal-range", "2"]) == 0
+    assert main(train_args + ["--crop-z", "auto"]) == EXIT_BAD_INPUT  # refocusing needs the optics
+    assert "--z-range and --pixel-size" in capsys.readouterr().err and not model.exists()
+    assert main(train_args + ["--z-range", "2", "--pixel-size", "114", "--signal-range", "2",
+                              "--crop-z", "auto", "--crop-signal", "0.02"]) == 0
+    said = capsys.readouterr().err
+    assert abs(float(said.split("crop refocused at z = ")[1].split()[0]) - 0.5) < 0.1  # the object is at 0.5 µm
     loaded = LodeSTAR.load(model)
-    assert loaded.metadata["training"]["pixel_size_nm"] == 114.0 and loaded.downsample == 1
+    training = loaded.metadata["training"]
+    assert training["pixel_size_nm"] == 114.0 and loaded.downsample == 1
+    assert abs(training["crop_z_um"] - 0.5) < 0.1 and training["crop_signal"] == 0.02
     out = tmp_path / "d.csv"
     assert main(["lodestar", "detect", str(tmp_path / "stack.tif"), "--channel-axis", "1", "--model", str(model),
                  "--single", "-o", str(out)]) == 0

@@ -9,6 +9,7 @@ tables are in nm (x along columns, y along rows, origin at the image's top-left 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 from starloc import __version__
 from starloc.cli_common import (add_cluster_options, at_least, cluster_client, downsample_factor, frames_type,
                                 positive, progress_bar, resolve_device)
-from starloc.errors import StarlocError, StarlocWarning
+from starloc.errors import InputError, StarlocError, StarlocWarning
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -69,10 +70,13 @@ def cmd_lodestar_train(args) -> int:
                       StarlocWarning)
     copies = TrainConfig.copies if args.copies is None else args.copies
     optics = {k: getattr(args, k) for k in ("wavelength_nm", "n_medium") if getattr(args, k) is not None}
+    reference = {"crop_signal": args.crop_signal} if args.crop_signal is not None else {}
+    if args.crop_z is not None:
+        reference["crop_z_um"] = _crop_z(args, crops, optics)
     config = TrainConfig(max_steps=args.steps, min_steps=args.min_steps, copies=copies, seed=args.seed,
                          device=resolve_device(args.device), downsample=downsample,
                          z_range_um=args.z_range, signal_range=args.signal_range,
-                         pixel_size_nm=args.pixel_size, **optics,
+                         pixel_size_nm=args.pixel_size, **optics, **reference,
                          network=NetworkConfig(in_channels=crops[0].shape[0]))
     max_steps, _ = step_budget(config, [c.shape[-2:] for c in crops])
     gen = train(crops, config)
@@ -92,6 +96,36 @@ def cmd_lodestar_train(args) -> int:
     print(f"trained {steps} steps in {p.elapsed:.1f} s (consistency {p.consistency:.4f} px); "
           f"model written to {args.output}")
     return 0
+
+
+def _crop_z(args, crops, optics: dict) -> float:
+    """``--crop-z``: the number given, or with ``auto`` the crops' mean z by refocusing (a
+    classical focus search on each crop; see :func:`starloc.lodestar.holography.refocus_z`)."""
+    from starloc.lodestar.holography import Optics, refocus_z
+
+    if args.crop_z != "auto":
+        return float(args.crop_z)
+    if args.z_range is None or args.pixel_size is None:
+        raise InputError("--crop-z auto refocuses the crop's field: it needs --z-range and --pixel-size")
+    if any(c.shape[0] != 2 for c in crops):
+        raise InputError("--crop-z auto refocuses a complex field: the crop needs 2 channels (real, imaginary)")
+    found = [float(refocus_z(c[None], Optics(pixel_size_nm=args.pixel_size, **optics),
+                             span_um=max(3.5, 2 * args.z_range))[0]) for c in crops]
+    z = sum(found) / len(found)
+    print(f"crop refocused at z = {z:+.3f} µm: z is reported from the focal plane", file=sys.stderr)
+    return z
+
+
+def _float_or_auto(text: str):
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def cmd_lodestar_detect(args) -> int:
@@ -219,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learn the signal strength (for a small scatterer, its polarizability) by scaling the "
                         "crop by up to R times either way; reported as a multiple of the crop's object. For "
                         "images with zero background (a scattered field)")
+    h.add_argument("--crop-z", type=_float_or_auto, metavar="UM|auto",
+                   help="the crop's object is at this z (µm from the focal plane), so z is reported absolute; "
+                        "'auto' finds it by refocusing the crop's field (default: z relative to the crop)")
+    h.add_argument("--crop-signal", type=positive(), metavar="S",
+                   help="the crop's object has this signal (e.g. a known polarizability), so the signal is "
+                        "reported in its unit (default 1: a multiple of the crop's)")
     _add_common_image_options(t)
     t.add_argument("-o", "--output", type=Path, required=True, help="model file to write")
     t.set_defaults(func=cmd_lodestar_train)

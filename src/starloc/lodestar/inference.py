@@ -139,9 +139,10 @@ def predict_single(model: LodeSTAR, image, augment: bool = True) -> np.ndarray:
 
 def property_columns(model: LodeSTAR, positions: np.ndarray) -> dict[str, np.ndarray]:
     """The properties after (row, col) of ``(N, K)`` predictions, as named output columns:
-    ``z_um`` (axial position in µm, relative to the training crop's object; + is further
-    along the light) and ``signal`` (signal strength, e.g. polarizability, as a multiple of
-    the training crop's object: ``exp(log_signal)``). Empty for a plain 2D model."""
+    ``z_um`` (axial position in µm; + is further along the light) and ``signal`` (signal
+    strength, e.g. polarizability: ``exp(log_signal)``), in the training crop's reference
+    (``TrainConfig.crop_z_um`` / ``crop_signal``: by default z from the crop's object and
+    the signal as a multiple of it). Empty for a plain 2D model."""
     names = model.metadata.get("properties", ["row", "col"])[2:]
     out = {}
     for i, name in enumerate(names, start=2):

@@ -95,6 +95,10 @@ class TrainConfig:
         polarizability) by scaling each copy by a log-uniform factor in ``[1/r, r]``
         (:class:`~starloc.lodestar.transforms.SignalScale`); it replaces the ``gain``
         augmentation. Adds the property ``log_signal``, relative to the training crop.
+    crop_z_um, crop_signal: what the training crops' object is known to have (its z in µm,
+        e.g. from :func:`~starloc.lodestar.holography.refocus_z`; its signal in any unit, e.g.
+        a polarizability in µm³): the model then reports absolute values, the crop reading
+        these. By default 0 and 1: values relative to the crop.
     Either one switches the model to the ``fixed`` normalization (measured on the crops),
     since a per-frame one would undo the signal's scale. With ``z_range_um`` there is no
     photon-noise augmentation (``shot_noise`` is ignored): a hologram's field carries the
@@ -126,6 +130,8 @@ class TrainConfig:
     wavelength_nm: float = 633.0
     pixel_size_nm: float | None = None
     n_medium: float = 1.33
+    crop_z_um: float = 0.0
+    crop_signal: float = 1.0
     network: NetworkConfig = field(default_factory=NetworkConfig)
 
     @property
@@ -263,6 +269,10 @@ def _check_properties(config: TrainConfig, in_channels: int) -> None:
         Optics(config.wavelength_nm, config.pixel_size_nm, config.n_medium)
     if config.signal_range is not None and not (math.isfinite(config.signal_range) and config.signal_range > 1):
         raise InputError(f"signal range must be a factor > 1, got {config.signal_range}")
+    if not math.isfinite(config.crop_z_um):
+        raise InputError(f"the crop's z must be a finite number of µm, got {config.crop_z_um}")
+    if not (math.isfinite(config.crop_signal) and config.crop_signal > 0):
+        raise InputError(f"the crop's signal must be a positive number, got {config.crop_signal}")
 
 
 def _as_crop_tensors(crops: Sequence[np.ndarray], in_channels: int) -> list[torch.Tensor]:
@@ -342,7 +352,9 @@ def train(
     model.position_offset = measure_position_offset(model, groups, transform, generator, config.gain)
     if extra:
         model.property_offset = ()
-        model.property_offset = crop_properties(model, groups)
+        known = {"z_um": config.crop_z_um, "log_signal": math.log(config.crop_signal)}
+        model.property_offset = tuple(read - known[name]
+                                      for read, name in zip(crop_properties(model, groups), extra))
     model.metadata = {**model.metadata, "properties": ["row", "col", *extra],
                       "training": {**config.to_dict(), "steps_done": step,
                       "final_consistency": progress.consistency, "seconds": progress.elapsed,
