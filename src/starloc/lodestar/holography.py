@@ -13,6 +13,7 @@ teaches.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
@@ -60,16 +61,23 @@ def transfer_function(shape: tuple[int, int], dz_um: torch.Tensor, optics: Optic
     camera's noise, and zeroing them would leave propagated training copies with smoother
     noise than the frames the model meets (with 633 nm in water at 114 nm pixels that is
     most of the spectrum)."""
+    per_um = _phase_per_um(tuple(shape), optics, str(dz_um.device))
+    phase = dz_um.to(torch.float64).view(-1, 1, 1) * per_um
+    return torch.polar(torch.ones_like(phase), phase)
+
+
+@functools.lru_cache(maxsize=16)
+def _phase_per_um(shape: tuple[int, int], optics: Optics, device: str) -> torch.Tensor:
+    """``(H, W)`` phase of the transfer function per µm of propagation, 0 beyond the cutoff
+    (cached: training propagates same-sized copies at every step)."""
     h, w = shape
     lam = optics.medium_wavelength_um
     px = optics.pixel_size_nm / 1000.0
-    fy = torch.fft.fftfreq(h, d=px, dtype=torch.float64, device=dz_um.device)
-    fx = torch.fft.fftfreq(w, d=px, dtype=torch.float64, device=dz_um.device)
+    fy = torch.fft.fftfreq(h, d=px, dtype=torch.float64, device=device)
+    fx = torch.fft.fftfreq(w, d=px, dtype=torch.float64, device=device)
     s2 = (lam * fy[:, None]) ** 2 + (lam * fx[None, :]) ** 2
-    root = torch.sqrt(torch.clamp(1 - s2, min=0))
-    phase = (2 * math.pi / lam) * dz_um.to(torch.float64).view(-1, 1, 1) * (root - 1)
-    phase = torch.where(s2 < 1, phase, torch.zeros_like(phase))
-    return torch.polar(torch.ones_like(phase), phase)
+    per_um = (2 * math.pi / lam) * (torch.sqrt(torch.clamp(1 - s2, min=0)) - 1)
+    return torch.where(s2 < 1, per_um, torch.zeros_like(per_um))
 
 
 def propagate(field: torch.Tensor, dz_um: torch.Tensor, optics: Optics, pad: int | None = None) -> torch.Tensor:
@@ -78,17 +86,19 @@ def propagate(field: torch.Tensor, dz_um: torch.Tensor, optics: Optics, pad: int
     the larger side) so that what spreads out of the frame does not wrap around into it."""
     n, h, w = field.shape
     pad = max(h, w) // 2 if pad is None else int(pad)
-    big = torch.zeros((n, h + 2 * pad, w + 2 * pad), dtype=torch.complex128, device=field.device)
+    big = torch.zeros((n, h + 2 * pad, w + 2 * pad), dtype=field.dtype, device=field.device)
     big[:, pad:pad + h, pad:pad + w] = field
-    out = torch.fft.ifft2(torch.fft.fft2(big) * transfer_function(big.shape[-2:], dz_um, optics))
-    return out[:, pad:pad + h, pad:pad + w].to(field.dtype)
+    transfer = transfer_function(big.shape[-2:], dz_um, optics).to(field.dtype)
+    return torch.fft.ifft2(torch.fft.fft2(big) * transfer)[:, pad:pad + h, pad:pad + w]
 
 
 def to_complex(channels: torch.Tensor) -> torch.Tensor:
-    """``(N, 2, H, W)`` real, imaginary channels -> ``(N, H, W)`` complex."""
+    """``(N, 2, H, W)`` real, imaginary channels -> ``(N, H, W)`` complex (complex64 for
+    float32 channels, complex128 for float64)."""
     if channels.shape[1] != 2:
         raise InputError(f"a holographic field has 2 channels (real, imaginary), got {channels.shape[1]}")
-    return torch.complex(channels[:, 0].to(torch.float64), channels[:, 1].to(torch.float64))
+    real = channels[:, 0] if channels.dtype in (torch.float32, torch.float64) else channels[:, 0].float()
+    return torch.complex(real, channels[:, 1].to(real.dtype))
 
 
 def to_channels(field: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
