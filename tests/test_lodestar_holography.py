@@ -187,10 +187,14 @@ def test_signal_scaling_alone_on_a_fluorescence_crop():
     model = run(train([image[0] - np.median(image[0])], config))
     assert model.metadata["properties"] == ["row", "col", "log_signal"]
     assert model.metadata["training"]["gain"] == 1.0  # signal scaling replaces the gain augmentation
-    crop = image[0] - np.median(image[0])
-    # z and the signal are relative to the crop: the crop itself reads a signal of ~1
-    signal = property_columns(model, single_object(model, crop[None, None])[0])["signal"]
-    assert abs(float(signal[0]) - 1) < 0.05
+    # the signal is relative to the crop's object: as bright objects in fresh noise read ~1,
+    # twice as bright ones more
+    same, _, _ = sim.simulate_single("sphere", 10, 20, size=40, rng=4)
+    flat = same - np.median(same, axis=(1, 2), keepdims=True)
+    signal = property_columns(model, single_object(model, flat[:, None])[0])["signal"]
+    brighter = property_columns(model, single_object(model, 2 * flat[:, None])[0])["signal"]
+    assert abs(float(np.median(signal)) - 1) < 0.1
+    assert np.median(brighter / signal) > 1.3
 
 
 def test_cli_trains_on_a_hologram_and_writes_z_and_signal(tmp_path, capsys):
