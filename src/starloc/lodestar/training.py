@@ -409,9 +409,10 @@ def crop_properties(model: LodeSTAR, groups: list[list[torch.Tensor]], transform
     the crops.
 
     The median over copies, not the crop read once: one reading carries the noise of that
-    one image, which then shifts every output. On the holography benchmark's two seeds the
-    copies took the signal's bias from +0.024 / −0.077 (log) to +0.004 / +0.013 and z's from
-    +17 / +41 nm to +39 / +8 nm (docs/benchmarks.md).
+    one image, which then shifts every output. With the holography benchmark's two trainings
+    (seeds 0 / 1, 2 threads, its noise-0.05 test set; a `/tmp` script) the copies took the
+    signal's bias from +0.024 / −0.077 (log) to +0.004 / +0.013 and z's from +17 / +41 nm to
+    +39 / +8 nm (docs/benchmarks.md).
     """
     per_crop = max(2, -(-copies // sum(len(group) for group in groups)))
     values = []
