@@ -179,6 +179,16 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert (tmp_path / "scene.tif").exists() and (tmp_path / "model.pt").exists()
 
 
+def test_holography_demo_runs_end_to_end(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--steps", "20", "--method", "holography"]) == 0
+    out = capsys.readouterr().out
+    assert "refocuses at z" in out and "scatterers" in out
+    frames, positions, features = read_points_csv(tmp_path / "hologram_detections.csv")
+    assert {"z_um", "signal", "score"} <= set(features)
+    assert tifffile.imread(tmp_path / "hologram.tif").shape == (2, 256, 256)
+    assert (tmp_path / "hologram_model.pt").exists()
+
+
 def test_deeploco_demo_runs_end_to_end_on_the_bundled_bead_stack(tmp_path, capsys):
     from starloc.smlm_io import read_thunderstorm_csv
 

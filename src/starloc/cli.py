@@ -182,8 +182,11 @@ def _detect_on_cluster(args, params, augment: bool, layout: dict, total: int):
 
 def cmd_demo(args) -> int:
     from starloc.deeploco.demo import run_deeploco_demo
-    from starloc.demo import run_demo
+    from starloc.demo import run_demo, run_holography_demo
 
+    if args.method == "holography":
+        steps = {} if args.steps is None else {"max_steps": args.steps}
+        return run_holography_demo(out_dir=Path(args.out), seed=args.seed, **steps)
     if args.method in ("all", "lodestar"):
         steps = {} if args.steps is None else {"max_steps": args.steps}
         run_demo(out_dir=Path(args.out), shape=args.shape, seed=args.seed, **steps)
@@ -311,8 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed of the simulation and training")
     demo.add_argument("--steps", type=at_least(1), default=None, metavar="N",
                       help="maximum LodeSTAR training steps (default: as 'lodestar train')")
-    demo.add_argument("--method", choices=("all", "lodestar", "deeploco"), default="all",
-                      help="which method's demo to run (default: both)")
+    demo.add_argument("--method", choices=("all", "lodestar", "deeploco", "holography"), default="all",
+                      help="which demo to run (default: LodeSTAR and DeepLoco; 'holography': LodeSTAR's axial "
+                           "and signal symmetries on a simulated hologram, about 3 minutes)")
     demo.add_argument("--deeploco-steps", type=int, default=400,
                       help="DeepLoco training steps (a short demo run; the default recipe trains longer)")
     demo.set_defaults(func=cmd_demo)
