@@ -56,12 +56,8 @@ def run_demo(out_dir: Path, shape: str = "point", seed: int = 0, n_objects: int 
     crops = extract_crops(image, [crop])
     start = time.perf_counter()
 
-    def report(p):
-        if p.step % 100 == 0:
-            print(f"  step {p.step:5d}  consistency {p.consistency:.4f} px  elapsed {p.elapsed:5.1f} s")
-
     config = TrainConfig(seed=seed, max_steps=max_steps)
-    model = finish(train(crops, config), report)
+    model = finish(train(crops, config), _report_every(100, " px"))
     print(f"trained {model.metadata['training']['steps_done']} steps in {time.perf_counter() - start:.1f} s")
     found = detect_frames(model, image[None, None])
     m = detection_metrics(found.positions[:, :2], truth, tolerance=3.0)
@@ -129,10 +125,11 @@ def run_holography_demo(out_dir: Path, seed: int = 0, n_objects: int = 20, max_s
     return 0
 
 
-def _report_every(steps: int):
+def _report_every(steps: int, unit: str = ""):
+    """A training callback printing the step, consistency loss (in ``unit``) and time."""
     def report(p):
         if p.step % steps == 0:
-            print(f"  step {p.step:5d}  consistency {p.consistency:.4f}  elapsed {p.elapsed:5.1f} s")
+            print(f"  step {p.step:5d}  consistency {p.consistency:.4f}{unit}  elapsed {p.elapsed:5.1f} s")
     return report
 
 
