@@ -147,5 +147,8 @@ def property_columns(model: LodeSTAR, positions: np.ndarray) -> dict[str, np.nda
     out = {}
     for i, name in enumerate(names, start=2):
         values = np.asarray(positions[:, i], dtype=np.float64)
-        out["signal" if name == "log_signal" else name] = np.exp(values) if name == "log_signal" else values
+        if name == "log_signal":
+            out["signal"] = np.exp(values)
+        else:
+            out[name] = values
     return out

@@ -230,8 +230,9 @@ def self_distillation_losses(model, images, transform, generator, copies, dropou
 
 def transformed_copies(model: LodeSTAR, batch: torch.Tensor, transform: Compose, generator: torch.Generator,
                        gain: float = 1.0) -> tuple[torch.Tensor, list]:
-    """Training copies of a batch of normalized crops: each transformed (warp, then noise),
-    normalized again as the model normalizes its input, and scaled by a log-uniform gain in
+    """Training copies of a batch of normalized crops: each transformed (warp, property
+    transforms, then noise), normalized again as a frame would be (:meth:`LodeSTAR.renormalize`),
+    and scaled by a log-uniform gain in
     ``[1, gain]``; with the transforms' parameters (to invert the properties)."""
     params = transform.sample(batch.shape, generator, device=batch.device)
     batch = model.renormalize(transform.apply(batch, params))
@@ -380,13 +381,11 @@ def measure_position_offset(model: LodeSTAR, groups: list[list[torch.Tensor]], t
     ~0.05 px), and clipped to +-``MAX_POSITION_OFFSET`` px: a larger offset comes from a
     network that has not learned the object yet, not from a residual.
     """
-    per_crop = max(2, -(-copies // sum(len(group) for group in groups)))
+    per_crop = _copies_per_crop(groups, copies)
     diffs = []
     for group in groups:
-        batch, _ = transformed_copies(model, torch.stack(group).repeat_interleave(per_crop, dim=0), transform,
-                                      generator, gain)
-        for start in range(0, len(batch), batch_size):
-            maps = model.network_maps(batch[start : start + batch_size], symmetries=True)
+        _, read = _read_copies(model, group, per_crop, transform, generator, gain, batch_size)
+        for maps in read:
             plain = pool_single(Maps(maps.positions[0], maps.weights[0], maps.stride, maps.image_shape,
                                      maps.receptive_field, maps.downsample))
             diffs.append(plain[:, :2] - pool_single_symmetries(maps)[:, :2])
@@ -414,17 +413,29 @@ def crop_properties(model: LodeSTAR, groups: list[list[torch.Tensor]], transform
     signal's bias from +0.024 / −0.077 (log) to +0.004 / +0.013 and z's from +17 / +41 nm to
     +39 / +8 nm (docs/benchmarks.md).
     """
-    per_crop = max(2, -(-copies // sum(len(group) for group in groups)))
+    per_crop = _copies_per_crop(groups, copies)
     values = []
     for group in groups:
-        crops = torch.stack(group)
-        batch, params = transformed_copies(model, crops.repeat_interleave(per_crop, dim=0), transform, generator)
-        read = [pool_single_symmetries(model.network_maps(batch[start:start + batch_size], symmetries=True))
-                for start in range(0, len(batch), batch_size)]
-        pooled = torch.from_numpy(np.concatenate(read)).to(torch.float32)
+        params, read = _read_copies(model, group, per_crop, transform, generator, 1.0, batch_size)
+        pooled = torch.from_numpy(np.concatenate([pool_single_symmetries(m) for m in read])).to(torch.float32)
         back = transform.invert(pooled, params)[:, 2:].view(len(group), per_crop, -1)
         values.append(back.median(dim=1).values.numpy())
     return tuple(float(v) for v in np.concatenate(values).mean(axis=0))
+
+
+def _copies_per_crop(groups: list[list[torch.Tensor]], copies: int) -> int:
+    """Transformed copies of each crop so that all crops together give about ``copies`` (>= 2)."""
+    return max(2, -(-copies // sum(len(group) for group in groups)))
+
+
+def _read_copies(model: LodeSTAR, group: list[torch.Tensor], per_crop: int, transform: Compose,
+                 generator: torch.Generator, gain: float, batch_size: int) -> tuple[list, list[Maps]]:
+    """``per_crop`` training copies of each crop of ``group`` (in crop order), the transforms'
+    parameters and their maps over the 8 grid symmetries, ``batch_size`` copies per map."""
+    batch, params = transformed_copies(model, torch.stack(group).repeat_interleave(per_crop, dim=0), transform,
+                                       generator, gain)
+    return params, [model.network_maps(batch[start : start + batch_size], symmetries=True)
+                    for start in range(0, len(batch), batch_size)]
 
 
 def _group_by_shape(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
