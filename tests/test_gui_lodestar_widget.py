@@ -18,6 +18,7 @@ from starloc.gui import lodestar_layers  # noqa: E402
 from starloc.gui.lodestar_source import (  # noqa: E402
     ALL_POINTS_LAYER,
     CENTRE_LAYER,
+    CHANNELS_FIRST_KEY,
     CROP_LAYER,
     CROP_POINT,
     CROP_RECTANGLE,
@@ -497,3 +498,92 @@ def test_a_signal_model_shows_and_exports_the_signal(make_napari_viewer, qtbot, 
     written = widget.export_points(tmp_path / "found.csv")
     _, _, features = read_points_csv(written[0])
     np.testing.assert_allclose(features["signal"], points.features["signal"])
+
+
+def test_first_axis_as_channels_reads_one_multichannel_image(make_napari_viewer, messages):
+    viewer, widget = _widget(make_napari_viewer)
+    stack = viewer.add_image(np.random.default_rng(0).normal(size=(2, 48, 48)).astype(np.float32), name="c",
+                             scale=(1.0, 0.5, 0.5))
+    assert "time-lapse: 2 frames" in widget.image_info.text()
+    widget.channels_check.setChecked(True)
+    assert widget.image_info.text() == "one image of 2 channels (first axis), 48×48 px"
+    src = image_source(stack, channels_first=True)
+    assert (src.n_frames, src.channels, src.channel_axis, src.scale, src.full_scale) == (1, 2, 0, (0.5, 0.5),
+                                                                                        (0.5, 0.5))
+    assert not src.is_timelapse
+    widget.crop_source_combo.setCurrentText(CROP_POINT)
+    widget.start_drawing()
+    viewer.layers[CENTRE_LAYER].add(np.array([24.0, 24.0]))
+    _, crops, frame, _ = widget.crops()
+    assert frame == 0 and crops[0].shape == (2, CROP, CROP)
+    np.testing.assert_array_equal(crops[0], stack.data[:, 14:34, 14:34])
+    # layers that are not C×Y×X say so instead of guessing
+    for data, hint in ((np.zeros((48, 48)), "untick"), (np.zeros((3, 2, 48, 48)), "--channel-axis 1")):
+        layer = viewer.add_image(data, name=f"bad{data.ndim}")
+        widget.set_image_layer(layer)
+        assert not widget.channels_check.isChecked()  # choosing a layer that cannot be C×Y×X unticks it
+        widget.channels_check.setChecked(True)
+        assert "C×Y×X" in widget.image_info.text() and hint in widget.image_info.text()
+    # a layer whose metadata says its first axis holds channels (or not) sets the box itself
+    widget.channels_check.setChecked(False)
+    viewer.add_image(stack.data, name="marked", metadata={CHANNELS_FIRST_KEY: True})
+    widget.set_image_layer(viewer.layers["marked"])
+    assert widget.channels_check.isChecked() and "2 channels" in widget.image_info.text()
+    viewer.add_image(stack.data, name="frames", metadata={CHANNELS_FIRST_KEY: False})
+    widget.set_image_layer(viewer.layers["frames"])
+    assert not widget.channels_check.isChecked() and "time-lapse" in widget.image_info.text()
+
+
+def test_a_hologram_trains_the_axial_position_in_the_widget(make_napari_viewer, qtbot, messages, tmp_path):
+    """The hologram sample: refocus the crop, train with the Hologram box, detections carry
+    their z (µm) as a feature and in the exported CSV."""
+    from starloc.demo import isolated_object
+    from starloc.metrics import match
+
+    viewer, widget = _widget(make_napari_viewer, steps=600)
+    widget.set_network_config(NetworkConfig())  # fringes need the default network's field of view
+    widget.refocus_crop()
+    assert "no image layer" in messages["error"][-1]
+    viewer.open_sample("napari-starloc", "hologram")
+    layer = viewer.layers["hologram (real, imaginary)"]
+    widget.set_image_layer(layer)
+    truth = layer.metadata["ground_truth"]
+    assert widget.channels_check.isChecked() and "2 channels" in widget.image_info.text()
+    assert widget.pixel_nm_spin.value() == 114.0 and widget.wavelength_spin.value() == 633.0
+    widget.crop_size_spin.setValue(40)
+    widget.crop_source_combo.setCurrentText(CROP_POINT)
+    widget.start_drawing()
+    target = truth[np.argmin(np.hypot(*(truth[:, :2] - isolated_object(truth[:, :2])).T))]
+    viewer.layers[CENTRE_LAYER].add(target[:2])
+    widget.hologram_box.setChecked(True)
+    z = widget.refocus_crop()
+    assert abs(z - target[2]) < 0.15 and widget.crop_z_spin.value() == pytest.approx(z, abs=1e-3)
+    config = widget.train_config()
+    assert (config.z_range_um, config.pixel_size_nm, config.crop_z_um, config.downsample) == (3.0, 114.0,
+                                                                                              round(z, 3), 1)
+    widget._update_crop_preview()
+    assert "Downsample" not in widget.crop_info.text()  # fringes are not the object's size
+
+    with _wait_job(qtbot, widget, "train", timeout=120_000) as blocker:
+        widget.train()
+    assert blocker.args == ["train", "returned"], messages["error"]
+    assert widget.model.metadata["properties"] == ["row", "col", "z_um"] and widget.model.config.in_channels == 2
+    points = viewer.layers[POINTS_LAYER]
+    assert "z_um" in points.features
+    with _wait_job(qtbot, widget, "detect_all") as blocker:
+        widget.detect_all()
+    assert blocker.args == ["detect_all", "returned"], messages["error"]
+    points = viewer.layers[ALL_POINTS_LAYER]
+    pi, ti = match(points.data, truth[:, :2], 3.0)
+    assert len(pi) >= 15, (len(pi), len(points.data))
+    # z is learnt within the z range around the crop's object (farther ones are not ordered)
+    near = np.abs(truth[ti, 2] - z) <= 2.5
+    z_found = points.features["z_um"].to_numpy()[pi]
+    assert near.sum() >= 10 and np.corrcoef(z_found[near], truth[ti[near], 2])[0, 1] > 0.85
+    written = widget.export_points(tmp_path / "holo.csv")
+    _, _, features = read_points_csv(written[0])
+    np.testing.assert_allclose(features["z_um"], points.features["z_um"])
+
+    # without the pixel size (a layer that does not state it) training asks for it
+    widget.pixel_nm_spin.setValue(0.0)
+    assert widget.train() is None and "Pixel size" in messages["error"][-1]

@@ -112,9 +112,29 @@ def test_deeploco_samples_train_and_localize_in_nm(make_napari_viewer):
     assert np.mean(smlm.data[f, r, c] > np.median(smlm.data)) > 0.9
 
 
+def test_hologram_sample_is_a_two_channel_field_in_nm(make_napari_viewer):
+    from starloc.gui.units import pixel_size_nm
+    from starloc.lodestar.holography import refocus_z, Optics
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "hologram")
+    layer = viewer.layers["hologram (real, imaginary)"]
+    assert layer.data.shape == (2, 256, 256) and layer.data.dtype == np.float32
+    assert pixel_size_nm(layer) == 114.0 and layer.metadata["channels_first"]
+    truth = layer.metadata["ground_truth"]
+    assert truth.shape == (20, 4) and np.all((truth[:, 2] >= -2) & (truth[:, 2] <= 3))
+    # each scatterer is where the truth says: its field refocuses at its z
+    optics = Optics(**layer.metadata["optics"])
+    row, col = np.round(truth[0, :2]).astype(int)
+    r0, c0 = max(0, row - 16), max(0, col - 16)
+    crop = layer.data[:, r0:r0 + 32, c0:c0 + 32]
+    assert crop.shape == (2, 32, 32)
+    assert abs(refocus_z(crop[None], optics, window=32)[0] - truth[0, 2]) < 0.3
+
+
 def test_samples_are_seeded():
     for make in (samples.single_particle, samples.diffusing_particles, samples.cell_like_blobs,
-                 samples.membrane_cells):
+                 samples.membrane_cells, samples.hologram):
         (a, meta_a, kind_a), = make()
         (b, meta_b, kind_b), = make()
         assert kind_a == kind_b == "image"

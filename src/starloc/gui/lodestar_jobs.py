@@ -84,6 +84,8 @@ def describe_training(model: LodeSTAR, n_crops: int) -> str:
     )
 
 
-def detect_all_job(model: LodeSTAR, image, params: DetectParams, rgb: str, augment: bool, chunk: int = 4):
+def detect_all_job(model: LodeSTAR, image, params: DetectParams, rgb: str, augment: bool, chunk: int = 4,
+                   channel_axis: int | None = None):
     """Detection on every frame of a (possibly lazy) image; yields ``(done, total)``."""
-    return (yield from iter_detect(model, image, params, chunk=chunk, rgb=rgb, augment=augment))
+    return (yield from iter_detect(model, image, params, chunk=chunk, rgb=rgb, channel_axis=channel_axis,
+                                   augment=augment))

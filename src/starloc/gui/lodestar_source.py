@@ -31,6 +31,9 @@ CROP_RECTANGLE = "Rectangle"
 CROP_POINT = "Point + size"
 CROP_SOURCES = (CROP_RECTANGLE, CROP_POINT)
 NO_IMAGE = "no image layer; open an image or a sample (File › Open Sample) and choose it"
+#: ``layer.metadata`` key saying that the layer's first axis holds channels (e.g. a hologram's
+#: real and imaginary parts), so the widget reads it as one multichannel image, not a time-lapse.
+CHANNELS_FIRST_KEY = "channels_first"
 
 
 @dataclass(frozen=True)
@@ -42,8 +45,11 @@ class ImageSource:
     n_frames: 1 for a 2D image, T for a T×Y×X time-lapse.
     height, width: frame size in pixels.
     scale, translate: of the layer's last two (spatial) axes; ``full_scale``/``full_translate``
-    of all its axes (with the time axis first for a time-lapse); ``full_units``/``units`` the
-    same for napari's per-axis units (None where napari has none), so outputs line up.
+    of all its axes but a channel axis (with the time axis first for a time-lapse);
+    ``full_units``/``units`` the same for napari's per-axis units (None where napari has
+    none), so outputs line up.
+    channel_axis: 0 when the layer is one C×Y×X multichannel image (e.g. a hologram: real and
+    imaginary parts), else None; ``channels`` is C (1 without a channel axis).
     """
 
     name: str
@@ -57,6 +63,8 @@ class ImageSource:
     full_scale: tuple[float, ...]
     full_translate: tuple[float, ...]
     full_units: tuple | None = None
+    channel_axis: int | None = None
+    channels: int = 1
 
     @property
     def units(self) -> tuple | None:
@@ -73,20 +81,26 @@ class ImageSource:
 
     def describe(self) -> str:
         size = f"{self.height}×{self.width} px"
+        if self.channel_axis is not None:
+            return f"one image of {self.channels} channels (first axis), {size}"
         if self.is_timelapse:
             return f"time-lapse: {self.n_frames} frames of {size} (first axis = time)"
         return f"2D image, {size}" + (" (RGB → gray)" if self.rgb == "gray" else "")
 
 
-def image_source(layer) -> ImageSource:
-    """Interpret an Image layer: 2D, T×Y×X (first axis = time), or RGB(A) of either.
+def image_source(layer, channels_first: bool = False) -> ImageSource:
+    """Interpret an Image layer: 2D, T×Y×X (first axis = time), or RGB(A) of either; with
+    ``channels_first``, C×Y×X: one image whose first axis holds channels (a hologram's real
+    and imaginary parts).
 
     InputError for layers LodeSTAR cannot read unambiguously: 4D+ non-RGB data (e.g.
-    T×Z×Y×X or with a channel axis), 1D data.
+    T×Z×Y×X or with a channel axis), 1D data; with ``channels_first``, anything but C×Y×X.
     """
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
     rgb = bool(getattr(layer, "rgb", False))
     shape = tuple(int(s) for s in np.shape(data))
+    if channels_first:
+        return _multichannel_source(layer, data, shape, rgb)
     spatial_ndim = len(shape) - (1 if rgb else 0)
     if spatial_ndim > 3:
         raise InputError(
@@ -110,9 +124,27 @@ def image_source(layer) -> ImageSource:
     )
 
 
-def current_frame(layer, world_point) -> int:
-    """0-based frame of a time-lapse layer shown at the viewer's world position (0 for 2D)."""
-    src = image_source(layer)
+def _multichannel_source(layer, data, shape: tuple[int, ...], rgb: bool) -> ImageSource:
+    """:func:`image_source` of a C×Y×X layer read as one image of C channels."""
+    if rgb or len(shape) != 3:
+        hint = ("a time-lapse of multichannel frames is read by the command line: starloc lodestar detect "
+                "--channel-axis 1" if len(shape) == 4 and not rgb else "untick 'First axis = channels'")
+        raise InputError(f"layer {layer.name!r} has shape {shape}{' (RGB)' if rgb else ''}; 'First axis = channels' "
+                         f"reads a C×Y×X image (e.g. 2×Y×X: a hologram's real and imaginary parts); {hint}")
+    scale = tuple(float(s) for s in layer.scale)[-2:]
+    translate = tuple(float(t) for t in layer.translate)[-2:]
+    units = getattr(layer, "units", None)
+    return ImageSource(
+        name=layer.name, data=data, rgb="error", n_frames=1, height=shape[1], width=shape[2],
+        scale=scale, translate=translate, full_scale=scale, full_translate=translate,
+        full_units=tuple(units)[-2:] if units is not None else None, channel_axis=0, channels=shape[0],
+    )
+
+
+def current_frame(layer, world_point, channels_first: bool = False) -> int:
+    """0-based frame of a time-lapse layer shown at the viewer's world position (0 for 2D and
+    for one multichannel image)."""
+    src = image_source(layer, channels_first)
     if not src.is_timelapse:
         return 0
     data_point = np.asarray(layer.world_to_data(tuple(world_point)), dtype=float)
@@ -122,7 +154,7 @@ def current_frame(layer, world_point) -> int:
 def read_frame(src: ImageSource, frame: int) -> np.ndarray:
     """One frame as float32 ``(1, C, H, W)`` (a copy, safe to hand to a worker)."""
     part = src.data[frame : frame + 1] if src.is_timelapse else src.data
-    return as_frames(part, rgb=src.rgb)
+    return as_frames(part, rgb=src.rgb, channel_axis=src.channel_axis)
 
 
 def rectangle_to_crop(vertices_data: np.ndarray) -> tuple[int, int, int, int]:
@@ -201,11 +233,13 @@ def points_in_image(points_layer, image_layer, size: int, use_all: bool = False)
     return [centre_to_crop(centre, size) for centre in _to_image_data(points_layer, image_layer, chosen)]
 
 
-def to_uint8(crop: np.ndarray) -> np.ndarray:
-    """A crop ``(C, h, w)`` or ``(h, w)`` as a contrast-stretched uint8 ``(h, w)`` for display."""
+def to_uint8(crop: np.ndarray, magnitude: bool = False) -> np.ndarray:
+    """A crop ``(C, h, w)`` or ``(h, w)`` as a contrast-stretched uint8 ``(h, w)`` for display:
+    the mean of the channels, or with ``magnitude`` their root sum of squares (a field's
+    modulus |E| from its real and imaginary parts)."""
     a = np.asarray(crop, dtype=np.float32)
     if a.ndim == 3:
-        a = a.mean(axis=0)
+        a = np.sqrt((a**2).sum(axis=0)) if magnitude else a.mean(axis=0)
     lo, hi = np.percentile(a, (1, 99.5)) if a.size else (0.0, 1.0)
     scaled = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
     return np.ascontiguousarray(np.clip(scaled * 255, 0, 255).astype(np.uint8))

@@ -49,6 +49,7 @@ from starloc.gui.lodestar_jobs import (
 from starloc.gui.lodestar_source import (
     ALL_POINTS_LAYER,
     CENTRE_LAYER,
+    CHANNELS_FIRST_KEY,
     CROP_LAYER,
     CROP_POINT,
     CROP_SOURCES,
@@ -64,9 +65,11 @@ from starloc.gui.lodestar_source import (
     rectangles_in_image,
     to_uint8,
 )
+from starloc.gui.units import pixel_size_nm, placement
 from starloc.lodestar.crop_content import crops_with_several_objects
 from starloc.lodestar.detection import CUTOFF_MODES, DetectParams
 from starloc.lodestar.downsampling import auto_downsample, suggest_downsample
+from starloc.lodestar.holography import Optics, refocus_z
 from starloc.lodestar.inference import extract_crops, property_columns
 from starloc.lodestar.model import LodeSTAR
 from starloc.lodestar.network import NetworkConfig
@@ -158,6 +161,12 @@ class LodeSTARWidget(QWidget):
         self.image_combo.setToolTip("2D image, T×Y×X time-lapse (first axis = time) or RGB (used as gray)")
         self.image_combo.currentIndexChanged.connect(self._on_image_changed)
         top.addRow("Image", self.image_combo)
+        self.channels_check = QCheckBox("First axis = channels")
+        self.channels_check.setToolTip(
+            "Read a C×Y×X layer as ONE image of C channels, e.g. a hologram's real and imaginary parts "
+            "(2×Y×X), instead of a time-lapse of C frames")
+        self.channels_check.toggled.connect(lambda _: self._on_image_changed(adopt=False))
+        top.addRow("", self.channels_check)
         self.image_info = QLabel("no image layer")
         self.image_info.setWordWrap(True)
         top.addRow(self.image_info)
@@ -288,6 +297,7 @@ class LodeSTARWidget(QWidget):
         self._advanced_content.setVisible(False)
         self.advanced_box.toggled.connect(self._advanced_content.setVisible)
         train_layout.addWidget(self.advanced_box)
+        self._build_hologram_box(train_layout)
 
         row = QHBoxLayout()
         self.train_button = QPushButton("Train")
@@ -365,6 +375,48 @@ class LodeSTARWidget(QWidget):
         root.addStretch(1)
         self._update_rf_label()
 
+    def _build_hologram_box(self, parent_layout) -> None:
+        """The optional axial training on a complex field (the paper's propagation symmetry)."""
+        self.hologram_box = QGroupBox("Hologram: axial position (z)")
+        self.hologram_box.setCheckable(True)
+        self.hologram_box.setChecked(False)
+        self.hologram_box.setToolTip(
+            "For a complex field (2 channels: real, imaginary; tick 'First axis = channels'): also learn each "
+            "object's axial position by propagating the crop (angular spectrum). Detections get a 'z_um' feature")
+        form = QFormLayout(self.hologram_box)
+        self.z_range_spin = self._float_spin(0.1, 100.0, 3.0, 2, 0.5)
+        self.z_range_spin.setSuffix(" µm")
+        self.z_range_spin.setToolTip("Propagate the crop up to this far either way: the axial range learnt "
+                                     "around the crop's object")
+        form.addRow("z range", self.z_range_spin)
+        self.pixel_nm_spin = self._float_spin(0.0, 100_000.0, 0.0, 1, 1.0)
+        self.pixel_nm_spin.setSuffix(" nm")
+        self.pixel_nm_spin.setSpecialValueText("not set")
+        self.pixel_nm_spin.setToolTip("Pixel size in the sample (taken from the layer when its axes have "
+                                      "length units)")
+        form.addRow("Pixel size", self.pixel_nm_spin)
+        self.wavelength_spin = self._float_spin(100.0, 5000.0, TrainConfig.wavelength_nm, 1, 1.0)
+        self.wavelength_spin.setSuffix(" nm")
+        self.wavelength_spin.setToolTip("Vacuum wavelength of the illumination")
+        form.addRow("Wavelength", self.wavelength_spin)
+        self.n_medium_spin = self._float_spin(1.0, 3.0, TrainConfig.n_medium, 3, 0.01)
+        self.n_medium_spin.setToolTip("Refractive index of the medium around the objects")
+        form.addRow("Medium index", self.n_medium_spin)
+        self.crop_z_spin = self._float_spin(-1000.0, 1000.0, 0.0, 3, 0.1)
+        self.crop_z_spin.setSuffix(" µm")
+        self.crop_z_spin.setToolTip(
+            "Axial position of the crop's object (µm from the focal plane), so z is reported absolute. "
+            "0: z relative to the crop's object. 'Refocus crop' measures it")
+        self.refocus_button = QPushButton("Refocus crop")
+        self.refocus_button.setToolTip("Find the crop's z by refocusing its field (classical focus search)")
+        self.refocus_button.clicked.connect(self.refocus_crop)
+        row = QHBoxLayout()
+        row.addWidget(self.crop_z_spin)
+        row.addWidget(self.refocus_button)
+        form.addRow("Crop z", row)
+        self.hologram_box.toggled.connect(self._schedule_preview)
+        parent_layout.addWidget(self.hologram_box)
+
     @staticmethod
     def _int_spin(lo, hi, value, tip=""):
         spin = QSpinBox()
@@ -405,6 +457,20 @@ class LodeSTARWidget(QWidget):
         self._update_rf_label()
 
     # ------------------------------------------------------------------ parameters
+    @property
+    def hologram(self) -> bool:
+        """Axial training on a complex field is on (the Hologram box is ticked)."""
+        return self.hologram_box.isChecked()
+
+    def _hologram_settings(self) -> dict:
+        """TrainConfig fields of the Hologram box (none when it is off)."""
+        if not self.hologram:
+            return {}
+        pixel = self.pixel_nm_spin.value()
+        return dict(z_range_um=self.z_range_spin.value(), pixel_size_nm=pixel if pixel > 0 else None,
+                    wavelength_nm=self.wavelength_spin.value(), n_medium=self.n_medium_spin.value(),
+                    crop_z_um=self.crop_z_spin.value())
+
     def train_config(self) -> TrainConfig:
         """The training settings of the widget, frozen (handed to the worker)."""
         return TrainConfig(
@@ -419,8 +485,9 @@ class LodeSTARWidget(QWidget):
             signal_range=self.signal_spin.value() if self.signal_spin.value() > 1 else None,
             seed=self.seed_spin.value(),
             device=self.device,
-            downsample=self.downsample_spin.value(),
+            downsample=1 if self.hologram else self.downsample_spin.value(),
             network=self.network_config,
+            **self._hologram_settings(),
         )
 
     def detect_params(self) -> DetectParams:
@@ -487,14 +554,18 @@ class LodeSTARWidget(QWidget):
     def _point_mode(self) -> bool:
         return self.crop_source_combo.currentText() == CROP_POINT
 
-    def _on_image_changed(self, *_) -> None:
+    def _on_image_changed(self, *_, adopt: bool = True) -> None:
+        """A new image layer was chosen (``adopt``: take the settings it states) or the way of
+        reading it changed."""
         self._maps, self._maps_key, self._frame = None, None, None
         layer = self.image_layer()
         if layer is None:
             self.image_info.setText("no image layer: open an image or a sample (File › Open Sample)")
         else:
+            if adopt:
+                self._adopt_layer_hints(layer)
             try:
-                src = image_source(layer)
+                src = self._image_source(layer)
             except InputError as exc:
                 self.image_info.setText(str(exc))
             else:
@@ -509,12 +580,35 @@ class LodeSTARWidget(QWidget):
                     self._frame_timer.start()
         self._schedule_preview()
 
+    def _adopt_layer_hints(self, layer) -> None:
+        """Settings the layer states itself: whether its first axis holds channels (metadata; a
+        layer that cannot be C×Y×X unticks the box), its pixel size (length units) and optics
+        (``metadata["optics"]``) for the Hologram box."""
+        stated = layer.metadata.get(CHANNELS_FIRST_KEY)
+        channels = bool(stated) if stated is not None else self.channels_check.isChecked()
+        if layer.ndim != 3 or getattr(layer, "rgb", False):
+            channels = False
+        self.channels_check.blockSignals(True)
+        self.channels_check.setChecked(channels)
+        self.channels_check.blockSignals(False)
+        pixel = pixel_size_nm(layer)
+        if pixel is not None:
+            self.pixel_nm_spin.setValue(pixel)
+        optics = layer.metadata.get("optics") or {}
+        if "wavelength_nm" in optics:
+            self.wavelength_spin.setValue(float(optics["wavelength_nm"]))
+        if "n_medium" in optics:
+            self.n_medium_spin.setValue(float(optics["n_medium"]))
+
+    def _image_source(self, layer):
+        return image_source(layer, self.channels_check.isChecked())
+
     def _require_source(self):
         """``(layer, ImageSource)`` of the chosen image; InputError when there is none."""
         layer = self.image_layer()
         if layer is None:
             raise InputError(NO_IMAGE)
-        return layer, image_source(layer)
+        return layer, self._image_source(layer)
 
     def _source(self):
         """``(layer, ImageSource)`` of the chosen image, or None after telling the user why."""
@@ -525,7 +619,7 @@ class LodeSTARWidget(QWidget):
             return None
 
     def _frame_of(self, layer) -> int:
-        return current_frame(layer, self.viewer.dims.point)
+        return current_frame(layer, self.viewer.dims.point, self.channels_check.isChecked())
 
     # ------------------------------------------------------------------ crop
     def _on_crop_source_changed(self, *_) -> None:
@@ -554,7 +648,7 @@ class LodeSTARWidget(QWidget):
             layer = self._centre_layer()
             if layer is None:
                 layer = self.viewer.add_points(
-                    ndim=2, name=CENTRE_LAYER, scale=src.scale, translate=src.translate,
+                    ndim=2, name=CENTRE_LAYER, **placement(src.scale, src.translate, src.units),
                     face_color="yellow", border_color="black", size=3,
                 )
             mode, hint = "add", f"click the centre of ONE object ({self.crop_size_spin.value()} px square)"
@@ -562,7 +656,7 @@ class LodeSTARWidget(QWidget):
             layer = self._crop_layer()
             if layer is None:
                 layer = self.viewer.add_shapes(
-                    ndim=2, name=CROP_LAYER, scale=src.scale, translate=src.translate,
+                    ndim=2, name=CROP_LAYER, **placement(src.scale, src.translate, src.units),
                     edge_color="yellow", face_color="transparent", edge_width=0.5,
                 )
             mode, hint = "add_rectangle", "drag a rectangle around ONE object (a bit larger than it)"
@@ -583,7 +677,8 @@ class LodeSTARWidget(QWidget):
         layer, src = self._require_source()
         boxes = self.crop_boxes(layer)
         frame = self._frame_of(layer)
-        crops = extract_crops(src.data, boxes, frame=frame, min_size=self.min_crop_size, rgb=src.rgb)
+        crops = extract_crops(src.data, boxes, frame=frame, min_size=self.min_crop_size, rgb=src.rgb,
+                              channel_axis=src.channel_axis)
         return boxes, crops, frame, src
 
     def _apply_auto_downsample(self, crops) -> tuple[int, int, float] | None:
@@ -628,11 +723,10 @@ class LodeSTARWidget(QWidget):
             return
         sizes = ", ".join(f"{h}×{w}" for _, _, h, w in rects)
         where = f" (frame {frame})" if src.is_timelapse else ""
-        self.crop_info.setText(
-            f"{len(crops)} crop(s): {sizes} px{where}; minimum {self.min_crop_size} px"
-            + self._downsample_hint(crops) + self._several_objects_hint(crops)
-        )
-        pixels = to_uint8(crops[-1])
+        # a field's fringes reach far beyond its object: its extent says nothing about size or count
+        hints = "" if self.hologram else self._downsample_hint(crops) + self._several_objects_hint(crops)
+        self.crop_info.setText(f"{len(crops)} crop(s): {sizes} px{where}; minimum {self.min_crop_size} px" + hints)
+        pixels = to_uint8(crops[-1], magnitude=self.hologram)
         h, w = pixels.shape
         image = QImage(pixels.data, w, h, w, QImage.Format_Grayscale8).copy()
         self.thumbnail.setPixmap(
@@ -730,7 +824,11 @@ class LodeSTARWidget(QWidget):
         except InputError as exc:
             show_error(f"LodeSTAR: {exc}")
             return None
-        self._apply_auto_downsample(crops)
+        if self.hologram and self.pixel_nm_spin.value() <= 0:
+            show_error("LodeSTAR: set the Pixel size (nm) in the Hologram box: the layer does not state it")
+            return None
+        if not self.hologram:
+            self._apply_auto_downsample(crops)
         config = self.train_config()
         augment = self.augment_check.isChecked()
         key = (src.name, frame, augment)
@@ -753,6 +851,27 @@ class LodeSTARWidget(QWidget):
             self._set_maps(maps, key, frame_data)
 
         return self._start("train", train_job(crops, config, frame_data, augment), on_yield, on_return)
+
+    def refocus_crop(self):
+        """Set Crop z to the z where the crop's field comes into focus (mean over the crops;
+        :func:`~starloc.lodestar.holography.refocus_z`, over ±max(3.5, 2 × z range) µm). Returns
+        it in µm, or None after telling the user what is missing."""
+        try:
+            _, crops, _, _ = self.crops()
+            if any(c.shape[0] != 2 for c in crops):
+                raise InputError("refocusing needs a complex field: a 2×Y×X layer (real, imaginary) with "
+                                 "'First axis = channels' ticked")
+            if self.pixel_nm_spin.value() <= 0:
+                raise InputError("set the Pixel size (nm) in the Hologram box: the layer does not state it")
+            optics = Optics(self.wavelength_spin.value(), self.pixel_nm_spin.value(), self.n_medium_spin.value())
+            span = max(3.5, 2 * self.z_range_spin.value())
+            z = float(np.mean([refocus_z(c[None], optics, span_um=span)[0] for c in crops]))
+        except InputError as exc:
+            show_error(f"LodeSTAR: {exc}")
+            return None
+        self.crop_z_spin.setValue(z)
+        show_info(f"LodeSTAR: the crop's object refocuses at z = {z:+.3f} µm; z is now reported from the focal plane")
+        return z
 
     # ------------------------------------------------------------------ maps and detection
     def _maps_stale(self) -> bool:
@@ -785,7 +904,7 @@ class LodeSTARWidget(QWidget):
         if layer is None:
             return None
         try:
-            src = image_source(layer)
+            src = self._image_source(layer)
             frame = self._frame_of(layer)
             frame_data = read_frame(src, frame)
         except InputError as exc:
@@ -886,7 +1005,8 @@ class LodeSTARWidget(QWidget):
             self.status.setText(f"{len(detections)} detection(s) in {src.n_frames} frame(s)")
 
         model = self.model  # the one this job runs, even if another is loaded meanwhile
-        gen = detect_all_job(model, src.data, params, src.rgb, self.augment_check.isChecked())
+        gen = detect_all_job(model, src.data, params, src.rgb, self.augment_check.isChecked(),
+                             channel_axis=src.channel_axis)
         return self._start("detect_all", gen, on_yield, on_return)
 
     # ------------------------------------------------------------------ files

@@ -23,7 +23,7 @@ from starloc import sim
 
 #: Fixed seeds of the samples (changing one changes the documented ground truth).
 SEEDS = {"single-particle": 2022, "diffusing-particles": 7, "cell-like-blobs": 11, "membrane-cells": 5,
-         "smlm-astigmatic": 3}
+         "smlm-astigmatic": 3, "hologram": 0}
 
 _UNITS = "pixels; (row, col) with pixel centres at integers"
 
@@ -143,6 +143,28 @@ def membrane_cells() -> list[tuple]:
     image = sim.add_poisson_noise(_rings(size, positions, radii), snr, rng=rng)
     meta = {"ground_truth": positions, "radius": radii, "units": _UNITS, "snr": snr}
     return [(image, {"name": "membrane cells", "metadata": meta}, "image")]
+
+
+def hologram() -> list[tuple]:
+    """A 256x256 hologram of 20 small scatterers at z -2..3 µm from the focal plane and of
+    amplitude 0.5-2, as the scattered complex field: a (2, 256, 256) float32 layer, real and
+    imaginary parts on the first axis (the layer's metadata says so, and the LodeSTAR widget
+    then reads it as one 2-channel image), 114 nm pixels (scale, in nm), 633 nm light in water
+    (``metadata["optics"]``); the simulation of ``starloc demo --method holography``.
+
+    Ground truth: ``ground_truth`` (20, 4) ``(row, col, z_um, amplitude)``: (row, col) in
+    pixels as the other LodeSTAR samples, z in µm (positive: farther from the objective)."""
+    from starloc.gui.lodestar_source import CHANNELS_FIRST_KEY
+    from starloc.lodestar.holography import Optics, simulate_hologram_scene
+
+    optics = Optics(633.0, 114.0, 1.33)
+    field, truth = simulate_hologram_scene(20, z_um=(-2.0, 3.0), amplitude=(0.5, 2.0), optics=optics,
+                                           rng=SEEDS["hologram"])
+    meta = {"ground_truth": truth, "units": _UNITS + "; z in µm; amplitude relative", "optics": optics.to_dict(),
+            CHANNELS_FIRST_KEY: True, "channels": ("real", "imaginary")}
+    kwargs = {"name": "hologram (real, imaginary)", "scale": (1.0, 114.0, 114.0), "units": ("pixel", "nm", "nm"),
+              "metadata": meta}
+    return [(field.astype(np.float32), kwargs, "image")]
 
 
 def astigmatic_beads() -> list[tuple]:
