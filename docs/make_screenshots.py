@@ -1,8 +1,9 @@
 """Regenerate the screenshots of docs/lodestar.md (and docs/deeploco.md) with the real widgets, headless.
 
-    xvfb-run -a -s "-screen 0 1400x1000x24" python docs/make_screenshots.py [--steps 300] [--deeploco-model as.pt [--deeploco-only]]
+    xvfb-run -a -s "-screen 0 1400x1300x24" python docs/make_screenshots.py [--steps 300] [--deeploco-model as.pt [--deeploco-only]]
 
-Writes docs/images/lodestar_*.png (palette PNGs, each well under 300 KB); with
+Writes docs/images/lodestar_*.png (palette PNGs, each well under 300 KB; lodestar_6_hologram.png
+from the hologram sample, ``--hologram-steps``, ``--hologram-only``); with
 ``--deeploco-model`` (an astigmatic model from ``starloc deeploco train --psf beads-AS.tif
 --camera smlm2016``) also docs/images/deeploco_localize.png, deeploco_render.png and deeploco_train.png. Seeded: the same machine gives the
 same pictures, apart from timings shown in the widget.
@@ -22,7 +23,8 @@ from starloc import sim
 from starloc.deeploco import EMCCD, Simulator
 from starloc.deeploco.recipes import bead_psf
 from starloc.gui import deeploco_widget, lodestar_widget
-from starloc.gui.lodestar_source import ALL_POINTS_LAYER, CROP_LAYER, SCORE_LAYER, WEIGHT_LAYER
+from starloc.demo import isolated_object
+from starloc.gui.lodestar_source import ALL_POINTS_LAYER, CENTRE_LAYER, CROP_POINT, CROP_LAYER, SCORE_LAYER, WEIGHT_LAYER
 
 OUT = Path(__file__).resolve().parent / "images"
 
@@ -122,6 +124,37 @@ def main(steps: int) -> None:
     viewer.close()
 
 
+def hologram(steps: int) -> None:
+    """The hologram sample: Point + size crop on the most isolated scatterer, Refocus crop,
+    training with the Hologram box, detections with their z."""
+    lodestar_widget.show_info = print
+    viewer = napari.Viewer(title="napari-starloc: LodeSTAR on a hologram")
+    viewer.window._qt_window.resize(1400, 1250)  # the Hologram box unfolded: needs a 1400x1300 screen
+    _, widget = viewer.window.add_plugin_dock_widget("napari-starloc", "LodeSTAR")
+    viewer.open_sample("napari-starloc", "hologram")
+    layer = viewer.layers["hologram (real, imaginary)"]
+    truth = layer.metadata["ground_truth"]
+    widget.crop_source_combo.setCurrentText(CROP_POINT)
+    widget.start_drawing()
+    viewer.layers[CENTRE_LAYER].add(isolated_object(truth[:, :2]))
+    widget.hologram_box.setChecked(True)
+    widget.refocus_crop()
+    widget.max_steps_spin.setValue(steps)
+    widget.train()
+    wait(widget, "train")
+    found = viewer.layers["LodeSTAR detections"]
+    dist = np.hypot(*(truth[:, None, :2] - found.data[None]).transpose(2, 0, 1))
+    near = dist.argmin(0)
+    print(f"{len(found.data)} detections of {len(truth)} scatterers; z error (µm) of each: "
+          + " ".join(f"{z - t:+.2f}" for z, t in zip(found.features["z_um"], truth[near, 2])))
+    viewer.layers[WEIGHT_LAYER].visible = False
+    viewer.layers[SCORE_LAYER].visible = False
+    viewer.layers.selection.active = found
+    viewer.reset_view()
+    snap(viewer, "6_hologram")
+    viewer.close()
+
+
 def deeploco(model: Path, beads: Path) -> None:
     """The DeepLoco widget on 20 camera frames (ADU) simulated from the AS bead stack, 1 emitter/µm²."""
     deeploco_widget.show_info = print
@@ -177,8 +210,12 @@ if __name__ == "__main__":
     parser.add_argument("--deeploco-model", type=Path, default=None, help="also the DeepLoco widget, with this AS model")
     parser.add_argument("--beads", type=Path, default=BEADS_AS, help="the AS bead stack (default: ../shared/data)")
     parser.add_argument("--deeploco-only", action="store_true", help="only the DeepLoco screenshots")
+    parser.add_argument("--hologram-steps", type=int, default=2000, help="training steps on the hologram (2000)")
+    parser.add_argument("--hologram-only", action="store_true", help="only the hologram screenshot")
     args = parser.parse_args()
-    if not args.deeploco_only:
+    if not (args.deeploco_only or args.hologram_only):
         main(args.steps)
+    if not args.deeploco_only:
+        hologram(args.hologram_steps)
     if args.deeploco_model is not None:
         deeploco(args.deeploco_model, args.beads)

@@ -22,11 +22,13 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -154,7 +156,16 @@ class LodeSTARWidget(QWidget):
         return timer
 
     def _build_ui(self) -> None:
-        root = QVBoxLayout(self)
+        # The controls scroll rather than squash when the dock is shorter than them (Advanced
+        # and Hologram unfolded on a laptop screen): napari does not put docks in a scroll area.
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        self.scroll_area = QScrollArea()
+        self.scroll_area.setWidgetResizable(True)
+        self.scroll_area.setFrameShape(QFrame.NoFrame)
+        self.scroll_area.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        content = QWidget()
+        root = QVBoxLayout(content)
 
         top = QFormLayout()
         self.image_combo = QComboBox()
@@ -373,6 +384,10 @@ class LodeSTARWidget(QWidget):
             row.addWidget(b)
         root.addWidget(io_box)
         root.addStretch(1)
+        self.scroll_area.setWidget(content)
+        outer.addWidget(self.scroll_area)
+        bar = self.scroll_area.verticalScrollBar().sizeHint().width()
+        self.scroll_area.setMinimumWidth(content.sizeHint().width() + bar)
         self._update_rf_label()
 
     def _build_hologram_box(self, parent_layout) -> None:
@@ -383,7 +398,10 @@ class LodeSTARWidget(QWidget):
         self.hologram_box.setToolTip(
             "For a complex field (2 channels: real, imaginary; tick 'First axis = channels'): also learn each "
             "object's axial position by propagating the crop (angular spectrum). Detections get a 'z_um' feature")
-        form = QFormLayout(self.hologram_box)
+        outer = QVBoxLayout(self.hologram_box)
+        self._hologram_content = QWidget()
+        form = QFormLayout(self._hologram_content)
+        form.setContentsMargins(0, 0, 0, 0)
         self.z_range_spin = self._float_spin(0.1, 100.0, 3.0, 2, 0.5)
         self.z_range_spin.setSuffix(" µm")
         self.z_range_spin.setToolTip("Propagate the crop up to this far either way: the axial range learnt "
@@ -410,10 +428,11 @@ class LodeSTARWidget(QWidget):
         self.refocus_button = QPushButton("Refocus crop")
         self.refocus_button.setToolTip("Find the crop's z by refocusing its field (classical focus search)")
         self.refocus_button.clicked.connect(self.refocus_crop)
-        row = QHBoxLayout()
-        row.addWidget(self.crop_z_spin)
-        row.addWidget(self.refocus_button)
-        form.addRow("Crop z", row)
+        form.addRow("Crop z", self.crop_z_spin)
+        form.addRow("", self.refocus_button)
+        outer.addWidget(self._hologram_content)
+        self._hologram_content.setVisible(False)  # folded while off, as Advanced
+        self.hologram_box.toggled.connect(self._hologram_content.setVisible)
         self.hologram_box.toggled.connect(self._schedule_preview)
         parent_layout.addWidget(self.hologram_box)
 
