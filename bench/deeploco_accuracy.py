@@ -19,7 +19,11 @@ counts the paper does not state).
 Scored as the SMLM Challenge 2016 (100 nm lateral and 500 nm axial tolerance): Jaccard, RMSE
 lateral/axial, efficiency, mean offset (truth - pred), the RMSE of x alone (what the paper
 reports), and the flatness of the fractional-pixel positions of all localizations (chi-square
-p-value of a 10-bin histogram: small p = grid artifact). Prints a table and one JSON line.
+p-value of a 10-bin histogram: small p = grid artifact). For models with an error head, ``u
+ratio``: how well their per-localization uncertainty states the error, the RMS over matched
+localizations of error / uncertainty, lateral (per axis) and axial (1 = exact on average);
+the JSON line also holds the observed and stated RMS error per quartile of the stated
+uncertainty. Prints a table and one JSON line.
 
     python bench/deeploco_accuracy.py --model-as as.pt --model-2d 2d.pt --threads 2
 """
@@ -75,7 +79,27 @@ def score(table: dict, truth: dict, dim: int, pixel_size: float) -> dict:
     m["fraction_hist"] = hist.tolist()
     m["fraction_p"] = float(chisquare(hist).pvalue) if hist.sum() else float("nan")
     m["mean_offset"] = [float(v) for v in m["mean_offset"]]
+    if "uncertainty" in table and len(pi):
+        m.update(uncertainty_report(table, pi, pxyz[pi] - txyz[ti]))
     return m
+
+
+def uncertainty_report(table: dict, pi: np.ndarray, err: np.ndarray) -> dict:
+    """Stated uncertainty against the errors ``err (M, D)`` nm of the matched rows ``pi``: the
+    RMS of error / uncertainty (lateral per axis, axial), and per quartile of the lateral
+    uncertainty the observed and the stated lateral RMS error (nm)."""
+    u = table["uncertainty"][pi]
+    lateral_sq = (err[:, 0] ** 2 + err[:, 1] ** 2) / 2
+    out = {"uncertainty_ratio": [float(np.sqrt(np.mean(lateral_sq / u**2)))]}
+    if "uncertainty_z" in table and err.shape[1] == 3:
+        out["uncertainty_ratio"].append(float(np.sqrt(np.mean(err[:, 2] ** 2 / table["uncertainty_z"][pi] ** 2))))
+    edges = np.quantile(u, [0.0, 0.25, 0.5, 0.75, 1.0])
+    quartile = np.clip(np.searchsorted(edges, u, side="right") - 1, 0, 3)
+    out["uncertainty_quartiles"] = [
+        {"observed_nm": float(np.sqrt(lateral_sq[quartile == q].mean())),
+         "stated_nm": float(np.sqrt((u[quartile == q] ** 2).mean()))}
+        for q in range(4) if np.any(quartile == q)]
+    return out
 
 
 def crb_reference(psf, truth: dict, dim: int, seed: int = 0) -> dict:
@@ -167,13 +191,15 @@ def main(argv=None):
     print(f"# DeepLoco accuracy: frames simulated from the SMLM 2016 bead stacks, challenge EMCCD, "
           f"{args.threads} threads")
     head = (f"{'mod':<4} {'dens':>5} {'method':<13} {'Jaccard':>8} {'RMSE xy':>8} {'RMSE z':>7} "
-            f"{'RMSE x':>7} {'E_lat':>6} {'E_ax':>6} {'offset x,y[,z] nm':>20} {'grid p':>7} {'frames/s':>9}")
+            f"{'RMSE x':>7} {'E_lat':>6} {'E_ax':>6} {'offset x,y[,z] nm':>20} {'grid p':>7} {'frames/s':>9} "
+            f"{'u ratio':>9}")
     print(head)
     for r in results:
         off = ",".join(f"{v:.1f}" for v in r["mean_offset"])
         print(f"{r['modality']:<4} {r['density']:>5g} {r['method']:<13} {r['jaccard']:>8.3f} "
               f"{r['rmse_lateral']:>8.1f} {r['rmse_axial']:>7.1f} {r['rmse_x']:>7.1f} {r['efficiency_lateral']:>6.1f} "
-              f"{r['efficiency_axial']:>6.1f} {off:>20} {r['fraction_p']:>7.3f} {r['frames_per_s']:>9.0f}")
+              f"{r['efficiency_axial']:>6.1f} {off:>20} {r['fraction_p']:>7.3f} {r['frames_per_s']:>9.0f} "
+              f"{','.join(f'{v:.2f}' for v in r.get('uncertainty_ratio', [])) or '-':>9}")
     print("paper (real data, 100 nm tolerance):", json.dumps(PAPER))
     line = json.dumps({"bench": "deeploco_accuracy", "machine": platform.node(), "threads": args.threads,
                        "as_z_range": args.as_z_range, "photons": args.photons, "background": args.background,

@@ -120,6 +120,18 @@ def test_fully_convolutional_model_trains_and_localizes_whole_frames(folder, tmp
                  "-o", str(out)]) == 0
     table = read_thunderstorm_csv(out)
     assert len(table["x"]) > 0 and set(table["frame"].tolist()) <= {0, 1, 2}
+    # the error head's per-localization uncertainty: a CSV column, and Picasso's lpx/lpy unless
+    # --precision replaces it
+    assert model.has_uncertainty and np.all(table["uncertainty"] > 1.0)
+    import h5py
+
+    for extra, expected in (([], np.sort(table["uncertainty"]) / 100.0), (["--precision", "7"], 0.07)):
+        h5 = tmp_path / "p.hdf5"
+        assert main(["deeploco", "localize", str(folder / "stack.tif"), "--model", str(model_path), "--threshold",
+                     "0.01", *extra, "-o", str(h5)]) == 0
+        with h5py.File(h5) as fh:
+            locs = fh["locs"][()]
+        np.testing.assert_allclose(np.sort(locs["lpx"]), expected, rtol=1e-5)
     _bad(capsys, ["deeploco", "localize", str(folder / "stack.tif"), "--model", str(folder / "model.pt"),
                   "--tile", "48", "-o", str(out)], "exactly 32 px")
 

@@ -274,3 +274,15 @@ def test_render_button_adds_the_rendering_of_the_last_localizations(make_napari_
     widget.render()  # replaces the last rendering
     assert [lay.name for lay in viewer.layers].count(dw.RENDER_LAYER) == 1
     assert viewer.layers[dw.RENDER_LAYER].data.shape == (160, 144)
+
+
+def test_uncertainty_columns_become_features():
+    table = {"frame": np.array([0, 2]), "x": np.array([150.0, 250.0]), "y": np.array([50.0, 350.0]),
+             "z": np.array([-100.0, 20.0]), "confidence": np.array([0.9, 0.5]),
+             "uncertainty": np.array([12.0, 30.0]), "uncertainty_z": np.array([40.0, 80.0])}
+    data, features = dw.points_from_table(table, 100.0, stack=True)
+    np.testing.assert_allclose(data, [[0, 0.0, 1.0], [2, 3.0, 2.0]])
+    assert list(features) == ["x_nm", "y_nm", "z_nm", "confidence", "uncertainty_nm", "uncertainty_z_nm"]
+    np.testing.assert_allclose(features["uncertainty_nm"], [12.0, 30.0])
+    without = {k: v for k, v in table.items() if not k.startswith("uncertainty")}
+    assert "uncertainty_nm" not in dw.points_from_table(without, 100.0, stack=True)[1]

@@ -29,7 +29,8 @@ ARCHITECTURES = ("paper", "fcn", "unet")
 #: camera options: argparse dest -> Camera keyword
 CAMERA_OPTIONS = {"baseline": "baseline", "e_per_adu": "e_per_adu", "em_gain": "em_gain", "qe": "qe",
                   "read_noise": "read_noise"}
-#: Picasso needs a localization precision; DeepLoco gives none per localization
+#: Picasso needs a localization precision: this one for models without an error head (their
+#: tables have no ``uncertainty`` column)
 PICASSO_PRECISION_NM = 10.0
 HDF5_SUFFIXES = (".hdf5", ".h5")
 
@@ -418,7 +419,8 @@ def cmd_deeploco_calibrate(args) -> int:
 
 def _correction_name(model) -> str:
     axial = model.subpixel is not None and model.subpixel.axial is not None
-    return "sub-pixel and axial correction" if axial else "sub-pixel correction"
+    name = "sub-pixel and axial correction" if axial else "sub-pixel correction"
+    return name + (" and uncertainty scale" if model.uncertainty_scale is not None else "")
 
 
 # ------------------------------------------------------------------------------------------
@@ -478,6 +480,8 @@ def cmd_deeploco_localize(args) -> int:
     n = len(table["frame"])
     if fmt == "picasso":
         precision = PICASSO_PRECISION_NM if args.precision is None else args.precision
+        if args.precision is not None:  # given: it replaces the model's per-localization uncertainty
+            table = {k: v for k, v in table.items() if k != "uncertainty"}
         h5, yml = write_picasso(out, table, pixel_size_nm=float(model.config.pixel_size), width=W, height=H,
                                 n_frames=T, precision_nm=precision,
                                 info={"Localized by": "starloc deeploco localize", "Model": str(args.model)})
@@ -712,8 +716,9 @@ def add_commands(sub) -> None:
     lo.add_argument("--format", choices=("thunderstorm", "picasso"), default=None,
                     help="output format (default: picasso for .hdf5/.h5 names, else thunderstorm)")
     lo.add_argument("--precision", type=positive(), default=None,
-                    help=f"Picasso only: localization precision (nm) written for every localization "
-                         f"(default {PICASSO_PRECISION_NM:g}; DeepLoco gives none)")
+                    help=f"Picasso only: localization precision (nm) written for every localization instead "
+                         f"of the model's per-localization uncertainty (default: that uncertainty; "
+                         f"{PICASSO_PRECISION_NM:g} for models without one)")
     lo.add_argument("--units", choices=("adu", "photons"), default="adu",
                     help="stack units: camera ADU (converted with the model's camera, default) or photons")
     _add_camera_options(lo, "override the model's camera (e.g. --baseline for another offset)")

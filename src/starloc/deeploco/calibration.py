@@ -14,6 +14,11 @@ do not say by themselves:
 - **sub-pixel correction** of the localizations kept by that threshold, and for 3D models the
   axial bias as a function of the predicted z, for isolated, crowded and sparse-frame
   localizations (:func:`~starloc.deeploco.subpixel.fit_correction`).
+- **uncertainty scale** (models with an error head): the factors, lateral and axial, that make
+  the predicted errors of the matched, corrected localizations their root-mean-square error
+  (:func:`uncertainty_scale`). The head learns from every candidate near an emitter, also the
+  ones the threshold drops and the ones placed beyond the tolerance, and over-states the
+  error of the localizations that are kept.
 
 Coordinates: nm, as in :mod:`starloc.deeploco`.
 """
@@ -32,7 +37,7 @@ from .postprocess import concat_tables
 from .simulate import truth_table
 from .subpixel import SPARSE_DENSITY, SubpixelCorrection, crowded_mask, fit_correction, frame_density
 
-__all__ = ["Calibration", "THRESHOLDS", "best_threshold", "calibrate", "simulated_localizations"]
+__all__ = ["Calibration", "THRESHOLDS", "best_threshold", "calibrate", "simulated_localizations", "uncertainty_scale"]
 
 #: confidence cuts :func:`calibrate` chooses from
 THRESHOLDS = tuple(round(0.1 + 0.05 * i, 2) for i in range(17))  # 0.10 ... 0.90
@@ -50,15 +55,20 @@ class Calibration:
     jaccard: float
     subpixel: SubpixelCorrection
     frames: int
+    uncertainty_scale: tuple[float, float] | None = None
 
     def apply(self, model: Any) -> None:
-        """Store the threshold (if chosen) and the correction in ``model``."""
+        """Store the threshold (if chosen), the correction and the uncertainty scale (if
+        measured) in ``model``."""
         if self.threshold is not None:
             model.threshold = float(self.threshold)
         model.subpixel = self.subpixel
+        if self.uncertainty_scale is not None:
+            model.uncertainty_scale = self.uncertainty_scale
 
     def to_dict(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "jaccard": float(self.jaccard), "frames": int(self.frames)}
+        return {"threshold": self.threshold, "jaccard": float(self.jaccard), "frames": int(self.frames),
+                "uncertainty_scale": None if self.uncertainty_scale is None else list(self.uncertainty_scale)}
 
 
 @torch.no_grad()
@@ -127,6 +137,24 @@ def best_threshold(table: dict[str, np.ndarray], true_frame: np.ndarray, true_xy
     return best
 
 
+def uncertainty_scale(table: dict[str, np.ndarray], truth_xyz: np.ndarray,
+                      current: tuple[float, float] | None = None) -> tuple[float, float] | None:
+    """``(lateral, axial)`` factors by which to multiply a model's uncertainty scale (``current``,
+    None = 1) so that the ``uncertainty`` (and ``uncertainty_z``) columns of ``table`` become
+    the root-mean-square error of its localizations against ``truth_xyz`` (rows paired, nm):
+    lateral per axis ``sqrt(mean((dx² + dy²) / 2 / u²))``, axial ``sqrt(mean(dz² / u_z²))`` (1
+    for 2D). None when the table has no uncertainty column or no row."""
+    if "uncertainty" not in table or not len(truth_xyz):
+        return None
+    lateral_sq = ((table["x"] - truth_xyz[:, 0]) ** 2 + (table["y"] - truth_xyz[:, 1]) ** 2) / 2
+    lateral = float(np.sqrt(np.mean(lateral_sq / table["uncertainty"] ** 2)))
+    axial = 1.0
+    if "uncertainty_z" in table and truth_xyz.shape[1] == 3:
+        axial = float(np.sqrt(np.mean((table["z"] - truth_xyz[:, 2]) ** 2 / table["uncertainty_z"] ** 2)))
+    base = current if current is not None else (1.0, 1.0)
+    return base[0] * lateral, base[1] * axial
+
+
 def calibrate(model: Any, simulator: Any, frames: int = 2048, seed: int = 2024, period: float | None = None,
               tolerance: float = 100.0, axial_tolerance: float = 500.0,
               choose_threshold: bool = True) -> Calibration | None:
@@ -153,10 +181,12 @@ def calibrate(model: Any, simulator: Any, frames: int = 2048, seed: int = 2024, 
         return None
     crowded_distance = 2 * CELL * cfg.pixel_size
     sparse = None
+    area = simulator.frame_shape[0] * simulator.frame_shape[1] * simulator.pixel_size**2 / 1e6
     if cfg.dim == 3:
-        area = simulator.frame_shape[0] * simulator.frame_shape[1] * simulator.pixel_size**2 / 1e6
         sparse = (frame_density(table["frame"], area) < SPARSE_DENSITY)[pi]
     subpixel = fit_correction(pred[pi], tp[ti], period, crowded_mask(table, crowded_distance)[pi], crowded_distance,
                               z_range=tuple(cfg.z_range) if cfg.dim == 3 else None, sparse=sparse)
+    corrected = _subset(subpixel.apply(table, field_area_um2=area), pi)
+    scale = uncertainty_scale(corrected, tp[ti], getattr(model, "uncertainty_scale", None))
     return Calibration(threshold=threshold if choose_threshold else None, jaccard=jaccard, subpixel=subpixel,
-                       frames=int(frames))
+                       frames=int(frames), uncertainty_scale=scale)

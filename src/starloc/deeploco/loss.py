@@ -25,7 +25,7 @@ import torch
 
 from ..errors import InputError
 
-__all__ = ["kernel_loss", "KERNELS", "DEFAULT_SIGMAS"]
+__all__ = ["kernel_loss", "cell_loss", "error_loss", "KERNELS", "DEFAULT_SIGMAS"]
 
 Tensor = torch.Tensor
 
@@ -177,6 +177,7 @@ def cell_loss(
         raise InputError(f"{K} candidates do not form a {h}x{w} grid of cells")
     mask = true_mask.to(torch.bool)
     true_pos = true_pos.to(pred_pos.dtype)
+    target, has_target = cell_targets(true_pos, mask, (h, w), cell_nm, reach)
     col = torch.div(true_pos[..., 0], cell_nm, rounding_mode="floor").clamp(0, w - 1).long()
     row = torch.div(true_pos[..., 1], cell_nm, rounding_mode="floor").clamp(0, h - 1).long()
     cell = torch.where(mask, row * w + col, torch.zeros_like(col))
@@ -184,18 +185,53 @@ def cell_loss(
     occupied.scatter_(1, cell, mask.to(pred_w.dtype))
     occupied.clamp_(max=1.0)
     bce = torch.nn.functional.binary_cross_entropy(pred_w.clamp(1e-6, 1 - 1e-6), occupied, reduction="none").sum(1)
-    # each cell's target: the nearest emitter within reach of its centre (B, K, M distances)
-    rows, cols = torch.meshgrid(torch.arange(h, device=pred_pos.device, dtype=pred_pos.dtype),
-                                torch.arange(w, device=pred_pos.device, dtype=pred_pos.dtype), indexing="ij")
-    centre = torch.stack([cols.reshape(-1) + 0.5, rows.reshape(-1) + 0.5], -1)  # (K, 2) cells
-    offset = true_pos[:, None, :, :2] / cell_nm - centre[None, :, None, :]  # (B, K, M, 2) cells
-    within = (offset.abs().amax(-1) <= reach) & mask[:, None, :]
-    dist2 = torch.where(within, (offset**2).sum(-1), torch.full_like(offset[..., 0], math.inf))
-    has_target = within.any(-1)
-    target = torch.gather(true_pos, 1, dist2.argmin(-1)[..., None].expand(-1, -1, D))  # (B, K, D)
     scale = torch.ones(D, dtype=pred_pos.dtype, device=pred_pos.device)
     if D == 3:
         scale[2] = z_scale
     err = ((pred_pos - target).abs() * scale).sum(-1) / cell_nm
     loss = bce + (err * has_target).sum(1)
     return loss.mean() if reduction == "mean" else loss
+
+
+def cell_targets(true_pos: Tensor, mask: Tensor, grid: tuple[int, int], cell_nm: float,
+                 reach: float) -> tuple[Tensor, Tensor]:
+    """Each cell's target emitter: ``(target (B, K, D) nm, has_target (B, K) bool)``, the
+    emitter nearest to the cell's centre among those within ``reach`` cells of it along x and
+    y (see :func:`cell_loss`); cells without one get an arbitrary emitter and ``False``."""
+    h, w = grid
+    D = true_pos.shape[-1]
+    rows, cols = torch.meshgrid(torch.arange(h, device=true_pos.device, dtype=true_pos.dtype),
+                                torch.arange(w, device=true_pos.device, dtype=true_pos.dtype), indexing="ij")
+    centre = torch.stack([cols.reshape(-1) + 0.5, rows.reshape(-1) + 0.5], -1)  # (K, 2) cells
+    offset = true_pos[:, None, :, :2] / cell_nm - centre[None, :, None, :]  # (B, K, M, 2) cells
+    within = (offset.abs().amax(-1) <= reach) & mask[:, None, :]
+    dist2 = torch.where(within, (offset**2).sum(-1), torch.full_like(offset[..., 0], math.inf))
+    target = torch.gather(true_pos, 1, dist2.argmin(-1)[..., None].expand(-1, -1, D))
+    return target, within.any(-1)
+
+
+def error_loss(
+    pred_pos: Tensor,
+    pred_err: Tensor,
+    pred_w: Tensor,
+    true_pos: Tensor,
+    true_mask: Tensor,
+    grid: tuple[int, int],
+    cell_nm: float,
+    reach: float = 0.5,
+) -> Tensor:
+    """Gaussian negative log-likelihood of each cell candidate's position error under its
+    predicted error ``pred_err (B, K, D)`` (nm, a standard deviation per axis), the mean over
+    the cells that have a target (:func:`cell_targets`) weighted by the candidates' weights:
+    ``sum_d e_d² / (2 s_d²) + log s_d``. Positions and weights are detached: only the error
+    prediction learns from it, and at its optimum ``s_d²`` is the mean squared error of such
+    candidates. Zero without any target."""
+    h, w = (int(v) for v in grid)
+    B, K, D = pred_pos.shape
+    if K != h * w or pred_err.shape != pred_pos.shape or pred_w.shape != (B, K):
+        raise InputError(f"{K} candidates with errors {tuple(pred_err.shape)} do not form a {h}x{w} grid of cells")
+    target, has_target = cell_targets(true_pos.to(pred_pos.dtype), true_mask.to(torch.bool), (h, w), cell_nm, reach)
+    err2 = (pred_pos.detach() - target) ** 2
+    nll = (err2 / (2 * pred_err**2) + torch.log(pred_err)).sum(-1)
+    weight = pred_w.detach() * has_target
+    return (nll * weight).sum() / weight.sum().clamp(min=1e-6)

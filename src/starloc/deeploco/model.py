@@ -66,6 +66,9 @@ class DeepLoco:
     link_distance: float = 100.0
     threshold: float = 0.3
     subpixel: SubpixelCorrection | None = None
+    #: (lateral, axial) factors that turn the error head's output into the RMS error of the
+    #: localizations, measured by the calibration (:mod:`.calibration`); None: not measured
+    uncertainty_scale: tuple[float, float] | None = None
     metadata: dict = field(default_factory=dict)
 
     @classmethod
@@ -98,6 +101,24 @@ class DeepLoco:
         """``(positions (B, K, D) nm, weights (B, K))`` for normalized frames ``(B, 1, S, S)``."""
         return self.net(frames)
 
+    @property
+    def has_uncertainty(self) -> bool:
+        """The network predicts each localization's error (an error head)."""
+        return getattr(self.net, "uncertainty_head", None) is not None
+
+    def candidates(self, net: torch.nn.Module, frames: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(positions, weights, errors or None)`` of ``net`` (this model's network or its
+        :meth:`inference_net`) on normalized frames, the errors (nm per axis) scaled by
+        ``uncertainty_scale`` when it has been measured."""
+        if not self.has_uncertainty:
+            return (*net(frames), None)
+        pos, w, err = net.predict(frames)
+        if self.uncertainty_scale is not None:
+            lateral, axial = self.uncertainty_scale
+            err = err * torch.tensor((lateral, lateral, axial)[:err.shape[-1]], dtype=err.dtype, device=err.device)
+        return pos, w, err
+
     @torch.inference_mode()
     def localize(
         self,
@@ -113,7 +134,8 @@ class DeepLoco:
         ``correct``: apply the model's sub-pixel correction (:mod:`~starloc.deeploco.subpixel`),
         if it has one. ``batch_size``: frames per network call (default
         :func:`~starloc.deeploco.network.inference_batch`: 64 frames of 64 x 64 on a CPU, 1024 on
-        a GPU)."""
+        a GPU). A model with an error head adds ``uncertainty`` (lateral) [and ``uncertainty_z``]
+        columns, nm (:func:`~starloc.deeploco.postprocess.postprocess`)."""
         t = torch.as_tensor(np.asarray(frames) if not isinstance(frames, torch.Tensor) else frames)
         if t.ndim == 3:
             t = t[:, None]
@@ -132,10 +154,11 @@ class DeepLoco:
         if step < 1:
             raise InputError(f"batch size must be >= 1, got {batch_size}")
         for start in range(0, t.shape[0], step):
-            pos, w = net(t[start : start + step].to(self.device))
-            tables.append(postprocess(pos, w, link_distance=link, threshold=thr, frame_offset=start, cells=cells))
+            pos, w, err = self.candidates(net, t[start : start + step].to(self.device))
+            tables.append(postprocess(pos, w, link_distance=link, threshold=thr, frame_offset=start, cells=cells,
+                                      errors=err))
         if not tables:
-            return empty_table(self.config.dim)
+            return empty_table(self.config.dim, self.has_uncertainty)
         table = concat_tables(tables)
         if not correct or self.subpixel is None:
             return table
@@ -149,7 +172,9 @@ class DeepLoco:
             "psf": psf_to_dict(self.psf),
             "camera": None if self.camera is None else self.camera.to_dict(),
             "postprocess": {"link_distance": self.link_distance, "threshold": self.threshold,
-                            "subpixel": None if self.subpixel is None else self.subpixel.to_dict()},
+                            "subpixel": None if self.subpixel is None else self.subpixel.to_dict(),
+                            "uncertainty_scale": None if self.uncertainty_scale is None
+                            else [float(v) for v in self.uncertainty_scale]},
         }
 
     def save(self, path: Any) -> None:
@@ -172,6 +197,7 @@ class DeepLoco:
                 link_distance=float(post.get("link_distance", 100.0)),
                 threshold=float(post.get("threshold", 0.3)),
                 subpixel=None if post.get("subpixel") is None else SubpixelCorrection.from_dict(post["subpixel"]),
+                uncertainty_scale=_uncertainty_scale(post.get("uncertainty_scale")),
                 metadata=dict(obj.get("metadata", {})),
             )
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
@@ -184,3 +210,13 @@ class DeepLoco:
         """Load a model written by :meth:`save` without executing code from the file."""
         obj = load_model_file(path, kind=MODEL_KIND)
         return cls.from_file_dict(obj, str(path)).to(device)
+
+
+def _uncertainty_scale(value: Any) -> tuple[float, float] | None:
+    """A stored ``uncertainty_scale``: None, or two positive finite factors (ValueError else)."""
+    if value is None:
+        return None
+    lateral, axial = (float(v) for v in value)
+    if not all(np.isfinite(v) and v > 0 for v in (lateral, axial)):
+        raise ValueError(f"uncertainty scale must be two positive numbers, got {value!r}")
+    return lateral, axial

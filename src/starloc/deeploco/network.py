@@ -70,6 +70,9 @@ class DeepLocoConfig:
         ``"unet"`` (:class:`DeepLocoUNet`, the same cells with full-resolution skip connections).
     offset_range : ``"fcn"``/``"unet"``: how far a cell's candidate can sit from the cell centre,
         in cells (0.5 = the cell border; files written before it existed hold 0.6).
+    uncertainty : ``"fcn"``/``"unet"``: also predict each candidate's localization error (nm
+        per axis) with a small head on the cell features (:meth:`DeepLocoFCN.predict`); files
+        written before it existed have none.
     """
 
     frame_size: int = 64
@@ -84,6 +87,7 @@ class DeepLocoConfig:
     subtract_median: bool = True
     architecture: str = "paper"
     offset_range: float = OFFSET_RANGE
+    uncertainty: bool = False
 
     def __post_init__(self) -> None:
         if int(self.frame_size) < DOWNSAMPLING or int(self.frame_size) % DOWNSAMPLING:
@@ -107,6 +111,9 @@ class DeepLocoConfig:
             raise InputError(f"input_scale must be positive, got {self.input_scale!r}")
         if not 0.5 <= self.offset_range <= 2.0:
             raise InputError(f"offset_range must lie in [0.5, 2] cells, got {self.offset_range!r}")
+        if self.uncertainty and self.architecture not in CELL_ARCHITECTURES:
+            raise InputError(f"per-localization uncertainty needs a cell architecture {CELL_ARCHITECTURES}, "
+                             f"not {self.architecture!r}")
 
     @property
     def cellular(self) -> bool:
@@ -141,6 +148,7 @@ class DeepLocoConfig:
             subtract_median=bool(d["subtract_median"]),
             architecture=str(d.get("architecture", "paper")),
             offset_range=float(d.get("offset_range", OFFSET_RANGE)),
+            uncertainty=bool(d.get("uncertainty", False)),
         )
 
     @classmethod
@@ -263,11 +271,18 @@ class DeepLocoFCN(nn.Module):
     little beyond, so an emitter on a border can be claimed from either side, and two cells
     sharing one are linked and summed by the post-processing); ``z = sigmoid`` mapped into
     ``z_range``; weight = sigmoid.
+
+    With ``config.uncertainty`` a second head (1x1 convs, ``uncertainty_head``) reads the
+    same cell features, *detached*, and predicts each candidate's localization error per axis
+    (nm, :meth:`predict`): it learns from the other heads' errors without changing what they
+    learn. It is added after every other layer (:func:`build_network`), so the rest of a
+    network of a given seed is initialised exactly as without it.
     """
 
     def __init__(self, config: DeepLocoConfig):
         super().__init__()
         self.config = config
+        self.uncertainty_head: nn.Module | None = None  # see add_uncertainty_head
         self.features = nn.Sequential(*(layer for block in self._encoder_blocks() for layer in block))
         self.head = nn.Conv2d(int(config.conv_widths[2]), 1 + config.dim, 1)
         with torch.no_grad():
@@ -295,18 +310,43 @@ class DeepLocoFCN(nn.Module):
                 module.inplace = True
         return net.to(memory_format=torch.channels_last)
 
+    def add_uncertainty_head(self) -> None:
+        """The error head (see the class docstring): two 1x1 convs, c2 -> 32 -> D."""
+        c2 = int(self.config.conv_widths[2])
+        self.uncertainty_head = nn.Sequential(nn.Conv2d(c2, 32, 1), nn.ReLU(), nn.Conv2d(32, self.config.dim, 1))
+        self.uncertainty_head.to(memory_format=torch.channels_last)
+
+    def cell_features(self, x: Tensor) -> Tensor:
+        """Normalized frames ``(B, 1, H, W)`` -> the features the heads read ``(B, c2, H / 4, W / 4)``."""
+        return self.features(x)
+
     def cell_outputs(self, x: Tensor) -> Tensor:
         """Normalized frames ``(B, 1, H, W)`` -> raw head outputs ``(B, 1 + D, H / 4, W / 4)``."""
-        return self.head(self.features(x))
+        return self.head(self.cell_features(x))
+
+    def error_scale(self) -> tuple[float, ...]:
+        """nm per unit of the error head's output along x, y[, z]: a quarter cell laterally,
+        a fifteenth of the z range axially (100 nm for 100 nm pixels and ±750 nm)."""
+        c = self.config
+        lateral = CELL * c.pixel_size / 4.0
+        return (lateral, lateral) + (((c.z_range[1] - c.z_range[0]) / 15.0,) if c.dim == 3 else ())
 
     def forward(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+        positions, weights, _ = self.predict(frames)
+        return positions, weights
+
+    def predict(self, frames: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(positions (B, K, D) nm, weights (B, K), errors (B, K, D) nm or None)``: the
+        :meth:`forward` outputs and, with an error head, each candidate's predicted
+        localization error per axis (x, y[, z]; a standard deviation in nm, > 1 nm)."""
         c = self.config
         if frames.ndim != 4 or frames.shape[1] != 1 or frames.shape[-1] % CELL or frames.shape[-2] % CELL \
                 or min(frames.shape[-2:]) < 4 * CELL:
             raise InputError(f"{type(self).__name__} expects frames (B, 1, H, W) with H, W multiples of {CELL} "
                              f"and >= {4 * CELL}, got {tuple(frames.shape)}")
         x = _median_scaled(frames, c).contiguous(memory_format=torch.channels_last)
-        out = self.cell_outputs(x)  # (B, 1 + D, H/4, W/4)
+        feats = self.cell_features(x)
+        out = self.head(feats)  # (B, 1 + D, H/4, W/4)
         B, _, h, w = out.shape
         out = out.permute(0, 2, 3, 1).reshape(B, h * w, 1 + c.dim)
         weights = torch.sigmoid(out[..., 0])
@@ -320,7 +360,11 @@ class DeepLocoFCN(nn.Module):
             lo, hi = c.z_range
             z = lo + torch.sigmoid(out[..., 3:4]) * (hi - lo)
             xy = torch.cat([xy, z], -1)
-        return xy, weights
+        errors = None
+        if self.uncertainty_head is not None:
+            raw = self.uncertainty_head(feats.detach()).permute(0, 2, 3, 1).reshape(B, h * w, c.dim)
+            errors = nn.functional.softplus(raw) * torch.tensor(self.error_scale(), dtype=dt, device=dev) + 1.0
+        return xy, weights, errors
 
 
 #: ``T[k, t]``: a 3x3 conv tap ``t`` (offsets -1, 0, +1) of a conv on a nearest-x2 upsampled input
@@ -397,12 +441,12 @@ class DeepLocoUNet(DeepLocoFCN):
         self.join = _JoinBlock(*_conv(CELL * CELL * c0 + c2, c2, 1))
         self.to(memory_format=torch.channels_last)
 
-    def cell_outputs(self, x: Tensor) -> Tensor:
+    def cell_features(self, x: Tensor) -> Tensor:
         f0 = self.enc_full(x)
         f1 = self.enc_half(f0)
         f2 = self.features(f1)
         d0 = self.up_full(self.up_half(f2, f1), f0)
-        return self.head(self.join(d0, f2))
+        return self.join(d0, f2)
 
 
 def inference_batch(device: Any, tile_shape: tuple[int, int]) -> int:
@@ -416,7 +460,10 @@ def inference_batch(device: Any, tile_shape: tuple[int, int]) -> int:
 
 
 def build_network(config: DeepLocoConfig) -> nn.Module:
-    """The network named by ``config.architecture``."""
-    if config.architecture == "unet":
-        return DeepLocoUNet(config)
-    return DeepLocoFCN(config) if config.architecture == "fcn" else DeepLocoNet(config)
+    """The network named by ``config.architecture`` (with its error head last, if asked)."""
+    if config.architecture == "paper":
+        return DeepLocoNet(config)
+    net = DeepLocoUNet(config) if config.architecture == "unet" else DeepLocoFCN(config)
+    if config.uncertainty:
+        net.add_uncertainty_head()
+    return net

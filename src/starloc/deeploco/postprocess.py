@@ -8,7 +8,10 @@
 4. Keep components with confidence ``>= threshold`` (0.3).
 
 The table is a dict of numpy arrays: ``frame`` (int64, 0-based), ``x``, ``y`` [, ``z``] (nm),
-``confidence``; rows sorted by frame then x.
+``confidence``; rows sorted by frame then x. Given the candidates' predicted errors (a
+network's error head, nm per axis), also ``uncertainty`` (lateral: the per-axis standard
+deviation ``sqrt((s_x² + s_y²) / 2)``) and for 3D ``uncertainty_z`` (nm), each the square
+root of the weight-averaged variance of the component's candidates.
 
 For the fully convolutional networks, whose candidates come one per cell of a grid and lie
 within ``offset_range`` cells of their cell's centre, ``cells=`` (:class:`CellGrid`) makes step
@@ -35,13 +38,14 @@ __all__ = ["postprocess", "empty_table", "concat_tables", "sorted_by_frame", "fr
            "CellGrid", "cell_grid"]
 
 COLUMNS = ("x", "y", "z")
+#: the table's error columns (lateral, axial), nm, from a network with an error head
+UNCERTAINTY = ("uncertainty", "uncertainty_z")
 
 
-def empty_table(dim: int) -> dict[str, np.ndarray]:
+def empty_table(dim: int, uncertainty: bool = False) -> dict[str, np.ndarray]:
     table = {"frame": np.zeros(0, dtype=np.int64)}
-    for name in COLUMNS[:dim]:
+    for name in (*COLUMNS[:dim], "confidence", *(UNCERTAINTY[:dim - 1] if uncertainty else ())):
         table[name] = np.zeros(0, dtype=np.float64)
-    table["confidence"] = np.zeros(0, dtype=np.float64)
     return table
 
 
@@ -99,28 +103,35 @@ def postprocess(
     min_weight: float = 1e-3,
     frame_offset: int = 0,
     cells: CellGrid | None = None,
+    errors: Any = None,
 ) -> dict[str, np.ndarray]:
     """Localization table from candidates ``positions (B, K, D)`` nm and ``weights (B, K)``
     (torch tensors or arrays); ``frame`` = batch index + ``frame_offset``. ``cells``: the
-    candidates' grid (:func:`cell_grid`), for the faster grid linking (see the module docstring)."""
+    candidates' grid (:func:`cell_grid`), for the faster grid linking (see the module docstring).
+    ``errors``: the candidates' predicted errors ``(B, K, D)`` nm, for the uncertainty columns."""
     if cells is not None:
         return _postprocess_cells(torch.as_tensor(positions), torch.as_tensor(weights), cells,
                                   float(link_distance), float(threshold), float(z_scale), float(min_weight),
-                                  int(frame_offset))
+                                  int(frame_offset), None if errors is None else torch.as_tensor(errors))
     pos = _numpy(positions)
     w = _numpy(weights)
     if pos.ndim != 3 or pos.shape[-1] not in (2, 3) or w.shape != pos.shape[:2]:
         raise InputError(f"expected positions (B, K, 2|3) and weights (B, K), got {pos.shape}, {w.shape}")
     B, K, D = pos.shape
+    err = None if errors is None else _numpy(errors)
+    if err is not None and err.shape != pos.shape:
+        raise InputError(f"errors {err.shape} do not match the positions {pos.shape}")
     keep = (w >= min_weight) & np.isfinite(w) & np.isfinite(pos).all(-1)
     if not keep.any():
-        return empty_table(D)
+        return empty_table(D, err is not None)
     b, k = np.nonzero(keep)
     wn = w[b, k]
     flat = pos[b, k]
     scaled = flat.copy()
     if D == 3:
         scaled[:, 2] *= z_scale
+    if err is not None:  # averaged with the positions: as variances, (x, y) pooled into one lateral one
+        flat = np.concatenate([flat, _variances(err[b, k])], 1)
     # links between kept candidates of the same frame closer than link_distance
     tree = cKDTree(frame_separated(scaled, b, link_distance))
     pairs = tree.query_pairs(float(link_distance), p=2.0, output_type="ndarray")
@@ -129,24 +140,38 @@ def postprocess(
     _, comp = connected_components(graph, directed=False)
     n_comp = int(comp.max()) + 1
     conf = np.bincount(comp, weights=wn, minlength=n_comp)
-    centre = np.stack([np.bincount(comp, weights=wn * flat[:, d], minlength=n_comp) for d in range(D)], 1)
+    centre = np.stack([np.bincount(comp, weights=wn * flat[:, d], minlength=n_comp)
+                       for d in range(flat.shape[1])], 1)
     centre /= conf[:, None]
     frame = np.zeros(n_comp, dtype=np.int64)
     frame[comp] = b  # every node of a component is in the same frame
     good = conf >= threshold
-    return _table(frame[good], centre[good], conf[good], frame_offset)
+    return _table(frame[good], centre[good], conf[good], frame_offset, dim=D)
+
+
+def _variances(errors: Any) -> Any:
+    """``(N, D)`` errors (s_x, s_y[, s_z]) -> ``(N, D - 1)`` variances: lateral
+    ``(s_x² + s_y²) / 2`` [, axial ``s_z²``] (numpy or torch)."""
+    sq = errors**2
+    lateral = (sq[:, 0:1] + sq[:, 1:2]) / 2
+    return np.concatenate([lateral, sq[:, 2:]], 1) if isinstance(sq, np.ndarray) else torch.cat([lateral, sq[:, 2:]], 1)
 
 
 def _table(frame: np.ndarray, centre: np.ndarray, confidence: np.ndarray, frame_offset: int,
-           order: np.ndarray | None = None) -> dict[str, np.ndarray]:
+           order: np.ndarray | None = None, dim: int | None = None) -> dict[str, np.ndarray]:
     """The localization table of components (frame, ``centre (N, D)`` nm, confidence), rows
-    sorted by frame then x (``order``: that order, if known)."""
+    sorted by frame then x (``order``: that order, if known). ``centre`` may carry ``dim - 1``
+    more columns, the components' mean error variances (lateral[, axial]): they become the
+    uncertainty columns (their square roots)."""
+    dim = centre.shape[1] if dim is None else dim
     if order is None:
         order = np.lexsort((centre[:, 0], frame))
     table = {"frame": frame[order] + int(frame_offset)}
-    for d, name in enumerate(COLUMNS[:centre.shape[1]]):
+    for d, name in enumerate(COLUMNS[:dim]):
         table[name] = centre[order, d]
     table["confidence"] = confidence[order]
+    for d, name in enumerate(UNCERTAINTY[:centre.shape[1] - dim]):
+        table[name] = np.sqrt(centre[order, dim + d])
     return table
 
 
@@ -191,7 +216,7 @@ def _grid_components(keep: torch.Tensor, links: list[tuple]) -> torch.Tensor:
 
 def _postprocess_cells(positions: torch.Tensor, weights: torch.Tensor, cells: CellGrid, link_distance: float,
                        threshold: float, z_scale: float, min_weight: float,
-                       frame_offset: int) -> dict[str, np.ndarray]:
+                       frame_offset: int, errors: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """:func:`postprocess` for candidates on a :class:`CellGrid` (float64, on their device)."""
     h, w = int(cells.rows), int(cells.cols)
     if positions.ndim != 3 or positions.shape[-1] not in (2, 3) or positions.shape[1] != h * w \
@@ -199,11 +224,13 @@ def _postprocess_cells(positions: torch.Tensor, weights: torch.Tensor, cells: Ce
         raise InputError(f"expected positions (B, {h * w}, 2|3) and weights (B, {h * w}) for a {h}x{w} cell grid, "
                          f"got {tuple(positions.shape)}, {tuple(weights.shape)}")
     B, _, D = positions.shape
+    if errors is not None and tuple(errors.shape) != tuple(positions.shape):
+        raise InputError(f"errors {tuple(errors.shape)} do not match the positions {tuple(positions.shape)}")
     pos = positions.detach().to(torch.float64).reshape(B, h, w, D)
     wt = weights.detach().to(torch.float64).reshape(B, h, w)
     keep = (wt >= min_weight) & torch.isfinite(wt) & torch.isfinite(pos).all(-1)
     if not bool(keep.any()):
-        return empty_table(D)
+        return empty_table(D, errors is not None)
     scaled = pos * torch.tensor([1.0, 1.0, z_scale][:D], dtype=torch.float64, device=pos.device)
     # two linked candidates' cells are at most link + 2 * offset_range cells apart along an axis
     reach = int(math.floor(link_distance / cells.cell_nm + 2.0 * cells.offset_range))
@@ -214,7 +241,11 @@ def _postprocess_cells(positions: torch.Tensor, weights: torch.Tensor, cells: Ce
     wk = wt[keep]
     zeros = dict(dtype=torch.float64, device=pos.device)
     conf = torch.zeros(B * none, **zeros).index_add_(0, comp, wk)
-    total = torch.zeros(B * none, D, **zeros).index_add_(0, comp, wk[:, None] * pos[keep])
+    values = pos[keep]
+    if errors is not None:  # averaged with the positions, as variances (see _variances)
+        err = errors.detach().to(torch.float64).reshape(B, h, w, D)[keep]
+        values = torch.cat([values, _variances(err)], 1)
+    total = torch.zeros(B * none, values.shape[1], **zeros).index_add_(0, comp, wk[:, None] * values)
     index = torch.arange(none, device=pos.device).view(1, h, w)
     root = (frame_base + index)[keep & (labels == index)]  # one per component
     root = root[conf[root] >= threshold]
@@ -224,4 +255,4 @@ def _postprocess_cells(positions: torch.Tensor, weights: torch.Tensor, cells: Ce
     order = torch.argsort(centre[:, 0], stable=True)
     order = order[torch.argsort(frame[order], stable=True)]
     return _table(frame.cpu().numpy().astype(np.int64), centre.cpu().numpy(), conf[root].cpu().numpy(),
-                  frame_offset, order.cpu().numpy())
+                  frame_offset, order.cpu().numpy(), dim=D)

@@ -602,8 +602,9 @@ def _localize_chunk(model: Any, forward: Any, frames: np.ndarray, plan: TilePlan
             x = torch.stack([padded[f, tiles[k][0] : tiles[k][0] + th, tiles[k][1] : tiles[k][1] + tw]
                              for f, k in batch])
         x = x[:, None].to(device)
-        pos, w = forward(x)
-        tb = postprocess(pos, w, link_distance=link_distance, threshold=threshold, z_scale=z_scale, cells=cells)
+        pos, w, err = model.candidates(forward, x)
+        tb = postprocess(pos, w, link_distance=link_distance, threshold=threshold, z_scale=z_scale, cells=cells,
+                         errors=err)
         if not len(tb["frame"]):
             continue
         if model.subpixel is not None:
@@ -614,13 +615,11 @@ def _localize_chunk(model: Any, forward: Any, frames: np.ndarray, plan: TilePlan
         o = own[k]
         mine = (ys >= o[:, 0]) & (ys < o[:, 1]) & (xs >= o[:, 2]) & (xs < o[:, 3])
         table = {"frame": f[mine], "x": xs[mine], "y": ys[mine]}
-        if dim == 3:
-            table["z"] = tb["z"][mine]
-        table["confidence"] = tb["confidence"][mine]
+        table.update({key: v[mine] for key, v in tb.items() if key not in table})  # z, confidence, uncertainty
         parts.append(table)
         part_tiles.append((f * n_tiles + k)[mine])
     if not parts:
-        return empty_table(dim)
+        return empty_table(dim, model.has_uncertainty)
     table = concat_tables(parts)
     tile_id = np.concatenate(part_tiles)
     if n_tiles > 1:

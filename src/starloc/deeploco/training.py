@@ -31,9 +31,9 @@ from ..errors import InputError, ModelFileError
 from ..io import atomic_write
 from ..metrics import match
 from .calibration import calibrate
-from .loss import DEFAULT_SIGMAS, cell_loss, kernel_loss
+from .loss import DEFAULT_SIGMAS, cell_loss, error_loss, kernel_loss
 from .model import DeepLoco
-from .network import DeepLocoConfig
+from .network import CELL_ARCHITECTURES, DeepLocoConfig
 from .postprocess import cell_grid, concat_tables, postprocess
 from .simulate import Simulator
 
@@ -73,6 +73,10 @@ class DeepLocoTrainConfig:
     offset_range : ``"fcn"``/``"unet"``: cells a candidate can reach from its cell centre; the cell
         loss also trains a cell to point at emitters of its neighbours within that reach (see
         :func:`~starloc.deeploco.loss.cell_loss`).
+    uncertainty : ``"fcn"``/``"unet"``: give the network an error head, trained beside it by
+        :func:`~starloc.deeploco.loss.error_loss` on detached features (the localizations are
+        the same as without it, bit for bit) and scaled by the calibration; localizations then
+        carry ``uncertainty`` (lateral, nm) and for 3D ``uncertainty_z``.
     link_distance, threshold : post-processing (validation, and the model's defaults; the
         threshold is replaced by the calibrated one when ``calibrate_threshold``).
     calibration_frames : frames simulated after training to choose the model's confidence
@@ -104,6 +108,7 @@ class DeepLocoTrainConfig:
     z_scale: float = 0.2
     cell_loss_weight: float = 10.0
     offset_range: float = 0.75
+    uncertainty: bool = True
     link_distance: float = 100.0
     threshold: float = 0.3
     calibration_frames: int = 2048
@@ -144,7 +149,8 @@ class DeepLocoTrainConfig:
         return DeepLocoConfig.for_simulator(
             simulator, n_candidates=self.n_candidates, conv_widths=tuple(self.conv_widths),
             fc_width=self.fc_width, n_res_blocks=self.n_res_blocks, input_scale=self.input_scale,
-            architecture=self.architecture, offset_range=self.offset_range)
+            architecture=self.architecture, offset_range=self.offset_range,
+            uncertainty=self.uncertainty and self.architecture in CELL_ARCHITECTURES)
 
 
 @dataclass(frozen=True)
@@ -298,13 +304,18 @@ class Trainer:
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr
             frames, truth = self.simulator.sample(c.batch, self.generator)
-            pos, w = net(frames)
+            pos, w, err = net.predict(frames) if getattr(net, "uncertainty_head", None) is not None \
+                else (*net(frames), None)
             true_pos = truth_positions(truth, net.config.dim)
             loss = kernel_loss(pos, w, true_pos, truth["mask"], c.sigmas, c.kernel, c.z_scale)
             cells = cell_grid(net.config, tuple(frames.shape[-2:]))
             if c.cell_loss_weight and cells is not None:
                 loss = loss + c.cell_loss_weight * cell_loss(pos, w, true_pos, truth["mask"], (cells.rows, cells.cols),
                                                              cells.cell_nm, z_scale=1.0, reach=cells.offset_range)
+            reported = loss.item()  # the localization loss: what Progress reports with or without an error head
+            if err is not None:
+                loss = loss + error_loss(pos, err, w, true_pos, truth["mask"], (cells.rows, cells.cols), cells.cell_nm,
+                                         reach=cells.offset_range)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -315,7 +326,7 @@ class Trainer:
                 m = self.validate()
                 val = dict(val_loss=m["loss"], val_jaccard=m["jaccard"], val_rmse_lateral=m["rmse_lateral"],
                            val_rmse_axial=m.get("rmse_axial"))
-            progress = Progress(step, c.steps, loss.item(), lr, self.elapsed, **val)
+            progress = Progress(step, c.steps, reported, lr, self.elapsed, **val)
             yield progress
         net.eval()
         meta = self.training_metadata(progress)

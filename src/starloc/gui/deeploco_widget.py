@@ -12,7 +12,8 @@ image layer's scale, translate and units, so they sit on the emitters. An image 
 length units, or whose TIFF file states a pixel size, must have the model's pixel size. The
 model's nm positions use a corner origin (pixel ``j``'s centre at ``(j + 0.5) * pixel_size``),
 hence ``row = y / px - 0.5``.
-Features: ``x_nm``, ``y_nm`` (and ``z_nm`` for 3D models), ``confidence``; colour by z (3D) or
+Features: ``x_nm``, ``y_nm`` (and ``z_nm`` for 3D models), ``confidence``, and for models with
+an error head ``uncertainty_nm`` (lateral) [and ``uncertainty_z_nm``]; colour by z (3D) or
 confidence (2D). **Export…** writes the localizations as a ThunderSTORM CSV (nm, 1-based frames);
 **Render** adds them as a super-resolved image layer (:mod:`starloc.gui.render_layer`).
 
@@ -83,6 +84,9 @@ def points_from_table(table: dict, pixel_size: float, stack: bool) -> tuple[np.n
     if "z" in table:
         features["z_nm"] = np.asarray(table["z"], dtype=float)
     features["confidence"] = np.asarray(table["confidence"], dtype=float)
+    for name in ("uncertainty", "uncertainty_z"):  # models with an error head: nm
+        if name in table:
+            features[f"{name}_nm"] = np.asarray(table[name], dtype=float)
     return np.stack(cols, axis=1), features
 
 
