@@ -101,17 +101,13 @@ def cmd_lodestar_train(args) -> int:
 def _crop_z(args, crops, optics: dict) -> float:
     """``--crop-z``: the number given, or with ``auto`` the crops' mean z by refocusing (a
     classical focus search on each crop; see :func:`starloc.lodestar.holography.refocus_z`)."""
-    from starloc.lodestar.holography import Optics, refocus_z
+    from starloc.lodestar.holography import Optics, refocus_crops
 
     if args.crop_z != "auto":
         return float(args.crop_z)
     if args.z_range is None or args.pixel_size is None:
         raise InputError("--crop-z auto refocuses the crop's field: it needs --z-range and --pixel-size")
-    if any(c.shape[0] != 2 for c in crops):
-        raise InputError("--crop-z auto refocuses a complex field: the crop needs 2 channels (real, imaginary)")
-    found = [float(refocus_z(c[None], Optics(pixel_size_nm=args.pixel_size, **optics),
-                             span_um=max(3.5, 2 * args.z_range))[0]) for c in crops]
-    z = sum(found) / len(found)
+    z = refocus_crops(crops, Optics(pixel_size_nm=args.pixel_size, **optics), args.z_range)
     print(f"crop refocused at z = {z:+.3f} µm: z is reported from the focal plane", file=sys.stderr)
     return z
 

@@ -71,7 +71,7 @@ from starloc.gui.units import pixel_size_nm, placement
 from starloc.lodestar.crop_content import crops_with_several_objects
 from starloc.lodestar.detection import CUTOFF_MODES, DetectParams
 from starloc.lodestar.downsampling import auto_downsample, suggest_downsample
-from starloc.lodestar.holography import Optics, refocus_z
+from starloc.lodestar.holography import Optics, refocus_crops
 from starloc.lodestar.inference import extract_crops, property_columns
 from starloc.lodestar.model import LodeSTAR
 from starloc.lodestar.network import NetworkConfig
@@ -872,9 +872,9 @@ class LodeSTARWidget(QWidget):
         return self._start("train", train_job(crops, config, frame_data, augment), on_yield, on_return)
 
     def refocus_crop(self):
-        """Set Crop z to the z where the crop's field comes into focus (mean over the crops;
-        :func:`~starloc.lodestar.holography.refocus_z`, over ±max(3.5, 2 × z range) µm). Returns
-        it in µm, or None after telling the user what is missing."""
+        """Set Crop z to the z where the crops' field comes into focus
+        (:func:`~starloc.lodestar.holography.refocus_crops`). Returns it in µm, or None after
+        telling the user what is missing."""
         try:
             _, crops, _, _ = self.crops()
             if any(c.shape[0] != 2 for c in crops):
@@ -883,8 +883,7 @@ class LodeSTARWidget(QWidget):
             if self.pixel_nm_spin.value() <= 0:
                 raise InputError("set the Pixel size (nm) in the Hologram box: the layer does not state it")
             optics = Optics(self.wavelength_spin.value(), self.pixel_nm_spin.value(), self.n_medium_spin.value())
-            span = max(3.5, 2 * self.z_range_spin.value())
-            z = float(np.mean([refocus_z(c[None], optics, span_um=span)[0] for c in crops]))
+            z = refocus_crops(crops, optics, self.z_range_spin.value())
         except InputError as exc:
             show_error(f"LodeSTAR: {exc}")
             return None

@@ -131,6 +131,16 @@ def refocus_z(fields: np.ndarray, optics: Optics, span_um: float = 3.5, step_um:
     return planes[i] + np.clip(shift, -1, 1) * step_um
 
 
+def refocus_crops(crops, optics: Optics, z_range_um: float) -> float:
+    """The axial position (µm) of the training crops' object: the mean over the crops
+    ``(2, h, w)`` of :func:`refocus_z`, searched over ±max(3.5, 2 × ``z_range_um``) µm, so the
+    search covers the range the model will learn. InputError for a crop without 2 channels."""
+    if any(np.shape(c)[0] != 2 for c in crops):
+        raise InputError("refocusing needs a complex field: crops of 2 channels (real, imaginary)")
+    span = max(3.5, 2 * float(z_range_um))
+    return float(np.mean([refocus_z(np.asarray(c)[None], optics, span_um=span)[0] for c in crops]))
+
+
 def scatterer_fields(positions: np.ndarray, z_um: np.ndarray, amplitude: np.ndarray, shape: tuple[int, int],
                      optics: Optics = Optics(), na: float = 1.0, phase: float = 0.5) -> np.ndarray:
     """``(N, H, W)`` complex fields in the focal plane of ``N`` small scatterers at ``(N, 2)``
