@@ -252,6 +252,18 @@ def test_render_places_the_super_resolved_image_on_the_camera_image():
                                    camera.data_to_world((0, y / 100 - 0.5, x / 100 - 0.5))[1:], atol=1e-5)
     rgb = render_image({**table, "z": np.array([-300.0, 400.0])}, (6, 5), 100.0, 20.0)
     assert rgb.shape == (30, 25, 3) and 0 <= rgb.min() and rgb.max() <= 1
+    # with a per-localization uncertainty each blob has that σ (never below one render pixel)
+    for x, y, u, sigma in ((250.0, 300.0, 30.0, 3.0), (250.0, 300.0, 2.0, 1.0)):  # σ in render pixels
+        one = {"frame": np.array([0]), "x": np.array([x]), "y": np.array([y]), "uncertainty": np.array([u])}
+        blurred = render_image(one, (6, 5), 100.0, 10.0)
+        np.testing.assert_allclose(blurred.sum(), 1.0, rtol=1e-5)
+        r0, c0 = int(y // 10), int(x // 10)
+        win = blurred[r0 - 12: r0 + 13, c0 - 12: c0 + 13]
+        cc = np.arange(c0 - 12, c0 + 13)
+        profile = win.sum(0)
+        mean = (profile * cc).sum() / profile.sum()
+        spread = np.sqrt((profile * (cc - mean) ** 2).sum() / profile.sum())
+        assert spread == pytest.approx(np.sqrt(sigma**2 + 1 / 12), rel=0.05)  # pixel-integrated Gaussian
     with pytest.raises(InputError, match="choose a larger render pixel"):
         render_image(table, (20_000, 20_000), 100.0, 1.0)
 

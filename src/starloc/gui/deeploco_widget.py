@@ -152,7 +152,8 @@ class DeepLocoWidget(QWidget):
         self.render_spin.setDecimals(1)
         self.render_spin.setValue(10.0)
         self.render_spin.setSuffix(" nm")
-        self.render_spin.setToolTip("pixel size of the super-resolved rendering (Gaussian splats of one pixel σ)")
+        self.render_spin.setToolTip("pixel size of the super-resolved rendering (Gaussian splats of σ = each "
+                                    "localization's uncertainty, at least one pixel; one pixel without one)")
         self.render_button = QPushButton("Render")
         self.render_button.setToolTip("Add the localizations of all frames as a super-resolved image "
                                       "(coloured by z for 3D models)")

@@ -21,17 +21,21 @@ MAX_PIXELS = 50_000_000
 
 
 def render_image(table: dict, field_px: tuple[int, int], camera_px: float, render_px: float) -> np.ndarray:
-    """Gaussian splats of σ = one render pixel over the camera field ``(rows, cols)``: float32
-    ``(H, W)`` density, or ``(H, W, 3)`` coloured by z when the table has ``z``."""
+    """Gaussian splats over the camera field ``(rows, cols)``: float32 ``(H, W)`` density, or
+    ``(H, W, 3)`` coloured by z when the table has ``z``. σ is each localization's
+    ``uncertainty`` (nm) when the table has one (as ``starloc render --method gaussian``), at
+    least one render pixel; else one render pixel."""
     if not render_px > 0:
         raise InputError(f"render pixel size must be positive, got {render_px!r}")
     shape = tuple(math.ceil(n * camera_px / render_px) for n in field_px)
     if shape[0] * shape[1] > MAX_PIXELS:
         raise InputError(f"a {render_px:g} nm rendering of this field would be {shape[0]}×{shape[1]} pixels; "
                          "choose a larger render pixel")
+    sigma = np.maximum(np.asarray(table["uncertainty"], dtype=float), render_px) if "uncertainty" in table \
+        else render_px
     if "z" in table:
-        return render_z_rgb(table["x"], table["y"], table["z"], render_px, shape=shape, sigma_nm=render_px)
-    return render_gaussian(table["x"], table["y"], render_px, render_px, shape=shape)
+        return render_z_rgb(table["x"], table["y"], table["z"], render_px, shape=shape, sigma_nm=sigma)
+    return render_gaussian(table["x"], table["y"], render_px, sigma, shape=shape)
 
 
 def render_placement(scale, translate, camera_px: float, render_px: float) -> tuple[tuple, tuple]:
