@@ -587,3 +587,7 @@ def test_a_hologram_trains_the_axial_position_in_the_widget(make_napari_viewer, 
     # without the pixel size (a layer that does not state it) training asks for it
     widget.pixel_nm_spin.setValue(0.0)
     assert widget.train() is None and "Pixel size" in messages["error"][-1]
+    # the 2-channel model on the layer read as 2 frames of 1 channel: a message, not garbage
+    with _wait_job(qtbot, widget, "maps") as blocker:
+        widget.channels_check.setChecked(False)
+    assert blocker.args == ["maps", "failed"] and "takes images of 2 channel(s)" in messages["error"][-1]

@@ -140,6 +140,13 @@ def test_detection_in_a_hologram_of_many_scatterers(holo_model):
     assert np.corrcoef(z, truth[ti, 2])[0, 1] > 0.8
 
 
+def test_a_field_model_refuses_one_channel_images(holo_model):
+    """Its fixed normalization would broadcast one channel to two: refused instead."""
+    model, _ = holo_model
+    with pytest.raises(InputError, match="takes images of 2 channel"):
+        model.maps(np.zeros((1, 1, 48, 48), np.float32))
+
+
 def test_holography_model_round_trip(holo_model, tmp_path):
     model, _ = holo_model
     path = tmp_path / "holo.pt"

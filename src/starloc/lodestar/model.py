@@ -331,7 +331,14 @@ class LodeSTAR:
     @torch.inference_mode()
     def network_input(self, frames: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W)`` frames as the network sees them: downsampled, then normalized
-        (``(N, C, H // d, W // d)``, on the model's device)."""
+        (``(N, C, H // d, W // d)``, on the model's device). InputError when C is not the
+        network's number of input channels (a fixed normalization would broadcast one channel
+        to two silently)."""
+        want, got = self.config.in_channels, int(frames.shape[1])
+        if got != want:
+            raise InputError(f"the model takes images of {want} channel(s), this one has {got}: give the image "
+                             "its channels as the model was trained (napari: 'First axis = channels'; command "
+                             "line: --channel-axis)")
         return self.normalize(downsample_frames(frames.to(self.device), self.downsample))
 
     @torch.inference_mode()
