@@ -583,6 +583,9 @@ def test_a_hologram_trains_the_axial_position_in_the_widget(make_napari_viewer, 
     written = widget.export_points(tmp_path / "holo.csv")
     _, _, features = read_points_csv(written[0])
     np.testing.assert_allclose(features["z_um"], points.features["z_um"])
+    # coloured by z, as DeepLoco's 3D localizations: viridis' green rises with the value
+    green = points.face_color[np.argsort(points.features["z_um"].to_numpy()), 1]
+    assert np.all(np.diff(green) >= -1e-6) and green[-1] > green[0]
 
     # without the pixel size (a layer that does not state it) training asks for it
     widget.pixel_nm_spin.setValue(0.0)

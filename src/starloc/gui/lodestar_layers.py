@@ -14,7 +14,10 @@ from starloc.lodestar.detection import Detections
 
 FEATURES = ("score", "weight", "consistency")
 POINT_SIZE = 4  # in image pixels (the layer's scale applies)
-#: Face colour of detections when they cannot be coloured by score (a non-finite score).
+#: What detections are coloured by, the first feature present with finite values: the axial
+#: position of a hologram model (as DeepLoco colours 3D localizations by z), else the score.
+COLOUR_BY = ("z_um", "score")
+#: Face colour of detections when no COLOUR_BY feature is finite everywhere.
 PLAIN_COLOUR = "orange"
 
 
@@ -64,21 +67,22 @@ def points_data(found: Detections, src: ImageSource, with_frame: bool) -> np.nda
 
 def show_points(viewer, name: str, found: Detections, src: ImageSource, with_frame: bool, metadata=None,
                 properties: dict | None = None):
-    """Add or refresh a Points layer of detections with features coloured by score.
+    """Add or refresh a Points layer of detections with features, coloured by z (a hologram
+    model's ``z_um``) or else by score (:data:`COLOUR_BY`).
 
     ``properties``: the model's other properties per detection (``z_um``, ``signal``; see
     :func:`~starloc.lodestar.inference.property_columns`), shown and exported as features.
 
     ``with_frame``: data ``(frame, row, col)`` with the source's full scale/translate (a
     time-lapse); else ``(row, col)`` with its spatial scale/translate. Points are coloured by
-    ``score`` only when every score is finite: napari makes *all* points transparent when one
-    is NaN. :func:`~starloc.lodestar.detection.detect` only keeps peaks whose score passes the
+    a feature only when all its values are finite: napari makes *all* points transparent when
+    one is NaN. :func:`~starloc.lodestar.detection.detect` only keeps peaks whose score passes the
     threshold (never NaN), but a ``PLAIN_COLOUR`` fallback keeps any other input visible.
     """
     data = points_data(found, src, with_frame)
     features = {**{k: np.asarray(v, dtype=float) for k, v in (properties or {}).items()},
                 **{k: np.asarray(found.features.get(k, np.zeros(len(data))), dtype=float) for k in FEATURES}}
-    face = "score" if np.all(np.isfinite(features["score"])) else PLAIN_COLOUR
+    face = next((k for k in COLOUR_BY if k in features and np.all(np.isfinite(features[k]))), PLAIN_COLOUR)
     scale = src.full_scale if with_frame else src.scale
     translate = src.full_translate if with_frame else src.translate
     units = src.full_units if with_frame else src.units
@@ -89,8 +93,8 @@ def show_points(viewer, name: str, found: Detections, src: ImageSource, with_fra
         layer.features = features
         _place(layer, scale, translate, units)
         layer.metadata.update(meta)
-        layer.face_color = face  # back to (or away from) the score colormap as needed
-        if face == "score":
+        layer.face_color = face  # back to (or away from) the colormap as needed
+        if face != PLAIN_COLOUR:
             layer.face_colormap = "viridis"
             layer.refresh_colors(update_color_mapping=True)
         return layer
