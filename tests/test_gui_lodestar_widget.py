@@ -594,3 +594,16 @@ def test_a_hologram_trains_the_axial_position_in_the_widget(make_napari_viewer, 
     with _wait_job(qtbot, widget, "maps") as blocker:
         widget.channels_check.setChecked(False)
     assert blocker.args == ["maps", "failed"] and "takes images of 2 channel(s)" in messages["error"][-1]
+
+
+def test_the_hologram_pixel_size_comes_from_the_tiff_a_layer_was_opened_from(make_napari_viewer, tmp_path):
+    import tifffile
+
+    path = tmp_path / "field.tif"
+    field = np.random.default_rng(0).normal(size=(2, 48, 48)).astype(np.float32)
+    tifffile.imwrite(path, field, imagej=True, resolution=(1 / 0.114, 1 / 0.114),
+                     metadata={"unit": "um", "axes": "CYX"})
+    viewer, widget = _widget(make_napari_viewer)
+    (layer,) = viewer.open(path, plugin="napari")
+    widget.set_image_layer(layer)
+    assert widget.pixel_nm_spin.value() == pytest.approx(114.0)

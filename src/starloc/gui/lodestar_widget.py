@@ -67,7 +67,7 @@ from starloc.gui.lodestar_source import (
     rectangles_in_image,
     to_uint8,
 )
-from starloc.gui.units import pixel_size_nm, placement
+from starloc.gui.units import placement, stated_pixel_size_nm
 from starloc.lodestar.crop_content import crops_with_several_objects
 from starloc.lodestar.detection import CUTOFF_MODES, DetectParams
 from starloc.lodestar.downsampling import auto_downsample, suggest_downsample
@@ -411,7 +411,7 @@ class LodeSTARWidget(QWidget):
         self.pixel_nm_spin.setSuffix(" nm")
         self.pixel_nm_spin.setSpecialValueText("not set")
         self.pixel_nm_spin.setToolTip("Pixel size in the sample (taken from the layer when its axes have "
-                                      "length units)")
+                                      "length units, or from the TIFF it was opened from)")
         form.addRow("Pixel size", self.pixel_nm_spin)
         self.wavelength_spin = self._float_spin(100.0, 5000.0, TrainConfig.wavelength_nm, 1, 1.0)
         self.wavelength_spin.setSuffix(" nm")
@@ -601,8 +601,9 @@ class LodeSTARWidget(QWidget):
 
     def _adopt_layer_hints(self, layer) -> None:
         """Settings the layer states itself: whether its first axis holds channels (metadata; a
-        layer that cannot be C×Y×X unticks the box), its pixel size (length units) and optics
-        (``metadata["optics"]``) for the Hologram box."""
+        layer that cannot be C×Y×X unticks the box), its pixel size (length units, or the
+        ImageJ/OME metadata of the TIFF it was opened from) and optics (``metadata["optics"]``)
+        for the Hologram box."""
         stated = layer.metadata.get(CHANNELS_FIRST_KEY)
         channels = bool(stated) if stated is not None else self.channels_check.isChecked()
         if layer.ndim != 3 or getattr(layer, "rgb", False):
@@ -610,7 +611,7 @@ class LodeSTARWidget(QWidget):
         self.channels_check.blockSignals(True)
         self.channels_check.setChecked(channels)
         self.channels_check.blockSignals(False)
-        pixel = pixel_size_nm(layer)
+        pixel = stated_pixel_size_nm(layer)
         if pixel is not None:
             self.pixel_nm_spin.setValue(pixel)
         optics = layer.metadata.get("optics") or {}
