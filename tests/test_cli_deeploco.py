@@ -123,6 +123,7 @@ def test_fully_convolutional_model_trains_and_localizes_whole_frames(folder, tmp
     # the error head's per-localization uncertainty: a CSV column, and Picasso's lpx/lpy unless
     # --precision replaces it
     assert model.has_uncertainty and np.all(table["uncertainty"] > 1.0)
+    assert f"median uncertainty {np.median(table['uncertainty']):.0f} nm lateral" in capsys.readouterr().out
     import h5py
 
     for extra, expected in (([], np.sort(table["uncertainty"]) / 100.0), (["--precision", "7"], 0.07)):
