@@ -226,6 +226,11 @@ class DeepLocoNet(nn.Module):
         weights = torch.relu(self.weight_head(h))
         return positions, weights
 
+    def predict(self, frames: Tensor) -> tuple[Tensor, Tensor, None]:
+        """:meth:`forward` and no errors: the networks' common contract (see
+        :meth:`DeepLocoFCN.predict`); the paper's network has no error head."""
+        return (*self(frames), None)
+
 
 def _median_scaled(frames: Tensor, config: DeepLocoConfig) -> Tensor:
     x = frames

@@ -574,11 +574,10 @@ def _localize_chunk(model: Any, forward: Any, frames: np.ndarray, plan: TilePlan
                     threshold: float, link_distance: float, z_scale: float, merge_distance: float) -> Table:
     """Localizations in photon frames ``(t, H, W)``; ``frame`` 0-based within the chunk.
 
-    ``forward`` maps normalized tiles ``(B, 1, h, w)`` to ``(positions, weights)``: the model's
-    inference network (see :meth:`DeepLoco.inference_net`)."""
+    ``forward``: the model's inference network (see :meth:`DeepLoco.inference_net`), run on
+    normalized tiles ``(B, 1, h, w)`` through :meth:`DeepLoco.candidates`."""
     cfg = model.config
     ps = float(cfg.pixel_size)
-    dim = int(cfg.dim)
     th, tw = plan.tile
     padded = torch.from_numpy(np.ascontiguousarray(_pad_frames(frames, plan.pad), dtype=np.float32))
     tiles = plan.tiles()
@@ -619,7 +618,7 @@ def _localize_chunk(model: Any, forward: Any, frames: np.ndarray, plan: TilePlan
         parts.append(table)
         part_tiles.append((f * n_tiles + k)[mine])
     if not parts:
-        return empty_table(dim, model.has_uncertainty)
+        return empty_table(int(cfg.dim), model.has_uncertainty)
     table = concat_tables(parts)
     tile_id = np.concatenate(part_tiles)
     if n_tiles > 1:

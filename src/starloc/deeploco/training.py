@@ -304,8 +304,7 @@ class Trainer:
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr
             frames, truth = self.simulator.sample(c.batch, self.generator)
-            pos, w, err = net.predict(frames) if getattr(net, "uncertainty_head", None) is not None \
-                else (*net(frames), None)
+            pos, w, err = net.predict(frames)
             true_pos = truth_positions(truth, net.config.dim)
             loss = kernel_loss(pos, w, true_pos, truth["mask"], c.sigmas, c.kernel, c.z_scale)
             cells = cell_grid(net.config, tuple(frames.shape[-2:]))

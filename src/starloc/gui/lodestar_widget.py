@@ -490,6 +490,12 @@ class LodeSTARWidget(QWidget):
                     wavelength_nm=self.wavelength_spin.value(), n_medium=self.n_medium_spin.value(),
                     crop_z_um=self.crop_z_spin.value())
 
+    def _require_pixel_size(self) -> float:
+        """The Hologram box's pixel size (nm); InputError while it is not set."""
+        if self.pixel_nm_spin.value() <= 0:
+            raise InputError("set the Pixel size (nm) in the Hologram box: the layer does not state it")
+        return self.pixel_nm_spin.value()
+
     def train_config(self) -> TrainConfig:
         """The training settings of the widget, frozen (handed to the worker)."""
         return TrainConfig(
@@ -841,11 +847,10 @@ class LodeSTARWidget(QWidget):
         try:
             _, crops, frame, src = self.crops()
             frame_data = read_frame(src, frame)
+            if self.hologram:
+                self._require_pixel_size()
         except InputError as exc:
             show_error(f"LodeSTAR: {exc}")
-            return None
-        if self.hologram and self.pixel_nm_spin.value() <= 0:
-            show_error("LodeSTAR: set the Pixel size (nm) in the Hologram box: the layer does not state it")
             return None
         if not self.hologram:
             self._apply_auto_downsample(crops)
@@ -881,9 +886,7 @@ class LodeSTARWidget(QWidget):
             if any(c.shape[0] != 2 for c in crops):
                 raise InputError("refocusing needs a complex field: a 2×Y×X layer (real, imaginary) with "
                                  "'First axis = channels' ticked")
-            if self.pixel_nm_spin.value() <= 0:
-                raise InputError("set the Pixel size (nm) in the Hologram box: the layer does not state it")
-            optics = Optics(self.wavelength_spin.value(), self.pixel_nm_spin.value(), self.n_medium_spin.value())
+            optics = Optics(self.wavelength_spin.value(), self._require_pixel_size(), self.n_medium_spin.value())
             z = refocus_crops(crops, optics, self.z_range_spin.value())
         except InputError as exc:
             show_error(f"LodeSTAR: {exc}")
