@@ -167,7 +167,7 @@ def test_render_histogram_gaussian_and_z(tmp_path, capsys):
     ("missing.tif", None, [], "not found"),
     ("four.tif", np.zeros((2, 2, 40, 40), np.uint16), [], "4D"),
     ("nan.tif", np.where(np.arange(3 * 40 * 40).reshape(3, 40, 40) == 1700, np.nan, 150.0).astype(np.float32),
-     [], "frame 1 of"),
+     [], "frame 1 (0-based) of"),
     ("ok.tif", np.full((2, 40, 40), 150, np.uint16), ["--pixel-size", "160"], "pixel-size mismatch"),
     ("dark.tif", np.zeros((2, 40, 40), np.uint16), [], "far below the camera baseline"),
     ("ok.tif", np.full((2, 40, 40), 150, np.uint16), ["--frames", "5:9"], "selects no frame"),
@@ -236,6 +236,57 @@ def test_ctrl_c_saves_the_model_so_far_and_resume_continues(tmp_path, capsys, mo
     assert DeepLoco.load(out).metadata["training"]["steps_done"] == 4
 
 
+def test_resume_trains_on_the_checkpoints_own_simulation_and_refuses_another(tmp_path, capsys):
+    ckpt, out = tmp_path / "run.ckpt", tmp_path / "m.pt"
+    assert main([*RESUME, "--photons", "900:1100", "--steps", "2", "--checkpoint", str(ckpt), "-o", str(out)]) == 0
+    short = ["deeploco", "train", "--resume", str(ckpt), "--device", "cpu", *TINY, "-o", str(out)]
+    assert main([*short, "--steps", "3"]) == 0  # no simulation options: the checkpoint's
+    model = DeepLoco.load(out)
+    assert model.metadata["training"]["steps_done"] == 3 and isinstance(model.camera, EMCCD)
+    assert model.metadata["training"]["simulator"]["photons_range"] == [900.0, 1100.0]
+    # every option of the first run again: the same simulation, accepted
+    assert main([*RESUME, "--photons", "900:1100", "--resume", str(ckpt), "--steps", "4", "-o", str(out)]) == 0
+    # a different camera, PSF or range is refused, naming what differs; nothing is written
+    out.unlink()
+    _bad(capsys, [*RESUME, "--resume", str(ckpt), "--steps", "5", "-o", str(out)], "settings.photons_range")
+    other_camera = [a if a != "smlm2016" else "scmos" for a in RESUME]
+    _bad(capsys, [*other_camera, "--photons", "900:1100", "--resume", str(ckpt), "--steps", "5", "-o", str(out)],
+         "(camera)")
+    other_psf = [a if a != "130" else "150" for a in RESUME]
+    _bad(capsys, [*other_psf, "--photons", "900:1100", "--resume", str(ckpt), "--steps", "5", "-o", str(out)],
+         "(psf)")
+    _bad(capsys, [*short, "--photons", "1:2"], "--photons without --psf")
+    assert not out.exists()
+    _bad(capsys, ["deeploco", "train", "-o", str(out)], "--psf is required")
+
+
+def test_train_says_when_it_could_not_calibrate(tmp_path, capsys):
+    out = tmp_path / "m.pt"
+    assert main([*TRAIN, "--steps", "1", "--set", "calibration_frames=4", "-o", str(out)]) == 0
+    assert "warning: not calibrated" in capsys.readouterr().err
+    assert DeepLoco.load(out).threshold == DeepLocoTrainConfig().threshold
+
+
+def test_train_refuses_a_z_range_for_a_2d_psf(tmp_path, capsys):
+    _bad(capsys, [*TRAIN, "--z-range=-500:500", "-o", str(tmp_path / "m.pt")], "--z-range applies to 3D PSFs")
+
+
+def test_render_skips_non_finite_rows_and_refuses_a_huge_image(tmp_path, capsys):
+    (tmp_path / "nan.csv").write_text('"frame","x [nm]","y [nm]"\n1,100,200\n1,nan,300\n2,inf,5\n2,-500,300\n')
+    out = tmp_path / "img.tif"
+    assert main(["render", str(tmp_path / "nan.csv"), "-o", str(out), "--pixel-size", "10"]) == 0
+    outcome = capsys.readouterr()
+    assert "2 localization(s) of nan.csv without finite x/y left out" in outcome.err
+    assert "1 localization(s) rendered" in outcome.out and "1 outside the field left out" in outcome.out
+    assert tifffile.imread(out).sum() == 1
+    # Gaussian: the default field reaches 3 sigma past the last localization, keeping its whole mass
+    assert main(["render", str(tmp_path / "nan.csv"), "-o", str(out), "--method", "gaussian", "--sigma", "20"]) == 0
+    assert tifffile.imread(out).sum() == pytest.approx(1.0, abs=1e-4)
+    before = out.read_bytes()
+    _bad(capsys, ["render", str(tmp_path / "nan.csv"), "-o", str(out), "--pixel-size", "0.001"], "would be")
+    assert out.read_bytes() == before
+
+
 def test_argument_parsers():
     assert frames_type("2:5") == slice(2, 5) and frames_type(":5") == slice(None, 5)
     assert frames_type("3") == slice(3, 4) and frames_type("-2:") == slice(-2, None)
@@ -290,7 +341,8 @@ def test_a_bead_tiff_states_its_pixel_size_and_z_step(tmp_path, capsys):
     assert "beads-ij.tif states pixel size 160 nm; using --pixel-size 100" in capsys.readouterr().err
     assert DeepLoco.load(tmp_path / "opt.pt").config.pixel_size == 100.0
     assert main([*common, "--psf", str(plain), "-o", str(tmp_path / "plain.pt")]) == 0
-    assert "metadata" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "metadata" not in err and "assuming pixel size 100 nm" in err and "z step 10 nm" in err
     plain_model = DeepLoco.load(tmp_path / "plain.pt")
     assert plain_model.config.pixel_size == 100.0 and plain_model.config.z_range == pytest.approx((-185.0, 185.0))
 

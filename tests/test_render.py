@@ -85,6 +85,8 @@ def test_bad_input():
     with pytest.raises(ValueError, match="disagrees"):
         render_histogram([1.0], [1.0], 10.0, shape=(3, 3), extent=(0, 100, 0, 100))
     assert render_histogram([], [], 10.0, shape=(2, 2)).sum() == 0
+    with pytest.raises(ValueError, match="would be 1000000 x 1000000 px"):  # refused before allocating
+        render_gaussian([1.0], [1.0], 1.0, sigma_nm=5.0, extent=(0, 1e6, 0, 1e6))
 
 
 def test_chunking_does_not_change_the_image(rng, monkeypatch):

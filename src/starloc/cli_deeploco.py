@@ -26,6 +26,8 @@ from starloc.errors import InputError
 CAMERA_KINDS = ("smlm2016", "emccd", "scmos")
 #: starloc.deeploco.network.ARCHITECTURES, written out so that `starloc --help` imports no torch
 ARCHITECTURES = ("paper", "fcn", "unet")
+#: EmpiricalPSF.from_bead_stack's spacing when neither the TIFF nor an option states it (nm)
+BEAD_DEFAULTS = {"pixel_size": 100.0, "z_step": 10.0}
 #: camera options: argparse dest -> Camera keyword
 CAMERA_OPTIONS = {"baseline": "baseline", "e_per_adu": "e_per_adu", "em_gain": "em_gain", "qe": "qe",
                   "read_noise": "read_noise"}
@@ -129,6 +131,9 @@ def _build_psf(args):
         if kind == "gaussian":
             if args.astig_c is not None or args.astig_d is not None:
                 raise InputError("--astig-c and --astig-d apply to --psf astigmatic")
+            if args.z_range is not None:
+                raise InputError("--z-range applies to 3D PSFs (astigmatic, or a bead z-stack without --in-focus): "
+                                 "--psf gaussian trains a 2D model")
             return Gaussian2DPSF(**({} if args.sigma is None else {"sigma_nm": args.sigma}))
         kw: dict[str, Any] = {}
         if args.sigma is not None:
@@ -155,6 +160,8 @@ def _build_psf(args):
     if args.pixel_size is not None:
         kw["pixel_size"] = args.pixel_size
     kw.update(_stated_spacing(path, kw))
+    if args.in_focus and args.z_range is not None:
+        raise InputError("--z-range applies to 3D models: --in-focus trains a 2D one")
     psf = EmpiricalPSF.from_bead_stack(stack, **kw)  # the focus at the middle slice unless --psf-z0
     return psf.in_focus() if args.in_focus else psf
 
@@ -178,6 +185,12 @@ def _stated_spacing(path: Path, given: dict[str, Any]) -> dict[str, float]:
     if used:
         print(f"starloc: from {path.name}'s metadata: " + ", ".join(f"{k.replace('_', ' ')} {v:g} nm"
                                                                   for k, v in used.items()), file=sys.stderr)
+    assumed = [f"{key.replace('_', ' ')} {BEAD_DEFAULTS[key]:g} nm ({options[key]} to change)"
+               for key in options if key not in given and key not in used]
+    if assumed:
+        print(f"starloc: {path.name} states no " + " or ".join(k.replace('_', ' ') for k in options
+                                                              if k not in given and k not in used)
+              + ": assuming " + ", ".join(assumed), file=sys.stderr)
     return used
 
 
@@ -284,21 +297,36 @@ class _Interrupt:
             self._old = None
 
 
-def cmd_deeploco_train(args) -> int:
-    from starloc.cli import EXIT_INTERRUPTED
-    from starloc.deeploco import training
-    from starloc.deeploco.recipes import default_simulator
-    from starloc.deeploco.training import Trainer
+#: train options that describe the simulation (argparse dest -> option), all left out with --resume
+SIMULATION_OPTIONS = {"sigma": "--sigma", "astig_c": "--astig-c", "astig_d": "--astig-d", "psf_z_step": "--psf-z-step",
+                      "psf_z0": "--psf-z0", "psf_baseline": "--psf-baseline", "pixel_size": "--pixel-size",
+                      "frame_size": "--frame-size", "density": "--density", "emitters": "--emitters",
+                      "photons": "--photons", "photons_distribution": "--photons-distribution",
+                      "background": "--background", "z_range": "--z-range", "camera": "--camera",
+                      **{dest: "--" + dest.replace("_", "-") for dest in CAMERA_OPTIONS}}
 
-    _check_out_dir(args.output)
-    if args.checkpoint is not None:
-        _check_out_dir(args.checkpoint)
-    if args.checkpoint_every is not None and args.checkpoint is None:
-        raise InputError("--checkpoint-every needs --checkpoint PATH")
-    device = resolve_device(args.device)
+
+def _resumed_simulator(args, device: str):
+    """``--resume`` without ``--psf``: the checkpoint's own simulation (any simulation option is an error)."""
+    from starloc.deeploco.training import checkpoint_simulator
+
+    if args.resume is None:
+        raise InputError("--psf is required: a bead z-stack TIFF, 'gaussian' or 'astigmatic'")
+    given = [opt for dest, opt in SIMULATION_OPTIONS.items() if getattr(args, dest, None) is not None]
+    given += ["--in-focus"] if args.in_focus else []
+    if given:
+        raise InputError(f"{', '.join(given)} without --psf: --resume continues on the checkpoint's own simulation; "
+                         "leave the simulation options out (or give all of them, --psf included, as in the first run)")
+    return checkpoint_simulator(args.resume, device)
+
+
+def _simulator_from_options(args, device: str):
+    """The training simulator the PSF, camera and simulation options describe (defaults for the rest)."""
+    from starloc.deeploco.recipes import default_simulator
+
     psf = _build_psf(args)
     camera = build_camera(args.camera, _camera_overrides(args))
-    sim_kw: dict[str, Any] = {"psf": psf, "camera": camera, "device": device}
+    sim_kw: dict[str, Any] = {"device": device}
     if args.frame_size is not None:
         sim_kw["frame_shape"] = (args.frame_size, args.frame_size)
     pixel_size = args.pixel_size if args.pixel_size is not None else getattr(psf, "pixel_size", None)
@@ -309,9 +337,24 @@ def cmd_deeploco_train(args) -> int:
                       ("photons_distribution", "photons_distribution")):
         if getattr(args, dest) is not None:
             sim_kw[key] = getattr(args, dest)
-    psf = sim_kw.pop("psf")
-    camera = sim_kw.pop("camera")
-    sim = default_simulator(psf, camera, **sim_kw)
+    return default_simulator(psf, camera, **sim_kw)
+
+
+def cmd_deeploco_train(args) -> int:
+    from starloc.cli import EXIT_INTERRUPTED
+    from starloc.deeploco import training
+    from starloc.deeploco.training import Trainer
+
+    _check_out_dir(args.output)
+    if args.checkpoint is not None:
+        _check_out_dir(args.checkpoint)
+    if args.checkpoint_every is not None and args.checkpoint is None:
+        raise InputError("--checkpoint-every needs --checkpoint PATH")
+    device = resolve_device(args.device)
+    if args.psf is None:
+        sim = _resumed_simulator(args, device)
+    else:
+        sim = _simulator_from_options(args, device)
     config, model = _train_config(args, device, sim)
 
     own_ckpt = args.checkpoint is None
@@ -375,6 +418,10 @@ def cmd_deeploco_train(args) -> int:
         chosen = "chosen" if cal.get("threshold") is not None else "kept"
         print(f"calibrated on {cal['frames']} simulated frames: confidence threshold {model.threshold:g} "
               f"({chosen}; Jaccard {cal['jaccard']:.3f} there), {_correction_name(model)} stored")
+    elif config.calibration_frames:
+        print(f"starloc: warning: not calibrated: too few localizations of {config.calibration_frames} simulated "
+              f"frames matched their emitters (too little training?); the confidence threshold stays "
+              f"{model.threshold:g} and no sub-pixel correction is stored", file=sys.stderr)
     if model.camera is None:
         print("note: the model has no camera model: localize stacks already in photons (--units photons) "
               "or give camera settings to 'starloc deeploco localize'")
@@ -407,7 +454,8 @@ def cmd_deeploco_calibrate(args) -> int:
                     axial_tolerance=training.get("axial_tolerance", 500.0), choose_threshold=not args.keep_threshold)
     if cal is None:
         raise InputError(f"{args.model}: too few localizations matched the simulated truth to calibrate "
-                         "(an untrained or failed model?); nothing written")
+                         f"(is --frames {args.frames} too few? or the model untrained or failed?); "
+                         "nothing written")
     before = model.threshold
     cal.apply(model)
     model.metadata = {**model.metadata, "training": {**training, "calibration": cal.to_dict()}}
@@ -578,18 +626,26 @@ def cmd_render(args) -> int:
 
     out = Path(args.output)
     _check_out_dir(out)
-    table = _read_locs(Path(args.locs), args.camera_pixel_size)
+    table = _finite_rows(_read_locs(Path(args.locs), args.camera_pixel_size), Path(args.locs).name)
     x, y = np.asarray(table["x"], np.float64), np.asarray(table["y"], np.float64)
     p = float(args.pixel_size)
-    if args.extent is not None:
-        field: dict[str, Any] = {"extent": tuple(args.extent)}
-    elif len(x):
-        field = {"shape": (int(max(float(y.max()), 0.0) // p) + 1, int(max(float(x.max()), 0.0) // p) + 1)}
-    else:
-        raise InputError(f"{str(args.locs)!r} holds no localization: give --extent to render an empty field")
     sigma: Any = args.sigma
     if sigma is None and args.method == "gaussian":
         sigma = table["uncertainty"] if "uncertainty" in table else p
+    if args.extent is not None:
+        field: dict[str, Any] = {"extent": tuple(args.extent)}
+        x0, x1, y0, y1 = args.extent
+        inside = int(np.count_nonzero((x >= x0) & (x < x1) & (y >= y0) & (y < y1)))
+    elif len(x):
+        # From the origin to past the last localization, by the kernel's reach (4 sigma, the
+        # renderer's truncation) for a Gaussian rendering, so that the edge localizations keep
+        # their whole kernel.
+        margin = 4.0 * float(np.max(sigma)) if args.method == "gaussian" else 0.0
+        field = {"shape": (int((max(float(y.max()), 0.0) + margin) // p) + 1,
+                           int((max(float(x.max()), 0.0) + margin) // p) + 1)}
+        inside = int(np.count_nonzero((x >= 0) & (y >= 0)))
+    else:
+        raise InputError(f"{str(args.locs)!r} holds no localization: give --extent to render an empty field")
     try:
         if args.color_by_z:
             if "z" not in table:
@@ -608,9 +664,25 @@ def cmd_render(args) -> int:
     extra = {"photometric": "rgb"} if image.ndim == 3 else {}
     atomic_write(out, lambda tmp: tifffile.imwrite(tmp, image, imagej=True, resolution=(1000.0 / p, 1000.0 / p),
                                                    metadata={"unit": "um"}, **extra))
-    print(f"{len(x)} localization(s) rendered into a {image.shape[0]}x{image.shape[1]} image "
-          f"({p:g} nm/px) written to {out}")
+    outside = f" ({len(x) - inside} outside the field left out)" if inside < len(x) else ""
+    print(f"{inside} localization(s) rendered into a {image.shape[0]}x{image.shape[1]} image "
+          f"({p:g} nm/px) written to {out}{outside}")
     return 0
+
+
+def _finite_rows(table: dict[str, Any], name: str) -> dict[str, Any]:
+    """The rows of a localization table whose x, y (and z) are finite; says how many were not.
+    (Other tools write NaN for failed fits.)"""
+    import numpy as np
+
+    keys = [k for k in ("x", "y", "z") if k in table]
+    ok = np.logical_and.reduce([np.isfinite(np.asarray(table[k], np.float64)) for k in keys])
+    if ok.all():
+        return table
+    print(f"starloc: note: {int((~ok).sum())} localization(s) of {name} without finite {'/'.join(keys)} left out",
+          file=sys.stderr)
+    n = len(ok)
+    return {k: (np.asarray(v)[ok] if np.ndim(v) and len(v) == n else v) for k, v in table.items()}
 
 
 # ------------------------------------------------------------------------------------------
@@ -630,8 +702,9 @@ def add_commands(sub) -> None:
                     "with --resume. Ctrl-C stops cleanly and saves the model trained so far.")
     t.add_argument("-o", "--output", type=Path, required=True, help="model file to write")
     g = t.add_argument_group("PSF")
-    g.add_argument("--psf", required=True,
-                   help="'gaussian', 'astigmatic', or a bead z-stack TIFF (Z, Y, X) in ADU for an empirical PSF")
+    g.add_argument("--psf", default=None,
+                   help="'gaussian', 'astigmatic', or a bead z-stack TIFF (Z, Y, X) in ADU for an empirical PSF "
+                        "(required, except with --resume: the checkpoint's simulation is used)")
     g.add_argument("--sigma", type=positive(), default=None,
                    help="nm: the Gaussian PSF's sigma, or the astigmatic PSF's in-focus sigma0")
     g.add_argument("--astig-c", type=float, default=None, help="nm: astigmatic focal offset c")
@@ -649,7 +722,7 @@ def add_commands(sub) -> None:
                    help="bead stack: use only its in-focus slice (z = 0) and train a 2D model")
     _add_camera_options(t, "the simulated camera (none: Poisson noise only, the model then expects photons)")
     s = t.add_argument_group("simulation")
-    s.add_argument("--frame-size", type=int, default=None, help="side of the square training frames (px)")
+    s.add_argument("--frame-size", type=int, default=None, help="side of the square training frames (px, a multiple of 16; default 64)")
     dens = s.add_mutually_exclusive_group()
     dens.add_argument("--density", type=positive(), default=None, help="emitters per µm² (Poisson counts)")
     dens.add_argument("--emitters", type=_range_type(int), default=None, metavar="LO:HI",
@@ -682,7 +755,8 @@ def add_commands(sub) -> None:
                         "every --checkpoint-every steps")
     r.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
     r.add_argument("--resume", type=Path, default=None,
-                   help="continue a run from its checkpoint (give the same simulation options)")
+                   help="continue a run from its checkpoint, on the simulation it records (leave out --psf "
+                        "and the simulation options, or give exactly those of the first run)")
     t.set_defaults(func=cmd_deeploco_train)
 
     c = dsub.add_parser(
@@ -703,8 +777,11 @@ def add_commands(sub) -> None:
     lo = dsub.add_parser(
         "localize", help="localize emitters in a stack of any frame size -> ThunderSTORM CSV or Picasso HDF5",
         description="Localize every frame of a TIFF/.npy stack (read chunk by chunk, tiled for the network). "
-                    "Writes nm positions (corner origin) with a confidence column: a ThunderSTORM CSV "
-                    "(frames 1-based, as ThunderSTORM) or Picasso HDF5 + YAML (frames 0-based).")
+                    "Writes a ThunderSTORM CSV: x, y (z) in nm from the image's top-left corner (pixel j's "
+                    "centre at (j + 0.5) x pixel size), frames 1-based, a confidence column and, for models "
+                    "with an error head, uncertainty columns (nm); or Picasso HDF5 + YAML: x, y in camera "
+                    "pixels (pixel centres at integers, as Picasso Localize), z in nm, frames 0-based, "
+                    "lpx/lpy from the uncertainty (photons, sx, sy, bg are 0: DeepLoco does not fit them).")
     lo.add_argument("stack", type=Path, help="TIFF (T×H×W or H×W) or .npy stack, or a folder of one TIFF per frame; "
                          "camera ADU by default")
     lo.add_argument("--model", type=Path, required=True, help="model file from 'deeploco train'")
@@ -713,7 +790,10 @@ def add_commands(sub) -> None:
                     help="the stack's pixel size (nm): checked against the model's (must match)")
     lo.add_argument("--frames", type=frames_type, default=None, metavar="A:B",
                     help="0-based frames A..B-1 (Python slice); output frame numbers keep the stack's numbering")
-    lo.add_argument("--threshold", type=float, default=None, help="confidence threshold (default: the model's)")
+    lo.add_argument("--threshold", type=float, default=None,
+                    help="confidence threshold (default: the model's, chosen at training). A localization's "
+                         "confidence is the summed weight of the network's candidates merged into it: about 1 "
+                         "for a sure emitter, above 1 where neighbouring cells both claim it")
     lo.add_argument("--batch-size", type=int, default=None,
                     help="tiles per network call (default: 0.25 Mpx worth on a CPU, e.g. 16 tiles of "
                          "128 px; 4 Mpx on a GPU)")
@@ -745,7 +825,7 @@ def add_commands(sub) -> None:
     br.add_argument("stack", type=Path, help="TIFF or .npy stack, or a folder of one TIFF per frame")
     br.add_argument("--frames", type=frames_type, default=None, metavar="A:B",
                     help=f"0-based frames A..B-1 to measure (default: the first {BRIGHTNESS_FRAMES})")
-    br.add_argument("--window", type=int, default=13, help="box side (px) summed around each spot (default 13)")
+    br.add_argument("--window", type=int, default=13, help="box side (px, odd) summed around each spot (default 13)")
     br.add_argument("--units", choices=("adu", "photons"), default="adu",
                     help="the stack's units (default adu: converted with the camera options)")
     _add_camera_options(br, "the stack's camera (ADU -> photons)")
@@ -763,7 +843,7 @@ def add_commands(sub) -> None:
                     help="gaussian: sigma in nm (default: the 'uncertainty' column, else one output pixel)")
     rd.add_argument("--color-by-z", action="store_true", help="RGB image, hue by z (needs a z column)")
     rd.add_argument("--extent", type=float, nargs=4, default=None, metavar=("XMIN", "XMAX", "YMIN", "YMAX"),
-                    help="field in nm (default: from 0 to the largest x and y)")
+                    help="field in nm (default: from 0 to the largest x and y, plus 4 sigma for gaussian)")
     rd.add_argument("--camera-pixel-size", type=positive(), default=None,
                     help="camera pixel size (nm) for tables in camera pixels (points CSV, x [px])")
     rd.set_defaults(func=cmd_render)

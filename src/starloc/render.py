@@ -35,6 +35,8 @@ from scipy.special import erf
 __all__ = ["render_histogram", "render_gaussian", "render_z_rgb", "z_colors"]
 
 _CHUNK_ELEMENTS = 1 << 22  # kernel values per chunk (~32 MiB as float64)
+#: largest rendered field (pixels): 2^28 is a 1 GiB float32 image, 16384 px on a side
+MAX_PIXELS = 1 << 28
 
 
 def _positions(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -50,7 +52,17 @@ def _positions(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
 def _grid(
     x: np.ndarray, y: np.ndarray, pixel_size_nm: float, shape: Any, extent: Any
 ) -> tuple[float, float, int, int]:
-    """(x0, y0, H, W) of the rendered field."""
+    """(x0, y0, H, W) of the rendered field, at most ``MAX_PIXELS``."""
+    x0, y0, h, w = _field(x, y, pixel_size_nm, shape, extent)
+    if h * w > MAX_PIXELS:
+        raise ValueError(f"the rendered image would be {h} x {w} px at {float(pixel_size_nm):g} nm/px, over the "
+                         f"limit of {MAX_PIXELS / 1e6:.0f} Mpx: choose a larger pixel size or a smaller extent")
+    return x0, y0, h, w
+
+
+def _field(
+    x: np.ndarray, y: np.ndarray, pixel_size_nm: float, shape: Any, extent: Any
+) -> tuple[float, float, int, int]:
     if not (isinstance(pixel_size_nm, (int, float, np.number)) and math.isfinite(pixel_size_nm) and pixel_size_nm > 0):
         raise ValueError(f"pixel_size_nm must be a positive number, got {pixel_size_nm!r}")
     p = float(pixel_size_nm)

@@ -7,8 +7,8 @@ In memory a localization table is a plain ``dict`` of equal-length 1-D numpy arr
   image's top-left *corner* (pixel j's centre at ``(j + 0.5)·pixel_size``), as ThunderSTORM and
   the SMLM Challenge; z in nm;
 - optional float64 columns: ``sigma`` (nm), ``intensity`` (photons), ``offset`` (photons),
-  ``bkgstd`` (photons), ``uncertainty`` (lateral, nm), ``id`` (int64); any other column is
-  carried under its own name.
+  ``bkgstd`` (photons), ``uncertainty`` (lateral, nm), ``uncertainty_z`` (axial, nm; written as
+  ``"uncertainty_z [nm]"``), ``id`` (int64); any other column is carried under its own name.
 
 Files:
 
@@ -70,6 +70,7 @@ THUNDERSTORM_COLUMNS: dict[str, str] = {
     "offset": "offset [photon]",
     "bkgstd": "bkgstd [photon]",
     "uncertainty": "uncertainty [nm]",
+    "uncertainty_z": "uncertainty_z [nm]",  # not ThunderSTORM's (it has none): starloc's axial uncertainty
 }
 
 #: Other spellings ThunderSTORM versions write, read as the same table key.

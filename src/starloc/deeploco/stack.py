@@ -486,7 +486,14 @@ def _check_pixel_size(model_ps: float, given: float | None, stated: float | None
 def _check_finite(block: np.ndarray, start: int, name: str) -> None:
     if block.dtype.kind == "f" and not np.isfinite(block).all():
         bad = int(np.flatnonzero(~np.isfinite(block.reshape(len(block), -1)).all(axis=1))[0])
-        raise InputError(f"frame {start + bad} of {name} contains NaN or inf values")
+        raise InputError(f"frame {start + bad} (0-based) of {name} contains NaN or inf values")
+
+
+def _writable_float32(a: np.ndarray) -> np.ndarray:
+    """``a`` as a C-contiguous float32 array torch may share: copied only when it is not one
+    already, or is read-only (a TIFF read by memory map; torch warns on those)."""
+    out = np.ascontiguousarray(a, dtype=np.float32)
+    return out if out.flags.writeable else out.copy()
 
 
 def to_photons(block: np.ndarray, camera: Camera | None, start: int = 0, name: str = "stack",
@@ -496,7 +503,7 @@ def to_photons(block: np.ndarray, camera: Camera | None, start: int = 0, name: s
     _check_finite(block, start, name)
     if camera is None:
         return block.astype(np.float32, copy=False)
-    t = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
+    t = torch.from_numpy(_writable_float32(block))
     if check:
         try:
             camera.check_adu(t, what=f"the frames of {name}")
@@ -579,7 +586,7 @@ def _localize_chunk(model: Any, forward: Any, frames: np.ndarray, plan: TilePlan
     cfg = model.config
     ps = float(cfg.pixel_size)
     th, tw = plan.tile
-    padded = torch.from_numpy(np.ascontiguousarray(_pad_frames(frames, plan.pad), dtype=np.float32))
+    padded = torch.from_numpy(_writable_float32(_pad_frames(frames, plan.pad)))
     tiles = plan.tiles()
     n_tiles = len(tiles)
     tile_y0 = np.array([t[0] for t in tiles], dtype=np.float64)

@@ -31,13 +31,15 @@ from ..errors import InputError, ModelFileError
 from ..io import atomic_write
 from ..metrics import match
 from .calibration import calibrate
+from .camera import Camera
 from .loss import DEFAULT_SIGMAS, cell_loss, error_loss, kernel_loss
-from .model import DeepLoco
+from .model import DeepLoco, psf_from_dict, psf_to_dict
 from .network import CELL_ARCHITECTURES, DeepLocoConfig
 from .postprocess import cell_grid, concat_tables, postprocess
 from .simulate import Simulator
 
-__all__ = ["DeepLocoTrainConfig", "Progress", "Trainer", "train", "truth_positions", "validation_metrics"]
+__all__ = ["DeepLocoTrainConfig", "Progress", "Trainer", "train", "truth_positions", "validation_metrics",
+           "checkpoint_simulator", "simulation_differences"]
 
 CHECKPOINT_FORMAT = "starloc-deeploco-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -359,6 +361,7 @@ class Trainer:
             "step": self.step,
             "elapsed": self.elapsed,
             "rng_state": self.generator.get_state(),
+            "simulation": describe_simulation(self.simulator),
         }
         return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
@@ -367,28 +370,98 @@ class Trainer:
                         config: DeepLocoTrainConfig | None = None) -> Trainer:
         """Restore a trainer; ``config`` (e.g. with more ``steps``) defaults to the stored one."""
         name = str(path)
-        if not Path(path).is_file():
-            raise ModelFileError(f"checkpoint {name!r} not found")
-        try:
-            obj = torch.load(path, weights_only=True, map_location="cpu")
-        except Exception:
-            raise ModelFileError(f"cannot read checkpoint {name!r}: not a torch file, or corrupt") from None
-        if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
-            raise ModelFileError(f"{name!r} is not a DeepLoco training checkpoint")
+        obj = _read_checkpoint(path)
+        stored_simulation = obj.get("simulation")
+        if isinstance(stored_simulation, dict):
+            differ = simulation_differences(describe_simulation(simulator), stored_simulation)
+            if differ:
+                raise InputError(f"the simulation differs from the checkpoint {name!r}'s ({', '.join(differ)}): a "
+                                 "resumed run must train on the frames it started on (starloc deeploco train "
+                                 "--resume without simulation options uses the checkpoint's)")
         try:
             stored = DeepLocoTrainConfig.from_dict(obj["train_config"])
             model = DeepLoco.from_file_dict({"config": obj["model"]["config"], "state_dict": obj["model"]["state_dict"],
                                              "metadata": obj["model"]["metadata"]}, name)
-            trainer = cls(simulator, config or stored, model)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise _damaged(name, exc) from None
+        trainer = cls(simulator, config or stored, model)  # a model/simulator mismatch is the caller's InputError
+        try:
             trainer.optimizer = trainer._new_optimizer(stored.lr_at(max(int(obj["step"]), 1)))
             trainer.optimizer.load_state_dict(obj["optimizer"])
             trainer.step = int(obj["step"])
             trainer.elapsed = float(obj["elapsed"])
             trainer.generator.set_state(obj["rng_state"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            text = str(exc).strip().splitlines()
-            raise ModelFileError(f"{name!r}: damaged checkpoint ({text[0] if text else type(exc).__name__})") from None
+            raise _damaged(name, exc) from None
         return trainer
+
+
+def _damaged(name: str, exc: Exception) -> ModelFileError:
+    text = str(exc).strip().splitlines()
+    return ModelFileError(f"{name!r}: damaged checkpoint ({text[0] if text else type(exc).__name__})")
+
+
+def _read_checkpoint(path: Any) -> dict[str, Any]:
+    """The checkpoint file's dict (plain data, loaded without executing code)."""
+    name = str(path)
+    if not Path(path).is_file():
+        raise ModelFileError(f"checkpoint {name!r} not found")
+    try:
+        obj = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception:
+        raise ModelFileError(f"cannot read checkpoint {name!r}: not a torch file, or corrupt") from None
+    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
+        raise ModelFileError(f"{name!r} is not a DeepLoco training checkpoint")
+    return obj
+
+
+def describe_simulation(simulator: Simulator) -> dict[str, Any]:
+    """What a run trains on, as plain data: the simulator's settings, its PSF and its camera."""
+    camera = simulator.camera
+    return {"settings": simulator.to_dict(), "psf": psf_to_dict(simulator.psf),
+            "camera": None if camera is None else camera.to_dict()}
+
+
+def simulation_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Names of the entries in which two :func:`describe_simulation` dicts differ (numbers to a
+    relative 1e-9, tensors exactly), e.g. ``["camera", "settings.photons_range"]``."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        x, y, where = a.get(key), b.get(key), f"{prefix}{key}"
+        if isinstance(x, dict) and isinstance(y, dict) and key == "settings":
+            out += simulation_differences(x, y, where + ".")
+        elif not _same(x, y):
+            out.append(where)
+    return out
+
+
+def _same(x: Any, y: Any) -> bool:
+    if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+        return isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.shape == y.shape and \
+            bool(torch.equal(x.cpu(), y.cpu()))
+    if isinstance(x, dict) and isinstance(y, dict):
+        return x.keys() == y.keys() and all(_same(x[k], y[k]) for k in x)
+    if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
+        return len(x) == len(y) and all(_same(u, v) for u, v in zip(x, y))
+    if isinstance(x, (int, float)) and isinstance(y, (int, float)) and not isinstance(x, bool):
+        return math.isclose(float(x), float(y), rel_tol=1e-9, abs_tol=1e-12)
+    return x == y
+
+
+def checkpoint_simulator(path: Any, device: str | torch.device = "cpu") -> Simulator:
+    """The simulator a checkpoint's run trains on (settings, PSF and camera as stored), on
+    ``device``. Checkpoints written before they recorded it raise :class:`InputError`."""
+    name = str(path)
+    obj = _read_checkpoint(path)
+    stored = obj.get("simulation")
+    if not isinstance(stored, dict):
+        raise InputError(f"checkpoint {name!r} does not record its simulation (written by an older starloc): "
+                         "give the simulation options of the run it comes from")
+    try:
+        camera = None if stored["camera"] is None else Camera.from_dict(stored["camera"])
+        return Simulator.from_dict(stored["settings"], psf_from_dict(stored["psf"]), camera, device=device)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise _damaged(name, exc) from None
 
 
 def train(
