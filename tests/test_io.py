@@ -157,6 +157,25 @@ def test_read_truncated_tiff(tmp_path):
     one_line(e)
 
 
+@pytest.mark.parametrize("kind", ["imagej", "ome"])
+def test_a_truncated_imagej_or_ome_stack_is_refused_not_read_as_its_first_frame(tmp_path, kind):
+    # tifffile only logs the broken page chain of these and returns the one frame it could read
+    path = tmp_path / ("cut.ome.tif" if kind == "ome" else "cut.tif")
+    data = np.arange(5 * 64 * 64, dtype=np.uint16).reshape(5, 64, 64)
+    if kind == "ome":
+        tifffile.imwrite(path, data, ome=True, metadata={"axes": "TYX"})
+    else:
+        tifffile.imwrite(path, data, imagej=True, metadata={"axes": "TYX"})
+    whole = tmp_path / "whole.tif"
+    whole.write_bytes(path.read_bytes())
+    assert read_image(whole).shape == (5, 64, 64)
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(InputError, match="truncated or corrupt") as e:
+        read_image(path)
+    assert path.name in one_line(e)
+
+
 def test_read_npy_with_pickled_objects_is_refused(tmp_path):
     path = tmp_path / "obj.npy"
     np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)

@@ -92,23 +92,60 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             raise InputError(f"{str(p)!r} does not contain a single array")
         return arr
     if suffix in TIFF_SUFFIXES:
-        import tifffile
-
-        try:
-            return tifffile.memmap(p, mode="r")
-        except tifffile.TiffFileError as exc:
-            raise InputError(f"cannot read {str(p)!r}: not a valid TIFF file ({one_line(exc)})") from exc
-        except Exception:
-            pass  # compressed, tiled, non-contiguous, truncated, ...: read by pages, or whole
-        try:
-            paged = open_paged_stack(p)
-            return paged if paged is not None else np.asarray(tifffile.imread(p))
-        except Exception as exc:
-            raise InputError(f"cannot read {str(p)!r} as a TIFF image (truncated or corrupt?): {one_line(exc)}") from exc
+        with _tiff_damage(p):
+            return _read_tiff(p)
     raise InputError(
         f"cannot read {str(p)!r}: unsupported file type {suffix or '(no extension)'!r}; "
         f"expected one of {', '.join(IMAGE_SUFFIXES)}"
     )
+
+
+def _read_tiff(p: Path) -> np.ndarray:
+    import tifffile
+
+    try:
+        return tifffile.memmap(p, mode="r")
+    except tifffile.TiffFileError as exc:
+        raise InputError(f"cannot read {str(p)!r}: not a valid TIFF file ({one_line(exc)})") from exc
+    except Exception:
+        pass  # compressed, tiled, non-contiguous, truncated, ...: read by pages, or whole
+    try:
+        paged = open_paged_stack(p)
+        return paged if paged is not None else np.asarray(tifffile.imread(p))
+    except Exception as exc:
+        raise InputError(f"cannot read {str(p)!r} as a TIFF image (truncated or corrupt?): {one_line(exc)}") from exc
+
+
+#: what tifffile logs (and then reads on, returning what it could: e.g. the first frame of a
+#: stack cut short by an interrupted copy) when a file's structure is broken
+_TIFF_DAMAGE = ("invalid page offset", "corrupted", "truncated")
+
+
+@contextlib.contextmanager
+def _tiff_damage(p: Path) -> Iterator[None]:
+    """Turn the damage tifffile only logs while reading ``p`` into an InputError."""
+    import logging
+
+    import tifffile
+
+    seen: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    logger = tifffile.logger()
+    handler = _Collect(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+    damage = [m for m in seen if any(key in m.lower() for key in _TIFF_DAMAGE)]
+    if damage:
+        detail = damage[0].split("> ", 1)[-1]  # without tifffile's "<tifffile.TiffFile 'x.tif'>" prefix
+        raise InputError(f"cannot read {str(p)!r}: the file is truncated or corrupt ({detail}); "
+                         "was it copied completely?")
 
 
 #: Luminance weights (ITU-R BT.709, as scikit-image's ``rgb2gray``) for RGB -> gray.
