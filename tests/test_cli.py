@@ -268,3 +268,62 @@ def test_the_step_defaults_in_the_help_are_the_training_config_ones(capsys):
             assert f"(default: {base_min}, scaled" in text and f"(default {TrainConfig.copies})" in text
         else:
             assert "(default: as 'lodestar train')" in text
+
+
+def test_bad_output_paths_are_refused_before_any_work(scene, model_path, tmp_path, capsys, monkeypatch):
+    from starloc.lodestar import training
+
+    folder, (row, col) = scene
+    monkeypatch.setattr(training, "train", lambda *a, **k: pytest.fail("trained before checking the output"))
+    (tmp_path / "adir").mkdir()
+    train = ["lodestar", "train", str(folder / "scene.tif"), "--crop", str(row), str(col), "40", "40"]
+    _bad(capsys, [*train, "-o", str(tmp_path / "adir")], "it is a folder")
+    _bad(capsys, [*train, "-o", str(tmp_path / "no" / "m.pt")], "does not exist")
+    detect = ["lodestar", "detect", str(folder / "scene.tif"), "--model", str(model_path)]
+    _bad(capsys, [*detect, "-o", str(tmp_path / "adir")], "it is a folder")
+    _bad(capsys, [*detect, "-o", str(tmp_path / "no" / "d.csv")], "does not exist")
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--cutoff", "2"], "a quantile cutoff must lie in [0, 1]"),
+    (["--cutoff", "nan"], "a quantile cutoff"),
+    (["--mode", "ratio", "--cutoff", "1.5"], "a ratio cutoff"),
+    (["--alpha", "nan"], "alpha must be a number >= 0"),
+    (["--beta", "-1"], "beta must be a number >= 0"),
+    (["--single", "--cutoff", "0.5", "--no-deblend"], "--cutoff, --(no-)deblend: options of multi-object"),
+])
+def test_detection_options_are_checked_before_detecting(scene, model_path, tmp_path, capsys, options, message):
+    folder, _ = scene
+    _bad(capsys, ["lodestar", "detect", str(folder / "scene.tif"), "--model", str(model_path), *options,
+                  "-o", str(tmp_path / "d.csv")], message)
+    assert not (tmp_path / "d.csv").exists()
+
+
+def test_axial_options_need_z_range_and_the_pixel_size_comes_from_the_tiff(tmp_path, capsys):
+    field = np.random.default_rng(0).normal(size=(2, 48, 48)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "field.tif", field, imagej=True, resolution=(1 / 0.114, 1 / 0.114),
+                     metadata={"axes": "CYX", "unit": "um"})
+    tifffile.imwrite(tmp_path / "bare.tif", field)
+    options = ["--crop", "0", "0", "48", "48", "--channel-axis", "0", "--steps", "2", "--device", "cpu",
+               "-o", str(tmp_path / "h.pt")]
+    field_train = ["lodestar", "train", str(tmp_path / "field.tif"), *options]
+    for option in (["--pixel-size", "114"], ["--wavelength", "532"], ["--crop-z", "1"]):
+        _bad(capsys, [*field_train, *option], "give --z-range UM too")
+    _bad(capsys, [*field_train, "--crop-signal", "2"], "give --signal-range R too")
+    _bad(capsys, ["lodestar", "train", str(tmp_path / "bare.tif"), *options, "--z-range", "1"], "give --pixel-size NM")
+    assert main([*field_train, "--z-range", "1"]) == 0
+    assert "from field.tif's metadata: pixel size 114 nm" in capsys.readouterr().err
+    from starloc.lodestar.model import LodeSTAR
+
+    assert LodeSTAR.load(tmp_path / "h.pt").metadata["training"]["pixel_size_nm"] == pytest.approx(114.0)
+
+
+def test_tiff_axes_that_are_not_time(tmp_path, model_path, capsys):
+    image = sim.simulate_scene("point", 4, size=(48, 48), snr=10, rng=5)[0]
+    tifffile.imwrite(tmp_path / "cyx.tif", np.stack([image, image])[None], imagej=True, metadata={"axes": "ZCYX"})
+    tifffile.imwrite(tmp_path / "tzyx.tif", np.stack([image] * 4).reshape(2, 2, 48, 48), imagej=True,
+                     metadata={"axes": "TZYX"})
+    detect = ["lodestar", "detect", "--model", str(model_path), "-o", str(tmp_path / "d.csv")]
+    assert main([*detect, str(tmp_path / "cyx.tif")]) == 0
+    assert "names its first axis C (axes CYX)" in capsys.readouterr().err
+    _bad(capsys, [*detect, str(tmp_path / "tzyx.tif")], "has axes TZYX")

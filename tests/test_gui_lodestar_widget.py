@@ -387,7 +387,7 @@ def test_crop_info_suggests_downsampling_for_a_large_object(make_napari_viewer, 
     assert "suggested" not in widget.crop_info.text()
 
 
-def test_crop_info_warns_about_a_crop_with_several_objects(make_napari_viewer, qtbot):
+def test_crop_info_warns_about_a_crop_with_several_objects_or_none(make_napari_viewer, qtbot):
     image = sim.add_poisson_noise(sim.render("point", (80, 80), np.array([[30.0, 30.0], [50.0, 52.0]])), 10, rng=3)
     viewer, widget = _widget(make_napari_viewer, steps=3)
     viewer.add_image(image, name="two")
@@ -398,6 +398,10 @@ def test_crop_info_warns_about_a_crop_with_several_objects(make_napari_viewer, q
     _draw(widget, (30.0, 30.0), size=30)
     widget._update_crop_preview()
     assert "seems to hold" not in widget.crop_info.text()
+    viewer.layers[CROP_LAYER].data = []
+    _draw(widget, (14.0, 66.0), size=26)  # background only
+    widget._update_crop_preview()
+    assert "crop 1 seems to hold no object" in widget.crop_info.text()
 
 
 def test_point_and_size_crop_matches_the_rectangle_and_trains(make_napari_viewer, qtbot, messages, scene):

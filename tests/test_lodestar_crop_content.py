@@ -7,7 +7,7 @@ import tifffile
 from starloc import sim
 from starloc.cli import main
 from starloc.demo import CROP_SIZE, crop_around, isolated_object
-from starloc.lodestar.crop_content import count_objects, crops_with_several_objects
+from starloc.lodestar.crop_content import count_objects, crops_without_one_object
 
 
 @pytest.mark.parametrize("shape", sim.SHAPES)
@@ -37,7 +37,7 @@ def test_the_demo_crops():
              # the crop the demo used to train on: a neighbour 2 px from its edge, a model that found nothing
              crop_around(truth[np.argmin(np.hypot(*(truth - 127.5).T))], CROP_SIZE, image.shape)]
     crops = [image[r:r + h, c:c + w] for r, c, h, w in boxes]
-    assert crops_with_several_objects(crops) == [(1, 2)]
+    assert crops_without_one_object(crops) == [(1, 2)]
 
 
 def test_cli_training_warns_about_a_crop_with_several_objects(tmp_path, capsys):
@@ -47,4 +47,17 @@ def test_cli_training_warns_about_a_crop_with_several_objects(tmp_path, capsys):
     assert main(base + ["--crop", "0", "0", "64", "64", "-o", str(tmp_path / "a.pt")]) == 0
     assert "crop 1 seems to hold 2 objects" in capsys.readouterr().err
     assert main(base + ["--crop", "4", "4", "32", "32", "-o", str(tmp_path / "b.pt")]) == 0
+    assert "seems to hold" not in capsys.readouterr().err
+
+
+def test_cli_training_warns_about_a_crop_of_background_only(tmp_path, capsys):
+    # e.g. drawn on the wrong frame of a time-lapse: the object is on frame 1, the crop on frame 0
+    obj = sim.add_poisson_noise(sim.render("point", (64, 64), np.array([[32.0, 32.0]])), 10, rng=4)
+    empty = sim.add_poisson_noise(np.zeros((64, 64)), 10, rng=5)
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([empty, obj]))
+    base = ["lodestar", "train", str(tmp_path / "stack.tif"), "--steps", "2", "--device", "cpu",
+            "--crop", "12", "12", "40", "40"]
+    assert main(base + ["--frame", "0", "-o", str(tmp_path / "a.pt")]) == 0
+    assert "crop 1 seems to hold no object" in capsys.readouterr().err
+    assert main(base + ["--frame", "1", "-o", str(tmp_path / "b.pt")]) == 0
     assert "seems to hold" not in capsys.readouterr().err

@@ -220,7 +220,7 @@ def test_cli_trains_on_a_hologram_and_writes_z_and_signal(tmp_path, capsys):
     assert main(train_args + ["--z-range", "2"]) == EXIT_BAD_INPUT  # no pixel size
     assert "pixel size" in capsys.readouterr().err and not model.exists()
     assert main(train_args + ["--crop-z", "auto"]) == EXIT_BAD_INPUT  # refocusing needs the optics
-    assert "--z-range and --pixel-size" in capsys.readouterr().err and not model.exists()
+    assert "give --z-range UM too" in capsys.readouterr().err and not model.exists()
     assert main(train_args + ["--z-range", "2", "--pixel-size", "114", "--signal-range", "2",
                               "--crop-z", "auto", "--crop-signal", "0.02"]) == 0
     said = capsys.readouterr().err

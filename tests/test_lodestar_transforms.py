@@ -129,6 +129,16 @@ def test_normalization_ignores_gain_offset_and_object_count():
     assert torch.allclose(a, c, atol=1e-4)
 
 
+@pytest.mark.parametrize("units", [1e17, 1e30, 1e-30])
+def test_normalization_of_frames_in_extreme_units(units):
+    # float32 squares of such values overflow (or underflow): the frames are first brought to unit peak
+    from starloc.lodestar.model import normalize
+
+    image = torch.from_numpy(sim.add_poisson_noise(sim.render("point", (64, 64), [(30.2, 33.7)]), 10, rng=2))
+    frames = torch.stack([image, image * 3 + 5])[:, None]
+    assert torch.allclose(normalize(frames * units), normalize(frames), atol=1e-4)
+
+
 def _background_of(normalized: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
     values = normalized[..., mask]
     return float(values.mean()), float(values.std())

@@ -15,8 +15,8 @@ import warnings
 from pathlib import Path
 
 from starloc import __version__
-from starloc.cli_common import (add_cluster_options, at_least, cluster_client, downsample_factor, frames_type,
-                                positive, progress_bar, resolve_device)
+from starloc.cli_common import (add_cluster_options, at_least, check_output, cluster_client, downsample_factor,
+                                frames_type, positive, progress_bar, resolve_device)
 from starloc.errors import InputError, StarlocError, StarlocWarning
 
 EXIT_BAD_INPUT = 2
@@ -39,13 +39,16 @@ def _announce_downsample(downsample: int, suggested: int, extent: float, field: 
 
 def cmd_lodestar_train(args) -> int:
     from starloc.io import read_image
-    from starloc.lodestar.crop_content import crops_with_several_objects
+    from starloc.lodestar.crop_content import crop_advice, crops_without_one_object
     from starloc.lodestar.downsampling import auto_downsample, smallest_side, suggest_downsample
     from starloc.lodestar.inference import extract_crops
     from starloc.lodestar.network import NetworkConfig
     from starloc.lodestar.training import TrainConfig, step_budget, train
 
+    check_output(args.output)
+    _check_symmetry_options(args)
     image = read_image(args.image)
+    _check_axes(args, image)
     field = NetworkConfig().receptive_field
     hologram = args.z_range is not None  # a field propagates at the camera's pixels: never downsampled
     auto = args.downsample == "auto" and not hologram
@@ -64,10 +67,8 @@ def cmd_lodestar_train(args) -> int:
         if suggested > downsample:
             warnings.warn(f"the object in the crop is about {extent:.0f} px across, more than the network sees "
                           f"whole at --downsample {downsample}: consider --downsample {suggested}", StarlocWarning)
-    for index, count in crops_with_several_objects(crops):
-        warnings.warn(f"crop {index + 1} seems to hold {count} objects: LodeSTAR learns from a crop around ONE "
-                      "object (a model trained on several usually finds none); crop a single object",
-                      StarlocWarning)
+    for index, count in ([] if hologram else crops_without_one_object(crops)):  # fringes are no objects
+        warnings.warn(crop_advice(index, count), StarlocWarning)
     copies = TrainConfig.copies if args.copies is None else args.copies
     optics = {k: getattr(args, k) for k in ("wavelength_nm", "n_medium") if getattr(args, k) is not None}
     reference = {"crop_signal": args.crop_signal} if args.crop_signal is not None else {}
@@ -96,6 +97,47 @@ def cmd_lodestar_train(args) -> int:
     print(f"trained {steps} steps in {p.elapsed:.1f} s (consistency {p.consistency:.4f} px); "
           f"model written to {args.output}")
     return 0
+
+
+def _check_axes(args, image) -> None:
+    """Say how the axes an ImageJ/OME TIFF names are read when that is not what they say:
+    channels read as frames (a warning), or four axes without channels (an error that names them,
+    where the generic one would suggest --channel-axis)."""
+    from starloc.io import stated_axes
+
+    axes = stated_axes(args.image)
+    if args.channel_axis is not None or axes is None or len(axes) != len(image.shape):
+        return
+    name = Path(args.image).name
+    if len(axes) == 3 and axes[0] == "C":
+        warnings.warn(f"{name}'s metadata names its first axis C (axes {axes}): its {image.shape[0]} channels are "
+                      "read as frames; give --channel-axis 0 to read them as the channels of one image",
+                      StarlocWarning)
+    elif len(axes) == 4 and "C" not in axes:
+        raise InputError(f"{name} has axes {axes} (shape {tuple(image.shape)}): starloc reads 2D frames (T×Y×X), "
+                         "with --channel-axis for a channel axis; save the slices to analyse as a T×Y×X stack")
+
+
+def _check_symmetry_options(args) -> None:
+    """Refuse the axial and signal options that would be ignored; with ``--z-range``, take the
+    pixel size from the TIFF's ImageJ/OME metadata when ``--pixel-size`` is left out."""
+    if args.z_range is None:
+        unused = [opt for opt, value in (("--pixel-size", args.pixel_size), ("--wavelength", args.wavelength_nm),
+                                         ("--n-medium", args.n_medium), ("--crop-z", args.crop_z))
+                  if value is not None]
+        if unused:
+            raise InputError(f"{', '.join(unused)}: only for the axial training of a hologram; "
+                             "give --z-range UM too")
+    elif args.pixel_size is None:
+        from starloc.deeploco.stack import tiff_spacing
+
+        args.pixel_size = tiff_spacing(args.image)[0]
+        if args.pixel_size is None:
+            raise InputError("--z-range propagates the field in physical units: give --pixel-size NM (the "
+                             f"pixel size in the sample; {Path(args.image).name} states none)")
+        print(f"starloc: from {Path(args.image).name}'s metadata: pixel size {args.pixel_size:g} nm", file=sys.stderr)
+    if args.signal_range is None and args.crop_signal is not None:
+        raise InputError("--crop-signal sets the unit of the learned signal: give --signal-range R too")
 
 
 def _crop_z(args, crops, optics: dict) -> float:
@@ -130,13 +172,20 @@ def cmd_lodestar_detect(args) -> int:
     from starloc.lodestar.inference import iter_detect, iter_single, property_columns
     from starloc.lodestar.model import LodeSTAR
 
+    check_output(args.output)
+    given = {k: getattr(args, k) for k in ("alpha", "beta", "cutoff", "mode", "min_weight", "radius",
+                                           "cluster_radius", "crowded_distance", "deblend")}
+    given = {k: v for k, v in given.items() if v is not None}
+    if args.single and given:
+        names = ", ".join("--" + k.replace("_", "-") if k != "deblend" else "--(no-)deblend" for k in given)
+        raise InputError(f"{names}: options of multi-object detection; --single pools one object per frame "
+                         "and takes none of them")
+    params = DetectParams(**given)
     image = read_image(args.image)
+    _check_axes(args, image)
     layout = {"rgb": args.rgb, "channel_axis": args.channel_axis}
     total = len(image_frame_range(image, args.frames, name=str(args.image), **layout))
     augment = args.single if args.tta is None else args.tta
-    given = {k: getattr(args, k) for k in ("alpha", "beta", "cutoff", "mode", "min_weight", "radius",
-                                           "cluster_radius", "crowded_distance", "deblend")}
-    params = DetectParams(**{k: v for k, v in given.items() if v is not None})
     on_cluster = args.scheduler is not None or args.workers is not None
     # On a cluster the tasks load the model themselves; here it only names the output columns.
     model = LodeSTAR.load(args.model, device="cpu" if on_cluster else resolve_device(args.device))
@@ -242,8 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--z-range", type=positive(), metavar="UM",
                    help="learn the axial position from a complex field (2 channels, real and imaginary: give "
                         "--channel-axis) by propagating the crop up to UM µm either way; z is reported in µm "
-                        "relative to the crop's object. Needs --pixel-size")
-    h.add_argument("--pixel-size", type=positive(), metavar="NM", help="pixel size in the sample, nm")
+                        "relative to the crop's object. Needs the pixel size: --pixel-size, else the TIFF's ImageJ/OME "
+                        "metadata")
+    h.add_argument("--pixel-size", type=positive(), metavar="NM",
+                   help="pixel size in the sample, nm (default: the TIFF's ImageJ/OME metadata)")
     h.add_argument("--wavelength", dest="wavelength_nm", type=positive(), metavar="NM",
                    help="vacuum wavelength of the illumination, nm (default 633)")
     h.add_argument("--n-medium", type=positive(), metavar="N",

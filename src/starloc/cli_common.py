@@ -8,9 +8,20 @@ import argparse
 import math
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 from starloc.errors import InputError, StarlocError
+
+
+def check_output(path: Any) -> None:
+    """Refuse, before any work, an output path that cannot be written: its folder missing, or
+    the path itself an existing folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"cannot write {str(path)!r}: it is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise InputError(f"cannot write {str(path)!r}: directory {str(path.parent)!r} does not exist")
 
 
 def resolve_device(name: str) -> str:

@@ -19,7 +19,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from starloc.cli_common import add_cluster_options, cluster_client, frames_type, positive, progress_bar, resolve_device
+from starloc.cli_common import (add_cluster_options, check_output, cluster_client, frames_type, positive,
+                                progress_bar, resolve_device)
 from starloc.errors import InputError
 
 #: starloc.deeploco.camera.CAMERA_PRESETS, written out so that `starloc --help` imports no torch
@@ -59,12 +60,6 @@ def _range_type(kind: type = float):
 
     parse.__name__ = f"{kind.__name__} range"
     return parse
-
-
-def _check_out_dir(path: Path) -> None:
-    parent = Path(path).parent
-    if not parent.is_dir():
-        raise InputError(f"cannot write {str(path)!r}: directory {str(parent)!r} does not exist")
 
 
 # ------------------------------------------------------------------------------------------
@@ -345,9 +340,9 @@ def cmd_deeploco_train(args) -> int:
     from starloc.deeploco import training
     from starloc.deeploco.training import Trainer
 
-    _check_out_dir(args.output)
+    check_output(args.output)
     if args.checkpoint is not None:
-        _check_out_dir(args.checkpoint)
+        check_output(args.checkpoint)
     if args.checkpoint_every is not None and args.checkpoint is None:
         raise InputError("--checkpoint-every needs --checkpoint PATH")
     device = resolve_device(args.device)
@@ -442,7 +437,7 @@ def cmd_deeploco_calibrate(args) -> int:
     from starloc.deeploco.model import DeepLoco
     from starloc.deeploco.simulate import Simulator
 
-    _check_out_dir(Path(args.output))
+    check_output(Path(args.output))
     device = resolve_device(args.device)
     model = DeepLoco.load(args.model, device=device)
     training = model.metadata.get("training") or {}
@@ -509,7 +504,7 @@ def cmd_deeploco_localize(args) -> int:
     fmt = args.format or ("picasso" if out.suffix.lower() in HDF5_SUFFIXES else "thunderstorm")
     if fmt == "picasso" and out.suffix.lower() not in HDF5_SUFFIXES:
         raise InputError(f"Picasso output needs a .hdf5 file name, got {str(out)!r}")
-    _check_out_dir(out)
+    check_output(out)
     model = DeepLoco.load(args.model, device=resolve_device(args.device))
     camera = build_camera(args.camera, _camera_overrides(args), base=model.camera)
     options = {"pixel_size": args.pixel_size, "batch_size": args.batch_size, "threshold": args.threshold,
@@ -625,7 +620,7 @@ def cmd_render(args) -> int:
     from starloc.render import render_gaussian, render_histogram, render_z_rgb
 
     out = Path(args.output)
-    _check_out_dir(out)
+    check_output(out)
     table = _finite_rows(_read_locs(Path(args.locs), args.camera_pixel_size), Path(args.locs).name)
     x, y = np.asarray(table["x"], np.float64), np.asarray(table["y"], np.float64)
     p = float(args.pixel_size)

@@ -116,6 +116,31 @@ def _read_tiff(p: Path) -> np.ndarray:
         raise InputError(f"cannot read {str(p)!r} as a TIFF image (truncated or corrupt?): {one_line(exc)}") from exc
 
 
+def _frames_text(frames: Any) -> str:
+    """A frame selection as the CLI's ``--frames`` spells it (``5:9``), ranges and slices alike."""
+    if isinstance(frames, (range, slice)):
+        start, stop = frames.start, frames.stop
+    else:
+        start, stop = frames
+    return f"{'' if start is None else start}:{'' if stop is None else stop}"
+
+
+def stated_axes(path: str | os.PathLike) -> str | None:
+    """The axes an ImageJ or OME TIFF's metadata names for its data, in tifffile's letters
+    (e.g. ``"TYX"``, ``"CYX"``, ``"TZYX"``; singleton axes dropped as :func:`read_image` drops
+    them), or None for other files. Never raises."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not (tif.is_imagej or tif.is_ome):
+                return None
+            series = tif.series[0]
+            return "".join(a for a, n in zip(series.axes, series.shape) if n > 1 or a in "YX")
+    except Exception:
+        return None
+
+
 #: what tifffile logs (and then reads on, returning what it could: e.g. the first frame of a
 #: stack cut short by an interrupted copy) when a file's structure is broken
 _TIFF_DAMAGE = ("invalid page offset", "corrupted", "truncated")
@@ -341,7 +366,8 @@ def select_frames(frames: Any, n: int, name: str) -> range:
     else:
         raise InputError(f"frames must be a slice or range of frame indices, got {frames!r}")
     if len(r) == 0:
-        raise InputError(f"the frame selection {frames!r} selects no frame of {name} ({n} frame(s))")
+        raise InputError(f"the frame selection {_frames_text(frames)} selects no frame of {name} ({n} frame(s), "
+                         f"0 to {n - 1})")
     return r
 
 

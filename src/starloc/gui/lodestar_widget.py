@@ -68,7 +68,7 @@ from starloc.gui.lodestar_source import (
     to_uint8,
 )
 from starloc.gui.units import placement, stated_pixel_size_nm
-from starloc.lodestar.crop_content import crops_with_several_objects
+from starloc.lodestar.crop_content import crops_without_one_object
 from starloc.lodestar.detection import CUTOFF_MODES, DetectParams
 from starloc.lodestar.downsampling import auto_downsample, suggest_downsample
 from starloc.lodestar.holography import Optics, refocus_crops
@@ -732,10 +732,11 @@ class LodeSTARWidget(QWidget):
         return f"; object ≈ {extent:.0f} px across: Downsample {suggested} suggested (Advanced)"
 
     @staticmethod
-    def _several_objects_hint(crops) -> str:
-        """A note for each crop that seems to hold several objects."""
-        return "".join(f"; crop {i + 1} seems to hold {n} objects: LodeSTAR learns from ONE"
-                       for i, n in crops_with_several_objects(crops))
+    def _one_object_hint(crops) -> str:
+        """A note for each crop that seems to hold no object or several."""
+        return "".join(f"; crop {i + 1} seems to hold no object: LodeSTAR learns from ONE" if n == 0 else
+                       f"; crop {i + 1} seems to hold {n} objects: LodeSTAR learns from ONE"
+                       for i, n in crops_without_one_object(crops))
 
     def _schedule_preview(self, *_) -> None:
         self._preview_timer.start()
@@ -750,7 +751,7 @@ class LodeSTARWidget(QWidget):
         sizes = ", ".join(f"{h}×{w}" for _, _, h, w in rects)
         where = f" (frame {frame})" if src.is_timelapse else ""
         # a field's fringes reach far beyond its object: its extent says nothing about size or count
-        hints = "" if self.hologram else self._downsample_hint(crops) + self._several_objects_hint(crops)
+        hints = "" if self.hologram else self._downsample_hint(crops) + self._one_object_hint(crops)
         self.crop_info.setText(f"{len(crops)} crop(s): {sizes} px{where}; minimum {self.min_crop_size} px" + hints)
         pixels = to_uint8(crops[-1], magnitude=self.hologram)
         h, w = pixels.shape

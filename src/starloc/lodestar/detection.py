@@ -8,6 +8,7 @@ their meaning relative to the objects at every scale.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -171,6 +172,16 @@ class DetectParams:
             raise InputError(f"detection crowded_distance must be >= 0 pixels (0: off), got {self.crowded_distance!r}")
         if not np.isfinite(self.min_weight):
             raise InputError(f"detection min_weight must be a finite number, got {self.min_weight!r}")
+        for name in ("alpha", "beta"):
+            value = getattr(self, name)
+            if value is not None and not (np.isfinite(value) and value >= 0):
+                raise InputError(f"detection {name} must be a number >= 0, got {value!r}")
+        if self.mode not in CUTOFF_MODES:
+            raise InputError(f"detection mode must be one of {CUTOFF_MODES}, got {self.mode!r}")
+        low, high = (0.0, 1.0) if self.mode in ("quantile", "ratio") else (0.0, math.inf)
+        if not (np.isfinite(self.cutoff) and low <= self.cutoff <= high):
+            within = "[0, 1]" if high == 1 else ">= 0"
+            raise InputError(f"a {self.mode} cutoff must lie in {within}, got {self.cutoff!r}")
 
     def crowding_distance(self, receptive_field: float | None) -> float:
         """``crowded_distance`` in the network's pixels, the receptive field when not set

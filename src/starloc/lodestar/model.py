@@ -99,6 +99,14 @@ def normalize(frames: torch.Tensor, method: str = "background") -> torch.Tensor:
         raise ValueError(f"unknown normalization {method!r} of a frame by itself; expected 'background' or "
                          "'robust' ('fixed' takes the model's numbers: LodeSTAR.normalize)")
     flat = frames.flatten(2)
+    if flat.dtype == torch.float32:
+        # Squared deviations of values beyond ~1e15 overflow float32 sums, those of values below
+        # ~1e-15 underflow; the result does not depend on the units, so such frames are first
+        # brought to unit peak (exactly, by a power of two). Other frames are left bit for bit.
+        peak = flat.abs().amax(dim=2, keepdim=True)
+        odd = torch.isfinite(peak) & ((peak > 1e15) | ((peak < 1e-15) & (peak > 0)))
+        if bool(odd.any()):
+            flat = flat * torch.where(odd, torch.exp2(-torch.ceil(torch.log2(peak))), torch.ones_like(peak))
     level, scale = _low_quantile_background(flat)
     if method == "background":
         level, scale = _clipped_where_crowded(flat, level, scale)
