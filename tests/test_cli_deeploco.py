@@ -287,6 +287,36 @@ def test_render_skips_non_finite_rows_and_refuses_a_huge_image(tmp_path, capsys)
     assert out.read_bytes() == before
 
 
+def test_evaluate_scores_localizations_against_challenge_ground_truth(tmp_path, capsys):
+    import json
+
+    # 4 true emitters in 2 frames (activations.csv: 1-based frames, no header as some files have)
+    (tmp_path / "activations.csv").write_text("1,1,1000,1000,0,2000\n2,1,3000,1000,100,2000\n"
+                                              "3,2,1000,3000,-200,2000\n4,2,5000,5000,300,2000\n")
+    # 3 of them found (one 30 nm off in x, one 40 nm off in z), one false localization, one missed
+    locs = {"frame": np.array([0, 0, 1, 1]), "x": np.array([1030.0, 3000.0, 1000.0, 200.0]),
+            "y": np.array([1000.0, 1000.0, 3000.0, 200.0]), "z": np.array([0.0, 140.0, -200.0, 0.0])}
+    write_thunderstorm_csv(tmp_path / "locs.csv", locs)
+    argv = ["evaluate", str(tmp_path / "locs.csv"), "--truth", str(tmp_path / "activations.csv")]
+    assert main([*argv, "--json", str(tmp_path / "m.json")]) == 0
+    out = capsys.readouterr().out
+    assert "3D, matched within 100 nm lateral, 500 nm axial: 3 matched, 1 false, 1 missed" in out
+    got = json.loads((tmp_path / "m.json").read_text())
+    assert got["jaccard"] == pytest.approx(3 / 5)
+    assert got["rmse_lateral"] == pytest.approx(np.sqrt(30.0**2 / 3))
+    assert got["rmse_axial"] == pytest.approx(np.sqrt(40.0**2 / 3))
+    assert got["mean_offset"] == pytest.approx([-10.0, 0.0, -40.0 / 3])
+    assert main([*argv, "--lateral-only", "--tolerance", "20"]) == 0
+    assert "2D, matched within 20 nm lateral: 2 matched, 2 false, 2 missed" in capsys.readouterr().out
+    # the truth as a ThunderSTORM table (more columns than activations.csv), scored the same
+    truth = read_thunderstorm_csv(tmp_path / "locs.csv")
+    write_thunderstorm_csv(tmp_path / "truth.csv", {**truth, "sigma": np.full(4, 100.0), "intensity": np.ones(4),
+                                                    "offset": np.ones(4)})
+    assert main(["evaluate", str(tmp_path / "locs.csv"), "--truth", str(tmp_path / "truth.csv")]) == 0
+    assert "4 matched, 0 false, 0 missed" in capsys.readouterr().out
+    _bad(capsys, ["evaluate", str(tmp_path / "locs.csv"), "--truth", str(tmp_path / "none.csv")], "not found")
+
+
 def test_argument_parsers():
     assert frames_type("2:5") == slice(2, 5) and frames_type(":5") == slice(None, 5)
     assert frames_type("3") == slice(3, 4) and frames_type("-2:") == slice(-2, None)

@@ -33,6 +33,16 @@ def test_read_activations_space_padded(tmp_path):
     assert t["frame"].dtype == np.int64 and t["x"].dtype == np.float64
 
 
+def test_read_activations_without_its_header(tmp_path):
+    path = tmp_path / "activations.csv"
+    path.write_text(ACTIVATIONS.split("\n", 1)[1])
+    t = read_activations(path)
+    np.testing.assert_array_equal(t["frame"], [0, 0, 16])
+    np.testing.assert_array_equal(t["x"], [4267.5, 50.0, 6399.99])
+    path.write_text("1,1,10.0,20.0,30.0\n")  # no intensity either
+    assert read_activations(path)["z"].tolist() == [30.0] and np.isnan(read_activations(path)["intensity"][0])
+
+
 def test_read_activations_rejects_foreign_and_bad_frames(tmp_path):
     foreign = tmp_path / "foreign.csv"
     foreign.write_text("frame,row,col\n0,1.5,2.5\n")

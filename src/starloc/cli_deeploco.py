@@ -665,6 +665,61 @@ def cmd_render(args) -> int:
     return 0
 
 
+def _read_truth(path: Path, camera_pixel_size: float | None) -> dict[str, Any]:
+    """Ground truth: an SMLM Challenge activations.csv (with or without its header), else any
+    table ``render`` reads (ThunderSTORM CSV, starloc points CSV)."""
+    from starloc.smlm_io import is_thunderstorm_csv, read_activations
+
+    if not path.is_file():
+        raise InputError(f"ground-truth file {str(path)!r} not found")
+    if is_thunderstorm_csv(path):
+        return _read_locs(path, camera_pixel_size)
+    try:
+        return read_activations(path)
+    except InputError as exc:
+        if "not an SMLM Challenge activations.csv" not in str(exc):
+            raise
+    return _read_locs(path, camera_pixel_size)
+
+
+#: (key of smlm_metrics.assess, label, format) of the rows ``evaluate`` prints
+_EVALUATE_ROWS = (("jaccard", "Jaccard", "{:.3f}"), ("recall", "recall", "{:.3f}"),
+                  ("precision", "precision", "{:.3f}"), ("rmse_lateral", "RMSE lateral (nm)", "{:.1f}"),
+                  ("rmse_axial", "RMSE axial (nm)", "{:.1f}"), ("efficiency_lateral", "efficiency lateral", "{:.1f}"),
+                  ("efficiency_axial", "efficiency axial", "{:.1f}"))
+
+
+def cmd_evaluate(args) -> int:
+    import json
+
+    import numpy as np
+
+    from starloc.io import atomic_write
+    from starloc.smlm_metrics import assess
+
+    if args.json is not None:
+        check_output(args.json)
+    pred = _finite_rows(_read_locs(Path(args.locs), args.camera_pixel_size), Path(args.locs).name)
+    truth = _finite_rows(_read_truth(Path(args.truth), args.camera_pixel_size), Path(args.truth).name)
+    dim = 3 if ("z" in pred and "z" in truth and not args.lateral_only) else 2
+    axes = ("x", "y", "z")[:dim]
+    result = assess(pred["frame"], np.stack([pred[a] for a in axes], 1), truth["frame"],
+                    np.stack([truth[a] for a in axes], 1), args.tolerance, args.axial_tolerance if dim == 3 else None)
+    tol = f"{args.tolerance:g} nm lateral" + (f", {args.axial_tolerance:g} nm axial" if dim == 3 else "")
+    print(f"{len(pred['x'])} localization(s) against {len(truth['x'])} true emitter(s), {dim}D, matched within {tol}: "
+          f"{result['tp']} matched, {result['fp']} false, {result['fn']} missed")
+    for key, label, fmt in _EVALUATE_ROWS:
+        if dim == 3 or "axial" not in key:
+            print(f"  {label:<20} {fmt.format(result[key])}")
+    offset = ", ".join(f"{a} {v:+.1f}" for a, v in zip(axes, result["mean_offset"]))
+    print(f"  {'mean offset (nm)':<20} {offset}  (truth - localization)")
+    if args.json is not None:
+        record = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in result.items()}
+        record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
+    return 0
+
+
 def _finite_rows(table: dict[str, Any], name: str) -> dict[str, Any]:
     """The rows of a localization table whose x, y (and z) are finite; says how many were not.
     (Other tools write NaN for failed fits.)"""
@@ -842,3 +897,22 @@ def add_commands(sub) -> None:
     rd.add_argument("--camera-pixel-size", type=positive(), default=None,
                     help="camera pixel size (nm) for tables in camera pixels (points CSV, x [px])")
     rd.set_defaults(func=cmd_render)
+
+    ev = sub.add_parser(
+        "evaluate", help="score localizations against ground truth (SMLM Challenge 2016 metrics)",
+        description="Match localizations to the true emitters one to one within a tolerance, frame by frame "
+                    "(Hungarian), and print the SMLM Challenge 2016 metrics: Jaccard, recall, precision, RMSE "
+                    "lateral (and axial), efficiency and the mean offset. 3D when both tables have z.")
+    ev.add_argument("locs", type=Path, help="localizations: ThunderSTORM CSV (e.g. from 'deeploco localize') or "
+                                            "starloc points CSV (with --camera-pixel-size)")
+    ev.add_argument("--truth", type=Path, required=True,
+                    help="ground truth: an SMLM Challenge activations.csv, or a ThunderSTORM CSV")
+    ev.add_argument("--tolerance", type=positive(), default=100.0,
+                    help="lateral matching distance in nm (default 100, the DeepLoco paper's; the challenge used 250)")
+    ev.add_argument("--axial-tolerance", type=positive(), default=500.0,
+                    help="axial matching distance in nm for 3D tables (default 500)")
+    ev.add_argument("--lateral-only", action="store_true", help="ignore z even when both tables have it")
+    ev.add_argument("--camera-pixel-size", type=positive(), default=None,
+                    help="camera pixel size (nm) for tables in camera pixels (points CSV, x [px])")
+    ev.add_argument("--json", type=Path, default=None, help="also write the metrics to this JSON file")
+    ev.set_defaults(func=cmd_evaluate)

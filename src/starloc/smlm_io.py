@@ -112,27 +112,40 @@ def _numbers(tokens: list[str], name: str, p: Path, integer: bool = False) -> np
 # --------------------------------------------------------------------------------------
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def read_activations(path: str | os.PathLike) -> Table:
     """Read an SMLM Challenge 2016 ``activations.csv`` (ground truth).
 
     Returns ``{"id", "frame", "x", "y", "z", "intensity"}``: ``frame`` **0-based** (the file's
     1-based frame − 1), positions in nm (corner origin), ``intensity`` in photons (NaN where a
     row has no intensity field, as some challenge tools write). Space padding around fields
-    and a trailing space after the header are accepted. InputError for a missing file, a
-    header other than ``Ground-truth,frame,xnano,ynano,znano[,intensity]``, short rows,
-    non-numeric values or frames < 1.
+    and a trailing space after the header are accepted, and so are the same columns under
+    plain names (``index,frame,x,y,z[,intensity]``) or without a header. InputError for a
+    missing file, a header other than ``Ground-truth,frame,xnano,ynano,znano[,intensity]`` or
+    those, short rows, non-numeric values or frames < 1.
     """
     p, rows = _read_rows(path, "activations")
     header = [h.lower() for h in (rows[0] if rows else [])]
-    expected = [h.lower() for h in ACTIVATIONS_HEADER]
-    if header[:5] != expected[:5] or (len(header) > 5 and header[5] != expected[5]):
+    headerless = bool(rows) and 5 <= len(rows[0]) <= 6 and all(_is_number(v) for v in rows[0] if v)
+    # the challenge's names, or the same columns named plainly (index,frame,x,y,z[,intensity])
+    named = (len(header) in (5, 6) and header[1] == "frame" and [h[:1] for h in header[2:5]] == ["x", "y", "z"]
+             and not any("[" in h for h in header))  # units in brackets: a ThunderSTORM table
+    if not (headerless or named):
         found = ",".join(rows[0])[:80] if rows else "an empty file"
         raise InputError(
             f"{str(p)!r} is not an SMLM Challenge activations.csv: expected the header "
-            f"{','.join(ACTIVATIONS_HEADER)}, found {found!r}"
+            f"{','.join(ACTIVATIONS_HEADER)} (or none, 5-6 numbers per row), found {found!r}"
         )
-    body = rows[1:]
-    for lineno, r in enumerate(body, start=2):
+    first = 1 if headerless else 2
+    body = rows[first - 1:]
+    for lineno, r in enumerate(body, start=first):
         if len(r) < 5 or len(r) > 6 and any(r[6:]):
             raise InputError(f"{str(p)!r}: a row near line {lineno} has {len(r)} fields, expected 5 or 6")
     cols = [[r[k] if k < len(r) and r[k] else "nan" for r in body] for k in range(6)]
