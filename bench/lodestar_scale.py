@@ -6,12 +6,14 @@ default network (receptive field 26 px) on ONE crop around one large object, at 
 ``--downsample`` factor, and detects the objects in scenes of many. Objects (exact truth):
 
 - ``ring``: a thin bright ring of radius 24 px (a cell outline, 48 px across);
-- ``disc``: a uniform disc of radius 16 px (a nucleus, 32 px across).
+- ``disc``: a uniform disc of radius 16 px (a nucleus, 32 px across);
+- ``blob``: a Gaussian spot of ``--blob-sigma`` px (default 7; about 25 px across where it
+  exceeds 20 % of its peak: about the receptive field), its "radius" 1.79 sigma (20 % of the peak).
 
 Both are blurred by a Gaussian of 1 px, on a background of 10 photons/px, with a peak of
 ``SNR² - background`` photons above it (so the peak pixel's SNR, signal over the square root
 of everything it collects, is about ``--snr``), Poisson noise. The training crop is a square
-of side ``max(3 R, receptive field x D)`` around an object near its centre. Scenes: 512x512,
+of side ``max(3 R, receptive field x D)`` (or ``--crop``) around an object near its centre. Scenes: 512x512,
 15 objects at least 2R + 8 px apart, 4 scenes. Matched within R / 2 px (Hungarian); RMSE per
 axis in image pixels. Prints a table and one JSON line.
 
@@ -35,7 +37,8 @@ from starloc.lodestar.training import TrainConfig, train
 from starloc.metrics import detection_metrics
 from starloc.progress import finish
 
-RADIUS = {"ring": 24.0, "disc": 16.0}
+RADIUS = {"ring": 24.0, "disc": 16.0, "blob": 1.79 * 7.0}
+BLOB_SIGMA = 7.0
 BACKGROUND = 10.0
 SUPERSAMPLE = 4
 
@@ -50,9 +53,12 @@ def profile(shape: str, size: tuple[int, int], centres: np.ndarray) -> np.ndarra
     radius = RADIUS[shape]
     for r, c in centres:
         dist = np.hypot(rows[:, None] - r, cols[None, :] - c)
-        fine += (np.abs(dist - radius) <= 1.0) if shape == "ring" else (dist <= radius)
+        if shape == "blob":
+            fine += np.exp(-dist**2 / (2 * BLOB_SIGMA**2))
+        else:
+            fine += (np.abs(dist - radius) <= 1.0) if shape == "ring" else (dist <= radius)
     coarse = fine.reshape(size[0], s, size[1], s).mean((1, 3))
-    blurred = ndimage.gaussian_filter(coarse, 1.0)
+    blurred = coarse if shape == "blob" else ndimage.gaussian_filter(coarse, 1.0)
     return blurred / blurred.max() if blurred.max() > 0 else blurred
 
 
@@ -71,10 +77,11 @@ def place(n: int, size: int, distance: float, margin: float, rng: np.random.Gene
     return np.array(out)
 
 
-def run(shape: str, d: int, snr: float, device: str, max_steps: int | None, seed: int = 0) -> dict:
+def run(shape: str, d: int, snr: float, device: str, max_steps: int | None, seed: int = 0,
+        crop: int | None = None) -> dict:
     rng = np.random.default_rng(seed)
     radius = RADIUS[shape]
-    crop = int(max(3 * radius, NetworkConfig().receptive_field * d))
+    crop = crop or int(max(3 * radius, NetworkConfig().receptive_field * d))
     centre = (crop - 1) / 2 + rng.uniform(-1, 1, 2)
     image = noisy(shape, (crop, crop), centre[None], snr, rng)
     log = []
@@ -107,9 +114,16 @@ def main(argv=None):
     ap.add_argument("--downsample", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--snr", type=float, default=10.0)
     ap.add_argument("--steps", type=int, default=None, help="maximum training steps (default: the training's)")
+    ap.add_argument("--blob-sigma", type=float, default=BLOB_SIGMA, help="px, the blob's Gaussian sigma")
+    ap.add_argument("--crop", type=int, default=None,
+                    help="side of the training crop, px (default: max(3 R, receptive field x D))")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    rows = [run(shape, d, args.snr, args.device, args.steps) for shape in args.shapes for d in args.downsample]
+    if args.blob_sigma != BLOB_SIGMA:
+        globals()["BLOB_SIGMA"] = args.blob_sigma
+        RADIUS["blob"] = 1.79 * args.blob_sigma
+    rows = [run(shape, d, args.snr, args.device, args.steps, crop=args.crop)
+            for shape in args.shapes for d in args.downsample]
     print(f"# LodeSTAR on large objects, one training crop each, SNR {args.snr:g}, {args.threads} threads")
     print(f"{'shape':6s} {'R px':>5s} {'D':>3s} {'crop':>5s} {'steps':>6s} {'train s':>8s} {'objects':>8s} "
           f"{'prec':>6s} {'recall':>6s} {'F1':>6s} {'RMSE px':>8s} {'detect s':>9s}")
