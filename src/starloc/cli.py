@@ -2,8 +2,9 @@
 
 Exit codes: 0 success, 2 bad input or usage (one-line message on stderr), 130 interrupted.
 Pixel coordinates are (row, col), pixel centres at integers, frames 0-based. The DeepLoco
-commands (``deeploco train|localize``) and ``render`` live in :mod:`starloc.cli_deeploco`; their
-tables are in nm (x along columns, y along rows, origin at the image's top-left corner).
+commands (``deeploco train|calibrate|localize|brightness``), ``render`` and ``evaluate`` live in
+:mod:`starloc.cli_deeploco`; their tables are in nm (x along columns, y along rows, origin at the
+image's top-left corner).
 """
 
 from __future__ import annotations
