@@ -45,14 +45,16 @@ def test_object_extent_and_the_suggested_factor():
     rng = np.random.default_rng(3)
     ring = _ring((72, 72), (35.5, 35.2), 24.0, rng)
     assert 48 <= object_extent(ring) <= 58 and downsample_for(object_extent(ring)) == 3
-    spot = _big_spots([(26.5, 27.0)], (54, 54), rng)  # Gaussian, sigma 6 px
-    assert 16 <= object_extent(spot) <= 28 and downsample_for(object_extent(spot)) == 1
+    spot = _big_spots([(26.5, 27.0)], (54, 54), rng)  # Gaussian, sigma 6 px: trained at 1 it failed
+    assert 20 < object_extent(spot) <= 28 and downsample_for(object_extent(spot)) == 2
+    small = _big_spots([(26.5, 27.0)], (54, 54), rng, sigma=4.0)
+    assert object_extent(small) <= 20 and downsample_for(object_extent(small)) == 1
     dark = 200.0 - _big_spots([(30.0, 30.0)], (60, 60), rng, sigma=8.0) + 10.0  # bright-field: darker
     assert object_extent(dark) == pytest.approx(object_extent(dark.max() - dark), abs=2)
     assert object_extent(np.stack([ring, ring])) == object_extent(ring)  # channels averaged
     assert object_extent(np.zeros((30, 30))) == 0.0
     assert object_extent(rng.normal(size=(40, 40))) < 8
-    assert [downsample_for(e) for e in (0, 7, 26, 28, 34, 54, 80)] == [1, 1, 1, 2, 2, 3, 4]
+    assert [downsample_for(e) for e in (0, 7, 20, 21, 26, 40, 41, 54, 80)] == [1, 1, 1, 2, 2, 2, 3, 3, 4]
 
 
 @pytest.mark.parametrize("d", [2, 3])
@@ -174,9 +176,14 @@ def test_cli_trains_downsampled_and_detect_uses_the_model_factor(tmp_path, capsy
     assert main(ring + ["--crop", "9", "9", "72", "72"]) == 0
     assert "needs a crop of at least 78 px (this one: 72 px): training at --downsample 2" in capsys.readouterr().err
     assert LodeSTAR.load(tmp_path / "r.pt").downsample == 2
-    # an object that fits the receptive field: auto keeps full resolution, silently
+    # these spots (sigma 6 px, ~22 px across) are trained at 2; smaller ones (sigma 4) at full
+    # resolution, silently
     assert main(base + ["--crop", "4", "8", "56", "56", "-o", str(tmp_path / "m.pt")]) == 0
-    assert "downsampl" not in capsys.readouterr().err
+    assert "downsampled by 2 (--downsample auto" in capsys.readouterr().err
+    tifffile.imwrite(tmp_path / "small.tif", _big_spots(truth, (128, 136), np.random.default_rng(6), sigma=4.0))
+    assert main(["lodestar", "train", str(tmp_path / "small.tif"), "--steps", "5", "--device", "cpu",
+                 "--crop", "4", "8", "56", "56", "-o", str(tmp_path / "m.pt")]) == 0
+    assert "downsampl" not in capsys.readouterr().err and LodeSTAR.load(tmp_path / "m.pt").downsample == 1
     with pytest.raises(SystemExit) as stop:
         main(base + ["--crop", "4", "8", "56", "56", "--downsample", "0", "-o", str(tmp_path / "n.pt")])
     assert stop.value.code == 2 and "--downsample: expected 'auto' or a positive integer" in capsys.readouterr().err

@@ -286,8 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--downsample", type=downsample_factor, default="auto", metavar="D",
                    help="look at the image in blocks of DxD pixels (their mean), in training and in "
                         "'detect', for objects larger than the network's receptive field (26 px). "
-                        "Default 'auto': measure the object in the crop and pick the D that brings it to "
-                        "about 18 px across (1 for objects up to ~26 px); give 1 to keep full resolution")
+                        "Default 'auto': measure the object in the crop and pick the smallest D that brings "
+                        "it to at most 20 px across (1 for objects up to 20 px); give 1 to keep full resolution")
     h = t.add_argument_group("holography and signal (the paper's extra symmetries)")
     h.add_argument("--z-range", type=positive(), metavar="UM",
                    help="learn the axial position from a complex field (2 channels, real and imaginary: give "

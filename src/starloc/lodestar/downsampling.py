@@ -2,10 +2,12 @@
 
 LodeSTAR tracks an object whole only if the network sees all of it; past its receptive field
 (26 px by default) a model is trained on downsampled images (:mod:`starloc.lodestar.model`).
-On ``bench/lodestar_scale.py`` the best factor was the one that brings the object to about
-16 px across: a thin ring 48 px across needed 3 (1 and 2 failed, 4 lost precision), a filled
-disc 32 px across was best at 2. These helpers measure the object and suggest that factor, for
-the widget and the CLI to tell the user.
+On ``bench/lodestar_scale.py`` the best factor was the smallest that brings the object's
+measured extent to at most 20 px: a thin ring 48 px across needed 3 (1 and 2 failed, 4 lost
+precision), a filled disc 32 px across was best at 2, a Gaussian spot measuring 22 or 26 px
+needed 2 (at 1 it was found with false positives or not at all), one measuring 19 px was as
+precise at 1 as at 2. These helpers measure the object and suggest that factor, for the widget
+and the CLI to tell the user (and ``--downsample auto`` to use).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from scipy import ndimage
 
 from starloc.lodestar.crop_content import smoothed_contrast
 
-# px the measured extent should span once downsampled. The extent (bounding box of the 20 %
+# px the measured extent may span once downsampled. The extent (bounding box of the 20 %
 # contour, blur included) exceeds the visible size: the bench's ring, 48 px across, measures
-# 54 px and worked best at 3; its disc, 32 px across, measures 34 px and worked best at 2.
-TARGET_EXTENT = 18.0
+# 54 px and worked best at 3; its disc, 32 px across, measures 34 px and worked best at 2; a
+# Gaussian spot of sigma 6 px measures 22 px and worked at 2 only (docs/benchmarks.md).
+MAX_EXTENT = 20.0
 PEAK_FRACTION = 0.2  # the object is where the smoothed contrast exceeds this share of its peak
 
 
@@ -45,9 +48,9 @@ def object_extent(crop: np.ndarray) -> float:
 
 
 def downsample_for(extent: float) -> int:
-    """The downsampling factor that brings an object whose :func:`object_extent` is
-    ``extent`` px to about 18 px (1 up to 26 px)."""
-    return max(1, int(round(extent / TARGET_EXTENT)))
+    """The smallest downsampling factor that brings an object whose :func:`object_extent` is
+    ``extent`` px to at most :data:`MAX_EXTENT` px (1 up to 20 px, 2 up to 40, ...)."""
+    return max(1, int(np.ceil(extent / MAX_EXTENT - 1e-9)))
 
 
 def suggest_downsample(crops) -> tuple[int, float]:
