@@ -252,6 +252,22 @@ def test_detect_all_frames_of_a_timelapse(make_napari_viewer, qtbot, messages, p
     assert messages["error"] == []
 
 
+def test_new_pixels_in_the_image_layer_are_detected_again(make_napari_viewer, qtbot, messages, scene, point_model):
+    image, truth = scene
+    other, other_truth, _ = sim.simulate_scene("point", 12, size=(96, 96), snr=10, rng=8)
+    viewer, widget = _widget(make_napari_viewer)
+    layer = viewer.add_image(image, name="scene")
+    widget.model = point_model
+    widget.mode_combo.setCurrentText("ratio")
+    with qtbot.waitSignal(widget.detection_updated, timeout=20_000):
+        widget._follow_frame()
+    assert _fraction_within(viewer.layers[POINTS_LAYER].data, truth) >= 0.8
+    with qtbot.waitSignal(widget.detection_updated, timeout=20_000):  # e.g. a script or another plugin
+        layer.data = other.astype(np.float32)
+    assert _fraction_within(viewer.layers[POINTS_LAYER].data, other_truth) >= 0.8
+    assert messages["error"] == []
+
+
 def test_inline_mode_and_rgb_layers(make_napari_viewer, messages, scene):
     image, truth = scene
     viewer, widget = _widget(make_napari_viewer, steps=3)

@@ -550,10 +550,22 @@ class LodeSTARWidget(QWidget):
             self._on_image_changed()
 
     def _watch(self, layer) -> None:
-        """Follow renames of a layer, and edits of the crop rectangles / centres."""
+        """Follow renames of a layer, edits of the crop rectangles / centres, and new data in
+        the image layer (e.g. ``layer.data = ...`` from a script or another plugin)."""
         layer.events.name.connect(self._on_layers_changed)
         if layer.name in (CROP_LAYER, CENTRE_LAYER):
             layer.events.data.connect(self._schedule_preview)
+        else:
+            layer.events.data.connect(self._on_layer_data)
+
+    def _on_layer_data(self, event=None) -> None:
+        """The chosen image layer's pixels changed: the cached maps are of the old ones."""
+        if getattr(event, "source", None) is not self.image_layer():
+            return
+        self._maps, self._maps_key, self._frame = None, None, None
+        self._schedule_preview()
+        if self.model is not None:
+            self._frame_timer.start()
 
     def _on_layers_changed(self, event=None) -> None:
         if event is not None and getattr(event, "type", "") == "inserted":
