@@ -187,6 +187,10 @@ def test_holography_demo_runs_end_to_end(tmp_path, capsys):
     assert {"z_um", "signal", "score"} <= set(features)
     assert tifffile.imread(tmp_path / "hologram.tif").shape == (2, 256, 256)
     assert (tmp_path / "hologram_model.pt").exists()
+    # the field states its pixel size, so the README's hologram training needs no --pixel-size
+    assert main(["lodestar", "train", str(tmp_path / "hologram.tif"), "--channel-axis", "0", "--crop", "100", "100",
+                 "40", "40", "--z-range", "3", "--steps", "2", "--device", "cpu", "-o", str(tmp_path / "h.pt")]) == 0
+    assert "pixel size 114 nm" in capsys.readouterr().err
 
 
 def test_deeploco_demo_runs_end_to_end_on_the_bundled_bead_stack(tmp_path, capsys):

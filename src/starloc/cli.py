@@ -364,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="maximum LodeSTAR training steps (default: as 'lodestar train')")
     demo.add_argument("--method", choices=("all", "lodestar", "deeploco", "holography"), default="all",
                       help="which demo to run (default: LodeSTAR and DeepLoco; 'holography': LodeSTAR's axial "
-                           "and signal symmetries on a simulated hologram, about 3 minutes)")
+                           "and signal symmetries on a simulated hologram, 2-3 minutes)")
     demo.add_argument("--deeploco-steps", type=int, default=400,
                       help="DeepLoco training steps (a short demo run; the default recipe trains longer)")
     demo.set_defaults(func=cmd_demo)

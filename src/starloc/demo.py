@@ -113,8 +113,9 @@ def run_holography_demo(out_dir: Path, seed: int = 0, n_objects: int = 20, max_s
         print(f"detected {len(found)} of {len(truth)} scatterers: F1 {m['f1']:.3f}, RMSE {m['rmse']:.3f} px per "
               f"axis; z error {np.mean(dz) * 1000:+.0f} ± {np.std(dz) * 1000:.0f} nm; signal error "
               f"{np.mean(np.abs(ratio - 1)) * 100:.1f} % (mean absolute)")
-    with atomic_path(out_dir / "hologram.tif") as tmp:
-        tifffile.imwrite(tmp, field)
+    with atomic_path(out_dir / "hologram.tif") as tmp:  # the pixel size in ImageJ's metadata, as a camera writes it
+        tifffile.imwrite(tmp, field.astype(np.float32), imagej=True, resolution=(1e3 / optics.pixel_size_nm,) * 2,
+                         metadata={"unit": "um", "axes": "CYX"})
     write_points_csv(out_dir / "hologram_truth.csv", np.zeros(len(truth), dtype=int), truth[:, :2],
                      {"z_um": truth[:, 2], "amplitude": truth[:, 3]})
     write_points_csv(out_dir / "hologram_detections.csv", found.frame, found.positions[:, :2],
