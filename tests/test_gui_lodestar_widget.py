@@ -252,6 +252,24 @@ def test_detect_all_frames_of_a_timelapse(make_napari_viewer, qtbot, messages, p
     assert messages["error"] == []
 
 
+def test_closing_the_image_during_training_keeps_the_model_without_an_error(make_napari_viewer, qtbot, messages,
+                                                                            scene):
+    image, truth = scene
+    viewer, widget = _widget(make_napari_viewer, steps=30)
+    viewer.add_image(image, name="scene")
+    _draw(widget, truth[0])
+
+    def close_image(progress):
+        if progress.step == 3 and "scene" in viewer.layers:
+            viewer.layers.remove("scene")
+
+    with _wait_job(qtbot, widget, "train") as blocker:
+        widget.train().yielded.connect(close_image)
+    assert blocker.args == ["train", "returned"] and widget.model is not None
+    qtbot.wait(300)  # past the debounce of a maps computation that must not start
+    assert messages["error"] == [] and WEIGHT_LAYER not in viewer.layers
+
+
 def test_new_pixels_in_the_image_layer_are_detected_again(make_napari_viewer, qtbot, messages, scene, point_model):
     image, truth = scene
     other, other_truth, _ = sim.simulate_scene("point", 12, size=(96, 96), snr=10, rng=8)

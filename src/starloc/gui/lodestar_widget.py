@@ -951,6 +951,14 @@ class LodeSTARWidget(QWidget):
                            lambda maps: self._set_maps(maps, key, frame_data))
 
     def _set_maps(self, maps, key, frame) -> None:
+        if key != self._wanted_maps_key():
+            # The layer (or frame) on screen changed while these maps were computed, e.g. the
+            # image was closed during training: they belong to nothing shown. Compute the
+            # right ones, if there is an image; the model is kept either way.
+            self._maps, self._maps_key, self._frame = None, None, None
+            if self.model is not None and self.image_layer() is not None:
+                self._frame_timer.start()
+            return
         self._maps, self._maps_key, self._frame = maps, key, frame
         found = self._source()
         if found is None:
