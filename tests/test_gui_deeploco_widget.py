@@ -286,6 +286,20 @@ def test_render_button_adds_the_rendering_of_the_last_localizations(make_napari_
     widget.render()  # replaces the last rendering
     assert [lay.name for lay in viewer.layers].count(dw.RENDER_LAYER) == 1
     assert viewer.layers[dw.RENDER_LAYER].data.shape == (160, 144)
+    # the rendering is no stack to localize, and does not take the Image choice
+    choices = [widget.image_combo.itemText(i) for i in range(widget.image_combo.count())]
+    assert choices == ["stack"] and widget.image_combo.currentText() == "stack"
+
+
+def test_the_image_choice_follows_the_stack_just_opened_not_the_bead_stack(make_napari_viewer, model_file, stack):
+    viewer, widget = _widget(make_napari_viewer)
+    viewer.add_image(stack, name="smlm")
+    assert widget.image_combo.currentText() == "smlm"
+    viewer.add_image(np.zeros((5, 40, 40), np.uint16), name="beads")  # opened last: taken
+    assert widget.image_combo.currentText() == "beads"
+    widget.train_panel.psf_combo.setCurrentText("beads")
+    widget._on_model_written(str(model_file))  # a model trained from the beads localizes the other stack
+    assert widget.image_combo.currentText() == "smlm" and widget.tabs.currentIndex() == 0
 
 
 def test_uncertainty_columns_become_features():

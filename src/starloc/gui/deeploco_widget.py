@@ -49,6 +49,7 @@ from starloc.errors import StarlocError
 from starloc.gui.deeploco_training import DeepLocoTrainPanel
 from starloc.gui.jobs import JobSlot, available_devices
 from starloc.gui.layer_watch import LayerWatch
+from starloc.gui.lodestar_source import OUTPUT_KEY
 from starloc.gui.render_layer import render_image, render_placement
 from starloc.gui.units import placement, stated_pixel_size_nm
 from starloc.smlm_io import write_thunderstorm_csv
@@ -189,12 +190,20 @@ class DeepLocoWidget(QWidget):
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(self.tabs)
 
-    def _refresh_image_choices(self, *_) -> None:
+    def _stacks(self) -> list:
+        """The image layers one may localize: not the plugins' own outputs (renders, maps)."""
+        return [layer for layer in self.viewer.layers
+                if isinstance(layer, napari.layers.Image) and not layer.metadata.get(OUTPUT_KEY)]
+
+    def _refresh_image_choices(self, event=None) -> None:
         current = self.image_combo.currentText()
-        names = [layer.name for layer in self.viewer.layers if isinstance(layer, napari.layers.Image)]
+        names = [layer.name for layer in self._stacks()]
         self.image_combo.clear()
         self.image_combo.addItems(names)
-        if current in names:
+        added = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
+        if added is not None and added.name in names:
+            self.image_combo.setCurrentText(added.name)  # the stack just opened is the one to localize
+        elif current in names:
             self.image_combo.setCurrentText(current)
 
     @property
@@ -231,8 +240,13 @@ class DeepLocoWidget(QWidget):
         return True
 
     def _on_model_written(self, path: str) -> None:
-        """A model trained in the Train tab becomes the one that localizes."""
+        """A model trained in the Train tab becomes the one that localizes (on a stack other
+        than the bead z-stack it was trained from, when there is one)."""
         if self.load_model(path):
+            beads = self.train_panel.psf_combo.currentText()
+            others = [layer.name for layer in self._stacks() if layer.name != beads]
+            if self.image_combo.currentText() == beads and others:
+                self.image_combo.setCurrentText(others[-1])
             self.tabs.setCurrentIndex(0)
 
     @staticmethod
@@ -344,7 +358,8 @@ class DeepLocoWidget(QWidget):
             self.viewer.layers.remove(RENDER_LAYER)
         r_scale, r_translate = render_placement(src.scale, src.translate, src.pixel_size, render_px)
         look = {"rgb": True} if image.ndim == 3 else {"colormap": "magma"}
-        meta = {"render_pixel_nm": render_px, "source": src.name, "localizations": len(self.table["frame"])}
+        meta = {OUTPUT_KEY: True, "render_pixel_nm": render_px, "source": src.name,
+                "localizations": len(self.table["frame"])}
         r_units = None if src.units is None else src.units[-2:]
         return self.viewer.add_image(image, name=RENDER_LAYER, **look, **placement(r_scale, r_translate, r_units),
                                      blending="additive", metadata=meta)
