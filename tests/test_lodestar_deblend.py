@@ -73,6 +73,22 @@ def test_deblending_leaves_isolated_detections_features_and_frames_alone(rng):
     np.testing.assert_array_equal(off.positions, positions)
 
 
+def test_a_detection_whose_patch_finds_nothing_near_it_stays_where_it_was(rng, monkeypatch):
+    model = LodeSTAR.new(TINY, seed=3)
+    frame, a, b = _two_spots(rng)
+    found = Detections(np.zeros(2, np.int64), np.stack([a, b]), {"score": np.array([1.0, 0.9])})
+    real = model.network_maps
+
+    def far_away(*args, **kwargs):  # every pixel of the patches predicts one point 20 px off
+        maps = real(*args, **kwargs)
+        maps.positions[:, :2] = 20.0 + 0 * maps.positions[:, :2]
+        return maps
+
+    monkeypatch.setattr(model, "network_maps", far_away)
+    out = deblend(model, frame[None, None], found)
+    np.testing.assert_array_equal(out.positions, found.positions)  # not moved onto that point
+
+
 def test_patches_cover_what_the_refinement_window_sees():
     model = LodeSTAR.new(TINY, seed=3)
     half = patch_half_size(model, DetectParams(radius=4))

@@ -55,7 +55,8 @@ def deblend(model: LodeSTAR, frames: np.ndarray, found: Detections, params: Dete
                 x = x[0].cpu().numpy()
             else:
                 x = seen[t]
-            positions[rows[own]] = _relocate(model, x, centres, own, params, augment)
+            moved, ok = _relocate(model, x, centres, own, params, augment)
+            positions[rows[own[ok]]] = moved[ok]
     return Detections(found.frame.copy(), positions, dict(found.features))
 
 
@@ -98,9 +99,12 @@ def masked_patches(x: np.ndarray, centres: np.ndarray, own: np.ndarray, half: in
 
 
 def _relocate(model: LodeSTAR, x: np.ndarray, centres: np.ndarray, own: np.ndarray, params: DetectParams,
-              augment: bool) -> np.ndarray:
+              augment: bool) -> tuple[np.ndarray, np.ndarray]:
     """``(N, K)`` properties of the detections ``own`` refined on their masked patches, in
-    image pixels."""
+    image pixels, and ``(N,)`` whether each is a refinement: the cluster kept weight and stays
+    within the refinement window (``params.radius``) of the detection. Otherwise the patch's
+    network found nothing there (e.g. a detection on something unlike the training object),
+    and the detection is better left where it was than moved to whatever a pixel predicts."""
     half = patch_half_size(model, params)
     patches, origins = masked_patches(x, centres, own, half, model.config.stride)
     # The patch holds all that the refinement window's output pixels see: no noise margin.
@@ -110,7 +114,10 @@ def _relocate(model: LodeSTAR, x: np.ndarray, centres: np.ndarray, own: np.ndarr
     start = centres[own] - origins  # the detection in patch pixels
     grid = np.clip(np.round((start - (s - 1) / 2) / s).astype(np.int64), 0, np.array(maps.positions.shape[-2:]) - 1)
     patch = np.arange(len(own))
-    est = np.median([_refine(P, w, grid[:, 0], grid[:, 1], r, params.cluster_radius, maps=patch)[0]
-                     for P, w in zip(maps.positions, maps.weights)], axis=0)  # over the grid symmetries
+    refined = [_refine(P, w, grid[:, 0], grid[:, 1], r, params.cluster_radius, maps=patch)
+               for P, w in zip(maps.positions, maps.weights)]
+    est = np.median([e for e, *_ in refined], axis=0)  # over the grid symmetries
+    weighed = np.min([total for _, total, *_ in refined], axis=0) > 0
+    ok = weighed & (np.hypot(*(est[:, :2] - start).T) <= params.radius)
     est[:, :2] = to_image_coordinates(est[:, :2] + origins, model.downsample)
-    return est
+    return est, ok
