@@ -331,3 +331,20 @@ def test_tiff_axes_that_are_not_time(tmp_path, model_path, capsys):
     assert main([*detect, str(tmp_path / "cyx.tif")]) == 0
     assert "names its first axis C (axes CYX)" in capsys.readouterr().err
     _bad(capsys, [*detect, str(tmp_path / "tzyx.tif")], "has axes TZYX")
+
+
+def test_crops_from_several_frames_of_a_stack(tmp_path, capsys):
+    # frame 0 holds a spot at (30, 30), frame 1 one at (48, 48): one --frame per --crop
+    spots = [sim.add_poisson_noise(sim.render("point", (64, 64), np.array([centre])), 10, rng=i)
+             for i, centre in enumerate(([30.0, 30.0], [48.0, 48.0]))]
+    tifffile.imwrite(tmp_path / "two.tif", np.stack(spots))
+    base = ["lodestar", "train", str(tmp_path / "two.tif"), "--steps", "2", "--device", "cpu",
+            "--crop", "14", "14", "32", "32", "--crop", "32", "32", "32", "32", "-o", str(tmp_path / "m.pt")]
+    assert main([*base, "--frame", "0", "--frame", "1"]) == 0
+    assert "seems to hold" not in capsys.readouterr().err
+    from starloc.lodestar.model import LodeSTAR
+
+    assert LodeSTAR.load(tmp_path / "m.pt").metadata["source"]["frame"] == [0, 1]
+    assert main([*base, "--frame", "1"]) == 0  # one --frame for both: the first crop is empty there
+    assert "crop 1 seems to hold no object" in capsys.readouterr().err
+    _bad(capsys, [*base, "--frame", "0", "--frame", "1", "--frame", "1"], "--frame given 3 times for 2 crop(s)")

@@ -55,8 +55,10 @@ def cmd_lodestar_train(args) -> int:
     auto = args.downsample == "auto" and not hologram
     if args.downsample == "auto" and hologram:
         args.downsample = 1
-    crops = extract_crops(image, args.crop, frame=args.frame, min_size=field * (1 if auto else args.downsample),
-                          rgb=args.rgb, channel_axis=args.channel_axis)
+    frames = _crop_frames(args.frame, len(args.crop))
+    min_size = field * (1 if auto else args.downsample)
+    crops = [extract_crops(image, [box], frame=f, min_size=min_size, rgb=args.rgb, channel_axis=args.channel_axis)[0]
+             for box, f in zip(args.crop, frames)]
     if auto:
         downsample, suggested, extent = auto_downsample(crops, field)
         _announce_downsample(downsample, suggested, extent, field, smallest_side(crops))
@@ -92,12 +94,25 @@ def cmd_lodestar_train(args) -> int:
             bar.update(1)
             bar.set_postfix(consistency=f"{p.consistency:.4f}", within=f"{p.within:.3f}")
     model.metadata["source"] = {"image": str(args.image), "crops": [list(c) for c in args.crop],
-                                "frame": args.frame}
+                                "frame": frames[0] if len(set(frames)) == 1 else frames}
     model.save(args.output)
     steps = model.metadata["training"]["steps_done"]
     print(f"trained {steps} steps in {p.elapsed:.1f} s (consistency {p.consistency:.4f} px); "
           f"model written to {args.output}")
     return 0
+
+
+def _crop_frames(given: list[int] | None, n_crops: int) -> list[int]:
+    """The frame of each crop: ``--frame`` given once (or not: 0) for all of them, or once per
+    ``--crop``, in order."""
+    if not given:
+        return [0] * n_crops
+    if len(given) == 1:
+        return given * n_crops
+    if len(given) != n_crops:
+        raise InputError(f"--frame given {len(given)} times for {n_crops} crop(s): give it once (for every crop) "
+                         "or once per --crop, in the same order")
+    return list(given)
 
 
 def _check_axes(args, image) -> None:
@@ -269,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--crop", nargs=4, type=float, action="append", required=True,
                    metavar=("ROW", "COL", "HEIGHT", "WIDTH"),
                    help="crop rectangle in pixels; repeat for several crops")
-    t.add_argument("--frame", type=int, default=0, help="0-based frame of a stack to crop from")
+    t.add_argument("--frame", type=int, action="append", default=None,
+                   help="0-based frame of a stack to crop from (default 0): once for every crop, or once per "
+                        "--crop, in the same order, to train on objects from several frames")
     t.add_argument("--steps", type=at_least(1), default=None, metavar="N",
                    help="maximum training steps; training stops earlier on a loss plateau (default: 2600 for a "
                         "crop of 64x64 px or more, up to twice that for smaller crops, which train about as "
@@ -347,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="average the network over the 8 quarter-turns and flips of each frame: more "
                         "accurate, 8x slower (default: on with --single, off otherwise)")
     d.add_argument("--frames", type=frames_type, default=None, metavar="A:B",
-                   help="0-based frames A..B-1 of a stack (Python slice); the CSV keeps the stack's numbering")
+                   help="0-based frames A..B-1 of a stack (Python slice; a negative start counts from the end: "
+                        "write --frames=-3:); the CSV keeps the stack's numbering")
     _add_common_image_options(d)
     d.add_argument("-o", "--output", type=Path, required=True, help="CSV file to write")
     add_cluster_options(d, "image")

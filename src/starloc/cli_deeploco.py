@@ -839,7 +839,8 @@ def add_commands(sub) -> None:
     lo.add_argument("--pixel-size", type=float, default=None,
                     help="the stack's pixel size (nm): checked against the model's (must match)")
     lo.add_argument("--frames", type=frames_type, default=None, metavar="A:B",
-                    help="0-based frames A..B-1 (Python slice); output frame numbers keep the stack's numbering")
+                    help="0-based frames A..B-1 (Python slice; a negative start counts from the end: write "
+                         "--frames=-3:); output frame numbers keep the stack's numbering")
     lo.add_argument("--threshold", type=float, default=None,
                     help="confidence threshold (default: the model's, chosen at training). A localization's "
                          "confidence is the summed weight of the network's candidates merged into it: about 1 "
