@@ -139,6 +139,31 @@ def test_normalization_of_frames_in_extreme_units(units):
     assert torch.allclose(normalize(frames * units), normalize(frames), atol=1e-4)
 
 
+def test_a_frame_under_uneven_illumination_is_normalized_as_under_even_illumination():
+    from starloc.lodestar.model import LodeSTAR, flatten_background, normalize
+    from tests.conftest import TINY
+
+    rng = np.random.default_rng(4)
+    centres = rng.uniform(10, 246, (25, 2))
+    flat = sim.add_poisson_noise(sim.render("sphere", (256, 256), centres), 10, rng=rng)
+    ramp = np.linspace(0.0, 0.3 * float(np.median(flat)), 256)  # 30 % brighter on the right
+    uneven, uneven_t = flat + ramp[None, :], flat + ramp[:, None]
+    model = LodeSTAR.new(TINY, seed=0)
+    want = model.normalize(torch.from_numpy(flat)[None, None])
+    for frame in (uneven, uneven_t):
+        x = torch.from_numpy(frame.astype(np.float32))[None, None]
+        diff = (model.normalize(x) - want).abs()
+        # (the background's pixel noise is ~1.4 here, the spheres several units)
+        assert float(diff.mean()) < 0.05 and float(diff.quantile(0.99)) < 0.25
+        edges = torch.cat([diff[..., :, :8].flatten(), diff[..., :, -8:].flatten(), diff[..., :8, :].flatten(),
+                           diff[..., -8:, :].flatten()])
+        assert float(edges.mean()) < 0.06  # the trend is extrapolated to the border, not clamped
+        assert float((normalize(x) - want).abs().mean()) > 0.3  # one level for the whole frame: off
+    # frames of fewer than two tiles (training crops) are left alone
+    crop = torch.from_numpy(uneven[:64, :64].astype(np.float32))[None, None]
+    assert flatten_background(crop, 4 * TINY.receptive_field) is crop
+
+
 def _background_of(normalized: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
     values = normalized[..., mask]
     return float(values.mean()), float(values.std())

@@ -116,6 +116,48 @@ def normalize(frames: torch.Tensor, method: str = "background") -> torch.Tensor:
     return ((flat - level) / scale).view_as(frames)
 
 
+#: tiles of the background trend, in receptive fields (see :func:`flatten_background`)
+TREND_BLOCKS = 4
+
+
+def _linear_weights(n: int, tiles: int, like: torch.Tensor) -> torch.Tensor:
+    """``(n, tiles)`` weights that interpolate values at the centres of ``tiles`` equal tiles
+    of ``n`` pixels linearly to every pixel, and extrapolate them linearly beyond the outer
+    centres (clamping there would leave the outer half tile's trend in the frame)."""
+    w = torch.zeros(n, tiles, dtype=like.dtype, device=like.device)
+    if tiles == 1:
+        return w + 1
+    u = (torch.arange(n, dtype=like.dtype, device=like.device) + 0.5) * tiles / n - 0.5
+    i0 = u.floor().clamp(0, tiles - 2).long()
+    t = u - i0
+    w[torch.arange(n), i0] = 1 - t
+    w[torch.arange(n), i0 + 1] = t
+    return w
+
+
+def flatten_background(frames: torch.Tensor, block: int) -> torch.Tensor:
+    """``(N, C, H, W)`` frames less their slowly varying background: the median of each
+    ``block x block`` tile, interpolated (and at the border extrapolated) linearly between
+    tile centres. Frames of fewer than two tiles (every training crop) are returned as they are.
+
+    A frame is normalized by one level and one scale; under uneven illumination (a bright-field
+    field 30 % brighter on one side) those are neither the background of its dark side nor of
+    its bright side, and the network, trained on a crop of flat background, saw false objects
+    all along the dark border and pulled the particles near it by up to 1 px. Tiles of four
+    receptive fields are far larger than an object, so their medians are the background's."""
+    n, c, h, w = frames.shape
+    block = max(int(block), 1)
+    rows, cols = max(h // block, 1), max(w // block, 1)
+    if rows * cols == 1:
+        return frames
+    r_edges = [round(i * h / rows) for i in range(rows + 1)]
+    c_edges = [round(j * w / cols) for j in range(cols + 1)]
+    medians = torch.stack([torch.stack([frames[..., r_edges[i]:r_edges[i + 1], c_edges[j]:c_edges[j + 1]]
+                                        .flatten(2).median(dim=2).values for j in range(cols)], -1)
+                           for i in range(rows)], -2)
+    return frames - _linear_weights(h, rows, frames) @ medians @ _linear_weights(w, cols, frames).T
+
+
 def fixed_normalization(crops: list[torch.Tensor]) -> tuple[tuple[float, ...], float]:
     """``(levels, scale)`` of the ``fixed`` normalization measured on ``(C, H, W)`` crops:
     per channel, the median over the crops of the clipped background level (see
@@ -271,7 +313,8 @@ class LodeSTAR:
         frame's own background (:func:`normalize`), or by the numbers measured on the
         training crops (``fixed``)."""
         if self.normalization != "fixed":
-            return normalize(frames, self.normalization)
+            return normalize(flatten_background(frames, TREND_BLOCKS * self.config.receptive_field),
+                             self.normalization)
         if self.fixed_input is None:
             raise InputError("the model's fixed normalization has not been measured")
         levels, scale = self.fixed_input
