@@ -532,9 +532,11 @@ def check_background(photons: np.ndarray, model: Any, name: str) -> float | None
     background = float(np.median(np.median(photons.reshape(len(photons), -1), axis=1)))
     if background > BACKGROUND_MARGIN * hi or background < lo / BACKGROUND_MARGIN:
         warnings.warn(f"the background of {name} (median {background:.3g} photons/px in its first frames) lies "
-                      f"outside the model's training range {lo:g}-{hi:g} photons/px: expect missed or "
-                      "spurious localizations. Check the camera settings (baseline, e-/ADU, EM gain, QE) or "
-                      "train a model with a matching --background range", StarlocWarning, stacklevel=3)
+                      f"outside the model's training range {lo:g}-{hi:g} photons/px. A wrong camera gain (e-/ADU, "
+                      "EM gain, QE) or a real background unlike the training's means missed or spurious "
+                      "localizations (a wrong baseline alone is harmless: each frame's median is subtracted). "
+                      "Check the camera settings or train a model with a matching --background range",
+                      StarlocWarning, stacklevel=3)
     return background
 
 
