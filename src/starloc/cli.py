@@ -47,7 +47,7 @@ def cmd_lodestar_train(args) -> int:
     from starloc.lodestar.training import TrainConfig, step_budget, train
 
     check_output(args.output)
-    _check_symmetry_options(args)
+    _resolve_symmetry_options(args)
     image = read_image(args.image)
     _check_axes(args, image)
     field = NetworkConfig().receptive_field
@@ -57,8 +57,13 @@ def cmd_lodestar_train(args) -> int:
         args.downsample = 1
     frames = _crop_frames(args.frame, len(args.crop))
     min_size = field * (1 if auto else args.downsample)
-    crops = [extract_crops(image, [box], frame=f, min_size=min_size, rgb=args.rgb, channel_axis=args.channel_axis)[0]
-             for box, f in zip(args.crop, frames)]
+    crops: list = [None] * len(args.crop)
+    for f in sorted(set(frames)):  # each frame read once, however many crops it gives
+        mine = [i for i, g in enumerate(frames) if g == f]
+        cut = extract_crops(image, [args.crop[i] for i in mine], frame=f, min_size=min_size, rgb=args.rgb,
+                            channel_axis=args.channel_axis)
+        for i, crop in zip(mine, cut):
+            crops[i] = crop
     if auto:
         downsample, suggested, extent = auto_downsample(crops, field)
         _announce_downsample(downsample, suggested, extent, field, smallest_side(crops))
@@ -119,7 +124,7 @@ def _check_axes(args, image) -> None:
     """Say how the axes an ImageJ/OME TIFF names are read when that is not what they say:
     channels read as frames (a warning), or four axes without channels (an error that names them,
     where the generic one would suggest --channel-axis)."""
-    from starloc.io import stated_axes
+    from starloc.tiff_metadata import stated_axes
 
     axes = stated_axes(args.image)
     if args.channel_axis is not None or axes is None or len(axes) != len(image.shape):
@@ -134,7 +139,7 @@ def _check_axes(args, image) -> None:
                          "with --channel-axis for a channel axis; save the slices to analyse as a T×Y×X stack")
 
 
-def _check_symmetry_options(args) -> None:
+def _resolve_symmetry_options(args) -> None:
     """Refuse the axial and signal options that would be ignored; with ``--z-range``, take the
     pixel size from the TIFF's ImageJ/OME metadata when ``--pixel-size`` is left out."""
     if args.z_range is None:
@@ -145,7 +150,7 @@ def _check_symmetry_options(args) -> None:
             raise InputError(f"{', '.join(unused)}: only for the axial training of a hologram; "
                              "give --z-range UM too")
     elif args.pixel_size is None:
-        from starloc.deeploco.stack import tiff_spacing
+        from starloc.tiff_metadata import tiff_spacing
 
         args.pixel_size = tiff_spacing(args.image)[0]
         if args.pixel_size is None:

@@ -164,7 +164,7 @@ def _build_psf(args):
 def _stated_spacing(path: Path, given: dict[str, Any]) -> dict[str, float]:
     """The pixel size and z step a bead TIFF's metadata states, for those the options left out
     (said on stderr); an option that contradicts the file is kept, with a warning."""
-    from starloc.deeploco.stack import tiff_spacing
+    from starloc.tiff_metadata import tiff_spacing
 
     stated = dict(zip(("pixel_size", "z_step"), tiff_spacing(path)))
     options = {"pixel_size": "--pixel-size", "z_step": "--psf-z-step"}
@@ -666,20 +666,16 @@ def cmd_render(args) -> int:
 
 
 def _read_truth(path: Path, camera_pixel_size: float | None) -> dict[str, Any]:
-    """Ground truth: an SMLM Challenge activations.csv (with or without its header), else any
-    table ``render`` reads (ThunderSTORM CSV, starloc points CSV)."""
+    """Ground truth: any table ``render`` reads (ThunderSTORM CSV, starloc points CSV), else an
+    SMLM Challenge activations.csv (with or without its header)."""
+    from starloc.io import is_points_csv
     from starloc.smlm_io import is_thunderstorm_csv, read_activations
 
     if not path.is_file():
         raise InputError(f"ground-truth file {str(path)!r} not found")
-    if is_thunderstorm_csv(path):
+    if is_thunderstorm_csv(path) or is_points_csv(path):
         return _read_locs(path, camera_pixel_size)
-    try:
-        return read_activations(path)
-    except InputError as exc:
-        if "not an SMLM Challenge activations.csv" not in str(exc):
-            raise
-    return _read_locs(path, camera_pixel_size)
+    return read_activations(path)
 
 
 #: (key of smlm_metrics.assess, label, format) of the rows ``evaluate`` prints

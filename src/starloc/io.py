@@ -125,22 +125,6 @@ def _frames_text(frames: Any) -> str:
     return f"{'' if start is None else start}:{'' if stop is None else stop}"
 
 
-def stated_axes(path: str | os.PathLike) -> str | None:
-    """The axes an ImageJ or OME TIFF's metadata names for its data, in tifffile's letters
-    (e.g. ``"TYX"``, ``"CYX"``, ``"TZYX"``; singleton axes dropped as :func:`read_image` drops
-    them), or None for other files. Never raises."""
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            if not (tif.is_imagej or tif.is_ome):
-                return None
-            series = tif.series[0]
-            return "".join(a for a, n in zip(series.axes, series.shape) if n > 1 or a in "YX")
-    except Exception:
-        return None
-
-
 #: what tifffile logs (and then reads on, returning what it could: e.g. the first frame of a
 #: stack cut short by an interrupted copy) when a file's structure is broken
 _TIFF_DAMAGE = ("invalid page offset", "corrupted", "truncated")

@@ -40,7 +40,7 @@ def stated_spacing_nm(layer) -> tuple[float | None, float | None]:
     pixel, first = pixel_size_nm(layer), axis_nm(layer, 0)
     path = getattr(getattr(layer, "source", None), "path", None)
     if (pixel is None or first is None) and path and str(path).lower().endswith((".tif", ".tiff")):
-        from starloc.deeploco.stack import tiff_spacing
+        from starloc.tiff_metadata import tiff_spacing
 
         stated = tiff_spacing(path)
         pixel = pixel if pixel is not None else stated[0]
