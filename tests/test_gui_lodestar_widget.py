@@ -645,3 +645,76 @@ def test_the_hologram_pixel_size_comes_from_the_tiff_a_layer_was_opened_from(mak
     (layer,) = viewer.open(path, plugin="napari")
     widget.set_image_layer(layer)
     assert widget.pixel_nm_spin.value() == pytest.approx(114.0)
+
+
+@pytest.fixture
+def preview_every_step(monkeypatch):
+    """Training previews after every step, however long they take."""
+    monkeypatch.setattr("starloc.gui.lodestar_jobs.PREVIEW_SHARE", float("inf"))
+
+
+def test_training_previews_leave_the_model_unchanged(scene, preview_every_step):
+    from starloc.gui.lodestar_jobs import TrainingPreview, train_job
+
+    image, truth = scene
+    crop = _crop_around(image, truth[0])[None]
+    frame = image[None, None]
+    config = TrainConfig(max_steps=12, min_steps=12, network=TINY, seed=0)
+    items = []
+    model, maps = finish(train_job([crop], config, frame, augment=False, preview_seconds=0.0), items.append)
+    previews = [p for p in items if isinstance(p, TrainingPreview)]
+    assert [p.step for p in previews] == list(range(1, 12))  # after every step but the last
+    assert all(p.weights.shape == image.shape and np.all((p.weights >= 0) & (p.weights <= 1)) for p in previews)
+    assert not np.array_equal(previews[0].weights, previews[-1].weights)  # the map forms as it learns
+    plain, _ = finish(train_job([crop], config, frame, augment=False, preview_seconds=None))
+    rare = []
+    finish(train_job([crop], config, frame, augment=False, preview_seconds=1e9), rare.append)
+    assert not any(isinstance(p, TrainingPreview) for p in rare)
+    for a, b in zip(model.net.state_dict().values(), plain.net.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    np.testing.assert_array_equal(maps.weights, plain.maps(frame).weights)
+
+
+def test_the_weight_layer_shows_the_training_and_a_cancel_restores_it(make_napari_viewer, qtbot, messages, scene,
+                                                                     preview_every_step):
+    from starloc.gui.lodestar_jobs import TrainingPreview
+
+    image, truth = scene
+    viewer, widget = _widget(make_napari_viewer, steps=20)
+    widget.preview_seconds = 0.0
+    viewer.add_image(image, name="scene")
+    _draw(widget, truth[0])
+    shown = []
+
+    def record(item):
+        if isinstance(item, TrainingPreview):
+            shown.append((item.step, viewer.layers[WEIGHT_LAYER].data.copy()))
+
+    with _wait_job(qtbot, widget, "train") as blocker:
+        widget.train().yielded.connect(record)
+    assert blocker.args == ["train", "returned"], messages["error"]
+    assert len(shown) >= 10 and not np.array_equal(shown[0][1], shown[-1][1])
+    final = viewer.layers[WEIGHT_LAYER].data
+    np.testing.assert_allclose(final, lw.weight_image(widget._maps))
+
+    # Cancelled: the previews were of a model that is dropped; the kept model's map is back.
+    kept = final.copy()
+    widget.max_steps_spin.setValue(5000)
+    widget.min_steps_spin.setValue(5000)
+
+    def cancel_after_previews(item):
+        if isinstance(item, TrainingPreview) and item.step == 3:
+            assert not np.array_equal(viewer.layers[WEIGHT_LAYER].data, kept)
+            widget.cancel()
+
+    with _wait_job(qtbot, widget, "train") as blocker:
+        widget.train().yielded.connect(cancel_after_previews)
+    assert blocker.args == ["train", "aborted"]
+    np.testing.assert_array_equal(viewer.layers[WEIGHT_LAYER].data, kept)
+    # ... and without a model before, no weight layer is left.
+    widget.model, widget._maps, widget._maps_key = None, None, None
+    lodestar_layers.remove(viewer, *OUTPUTS)
+    with _wait_job(qtbot, widget, "train") as blocker:
+        widget.train().yielded.connect(cancel_after_previews)
+    assert blocker.args == ["train", "aborted"] and WEIGHT_LAYER not in viewer.layers
+    assert messages["error"] == []

@@ -9,6 +9,7 @@ iterating.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 from starloc.lodestar.detection import DetectParams, score_map, to_image_resolution
 from starloc.lodestar.inference import detect_in_maps, iter_detect
 from starloc.lodestar.model import LodeSTAR, Maps
-from starloc.lodestar.training import TrainConfig, train
+from starloc.lodestar.training import TrainConfig, new_model, train
 
 
 @dataclass(frozen=True)
@@ -29,17 +30,54 @@ class Detected:
     score: np.ndarray
 
 
-def train_job(crops: list[np.ndarray], config: TrainConfig, frame: np.ndarray, augment: bool):
+#: least seconds between two weight-map previews during training (see :func:`train_job`)
+PREVIEW_SECONDS = 3.0
+#: a preview may take at most this fraction of the training's time
+PREVIEW_SHARE = 0.05
+
+
+@dataclass(frozen=True)
+class TrainingPreview:
+    """The weight map ``(H, W)`` (image resolution) of the frame on screen, as the model being
+    trained sees it after ``step`` steps."""
+
+    step: int
+    weights: np.ndarray
+
+
+def train_job(crops: list[np.ndarray], config: TrainConfig, frame: np.ndarray, augment: bool,
+              preview_seconds: float | None = PREVIEW_SECONDS):
     """Train on the crops (yields :class:`~starloc.lodestar.training.Progress`), then compute
     the maps of ``frame`` ``(1, C, H, W)``. Returns ``(model, maps)``.
 
-    The network's ``in_channels`` is taken from ``frame`` (the crops come from the same image).
+    Every ``preview_seconds`` or more (None: never) it also yields a :class:`TrainingPreview`
+    of ``frame``, so the user watches the weight map form; spaced so that previews take at most
+    ``PREVIEW_SHARE`` of the time. They do not change the training: the same seed gives the same
+    model. The network's ``in_channels`` is taken from ``frame`` (the crops come from the same image).
     """
     config = replace(config, network=replace(config.network, in_channels=frame.shape[1]))
+    model = new_model(config)
+    steps = train(crops, config, model)
+    last, cost = time.perf_counter(), 0.0
     try:
-        model = yield from train(crops, config)
+        while True:
+            try:
+                progress = next(steps)
+            except StopIteration as stop:
+                model = stop.value
+                break
+            yield progress
+            now = time.perf_counter()
+            due = now - last >= max(preview_seconds, cost / PREVIEW_SHARE) if preview_seconds is not None else False
+            if due and progress.step < progress.max_steps:  # the last step's maps come next anyway
+                weights = weight_image(model.maps(frame))
+                model.net.train()  # maps() left it in eval mode; the loop set train mode once
+                last = time.perf_counter()
+                cost = last - now
+                yield TrainingPreview(progress.step, weights)
         maps = model.maps(frame, augment=augment)
     finally:
+        steps.close()
         if config.device.startswith("cuda") and torch.cuda.is_available():
             torch.cuda.empty_cache()
     return model, maps

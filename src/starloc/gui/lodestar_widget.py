@@ -38,7 +38,9 @@ from starloc.errors import InputError, StarlocError
 from starloc.gui import lodestar_layers as layers_
 from starloc.gui.jobs import Failure, available_devices, start_job
 from starloc.gui.lodestar_jobs import (
+    PREVIEW_SECONDS,
     Detected,
+    TrainingPreview,
     describe_training,
     detect_all_job,
     detect_job,
@@ -91,6 +93,8 @@ class LodeSTARWidget(QWidget):
     ``detection_updated()`` whenever the detection layers have been refreshed.
 
     ``use_threads = False`` runs the jobs on the calling thread (debugging, tests).
+    ``preview_seconds``: while training, the weight layer shows the model's weight map on the
+    frame at most this often (None: only when done).
     ``network_config`` is the architecture of newly trained models (``in_channels`` is
     set from the image).
     """
@@ -116,6 +120,8 @@ class LodeSTARWidget(QWidget):
         self._maps = None  # Maps of one frame, cached: detection reruns without the network
         self._frame = None  # that frame (1, C, H, W), for deblending crowded detections
         self._maps_key = None  # (layer name, frame, augment) the cached maps belong to
+        self._previewed = False  # the weight layer shows a model still in training
+        self.preview_seconds = PREVIEW_SECONDS  # between weight-map previews in training (None: off)
         self._announced = set()
 
         self._detect_timer = self._timer(self._redetect)
@@ -127,6 +133,7 @@ class LodeSTARWidget(QWidget):
         self.viewer.layers.events.removed.connect(self._on_layers_changed)
         self.viewer.layers.events.moved.connect(self._on_layers_changed)
         self.viewer.dims.events.current_step.connect(self._on_step)
+        self.job_finished.connect(self._on_job_finished)
         for layer in self.viewer.layers:
             self._watch(layer)
         self._refresh_image_choices()
@@ -656,6 +663,13 @@ class LodeSTARWidget(QWidget):
             show_error(f"LodeSTAR: {exc}")
             return None
 
+    def _quiet_source(self):
+        """``(layer, ImageSource)`` of the chosen image, or None (nothing said)."""
+        try:
+            return self._require_source()
+        except InputError:
+            return None
+
     def _frame_of(self, layer) -> int:
         return current_frame(layer, self.viewer.dims.point, self.channels_check.isChecked())
 
@@ -875,6 +889,9 @@ class LodeSTARWidget(QWidget):
         self.status.setText("training…")
 
         def on_yield(p):
+            if isinstance(p, TrainingPreview):
+                self._show_preview(p, key)
+                return
             self.progress.setMaximum(p.max_steps)
             self.progress.setValue(p.step)
             self.status.setText(f"step {p.step}/{p.max_steps} · loss {p.loss:.4f} · {p.elapsed:.1f} s")
@@ -888,7 +905,33 @@ class LodeSTARWidget(QWidget):
             self.status.setText(f"done: {self.model_origin}")
             self._set_maps(maps, key, frame_data)
 
-        return self._start("train", train_job(crops, config, frame_data, augment), on_yield, on_return)
+        job = train_job(crops, config, frame_data, augment, self.preview_seconds)
+        return self._start("train", job, on_yield, on_return)
+
+    def _show_preview(self, preview: TrainingPreview, key) -> None:
+        """The weight map of the model in training, on the frame it was trained from, if that
+        frame is still the one on screen."""
+        found = self._quiet_source() if key == self._wanted_maps_key() else None
+        if found is None:
+            return
+        self._previewed = True
+        layers_.show_map(self.viewer, WEIGHT_LAYER, preview.weights, found[1], "magma", key[1])
+
+    def _on_job_finished(self, kind: str, outcome: str) -> None:
+        """After a cancelled or failed training the weight layer shows the kept model again
+        (the previews were of the model that was dropped)."""
+        if kind != "train" or not self._previewed:
+            return
+        self._previewed = False
+        if outcome == "returned":
+            return
+        shown = self._maps is not None and self._maps_key == self._wanted_maps_key()
+        found = self._quiet_source() if shown else None
+        if found is None:
+            layers_.remove(self.viewer, WEIGHT_LAYER)
+        else:
+            layers_.show_map(self.viewer, WEIGHT_LAYER, weight_image(self._maps), found[1], "magma",
+                             self._maps_key[1])
 
     def refocus_crop(self):
         """Set Crop z to the z where the crops' field comes into focus

@@ -289,6 +289,26 @@ def _as_crop_tensors(crops: Sequence[np.ndarray], in_channels: int) -> list[torc
     return out
 
 
+def _with_extra_properties(config: TrainConfig) -> TrainConfig:
+    """``config`` as training with extra properties (z, signal) runs it: a network output per
+    property, and no augmentation that would change them (gain for the signal, shot noise for z)."""
+    extra = config.extra_properties
+    if not extra:
+        return config
+    return replace(config, gain=1.0 if config.signal_range else config.gain,
+                   shot_noise=(0.0, 0.0) if config.z_range_um else config.shot_noise,
+                   network=replace(config.network, n_properties=2 + len(extra)))
+
+
+def new_model(config: TrainConfig) -> LodeSTAR:
+    """The untrained model :func:`train` starts from when given none (the same weights for the
+    same seed): pass it to ``train`` to look at it while it learns (the widget's weight-map
+    preview)."""
+    config = _with_extra_properties(config)
+    return LodeSTAR.new(config.network, seed=config.seed, downsample=check_downsample(config.downsample),
+                        normalization="fixed" if config.extra_properties else "background")
+
+
 def train(
     crops: Sequence[np.ndarray], config: TrainConfig = TrainConfig(), model: LodeSTAR | None = None
 ) -> Generator[Progress, None, LodeSTAR]:
@@ -302,13 +322,9 @@ def train(
     factor = check_downsample(config.downsample)
     extra = config.extra_properties
     _check_properties(config, config.network.in_channels if model is None else model.config.in_channels)
-    if extra:
-        config = replace(config, gain=1.0 if config.signal_range else config.gain,
-                         shot_noise=(0.0, 0.0) if config.z_range_um else config.shot_noise,
-                         network=replace(config.network, n_properties=2 + len(extra)))
+    config = _with_extra_properties(config)
     if model is None:
-        model = LodeSTAR.new(config.network, seed=config.seed, downsample=factor,
-                             normalization="fixed" if extra else "background")
+        model = new_model(config)
     elif model.downsample != factor:
         raise InputError(f"the model downsamples by {model.downsample}, the training config by {factor}")
     elif model.config.n_properties != 2 + len(extra):
