@@ -163,7 +163,7 @@ def test_calibrated_uncertainty_follows_the_real_errors(model, wide_sim, tmp_pat
     np.testing.assert_array_equal(loaded.localize(frames[:20])["uncertainty"],
                                   model.localize(frames[:20])["uncertainty"])
     path = write_thunderstorm_csv(tmp_path / "locs.csv", table)
-    assert '"uncertainty [nm]"' in path.read_text().splitlines()[0]
+    assert '"uncertainty_xy [nm]"' in path.read_text().splitlines()[0]
     np.testing.assert_allclose(read_thunderstorm_csv(path)["uncertainty"], table["uncertainty"], rtol=1e-6)
 
 

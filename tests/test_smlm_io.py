@@ -70,6 +70,7 @@ def _table(rng, n=25, dim=3):
     }
     if dim == 3:
         t["z"] = rng.uniform(-750, 750, n)
+        t["uncertainty_z"] = rng.uniform(20, 80, n)
     return t
 
 
@@ -81,7 +82,9 @@ def test_thunderstorm_round_trip_exact(tmp_path, rng, dim):
     header = path.read_text().splitlines()[0]
     expected = '"id","frame","x [nm]","y [nm]",' + ('"z [nm]",' if dim == 3 else "")
     assert header.startswith(expected)
-    assert header.endswith('"bkgstd [photon]","uncertainty [nm]","confidence"')
+    # ThunderSTORM's own names (3D: also its "uncertainty_z [nm]"), then starloc's extra columns
+    expected_end = '"uncertainty_xy [nm]",' + ('"uncertainty_z [nm]",' if dim == 3 else "") + '"confidence"'
+    assert header.endswith('"bkgstd [photon]",' + expected_end)
     # Frames are 1-based in the file.
     first = path.read_text().splitlines()[1].split(",")
     assert int(first[1]) == table["frame"][0] + 1 and int(first[0]) == 1
@@ -104,7 +107,7 @@ def test_thunderstorm_minimal_table_omits_missing_columns(tmp_path):
 def test_thunderstorm_reads_a_subset_and_other_spellings(tmp_path):
     path = tmp_path / "ts.csv"
     path.write_text(
-        '"frame","x [nm]","y [nm]","sigma1 [nm]","chi2","uncertainty_xy [nm]"\n'
+        '"frame","x [nm]","y [nm]","sigma1 [nm]","chi2","uncertainty [nm]"\n'
         "1.0,100.5,200.25,130.0,2.5,12.0\n"
         "7.0,300.0,400.0,140.0,1.5,9.0\n"
     )
@@ -156,7 +159,7 @@ def test_picasso_file_readable_with_h5py_and_yaml(tmp_path, rng):
     assert ym == tmp_path / "locs.yaml"
     with h5py.File(h5, "r") as fh:
         locs = fh["locs"][...]
-    assert locs.dtype.names == ("frame", "x", "y", "photons", "sx", "sy", "bg", "lpx", "lpy", "z")
+    assert locs.dtype.names == ("frame", "x", "y", "photons", "sx", "sy", "bg", "lpx", "lpy", "z", "lpz")
     assert locs.dtype["frame"] == np.uint32 and locs.dtype["x"] == np.float32
     np.testing.assert_array_equal(locs["frame"], table["frame"])  # 0-based
     assert (locs["x"][0], locs["y"][0]) == (2.0, 0.0)  # Picasso: pixel centres at integers
@@ -165,6 +168,7 @@ def test_picasso_file_readable_with_h5py_and_yaml(tmp_path, rng):
     np.testing.assert_allclose(locs["sx"], table["sigma"] / 100, rtol=1e-6)
     np.testing.assert_allclose(locs["photons"], table["intensity"], rtol=1e-6)
     np.testing.assert_allclose(locs["z"], table["z"], rtol=1e-6)  # nm
+    np.testing.assert_allclose(locs["lpz"], table["uncertainty_z"], rtol=1e-6)  # nm, as Picasso's 3D fits
     docs = list(yaml.safe_load_all(ym.read_text()))
     assert docs[0]["Width"] == 64 and docs[0]["Height"] == 64
     assert docs[0]["Frames"] == int(table["frame"].max()) + 1

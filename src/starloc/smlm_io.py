@@ -16,12 +16,13 @@ Files:
   ``Ground-truth,frame,xnano,ynano,znano,intensity`` (fields may be space-padded), frames
   **1-based** in the file -> ``frame`` is returned 0-based (file frame − 1).
 - ThunderSTORM CSV: quoted header ``"id","frame","x [nm]","y [nm]",["z [nm]",]"sigma [nm]",
-  "intensity [photon]","offset [photon]","bkgstd [photon]","uncertainty [nm]"``, frames
-  **1-based** in the file. The writer writes ``id``, ``frame``, ``x``, ``y`` (``z``) always and
+  "intensity [photon]","offset [photon]","bkgstd [photon]","uncertainty_xy [nm]"[,"uncertainty_z [nm]"]``,
+  frames **1-based** in the file. The writer writes ``id``, ``frame``, ``x``, ``y`` (``z``) always and
   an optional column *only when the table has it* (missing values are omitted, never written
   as 0, which would read as e.g. a perfect 0 nm uncertainty); extra columns follow under their
   own names. The reader accepts any subset of ThunderSTORM's columns as long as ``frame``,
-  ``x`` and ``y`` are there (including its other spellings such as ``"uncertainty_xy [nm]"``);
+  ``x`` and ``y`` are there (including its other spellings such as older versions'
+  ``"uncertainty [nm]"``);
   positions in px need ``pixel_size_nm``.
 - Picasso: HDF5 with a structured dataset ``/locs`` and a YAML sidecar (same name, ``.yaml``)
   with ``Width``, ``Height``, ``Frames``, ``Pixelsize`` (see :func:`write_picasso`).
@@ -69,13 +70,13 @@ THUNDERSTORM_COLUMNS: dict[str, str] = {
     "intensity": "intensity [photon]",
     "offset": "offset [photon]",
     "bkgstd": "bkgstd [photon]",
-    "uncertainty": "uncertainty [nm]",
-    "uncertainty_z": "uncertainty_z [nm]",  # not ThunderSTORM's (it has none): starloc's axial uncertainty
+    "uncertainty": "uncertainty_xy [nm]",
+    "uncertainty_z": "uncertainty_z [nm]",  # as ThunderSTORM's 3D (astigmatic) results
 }
 
 #: Other spellings ThunderSTORM versions write, read as the same table key.
 _THUNDERSTORM_ALIASES = {
-    "uncertainty_xy [nm]": "uncertainty",
+    "uncertainty [nm]": "uncertainty",  # older ThunderSTORM versions
     "frame number": "frame",
 }
 
@@ -233,7 +234,7 @@ def read_thunderstorm_csv(path: str | os.PathLike, pixel_size_nm: float | None =
 
     Returns ``frame`` 0-based (file frame − 1, int64), ``x``, ``y`` (``z`` if present) in nm
     and every other column: ThunderSTORM's known ones under the keys of
-    :data:`THUNDERSTORM_COLUMNS` (``"uncertainty_xy [nm]"`` also as ``uncertainty``), others
+    :data:`THUNDERSTORM_COLUMNS` (``"uncertainty [nm]"`` also as ``uncertainty``), others
     under their header (e.g. ``"chi2"``, ``"sigma1 [nm]"``); ``id`` int64, the rest float64.
     Files with positions in px (``"x [px]"``) need ``pixel_size_nm`` (x_nm = x_px·pixel size).
     InputError for a missing/unreadable file, a header without frame and x/y columns (not a
@@ -316,7 +317,8 @@ def write_picasso(
     ``/locs`` is a structured dataset with fields ``frame`` (uint32, 0-based), ``x``, ``y``
     (float32, camera pixels), ``photons`` (from ``intensity``), ``sx``, ``sy`` (from ``sigma``,
     nm -> px), ``bg`` (from ``offset``), ``lpx``, ``lpy`` (from ``uncertainty``, nm -> px),
-    then ``z`` (float32, **nm**, as Picasso stores z) for 3D tables. Missing photons, sigma
+    then ``z`` (float32, **nm**, as Picasso stores z) for 3D tables, and ``lpz`` (float32, nm, as
+    Picasso's 3D fits) from ``uncertainty_z`` when the table has it. Missing photons, sigma
     and offset are written as 0. Picasso drops localizations whose ``lpx``/``lpy`` are not
     > 0 when it loads a file, so a table without ``uncertainty`` needs ``precision_nm`` (one
     value for all); ValueError otherwise.
@@ -328,7 +330,7 @@ def write_picasso(
     localization where Picasso Localize would have put it. Picasso's own ThunderSTORM import
     (``picasso csv2hdf``) does not subtract the half pixel; ``origin="corner"``
     (``x_px = x_nm / pixel_size_nm``) reproduces that. (Picasso Render bins ``floor(x)``, and
-    on load keeps only ``0 < x < Width``, ``0 < y < Height``: with the default convention the
+    on load keeps only ``0 <= x < Width``, ``0 <= y < Height``: with the default convention the
     outer half of the first row/column is dropped there, as for Picasso Localize's own output.)
 
     YAML sidecar (``yaml.dump_all`` of one document, as Picasso writes): ``Width``, ``Height``,
@@ -375,6 +377,8 @@ def write_picasso(
     ]
     if "z" in cols:
         fields.append(("z", np.dtype(np.float32), cols["z"]))
+        if "uncertainty_z" in cols:
+            fields.append(("lpz", np.dtype(np.float32), cols["uncertainty_z"]))
     locs = np.empty(n, dtype=[(name, dt) for name, dt, _ in fields])
     for name, _, values in fields:
         locs[name] = values
