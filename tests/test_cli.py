@@ -295,6 +295,8 @@ def test_bad_output_paths_are_refused_before_any_work(scene, model_path, tmp_pat
     (["--alpha", "nan"], "alpha must be a number >= 0"),
     (["--beta", "-1"], "beta must be a number >= 0"),
     (["--single", "--cutoff", "0.5", "--no-deblend"], "--cutoff, --(no-)deblend: options of multi-object"),
+    (["--memory", "2"], "--memory is an option of --link"),
+    (["--single", "--link", "3"], "--single gives one object per frame"),
 ])
 def test_detection_options_are_checked_before_detecting(scene, model_path, tmp_path, capsys, options, message):
     folder, _ = scene
@@ -348,3 +350,22 @@ def test_crops_from_several_frames_of_a_stack(tmp_path, capsys):
     assert main([*base, "--frame", "1"]) == 0  # one --frame for both: the first crop is empty there
     assert "crop 1 seems to hold no object" in capsys.readouterr().err
     _bad(capsys, [*base, "--frame", "0", "--frame", "1", "--frame", "1"], "--frame given 3 times for 2 crop(s)")
+
+
+def test_detect_links_a_timelapse_into_tracks(tmp_path, capsys):
+    stack, tracks = sim.simulate_timelapse(6, 5, size=(64, 64), diffusion=0.5, rng=2)[:2]
+    tifffile.imwrite(tmp_path / "movie.tif", stack.astype(np.float32))
+    gaps = np.hypot(*(tracks[0, :, None] - tracks[0, None]).transpose(2, 0, 1)) + 1e3 * np.eye(5)
+    row, col = np.round(tracks[0, gaps.min(axis=1).argmax()] - 15).clip(0, 64 - 30).astype(int)  # most isolated
+    assert main(["lodestar", "train", str(tmp_path / "movie.tif"), "--crop", str(row), str(col), "30", "30",
+                 "--steps", "200", "--seed", "0", "--device", "cpu", "-o", str(tmp_path / "m.pt")]) == 0
+    out = tmp_path / "linked.csv"
+    assert main(["lodestar", "detect", str(tmp_path / "movie.tif"), "--model", str(tmp_path / "m.pt"),
+                 "--link", "4", "-o", str(out)]) == 0
+    frames, positions, features = read_points_csv(out)
+    nearest = [int(np.argmin(np.hypot(*(tracks[f] - p).T))) for f, p in zip(frames, positions)]
+    ids = features["track"].astype(int)
+    assert len(frames) >= 27 and f"in {ids.max() + 1} track(s)" in capsys.readouterr().out
+    # every track follows one particle, and each particle is one track
+    assert all(len({n for n, i in zip(nearest, ids) if i == k}) == 1 for k in set(ids))
+    assert len(set(ids)) == len(set(nearest)) == 5

@@ -24,6 +24,7 @@ from starloc.gui.lodestar_source import (  # noqa: E402
     CROP_RECTANGLE,
     POINTS_LAYER,
     SCORE_LAYER,
+    TRACKS_LAYER,
     WEIGHT_LAYER,
     image_source,
     points_in_image,
@@ -717,4 +718,29 @@ def test_the_weight_layer_shows_the_training_and_a_cancel_restores_it(make_napar
     with _wait_job(qtbot, widget, "train") as blocker:
         widget.train().yielded.connect(cancel_after_previews)
     assert blocker.args == ["train", "aborted"] and WEIGHT_LAYER not in viewer.layers
+    assert messages["error"] == []
+
+
+def test_detect_all_frames_links_tracks(make_napari_viewer, qtbot, messages, point_model, tmp_path):
+    stack, tracks = sim.simulate_timelapse(5, 5, size=(64, 64), diffusion=0.5, rng=3)
+    viewer, widget = _widget(make_napari_viewer)
+    layer = viewer.add_image(stack.astype(np.float32), name="movie", scale=(2.0, *SCALE), translate=(0, *TRANSLATE))
+    widget.link_check.setChecked(True)
+    widget.link_distance_spin.setValue(4.0)
+    points = _detect_all_frames(qtbot, viewer, widget, point_model, messages)
+    linked = viewer.layers[TRACKS_LAYER]
+    np.testing.assert_allclose(linked.scale, layer.scale)
+    np.testing.assert_allclose(linked.translate, layer.translate)
+    ids = points.features["track"].to_numpy().astype(int)
+    expected = np.column_stack([ids, points.data])
+    np.testing.assert_array_equal(linked.data, expected[np.lexsort((expected[:, 1], expected[:, 0]))])
+    nearest = [int(np.argmin(np.hypot(*(tracks[int(f)] - p).T))) for f, *p in points.data]
+    assert all(len({n for n, i in zip(nearest, ids) if i == k}) == 1 for k in set(ids))  # one particle each
+    assert "track(s)" in widget.status.text()
+    assert widget.export_points(tmp_path / "tracks.csv")
+    assert "track" in read_points_csv(tmp_path / "tracks.csv")[2]
+    # detected again without linking: the old tracks go
+    widget.link_check.setChecked(False)
+    _detect_all_frames(qtbot, viewer, widget, point_model, messages)
+    assert TRACKS_LAYER not in viewer.layers
     assert messages["error"] == []

@@ -192,6 +192,7 @@ def cmd_lodestar_detect(args) -> int:
     from starloc.lodestar.detection import DetectParams
     from starloc.lodestar.inference import iter_detect, iter_single, property_columns
     from starloc.lodestar.model import LodeSTAR
+    from starloc.tracks import link_tracks, require_trackpy
 
     check_output(args.output)
     given = {k: getattr(args, k) for k in ("alpha", "beta", "cutoff", "mode", "min_weight", "radius",
@@ -201,6 +202,12 @@ def cmd_lodestar_detect(args) -> int:
         names = ", ".join("--" + k.replace("_", "-") if k != "deblend" else "--(no-)deblend" for k in given)
         raise InputError(f"{names}: options of multi-object detection; --single pools one object per frame "
                          "and takes none of them")
+    if args.memory is not None and args.link is None:
+        raise InputError("--memory is an option of --link: give the linking distance too")
+    if args.link is not None:
+        if args.single:
+            raise InputError("--link: --single gives one object per frame, one track already")
+        require_trackpy()
     params = DetectParams(**given)
     image = read_image(args.image)
     _check_axes(args, image)
@@ -219,8 +226,12 @@ def cmd_lodestar_detect(args) -> int:
             gen = iter_detect(model, image, params, augment=augment, frames=args.frames, **layout)
         found = _run_frames(gen, total)
     extra = property_columns(model, found.positions)
-    write_points_csv(args.output, found.frame, found.positions[:, :2], {**extra, **found.features})
-    print(f"{len(found)} detection(s) in {total} frame(s) written to {args.output}")
+    tracks = {}
+    if args.link is not None:
+        tracks["track"] = link_tracks(found.frame, found.positions[:, :2], args.link, args.memory or 0)
+    write_points_csv(args.output, found.frame, found.positions[:, :2], {**extra, **found.features, **tracks})
+    linked = f" in {int(tracks['track'].max(initial=-1)) + 1} track(s)" if tracks else ""
+    print(f"{len(found)} detection(s){linked} in {total} frame(s) written to {args.output}")
     return 0
 
 
@@ -371,6 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--frames", type=frames_type, default=None, metavar="A:B",
                    help="0-based frames A..B-1 of a stack (Python slice; a negative start counts from the end: "
                         "write --frames=-3:); the CSV keeps the stack's numbering")
+    d.add_argument("--link", type=positive(), metavar="PX",
+                   help="link the detections of a time-lapse into trajectories (trackpy): a detection joins "
+                        "the nearest trajectory within PX pixels of its last position, and the CSV gets a "
+                        "'track' column (0-based ids)")
+    d.add_argument("--memory", type=at_least(0), metavar="N",
+                   help="with --link: frames an object may go undetected and keep its track (default 0)")
     _add_common_image_options(d)
     d.add_argument("-o", "--output", type=Path, required=True, help="CSV file to write")
     add_cluster_options(d, "image")

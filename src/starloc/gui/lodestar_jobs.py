@@ -19,6 +19,7 @@ from starloc.lodestar.detection import DetectParams, score_map, to_image_resolut
 from starloc.lodestar.inference import detect_in_maps, iter_detect
 from starloc.lodestar.model import LodeSTAR, Maps
 from starloc.lodestar.training import TrainConfig, new_model, train
+from starloc.tracks import link_tracks, require_trackpy
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,16 @@ def describe_training(model: LodeSTAR, n_crops: int) -> str:
 
 
 def detect_all_job(model: LodeSTAR, image, params: DetectParams, rgb: str, augment: bool, chunk: int = 4,
-                   channel_axis: int | None = None):
-    """Detection on every frame of a (possibly lazy) image; yields ``(done, total)``."""
-    return (yield from iter_detect(model, image, params, chunk=chunk, rgb=rgb, channel_axis=channel_axis,
-                                   augment=augment))
+                   channel_axis: int | None = None, link: tuple[float, int] | None = None):
+    """Detection on every frame of a (possibly lazy) image; yields ``(done, total)``.
+
+    ``link``: ``(max distance px, memory frames)`` to link the detections into trajectories
+    (:func:`starloc.tracks.link_tracks`); their ids go to the ``track`` feature.
+    """
+    if link is not None:
+        require_trackpy()  # before the work, not after it
+    found = yield from iter_detect(model, image, params, chunk=chunk, rgb=rgb, channel_axis=channel_axis,
+                                   augment=augment)
+    if link is not None:
+        found.features["track"] = link_tracks(found.frame, found.positions[:, :2], *link)
+    return found

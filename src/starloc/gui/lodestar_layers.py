@@ -107,6 +107,18 @@ def show_points(viewer, name: str, found: Detections, src: ImageSource, with_fra
     )
 
 
+def show_tracks(viewer, name: str, found: Detections, track: np.ndarray, src: ImageSource):
+    """Add or refresh a Tracks layer ``(track, frame, row, col)`` of linked detections of a
+    time-lapse, with the source's full scale/translate (frames along the time axis)."""
+    data = np.column_stack([np.asarray(track, dtype=float), points_data(found, src, with_frame=True)])
+    meta = {OUTPUT_KEY: True, "source": src.name}
+    layer = find_layer(viewer, name, "Tracks")
+    if layer is not None:
+        viewer.layers.remove(layer)  # a Tracks layer rebuilds its graph anyway
+    return viewer.add_tracks(data, name=name, metadata=meta, tail_length=10,
+                             **placement(src.full_scale, src.full_translate, src.full_units))
+
+
 def remove(viewer, *names: str) -> None:
     for layer in list(viewer.layers):
         if layer.name in names and layer.metadata.get(OUTPUT_KEY):

@@ -24,6 +24,7 @@ WEIGHT_LAYER = "LodeSTAR weight map"
 SCORE_LAYER = "LodeSTAR score map"
 POINTS_LAYER = "LodeSTAR detections"
 ALL_POINTS_LAYER = "LodeSTAR detections (all frames)"
+TRACKS_LAYER = "LodeSTAR tracks"
 #: Marks the layers made by the widget (not offered as input images).
 OUTPUT_KEY = "starloc_output"
 #: How the training crop is given: a drawn rectangle, or a clicked centre and a size.

@@ -61,6 +61,7 @@ from starloc.gui.lodestar_source import (
     OUTPUT_KEY,
     POINTS_LAYER,
     SCORE_LAYER,
+    TRACKS_LAYER,
     WEIGHT_LAYER,
     current_frame,
     image_source,
@@ -376,6 +377,22 @@ class LodeSTARWidget(QWidget):
         self.detect_all_button = QPushButton("Detect all frames")
         self.detect_all_button.clicked.connect(self.detect_all)
         det_layout.addWidget(self.detect_all_button)
+        link_row = QHBoxLayout()
+        self.link_check = QCheckBox("Link into tracks")
+        self.link_check.setToolTip("After 'Detect all frames' on a time-lapse: join each detection to the nearest "
+                                   "track of the frames before (trackpy), shown as a Tracks layer; the points get "
+                                   "a 'track' feature")
+        self.link_distance_spin = self._float_spin(0.1, 1000.0, 5.0, 1, 0.5)
+        self.link_distance_spin.setSuffix(" px")
+        self.link_distance_spin.setToolTip("Farthest an object moves between two frames (image pixels); keep it "
+                                           "below half the distance between neighbours")
+        self.link_memory_spin = QSpinBox()
+        self.link_memory_spin.setRange(0, 100)
+        self.link_memory_spin.setPrefix("gap ")
+        self.link_memory_spin.setToolTip("Frames an object may go undetected and keep its track")
+        for w in (self.link_check, self.link_distance_spin, self.link_memory_spin):
+            link_row.addWidget(w)
+        det_layout.addLayout(link_row)
         root.addWidget(det_box)
 
         # Model and export
@@ -1086,13 +1103,24 @@ class LodeSTARWidget(QWidget):
             self.status.setText(f"detecting: frame {done}/{total}")
 
         def on_return(detections):
+            track = detections.features.pop("track", None)
+            properties = {**property_columns(model, detections.positions),
+                          **({} if track is None else {"track": track})}
             layers_.show_points(self.viewer, ALL_POINTS_LAYER, detections, src, with_frame=src.is_timelapse,
-                                properties=property_columns(model, detections.positions))
-            self.status.setText(f"{len(detections)} detection(s) in {src.n_frames} frame(s)")
+                                properties=properties)
+            linked = ""
+            if track is None:
+                layers_.remove(self.viewer, TRACKS_LAYER)  # not those of these detections
+            else:
+                layers_.show_tracks(self.viewer, TRACKS_LAYER, detections, track, src)
+                linked = f" in {int(track.max(initial=-1)) + 1} track(s)"
+            self.status.setText(f"{len(detections)} detection(s){linked} in {src.n_frames} frame(s)")
 
         model = self.model  # the one this job runs, even if another is loaded meanwhile
+        link = ((self.link_distance_spin.value(), self.link_memory_spin.value())
+                if self.link_check.isChecked() and src.is_timelapse else None)
         gen = detect_all_job(model, src.data, params, src.rgb, self.augment_check.isChecked(),
-                             channel_axis=src.channel_axis)
+                             channel_axis=src.channel_axis, link=link)
         return self._start("detect_all", gen, on_yield, on_return)
 
     # ------------------------------------------------------------------ files
