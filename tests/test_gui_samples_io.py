@@ -15,7 +15,7 @@ pytest.importorskip("pytestqt")
 import napari  # noqa: E402
 
 from starloc.gui import points_io, samples  # noqa: E402
-from starloc.io import read_points_csv  # noqa: E402
+from starloc.io import read_points_csv, write_points_csv  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
@@ -197,6 +197,20 @@ def test_round_trip_2d_layer_is_frame_0(make_napari_viewer, tmp_path, rng):
     [back] = viewer.open(str(path), plugin=PLUGIN)
     assert back.ndim == 2  # all on frame 0: (row, col)
     np.testing.assert_array_equal(back.data, data)
+
+
+def test_a_csv_with_tracks_opens_as_points_and_tracks(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    path = tmp_path / "linked.csv"
+    write_points_csv(path, [0, 0, 1, 1, 2], [[5, 5], [20, 20], [6, 5], [21, 19], [7, 6]],
+                     {"score": [1.0, 2.0, 1.5, 2.5, 1.0], "track": [0, 1, 0, 1, 0]})
+    points, tracks = viewer.open(str(path), plugin=PLUGIN)
+    assert points.ndim == 3 and set(points.features) == {"score", "track"}
+    assert type(tracks).__name__ == "Tracks" and tracks.name == "linked tracks"
+    np.testing.assert_array_equal(tracks.data, [[0, 0, 5, 5], [0, 1, 6, 5], [0, 2, 7, 6], [1, 0, 20, 20],
+                                                [1, 1, 21, 19]])
+    write_points_csv(path, [0, 1], [[5, 5], [6, 5]], {"track": [0.0, 0.5]})  # not ids: no tracks
+    assert [layer.ndim for layer in viewer.open(str(path), plugin=PLUGIN)] == [3]
 
 
 def test_writer_handles_empty_layer_and_no_features(tmp_path):

@@ -126,12 +126,14 @@ def get_reader(path: Any) -> Callable[[Any], list[tuple]] | None:
 
 
 def read_points(path: Any) -> list[tuple]:
-    """Read a detection CSV into one Points layer data tuple.
+    """Read a detection CSV into one Points layer data tuple, and a Tracks layer's when the
+    table has a ``track`` column (linked detections, ``lodestar detect --link``).
 
     Data are ``(frame, row, col)`` when the table has points on a frame other than 0, else
     ``(row, col)``. The feature columns become the layer's features; points are coloured by
     ``score`` (viridis) when there is such a column with finite values (napari would make every
-    point transparent for a NaN score). Size 5 px.
+    point transparent for a NaN score). Size 5 px. Tracks: ``(track, frame, row, col)``, only
+    when every track id is a finite whole number.
     """
     single = _single_path(path)
     if single is None:
@@ -150,4 +152,9 @@ def read_points(path: Any) -> list[tuple]:
     if "score" in features and np.all(np.isfinite(features["score"])):
         kwargs["face_color"] = "score"
         kwargs["face_colormap"] = "viridis"
-    return [(data, kwargs, "points")]
+    layers = [(data, kwargs, "points")]
+    track = features.get("track")
+    if track is not None and len(track) and np.all(np.isfinite(track)) and np.all(track == np.round(track)):
+        tracks = np.column_stack([track, frames, positions]).astype(np.float64)
+        layers.append((tracks, {"name": f"{Path(single).stem} tracks", "metadata": {"source": single}}, "tracks"))
+    return layers
