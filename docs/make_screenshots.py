@@ -24,6 +24,7 @@ from starloc.deeploco import EMCCD, Simulator
 from starloc.deeploco.recipes import bead_psf
 from starloc.gui import deeploco_widget, lodestar_widget
 from starloc.demo import isolated_object
+from starloc.gui.lodestar_jobs import TrainingPreview
 from starloc.gui.lodestar_source import ALL_POINTS_LAYER, CENTRE_LAYER, CROP_POINT, CROP_LAYER, SCORE_LAYER, WEIGHT_LAYER
 
 OUT = Path(__file__).resolve().parent / "images"
@@ -69,7 +70,9 @@ def main(steps: int) -> None:
     widget._update_crop_preview()
     snap(viewer, "1_crop")
 
-    # 2. training progress (screenshot taken from the progress slot, mid-training)
+    # 2. training progress (screenshot taken from the progress slot, mid-training, with the
+    # weight map of the model in training on screen)
+    widget.preview_seconds = 0.5
     widget.max_steps_spin.setValue(steps)
     widget.advanced_box.setChecked(True)
     widget.min_steps_spin.setValue(steps)
@@ -77,7 +80,7 @@ def main(steps: int) -> None:
     taken = []
 
     def during(progress):
-        if progress.step >= steps // 2 and not taken:
+        if isinstance(progress, TrainingPreview) and progress.step >= steps // 2 and not taken:
             taken.append(progress.step)
             snap(viewer, "2_training")
 
@@ -109,6 +112,7 @@ def main(steps: int) -> None:
         viewer.layers.remove(name)
     stack, _ = sim.simulate_timelapse(20, 12, size=(128, 128), diffusion=1.0, snr=6, rng=2)
     viewer.add_image(stack, name="diffusing particles", colormap="gray")
+    widget.link_check.setChecked(True)
     widget.detect_all()
     wait(widget, "detect_all")
     viewer.layers.selection.active = viewer.layers[ALL_POINTS_LAYER]
@@ -212,10 +216,11 @@ if __name__ == "__main__":
     parser.add_argument("--deeploco-only", action="store_true", help="only the DeepLoco screenshots")
     parser.add_argument("--hologram-steps", type=int, default=2000, help="training steps on the hologram (2000)")
     parser.add_argument("--hologram-only", action="store_true", help="only the hologram screenshot")
+    parser.add_argument("--no-hologram", action="store_true", help="without the hologram screenshot")
     args = parser.parse_args()
     if not (args.deeploco_only or args.hologram_only):
         main(args.steps)
-    if not args.deeploco_only:
+    if not (args.deeploco_only or args.no_hologram):
         hologram(args.hologram_steps)
     if args.deeploco_model is not None:
         deeploco(args.deeploco_model, args.beads)

@@ -57,6 +57,12 @@ def _limits(values: np.ndarray) -> tuple[float, float]:
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
 
 
+def _numbers(values) -> np.ndarray:
+    """Integer columns (track ids) stay integers, so an export writes them as such; others float."""
+    values = np.asarray(values)
+    return values if values.dtype.kind in "iu" else values.astype(float)
+
+
 def points_data(found: Detections, src: ImageSource, with_frame: bool) -> np.ndarray:
     """``(N, 2)`` (row, col), or ``(N, 3)`` (frame, row, col) when ``with_frame``."""
     pos = np.asarray(found.positions, dtype=float)[:, :2].reshape(-1, 2)
@@ -80,7 +86,7 @@ def show_points(viewer, name: str, found: Detections, src: ImageSource, with_fra
     threshold (never NaN), but a ``PLAIN_COLOUR`` fallback keeps any other input visible.
     """
     data = points_data(found, src, with_frame)
-    features = {**{k: np.asarray(v, dtype=float) for k, v in (properties or {}).items()},
+    features = {**{k: _numbers(v) for k, v in (properties or {}).items()},
                 **{k: np.asarray(found.features.get(k, np.zeros(len(data))), dtype=float) for k in FEATURES}}
     face = next((k for k in COLOUR_BY if k in features and np.all(np.isfinite(features[k]))), PLAIN_COLOUR)
     scale = src.full_scale if with_frame else src.scale

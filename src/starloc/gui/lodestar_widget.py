@@ -121,7 +121,7 @@ class LodeSTARWidget(QWidget):
         self._maps = None  # Maps of one frame, cached: detection reruns without the network
         self._frame = None  # that frame (1, C, H, W), for deblending crowded detections
         self._maps_key = None  # (layer name, frame, augment) the cached maps belong to
-        self._previewed = False  # the weight layer shows a model still in training
+        self._previewed = None  # step of the model in training that the weight layer shows
         self.preview_seconds = PREVIEW_SECONDS  # between weight-map previews in training (None: off)
         self._announced = set()
 
@@ -911,7 +911,8 @@ class LodeSTARWidget(QWidget):
                 return
             self.progress.setMaximum(p.max_steps)
             self.progress.setValue(p.step)
-            self.status.setText(f"step {p.step}/{p.max_steps} · loss {p.loss:.4f} · {p.elapsed:.1f} s")
+            shown = "" if self._previewed is None else f" · weight map: step {self._previewed}"
+            self.status.setText(f"step {p.step}/{p.max_steps} · loss {p.loss:.4f} · {p.elapsed:.1f} s{shown}")
 
         def on_return(result):
             model, maps = result
@@ -931,15 +932,15 @@ class LodeSTARWidget(QWidget):
         found = self._quiet_source() if key == self._wanted_maps_key() else None
         if found is None:
             return
-        self._previewed = True
+        self._previewed = preview.step
         layers_.show_map(self.viewer, WEIGHT_LAYER, preview.weights, found[1], "magma", key[1])
 
     def _on_job_finished(self, kind: str, outcome: str) -> None:
         """After a cancelled or failed training the weight layer shows the kept model again
         (the previews were of the model that was dropped)."""
-        if kind != "train" or not self._previewed:
+        if kind != "train" or self._previewed is None:
             return
-        self._previewed = False
+        self._previewed = None
         if outcome == "returned":
             return
         shown = self._maps is not None and self._maps_key == self._wanted_maps_key()
