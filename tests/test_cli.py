@@ -369,3 +369,12 @@ def test_detect_links_a_timelapse_into_tracks(tmp_path, capsys):
     # every track follows one particle, and each particle is one track
     assert all(len({n for n, i in zip(nearest, ids) if i == k}) == 1 for k in set(ids))
     assert len(set(ids)) == len(set(nearest)) == 5
+    # the same from a CSV detected without --link
+    plain, relinked = tmp_path / "plain.csv", tmp_path / "relinked.csv"
+    assert main(["lodestar", "detect", str(tmp_path / "movie.tif"), "--model", str(tmp_path / "m.pt"),
+                 "-o", str(plain)]) == 0
+    assert "track" not in read_points_csv(plain)[2]
+    assert main(["lodestar", "link", str(plain), "--distance", "4", "-o", str(relinked)]) == 0
+    np.testing.assert_array_equal(read_points_csv(relinked)[2]["track"], features["track"])
+    assert main(["lodestar", "link", str(tmp_path / "movie.tif"), "--distance", "4", "-o", str(relinked)]) == 2
+    assert "not a starloc points table" in capsys.readouterr().err

@@ -235,6 +235,20 @@ def cmd_lodestar_detect(args) -> int:
     return 0
 
 
+def cmd_lodestar_link(args) -> int:
+    from starloc.io import read_points_csv, write_points_csv
+    from starloc.tracks import link_tracks, require_trackpy
+
+    check_output(args.output)
+    require_trackpy()
+    frames, positions, features = read_points_csv(args.detections)
+    features["track"] = link_tracks(frames, positions, args.distance, args.memory)  # replaces an old one
+    write_points_csv(args.output, frames, positions, features)
+    print(f"{len(frames)} detection(s) in {int(features['track'].max(initial=-1)) + 1} track(s) written to "
+          f"{args.output}")
+    return 0
+
+
 def _run_frames(gen, total: int):
     """Drive a ``(frames_done, frames_total)`` generator under a progress bar; its result."""
     with progress_bar(total, "detecting", "frame") as bar:
@@ -392,6 +406,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", type=Path, required=True, help="CSV file to write")
     add_cluster_options(d, "image")
     d.set_defaults(func=cmd_lodestar_detect)
+
+    k = lsub.add_parser("link", help="link the detections of a time-lapse CSV into trajectories",
+                        description="Read a detection CSV (frame,row,col,...; 'lodestar detect'), link its "
+                                    "detections frame to frame with trackpy and write it again with a "
+                                    "'track' column (0-based ids). The same as 'detect --link'.")
+    k.add_argument("detections", type=Path, help="CSV from 'lodestar detect' (frame,row,col,...)")
+    k.add_argument("--distance", type=positive(), required=True, metavar="PX",
+                   help="farthest an object moves from one frame to the next (pixels); keep it below half "
+                        "the distance between neighbours")
+    k.add_argument("--memory", type=at_least(0), default=0, metavar="N",
+                   help="frames an object may go undetected and keep its track (default 0)")
+    k.add_argument("-o", "--output", type=Path, required=True, help="CSV file to write (may be the input)")
+    k.set_defaults(func=cmd_lodestar_link)
 
     add_deeploco_commands(sub)
 

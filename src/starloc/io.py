@@ -575,7 +575,9 @@ def read_points_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, di
     try:
         with open(p, newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.reader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+    except UnicodeDecodeError:
+        raise InputError(f"{str(p)!r} is not a starloc points table: not a text (CSV) file") from None
+    except (OSError, csv.Error) as exc:
         raise InputError(f"cannot read {str(p)!r}: {one_line(exc)}") from exc
     if not rows or [h.strip() for h in rows[0][:3]] != list(POINTS_HEADER):
         raise InputError(f"{str(p)!r} is not a starloc points table: the header must start with frame,row,col")
