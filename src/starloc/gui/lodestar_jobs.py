@@ -68,9 +68,10 @@ def train_job(crops: list[np.ndarray], config: TrainConfig, frame: np.ndarray, a
                 model = stop.value
                 break
             yield progress
+            if preview_seconds is None or progress.step == progress.max_steps:  # the last maps come next
+                continue
             now = time.perf_counter()
-            due = now - last >= max(preview_seconds, cost / PREVIEW_SHARE) if preview_seconds is not None else False
-            if due and progress.step < progress.max_steps:  # the last step's maps come next anyway
+            if now - last >= max(preview_seconds, cost / PREVIEW_SHARE):
                 weights = weight_image(model.maps(frame))
                 model.net.train()  # maps() left it in eval mode; the loop set train mode once
                 last = time.perf_counter()

@@ -303,7 +303,8 @@ def _with_extra_properties(config: TrainConfig) -> TrainConfig:
 def new_model(config: TrainConfig) -> LodeSTAR:
     """The untrained model :func:`train` starts from when given none (the same weights for the
     same seed): pass it to ``train`` to look at it while it learns (the widget's weight-map
-    preview)."""
+    preview). InputError for properties the network's inputs cannot learn, as ``train``."""
+    _check_properties(config, config.network.in_channels)
     config = _with_extra_properties(config)
     return LodeSTAR.new(config.network, seed=config.seed, downsample=check_downsample(config.downsample),
                         normalization="fixed" if config.extra_properties else "background")
