@@ -352,7 +352,13 @@ def test_crops_from_several_frames_of_a_stack(tmp_path, capsys):
     _bad(capsys, [*base, "--frame", "0", "--frame", "1", "--frame", "1"], "--frame given 3 times for 2 crop(s)")
 
 
-def test_detect_links_a_timelapse_into_tracks(tmp_path, capsys):
+def _crowding_error(*args, **kwargs):
+    from starloc.errors import InputError
+
+    raise InputError("too many detections within 60 px of each other to link them: give a smaller linking distance")
+
+
+def test_detect_links_a_timelapse_into_tracks(tmp_path, capsys, monkeypatch):
     stack, tracks = sim.simulate_timelapse(6, 5, size=(64, 64), diffusion=0.5, rng=2)[:2]
     tifffile.imwrite(tmp_path / "movie.tif", stack.astype(np.float32))
     gaps = np.hypot(*(tracks[0, :, None] - tracks[0, None]).transpose(2, 0, 1)) + 1e3 * np.eye(5)
@@ -378,3 +384,11 @@ def test_detect_links_a_timelapse_into_tracks(tmp_path, capsys):
     np.testing.assert_array_equal(read_points_csv(relinked)[2]["track"], features["track"])
     assert main(["lodestar", "link", str(tmp_path / "movie.tif"), "--distance", "4", "-o", str(relinked)]) == 2
     assert "not a starloc points table" in capsys.readouterr().err
+    # linking that fails (far too crowded for the distance) keeps the detections, without tracks
+    crowded = tmp_path / "crowded.csv"
+    with monkeypatch.context() as m:
+        m.setattr("starloc.tracks.link_tracks", _crowding_error)
+        code = main(["lodestar", "detect", str(tmp_path / "movie.tif"), "--model", str(tmp_path / "m.pt"),
+                     "--link", "60", "-o", str(crowded)])
+    assert code == 2 and "written to" in capsys.readouterr().err
+    assert "track" not in read_points_csv(crowded)[2] and len(read_points_csv(crowded)[0]) == len(frames)

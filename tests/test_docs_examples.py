@@ -82,7 +82,7 @@ def test_docs_example_runs(doc, code, tmp_path, monkeypatch, one_thread):
     exec(compile(code, f"{doc} example", "exec"), namespace)
     if "found" in namespace:  # the LodeSTAR example: it found the particle in its crop, and wrote its files
         nearest = np.linalg.norm(namespace["found"].positions[:, :2] - PARTICLE, axis=1).min()
-        assert nearest < 0.5 and (tmp_path / "detections.csv").is_file() and (tmp_path / "my-model.pt").is_file()
+        assert nearest < 0.5 and (tmp_path / "my-detections.csv").is_file() and (tmp_path / "my-model.pt").is_file()
         crop_origin = (59, 89)
         assert np.hypot(*(np.array([namespace["row"], namespace["col"]]) + crop_origin - PARTICLE)) < 0.5
     if "table" in namespace:  # the DeepLoco example: a localization table of the stack's frames

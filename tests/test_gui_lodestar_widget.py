@@ -744,3 +744,67 @@ def test_detect_all_frames_links_tracks(make_napari_viewer, qtbot, messages, poi
     _detect_all_frames(qtbot, viewer, widget, point_model, messages)
     assert TRACKS_LAYER not in viewer.layers
     assert messages["error"] == []
+    # nothing detected: no tracks, no error
+    widget.link_check.setChecked(True)
+    widget.mode_combo.setCurrentText("absolute")
+    widget.cutoff_spin.setValue(1e9)
+    with _wait_job(qtbot, widget, "detect_all") as blocker:
+        widget.detect_all()
+    assert blocker.args == ["detect_all", "returned"] and len(points.data) == 0
+    assert TRACKS_LAYER not in viewer.layers and messages["error"] == []
+
+
+def test_linking_that_fails_keeps_the_detections(make_napari_viewer, qtbot, messages, point_model, monkeypatch):
+    from starloc.errors import InputError
+
+    def crowded(*args):
+        raise InputError("too many detections within 50 px of each other to link them: give a smaller linking "
+                         "distance")
+
+    monkeypatch.setattr("starloc.gui.lodestar_jobs.link_tracks", crowded)
+    stack, _ = sim.simulate_timelapse(3, 5, size=(64, 64), diffusion=0.5, rng=3)
+    viewer, widget = _widget(make_napari_viewer)
+    viewer.add_image(stack.astype(np.float32), name="movie")
+    widget.link_check.setChecked(True)
+    widget.mode_combo.setCurrentText("ratio")
+    widget.cutoff_spin.setValue(0.3)
+    widget.model = point_model
+    with _wait_job(qtbot, widget, "detect_all") as blocker:
+        widget.detect_all()
+    assert blocker.args == ["detect_all", "returned"]
+    assert len(viewer.layers[ALL_POINTS_LAYER].data) >= 10 and TRACKS_LAYER not in viewer.layers
+    assert "track" not in viewer.layers[ALL_POINTS_LAYER].features
+    assert len(messages["error"]) == 1 and "shown without tracks" in messages["error"][0]
+
+
+def test_a_frame_change_during_training_drops_the_preview(make_napari_viewer, qtbot, messages, preview_every_step,
+                                                          point_model):
+    from starloc.gui.lodestar_jobs import TrainingPreview
+
+    stack, tracks = sim.simulate_timelapse(3, 5, size=(64, 64), diffusion=0.5, rng=3)
+    viewer, widget = _widget(make_napari_viewer, steps=5000)
+    widget.preview_seconds = 0.0
+    viewer.add_image(stack.astype(np.float32), name="movie")
+    widget.model = point_model
+    _draw(widget, np.clip(tracks[0, 0], CROP / 2, 64 - CROP / 2))
+    seen = []
+
+    def move_then_cancel(item):
+        if isinstance(item, TrainingPreview):
+            seen.append(WEIGHT_LAYER in viewer.layers)
+            if len(seen) == 2:
+                viewer.dims.set_current_step(0, 2)  # another frame: the preview of frame 0 goes
+                seen.append(WEIGHT_LAYER in viewer.layers)
+                widget.cancel()
+
+    with _wait_job(qtbot, widget, "train") as blocker:
+        worker = widget.train()
+        assert worker is not None, messages["error"]
+        worker.yielded.connect(move_then_cancel)
+    assert blocker.args == ["train", "aborted"] and seen == [True, True, False]
+    assert "cancelled" in widget.status.text()  # not overwritten by progress queued before the cancel
+    # the kept model's maps of the frame now on screen follow
+    with qtbot.waitSignal(widget.detection_updated, timeout=20_000):
+        pass
+    assert widget._maps_key == ("movie", 2, False) and WEIGHT_LAYER in viewer.layers
+    assert widget.model is point_model and messages["error"] == []

@@ -211,6 +211,8 @@ def test_a_csv_with_tracks_opens_as_points_and_tracks(make_napari_viewer, tmp_pa
                                                 [1, 1, 21, 19]])
     write_points_csv(path, [0, 1], [[5, 5], [6, 5]], {"track": [0.0, 0.5]})  # not ids: no tracks
     assert [layer.ndim for layer in viewer.open(str(path), plugin=PLUGIN)] == [3]
+    write_points_csv(path, [0, 0], [[5, 5], [6, 5]], {"track": [0, 1]})  # one frame: nothing to follow
+    assert [layer.ndim for layer in viewer.open(str(path), plugin=PLUGIN)] == [2]
 
 
 def test_writer_handles_empty_layer_and_no_features(tmp_path):

@@ -225,12 +225,16 @@ def cmd_lodestar_detect(args) -> int:
         else:
             gen = iter_detect(model, image, params, augment=augment, frames=args.frames, **layout)
         found = _run_frames(gen, total)
-    extra = property_columns(model, found.positions)
-    tracks = {}
-    if args.link is not None:
-        tracks["track"] = link_tracks(found.frame, found.positions[:, :2], args.link, args.memory or 0)
-    write_points_csv(args.output, found.frame, found.positions[:, :2], {**extra, **found.features, **tracks})
-    linked = f" in {int(tracks['track'].max(initial=-1)) + 1} track(s)" if tracks else ""
+    columns = {**property_columns(model, found.positions), **found.features}
+    try:
+        if args.link is not None:
+            columns["track"] = link_tracks(found.frame, found.positions[:, :2], args.link, args.memory or 0)
+    except InputError as exc:  # the detections took long: keep them, without tracks
+        write_points_csv(args.output, found.frame, found.positions[:, :2], columns)
+        raise InputError(f"{exc}. The {len(found)} detection(s) were written to {args.output} without tracks; "
+                         "link them with 'starloc lodestar link'") from None
+    write_points_csv(args.output, found.frame, found.positions[:, :2], columns)
+    linked = f" in {int(columns['track'].max(initial=-1)) + 1} track(s)" if "track" in columns else ""
     print(f"{len(found)} detection(s){linked} in {total} frame(s) written to {args.output}")
     return 0
 
@@ -398,8 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "write --frames=-3:); the CSV keeps the stack's numbering")
     d.add_argument("--link", type=positive(), metavar="PX",
                    help="link the detections of a time-lapse into trajectories (trackpy): a detection joins "
-                        "the nearest trajectory within PX pixels of its last position, and the CSV gets a "
-                        "'track' column (0-based ids)")
+                        "the nearest trajectory within PX pixels of its last position (keep PX below half the "
+                        "distance between neighbours), and the CSV gets a 'track' column (0-based ids)")
     d.add_argument("--memory", type=at_least(0), metavar="N",
                    help="with --link: frames an object may go undetected and keep its track (default 0)")
     _add_common_image_options(d)

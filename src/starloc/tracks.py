@@ -50,6 +50,16 @@ def _quiet(logger_name: str = "trackpy"):
         logger.setLevel(level)
 
 
+def _real(value) -> float | None:
+    """``value`` as a float if it is one real number (Python or numpy, not a bool or a string)."""
+    if isinstance(value, (bool, np.bool_, str, bytes)) or np.ndim(value) != 0:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def link_tracks(frames, positions, max_distance: float, memory: int = 0) -> np.ndarray:
     """Trajectory id (int64, 0-based) of each detection.
 
@@ -59,16 +69,25 @@ def link_tracks(frames, positions, max_distance: float, memory: int = 0) -> np.n
     memory : frames an object may go undetected and still keep its trajectory (0: none).
 
     InputError for a distance that is not a positive number, a negative memory, shapes that
-    do not match, or a scene too crowded for the distance (trackpy's subnetwork limit).
+    do not match, positions that are not finite, frames that are not whole numbers >= 0, or a
+    scene too crowded for the distance (trackpy's subnetwork limit).
     """
     frames = np.asarray(frames).reshape(-1)
     positions = np.asarray(positions, dtype=np.float64)
-    if not (isinstance(max_distance, (int, float)) and math.isfinite(max_distance) and max_distance > 0):
+    distance = _real(max_distance)
+    if distance is None or not (math.isfinite(distance) and distance > 0):
         raise InputError(f"the linking distance must be a positive number of pixels, got {max_distance!r}")
     if isinstance(memory, bool) or not isinstance(memory, (int, np.integer)) or memory < 0:
         raise InputError(f"the linking memory must be a whole number of frames >= 0, got {memory!r}")
     if positions.ndim != 2 or positions.shape[1] < 2 or len(positions) != len(frames):
         raise InputError(f"positions must be (N, 2) (row, col) for N = {len(frames)} frames, got {positions.shape}")
+    if not np.isfinite(positions[:, :2]).all():
+        raise InputError(f"{int((~np.isfinite(positions[:, :2])).any(axis=1).sum())} detection(s) have no finite "
+                         "position (NaN or inf): drop them before linking")
+    if len(frames):
+        values = frames.astype(np.float64) if frames.dtype.kind in "iuf" else np.array([np.nan])
+        if not (np.isfinite(values).all() and (values == np.round(values)).all() and values.min() >= 0):
+            raise InputError("frames must be whole numbers >= 0 (0-based) to link detections")
     if len(frames) == 0:
         return np.zeros(0, dtype=np.int64)
     trackpy = require_trackpy()
@@ -77,10 +96,9 @@ def link_tracks(frames, positions, max_distance: float, memory: int = 0) -> np.n
     table = pd.DataFrame({"frame": frames.astype(np.int64), "row": positions[:, 0], "col": positions[:, 1]})
     try:
         with _quiet():
-            linked = trackpy.link(table, float(max_distance), pos_columns=["row", "col"], t_column="frame",
-                                  memory=int(memory))
+            linked = trackpy.link(table, distance, pos_columns=["row", "col"], t_column="frame", memory=int(memory))
     except trackpy.SubnetOversizeException:
-        raise InputError(f"too many detections within {max_distance:g} px of each other to link them: give a "
+        raise InputError(f"too many detections within {distance:g} px of each other to link them: give a "
                          "smaller linking distance") from None
     ids = linked["particle"].reindex(table.index).to_numpy()
     # renumber 0, 1, 2, ... in order of each trajectory's first detection

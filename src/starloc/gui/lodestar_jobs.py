@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from starloc.lodestar.detection import DetectParams, score_map, to_image_resolution
+from starloc.errors import InputError
+from starloc.lodestar.detection import DetectParams, Detections, score_map, to_image_resolution
 from starloc.lodestar.inference import detect_in_maps, iter_detect
 from starloc.lodestar.model import LodeSTAR, Maps
 from starloc.lodestar.training import TrainConfig, new_model, train
@@ -124,17 +125,31 @@ def describe_training(model: LodeSTAR, n_crops: int) -> str:
     )
 
 
+@dataclass(frozen=True)
+class AllFrames:
+    """Result of :func:`detect_all_job`: the detections, their track ids when linked, and why
+    linking failed when it did (the detections are kept)."""
+
+    detections: Detections
+    track: np.ndarray | None = None
+    link_error: str | None = None
+
+
 def detect_all_job(model: LodeSTAR, image, params: DetectParams, rgb: str, augment: bool, chunk: int = 4,
                    channel_axis: int | None = None, link: tuple[float, int] | None = None):
-    """Detection on every frame of a (possibly lazy) image; yields ``(done, total)``.
+    """Detection on every frame of a (possibly lazy) image; yields ``(done, total)``, returns
+    :class:`AllFrames`.
 
     ``link``: ``(max distance px, memory frames)`` to link the detections into trajectories
-    (:func:`starloc.tracks.link_tracks`); their ids go to the ``track`` feature.
+    (:func:`starloc.tracks.link_tracks`).
     """
     if link is not None:
         require_trackpy()  # before the work, not after it
     found = yield from iter_detect(model, image, params, chunk=chunk, rgb=rgb, channel_axis=channel_axis,
                                    augment=augment)
-    if link is not None:
-        found.features["track"] = link_tracks(found.frame, found.positions[:, :2], *link)
-    return found
+    if link is None:
+        return AllFrames(found)
+    try:
+        return AllFrames(found, track=link_tracks(found.frame, found.positions[:, :2], *link))
+    except InputError as exc:  # the detections took long: keep them, without tracks
+        return AllFrames(found, link_error=str(exc))

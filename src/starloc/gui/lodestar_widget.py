@@ -122,6 +122,7 @@ class LodeSTARWidget(QWidget):
         self._frame = None  # that frame (1, C, H, W), for deblending crowded detections
         self._maps_key = None  # (layer name, frame, augment) the cached maps belong to
         self._previewed = None  # step of the model in training that the weight layer shows
+        self._training_key = None  # (layer name, frame, augment) of the training's frame
         self.preview_seconds = PREVIEW_SECONDS  # between weight-map previews in training (None: off)
         self._announced = set()
 
@@ -619,6 +620,7 @@ class LodeSTARWidget(QWidget):
         """A new image layer was chosen (``adopt``: take the settings it states) or the way of
         reading it changed."""
         self._maps, self._maps_key, self._frame = None, None, None
+        self._drop_stale_preview()
         layer = self.image_layer()
         if layer is None:
             self.image_info.setText("no image layer: open an image or a sample (File › Open Sample)")
@@ -855,7 +857,7 @@ class LodeSTARWidget(QWidget):
             self.job_finished.emit(kind, "failed")
 
         def yielded(value):
-            if job == self._job_id:
+            if job == self._job_id and not self._cancelled:  # progress queued before a Cancel is old news
                 on_yield(value)
 
         self.worker = None  # not the last job's, should this one raise inline
@@ -901,6 +903,7 @@ class LodeSTARWidget(QWidget):
         config = self.train_config()
         augment = self.augment_check.isChecked()
         key = (src.name, frame, augment)
+        self._training_key = key
         self.progress.setRange(0, step_budget(config, [c.shape[-2:] for c in crops])[0])
         self.progress.setValue(0)
         self.status.setText("training…")
@@ -935,21 +938,29 @@ class LodeSTARWidget(QWidget):
         self._previewed = preview.step
         layers_.show_map(self.viewer, WEIGHT_LAYER, preview.weights, found[1], "magma", key[1])
 
+    def _drop_stale_preview(self) -> None:
+        """The frame or image on screen is no longer the one being trained on: its preview goes."""
+        if self._previewed is not None and self._job_kind == "train" and self._training_key != self._wanted_maps_key():
+            self._previewed = None
+            layers_.remove(self.viewer, WEIGHT_LAYER)
+
     def _on_job_finished(self, kind: str, outcome: str) -> None:
         """After a cancelled or failed training the weight layer shows the kept model again
-        (the previews were of the model that was dropped)."""
-        if kind != "train" or self._previewed is None:
+        (the previews were of the model that was dropped), on the frame now on screen."""
+        if kind != "train":
             return
-        self._previewed = None
+        previewed, self._previewed = self._previewed, None
         if outcome == "returned":
             return
-        shown = self._maps is not None and self._maps_key == self._wanted_maps_key()
-        found = self._quiet_source() if shown else None
-        if found is None:
-            layers_.remove(self.viewer, WEIGHT_LAYER)
-        else:
-            layers_.show_map(self.viewer, WEIGHT_LAYER, weight_image(self._maps), found[1], "magma",
-                             self._maps_key[1])
+        if previewed is not None:
+            shown = self._maps is not None and self._maps_key == self._wanted_maps_key()
+            found = self._quiet_source() if shown else None
+            if found is None:
+                layers_.remove(self.viewer, WEIGHT_LAYER)
+            else:
+                layers_.show_map(self.viewer, WEIGHT_LAYER, weight_image(self._maps), found[1], "magma",
+                                 self._maps_key[1])
+        self._after_job()  # the user may have moved to another frame while it trained
 
     def refocus_crop(self):
         """Set Crop z to the z where the crops' field comes into focus
@@ -984,6 +995,7 @@ class LodeSTARWidget(QWidget):
             return None
 
     def _on_step(self, event=None) -> None:
+        self._drop_stale_preview()
         if self._maps_key is not None and self._maps_stale():
             self._frame_timer.start()
         self._schedule_preview()
@@ -1103,19 +1115,24 @@ class LodeSTARWidget(QWidget):
             self.progress.setValue(done)
             self.status.setText(f"detecting: frame {done}/{total}")
 
-        def on_return(detections):
-            track = detections.features.pop("track", None)
+        def on_return(result):
+            detections, track = result.detections, result.track
             properties = {**property_columns(model, detections.positions),
                           **({} if track is None else {"track": track})}
             layers_.show_points(self.viewer, ALL_POINTS_LAYER, detections, src, with_frame=src.is_timelapse,
                                 properties=properties)
             linked = ""
-            if track is None:
+            if track is None or len(track) == 0:
                 layers_.remove(self.viewer, TRACKS_LAYER)  # not those of these detections
             else:
                 layers_.show_tracks(self.viewer, TRACKS_LAYER, detections, track, src)
+            if track is not None:
                 linked = f" in {int(track.max(initial=-1)) + 1} track(s)"
+            elif self.link_check.isChecked() and not src.is_timelapse:
+                linked = " (one frame: nothing to link)"
             self.status.setText(f"{len(detections)} detection(s){linked} in {src.n_frames} frame(s)")
+            if result.link_error is not None:
+                show_error(f"LodeSTAR: {result.link_error}; the detections are shown without tracks")
 
         model = self.model  # the one this job runs, even if another is loaded meanwhile
         link = ((self.link_distance_spin.value(), self.link_memory_spin.value())

@@ -133,7 +133,7 @@ def read_points(path: Any) -> list[tuple]:
     ``(row, col)``. The feature columns become the layer's features; points are coloured by
     ``score`` (viridis) when there is such a column with finite values (napari would make every
     point transparent for a NaN score). Size 5 px. Tracks: ``(track, frame, row, col)``, only
-    when every track id is a finite whole number.
+    when the points lie on several frames and every track id is a finite whole number.
     """
     single = _single_path(path)
     if single is None:
@@ -154,7 +154,8 @@ def read_points(path: Any) -> list[tuple]:
         kwargs["face_colormap"] = "viridis"
     layers = [(data, kwargs, "points")]
     track = features.get("track")
-    if track is not None and len(track) and np.all(np.isfinite(track)) and np.all(track == np.round(track)):
+    linked = track is not None and data.shape[1] == 3  # tracks need frames
+    if linked and np.all(np.isfinite(track)) and np.all(track == np.round(track)):
         tracks = np.column_stack([track, frames, positions]).astype(np.float64)
         layers.append((tracks, {"name": f"{Path(single).stem} tracks", "metadata": {"source": single}}, "tracks"))
     return layers
