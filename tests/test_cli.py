@@ -392,3 +392,25 @@ def test_detect_links_a_timelapse_into_tracks(tmp_path, capsys, monkeypatch):
                      "--link", "60", "-o", str(crowded)])
     assert code == 2 and "written to" in capsys.readouterr().err
     assert "track" not in read_points_csv(crowded)[2] and len(read_points_csv(crowded)[0]) == len(frames)
+
+
+def test_brighter_objects_are_trained_for_on_request_and_told_at_detection(scene, model_path, tmp_path, capsys):
+    from starloc.lodestar.model import LodeSTAR
+
+    folder, (row, col) = scene
+    crop = ["--crop", str(row), str(col), "40", "40", "--steps", "3", "--device", "cpu"]
+    assert main(["lodestar", "train", str(folder / "scene.tif"), *crop, "--brighter", "10",
+                 "-o", str(tmp_path / "b.pt")]) == 0
+    assert LodeSTAR.load(tmp_path / "b.pt").metadata["training"]["gain"] == 10.0
+    _bad(capsys, ["lodestar", "train", str(folder / "scene.tif"), *crop, "--brighter", "4", "--signal-range", "2",
+                  "-o", str(tmp_path / "c.pt")], "--signal-range teaches the objects' brightness")
+    with pytest.raises(SystemExit):
+        main(["lodestar", "train", str(folder / "scene.tif"), *crop, "--brighter", "0.5", "-o", str(tmp_path / "c.pt")])
+    capsys.readouterr()
+    # an image whose objects stand ~6x higher above the noise than the crop's (SNR 60 against 10)
+    bright, _, _ = sim.simulate_scene("point", 6, size=(64, 64), snr=60, rng=5)
+    tifffile.imwrite(tmp_path / "bright.tif", bright)
+    for image, warned in ((tmp_path / "bright.tif", True), (folder / "scene.tif", False)):
+        assert main(["lodestar", "detect", str(image), "--model", str(model_path), "-o", str(tmp_path / "d.csv")]) == 0
+        err = capsys.readouterr().err
+        assert ("brighter than the training crop's" in err and "--brighter" in err) == warned, err

@@ -790,7 +790,7 @@ def test_a_frame_change_during_training_drops_the_preview(make_napari_viewer, qt
     seen = []
 
     def move_then_cancel(item):
-        if isinstance(item, TrainingPreview):
+        if isinstance(item, TrainingPreview) and len(seen) < 3:  # previews queued before the cancel may follow
             seen.append(WEIGHT_LAYER in viewer.layers)
             if len(seen) == 2:
                 viewer.dims.set_current_step(0, 2)  # another frame: the preview of frame 0 goes
@@ -804,7 +804,21 @@ def test_a_frame_change_during_training_drops_the_preview(make_napari_viewer, qt
     assert blocker.args == ["train", "aborted"] and seen == [True, True, False]
     assert "cancelled" in widget.status.text()  # not overwritten by progress queued before the cancel
     # the kept model's maps of the frame now on screen follow
-    with qtbot.waitSignal(widget.detection_updated, timeout=20_000):
-        pass
-    assert widget._maps_key == ("movie", 2, False) and WEIGHT_LAYER in viewer.layers
+    qtbot.waitUntil(lambda: widget._maps_key == ("movie", 2, False) and WEIGHT_LAYER in viewer.layers,
+                    timeout=20_000)
     assert widget.model is point_model and messages["error"] == []
+
+
+def test_brighter_objects_setting_and_notice(make_napari_viewer, qtbot, messages, point_model):
+    viewer, widget = _widget(make_napari_viewer)
+    widget.brighter_spin.setValue(10)
+    assert widget.train_config().gain == 10.0
+    bright, _, _ = sim.simulate_scene("point", 8, size=(96, 96), snr=60, rng=6)  # ~6x the crop's contrast
+    viewer.add_image(bright.astype(np.float32), name="bright")
+    widget.model = point_model
+    for _ in range(2):  # told once per model and image
+        with qtbot.waitSignal(widget.detection_updated, timeout=20_000):
+            widget._follow_frame()
+    told = [m for m in messages["info"] if "brighter than the training crop's" in m]
+    assert len(told) == 1 and "Advanced › Brighter objects to" in told[0]
+    assert messages["error"] == []

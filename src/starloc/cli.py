@@ -82,7 +82,8 @@ def cmd_lodestar_train(args) -> int:
     reference = {"crop_signal": args.crop_signal} if args.crop_signal is not None else {}
     if args.crop_z is not None:
         reference["crop_z_um"] = _crop_z(args, crops, optics)
-    config = TrainConfig(max_steps=args.steps, min_steps=args.min_steps, copies=copies, seed=args.seed,
+    brighter = {} if args.brighter is None else {"gain": args.brighter}
+    config = TrainConfig(max_steps=args.steps, min_steps=args.min_steps, copies=copies, seed=args.seed, **brighter,
                          device=resolve_device(args.device), downsample=downsample,
                          z_range_um=args.z_range, signal_range=args.signal_range,
                          pixel_size_nm=args.pixel_size, **optics, **reference,
@@ -159,6 +160,8 @@ def _resolve_symmetry_options(args) -> None:
         print(f"starloc: from {Path(args.image).name}'s metadata: pixel size {args.pixel_size:g} nm", file=sys.stderr)
     if args.signal_range is None and args.crop_signal is not None:
         raise InputError("--crop-signal sets the unit of the learned signal: give --signal-range R too")
+    if args.signal_range is not None and args.brighter is not None:
+        raise InputError("--brighter: --signal-range teaches the objects' brightness itself (it replaces --brighter)")
 
 
 def _crop_z(args, crops, optics: dict) -> float:
@@ -185,6 +188,31 @@ def _float_or_auto(text: str):
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
+
+
+def at_least_one(text: str) -> float:
+    """An argparse type: a finite number >= 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 1):
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text!r}")
+    return value
+
+
+def _warn_if_brighter(model, image, selected: range, layout: dict) -> None:
+    """Warn when the image's objects (in its first, middle and last frame) are far brighter
+    than those the model was trained for (:mod:`starloc.lodestar.brightness`)."""
+    from starloc.io import iter_frame_chunks
+    from starloc.lodestar.brightness import brightness_advice, brightness_ratio
+
+    picks = sorted({selected[0], selected[len(selected) // 2], selected[-1]}) if len(selected) else []
+    ratios = [brightness_ratio(model, block) for i in picks
+              for _, block in iter_frame_chunks(image, 1, frames=range(i, i + 1), **layout)]
+    advice = brightness_advice(model, max((r for r in ratios if r is not None), default=None))
+    if advice is not None:
+        warnings.warn(advice, StarlocWarning)
 
 
 def cmd_lodestar_detect(args) -> int:
@@ -217,6 +245,7 @@ def cmd_lodestar_detect(args) -> int:
     on_cluster = args.scheduler is not None or args.workers is not None
     # On a cluster the tasks load the model themselves; here it only names the output columns.
     model = LodeSTAR.load(args.model, device="cpu" if on_cluster else resolve_device(args.device))
+    _warn_if_brighter(model, image, image_frame_range(image, args.frames, name=str(args.image), **layout), layout)
     if on_cluster:
         found = _detect_on_cluster(args, params, augment, layout, total)
     else:
@@ -333,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "each step over more transforms and noise draws, at a higher cost per step. On a GPU "
                         "'--copies 32 --steps 5200 --min-steps 4400' trains a more precise model in about a "
                         "minute (docs/benchmarks.md)")
+    t.add_argument("--brighter", type=at_least_one, default=None, metavar="X",
+                   help="train for objects up to X times brighter than the cropped one (default 3); raise it "
+                        "when some objects are much brighter ('detect' warns when it sees such objects)")
     t.add_argument("--seed", type=int, default=0, help="random seed (same seed, same model)")
     t.add_argument("--downsample", type=downsample_factor, default="auto", metavar="D",
                    help="look at the image in blocks of DxD pixels (their mean), in training and in "

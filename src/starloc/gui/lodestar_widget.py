@@ -71,6 +71,7 @@ from starloc.gui.lodestar_source import (
     to_uint8,
 )
 from starloc.gui.units import placement, stated_pixel_size_nm
+from starloc.lodestar.brightness import brightness_advice, brightness_ratio
 from starloc.lodestar.crop_content import crops_without_one_object
 from starloc.lodestar.detection import CUTOFF_MODES, DetectParams
 from starloc.lodestar.downsampling import auto_downsample, suggest_downsample
@@ -125,6 +126,7 @@ class LodeSTARWidget(QWidget):
         self._training_key = None  # (layer name, frame, augment) of the training's frame
         self.preview_seconds = PREVIEW_SECONDS  # between weight-map previews in training (None: off)
         self._announced = set()
+        self._brightness_told = set()  # (model id, layer name) already checked for brighter objects
 
         self._detect_timer = self._timer(self._redetect)
         self._frame_timer = self._timer(self._follow_frame)
@@ -285,6 +287,13 @@ class LodeSTARWidget(QWidget):
             "Augmentation noise stronger on bright pixels, as photon counts are (fluorescence). "
             "Untick for images whose noise does not grow with the signal")
         adv.addRow("", self.shot_check)
+        self.brighter_spin = self._float_spin(1.0, 1000.0, TrainConfig.gain, 1, 1.0)
+        self.brighter_spin.setSuffix(" ×")
+        self.brighter_spin.setToolTip(
+            "Train for objects up to this many times brighter than the cropped one. Raise it when some objects "
+            "are much brighter: the widget says so when it sees them (not used with a Signal range, which "
+            "teaches brightness itself)")
+        adv.addRow("Brighter objects", self.brighter_spin)
         self.translate_spin = self._float_spin(0.0, 10.0, TrainConfig.translate, 2, 0.5)
         adv.addRow("Translation (px)", self.translate_spin)
         self.signal_spin = self._float_spin(1.0, 100.0, 1.0, 2, 0.5)
@@ -530,6 +539,7 @@ class LodeSTARWidget(QWidget):
             copies=self.copies_spin.value(),
             lr=self.lr_spin.value(),
             noise=self.noise_spin.value(),
+            gain=self.brighter_spin.value(),
             shot_noise=TrainConfig.shot_noise if self.shot_check.isChecked() else (0.0, 0.0),
             translate=self.translate_spin.value(),
             signal_range=self.signal_spin.value() if self.signal_spin.value() > 1 else None,
@@ -1038,9 +1048,22 @@ class LodeSTARWidget(QWidget):
             return
         _, src = found
         layers_.show_map(self.viewer, WEIGHT_LAYER, weight_image(maps), src, "magma", key[1])
+        self._tell_if_brighter(key[0], frame)
         if self.status.text().startswith("computing maps"):
             self.status.setText(f"maps of frame {key[1]} ready" if src.is_timelapse else "maps ready")
         self._redetect()
+
+    def _tell_if_brighter(self, layer_name: str, frame) -> None:
+        """Once per model and image: say so when the image holds objects far brighter than
+        those the model was trained for (:mod:`starloc.lodestar.brightness`)."""
+        told = (id(self.model), layer_name)
+        if told in self._brightness_told:
+            return
+        self._brightness_told.add(told)
+        advice = brightness_advice(self.model, brightness_ratio(self.model, frame),
+                                   how="set Advanced › Brighter objects to {x} and train again")
+        if advice is not None:
+            show_info(f"LodeSTAR: {advice}")
 
     def _on_mode_changed(self, mode: str) -> None:
         if mode == "absolute":

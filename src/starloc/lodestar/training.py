@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from starloc.errors import InputError
+from starloc.lodestar.brightness import object_peak
 from starloc.lodestar.detection import pool_single, pool_single_symmetries
 from starloc.lodestar.holography import Optics
 from starloc.lodestar.model import LodeSTAR, Maps, check_downsample, downsample_frames, fixed_normalization
@@ -377,7 +378,8 @@ def train(
                       "training": {**config.to_dict(), "steps_done": step,
                       "final_consistency": progress.consistency, "seconds": progress.elapsed,
                       "crop_shapes": [list(t.shape) for t in tensors],
-                      "position_offset": list(model.position_offset)}}
+                      "position_offset": list(model.position_offset),
+                      "object_peak": max(object_peak(t[None]) for group in groups for t in group)}}
     return model
 
 

@@ -1,0 +1,60 @@
+"""How bright an image's objects are next to the training crop's, as the network sees them.
+
+A model learns objects from its crop's brightness up to ``TrainConfig.gain`` times it (the
+intensity augmentation); far brighter objects lie outside what it saw and are missed or
+misplaced. ``bench/lodestar_brighter.py`` (a point model trained at SNR 10 for 1500 steps):
+with the default gain of 3, objects 3x / 5x brighter than the crop were found at 0.052 /
+0.090 px RMSE and 10x brighter ones not at all; with a gain of 10 at 0.043 / 0.036 / 0.029 px
+up to 10x, but objects like the crop at 0.065-0.078 px instead of 0.053-0.062, so the default
+stays 3. Training records the peak of its crop's object (:func:`object_peak` of the
+normalized crop), and detection compares the image's brightest object with it.
+
+Units: frames as the network sees them (:meth:`LodeSTAR.network_input`: background level 0,
+background noise 1), the peak of a 3x3 mean so that single noisy pixels do not count.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from starloc.lodestar.model import LodeSTAR
+
+#: an image's objects may be this much brighter than the trained range before a warning
+MARGIN = 1.3
+
+
+def object_peak(normalized: torch.Tensor) -> float:
+    """Largest absolute 3x3 mean (channels averaged) of normalized ``(N, C, H, W)`` frames:
+    an object's peak contrast, whether brighter or darker than the background."""
+    x = normalized.detach().float().abs().mean(dim=1, keepdim=True)
+    if min(x.shape[-2:]) < 3:
+        return float(x.max())
+    return float(torch.nn.functional.avg_pool2d(x, 3, stride=1).max())
+
+
+def brightness_ratio(model: LodeSTAR, frames: np.ndarray) -> float | None:
+    """The brightest object of ``(T, C, H, W)`` frames over the training crop's (see the module
+    docstring); None for models that did not record their crop's peak (older files) or that
+    teach brightness themselves (holograms, signal)."""
+    crop_peak = model.metadata.get("training", {}).get("object_peak")
+    if not crop_peak or model.normalization == "fixed" or len(frames) == 0:
+        return None
+    seen = model.network_input(torch.from_numpy(np.require(frames, np.float32, ["C", "W"])))
+    return object_peak(seen) / float(crop_peak)
+
+
+def brightness_advice(model: LodeSTAR, ratio: float | None, how: str = "train with --brighter {x}") -> str | None:
+    """What to tell the user when ``ratio`` (:func:`brightness_ratio`) lies beyond the
+    brightness the model was trained for; None when it does not. ``how`` says how to train
+    for brighter objects, ``{x}`` standing for the factor to train with (a power of two
+    above the ratio, with the margin)."""
+    gain = float(model.metadata.get("training", {}).get("gain", 1.0))
+    if ratio is None or ratio <= MARGIN * gain:
+        return None
+    x = 2 ** math.ceil(math.log2(ratio * MARGIN))
+    return (f"objects in this image are up to ~{ratio:.0f}x brighter than the training crop's, and the model "
+            f"learned objects up to {gain:g}x as bright: the brighter ones may be missed or misplaced. To find "
+            f"them, {how.format(x=x)}, or train on a crop of a bright object too")

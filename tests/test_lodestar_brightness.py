@@ -1,0 +1,54 @@
+"""Objects brighter than the training crop's: measured as the network sees them, and told."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from starloc import sim
+from starloc.lodestar.brightness import MARGIN, brightness_advice, brightness_ratio, object_peak
+from starloc.lodestar.training import TrainConfig, train
+from starloc.progress import finish
+from tests.conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def model():
+    crop = sim.simulate_single("point", 10, 1, size=24, max_offset=1.0, rng=0)[0][0]
+    return finish(train([crop], TrainConfig(seed=0, max_steps=5, min_steps=5, network=TINY)))
+
+
+def _scene(factor: float, rng: int = 3) -> np.ndarray:
+    """Ten points at the crop's brightness and ten ``factor`` times brighter, SNR 10, (1, 1, H, W)."""
+    gen = np.random.default_rng(rng)
+    positions = sim._place(20, (128, 128), 14, 10, gen)
+    profile = sum((factor if i % 2 else 1.0) * sim.render("point", (128, 128), p[None])
+                  for i, p in enumerate(positions))
+    return sim.add_poisson_noise(profile, 10, rng=gen)[None, None]
+
+
+def test_object_peak_is_the_largest_3x3_mean():
+    x = torch.zeros(1, 1, 9, 9)
+    x[0, 0, 4, 4] = 9.0  # one hot pixel: its 3x3 mean is 1
+    x[0, 0, 1:4, 5:8] = -2.0  # a dark 3x3 object: |mean| 2
+    assert object_peak(x) == pytest.approx(2.0)
+    assert object_peak(torch.full((1, 2, 2, 2), 3.0)) == 3.0  # smaller than the window
+
+
+def test_training_records_its_crop_peak_and_detection_compares(model):
+    assert model.metadata["training"]["object_peak"] > 5  # an SNR-10 point, in background SDs
+    assert brightness_ratio(model, _scene(1.0)) == pytest.approx(1.0, abs=0.25)
+    assert brightness_ratio(model, _scene(6.0)) == pytest.approx(6.0, rel=0.15)
+    assert brightness_advice(model, 1.0) is None and brightness_advice(model, 3.0 * MARGIN) is None
+    advice = brightness_advice(model, 6.0)
+    assert "up to ~6x brighter" in advice and "up to 3x as bright" in advice and "--brighter 8" in advice
+    assert "Brighter objects to 8" in brightness_advice(model, 6.0, how="set Brighter objects to {x}")
+
+
+def test_models_without_a_recorded_peak_or_that_learn_brightness_are_not_checked(model):
+    old = copy.copy(model)
+    old.metadata = {"training": {"gain": 3.0}}  # written before the peak was recorded
+    assert brightness_ratio(old, _scene(6.0)) is None and brightness_advice(old, None) is None
+    old.metadata, old.normalization = model.metadata, "fixed"  # holograms: a fixed normalization
+    assert brightness_ratio(old, _scene(6.0)) is None
