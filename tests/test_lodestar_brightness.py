@@ -28,12 +28,12 @@ def _scene(factor: float, rng: int = 3) -> np.ndarray:
     return sim.add_poisson_noise(profile, 10, rng=gen)[None, None]
 
 
-def test_object_peak_is_the_largest_3x3_mean():
-    x = torch.zeros(1, 1, 9, 9)
-    x[0, 0, 4, 4] = 9.0  # one hot pixel: its 3x3 mean is 1
-    x[0, 0, 1:4, 5:8] = -2.0  # a dark 3x3 object: |mean| 2
+def test_object_peak_is_the_largest_3x3_median():
+    x = torch.zeros(1, 2, 9, 9)
+    x[0, :, 4, 4] = 1e4  # one hot pixel: no object
+    x[0, 0, 1:4, 5:8] = -4.0  # a dark 3x3 object, in one channel of two: |median of the mean| 2
     assert object_peak(x) == pytest.approx(2.0)
-    assert object_peak(torch.full((1, 2, 2, 2), 3.0)) == 3.0  # smaller than the window
+    assert object_peak(torch.full((1, 1, 2, 2), 3.0)) == 3.0  # smaller than the window
 
 
 def test_training_records_its_crop_peak_and_detection_compares(model):

@@ -10,7 +10,7 @@ stays 3. Training records the peak of its crop's object (:func:`object_peak` of 
 normalized crop), and detection compares the image's brightest object with it.
 
 Units: frames as the network sees them (:meth:`LodeSTAR.network_input`: background level 0,
-background noise 1), the peak of a 3x3 mean so that single noisy pixels do not count.
+background noise 1), the peak of a 3x3 median so that single pixels (hot pixels) do not count.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ MARGIN = 1.3
 
 
 def object_peak(normalized: torch.Tensor) -> float:
-    """Largest absolute 3x3 mean (channels averaged) of normalized ``(N, C, H, W)`` frames:
-    an object's peak contrast, whether brighter or darker than the background."""
-    x = normalized.detach().float().abs().mean(dim=1, keepdim=True)
-    if min(x.shape[-2:]) < 3:
-        return float(x.max())
-    return float(torch.nn.functional.avg_pool2d(x, 3, stride=1).max())
+    """Largest absolute 3x3 median (channels averaged) of normalized ``(N, C, H, W)`` frames:
+    an object's peak contrast, whether brighter or darker than the background. The median
+    ignores hot pixels and other single-pixel outliers, which are no objects."""
+    from scipy.ndimage import median_filter
+
+    x = normalized.detach().float().mean(dim=1).cpu().numpy()
+    return float(np.abs(median_filter(x, size=(1, 3, 3), mode="nearest")).max()) if x.size else 0.0
 
 
 def brightness_ratio(model: LodeSTAR, frames: np.ndarray) -> float | None:
