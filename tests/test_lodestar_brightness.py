@@ -52,3 +52,21 @@ def test_models_without_a_recorded_peak_or_that_learn_brightness_are_not_checked
     assert brightness_ratio(old, _scene(6.0)) is None and brightness_advice(old, None) is None
     old.metadata, old.normalization = model.metadata, "fixed"  # holograms: a fixed normalization
     assert brightness_ratio(old, _scene(6.0)) is None
+
+
+def test_the_crop_peak_measured_in_its_frame_survives_a_tight_crop():
+    """An object that fills its crop misleads the crop's own normalization (its noise scale
+    comes out far too high); measured in the whole frame, the crop's object reads as its twins."""
+    from starloc.lodestar.brightness import record_crop_peak
+
+    gen = np.random.default_rng(0)
+    rows, cols = np.meshgrid(np.arange(192), np.arange(192), indexing="ij")
+    centres = [(48.0, 48.0), (48.0, 144.0), (144.0, 48.0), (144.0, 144.0)]
+    profile = sum(np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * 9.0**2)) for r, c in centres)
+    frame = sim.add_poisson_noise(profile, 10, rng=gen)[None, None]
+    box = (48 - 14, 48 - 14, 28, 28)  # the blob fills it
+    crop = frame[0, 0, 34:62, 34:62]
+    model = finish(train([crop], TrainConfig(seed=0, max_steps=2, min_steps=2, network=TINY)))
+    assert brightness_ratio(model, frame) < 0.5 or brightness_ratio(model, frame) > 1.5  # misread on the crop
+    record_crop_peak(model, frame, [box])
+    assert brightness_ratio(model, frame) == pytest.approx(1.0, abs=0.2)

@@ -58,7 +58,7 @@ def cmd_lodestar_train(args) -> int:
     frames = _crop_frames(args.frame, len(args.crop))
     min_size = field * (1 if auto else args.downsample)
     crops: list = [None] * len(args.crop)
-    for f in sorted(set(frames)):  # each frame read once, however many crops it gives
+    for f in sorted(set(frames)):  # each frame's crops cut at once
         mine = [i for i, g in enumerate(frames) if g == f]
         cut = extract_crops(image, [args.crop[i] for i in mine], frame=f, min_size=min_size, rgb=args.rgb,
                             channel_axis=args.channel_axis)
@@ -101,11 +101,27 @@ def cmd_lodestar_train(args) -> int:
             bar.set_postfix(consistency=f"{p.consistency:.4f}", within=f"{p.within:.3f}")
     model.metadata["source"] = {"image": str(args.image), "crops": [list(c) for c in args.crop],
                                 "frame": frames[0] if len(set(frames)) == 1 else frames}
+    _record_crop_peaks(model, image, args, frames)
     model.save(args.output)
     steps = model.metadata["training"]["steps_done"]
     print(f"trained {steps} steps in {p.elapsed:.1f} s (consistency {p.consistency:.4f} px); "
           f"model written to {args.output}")
     return 0
+
+
+def _record_crop_peaks(model, image, args, frames: list[int]) -> None:
+    """The crops' object peak measured in their frames (:func:`starloc.lodestar.brightness.record_crop_peak`)."""
+    from starloc.io import iter_frame_chunks
+    from starloc.lodestar.brightness import record_crop_peak
+
+    peaks = []
+    for f in sorted(set(frames)):
+        _, block = next(iter_frame_chunks(image, 1, rgb=args.rgb, channel_axis=args.channel_axis,
+                                          frames=range(f, f + 1)))
+        record_crop_peak(model, block, [args.crop[i] for i, g in enumerate(frames) if g == f])
+        peaks.append(model.metadata.get("training", {}).get("object_peak"))
+    if peaks and None not in peaks:
+        model.metadata["training"]["object_peak"] = max(peaks)
 
 
 def _crop_frames(given: list[int] | None, n_crops: int) -> list[int]:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from starloc.errors import InputError
+from starloc.lodestar.brightness import record_crop_peak
 from starloc.lodestar.detection import DetectParams, Detections, score_map, to_image_resolution
 from starloc.lodestar.inference import detect_in_maps, iter_detect
 from starloc.lodestar.model import LodeSTAR, Maps
@@ -48,7 +49,7 @@ class TrainingPreview:
 
 
 def train_job(crops: list[np.ndarray], config: TrainConfig, frame: np.ndarray, augment: bool,
-              preview_seconds: float | None = PREVIEW_SECONDS):
+              preview_seconds: float | None = PREVIEW_SECONDS, boxes=None):
     """Train on the crops (yields :class:`~starloc.lodestar.training.Progress`), then compute
     the maps of ``frame`` ``(1, C, H, W)``. Returns ``(model, maps)``.
 
@@ -56,6 +57,8 @@ def train_job(crops: list[np.ndarray], config: TrainConfig, frame: np.ndarray, a
     of ``frame``, so the user watches the weight map form; spaced so that previews take at most
     ``PREVIEW_SHARE`` of the time. They do not change the training: the same seed gives the same
     model. The network's ``in_channels`` is taken from ``frame`` (the crops come from the same image).
+    ``boxes``: the crops' ``(row, col, height, width)`` in ``frame``, to measure their object's
+    brightness there (:func:`starloc.lodestar.brightness.record_crop_peak`).
     """
     config = replace(config, network=replace(config.network, in_channels=frame.shape[1]))
     model = new_model(config)
@@ -78,6 +81,8 @@ def train_job(crops: list[np.ndarray], config: TrainConfig, frame: np.ndarray, a
                 last = time.perf_counter()
                 cost = last - now
                 yield TrainingPreview(progress.step, weights)
+        if boxes is not None:
+            record_crop_peak(model, frame, boxes)
         maps = model.maps(frame, augment=augment)
     finally:
         steps.close()

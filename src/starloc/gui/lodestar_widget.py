@@ -901,7 +901,7 @@ class LodeSTARWidget(QWidget):
             show_error(BUSY)
             return None
         try:
-            _, crops, frame, src = self.crops()
+            boxes, crops, frame, src = self.crops()
             frame_data = read_frame(src, frame)
             if self.hologram:
                 self._require_pixel_size()
@@ -936,7 +936,7 @@ class LodeSTARWidget(QWidget):
             self.status.setText(f"done: {self.model_origin}")
             self._set_maps(maps, key, frame_data)
 
-        job = train_job(crops, config, frame_data, augment, self.preview_seconds)
+        job = train_job(crops, config, frame_data, augment, self.preview_seconds, boxes)
         return self._start("train", job, on_yield, on_return)
 
     def _show_preview(self, preview: TrainingPreview, key) -> None:

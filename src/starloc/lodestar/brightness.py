@@ -7,7 +7,9 @@ with the default gain of 3, objects 3x / 5x brighter than the crop were found at
 0.090 px RMSE and 10x brighter ones not at all; with a gain of 10 at 0.043 / 0.036 / 0.029 px
 up to 10x, but objects like the crop at 0.065-0.078 px instead of 0.053-0.062, so the default
 stays 3. Training records the peak of its crop's object (:func:`object_peak` of the
-normalized crop), and detection compares the image's brightest object with it.
+normalized crop; the CLI and the widget measure it in the crop's whole frame instead,
+:func:`record_crop_peak`), and detection compares the image's brightest object with it
+(in the first, middle and last frame on the command line, the frame shown in napari).
 
 Units: frames as the network sees them (:meth:`LodeSTAR.network_input`: background level 0,
 background noise 1), the peak of a 3x3 median so that single pixels (hot pixels) do not count.
@@ -20,10 +22,13 @@ import math
 import numpy as np
 import torch
 
+from starloc.io import validate_crop
 from starloc.lodestar.model import LodeSTAR
 
 #: an image's objects may be this much brighter than the trained range before a warning
 MARGIN = 1.3
+#: the trained range the warning assumes at least: equal objects read 1.1-1.8x apart (noise)
+FLOOR = 2.0
 
 
 def object_peak(normalized: torch.Tensor) -> float:
@@ -34,6 +39,25 @@ def object_peak(normalized: torch.Tensor) -> float:
 
     x = normalized.detach().float().mean(dim=1).cpu().numpy()
     return float(np.abs(median_filter(x, size=(1, 3, 3), mode="nearest")).max()) if x.size else 0.0
+
+
+def record_crop_peak(model: LodeSTAR, frame: np.ndarray, boxes) -> None:
+    """Measure the crops' object peak in their whole frame ``(1, C, H, W)``, normalized as
+    detection normalizes frames, and store it in the model (replacing the one ``train``
+    measured on the crops alone). The crops' own normalization misreads a crop that an object
+    nearly fills, or one on an illumination gradient (frames are flattened, crops are not);
+    in the frame the cropped object reads as its like elsewhere in it. ``boxes``: the crops'
+    ``(row, col, height, width)`` in the frame's pixels."""
+    if model.normalization == "fixed" or "training" not in model.metadata:
+        return
+    seen = model.network_input(torch.from_numpy(np.require(frame, np.float32, ["C", "W"])))
+    d = model.downsample
+    peaks = []
+    for box in boxes:
+        row, col, height, width = validate_crop(tuple(frame.shape[-2:]), box, 1)
+        region = seen[..., row // d : max(row // d + 1, (row + height) // d), col // d : max(col // d + 1, (col + width) // d)]
+        peaks.append(object_peak(region))
+    model.metadata["training"]["object_peak"] = max(peaks)
 
 
 def brightness_ratio(model: LodeSTAR, frames: np.ndarray) -> float | None:
@@ -53,7 +77,7 @@ def brightness_advice(model: LodeSTAR, ratio: float | None, how: str = "train wi
     for brighter objects, ``{x}`` standing for the factor to train with (a power of two
     above the ratio, with the margin)."""
     gain = float(model.metadata.get("training", {}).get("gain", 1.0))
-    if ratio is None or ratio <= MARGIN * gain:
+    if ratio is None or ratio <= MARGIN * max(gain, FLOOR):
         return None
     x = 2 ** math.ceil(math.log2(ratio * MARGIN))
     return (f"objects in this image are up to ~{ratio:.0f}x brighter than the training crop's, and the model "
