@@ -57,7 +57,7 @@ def test_models_without_a_recorded_peak_or_that_learn_brightness_are_not_checked
 def test_the_crop_peak_measured_in_its_frame_survives_a_tight_crop():
     """An object that fills its crop misleads the crop's own normalization (its noise scale
     comes out far too high); measured in the whole frame, the crop's object reads as its twins."""
-    from starloc.lodestar.brightness import record_crop_peak
+    from starloc.lodestar.brightness import record_crop_peaks
 
     gen = np.random.default_rng(0)
     rows, cols = np.meshgrid(np.arange(192), np.arange(192), indexing="ij")
@@ -68,5 +68,5 @@ def test_the_crop_peak_measured_in_its_frame_survives_a_tight_crop():
     crop = frame[0, 0, 34:62, 34:62]
     model = finish(train([crop], TrainConfig(seed=0, max_steps=2, min_steps=2, network=TINY)))
     assert brightness_ratio(model, frame) < 0.5 or brightness_ratio(model, frame) > 1.5  # misread on the crop
-    record_crop_peak(model, frame, [box])
+    record_crop_peaks(model, [(frame, [box])])
     assert brightness_ratio(model, frame) == pytest.approx(1.0, abs=0.2)

@@ -110,18 +110,15 @@ def cmd_lodestar_train(args) -> int:
 
 
 def _record_crop_peaks(model, image, args, frames: list[int]) -> None:
-    """The crops' object peak measured in their frames (:func:`starloc.lodestar.brightness.record_crop_peak`)."""
+    """The crops' object peak measured in their frames (:func:`starloc.lodestar.brightness.record_crop_peaks`)."""
     from starloc.io import iter_frame_chunks
-    from starloc.lodestar.brightness import record_crop_peak
+    from starloc.lodestar.brightness import record_crop_peaks
 
-    peaks = []
-    for f in sorted(set(frames)):
-        _, block = next(iter_frame_chunks(image, 1, rgb=args.rgb, channel_axis=args.channel_axis,
-                                          frames=range(f, f + 1)))
-        record_crop_peak(model, block, [args.crop[i] for i, g in enumerate(frames) if g == f])
-        peaks.append(model.metadata.get("training", {}).get("object_peak"))
-    if peaks and None not in peaks:
-        model.metadata["training"]["object_peak"] = max(peaks)
+    def frame(f: int):
+        return next(iter_frame_chunks(image, 1, rgb=args.rgb, channel_axis=args.channel_axis, frames=range(f, f + 1)))[1]
+
+    record_crop_peaks(model, ((frame(f), [args.crop[i] for i, g in enumerate(frames) if g == f])
+                              for f in sorted(set(frames))))
 
 
 def _crop_frames(given: list[int] | None, n_crops: int) -> list[int]:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from starloc.errors import InputError
-from starloc.lodestar.brightness import record_crop_peak
+from starloc.lodestar.brightness import record_crop_peaks
 from starloc.lodestar.detection import DetectParams, Detections, score_map, to_image_resolution
 from starloc.lodestar.inference import detect_in_maps, iter_detect
 from starloc.lodestar.model import LodeSTAR, Maps
@@ -58,7 +58,7 @@ def train_job(crops: list[np.ndarray], config: TrainConfig, frame: np.ndarray, a
     ``PREVIEW_SHARE`` of the time. They do not change the training: the same seed gives the same
     model. The network's ``in_channels`` is taken from ``frame`` (the crops come from the same image).
     ``boxes``: the crops' ``(row, col, height, width)`` in ``frame``, to measure their object's
-    brightness there (:func:`starloc.lodestar.brightness.record_crop_peak`).
+    brightness there (:func:`starloc.lodestar.brightness.record_crop_peaks`).
     """
     config = replace(config, network=replace(config.network, in_channels=frame.shape[1]))
     model = new_model(config)
@@ -82,7 +82,7 @@ def train_job(crops: list[np.ndarray], config: TrainConfig, frame: np.ndarray, a
                 cost = last - now
                 yield TrainingPreview(progress.step, weights)
         if boxes is not None:
-            record_crop_peak(model, frame, boxes)
+            record_crop_peaks(model, [(frame, boxes)])
         maps = model.maps(frame, augment=augment)
     finally:
         steps.close()

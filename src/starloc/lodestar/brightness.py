@@ -8,7 +8,7 @@ with the default gain of 3, objects 3x / 5x brighter than the crop were found at
 up to 10x, but objects like the crop at 0.065-0.078 px instead of 0.053-0.062, so the default
 stays 3. Training records the peak of its crop's object (:func:`object_peak` of the
 normalized crop; the CLI and the widget measure it in the crop's whole frame instead,
-:func:`record_crop_peak`), and detection compares the image's brightest object with it
+:func:`record_crop_peaks`), and detection compares the image's brightest object with it
 (in the first, middle and last frame on the command line, the frame shown in napari).
 
 Units: frames as the network sees them (:meth:`LodeSTAR.network_input`: background level 0,
@@ -41,23 +41,30 @@ def object_peak(normalized: torch.Tensor) -> float:
     return float(np.abs(median_filter(x, size=(1, 3, 3), mode="nearest")).max()) if x.size else 0.0
 
 
-def record_crop_peak(model: LodeSTAR, frame: np.ndarray, boxes) -> None:
-    """Measure the crops' object peak in their whole frame ``(1, C, H, W)``, normalized as
-    detection normalizes frames, and store it in the model (replacing the one ``train``
-    measured on the crops alone). The crops' own normalization misreads a crop that an object
-    nearly fills, or one on an illumination gradient (frames are flattened, crops are not);
-    in the frame the cropped object reads as its like elsewhere in it. ``boxes``: the crops'
-    ``(row, col, height, width)`` in the frame's pixels."""
+def _as_seen(model: LodeSTAR, frames: np.ndarray) -> torch.Tensor:
+    """``(T, C, H, W)`` frames as the network sees them (downsampled, normalized whole)."""
+    return model.network_input(torch.from_numpy(np.require(frames, np.float32, ["C", "W"])))
+
+
+def record_crop_peaks(model: LodeSTAR, frames_and_boxes) -> None:
+    """Measure the crops' object peak in their whole frames, normalized as detection
+    normalizes frames, and store it in the model (replacing the one ``train`` measured on the
+    crops alone). The crops' own normalization misreads a crop that an object nearly fills, or
+    one on an illumination gradient (frames are flattened, crops are not); in its frame the
+    cropped object reads as its like elsewhere. ``frames_and_boxes``: pairs of a ``(1, C, H,
+    W)`` frame and the ``(row, col, height, width)`` boxes of the crops cut from it (pixels)."""
     if model.normalization == "fixed" or "training" not in model.metadata:
         return
-    seen = model.network_input(torch.from_numpy(np.require(frame, np.float32, ["C", "W"])))
-    d = model.downsample
-    peaks = []
-    for box in boxes:
-        row, col, height, width = validate_crop(tuple(frame.shape[-2:]), box, 1)
-        region = seen[..., row // d : max(row // d + 1, (row + height) // d), col // d : max(col // d + 1, (col + width) // d)]
-        peaks.append(object_peak(region))
-    model.metadata["training"]["object_peak"] = max(peaks)
+    d, peaks = model.downsample, []
+    for frame, boxes in frames_and_boxes:
+        seen = _as_seen(model, frame)
+        for box in boxes:
+            row, col, height, width = validate_crop(tuple(frame.shape[-2:]), box, 1)
+            r0, c0 = row // d, col // d
+            peaks.append(object_peak(seen[..., r0 : max(r0 + 1, (row + height) // d),
+                                          c0 : max(c0 + 1, (col + width) // d)]))
+    if peaks:
+        model.metadata["training"]["object_peak"] = max(peaks)
 
 
 def brightness_ratio(model: LodeSTAR, frames: np.ndarray) -> float | None:
@@ -67,8 +74,7 @@ def brightness_ratio(model: LodeSTAR, frames: np.ndarray) -> float | None:
     crop_peak = model.metadata.get("training", {}).get("object_peak")
     if not crop_peak or model.normalization == "fixed" or len(frames) == 0:
         return None
-    seen = model.network_input(torch.from_numpy(np.require(frames, np.float32, ["C", "W"])))
-    return object_peak(seen) / float(crop_peak)
+    return object_peak(_as_seen(model, frames)) / float(crop_peak)
 
 
 def brightness_advice(model: LodeSTAR, ratio: float | None, how: str = "train with --brighter {x}") -> str | None:
