@@ -49,6 +49,17 @@ def test_no_detections_and_bad_settings(movie_truth):
             link_tracks(frames, positions, 3.0, memory=memory)
     with pytest.raises(InputError, match="positions must be"):
         link_tracks(frames[:-1], positions, 3.0)
+    bad = positions.copy()
+    bad[4] = np.nan
+    with pytest.raises(InputError, match="1 detection"):
+        link_tracks(frames, bad, 3.0)
+    for wrong in (frames - 1, frames + 0.5):
+        with pytest.raises(InputError, match="whole numbers >= 0"):
+            link_tracks(wrong, positions, 3.0)
+    # numpy numbers, and frames as whole floats, are numbers like any other
+    ids = link_tracks(frames, positions, 5.0)
+    for distance in (np.float32(5.0), np.int64(5), np.array(5.0)):
+        np.testing.assert_array_equal(link_tracks(frames.astype(float), positions, distance), ids)
 
 
 def test_a_crowd_too_dense_for_the_distance_is_refused():
