@@ -42,7 +42,8 @@ def cmd_lodestar_train(args) -> int:
     from starloc.io import read_image
     from starloc.lodestar.crop_content import crop_advice, crops_without_one_object
     from starloc.lodestar.downsampling import auto_downsample, smallest_side, suggest_downsample
-    from starloc.lodestar.inference import extract_crops
+    from starloc.lodestar.brightness import record_crop_peaks
+    from starloc.lodestar.inference import crops_from_frame, read_frame
     from starloc.lodestar.network import NetworkConfig
     from starloc.lodestar.training import TrainConfig, step_budget, train
 
@@ -58,11 +59,13 @@ def cmd_lodestar_train(args) -> int:
     frames = _crop_frames(args.frame, len(args.crop))
     min_size = field * (1 if auto else args.downsample)
     crops: list = [None] * len(args.crop)
-    for f in sorted(set(frames)):  # each frame's crops cut at once
+    frames_and_boxes = []  # each frame read once, for its crops and their brightness after training
+    for f in sorted(set(frames)):
         mine = [i for i, g in enumerate(frames) if g == f]
-        cut = extract_crops(image, [args.crop[i] for i in mine], frame=f, min_size=min_size, rgb=args.rgb,
-                            channel_axis=args.channel_axis)
-        for i, crop in zip(mine, cut):
+        boxes = [args.crop[i] for i in mine]
+        frame = read_frame(image, f, rgb=args.rgb, channel_axis=args.channel_axis)
+        frames_and_boxes.append((frame, boxes))
+        for i, crop in zip(mine, crops_from_frame(frame, boxes, min_size)):
             crops[i] = crop
     if auto:
         downsample, suggested, extent = auto_downsample(crops, field)
@@ -101,24 +104,12 @@ def cmd_lodestar_train(args) -> int:
             bar.set_postfix(consistency=f"{p.consistency:.4f}", within=f"{p.within:.3f}")
     model.metadata["source"] = {"image": str(args.image), "crops": [list(c) for c in args.crop],
                                 "frame": frames[0] if len(set(frames)) == 1 else frames}
-    _record_crop_peaks(model, image, args, frames)
+    record_crop_peaks(model, frames_and_boxes)
     model.save(args.output)
     steps = model.metadata["training"]["steps_done"]
     print(f"trained {steps} steps in {p.elapsed:.1f} s (consistency {p.consistency:.4f} px); "
           f"model written to {args.output}")
     return 0
-
-
-def _record_crop_peaks(model, image, args, frames: list[int]) -> None:
-    """The crops' object peak measured in their frames (:func:`starloc.lodestar.brightness.record_crop_peaks`)."""
-    from starloc.io import iter_frame_chunks
-    from starloc.lodestar.brightness import record_crop_peaks
-
-    def frame(f: int):
-        return next(iter_frame_chunks(image, 1, rgb=args.rgb, channel_axis=args.channel_axis, frames=range(f, f + 1)))[1]
-
-    record_crop_peaks(model, ((frame(f), [args.crop[i] for i, g in enumerate(frames) if g == f])
-                              for f in sorted(set(frames))))
 
 
 def _crop_frames(given: list[int] | None, n_crops: int) -> list[int]:
@@ -203,17 +194,6 @@ def _float_or_auto(text: str):
     return value
 
 
-def at_least_one(text: str) -> float:
-    """An argparse type: a finite number >= 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value >= 1):
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text!r}")
-    return value
-
-
 def _warn_if_brighter(model, image, selected: range, layout: dict) -> None:
     """Warn when the image's objects (in its first, middle and last frame) are far brighter
     than those the model was trained for (:mod:`starloc.lodestar.brightness`)."""
@@ -253,12 +233,13 @@ def cmd_lodestar_detect(args) -> int:
     image = read_image(args.image)
     _check_axes(args, image)
     layout = {"rgb": args.rgb, "channel_axis": args.channel_axis}
-    total = len(image_frame_range(image, args.frames, name=str(args.image), **layout))
+    selected = image_frame_range(image, args.frames, name=str(args.image), **layout)
+    total = len(selected)
     augment = args.single if args.tta is None else args.tta
     on_cluster = args.scheduler is not None or args.workers is not None
     # On a cluster the tasks load the model themselves; here it only names the output columns.
     model = LodeSTAR.load(args.model, device="cpu" if on_cluster else resolve_device(args.device))
-    _warn_if_brighter(model, image, image_frame_range(image, args.frames, name=str(args.image), **layout), layout)
+    _warn_if_brighter(model, image, selected, layout)
     if on_cluster:
         found = _detect_on_cluster(args, params, augment, layout, total)
     else:
@@ -375,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "each step over more transforms and noise draws, at a higher cost per step. On a GPU "
                         "'--copies 32 --steps 5200 --min-steps 4400' trains a more precise model in about a "
                         "minute (docs/benchmarks.md)")
-    t.add_argument("--brighter", type=at_least_one, default=None, metavar="X",
+    t.add_argument("--brighter", type=at_least(1.0, float), default=None, metavar="X",
                    help="train for objects up to X times brighter than the cropped one (default 3); raise it "
                         "when some objects are much brighter ('detect' warns when it sees such objects)")
     t.add_argument("--seed", type=int, default=0, help="random seed (same seed, same model)")

@@ -68,19 +68,20 @@ def downsample_factor(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {text!r}") from None
 
 
-def at_least(minimum: int):
-    """An argparse type: an integer >= ``minimum``."""
+def at_least(minimum: int | float, kind: type = int):
+    """An argparse type: a finite ``kind`` (an integer by default) >= ``minimum``."""
+    name = "an integer" if kind is int else "a number"
 
-    def parse(text: str) -> int:
+    def parse(text: str) -> int | float:
         try:
-            v = int(text)
+            v = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if v < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}") from None
+        if not (math.isfinite(v) and v >= minimum):
+            raise argparse.ArgumentTypeError(f"expected {name} >= {minimum:g}, got {text!r}")
         return v
 
-    parse.__name__ = f"integer >= {minimum}"
+    parse.__name__ = f"{name} >= {minimum:g}"
     return parse
 
 

@@ -76,7 +76,7 @@ from starloc.lodestar.crop_content import crops_without_one_object
 from starloc.lodestar.detection import CUTOFF_MODES, DetectParams
 from starloc.lodestar.downsampling import auto_downsample, suggest_downsample
 from starloc.lodestar.holography import Optics, refocus_crops
-from starloc.lodestar.inference import extract_crops, property_columns
+from starloc.lodestar.inference import crops_from_frame, property_columns
 from starloc.lodestar.model import LodeSTAR
 from starloc.lodestar.network import NetworkConfig
 from starloc.lodestar.training import BASE_STEPS, MAX_STEP_SCALE, REFERENCE_SIDE, TrainConfig, step_budget
@@ -755,12 +755,17 @@ class LodeSTARWidget(QWidget):
 
     def crops(self):
         """``(boxes, crops, frame, src)`` for training, or raises InputError."""
+        return self._cut_crops()[:4]
+
+    def _cut_crops(self):
+        """:meth:`crops` and the frame they were cut from, ``(1, C, H, W)``, read once."""
         layer, src = self._require_source()
         boxes = self.crop_boxes(layer)
         frame = self._frame_of(layer)
-        crops = extract_crops(src.data, boxes, frame=frame, min_size=self.min_crop_size, rgb=src.rgb,
-                              channel_axis=src.channel_axis)
-        return boxes, crops, frame, src
+        if not boxes:
+            raise InputError("no crop given; select a rectangle around one object")
+        frame_data = read_frame(src, frame)
+        return boxes, crops_from_frame(frame_data, boxes, self.min_crop_size), frame, src, frame_data
 
     def _apply_auto_downsample(self, crops) -> tuple[int, int, float] | None:
         """With Auto ticked: set Downsample for these crops and return ``(factor, suggested,
@@ -901,8 +906,7 @@ class LodeSTARWidget(QWidget):
             show_error(BUSY)
             return None
         try:
-            boxes, crops, frame, src = self.crops()
-            frame_data = read_frame(src, frame)
+            boxes, crops, frame, src, frame_data = self._cut_crops()
             if self.hologram:
                 self._require_pixel_size()
         except InputError as exc:
@@ -977,7 +981,7 @@ class LodeSTARWidget(QWidget):
         (:func:`~starloc.lodestar.holography.refocus_crops`). Returns it in µm, or None after
         telling the user what is missing."""
         try:
-            _, crops, _, _ = self.crops()
+            crops = self.crops()[1]
             if any(c.shape[0] != 2 for c in crops):
                 raise InputError("refocusing needs a complex field: a 2×Y×X layer (real, imaginary) with "
                                  "'First axis = channels' ticked")

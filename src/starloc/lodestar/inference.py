@@ -30,14 +30,25 @@ def extract_crops(
     ``crops`` are ``(row, col, height, width)`` rectangles in pixels (see
     :func:`starloc.io.validate_crop`); ``frame`` is the 0-based frame of a stack.
     """
-    t, _, h, w = frames_shape(image, rgb=rgb, channel_axis=channel_axis)
-    if not 0 <= frame < t:
-        raise InputError(f"frame {frame} is out of range: the image has {t} frame(s) (0..{t - 1})")
     if not crops:
         raise InputError("no crop given; select a rectangle around one object")
-    boxes = [validate_crop((h, w), c, min_size) for c in crops]
-    frames = next(iter_frame_chunks(_frame_slice(image, frame, t), 1, rgb=rgb, channel_axis=channel_axis))[1]
-    return [frames[0, :, r : r + hh, c : c + ww].copy() for r, c, hh, ww in boxes]
+    return crops_from_frame(read_frame(image, frame, rgb=rgb, channel_axis=channel_axis), crops, min_size)
+
+
+def read_frame(image, frame: int, rgb: str = "error", channel_axis: int | None = None) -> np.ndarray:
+    """One frame of a user image as float32 ``(1, C, H, W)`` (only that frame is read);
+    InputError when the image has no such frame."""
+    t = frames_shape(image, rgb=rgb, channel_axis=channel_axis)[0]
+    if not 0 <= frame < t:
+        raise InputError(f"frame {frame} is out of range: the image has {t} frame(s) (0..{t - 1})")
+    return next(iter_frame_chunks(_frame_slice(image, frame, t), 1, rgb=rgb, channel_axis=channel_axis))[1]
+
+
+def crops_from_frame(frame: np.ndarray, crops: Sequence[Sequence[float]], min_size: int = 1) -> list[np.ndarray]:
+    """``(C, h, w)`` copies of the ``(row, col, height, width)`` rectangles of one ``(1, C, H, W)``
+    frame (checked with :func:`starloc.io.validate_crop`)."""
+    boxes = [validate_crop(tuple(frame.shape[-2:]), c, min_size) for c in crops]
+    return [frame[0, :, r : r + hh, c : c + ww].copy() for r, c, hh, ww in boxes]
 
 
 def _frame_slice(image, frame: int, n_frames: int):
