@@ -288,6 +288,21 @@ def test_bad_output_paths_are_refused_before_any_work(scene, model_path, tmp_pat
     _bad(capsys, [*detect, "-o", str(tmp_path / "no" / "d.csv")], "does not exist")
 
 
+def test_an_output_that_is_an_input_or_another_format_is_refused(scene, model_path, tmp_path, capsys):
+    folder, (row, col) = scene
+    image, model = folder / "scene.tif", model_path
+    before = image.read_bytes(), model.read_bytes()
+    detect = ["lodestar", "detect", str(image), "--model", str(model)]
+    _bad(capsys, [*detect, "-o", str(image)], "it is the input")
+    _bad(capsys, [*detect, "-o", str(folder / "." / "model.pt")], "it is the input")
+    _bad(capsys, [*detect, "-o", str(tmp_path / "d.tif")], "this command writes a CSV file")
+    train = ["lodestar", "train", str(image), "--crop", str(row), str(col), "40", "40"]
+    _bad(capsys, [*train, "-o", str(image)], "it is the input")
+    _bad(capsys, [*train, "-o", str(tmp_path / "m.csv")], "writes a MODEL file")
+    assert (image.read_bytes(), model.read_bytes()) == before
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("options, message", [
     (["--cutoff", "2"], "a quantile cutoff must lie in [0, 1]"),
     (["--cutoff", "nan"], "a quantile cutoff"),

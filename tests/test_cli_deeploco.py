@@ -193,6 +193,21 @@ def test_localize_refuses_a_non_model_file(folder, tmp_path, capsys):
     assert not (tmp_path / "o.csv").exists()
 
 
+def test_an_output_that_is_an_input_or_another_format_is_refused(folder, tmp_path, capsys):
+    stack, model = folder / "stack.tif", folder / "model.pt"
+    before = stack.read_bytes(), model.read_bytes()
+    localize = ["deeploco", "localize", str(stack), "--model", str(model)]
+    _bad(capsys, [*localize, "-o", str(stack)], "it is the input")
+    _bad(capsys, [*localize, "-o", str(model)], "it is the input")
+    _bad(capsys, [*localize, "-o", str(tmp_path / "l.hdf5"), "--format", "thunderstorm"], "writes a CSV file")
+    _bad(capsys, ["render", str(stack), "-o", str(stack)], "it is the input")
+    _bad(capsys, ["render", str(stack), "-o", str(tmp_path / "r.csv")], "writes a TIFF file")
+    _bad(capsys, ["evaluate", str(stack), "--truth", str(stack), "--json", str(stack)], "it is the input")
+    _bad(capsys, [*TRAIN, "--steps", "1", "-o", str(tmp_path / "m.tif")], "writes a MODEL file")
+    assert (stack.read_bytes(), model.read_bytes()) == before
+    assert not any(tmp_path.iterdir())
+
+
 def test_train_bad_options_exit_2(tmp_path, capsys):
     out = str(tmp_path / "m.pt")
     _bad(capsys, [*TRAIN, "--set", "nonsense=1", "-o", out], "unknown training setting")

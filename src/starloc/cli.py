@@ -47,7 +47,7 @@ def cmd_lodestar_train(args) -> int:
     from starloc.lodestar.network import NetworkConfig
     from starloc.lodestar.training import TrainConfig, step_budget, train
 
-    check_output(args.output)
+    check_output(args.output, "model", inputs=(args.image,))
     _resolve_symmetry_options(args)
     image = read_image(args.image)
     _check_axes(args, image)
@@ -215,7 +215,7 @@ def cmd_lodestar_detect(args) -> int:
     from starloc.lodestar.model import LodeSTAR
     from starloc.tracks import link_tracks, require_trackpy
 
-    check_output(args.output)
+    check_output(args.output, "csv", inputs=(args.image, args.model))
     given = {k: getattr(args, k) for k in ("alpha", "beta", "cutoff", "mode", "min_weight", "radius",
                                            "cluster_radius", "crowded_distance", "deblend")}
     given = {k: v for k, v in given.items() if v is not None}
@@ -266,7 +266,7 @@ def cmd_lodestar_link(args) -> int:
     from starloc.io import read_points_csv, write_points_csv
     from starloc.tracks import link_tracks, require_trackpy
 
-    check_output(args.output)
+    check_output(args.output, "csv")  # the detections CSV itself is allowed: it is read first
     require_trackpy()
     frames, positions, features = read_points_csv(args.detections)
     features["track"] = link_tracks(frames, positions, args.distance, args.memory)  # replaces an old one

@@ -14,14 +14,46 @@ from typing import Any
 from starloc.errors import InputError, StarlocError
 
 
-def check_output(path: Any) -> None:
-    """Refuse, before any work, an output path that cannot be written: its folder missing, or
-    the path itself an existing folder."""
+#: file name suffixes of the formats the commands write, by kind (lower case)
+SUFFIXES = {
+    "csv": (".csv", ".txt", ".tsv"),
+    "tiff": (".tif", ".tiff"),
+    "model": (".pt", ".pth"),
+    "hdf5": (".hdf5", ".h5"),
+    "json": (".json",),
+    "numpy": (".npy", ".npz"),
+}
+
+
+def check_output(path: Any, kind: str | None = None, inputs: tuple = ()) -> None:
+    """Refuse, before any work, an output path that cannot be written or would destroy data:
+    its folder missing, the path itself an existing folder, the same file as one of ``inputs``
+    (the command's input files: writing would replace what is being read), or, for a writer of
+    ``kind`` (a key of :data:`SUFFIXES`), a name whose suffix says another format (``-o
+    stack.tif`` for a CSV). Names with no or an unknown suffix are allowed."""
     path = Path(path)
     if path.is_dir():
         raise InputError(f"cannot write {str(path)!r}: it is a folder; give a file name")
     if not path.parent.is_dir():
         raise InputError(f"cannot write {str(path)!r}: directory {str(path.parent)!r} does not exist")
+    for source in inputs:
+        if source is not None and _same_file(path, Path(source)):
+            raise InputError(f"cannot write {str(path)!r}: it is the input {str(source)!r}, which would be "
+                             "overwritten; give another output name")
+    if kind is not None:
+        suffix = path.suffix.lower()
+        other = next((k for k, names in SUFFIXES.items() if k != kind and suffix in names), None)
+        if other is not None:
+            expected = "/".join(SUFFIXES[kind])
+            raise InputError(f"cannot write {str(path)!r}: this command writes a {kind.upper()} file "
+                             f"({expected}), and the name says {other.upper()}; give a {SUFFIXES[kind][0]} name")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return a.resolve() == b.resolve()
 
 
 def resolve_device(name: str) -> str:

@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from starloc.cli_common import (add_cluster_options, check_output, cluster_client, frames_type, positive,
+from starloc.cli_common import (SUFFIXES, add_cluster_options, check_output, cluster_client, frames_type, positive,
                                 progress_bar, resolve_device)
 from starloc.errors import InputError
 
@@ -35,7 +35,7 @@ CAMERA_OPTIONS = {"baseline": "baseline", "e_per_adu": "e_per_adu", "em_gain": "
 #: Picasso needs a localization precision: this one for models without an error head (their
 #: tables have no ``uncertainty`` column)
 PICASSO_PRECISION_NM = 10.0
-HDF5_SUFFIXES = (".hdf5", ".h5")
+HDF5_SUFFIXES = SUFFIXES["hdf5"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -340,9 +340,9 @@ def cmd_deeploco_train(args) -> int:
     from starloc.deeploco import training
     from starloc.deeploco.training import Trainer
 
-    check_output(args.output)
+    check_output(args.output, "model", inputs=(args.psf, args.resume))
     if args.checkpoint is not None:
-        check_output(args.checkpoint)
+        check_output(args.checkpoint, inputs=(args.psf, args.output))
     if args.checkpoint_every is not None and args.checkpoint is None:
         raise InputError("--checkpoint-every needs --checkpoint PATH")
     device = resolve_device(args.device)
@@ -437,7 +437,7 @@ def cmd_deeploco_calibrate(args) -> int:
     from starloc.deeploco.model import DeepLoco
     from starloc.deeploco.simulate import Simulator
 
-    check_output(Path(args.output))
+    check_output(Path(args.output), "model")  # the input model itself is allowed: it is read first
     device = resolve_device(args.device)
     model = DeepLoco.load(args.model, device=device)
     training = model.metadata.get("training") or {}
@@ -504,7 +504,7 @@ def cmd_deeploco_localize(args) -> int:
     fmt = args.format or ("picasso" if out.suffix.lower() in HDF5_SUFFIXES else "thunderstorm")
     if fmt == "picasso" and out.suffix.lower() not in HDF5_SUFFIXES:
         raise InputError(f"Picasso output needs a .hdf5 file name, got {str(out)!r}")
-    check_output(out)
+    check_output(out, "hdf5" if fmt == "picasso" else "csv", inputs=(args.stack, args.model))
     model = DeepLoco.load(args.model, device=resolve_device(args.device))
     camera = build_camera(args.camera, _camera_overrides(args), base=model.camera)
     options = {"pixel_size": args.pixel_size, "batch_size": args.batch_size, "threshold": args.threshold,
@@ -620,7 +620,7 @@ def cmd_render(args) -> int:
     from starloc.render import render_gaussian, render_histogram, render_z_rgb
 
     out = Path(args.output)
-    check_output(out)
+    check_output(out, "tiff", inputs=(args.locs,))
     table = _finite_rows(_read_locs(Path(args.locs), args.camera_pixel_size), Path(args.locs).name)
     x, y = np.asarray(table["x"], np.float64), np.asarray(table["y"], np.float64)
     p = float(args.pixel_size)
@@ -694,7 +694,7 @@ def cmd_evaluate(args) -> int:
     from starloc.smlm_metrics import assess
 
     if args.json is not None:
-        check_output(args.json)
+        check_output(args.json, "json", inputs=(args.locs, args.truth))
     pred = _finite_rows(_read_locs(Path(args.locs), args.camera_pixel_size), Path(args.locs).name)
     truth = _finite_rows(_read_truth(Path(args.truth), args.camera_pixel_size), Path(args.truth).name)
     dim = 3 if ("z" in pred and "z" in truth and not args.lateral_only) else 2
