@@ -104,11 +104,17 @@ def test_tile_plan_covers_the_frame_and_owns_every_position_once():
     small = plan_tiles((20, 24), cfg)
     assert small.pad == (12, 8) and small.n_tiles == 1 and small.y_own == ((-np.inf, 20.0),)
     fcn = tiny("fcn").config
-    assert plan_tiles((80, 70), fcn).tile == (80, 72)
-    assert plan_tiles((300, 90), fcn).tile == (300, 92)  # whole frames up to 512 px: no seams
+    assert plan_tiles((80, 72), fcn).tile == (80, 72)
+    assert plan_tiles((300, 92), fcn).tile == (300, 92)  # whole frames up to 512 px: no seams
+    # a side that is not a multiple of 4: the side rounded down, then a strip flush with the end
+    # (2 px left over + 20 px of context, rounded up to 24), owning the half beyond its middle
+    odd = plan_tiles((300, 90), fcn)
+    assert odd.tile == (300, 88) and odd.pad == (0, 0) and odd.overlap == 20
+    assert odd.x_starts == (0, 66) and odd.x_sizes == (88, 24) and odd.x_own == ((-np.inf, 78.0), (78.0, np.inf))
+    assert odd.y_starts == (0,) and odd.y_sizes == (300,)
     big = plan_tiles((1100, 90), fcn)
     # 3 tiles of 380 px cover 1100 px with 20 px overlaps: the fewest pixels of any side in 128..512
-    assert big.tile == (380, 92) and len(big.y_starts) == 3 and big.overlap == 20
+    assert big.tile == (380, 88) and len(big.y_starts) == 3 and big.overlap == 20
     assert big.y_starts[0] == 0 and big.y_starts[-1] + 380 == 1100
     assert plan_tiles((300, 90), fcn, tile=62).tile == (64, 64)
     with pytest.raises(InputError, match="exactly 32"):
@@ -141,18 +147,34 @@ def test_safety_merge_removes_a_seam_duplicate_and_keeps_the_more_confident():
         assert close.sum() == 1
 
 
-@pytest.mark.parametrize("arch, tile", [("paper", (32, 32)), ("fcn", (20, 24))])
-def test_small_frames_are_padded_with_the_median_and_the_padding_is_dropped(arch, tile):
-    frames, truth = spot_stack(shape=(2, 18, 22), step=6)
+@pytest.mark.parametrize("arch, shape, tile", [("paper", (18, 22), (32, 32)), ("fcn", (14, 10), (16, 16))])
+def test_small_frames_are_padded_with_the_median_and_the_padding_is_dropped(arch, shape, tile):
+    frames, truth = spot_stack(shape=(2, *shape), step=6)
     seen = []
     table = localize_stack(spot_model(arch, ghost=True, seen=seen), frames, input_units="photons")
     assert as_rows(table) == sorted(map(tuple, truth.tolist()))  # the ghost in the padding is gone
     tiles = torch.cat(seen)
     assert tuple(tiles.shape[-2:]) == tile
+    H, W = shape
     for t in range(2):
         med = float(np.median(frames[t]))
-        assert torch.all(tiles[t, 0, 18:, :] == med) and torch.all(tiles[t, 0, :, 22:] == med)
-        assert torch.equal(tiles[t, 0, :18, :22], torch.from_numpy(frames[t]))
+        assert torch.all(tiles[t, 0, H:, :] == med) and torch.all(tiles[t, 0, :, W:] == med)
+        assert torch.equal(tiles[t, 0, :H, :W], torch.from_numpy(frames[t]))
+
+
+def test_a_side_not_a_multiple_of_4_is_tiled_flush_with_both_ends_not_padded():
+    frames, truth = spot_stack(shape=(2, 50, 45), step=5, offset=4)  # spots in the last row and column
+    assert frames[0, 49, :].max() == SPOT and frames[0, :, 44].max() == SPOT
+    model = spot_model("fcn", seen=(seen := []))
+    plan = plan_tiles((50, 45), model.config)
+    assert plan.pad == (0, 0) and plan.y_sizes[0] == 48 and plan.x_sizes[0] == 44 and plan.n_tiles == 4
+    assert plan.y_starts[-1] + plan.y_sizes[-1] == 50 and plan.x_starts[-1] + plan.x_sizes[-1] == 45
+    table = localize_stack(model, frames, input_units="photons")
+    assert as_rows(table) == sorted(map(tuple, truth.tolist()))  # each spot once, none lost at the edges
+    windows = [frames[t, y:y + h, x:x + w] for t in range(2) for y, x, _, _, h, w in plan.tiles()]
+    tiles = [tile[0].numpy() for batch in seen for tile in batch]
+    # the network saw exactly these pieces of the frames, flush with their edges: no padding
+    assert sorted(map(np.ndarray.tobytes, tiles)) == sorted(map(np.ndarray.tobytes, windows))
 
 
 @pytest.mark.parametrize("arch", ["paper", "fcn"])

@@ -13,10 +13,13 @@ bounded by the chunk, never the whole stack. Each chunk is normalized with the c
   when it is at most ``FCN_MAX_TILE`` (512) px a side, else, per axis, the tile side in 128-512 px
   that covers the frame with the fewest pixels (``tile`` overrides). A whole frame has no seams
   and computes no pixel twice: 256 px frames localize 2.8x, 512 px frames 1.8x faster than in
-  the 128 px tiles used before.
+  the 128 px tiles used before. A side that is not a multiple of 4 is not padded: a tile of
+  the side rounded down covers it from the start and a narrow strip flush with its end covers
+  the rest (e.g. rows 0-47 and 26-49 of a 50 px frame; :func:`_strip_axis` says why).
 
-Frames smaller than a tile are padded at the bottom/right with the frame's median (the
-network sees background there) and localizations in the padding are dropped. Tiles overlap
+Frames smaller than a tile (the paper's network, or sides under 16 px) are padded at the
+bottom/right with the frame's median (the network sees background there) and localizations in
+the padding are dropped. Tiles overlap
 by ``overlap`` pixels (default: 2 µm worth of pixels, at least 16, at most half a tile).
 Every tile is post-processed (:func:`~starloc.deeploco.postprocess.postprocess`), shifted to
 frame coordinates, and a localization is kept only in the tile that *owns* its position: the
@@ -282,12 +285,14 @@ def open_stack(source: Any) -> FrameSource:
 
 @dataclass(frozen=True)
 class TilePlan:
-    """How frames of ``frame_shape`` are cut into tiles of ``tile`` ``(th, tw)`` pixels.
+    """How frames of ``frame_shape`` are cut into tiles.
 
-    ``y_starts``/``x_starts``: tile origins (px) along rows/columns; ``y_own``/``x_own``: the
-    half-open interval ``[lo, hi)`` (px, corner origin, may be infinite) of positions each tile
-    owns along that axis; ``pad``: pixels of padding added at the bottom and right
-    (frames smaller than a tile)."""
+    ``y_starts``/``x_starts``: tile origins (px) along rows/columns, ``y_sizes``/``x_sizes``
+    their sides (px); ``y_own``/``x_own``: the half-open interval ``[lo, hi)`` (px, corner
+    origin, may be infinite) of positions each tile owns along that axis; ``pad``: pixels of
+    padding added at the bottom and right (frames smaller than a tile). ``tile``: the largest
+    tile ``(th, tw)``; every tile has it except the edge strips of a side that is not a
+    multiple of 4 (see :func:`_strip_axis`)."""
 
     frame_shape: tuple[int, int]
     tile: tuple[int, int]
@@ -297,6 +302,8 @@ class TilePlan:
     y_own: tuple[tuple[float, float], ...]
     x_own: tuple[tuple[float, float], ...]
     pad: tuple[int, int]
+    y_sizes: tuple[int, ...]
+    x_sizes: tuple[int, ...]
 
     @property
     def n_tiles(self) -> int:
@@ -306,40 +313,68 @@ class TilePlan:
     def padded_shape(self) -> tuple[int, int]:
         return self.frame_shape[0] + self.pad[0], self.frame_shape[1] + self.pad[1]
 
-    def tiles(self) -> list[tuple[int, int, tuple[float, float], tuple[float, float]]]:
-        """``(y0, x0, y_own, x_own)`` per tile, row-major."""
-        return [(y0, x0, yo, xo) for y0, yo in zip(self.y_starts, self.y_own)
-                for x0, xo in zip(self.x_starts, self.x_own)]
+    def tiles(self) -> list[tuple[int, int, tuple[float, float], tuple[float, float], int, int]]:
+        """``(y0, x0, y_own, x_own, h, w)`` per tile, row-major."""
+        return [(y0, x0, yo, xo, h, w)
+                for y0, yo, h in zip(self.y_starts, self.y_own, self.y_sizes)
+                for x0, xo, w in zip(self.x_starts, self.x_own, self.x_sizes)]
 
 
-def _axis(length: int, tile: int, overlap: int) -> tuple[list[int], list[tuple[float, float]], int]:
+#: one axis of a plan: tile starts, owned intervals, sides, padding
+Axis = tuple[list[int], list[tuple[float, float]], list[int], int]
+
+
+def _axis(length: int, tile: int, overlap: int) -> Axis:
+    """Tiles of one side ``tile`` covering ``length`` px, the first and last flush with the ends
+    (or one padded tile when the axis is shorter)."""
     if length <= tile:
         pad = tile - length
-        return [0], [(-math.inf, float(length) if pad else math.inf)], pad
+        return [0], [(-math.inf, float(length) if pad else math.inf)], [tile], pad
     n = math.ceil((length - overlap) / (tile - overlap))
     starts = [int(s) for s in np.round(np.linspace(0, length - tile, n)).astype(int)]
     centres = [s + tile / 2 for s in starts]
     cuts = [(a + b) / 2 for a, b in zip(centres[:-1], centres[1:])]
     bounds = [-math.inf] + cuts + [math.inf]
-    return starts, list(zip(bounds[:-1], bounds[1:])), 0
+    return starts, list(zip(bounds[:-1], bounds[1:])), [tile] * n, 0
+
+
+def _strip_axis(length: int, overlap: int) -> Axis:
+    """An axis of at most FCN_MAX_TILE px that is not a multiple of CELL: one tile of the side
+    rounded down, flush with the start, and a narrow strip flush with the end (the 1-3 px left
+    over plus ``overlap`` of context, rounded up to CELL), which owns the half beyond its
+    middle.
+
+    Why not pad the axis up to a multiple of CELL: the network then sees a flat strip it never
+    saw in training next to the frame's last pixels, and emitters there were pulled ~80 nm
+    inwards (recall in the last 2 px fell from 0.95 to 0.64-0.83 in 2D, 0.75 to 0.45 with the
+    astigmatic PSF). Why not two full tiles: twice the network time along the axis."""
+    main = length // CELL * CELL
+    strip = min(main, max(FCN_MIN_TILE, _round_up(length - main + overlap, CELL)))
+    cut = length - strip / 2
+    return [0, length - strip], [(-math.inf, cut), (cut, math.inf)], [main, strip], 0
 
 
 def _round_up(v: int, m: int) -> int:
     return -(-int(v) // m) * m
 
 
-def _tile_side(length: int, overlap: int) -> int:
-    """Tile side (px, multiple of CELL) of a fully convolutional network along an axis of
-    ``length`` px: the whole axis up to FCN_MAX_TILE, else the side in FCN_MIN_AUTO_TILE..
-    FCN_MAX_TILE whose tiles cover the axis with the fewest pixels (ties: fewer tiles)."""
+def _cell_axis(length: int, overlap: int) -> Axis:
+    """Tiles along an axis of ``length`` px for a fully convolutional network (sides multiples
+    of CELL): the whole axis up to FCN_MAX_TILE (padded only below FCN_MIN_TILE; a length
+    that is not a multiple of CELL gets an edge strip, :func:`_strip_axis`), else tiles of
+    the side in FCN_MIN_AUTO_TILE..FCN_MAX_TILE that covers the axis with the fewest pixels
+    (ties: fewer tiles)."""
     if length <= FCN_MAX_TILE:
-        return max(_round_up(length, CELL), FCN_MIN_TILE)
+        if length % CELL == 0 or length < FCN_MIN_TILE:
+            return _axis(length, max(_round_up(length, CELL), FCN_MIN_TILE), overlap)
+        return _strip_axis(length, overlap)
 
     def covered(side: int) -> tuple[int, int]:
         n = len(_axis(length, side, min(overlap, side // 2))[0])
         return n * side, n
 
-    return min(range(FCN_MIN_AUTO_TILE, FCN_MAX_TILE + 1, CELL), key=covered)
+    side = min(range(FCN_MIN_AUTO_TILE, FCN_MAX_TILE + 1, CELL), key=covered)
+    return _axis(length, side, min(overlap, side // 2))
 
 
 def plan_tiles(frame_shape: tuple[int, int], config: Any, tile: int | None = None,
@@ -354,22 +389,25 @@ def plan_tiles(frame_shape: tuple[int, int], config: Any, tile: int | None = Non
     overlap = int(overlap)
     if overlap < 0:
         raise InputError(f"overlap must be >= 0 pixels, got {overlap}")
-    if arch in CELL_ARCHITECTURES:
-        if tile is None:
-            th, tw = _tile_side(H, overlap), _tile_side(W, overlap)
-        else:
+    if arch in CELL_ARCHITECTURES and tile is None:
+        ys, yo, yn, ph = _cell_axis(H, overlap)
+        xs, xo, xn, pw = _cell_axis(W, overlap)
+        overlap = min(overlap, max(yn) // 2, max(xn) // 2)
+    else:
+        if arch in CELL_ARCHITECTURES:
             if int(tile) < 1:
                 raise InputError(f"tile must be a positive number of pixels, got {tile!r}")
-            th = tw = max(_round_up(int(tile), CELL), FCN_MIN_TILE)
-    else:
-        if tile is not None and int(tile) != S:
-            raise InputError(f"this model (architecture 'paper') takes tiles of exactly {S} px, "
-                             f"not {tile}; leave the tile size unset")
-        th = tw = S
-    overlap = min(overlap, min(th, tw) // 2)
-    ys, yo, ph = _axis(H, th, overlap)
-    xs, xo, pw = _axis(W, tw, overlap)
-    return TilePlan((H, W), (th, tw), overlap, tuple(ys), tuple(xs), tuple(yo), tuple(xo), (ph, pw))
+            side = max(_round_up(int(tile), CELL), FCN_MIN_TILE)
+        else:
+            if tile is not None and int(tile) != S:
+                raise InputError(f"this model (architecture 'paper') takes tiles of exactly {S} px, "
+                                 f"not {tile}; leave the tile size unset")
+            side = S
+        overlap = min(overlap, side // 2)
+        ys, yo, yn, ph = _axis(H, side, overlap)
+        xs, xo, xn, pw = _axis(W, side, overlap)
+    return TilePlan((H, W), (max(yn), max(xn)), overlap, tuple(ys), tuple(xs), tuple(yo), tuple(xo), (ph, pw),
+                    tuple(yn), tuple(xn))
 
 
 # ------------------------------------------------------------------------------------------
@@ -512,45 +550,44 @@ def _localize_chunk(model: Any, forward: Any, frames: np.ndarray, plan: TilePlan
     normalized tiles ``(B, 1, h, w)`` through :meth:`DeepLoco.candidates`."""
     cfg = model.config
     ps = float(cfg.pixel_size)
-    th, tw = plan.tile
     padded = torch.from_numpy(_writable_float32(_pad_frames(frames, plan.pad)))
     tiles = plan.tiles()
     n_tiles = len(tiles)
     tile_y0 = np.array([t[0] for t in tiles], dtype=np.float64)
     tile_x0 = np.array([t[1] for t in tiles], dtype=np.float64)
     own = np.array([[t[2][0], t[2][1], t[3][0], t[3][1]] for t in tiles], dtype=np.float64) * ps  # nm
-    jobs = [(f, k) for f in range(frames.shape[0]) for k in range(n_tiles)]
-    whole = n_tiles == 1 and tuple(padded.shape[1:]) == (th, tw)
-    device = model.device
-    cells = cell_grid(cfg, (th, tw))
+    whole = n_tiles == 1 and tuple(padded.shape[1:]) == plan.tile
     parts: list[Table] = []
     part_tiles: list[np.ndarray] = []
-    for b0 in range(0, len(jobs), batch_size):
-        batch = jobs[b0 : b0 + batch_size]
-        batch_f = np.array([f for f, _ in batch], dtype=np.int64)
-        batch_k = np.array([k for _, k in batch], dtype=np.int64)
-        if whole:
-            x = padded[batch_f[0] : batch_f[-1] + 1]  # consecutive whole frames: a view, no copy
-        else:
-            x = torch.stack([padded[f, tiles[k][0] : tiles[k][0] + th, tiles[k][1] : tiles[k][1] + tw]
-                             for f, k in batch])
-        x = x[:, None].to(device)
-        pos, w, err = model.candidates(forward, x)
-        tb = postprocess(pos, w, link_distance=link_distance, threshold=threshold, z_scale=z_scale, cells=cells,
-                         errors=err)
-        if not len(tb["frame"]):
-            continue
-        if model.subpixel is not None:
-            tb = model.subpixel.apply(tb, field_area_um2=th * tw * ps**2 / 1e6)  # tile coordinates: the network's
-        f, k = batch_f[tb["frame"]], batch_k[tb["frame"]]  # tb["frame"] indexes the batch
-        xs = tb["x"] + tile_x0[k] * ps
-        ys = tb["y"] + tile_y0[k] * ps
-        o = own[k]
-        mine = (ys >= o[:, 0]) & (ys < o[:, 1]) & (xs >= o[:, 2]) & (xs < o[:, 3])
-        table = {"frame": f[mine], "x": xs[mine], "y": ys[mine]}
-        table.update({key: v[mine] for key, v in tb.items() if key not in table})  # z, confidence, uncertainty
-        parts.append(table)
-        part_tiles.append((f * n_tiles + k)[mine])
+    for th, tw in sorted({t[4:] for t in tiles}, reverse=True):  # one network shape at a time
+        cells = cell_grid(cfg, (th, tw))
+        jobs = [(f, k) for f in range(frames.shape[0]) for k in range(n_tiles) if tiles[k][4:] == (th, tw)]
+        per_call = max(1, batch_size * plan.tile[0] * plan.tile[1] // (th * tw))  # edge strips: as many pixels
+        for b0 in range(0, len(jobs), per_call):
+            batch = jobs[b0 : b0 + per_call]
+            batch_f = np.array([f for f, _ in batch], dtype=np.int64)
+            batch_k = np.array([k for _, k in batch], dtype=np.int64)
+            if whole:
+                x = padded[batch_f[0] : batch_f[-1] + 1]  # consecutive whole frames: a view, no copy
+            else:
+                x = torch.stack([padded[f, tiles[k][0] : tiles[k][0] + th, tiles[k][1] : tiles[k][1] + tw]
+                                 for f, k in batch])
+            pos, w, err = model.candidates(forward, x[:, None].to(model.device))
+            tb = postprocess(pos, w, link_distance=link_distance, threshold=threshold, z_scale=z_scale,
+                             cells=cells, errors=err)
+            if not len(tb["frame"]):
+                continue
+            if model.subpixel is not None:  # tile coordinates: the network's
+                tb = model.subpixel.apply(tb, field_area_um2=th * tw * ps**2 / 1e6)
+            f, k = batch_f[tb["frame"]], batch_k[tb["frame"]]  # tb["frame"] indexes the batch
+            xs = tb["x"] + tile_x0[k] * ps
+            ys = tb["y"] + tile_y0[k] * ps
+            o = own[k]
+            mine = (ys >= o[:, 0]) & (ys < o[:, 1]) & (xs >= o[:, 2]) & (xs < o[:, 3])
+            table = {"frame": f[mine], "x": xs[mine], "y": ys[mine]}
+            table.update({key: v[mine] for key, v in tb.items() if key not in table})  # z, confidence, uncertainty
+            parts.append(table)
+            part_tiles.append((f * n_tiles + k)[mine])
     if not parts:
         return empty_table(int(cfg.dim), model.has_uncertainty)
     table = concat_tables(parts)
@@ -595,7 +632,7 @@ def iter_localize_stack(
     chunk_frames : frames read at a time (default: about 32 MiB of float32 frames).
     batch_size : tiles per network call (default
         :func:`~starloc.deeploco.network.inference_batch`: on a CPU 16 tiles of 128 x 128 px,
-        4 frames of 256 x 256).
+        4 frames of 256 x 256); of the largest tiles, edge strips go as many pixels per call.
     threshold, link_distance : post-processing (default the model's).
     tile, overlap : see :func:`plan_tiles`.
     merge_distance : nm, the seam safety merge (default the link distance; 0 disables it).
