@@ -251,6 +251,60 @@ def test_ctrl_c_saves_the_model_so_far_and_resume_continues(tmp_path, capsys, mo
     assert DeepLoco.load(out).metadata["training"]["steps_done"] == 4
 
 
+def _interrupt_after(steps, at_end=False):
+    """training.train that sends itself Ctrl-C after ``steps`` progress records, or (at_end)
+    after the last one, while the generator finishes (calibrates)."""
+    from starloc.deeploco import training
+
+    real = training.train
+
+    def train(*args, **kwargs):
+        inner = real(*args, **kwargs)
+        n = 0
+        try:
+            while True:
+                try:
+                    p = next(inner)
+                except StopIteration as stop:
+                    return stop.value
+                n += 1
+                if n == steps and not at_end:
+                    os.kill(os.getpid(), signal.SIGINT)
+                yield p
+                if n == steps and at_end:
+                    os.kill(os.getpid(), signal.SIGINT)  # arrives while the generator calibrates
+        finally:
+            inner.close()
+
+    return train
+
+
+def test_ctrl_c_never_replaces_an_existing_model_with_an_unfinished_one(tmp_path, capsys, monkeypatch):
+    from starloc.deeploco import training
+
+    out = tmp_path / "m.pt"
+    out.write_bytes(b"the user's good model")
+    monkeypatch.setattr(training, "train", _interrupt_after(2))
+    code = main([*TRAIN, "--steps", "5", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == EXIT_INTERRUPTED and out.read_bytes() == b"the user's good model"
+    written = tmp_path / "m.interrupted.pt"
+    assert f"written to {written}" in err and "is kept" in err and "not calibrated" in err
+    assert "starloc deeploco calibrate" in err
+    assert DeepLoco.load(written).metadata["training"]["interrupted"]
+
+
+def test_ctrl_c_while_the_finished_training_calibrates_keeps_the_finished_model(tmp_path, capsys, monkeypatch):
+    from starloc.deeploco import training
+
+    monkeypatch.setattr(training, "train", _interrupt_after(3, at_end=True))
+    out = tmp_path / "m.pt"
+    assert main([*TRAIN, "--steps", "3", "-o", str(out)]) == 0
+    assert "interrupted" not in capsys.readouterr().err
+    meta = DeepLoco.load(out).metadata["training"]
+    assert meta["steps_done"] == 3 and not meta.get("interrupted")
+
+
 def test_resume_trains_on_the_checkpoints_own_simulation_and_refuses_another(tmp_path, capsys):
     ckpt, out = tmp_path / "run.ckpt", tmp_path / "m.pt"
     assert main([*RESUME, "--photons", "900:1100", "--steps", "2", "--checkpoint", str(ckpt), "-o", str(out)]) == 0

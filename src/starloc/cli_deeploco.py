@@ -364,6 +364,8 @@ def cmd_deeploco_train(args) -> int:
     gen = training.train(sim, config, model=model, resume=args.resume, checkpoint_path=ckpt,
                          checkpoint_every=args.checkpoint_every or 0)
     last = None
+    finished = False  # the generator returned: a Ctrl-C during its calibration changes nothing
+    replaces = Path(args.output).exists()
     val: dict[str, str] = {}
     try:
         with _Interrupt() as interrupt, progress_bar(config.steps, "training", "step") as bar:
@@ -374,7 +376,7 @@ def cmd_deeploco_train(args) -> int:
                 try:
                     p = next(gen)
                 except StopIteration as stop:
-                    model = stop.value
+                    model, finished = stop.value, True
                     break
                 last = p
                 bar.update(p.step - bar.n)
@@ -383,7 +385,7 @@ def cmd_deeploco_train(args) -> int:
                     if p.val_rmse_lateral is not None and math.isfinite(p.val_rmse_lateral):
                         val["rmse"] = f"{p.val_rmse_lateral:.1f}nm"
                 bar.set_postfix(loss=f"{p.loss:.4g}", **val)
-        if interrupt.requested:
+        if interrupt.requested and not finished:
             if last is None:
                 print("starloc: interrupted before the first training step; nothing written", file=sys.stderr)
                 return EXIT_INTERRUPTED
@@ -392,10 +394,13 @@ def cmd_deeploco_train(args) -> int:
             model.metadata = {**model.metadata, "training": {**trainer.training_metadata(last), "interrupted": True}}
             model.net.eval()
             _record_source(model, args)
-            model.save(args.output)
+            out = _interrupted_name(Path(args.output)) if replaces else Path(args.output)
+            model.save(out)
+            kept = f" ({args.output} was there before and is kept)" if replaces else ""
             tail = "" if own_ckpt else f"; resume with --resume {ckpt}"
-            print(f"starloc: interrupted after step {trainer.step}: the model so far was written to "
-                  f"{args.output}{tail}", file=sys.stderr)
+            print(f"starloc: interrupted after step {trainer.step}: the model so far was written to {out}{kept}, "
+                  f"not calibrated (default confidence threshold; before localizing with it, run 'starloc "
+                  f"deeploco calibrate {out} -o {out}'){tail}", file=sys.stderr)
             return EXIT_INTERRUPTED
     finally:
         if own_ckpt and ckpt.exists():
@@ -421,6 +426,16 @@ def cmd_deeploco_train(args) -> int:
         print("note: the model has no camera model: localize stacks already in photons (--units photons) "
               "or give camera settings to 'starloc deeploco localize'")
     return 0
+
+
+def _interrupted_name(path: Path) -> Path:
+    """Where an interrupted training writes when ``path`` already holds a file (never replaced
+    by an unfinished model): ``model.interrupted.pt``, numbered if that exists too."""
+    candidate, n = path.with_name(f"{path.stem}.interrupted{path.suffix}"), 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}.interrupted{n}{path.suffix}")
+    return candidate
 
 
 def _record_source(model: Any, args) -> None:
