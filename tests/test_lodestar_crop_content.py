@@ -8,6 +8,7 @@ from starloc import sim
 from starloc.cli import main
 from starloc.demo import CROP_SIZE, crop_around, isolated_object
 from starloc.lodestar.crop_content import count_objects, crops_without_one_object
+from starloc.lodestar.downsampling import auto_downsample, object_extent
 
 
 @pytest.mark.parametrize("shape", sim.SHAPES)
@@ -61,3 +62,23 @@ def test_cli_training_warns_about_a_crop_of_background_only(tmp_path, capsys):
     assert "crop 1 seems to hold no object" in capsys.readouterr().err
     assert main(base + ["--frame", "1", "-o", str(tmp_path / "b.pt")]) == 0
     assert "seems to hold" not in capsys.readouterr().err
+
+
+def _textured_disc(side, rng=0):
+    """A 43 px disc with a strong texture (a coin) on a background with a gradient, centred in a
+    crop of ``side`` px, Gaussian noise of 4."""
+    g = np.random.default_rng(rng)
+    rows, cols = np.indices((side, side)) - (side - 1) / 2
+    texture = 100 + 40 * np.sin(rows / 2.5) * np.cos(cols / 3.0)
+    return np.where(np.hypot(rows, cols) <= 21, texture, 20.0) + 0.3 * rows + g.normal(0, 4, (side, side))
+
+
+@pytest.mark.parametrize("side", [46, 48, 52, 64])
+def test_an_object_that_nearly_fills_its_crop_is_one_object_of_its_size(side):
+    # The crop's own robust level took the disc's pixels for the background: 5-7 objects at
+    # 46-52 px, and a size that set auto-downsampling to 1 (a model of the texture).
+    crop = _textured_disc(side)
+    assert count_objects(crop) == 1
+    assert object_extent(crop) == pytest.approx(44, abs=1)
+    if side >= 52:  # the crop spans the receptive field twice: downsampled by 2 (3 suggested)
+        assert auto_downsample([crop], 26) == (2, 3, object_extent(crop))

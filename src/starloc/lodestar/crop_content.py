@@ -10,10 +10,7 @@ it sees none.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from scipy import ndimage
-
-from starloc.lodestar.model import clipped_background
 
 SMOOTHING = 1.0  # px, Gaussian smoothing before thresholding (noise)
 # An object is a region where the smoothed contrast exceeds this share of the crop's peak.
@@ -26,18 +23,43 @@ JOIN = 2  # px: regions closer than about twice this are one object (fragments o
 # A neighbour cut by the border does count: the demo's failed crop held one 2 px from its edge.
 EDGE = 2
 BORDER_FRACTION = 0.8
+RING = 2  # px: the crop's outer ring that gives its background level
 
 
 def smoothed_contrast(crop: np.ndarray) -> tuple[np.ndarray, float]:
     """``(contrast, noise)`` of a crop (``(H, W)`` or ``(C, H, W)``, channels averaged): the
     absolute difference from the background level (brighter or darker objects alike) after a
-    Gaussian smoothing of :data:`SMOOTHING` px, and the smoothed noise's standard deviation."""
+    Gaussian smoothing of :data:`SMOOTHING` px, and the smoothed noise's standard deviation.
+
+    The background level is the median of the crop's outer ring (:data:`RING` px), the noise
+    that of the differences between neighbouring pixels (robust: an object, smooth on the
+    scale of a pixel, hardly counts). Both hold when the object fills most of its crop: the
+    crop's robust (clipped) level and spread took the object's own pixels for the background
+    and its texture for the objects; a coin filling a 48 px crop read as 6 objects 48 px wide
+    (42 px measured on wider crops), and auto-downsampling chose no downsampling for it."""
     image = np.asarray(crop, dtype=np.float64)
     if image.ndim == 3:
         image = image.mean(axis=0)
-    level, sigma = (float(v) for v in clipped_background(torch.from_numpy(image).reshape(1, 1, -1)))
-    contrast = np.abs(ndimage.gaussian_filter(image - level, SMOOTHING))
-    return contrast, sigma / (2 * np.sqrt(np.pi) * SMOOTHING)  # white noise after the smoothing
+    contrast = np.abs(ndimage.gaussian_filter(image - _ring_level(image), SMOOTHING))
+    return contrast, _pixel_noise(image) / (2 * np.sqrt(np.pi) * SMOOTHING)  # white noise after smoothing
+
+
+def _ring_level(image: np.ndarray) -> float:
+    """Median of the outer ring of :data:`RING` px (the whole image when it is that small)."""
+    w = RING
+    if min(image.shape) <= 2 * w:
+        return float(np.median(image))
+    ring = np.concatenate([image[:w].ravel(), image[-w:].ravel(), image[w:-w, :w].ravel(), image[w:-w, -w:].ravel()])
+    return float(np.median(ring))
+
+
+def _pixel_noise(image: np.ndarray) -> float:
+    """Standard deviation of white pixel noise from the differences of neighbouring pixels
+    (1.4826 MAD / sqrt 2)."""
+    diffs = np.concatenate([np.diff(image, axis=0).ravel(), np.diff(image, axis=1).ravel()])
+    if diffs.size == 0:
+        return 0.0
+    return float(1.4826 * np.median(np.abs(diffs - np.median(diffs))) / np.sqrt(2))
 
 
 def count_objects(crop: np.ndarray) -> int:
