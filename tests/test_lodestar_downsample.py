@@ -166,7 +166,10 @@ def test_cli_trains_downsampled_and_detect_uses_the_model_factor(tmp_path, capsy
     ring = ["lodestar", "train", str(tmp_path / "ring.tif"), "--steps", "2", "--device", "cpu",
             "-o", str(tmp_path / "r.pt")]
     assert main(ring + ["--crop", "9", "9", "72", "72", "--downsample", "1"]) == 0
-    assert "consider --downsample 3" in capsys.readouterr().err
+    assert "consider --downsample 3 with a crop of at least 78 px (this one allows up to 2)" in \
+        capsys.readouterr().err
+    assert main(ring + ["--crop", "0", "0", "90", "90", "--downsample", "1"]) == 0
+    assert "consider --downsample 3\n" in capsys.readouterr().err  # a crop that allows it: no note
     assert LodeSTAR.load(tmp_path / "r.pt").downsample == 1
     # the default, auto: the ring (~54 px) wants 3, the whole image allows it
     assert main(ring + ["--crop", "0", "0", "90", "90"]) == 0
@@ -174,8 +177,21 @@ def test_cli_trains_downsampled_and_detect_uses_the_model_factor(tmp_path, capsy
     assert LodeSTAR.load(tmp_path / "r.pt").downsample == 3
     # a 72 px crop holds only 2 receptive fields of 26 px: auto takes 2 and says why not 3
     assert main(ring + ["--crop", "9", "9", "72", "72"]) == 0
-    assert "needs a crop of at least 78 px (this one: 72 px): training at --downsample 2" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "needs a crop of at least 78 px (this one: 72 px): training at --downsample 2" in err
+    assert "edges and texture" not in err  # said only when the object is trained at full resolution
     assert LodeSTAR.load(tmp_path / "r.pt").downsample == 2
+    # a 50 px crop allows no downsampling at all: the model risks following the ring's edges
+    assert main(ring + ["--crop", "20", "20", "50", "50"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "needs a crop of at least 52 px (this one: 50 px): training at --downsample 1" in err
+    assert "tends to follow its edges and texture" in err
+    # a whole 60 px ring in a 64 px crop: 3 wanted (78 px), 2 possible from 52 px
+    tifffile.imwrite(tmp_path / "ring2.tif", _ring((128, 128), (63.5, 63.5), 28.0, np.random.default_rng(3)))
+    assert main(["lodestar", "train", str(tmp_path / "ring2.tif"), "--steps", "2", "--device", "cpu",
+                 "--crop", "32", "32", "64", "64", "--downsample", "auto", "-o", str(tmp_path / "r2.pt")]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--downsample 4 would fit it" in err and "this one: 64 px; a crop of 78 px already allows 3" in err
     # these spots (sigma 6 px, ~22 px across) are trained at 2; smaller ones (sigma 4) at full
     # resolution, silently
     assert main(base + ["--crop", "4", "8", "56", "56", "-o", str(tmp_path / "m.pt")]) == 0

@@ -29,9 +29,14 @@ def _announce_downsample(downsample: int, suggested: int, extent: float, field: 
     from tqdm import tqdm
 
     if downsample < suggested:
+        better = f"; a crop of {field * (downsample + 1)} px already allows {downsample + 1}" \
+            if downsample + 1 < suggested else ""
+        risk = (" (at full resolution a model of an object this large tends to follow its edges and texture, "
+                "not the object)") if downsample == 1 else ""
         warnings.warn(f"the object in the crop is about {extent:.0f} px across, more than the network sees whole; "
                       f"--downsample {suggested} would fit it but needs a crop of at least {field * suggested} px "
-                      f"(this one: {smallest} px): training at --downsample {downsample}", StarlocWarning)
+                      f"(this one: {smallest} px{better}): training at --downsample {downsample}{risk}",
+                      StarlocWarning)
     elif downsample > 1:
         tqdm.write(f"starloc: the object in the crop is about {extent:.0f} px across: training on images "
                    f"downsampled by {downsample} (--downsample auto; give --downsample 1 to keep full resolution)",
@@ -76,8 +81,12 @@ def cmd_lodestar_train(args) -> int:
         suggested, extent = suggest_downsample(crops)
         downsample = args.downsample
         if suggested > downsample:
+            allowed = smallest_side(crops) // field
+            crop_note = "" if allowed >= suggested else \
+                f" with a crop of at least {field * suggested} px (this one allows up to {max(allowed, 1)})"
             warnings.warn(f"the object in the crop is about {extent:.0f} px across, more than the network sees "
-                          f"whole at --downsample {downsample}: consider --downsample {suggested}", StarlocWarning)
+                          f"whole at --downsample {downsample}: consider --downsample {suggested}{crop_note}",
+                          StarlocWarning)
     for index, count in ([] if hologram else crops_without_one_object(crops)):  # fringes are no objects
         warnings.warn(crop_advice(index, count), StarlocWarning)
     copies = TrainConfig.copies if args.copies is None else args.copies

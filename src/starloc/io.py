@@ -419,7 +419,7 @@ def validate_crop(
     if height < min_h or width < min_w:
         raise InputError(
             f"crop is {height}x{width} pixels, smaller than the minimum {min_h}x{min_w} "
-            "(the network's receptive field); select a larger rectangle"
+            "(the network's receptive field at this downsampling); select a larger rectangle"
         )
     return row, col, height, width
 

@@ -445,8 +445,11 @@ class LodeSTARWidget(LodeSTARControls, QWidget):
         if chosen is not None:
             factor, suggested, extent = chosen
             if factor < suggested:
-                return (f"; object ≈ {extent:.0f} px across: Downsample {factor} (auto); {suggested} needs a crop "
-                        f"of ≥ {suggested * self.network_config.receptive_field} px")
+                field = self.network_config.receptive_field
+                risk = " (a full-resolution model may follow its edges: crop wider)" if factor == 1 else ""
+                step = f"{factor + 1} needs a crop of ≥ {(factor + 1) * field} px, " if factor + 1 < suggested else ""
+                return (f"; object ≈ {extent:.0f} px across: Downsample {factor} (auto){risk}; {step}{suggested} "
+                        f"needs a crop of ≥ {suggested * field} px")
             return f"; object ≈ {extent:.0f} px across: Downsample {factor} (auto)" if factor > 1 else ""
         suggested, extent = suggest_downsample(crops)
         if suggested == self.downsample_spin.value():
