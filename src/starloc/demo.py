@@ -51,8 +51,8 @@ def run_demo(out_dir: Path, shape: str = "point", seed: int = 0, n_objects: int 
     image, truth, _ = sim.simulate_scene(shape, n_objects, size=(256, 256), snr=snr, rng=seed)
     crop = crop_around(isolated_object(truth), CROP_SIZE, image.shape)
     print(f"simulated a 256x256 scene of {n_objects} {shape} particles at SNR {snr}; "
-          f"training on ONE {CROP_SIZE}x{CROP_SIZE} crop around the most isolated one, at row {crop[0]}, "
-          f"col {crop[1]}")
+          f"training on ONE {CROP_SIZE}x{CROP_SIZE} crop around the most isolated one (top-left corner at row "
+          f"{crop[0]}, col {crop[1]}: --crop {crop[0]} {crop[1]} {crop[2]} {crop[3]})")
     crops = extract_crops(image, [crop])
     start = time.perf_counter()
 

@@ -138,7 +138,9 @@ class DetectParams:
         256x256 scene cover, and dropped up to 14 of ~380 objects in 10 such scenes (sphere,
         SNR 10) where 0.98 dropped none and added no false positive in sparse or SNR-5 scenes.
     min_weight: a detection is kept only if one of the predictions it is refined from has at
-        least this weight (empty background has none).
+        least this weight (on simulated data empty background has none; on real images a
+        bright or textured background can weigh more than the objects, and the score cutoff
+        is the better filter there).
     radius: half-size in pixels (of the network's input, see the module docstring) of the
         neighbourhood used for peak finding and for refinement; predictions farther than
         ``cluster_radius`` px from a detection do not take part in its refinement.
