@@ -12,6 +12,7 @@ from starloc.deeploco.model import DeepLoco
 from starloc.deeploco.network import CELL, DeepLocoConfig
 from starloc.deeploco.stack import (
     FrameSource,
+    check_noise,
     StackProgress,
     iter_localize_stack,
     localize_stack,
@@ -346,3 +347,23 @@ def test_background_outside_the_training_range_warns_once_and_still_localizes():
     with warnings.catch_warnings():
         warnings.simplefilter("error", StarlocWarning)
         localize_stack(model, frames * 50, input_units="photons", threshold=0.5)
+
+
+def test_frames_whose_noise_does_not_fit_the_camera_settings_are_told():
+    from starloc.deeploco.camera import SCMOS, camera_preset
+
+    cam = EMCCD.smlm2016()
+    sim = Simulator(Gaussian2DPSF(130.0), cam, frame_shape=(64, 64), density=1.0, photons_range=(1000, 7000),
+                    background_range=(100, 100))
+    g = torch.Generator().manual_seed(1)
+    adu = cam.sample(sim.expected(sim.sample_emitters(16, g)), g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_noise(cam.to_photons(adu).numpy(), cam, "s") == pytest.approx(1.0, abs=0.1)
+    wrong = camera_preset("smlm2016", e_per_adu=4.5)  # 10x too few electrons per ADU: 10x too few photons
+    with pytest.warns(StarlocWarning, match=r"~0\.3x less noisy than the camera settings predict \(EMCCD: qe 0\.9"):
+        check_noise(wrong.to_photons(adu).numpy(), wrong, "s")
+    with pytest.warns(StarlocWarning, match=r"~2\.\dx noisier .*Check the camera settings"):
+        check_noise(SCMOS().to_photons(adu).numpy(), SCMOS(), "s")
+    # a background under 10 photons/px is not judged (an EMCCD's noise is not Gaussian there)
+    assert check_noise(np.zeros((3, 8, 8)), cam, "s") is None

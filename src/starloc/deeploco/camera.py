@@ -44,6 +44,11 @@ def _num(name: str, value: Any, low: float, high: float) -> float:
     return v
 
 
+def _typical(value: float | Tensor) -> float:
+    """A scalar setting, or the median of a per-pixel map."""
+    return float(torch.median(value)) if isinstance(value, Tensor) else float(value)
+
+
 def _check_expected(expected: Any) -> Tensor:
     t = torch.as_tensor(expected)
     if not t.is_floating_point():
@@ -72,6 +77,19 @@ class Camera(abc.ABC):
     @abc.abstractmethod
     def _electrons(self, expected: Tensor, generator: torch.Generator) -> Tensor:
         """Electrons at the output amplifier (before read noise) for ``expected`` photons."""
+
+    @abc.abstractmethod
+    def _signal_variance(self, photons: float) -> float:
+        """Variance (electrons², at the output amplifier) of the signal of a pixel that
+        receives ``photons`` on average."""
+
+    def pixel_noise(self, photons: float) -> float:
+        """Standard deviation, in the photons of :meth:`to_photons`, of a pixel that receives
+        ``photons`` on average: signal noise, read noise and the ADU rounding (median of
+        per-pixel maps)."""
+        e_per_adu = _typical(self.e_per_adu)
+        variance = self._signal_variance(max(float(photons), 0.0)) + _typical(self.read_noise) ** 2 + e_per_adu**2 / 12
+        return math.sqrt(variance) / (self.em_gain * self.qe)
 
     def sample(self, expected_photons: Tensor, generator: torch.Generator) -> Tensor:
         """Noisy frames in ADU (float tensor of integers) for expected photons per pixel (any shape).
@@ -193,6 +211,9 @@ class EMCCD(Camera):
         return cls(qe=0.9, em_gain=300.0, e_per_adu=45.0, read_noise=74.4, baseline=100.0,
                    spurious_charge=0.002)
 
+    def _signal_variance(self, photons: float) -> float:
+        return 2.0 * self.em_gain**2 * (self.qe * photons + self.spurious_charge)  # excess noise factor 2
+
     def _electrons(self, expected: Tensor, generator: torch.Generator) -> Tensor:
         n = torch.poisson(self.qe * expected + self.spurious_charge, generator=generator)
         # Gamma(n, gain) for n >= 1; zero electrons stay zero (Gamma(0) is a point mass at 0).
@@ -245,6 +266,9 @@ class SCMOS(Camera):
         d = super().to_dict()
         d.pop("em_gain", None)
         return d
+
+    def _signal_variance(self, photons: float) -> float:
+        return self.qe * photons  # Poisson
 
     def _electrons(self, expected: Tensor, generator: torch.Generator) -> Tensor:
         return torch.poisson(self.qe * expected, generator=generator)
