@@ -367,3 +367,38 @@ def test_frames_whose_noise_does_not_fit_the_camera_settings_are_told():
         check_noise(SCMOS().to_photons(adu).numpy(), SCMOS(), "s")
     # a background under 10 photons/px is not judged (an EMCCD's noise is not Gaussian there)
     assert check_noise(np.zeros((3, 8, 8)), cam, "s") is None
+
+
+def test_pixel_sizes_stated_in_tiff_metadata(tmp_path, adu_stack):
+    from starloc.tiff_metadata import tiff_pixel_size, tiff_pixel_size_problem
+
+    model = tiny(camera=EMCCD.smlm2016())  # 100 nm pixels
+    frames = adu_stack.astype(np.uint16)
+
+    def ome(name, **size):
+        tifffile.imwrite(tmp_path / name, frames, ome=True, metadata={"axes": "TYX", **size})
+        return tmp_path / name
+
+    def stated(path):
+        with tifffile.TiffFile(path) as tif:
+            return tiff_pixel_size(tif), tiff_pixel_size_problem(tif)
+
+    greek = ome("greek.ome.tif", PhysicalSizeX=0.16, PhysicalSizeXUnit="\u03bcm", PhysicalSizeY=0.16,
+                PhysicalSizeYUnit="\u03bcm")  # Greek mu, as some writers spell µm
+    assert stated(greek) == (pytest.approx(160.0), None)
+    with pytest.raises(InputError, match="metadata of .* say 160 nm/px"):
+        localize_stack(model, greek)
+    assert stated(ome("angstrom.ome.tif", PhysicalSizeX=1000, PhysicalSizeXUnit="Å")) == (pytest.approx(100.0), None)
+    aniso = ome("aniso.ome.tif", PhysicalSizeX=100, PhysicalSizeXUnit="nm", PhysicalSizeY=160,
+                PhysicalSizeYUnit="nm")
+    assert stated(aniso) == (None, "non-square pixels (OME: 100 nm in x, 160 nm in y)")
+    with pytest.raises(InputError, match="non-square pixels .* models take square pixels"):
+        localize_stack(model, aniso)
+    assert len(localize_stack(model, aniso, pixel_size=100.0)["frame"]) >= 0  # the user's word overrides
+    tifffile.imwrite(tmp_path / "ij.tif", frames, imagej=True, resolution=(1 / 0.1, 1 / 0.16),
+                     metadata={"unit": "um"})
+    assert stated(tmp_path / "ij.tif")[1] == "non-square pixels (ImageJ: 100 nm in x, 160 nm in y)"
+    odd = ome("odd.ome.tif", PhysicalSizeX=3, PhysicalSizeXUnit="furlong")
+    assert stated(odd)[0] is None and "'furlong', not a length" in stated(odd)[1]
+    with pytest.warns(StarlocWarning, match="cannot read .*furlong.* not checked against the model's 100 nm/px"):
+        localize_stack(model, odd)

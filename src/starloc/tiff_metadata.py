@@ -9,54 +9,99 @@ import math
 import os
 from typing import Any
 
-__all__ = ["tiff_pixel_size", "tiff_z_step", "tiff_spacing", "stated_axes"]
+__all__ = ["tiff_pixel_size", "tiff_pixel_size_problem", "tiff_z_step", "tiff_spacing", "stated_axes"]
 
 
-#: length units of TIFF metadata (lower case) -> nm
-_LENGTH_UNITS_NM = {"micron": 1000.0, "microns": 1000.0, "µm": 1000.0, "um": 1000.0, "nm": 1.0, "mm": 1e6}
+#: length units of TIFF metadata (lower case, µ as U+00B5) -> nm
+_LENGTH_UNITS_NM = {"micron": 1000.0, "microns": 1000.0, "µm": 1000.0, "um": 1000.0, "micrometer": 1000.0,
+                    "micrometers": 1000.0, "nm": 1.0, "nanometer": 1.0, "nanometers": 1.0, "mm": 1e6,
+                    "millimeter": 1e6, "cm": 1e7, "m": 1e9, "å": 0.1, "angstrom": 0.1, "pm": 1e-3}
+
+
+#: ImageJ units of images without a spatial calibration (inch: dots per inch of a print size)
+_UNCALIBRATED = ("", "pixel", "pixels", "inch", "inches")
+
+
+def _unit(text: str) -> str:
+    """A unit as written in metadata, normalized: lower case, the micro sign for Greek mu
+    (U+03BC) and for ImageJ's escaped ``\\u00b5``."""
+    return text.strip().lower().replace("\\u00b5", "µ").replace("\u03bc", "µ")
 
 
 def _positive_nm(value: float) -> float | None:
     return value if math.isfinite(value) and value > 0 else None
 
 
-def _ome_length_nm(tif: Any, axis: str) -> float | None:
-    """``PhysicalSize{axis}`` of OME metadata in nm (µm when no unit is given), or None."""
+def _ome_length(tif: Any, axis: str) -> tuple[float | None, str | None]:
+    """``PhysicalSize{axis}`` of OME metadata in nm (µm when no unit is given) and, when it is
+    stated but unusable, why; ``(None, None)`` when not stated."""
     if not (tif.is_ome and tif.ome_metadata):
-        return None
+        return None, None
     import re
 
     m = re.search(rf'PhysicalSize{axis}="([^"]+)"', tif.ome_metadata)
     if not m:
-        return None
+        return None, None
     unit = re.search(rf'PhysicalSize{axis}Unit="([^"]+)"', tif.ome_metadata)
-    scale = _LENGTH_UNITS_NM.get(unit.group(1).lower() if unit else "µm")
-    return _positive_nm(float(m.group(1)) * scale) if scale else None
+    scale = _LENGTH_UNITS_NM.get(_unit(unit.group(1)) if unit else "µm")
+    if scale is None:
+        return None, f"OME PhysicalSize{axis} in unit {unit.group(1)!r}, not a length starloc reads"
+    return _positive_nm(float(m.group(1)) * scale), None
+
+
+def _ome_length_nm(tif: Any, axis: str) -> float | None:
+    return _ome_length(tif, axis)[0]
 
 
 def _imagej_unit_nm(tif: Any) -> tuple[dict, float | None]:
     """ImageJ metadata and nm per unit of its ``unit`` (None: no length unit)."""
     meta = tif.imagej_metadata or {}
-    unit = str(meta.get("unit", "")).strip().lower().replace("\\u00b5", "µ")
-    return meta, _LENGTH_UNITS_NM.get(unit)
+    return meta, _LENGTH_UNITS_NM.get(_unit(str(meta.get("unit", ""))))
+
+
+def _pixel_size(tif: Any) -> tuple[float | None, str | None]:
+    """``(pixel size nm or None, why a stated pixel size cannot be used or None)``."""
+    x, problem = _ome_length(tif, "X")
+    if x is not None:
+        y, _ = _ome_length(tif, "Y")
+        if y is not None and abs(x - y) > 1e-6 * x:
+            return None, f"non-square pixels (OME: {x:g} nm in x, {y:g} nm in y)"
+        return x, None
+    if problem:
+        return None, problem
+    meta, scale = _imagej_unit_nm(tif)
+    if not tif.is_imagej:
+        return None, None
+    tags = tif.pages[0].tags
+    if "XResolution" not in tags or "YResolution" not in tags:
+        return None, None
+    xr, yr = tags["XResolution"].value, tags["YResolution"].value
+    px_x, px_y = xr[1] / xr[0], yr[1] / yr[0]  # unit per pixel
+    if scale is None:
+        unit = meta.get("unit")
+        if unit is None or px_x == 1.0 or _unit(str(unit)) in _UNCALIBRATED:
+            return None, None
+        return None, f"ImageJ unit {unit!r}, not a length starloc reads"
+    if not (px_x > 0 and abs(px_x - px_y) <= 1e-6 * px_x):
+        return None, f"non-square pixels (ImageJ: {px_x * scale:g} nm in x, {px_y * scale:g} nm in y)"
+    return _positive_nm(px_x * scale), None
 
 
 def tiff_pixel_size(tif: Any) -> float | None:
     """Pixel size (nm) stated by an open :class:`tifffile.TiffFile`'s ImageJ or OME metadata, or
-    None (no metadata, unknown unit, or anisotropic pixels). Never raises."""
+    None (no metadata, unknown unit, or non-square pixels: see :func:`tiff_pixel_size_problem`).
+    Never raises."""
     try:
-        ome = _ome_length_nm(tif, "X")
-        if ome is not None:
-            return ome
-        _, scale = _imagej_unit_nm(tif)
-        if scale is None:
-            return None
-        tags = tif.pages[0].tags
-        xr, yr = tags["XResolution"].value, tags["YResolution"].value
-        px_x, px_y = xr[1] / xr[0], yr[1] / yr[0]  # unit per pixel
-        if not (px_x > 0 and abs(px_x - px_y) <= 1e-6 * px_x):
-            return None
-        return _positive_nm(px_x * scale)
+        return _pixel_size(tif)[0]
+    except Exception:
+        return None
+
+
+def tiff_pixel_size_problem(tif: Any) -> str | None:
+    """Why the pixel size stated by a TIFF's ImageJ or OME metadata cannot be used (a unit that
+    is no length, non-square pixels), or None (usable, or none stated). Never raises."""
+    try:
+        return _pixel_size(tif)[1]
     except Exception:
         return None
 

@@ -58,7 +58,7 @@ from ..errors import InputError, StarlocWarning, one_line
 from ..io import read_image, select_frames
 from ..lazy_tiff import TiffPages, is_paged_stack, read_tiff_folder
 from ..progress import finish
-from ..tiff_metadata import tiff_pixel_size, tiff_spacing, tiff_z_step
+from ..tiff_metadata import tiff_pixel_size, tiff_pixel_size_problem, tiff_spacing, tiff_z_step
 from .camera import Camera
 from .network import CELL, CELL_ARCHITECTURES, inference_batch
 from .postprocess import cell_grid, concat_tables, empty_table, frame_separated, postprocess, sorted_by_frame
@@ -105,17 +105,19 @@ class FrameSource:
     """A stack of frames read on demand: ``shape`` ``(T, H, W)``, ``dtype``, ``read(start, stop)``.
 
     Made by :func:`open_stack`. ``pixel_size_nm`` is the pixel size stated by the file's
-    metadata (ImageJ or OME TIFF), or None. Close it (or use it as a context manager) to release
-    an open file.
+    metadata (ImageJ or OME TIFF), or None; ``pixel_size_problem`` why a stated one could not be
+    used (non-square pixels, a unit that is no length), or None. Close it (or use it as a
+    context manager) to release an open file.
     """
 
     def __init__(self, shape: tuple[int, int, int], dtype: np.dtype, reader: Callable[[int, int], Any],
                  name: str = "stack", pixel_size_nm: float | None = None,
-                 closer: Callable[[], None] | None = None):
+                 closer: Callable[[], None] | None = None, pixel_size_problem: str | None = None):
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
         self.name = name
         self.pixel_size_nm = pixel_size_nm
+        self.pixel_size_problem = pixel_size_problem
         self._reader = reader
         self._closer = closer
 
@@ -177,7 +179,7 @@ def _check_layout(shape: tuple[int, ...], dtype: Any, name: str, rgb: bool = Fal
 
 
 def _array_source(arr: Any, name: str, pixel_size_nm: float | None = None,
-                  closer: Callable[[], None] | None = None) -> FrameSource:
+                  closer: Callable[[], None] | None = None, pixel_size_problem: str | None = None) -> FrameSource:
     shape = tuple(np.shape(arr)) if not hasattr(arr, "shape") else tuple(arr.shape)
     dtype = getattr(arr, "dtype", None)
     if dtype is None:
@@ -195,7 +197,8 @@ def _array_source(arr: Any, name: str, pixel_size_nm: float | None = None,
     else:
         def reader(start: int, stop: int) -> Any:
             return arr[start:stop]
-    return FrameSource(full, dtype, reader, name=name, pixel_size_nm=pixel_size_nm, closer=closer)
+    return FrameSource(full, dtype, reader, name=name, pixel_size_nm=pixel_size_nm, closer=closer,
+                       pixel_size_problem=pixel_size_problem)
 
 
 def _open_tiff(p: Path) -> FrameSource:
@@ -211,20 +214,20 @@ def _open_tiff(p: Path) -> FrameSource:
         shape, dtype = tuple(series.shape), series.dtype
         rgb = "S" in str(getattr(series, "axes", "")) and len(shape) == 3 and shape[-1] in (3, 4)
         _check_layout(shape, dtype, name, rgb=rgb)
-        pixel_size = tiff_pixel_size(tif)
+        stated = {"pixel_size_nm": tiff_pixel_size(tif), "pixel_size_problem": tiff_pixel_size_problem(tif)}
         try:  # uncompressed and contiguous: memory-map (nothing is read until sliced)
             mm = tifffile.memmap(p, mode="r", series=0)
         except Exception:
             mm = None
         if mm is not None and tuple(mm.shape) == shape:
             tif.close()
-            return _array_source(mm, name, pixel_size)
+            return _array_source(mm, name, **stated)
         if is_paged_stack(tif):  # one page per frame: read only the pages asked for
-            return _array_source(TiffPages(tif, name), name, pixel_size, closer=tif.close)
+            return _array_source(TiffPages(tif, name), name, closer=tif.close, **stated)
         # anything else (e.g. one compressed page holding several frames): read it all
         data = series.asarray()
         tif.close()
-        return _array_source(data, name, pixel_size)
+        return _array_source(data, name, **stated)
     except InputError:
         tif.close()
         raise
@@ -240,8 +243,8 @@ def _folder_source(folder: Path) -> FrameSource:
 
     frames = read_tiff_folder(folder)
     with tifffile.TiffFile(frames.paths[0]) as tif:
-        pixel_size = tiff_pixel_size(tif)
-    return _array_source(frames, repr(str(folder)), pixel_size_nm=pixel_size)
+        stated = {"pixel_size_nm": tiff_pixel_size(tif), "pixel_size_problem": tiff_pixel_size_problem(tif)}
+    return _array_source(frames, repr(str(folder)), **stated)
 
 
 def open_stack(source: Any) -> FrameSource:
@@ -425,7 +428,10 @@ class StackProgress(NamedTuple):
     elapsed: float
 
 
-def _check_pixel_size(model_ps: float, given: float | None, stated: float | None, name: str) -> None:
+def _check_pixel_size(model_ps: float, given: float | None, stated: float | None, name: str,
+                      problem: str | None = None) -> None:
+    """Refuse a pixel size (given, else stated by the file's metadata) unlike the model's, or
+    metadata stating non-square pixels; warn when the metadata state one that cannot be read."""
     lo, hi = _PIXEL_SIZE_RANGE
     if given is not None:
         try:
@@ -444,6 +450,13 @@ def _check_pixel_size(model_ps: float, given: float | None, stated: float | None
             f"model/stack pixel-size mismatch: the metadata of {name} say {stated:g} nm/px, the model "
             f"was trained at {model_ps:g} nm/px; train a model for this pixel size, or give the pixel "
             "size explicitly (--pixel-size) if the metadata are wrong")
+    elif problem is not None and problem.startswith("non-square"):
+        raise InputError(f"the metadata of {name} state {problem}: DeepLoco's models take square pixels "
+                         f"({model_ps:g} nm); give the pixel size explicitly (--pixel-size) if the metadata are wrong")
+    elif problem is not None:
+        warnings.warn(f"the metadata of {name} state a pixel size starloc cannot read ({problem}): not "
+                      f"checked against the model's {model_ps:g} nm/px; give --pixel-size to check it",
+                      StarlocWarning, stacklevel=4)
 
 
 def _check_finite(block: np.ndarray, start: int, name: str) -> None:
@@ -710,7 +723,8 @@ def iter_localize_stack(
     src = open_stack(source)
     owned = src is not source
     try:
-        _check_pixel_size(float(cfg.pixel_size), pixel_size, src.pixel_size_nm, src.name)
+        _check_pixel_size(float(cfg.pixel_size), pixel_size, src.pixel_size_nm, src.name,
+                          getattr(src, "pixel_size_problem", None))
         selected = select_frames(frames, src.n_frames, src.name)
         H, W = src.frame_shape
         plan = plan_tiles((H, W), cfg, tile=tile, overlap=overlap)
