@@ -71,6 +71,15 @@ def _camera_overrides(args) -> dict[str, float]:
     return {kw: getattr(args, dest) for dest, kw in CAMERA_OPTIONS.items() if getattr(args, dest, None) is not None}
 
 
+def _refuse_camera_for_photons(args) -> None:
+    """Camera options convert ADU to photons: with ``--units photons`` they would be ignored."""
+    given = ([f"--camera {args.camera}"] if getattr(args, "camera", None) else []) + \
+        [f"--{dest.replace('_', '-')}" for dest in CAMERA_OPTIONS if getattr(args, dest, None) is not None]
+    if args.units == "photons" and given:
+        raise InputError(f"{', '.join(given)}: camera options convert ADU to photons, and --units photons says the "
+                         "stack is in photons already; give one or the other")
+
+
 def build_camera(kind: str | None, overrides: dict[str, float], base: Any = None):
     """A camera of ``kind`` (smlm2016, emccd, scmos) with ``overrides``; with ``kind=None`` the
     ``base`` camera (e.g. a model's) with ``overrides``, or None when neither is given."""
@@ -520,6 +529,7 @@ def cmd_deeploco_localize(args) -> int:
     if fmt == "picasso" and out.suffix.lower() not in HDF5_SUFFIXES:
         raise InputError(f"Picasso output needs a .hdf5 file name, got {str(out)!r}")
     check_output(out, "hdf5" if fmt == "picasso" else "csv", inputs=(args.stack, args.model))
+    _refuse_camera_for_photons(args)
     model = DeepLoco.load(args.model, device=resolve_device(args.device))
     camera = build_camera(args.camera, _camera_overrides(args), base=model.camera)
     options = {"pixel_size": args.pixel_size, "batch_size": args.batch_size, "threshold": args.threshold,
@@ -576,6 +586,7 @@ def cmd_deeploco_brightness(args) -> int:
     from starloc.deeploco.brightness import measure_brightness
     from starloc.deeploco.stack import open_stack, to_photons
 
+    _refuse_camera_for_photons(args)
     camera = build_camera(args.camera, _camera_overrides(args))
     if args.units == "adu" and camera is None:
         raise InputError("frames in camera ADU need --camera smlm2016|emccd|scmos (and its settings) to be "
