@@ -402,3 +402,16 @@ def test_pixel_sizes_stated_in_tiff_metadata(tmp_path, adu_stack):
     assert stated(odd)[0] is None and "'furlong', not a length" in stated(odd)[1]
     with pytest.warns(StarlocWarning, match="cannot read .*furlong.* not checked against the model's 100 nm/px"):
         localize_stack(model, odd)
+
+
+def test_a_singleton_channel_or_z_axis_is_dropped(tmp_path, adu_stack):
+    model = tiny(camera=EMCCD.smlm2016())
+    plain = localize_stack(model, adu_stack)
+    for shape in ((len(adu_stack), 1, *adu_stack.shape[1:]), (*adu_stack.shape, 1)):
+        np.save(tmp_path / "s.npy", adu_stack.reshape(shape))
+        tifffile.imwrite(tmp_path / "s.tif", adu_stack.reshape(shape))  # no ImageJ axes: a plain 4D TIFF
+        for source in (adu_stack.reshape(shape), tmp_path / "s.npy", tmp_path / "s.tif"):
+            table = localize_stack(model, source)
+            assert all(np.array_equal(table[k], plain[k]) for k in plain), (shape, source)
+    with pytest.raises(InputError, match="4D"):  # two channels: which one is for the user to say
+        localize_stack(model, np.stack([adu_stack, adu_stack], axis=1))

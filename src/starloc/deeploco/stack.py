@@ -178,6 +178,15 @@ def _check_layout(shape: tuple[int, ...], dtype: Any, name: str, rgb: bool = Fal
     return (1,) + shape if len(shape) == 2 else shape  # type: ignore[return-value]
 
 
+def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A shape of more than 3 axes without its axes of length 1 (T x 1 x H x W, T x H x W x 1:
+    a channel or z axis of one is unambiguous), when at most 3 remain; else as it is."""
+    big = tuple(n for n in shape if n > 1)
+    if len(shape) <= 3 or len(big) > 3:
+        return tuple(shape)
+    return big if len(big) >= 2 else tuple(shape[-2:])
+
+
 def _array_source(arr: Any, name: str, pixel_size_nm: float | None = None,
                   closer: Callable[[], None] | None = None, pixel_size_problem: str | None = None) -> FrameSource:
     shape = tuple(np.shape(arr)) if not hasattr(arr, "shape") else tuple(arr.shape)
@@ -190,6 +199,9 @@ def _array_source(arr: Any, name: str, pixel_size_nm: float | None = None,
     except TypeError:  # e.g. a torch dtype
         arr = np.asarray(arr)
         dtype = arr.dtype
+    if isinstance(arr, np.ndarray) and _squeezed(shape) != shape:
+        shape = _squeezed(shape)
+        arr = arr.reshape(shape)  # a view: a memory map stays one
     full = _check_layout(shape, dtype, name)
     if len(shape) == 2:
         def reader(start: int, stop: int) -> Any:
@@ -213,7 +225,7 @@ def _open_tiff(p: Path) -> FrameSource:
         series = tif.series[0]
         shape, dtype = tuple(series.shape), series.dtype
         rgb = "S" in str(getattr(series, "axes", "")) and len(shape) == 3 and shape[-1] in (3, 4)
-        _check_layout(shape, dtype, name, rgb=rgb)
+        _check_layout(_squeezed(shape), dtype, name, rgb=rgb)
         stated = {"pixel_size_nm": tiff_pixel_size(tif), "pixel_size_problem": tiff_pixel_size_problem(tif)}
         try:  # uncompressed and contiguous: memory-map (nothing is read until sliced)
             mm = tifffile.memmap(p, mode="r", series=0)
