@@ -514,3 +514,15 @@ def test_the_camera_choices_are_the_camera_presets():
     from starloc.deeploco.camera import CAMERA_PRESETS
 
     assert cli_deeploco.CAMERA_KINDS == CAMERA_PRESETS
+
+
+def test_a_truncated_tiff_is_one_error_line_without_tifffiles_log(folder, tmp_path, capsys, caplog):
+    tifffile.imwrite(tmp_path / "whole.tif", np.full((20, 64, 64), 120, np.uint16))
+    data = (tmp_path / "whole.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: int(0.72 * len(data))])  # tifffile logs "invalid page offset"
+    code = main(["deeploco", "localize", str(tmp_path / "cut.tif"), "--model", str(folder / "model.pt"),
+                 "-o", str(tmp_path / "o.csv")])
+    err = [line for line in capsys.readouterr().err.splitlines() if "localizing" not in line]
+    assert code == EXIT_BAD_INPUT and not any("tifffile" in line for line in err), err
+    assert err[-1].startswith("starloc: error:") and "truncated or corrupt" in err[-1]
+    assert not [r for r in caplog.records if r.name == "tifffile"]  # logged, it would print to stderr

@@ -10,6 +10,8 @@ image's top-left corner).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import math
 import sys
 import warnings
@@ -488,10 +490,25 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
+@contextlib.contextmanager
+def _quiet_tifffile():
+    """tifffile logs what it finds wrong in a file (``<tifffile.TiffPages @8> invalid page
+    offset``) to stderr; the commands say it in their own one-line error instead."""
+    logger = logging.getLogger("tifffile")
+    handler, propagate = logging.NullHandler(), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_tifffile():
             warnings.showwarning = _show_warning
             return args.func(args)
     except StarlocError as exc:
