@@ -93,6 +93,19 @@ def test_localize_reads_a_folder_of_one_tiff_per_frame_as_the_stack(folder, tmp_
         np.testing.assert_allclose(part[key], whole[key][keep])
 
 
+def test_a_folder_with_a_stray_file_or_gaps_in_its_numbers_is_told(folder, tmp_path, capsys):
+    frames = tifffile.imread(folder / "stack.tif")
+    (tmp_path / "seq").mkdir()
+    for number, frame in zip((1, 2, 5), frames):
+        tifffile.imwrite(tmp_path / "seq" / f"frame_{number}.tif", frame)
+    tifffile.imwrite(tmp_path / "seq" / "dark.tif", frames[0])
+    assert main(["deeploco", "localize", str(tmp_path / "seq"), "--model", str(folder / "model.pt"),
+                 "-o", str(tmp_path / "seq.csv")]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "1 file(s) named unlike the others ('dark.tif' among 'frame_N.tif') are read as frames too" in err
+    assert "the file numbers skip (5 follows 2; 1 gap(s)): frames are numbered by their position" in err
+
+
 def test_localize_frames_and_picasso_output(folder, capsys):
     out = folder / "locs.hdf5"
     assert main(["deeploco", "localize", str(folder / "stack.tif"), "--model", str(folder / "model.pt"),

@@ -13,7 +13,7 @@ import tifffile
 import torch
 
 from starloc import __version__
-from starloc.errors import InputError, ModelFileError, StarlocError
+from starloc.errors import InputError, ModelFileError, StarlocError, StarlocWarning
 from starloc.io import (
     as_frames,
     atomic_path,
@@ -105,7 +105,9 @@ def test_read_folder_of_one_tiff_per_frame_lazily_in_natural_order(tmp_path):
     # written out of order, with unpadded numbers: frame 2 is "f10", after "f9"
     folder = _frames_folder(tmp_path / "seq", frames, ["f1.tif", "f9.TIF", "f10.tiff", "f11.tif"])
     (folder / "notes.txt").write_text("not an image")
-    stack = read_image(folder)
+    with pytest.warns(StarlocWarning, match=r"the file numbers skip \(9 follows 1; 1 gap\(s\)\)") as told:
+        stack = read_image(folder)
+    assert len(told) == 1  # the suffixes .TIF / .tiff make no file "named unlike the others"
     assert stack.shape == (4, 5, 6) and stack.dtype == np.uint16 and len(stack) == 4
     np.testing.assert_array_equal(stack[1:3], frames[1:3])
     np.testing.assert_array_equal(stack[-1], frames[-1])

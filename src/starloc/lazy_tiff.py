@@ -15,12 +15,14 @@ frame) that a slice asks for instead of the whole file.
 from __future__ import annotations
 
 import re
+import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import InputError, one_line
+from .errors import InputError, StarlocWarning, one_line
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -175,4 +177,28 @@ def read_tiff_folder(folder: str | Path) -> TiffFolder:
     if len(shape) != 2 and not is_colour:
         raise InputError(f"{str(paths[0])!r} in folder {str(folder)!r} holds an image of shape {shape}: a folder "
                          "is read as one 2D frame per file; give a multi-frame TIFF as a file, not its folder")
+    for note in folder_order_notes([p.name for p in paths]):
+        warnings.warn(f"folder {str(folder)!r}: {note}", StarlocWarning, stacklevel=2)
     return TiffFolder(paths, shape, dtype)
+
+
+def folder_order_notes(names: list[str]) -> list[str]:
+    """What a user may not expect of frames read from files ``names`` (in reading order):
+    files named unlike the others (a stray ``dark.tif`` becomes a frame, and shifts the ones
+    after it), and file numbers that skip (frames are numbered by position, not by file)."""
+    stems = [re.sub(r"\.tiff?$", "", name.lower()) for name in names]
+    pattern = [re.sub(r"\d+", "#", stem) for stem in stems]
+    common, _ = Counter(pattern).most_common(1)[0]
+    notes = []
+    odd = [name for name, pat in zip(names, pattern) if pat != common]
+    if odd:
+        notes.append(f"{len(odd)} file(s) named unlike the others ({odd[0]!r} among "
+                     f"{common.replace('#', 'N') + '.tif'!r}) are read as frames too, in name order; move them out "
+                     "if they are no frames")
+    numbers = [int(re.findall(r"\d+", stem)[-1]) for stem, pat in zip(stems, pattern) if pat == common and "#" in pat]
+    skips = [(a, b) for a, b in zip(numbers, numbers[1:]) if b != a + 1]
+    if skips:
+        a, b = skips[0]
+        notes.append(f"the file numbers skip ({b} follows {a}; {len(skips)} gap(s)): frames are numbered by "
+                     "their position in the folder, not by the numbers in the file names")
+    return notes
