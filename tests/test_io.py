@@ -811,3 +811,17 @@ def test_load_model_damaged_header(tmp_path, overrides):
 def test_errors_are_starloc_errors():
     assert issubclass(InputError, StarlocError) and issubclass(InputError, ValueError)
     assert issubclass(ModelFileError, StarlocError)
+
+
+def test_a_tiff_of_several_image_series_says_only_the_first_is_read(tmp_path):
+    from starloc.deeploco.stack import open_stack
+
+    path = tmp_path / "two.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as writer:
+        writer.write(np.zeros((3, 32, 32), np.uint16), metadata={"axes": "TYX"})
+        writer.write(np.ones((5, 32, 32), np.uint16), metadata={"axes": "TYX"})
+    told = r"holds 2 image series; only the first, of shape \(3, 32, 32\), is read \(the others: \(5, 32, 32\)\)"
+    with pytest.warns(StarlocWarning, match=told):
+        assert read_image(path).shape == (3, 32, 32)
+    with pytest.warns(StarlocWarning, match=told), open_stack(path) as src:
+        assert src.shape == (3, 32, 32)

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, ModelFileError, one_line
+from .errors import InputError, ModelFileError, StarlocWarning, one_line
 from .lazy_tiff import TIFF_SUFFIXES, open_paged_stack, read_tiff_folder
 
 __all__ = [
@@ -103,6 +103,17 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 def _read_tiff(p: Path) -> np.ndarray:
     import tifffile
 
+    from .tiff_metadata import other_series_note
+
+    try:
+        with tifffile.TiffFile(p) as tif:
+            note = other_series_note(tif)
+        if note:
+            warnings.warn(f"{str(p)!r}: {note}", StarlocWarning, stacklevel=4)
+    except tifffile.TiffFileError as exc:
+        raise InputError(f"cannot read {str(p)!r}: not a valid TIFF file ({one_line(exc)})") from exc
+    except OSError:
+        pass  # reported by the reads below
     try:
         return tifffile.memmap(p, mode="r")
     except tifffile.TiffFileError as exc:

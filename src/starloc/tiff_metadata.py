@@ -9,7 +9,8 @@ import math
 import os
 from typing import Any
 
-__all__ = ["tiff_pixel_size", "tiff_pixel_size_problem", "tiff_z_step", "tiff_spacing", "stated_axes"]
+__all__ = ["tiff_pixel_size", "tiff_pixel_size_problem", "tiff_z_step", "tiff_spacing", "stated_axes",
+           "other_series_note"]
 
 
 #: length units of TIFF metadata (lower case, µ as U+00B5) -> nm
@@ -145,5 +146,19 @@ def stated_axes(path: str | os.PathLike) -> str | None:
                 return None
             series = tif.series[0]
             return "".join(a for a, n in zip(series.axes, series.shape) if n > 1 or a in "YX")
+    except Exception:
+        return None
+
+
+def other_series_note(tif: Any) -> str | None:
+    """A note when an open TIFF holds image series besides the first (e.g. several positions of
+    an OME-TIFF), of which starloc reads only the first; None otherwise. Never raises."""
+    try:
+        series = [s for s in tif.series if getattr(s, "kind", "") not in ("thumbnail",)]
+        if len(series) <= 1:
+            return None
+        shapes = ", ".join(str(tuple(s.shape)) for s in series[1:4]) + (", ..." if len(series) > 4 else "")
+        return (f"the file holds {len(series)} image series; only the first, of shape {tuple(series[0].shape)}, "
+                f"is read (the others: {shapes}); save the one you want as its own file")
     except Exception:
         return None

@@ -58,7 +58,7 @@ from ..errors import InputError, StarlocWarning, one_line
 from ..io import read_image, select_frames
 from ..lazy_tiff import TiffPages, is_paged_stack, read_tiff_folder
 from ..progress import finish
-from ..tiff_metadata import tiff_pixel_size, tiff_pixel_size_problem, tiff_spacing, tiff_z_step
+from ..tiff_metadata import other_series_note, tiff_pixel_size, tiff_pixel_size_problem, tiff_spacing, tiff_z_step
 from .camera import Camera
 from .network import CELL, CELL_ARCHITECTURES, inference_batch
 from .postprocess import cell_grid, concat_tables, empty_table, frame_separated, postprocess, sorted_by_frame
@@ -226,6 +226,9 @@ def _open_tiff(p: Path) -> FrameSource:
         shape, dtype = tuple(series.shape), series.dtype
         rgb = "S" in str(getattr(series, "axes", "")) and len(shape) == 3 and shape[-1] in (3, 4)
         _check_layout(_squeezed(shape), dtype, name, rgb=rgb)
+        note = other_series_note(tif)
+        if note:
+            warnings.warn(f"{name}: {note}", StarlocWarning, stacklevel=3)
         stated = {"pixel_size_nm": tiff_pixel_size(tif), "pixel_size_problem": tiff_pixel_size_problem(tif)}
         try:  # uncompressed and contiguous: memory-map (nothing is read until sliced)
             mm = tifffile.memmap(p, mode="r", series=0)
