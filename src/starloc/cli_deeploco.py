@@ -871,8 +871,8 @@ def add_commands(sub) -> None:
                     help="tiles per network call (default: 0.25 Mpx worth on a CPU, e.g. 16 tiles of "
                          "128 px; 4 Mpx on a GPU)")
     lo.add_argument("--tile", type=int, default=None,
-                    help="tile side in px for fully convolutional models (default: the whole frame up to "
-                         "512 px, else tiles of 128-512 px)")
+                    help="tile side in px for fully convolutional models, rounded up to a multiple of 4 and "
+                         "at least 16 (default: the whole frame up to 512 px, else tiles of 128-512 px)")
     lo.add_argument("--overlap", type=int, default=None, help="tile overlap in px (default: 2 µm, >= 16 px)")
     lo.add_argument("--chunk-frames", type=int, default=None, help="frames read at a time (default: ~32 MiB)")
     lo.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",

@@ -387,9 +387,11 @@ class LodeSTAR:
         to two silently)."""
         want, got = self.config.in_channels, int(frames.shape[1])
         if got != want:
+            colour = " (for colour images into a 1-channel model: convert to gray, --rgb gray)" \
+                if want == 1 and got in (3, 4) else ""
             raise InputError(f"the model takes images of {want} channel(s), this one has {got}: give the image "
                              "its channels as the model was trained (napari: 'First axis = channels'; command "
-                             "line: --channel-axis)")
+                             f"line: --channel-axis){colour}")
         return self.normalize(downsample_frames(frames.to(self.device), self.downsample))
 
     @torch.inference_mode()
