@@ -16,7 +16,7 @@ from starloc.deeploco import EMCCD, Gaussian2DPSF, Simulator
 from starloc.deeploco.model import DeepLoco
 from starloc.deeploco.training import DeepLocoTrainConfig
 from starloc.errors import InputError
-from starloc.smlm_io import read_thunderstorm_csv, write_thunderstorm_csv
+from starloc.smlm_io import read_picasso, read_thunderstorm_csv, write_thunderstorm_csv
 from tests.conftest import simulated_adu_stack
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -118,6 +118,22 @@ def test_localize_frames_and_picasso_output(folder, capsys):
     assert len(locs) > 0 and set(locs["frame"].tolist()) <= {1, 2}
     info = yaml.safe_load((folder / "locs.yaml").read_text())
     assert (info["Width"], info["Height"], info["Frames"], info["Pixelsize"]) == (72, 80, 3, 100.0)
+    # render and evaluate read it back: the same positions as the CSV of the same run (float32 px)
+    csv = folder / "locs_same.csv"
+    assert main(["deeploco", "localize", str(folder / "stack.tif"), "--model", str(folder / "model.pt"),
+                 "--threshold", "0", "--frames", "1:3", "--batch-size", "8", "-o", str(csv)]) == 0
+    back, ref = read_picasso(out), read_thunderstorm_csv(csv)
+    assert np.array_equal(back["frame"], ref["frame"])
+    np.testing.assert_allclose(back["x"], ref["x"], atol=1e-3)
+    np.testing.assert_allclose(back["y"], ref["y"], atol=1e-3)
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--truth", str(csv)]) == 0
+    assert "Jaccard" in capsys.readouterr().out
+    assert main(["render", str(out), "-o", str(folder / "r.tif")]) == 0
+    (folder / "locs.yaml").rename(folder / "hidden.yaml")
+    _bad(capsys, ["render", str(out), "-o", str(folder / "r2.tif")], "the pixel size is unknown")
+    assert main(["render", str(out), "--camera-pixel-size", "100", "-o", str(folder / "r2.tif")]) == 0
+    (folder / "hidden.yaml").rename(folder / "locs.yaml")
 
 
 @pytest.mark.parametrize("arch", ["fcn", "unet"])

@@ -7,6 +7,7 @@ from starloc.errors import InputError
 from starloc.smlm_io import (
     is_thunderstorm_csv,
     read_activations,
+    read_picasso,
     read_thunderstorm_csv,
     write_picasso,
     write_thunderstorm_csv,
@@ -185,3 +186,24 @@ def test_picasso_file_readable_with_h5py_and_yaml(tmp_path, rng):
         loc = fh["locs"][0]
     assert (loc["x"], loc["y"], loc["lpx"], loc["photons"]) == (2.5, 0.5, np.float32(0.1), 0.0)
     assert yaml.safe_load((tmp_path / "m.yaml").read_text())["Frames"] == 5
+
+
+def test_picasso_round_trip_and_foreign_files(tmp_path, rng):
+    h5py = pytest.importorskip("h5py")
+    table = _table(rng, n=10, dim=3)
+    h5, _ = write_picasso(tmp_path / "locs.hdf5", table, pixel_size_nm=100.0, width=64, height=64)
+    back = read_picasso(h5)
+    assert back["frame"].dtype == np.int64 and np.array_equal(back["frame"], table["frame"])
+    for key in ("x", "y", "z", "uncertainty", "uncertainty_z", "intensity"):
+        np.testing.assert_allclose(back[key], table[key], rtol=1e-5, atol=1e-3, err_msg=key)
+    np.testing.assert_allclose(read_picasso(h5, pixel_size_nm=50.0)["x"], (back["x"] / 100) * 50.0, rtol=1e-6)
+    (tmp_path / "locs.yaml").unlink()
+    with pytest.raises(InputError, match="the pixel size is unknown"):
+        read_picasso(h5)
+    with h5py.File(tmp_path / "other.hdf5", "w") as fh:
+        fh.create_dataset("data", data=np.zeros(3))
+    with pytest.raises(InputError, match="no /locs dataset"):
+        read_picasso(tmp_path / "other.hdf5", pixel_size_nm=100.0)
+    (tmp_path / "text.hdf5").write_text("frame,x,y")
+    with pytest.raises(InputError, match="cannot read .* as HDF5"):
+        read_picasso(tmp_path / "text.hdf5", pixel_size_nm=100.0)

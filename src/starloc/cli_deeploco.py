@@ -619,10 +619,12 @@ def _read_locs(path: Path, camera_pixel_size: float | None) -> dict[str, Any]:
     import numpy as np
 
     from starloc.io import is_points_csv, read_points_csv
-    from starloc.smlm_io import is_thunderstorm_csv, read_thunderstorm_csv
+    from starloc.smlm_io import is_thunderstorm_csv, read_picasso, read_thunderstorm_csv
 
     if not path.is_file():
         raise InputError(f"localization file {str(path)!r} not found")
+    if path.suffix.lower() in HDF5_SUFFIXES:
+        return read_picasso(path, pixel_size_nm=camera_pixel_size)
     if is_thunderstorm_csv(path):
         return read_thunderstorm_csv(path, pixel_size_nm=camera_pixel_size)
     if is_points_csv(path):
@@ -699,7 +701,7 @@ def _read_truth(path: Path, camera_pixel_size: float | None) -> dict[str, Any]:
 
     if not path.is_file():
         raise InputError(f"ground-truth file {str(path)!r} not found")
-    if is_thunderstorm_csv(path) or is_points_csv(path):
+    if is_thunderstorm_csv(path) or is_points_csv(path) or path.suffix.lower() in HDF5_SUFFIXES:
         return _read_locs(path, camera_pixel_size)
     return read_activations(path)
 
@@ -907,7 +909,7 @@ def add_commands(sub) -> None:
     rd = sub.add_parser("render", help="render a localization table as a super-resolution image",
                         description="Render a ThunderSTORM CSV (or a starloc points table with "
                                     "--camera-pixel-size) as a TIFF with pixel-size metadata.")
-    rd.add_argument("locs", type=Path, help="ThunderSTORM CSV or starloc points CSV")
+    rd.add_argument("locs", type=Path, help="ThunderSTORM CSV, Picasso .hdf5 (+ .yaml) or starloc points CSV")
     rd.add_argument("-o", "--output", type=Path, required=True, help="TIFF image to write")
     rd.add_argument("--pixel-size", type=positive(), default=10.0, help="output pixel size in nm (default 10)")
     rd.add_argument("--method", choices=("histogram", "gaussian"), default="histogram",
@@ -926,8 +928,8 @@ def add_commands(sub) -> None:
         description="Match localizations to the true emitters one to one within a tolerance, frame by frame "
                     "(Hungarian), and print the SMLM Challenge 2016 metrics: Jaccard, recall, precision, RMSE "
                     "lateral (and axial), efficiency and the mean offset. 3D when both tables have z.")
-    ev.add_argument("locs", type=Path, help="localizations: ThunderSTORM CSV (e.g. from 'deeploco localize') or "
-                                            "starloc points CSV (with --camera-pixel-size)")
+    ev.add_argument("locs", type=Path, help="localizations: ThunderSTORM CSV (e.g. from 'deeploco localize'), "
+                                            "Picasso .hdf5 (+ .yaml) or starloc points CSV (with --camera-pixel-size)")
     ev.add_argument("--truth", type=Path, required=True,
                     help="ground truth: an SMLM Challenge activations.csv, or a ThunderSTORM CSV")
     ev.add_argument("--tolerance", type=positive(), default=100.0,

@@ -53,6 +53,7 @@ __all__ = [
     "read_thunderstorm_csv",
     "is_thunderstorm_csv",
     "write_picasso",
+    "read_picasso",
 ]
 
 Table = dict[str, np.ndarray]
@@ -404,3 +405,65 @@ def write_picasso(
         with h5py.File(tmp, "w") as fh:
             fh.create_dataset("locs", data=locs)
     return h5_path, yaml_path
+
+
+def read_picasso(path: str | os.PathLike, pixel_size_nm: float | None = None,
+                 origin: str = "pixel-center") -> Table:
+    """Read Picasso HDF5 localizations (``/locs``, as :func:`write_picasso` or Picasso itself
+    writes them) into a localization table: ``frame`` (0-based, int64), ``x``, ``y`` in nm from
+    the image's top-left corner, ``z`` (nm) when present, ``uncertainty`` (nm, the mean of
+    ``lpx`` and ``lpy``) and ``uncertainty_z`` (``lpz``) where they are > 0, ``intensity`` from
+    ``photons`` when any is non-zero.
+
+    The pixel size is the YAML sidecar's ``Pixelsize`` (nm), or ``pixel_size_nm`` (which wins).
+    ``origin`` as in :func:`write_picasso`: Picasso's pixel centres at integers, so
+    ``x_nm = (x_px + 0.5) * pixel size`` by default. InputError for a file that is no HDF5, has no
+    ``/locs`` with frame, x and y, or whose pixel size is not known."""
+    import h5py
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"localization file {str(p)!r} not found")
+    try:
+        with h5py.File(p, "r") as fh:
+            if "locs" not in fh:
+                raise InputError(f"{str(p)!r} has no /locs dataset: not a Picasso localization file")
+            locs = fh["locs"][()]
+    except OSError as exc:
+        raise InputError(f"cannot read {str(p)!r} as HDF5: {one_line(exc)}") from None
+    names = locs.dtype.names or ()
+    if not {"frame", "x", "y"} <= set(names):
+        raise InputError(f"{str(p)!r}: /locs needs frame, x and y fields, has {', '.join(names) or 'none'}")
+    ps = pixel_size_nm if pixel_size_nm is not None else _picasso_pixel_size(p.with_suffix(".yaml"))
+    if ps is None or not (math.isfinite(ps) and ps > 0):
+        raise InputError(f"{str(p)!r}: the pixel size is unknown (no Pixelsize in {p.with_suffix('.yaml').name}); "
+                         "give the camera pixel size in nm")
+    if origin not in ("pixel-center", "corner"):
+        raise ValueError(f"origin must be 'pixel-center' or 'corner', got {origin!r}")
+    shift = 0.5 if origin == "pixel-center" else 0.0
+    table: Table = {"frame": locs["frame"].astype(np.int64),
+                    "x": (locs["x"].astype(np.float64) + shift) * ps,
+                    "y": (locs["y"].astype(np.float64) + shift) * ps}
+    if "z" in names:
+        table["z"] = locs["z"].astype(np.float64)
+    if {"lpx", "lpy"} <= set(names) and np.all(locs["lpx"] > 0):
+        table["uncertainty"] = (locs["lpx"].astype(np.float64) + locs["lpy"]) / 2 * ps
+    if "lpz" in names and np.all(locs["lpz"] > 0):
+        table["uncertainty_z"] = locs["lpz"].astype(np.float64)
+    if "photons" in names and np.any(locs["photons"] != 0):
+        table["intensity"] = locs["photons"].astype(np.float64)
+    return table
+
+
+def _picasso_pixel_size(yaml_path: Path) -> float | None:
+    """``Pixelsize`` (nm) of the first YAML document that states one, or None."""
+    import yaml
+
+    try:
+        with open(yaml_path, encoding="utf-8") as fh:
+            for doc in yaml.safe_load_all(fh):
+                if isinstance(doc, dict) and "Pixelsize" in doc:
+                    return float(doc["Pixelsize"])
+    except (OSError, yaml.YAMLError, TypeError, ValueError):
+        return None
+    return None
