@@ -7,7 +7,7 @@ import tifffile
 from starloc import sim
 from starloc.cli import main
 from starloc.demo import CROP_SIZE, crop_around, isolated_object
-from starloc.lodestar.crop_content import count_objects, crops_without_one_object
+from starloc.lodestar.crop_content import count_objects, crop_advice, crops_without_one_object, objects_at_border
 from starloc.lodestar.downsampling import auto_downsample, object_extent
 
 
@@ -82,3 +82,15 @@ def test_an_object_that_nearly_fills_its_crop_is_one_object_of_its_size(side):
     assert object_extent(crop) == pytest.approx(44, abs=1)
     if side >= 52:  # the crop spans the receptive field twice: downsampled by 2 (3 suggested)
         assert auto_downsample([crop], 26) == (2, 3, object_extent(crop))
+
+
+def test_a_neighbour_cut_by_the_border_is_told_apart_from_a_second_object():
+    # a sphere (radius 6) in the middle, a second one centred 1 px outside the left border
+    image = sim.add_poisson_noise(sim.render("sphere", (40, 46), np.array([[20.0, 26.0], [20.0, 3.0]])), 10, rng=2)
+    crop = image[:, 4:]
+    assert count_objects(crop) == 2 and objects_at_border(crop) == 1
+    advice = crop_advice(0, 2, objects_at_border(crop))
+    assert "its object and part of 1 neighbour(s) at its edge" in advice and "a sliver usually does no harm" in advice
+    whole = image  # both spheres whole: the strong advice
+    assert count_objects(whole) == 2 and objects_at_border(whole) == 0
+    assert "usually finds none" in crop_advice(0, 2, objects_at_border(whole))

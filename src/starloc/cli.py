@@ -47,7 +47,7 @@ def _announce_downsample(downsample: int, suggested: int, extent: float, field: 
 
 def cmd_lodestar_train(args) -> int:
     from starloc.io import read_image
-    from starloc.lodestar.crop_content import crop_advice, crops_without_one_object
+    from starloc.lodestar.crop_content import crop_advice, crops_without_one_object, objects_at_border
     from starloc.lodestar.downsampling import auto_downsample, smallest_side, suggest_downsample
     from starloc.lodestar.brightness import record_crop_peaks
     from starloc.lodestar.inference import crops_from_frame, read_frame
@@ -90,7 +90,7 @@ def cmd_lodestar_train(args) -> int:
                           f"whole at --downsample {downsample}: consider --downsample {suggested}{crop_note}",
                           StarlocWarning)
     for index, count in ([] if hologram else crops_without_one_object(crops)):  # fringes are no objects
-        warnings.warn(crop_advice(index, count), StarlocWarning)
+        warnings.warn(crop_advice(index, count, objects_at_border(crops[index])), StarlocWarning)
     copies = TrainConfig.copies if args.copies is None else args.copies
     optics = {k: getattr(args, k) for k in ("wavelength_nm", "n_medium") if getattr(args, k) is not None}
     reference = {"crop_signal": args.crop_signal} if args.crop_signal is not None else {}

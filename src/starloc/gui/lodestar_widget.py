@@ -57,7 +57,7 @@ from starloc.gui.lodestar_source import (
 )
 from starloc.gui.units import placement, stated_pixel_size_nm
 from starloc.lodestar.brightness import brightness_advice, brightness_ratio
-from starloc.lodestar.crop_content import crops_without_one_object
+from starloc.lodestar.crop_content import crops_without_one_object, objects_at_border
 from starloc.lodestar.detection import DetectParams
 from starloc.lodestar.downsampling import auto_downsample, suggest_downsample
 from starloc.lodestar.holography import Optics, refocus_crops
@@ -459,9 +459,15 @@ class LodeSTARWidget(LodeSTARControls, QWidget):
     @staticmethod
     def _one_object_hint(crops) -> str:
         """A note for each crop that seems to hold no object or several."""
-        return "".join(f"; crop {i + 1} seems to hold no object: LodeSTAR learns from ONE" if n == 0 else
-                       f"; crop {i + 1} seems to hold {n} objects: LodeSTAR learns from ONE"
-                       for i, n in crops_without_one_object(crops))
+        def hint(i, n):
+            if n == 0:
+                return f"; crop {i + 1} seems to hold no object: LodeSTAR learns from ONE"
+            border = objects_at_border(crops[i])
+            if n - border == 1:
+                return f"; crop {i + 1} cuts {border} neighbour(s) at its edge: fine if small, else crop without"
+            return f"; crop {i + 1} seems to hold {n} objects: LodeSTAR learns from ONE"
+
+        return "".join(hint(i, n) for i, n in crops_without_one_object(crops))
 
     def _schedule_preview(self, *_) -> None:
         self._preview_timer.start()
