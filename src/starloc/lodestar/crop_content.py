@@ -24,6 +24,9 @@ JOIN = 2  # px: regions closer than about twice this are one object (fragments o
 EDGE = 2
 BORDER_FRACTION = 0.8
 RING = 2  # px: the crop's outer ring that gives its background level
+# A neighbour cut by the border whose region is smaller than this share of the largest object
+# inside is a sliver (told apart in the advice: usually harmless); a larger part is an object.
+SLIVER = 0.5
 
 
 def smoothed_contrast(crop: np.ndarray) -> tuple[np.ndarray, float]:
@@ -75,13 +78,14 @@ def count_objects(crop: np.ndarray) -> int:
 
 
 def objects_at_border(crop: np.ndarray) -> int:
-    """How many of the objects :func:`count_objects` counts peak within :data:`EDGE` px of the
-    crop's border: neighbours the crop cuts."""
+    """How many of the objects :func:`count_objects` counts are slivers of neighbours that the
+    crop's border cuts: peaking within :data:`EDGE` px of it, and smaller than
+    :data:`SLIVER` of the largest object inside (a neighbour cut in half is an object)."""
     return _objects(crop)[1]
 
 
 def _objects(crop: np.ndarray) -> tuple[int, int]:
-    """``(inside, at the border)``: the objects of :func:`count_objects`."""
+    """``(objects, slivers at the border)``: :func:`count_objects`'s objects, split."""
     contrast, noise = smoothed_contrast(crop)
     peak = float(contrast.max())
     if not peak > 5 * noise:
@@ -89,13 +93,17 @@ def _objects(crop: np.ndarray) -> tuple[int, int]:
     mask = ndimage.binary_dilation(contrast > max(OBJECT_FRACTION * peak, 4 * noise), iterations=JOIN)
     labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
     H, W = contrast.shape
-    inside = border = 0
-    for r, c in ndimage.maximum_position(contrast, labels, range(1, n + 1)):
+    index = range(1, n + 1)
+    areas = ndimage.sum_labels(np.ones_like(contrast), labels, index)
+    inside, border = [], []
+    for (r, c), area in zip(ndimage.maximum_position(contrast, labels, index), areas):
         if EDGE <= r < H - EDGE and EDGE <= c < W - EDGE:
-            inside += 1
+            inside.append(area)
         elif contrast[r, c] >= BORDER_FRACTION * peak:
-            border += 1
-    return inside, border
+            border.append(area)
+    largest = max(inside, default=0.0)
+    slivers = int(sum(area < SLIVER * largest for area in border))
+    return len(inside) + len(border) - slivers, slivers
 
 
 def crops_without_one_object(crops) -> list[tuple[int, int]]:
