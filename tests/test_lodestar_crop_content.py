@@ -94,3 +94,9 @@ def test_a_neighbour_cut_by_the_border_is_told_apart_from_a_second_object():
     whole = image  # both spheres whole: the strong advice
     assert count_objects(whole) == 2 and objects_at_border(whole) == 0
     assert "usually finds none" in crop_advice(0, 2, objects_at_border(whole))
+
+
+def test_a_neighbour_cut_in_half_by_the_border_is_an_object():
+    image = sim.add_poisson_noise(sim.render("sphere", (40, 46), np.array([[20.0, 26.0], [20.0, 9.0]])), 10, rng=2)
+    half = image[:, 9:]  # the second sphere's centre on the border: half of it inside
+    assert count_objects(half) == 2 and objects_at_border(half) == 0
