@@ -250,39 +250,6 @@ def test_train_bad_options_exit_2(tmp_path, capsys):
     assert not (tmp_path / "m.pt").exists()
 
 
-def test_ctrl_c_saves_the_model_so_far_and_resume_continues(tmp_path, capsys, monkeypatch):
-    from starloc.deeploco import training
-
-    real = training.train
-
-    def interrupted_after_two_steps(*args, **kwargs):
-        inner = real(*args, **kwargs)
-        n = 0
-        try:
-            while True:
-                try:
-                    p = next(inner)
-                except StopIteration as stop:
-                    return stop.value
-                n += 1
-                if n == 2:
-                    os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does
-                yield p
-        finally:
-            inner.close()
-
-    monkeypatch.setattr(training, "train", interrupted_after_two_steps)
-    out, ckpt = tmp_path / "m.pt", tmp_path / "run.ckpt"
-    code = main([*TRAIN, "--steps", "5", "--checkpoint", str(ckpt), "-o", str(out)])
-    err = capsys.readouterr().err
-    assert code == EXIT_INTERRUPTED and "interrupted after step 2" in err and "--resume" in err
-    model = DeepLoco.load(out)
-    assert model.metadata["training"]["steps_done"] == 2 and model.metadata["training"]["interrupted"]
-    monkeypatch.setattr(training, "train", real)
-    assert main([*RESUME, "--resume", str(ckpt), "--steps", "4", "-o", str(out)]) == 0
-    assert DeepLoco.load(out).metadata["training"]["steps_done"] == 4
-
-
 def _interrupt_after(steps, at_end=False):
     """training.train that sends itself Ctrl-C after ``steps`` progress records, or (at_end)
     after the last one, while the generator finishes (calibrates)."""
@@ -301,7 +268,7 @@ def _interrupt_after(steps, at_end=False):
                     return stop.value
                 n += 1
                 if n == steps and not at_end:
-                    os.kill(os.getpid(), signal.SIGINT)
+                    os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does
                 yield p
                 if n == steps and at_end:
                     os.kill(os.getpid(), signal.SIGINT)  # arrives while the generator calibrates
@@ -309,6 +276,22 @@ def _interrupt_after(steps, at_end=False):
             inner.close()
 
     return train
+
+
+def test_ctrl_c_saves_the_model_so_far_and_resume_continues(tmp_path, capsys, monkeypatch):
+    from starloc.deeploco import training
+
+    real = training.train
+    monkeypatch.setattr(training, "train", _interrupt_after(2))
+    out, ckpt = tmp_path / "m.pt", tmp_path / "run.ckpt"
+    code = main([*TRAIN, "--steps", "5", "--checkpoint", str(ckpt), "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == EXIT_INTERRUPTED and "interrupted after step 2" in err and "--resume" in err
+    model = DeepLoco.load(out)
+    assert model.metadata["training"]["steps_done"] == 2 and model.metadata["training"]["interrupted"]
+    monkeypatch.setattr(training, "train", real)
+    assert main([*RESUME, "--resume", str(ckpt), "--steps", "4", "-o", str(out)]) == 0
+    assert DeepLoco.load(out).metadata["training"]["steps_done"] == 4
 
 
 def test_ctrl_c_never_replaces_an_existing_model_with_an_unfinished_one(tmp_path, capsys, monkeypatch):
