@@ -361,7 +361,8 @@ def test_frames_whose_noise_does_not_fit_the_camera_settings_are_told():
         warnings.simplefilter("error")
         assert check_noise(cam.to_photons(adu).numpy(), cam, "s") == pytest.approx(1.0, abs=0.1)
     wrong = camera_preset("smlm2016", e_per_adu=4.5)  # 10x too few electrons per ADU: 10x too few photons
-    with pytest.warns(StarlocWarning, match=r"~0\.3x less noisy than the camera settings predict \(EMCCD: qe 0\.9"):
+    told = r"~0\.3x less noisy than the camera settings predict \(EMCCD\(qe=0\.9, em_gain=300\.0, e_per_adu=4\.5"
+    with pytest.warns(StarlocWarning, match=told):
         check_noise(wrong.to_photons(adu).numpy(), wrong, "s")
     with pytest.warns(StarlocWarning, match=r"~2\.\dx noisier .*Check the camera settings"):
         check_noise(SCMOS().to_photons(adu).numpy(), SCMOS(), "s")

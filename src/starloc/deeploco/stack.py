@@ -573,18 +573,12 @@ def check_noise(photons: np.ndarray, camera: Camera, name: str) -> float | None:
         ratio = best if best > HIGH_NOISE else typical
         kind = "noisier" if ratio > 1 else "less noisy"
         warnings.warn(f"the frames of {name} are ~{ratio:.1f}x {kind} than the camera settings predict "
-                      f"({type(camera).__name__}: {_camera_summary(camera)}): with wrong settings the photon "
+                      f"({camera!r}): with wrong settings the photon "
                       "counts are off by about the square of that and the network sees frames unlike its "
                       "training. Check the camera settings (or --units photons for frames already in photons)",
                       StarlocWarning, stacklevel=3)
         return ratio
     return best
-
-
-def _camera_summary(camera: Camera) -> str:
-    names = ("qe", "em_gain", "e_per_adu", "read_noise", "baseline")
-    return ", ".join(f"{n} {getattr(camera, n):g}" for n in names
-                     if isinstance(getattr(camera, n, None), (int, float)) and not (n == "em_gain" and camera.em_gain == 1))
 
 
 def _pad_frames(frames: np.ndarray, pad: tuple[int, int]) -> np.ndarray:
