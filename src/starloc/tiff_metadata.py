@@ -70,9 +70,9 @@ def _pixel_size(tif: Any) -> tuple[float | None, str | None]:
         return x, None
     if problem:
         return None, problem
-    meta, scale = _imagej_unit_nm(tif)
     if not tif.is_imagej:
         return None, None
+    meta, scale = _imagej_unit_nm(tif)
     tags = tif.pages[0].tags
     if "XResolution" not in tags or "YResolution" not in tags:
         return None, None
