@@ -825,3 +825,13 @@ def test_a_tiff_of_several_image_series_says_only_the_first_is_read(tmp_path):
         assert read_image(path).shape == (3, 32, 32)
     with pytest.warns(StarlocWarning, match=told), open_stack(path) as src:
         assert src.shape == (3, 32, 32)
+
+
+def test_folder_notes_take_the_number_that_changes():
+    from starloc.lazy_tiff import folder_order_notes
+
+    # Micro-Manager: the frame number in the middle, a constant z index last
+    assert folder_order_notes([f"img_{t:09d}_Default_000.tif" for t in range(4)]) == []
+    assert folder_order_notes([f"img_{t}_ch1.tif" for t in (1, 2, 3)]) == []
+    assert "5 follows 2" in folder_order_notes([f"img_{t}_ch1.tif" for t in (1, 2, 5)])[0]
+    assert folder_order_notes([f"t{t}_z{z}.tif" for t in (1, 5) for z in (1, 2)]) == []  # two change: no guess

@@ -50,10 +50,13 @@ def check_output(path: Any, kind: str | None = None, inputs: tuple = ()) -> None
 
 
 def _same_file(a: Path, b: Path) -> bool:
+    """The same file, existing (hard links, symlinks) or not yet (the same resolved path)."""
     try:
-        return a.exists() and b.exists() and a.samefile(b)
+        if a.exists() and b.exists():
+            return a.samefile(b)
     except OSError:
-        return a.resolve() == b.resolve()
+        pass
+    return a.resolve() == b.resolve()
 
 
 def resolve_device(name: str) -> str:

@@ -195,7 +195,11 @@ def folder_order_notes(names: list[str]) -> list[str]:
         notes.append(f"{len(odd)} file(s) named unlike the others ({odd[0]!r} among "
                      f"{common.replace('#', 'N') + '.tif'!r}) are read as frames too, in name order; move them out "
                      "if they are no frames")
-    numbers = [int(re.findall(r"\d+", stem)[-1]) for stem, pat in zip(stems, pattern) if pat == common and "#" in pat]
+    runs = [[int(n) for n in re.findall(r"\d+", stem)] for stem, pat in zip(stems, pattern) if pat == common]
+    varying = [i for i in range(common.count("#")) if len({r[i] for r in runs}) > 1]
+    # the frame number is the one number that changes (Micro-Manager: img_<t>_Default_<z>.tif);
+    # with several changing (time and z), which one counts frames is not for us to guess
+    numbers = [r[varying[0]] for r in runs] if len(varying) == 1 else []
     skips = [(a, b) for a, b in zip(numbers, numbers[1:]) if b != a + 1]
     if skips:
         a, b = skips[0]
