@@ -397,6 +397,8 @@ def test_pixel_sizes_stated_in_tiff_metadata(tmp_path, adu_stack):
     with pytest.raises(InputError, match="non-square pixels .* models take square pixels"):
         localize_stack(model, aniso)
     assert len(localize_stack(model, aniso, pixel_size=100.0)["frame"]) >= 0  # the user's word overrides
+    rounded = ome("rounded.ome.tif", PhysicalSizeX=0.1083333, PhysicalSizeY=0.10833334)  # float32 rounding
+    assert stated(rounded) == (pytest.approx(108.33334), None)
     tifffile.imwrite(tmp_path / "ij.tif", frames, imagej=True, resolution=(1 / 0.1, 1 / 0.16),
                      metadata={"unit": "um"})
     assert stated(tmp_path / "ij.tif")[1] == "non-square pixels (ImageJ: 100 nm in x, 160 nm in y)"

@@ -19,6 +19,9 @@ _LENGTH_UNITS_NM = {"micron": 1000.0, "microns": 1000.0, "µm": 1000.0, "um": 10
                     "millimeter": 1e6, "cm": 1e7, "m": 1e9, "å": 0.1, "angstrom": 0.1, "pm": 1e-3}
 
 
+#: relative difference of x and y pixel sides still read as square pixels
+SQUARE_TOLERANCE = 1e-3
+
 #: ImageJ units of images without a spatial calibration (inch: dots per inch of a print size)
 _UNCALIBRATED = ("", "pixel", "pixels", "inch", "inches")
 
@@ -60,14 +63,23 @@ def _imagej_unit_nm(tif: Any) -> tuple[dict, float | None]:
     return meta, _LENGTH_UNITS_NM.get(_unit(str(meta.get("unit", ""))))
 
 
+def _square(x: float, y: float) -> bool:
+    """Whether pixel sides x and y (same unit) are equal up to the rounding that writers leave
+    (float32 values, ImageJ's rational resolutions, microscope software rounding to a few
+    digits): 0.1 % of a 100 nm pixel is 0.1 nm, far below any localization error."""
+    return abs(x - y) <= SQUARE_TOLERANCE * max(abs(x), abs(y))
+
+
 def _pixel_size(tif: Any) -> tuple[float | None, str | None]:
     """``(pixel size nm or None, why a stated pixel size cannot be used or None)``."""
     x, problem = _ome_length(tif, "X")
     if x is not None:
         y, _ = _ome_length(tif, "Y")
-        if y is not None and abs(x - y) > 1e-6 * x:
+        if y is None:
+            return x, None
+        if not _square(x, y):
             return None, f"non-square pixels (OME: {x:g} nm in x, {y:g} nm in y)"
-        return x, None
+        return (x + y) / 2, None
     if problem:
         return None, problem
     if not tif.is_imagej:
@@ -83,9 +95,9 @@ def _pixel_size(tif: Any) -> tuple[float | None, str | None]:
         if unit is None or px_x == 1.0 or _unit(str(unit)) in _UNCALIBRATED:
             return None, None
         return None, f"ImageJ unit {unit!r}, not a length starloc reads"
-    if not (px_x > 0 and abs(px_x - px_y) <= 1e-6 * px_x):
+    if not (px_x > 0 and _square(px_x, px_y)):
         return None, f"non-square pixels (ImageJ: {px_x * scale:g} nm in x, {px_y * scale:g} nm in y)"
-    return _positive_nm(px_x * scale), None
+    return _positive_nm((px_x + px_y) / 2 * scale), None
 
 
 def tiff_pixel_size(tif: Any) -> float | None:
