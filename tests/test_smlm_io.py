@@ -204,6 +204,15 @@ def test_picasso_round_trip_and_foreign_files(tmp_path, rng):
         fh.create_dataset("data", data=np.zeros(3))
     with pytest.raises(InputError, match="no /locs dataset"):
         read_picasso(tmp_path / "other.hdf5", pixel_size_nm=100.0)
+    with h5py.File(tmp_path / "group.hdf5", "w") as fh:
+        fh.create_group("locs")
+    with pytest.raises(InputError, match="no /locs dataset"):
+        read_picasso(tmp_path / "group.hdf5", pixel_size_nm=100.0)
+    with h5py.File(h5, "r+") as fh:  # precision stated in x only: no uncertainty, not half of it
+        locs = fh["locs"][()]
+        locs["lpy"] = 0
+        fh["locs"][...] = locs
+    assert "uncertainty" not in read_picasso(h5, pixel_size_nm=100.0)
     (tmp_path / "text.hdf5").write_text("frame,x,y")
     with pytest.raises(InputError, match="cannot read .* as HDF5"):
         read_picasso(tmp_path / "text.hdf5", pixel_size_nm=100.0)

@@ -426,7 +426,7 @@ def read_picasso(path: str | os.PathLike, pixel_size_nm: float | None = None,
         raise InputError(f"localization file {str(p)!r} not found")
     try:
         with h5py.File(p, "r") as fh:
-            if "locs" not in fh:
+            if not isinstance(fh.get("locs"), h5py.Dataset):
                 raise InputError(f"{str(p)!r} has no /locs dataset: not a Picasso localization file")
             locs = fh["locs"][()]
     except OSError as exc:
@@ -446,7 +446,7 @@ def read_picasso(path: str | os.PathLike, pixel_size_nm: float | None = None,
                     "y": (locs["y"].astype(np.float64) + shift) * ps}
     if "z" in names:
         table["z"] = locs["z"].astype(np.float64)
-    if {"lpx", "lpy"} <= set(names) and np.all(locs["lpx"] > 0):
+    if {"lpx", "lpy"} <= set(names) and np.all(locs["lpx"] > 0) and np.all(locs["lpy"] > 0):
         table["uncertainty"] = (locs["lpx"].astype(np.float64) + locs["lpy"]) / 2 * ps
     if "lpz" in names and np.all(locs["lpz"] > 0):
         table["uncertainty_z"] = locs["lpz"].astype(np.float64)
