@@ -234,7 +234,8 @@ def test_an_output_that_is_an_input_or_another_format_is_refused(folder, tmp_pat
     _bad(capsys, ["evaluate", str(stack), "--truth", str(stack), "--json", str(stack)], "it is the input")
     _bad(capsys, [*TRAIN, "--steps", "1", "-o", str(tmp_path / "m.tif")], "writes a MODEL file")
     _bad(capsys, [*TRAIN, "--steps", "1", "-o", str(tmp_path / "m.pt"), "--checkpoint", str(tmp_path / "m.pt")],
-         "it is the input")  # neither exists yet: the same path still
+         "--checkpoint and -o name the same file")  # neither exists yet: the same path still
+    _bad(capsys, ["render", str(stack), "-o", str(tmp_path / "locs.yaml")], "the name says YAML")  # a sidecar
     for command in (localize + ["-o", str(tmp_path / "l.csv")], ["deeploco", "brightness", str(stack)]):
         _bad(capsys, [*command, "--units", "photons", "--camera", "scmos", "--baseline", "500"],
              "--camera scmos, --baseline: camera options convert ADU to photons, and --units photons")

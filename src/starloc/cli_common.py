@@ -22,6 +22,7 @@ SUFFIXES = {
     "hdf5": (".hdf5", ".h5"),
     "json": (".json",),
     "numpy": (".npy", ".npz"),
+    "yaml": (".yaml", ".yml"),  # written only as a Picasso .hdf5's sidecar, never as -o itself
 }
 
 
@@ -37,7 +38,7 @@ def check_output(path: Any, kind: str | None = None, inputs: tuple = ()) -> None
     if not path.parent.is_dir():
         raise InputError(f"cannot write {str(path)!r}: directory {str(path.parent)!r} does not exist")
     for source in inputs:
-        if source is not None and _same_file(path, Path(source)):
+        if source is not None and same_file(path, Path(source)):
             raise InputError(f"cannot write {str(path)!r}: it is the input {str(source)!r}, which would be "
                              "overwritten; give another output name")
     if kind is not None:
@@ -49,8 +50,9 @@ def check_output(path: Any, kind: str | None = None, inputs: tuple = ()) -> None
                              f"({expected}), and the name says {other.upper()}; give a {SUFFIXES[kind][0]} name")
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Any, b: Any) -> bool:
     """The same file, existing (hard links, symlinks) or not yet (the same resolved path)."""
+    a, b = Path(a), Path(b)
     try:
         if a.exists() and b.exists():
             return a.samefile(b)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from starloc.cli_common import (SUFFIXES, add_cluster_options, check_output, cluster_client, frames_type, positive,
-                                progress_bar, resolve_device)
+                                progress_bar, resolve_device, same_file)
 from starloc.errors import InputError
 
 #: starloc.deeploco.camera.CAMERA_PRESETS, written out so that `starloc --help` imports no torch
@@ -351,7 +351,10 @@ def cmd_deeploco_train(args) -> int:
 
     check_output(args.output, "model", inputs=(args.psf, args.resume))
     if args.checkpoint is not None:
-        check_output(args.checkpoint, inputs=(args.psf, args.output))
+        check_output(args.checkpoint, inputs=(args.psf,))
+        if same_file(args.checkpoint, args.output):
+            raise InputError(f"--checkpoint and -o name the same file ({args.checkpoint!r}): the checkpoints "
+                             "would be replaced by the model and the model by checkpoints; give two names")
     if args.checkpoint_every is not None and args.checkpoint is None:
         raise InputError("--checkpoint-every needs --checkpoint PATH")
     device = resolve_device(args.device)
