@@ -118,6 +118,9 @@ def test_tile_plan_covers_the_frame_and_owns_every_position_once():
     assert big.tile == (380, 88) and len(big.y_starts) == 3 and big.overlap == 20
     assert big.y_starts[0] == 0 and big.y_starts[-1] + 380 == 1100
     assert plan_tiles((300, 90), fcn, tile=62).tile == (64, 64)
+    # a tile longer than an axis takes that axis whole, as without --tile: not padded
+    assert plan_tiles((300, 90), fcn, tile=400) == odd
+    assert plan_tiles((300, 90), fcn, tile=200).x_sizes == odd.x_sizes
     with pytest.raises(InputError, match="exactly 32"):
         plan_tiles((80, 72), cfg, tile=48)
 

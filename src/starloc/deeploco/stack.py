@@ -376,6 +376,14 @@ def _round_up(v: int, m: int) -> int:
     return -(-int(v) // m) * m
 
 
+def _whole_axis(length: int, overlap: int) -> Axis:
+    """One tile over the whole axis for a fully convolutional network: padded only below
+    FCN_MIN_TILE, a length that is not a multiple of CELL with an edge strip."""
+    if length % CELL == 0 or length < FCN_MIN_TILE:
+        return _axis(length, max(_round_up(length, CELL), FCN_MIN_TILE), overlap)
+    return _strip_axis(length, overlap)
+
+
 def _cell_axis(length: int, overlap: int) -> Axis:
     """Tiles along an axis of ``length`` px for a fully convolutional network (sides multiples
     of CELL): the whole axis up to FCN_MAX_TILE (padded only below FCN_MIN_TILE; a length
@@ -383,9 +391,7 @@ def _cell_axis(length: int, overlap: int) -> Axis:
     the side in FCN_MIN_AUTO_TILE..FCN_MAX_TILE that covers the axis with the fewest pixels
     (ties: fewer tiles)."""
     if length <= FCN_MAX_TILE:
-        if length % CELL == 0 or length < FCN_MIN_TILE:
-            return _axis(length, max(_round_up(length, CELL), FCN_MIN_TILE), overlap)
-        return _strip_axis(length, overlap)
+        return _whole_axis(length, overlap)
 
     def covered(side: int) -> tuple[int, int]:
         n = len(_axis(length, side, min(overlap, side // 2))[0])
@@ -422,8 +428,12 @@ def plan_tiles(frame_shape: tuple[int, int], config: Any, tile: int | None = Non
                                  f"not {tile}; leave the tile size unset")
             side = S
         overlap = min(overlap, side // 2)
-        ys, yo, yn, ph = _axis(H, side, overlap)
-        xs, xo, xn, pw = _axis(W, side, overlap)
+        if arch in CELL_ARCHITECTURES:  # a tile at least as long as an axis: that axis whole, unpadded
+            ys, yo, yn, ph = _whole_axis(H, overlap) if side >= H else _axis(H, side, overlap)
+            xs, xo, xn, pw = _whole_axis(W, overlap) if side >= W else _axis(W, side, overlap)
+        else:
+            ys, yo, yn, ph = _axis(H, side, overlap)
+            xs, xo, xn, pw = _axis(W, side, overlap)
     return TilePlan((H, W), (max(yn), max(xn)), overlap, tuple(ys), tuple(xs), tuple(yo), tuple(xo), (ph, pw),
                     tuple(yn), tuple(xn))
 
