@@ -130,6 +130,7 @@ def test_localize_frames_and_picasso_output(folder, capsys):
     assert main(["evaluate", str(out), "--truth", str(csv)]) == 0
     assert "Jaccard" in capsys.readouterr().out
     assert main(["render", str(out), "-o", str(folder / "r.tif")]) == 0
+    assert tifffile.imread(folder / "r.tif").shape == (800, 720)  # the camera field, 80 x 72 px of 100 nm
     (folder / "locs.yaml").rename(folder / "hidden.yaml")
     _bad(capsys, ["render", str(out), "-o", str(folder / "r2.tif")], "the pixel size is unknown")
     assert main(["render", str(out), "--camera-pixel-size", "100", "-o", str(folder / "r2.tif")]) == 0

@@ -649,6 +649,7 @@ def cmd_render(args) -> int:
 
     from starloc.io import atomic_write
     from starloc.render import render_gaussian, render_histogram, render_z_rgb
+    from starloc.smlm_io import picasso_field_nm
 
     out = Path(args.output)
     check_output(out, "tiff", inputs=(args.locs,))
@@ -658,9 +659,13 @@ def cmd_render(args) -> int:
     sigma: Any = args.sigma
     if sigma is None and args.method == "gaussian":
         sigma = table["uncertainty"] if "uncertainty" in table else p
-    if args.extent is not None:
-        field: dict[str, Any] = {"extent": tuple(args.extent)}
-        x0, x1, y0, y1 = args.extent
+    extent = args.extent
+    if extent is None and Path(args.locs).suffix.lower() in HDF5_SUFFIXES:
+        camera_field = picasso_field_nm(args.locs, args.camera_pixel_size)  # the frames' Width x Height
+        extent = None if camera_field is None else (0.0, camera_field[0], 0.0, camera_field[1])
+    if extent is not None:
+        field: dict[str, Any] = {"extent": tuple(extent)}
+        x0, x1, y0, y1 = extent
         inside = int(np.count_nonzero((x >= x0) & (x < x1) & (y >= y0) & (y < y1)))
     elif len(x):
         # From the origin to past the last localization, by the kernel's reach (4 sigma, the
@@ -921,7 +926,8 @@ def add_commands(sub) -> None:
                     help="gaussian: sigma in nm (default: the 'uncertainty' column, else one output pixel)")
     rd.add_argument("--color-by-z", action="store_true", help="RGB image, hue by z (needs a z column)")
     rd.add_argument("--extent", type=float, nargs=4, default=None, metavar=("XMIN", "XMAX", "YMIN", "YMAX"),
-                    help="field in nm (default: from 0 to the largest x and y, plus 4 sigma for gaussian)")
+                    help="field in nm (default: a Picasso file's camera field, Width x Height in its .yaml; "
+                         "else from 0 to the largest x and y, plus 4 sigma for gaussian)")
     rd.add_argument("--camera-pixel-size", type=positive(), default=None,
                     help="camera pixel size (nm) for tables in camera pixels (points CSV, x [px])")
     rd.set_defaults(func=cmd_render)

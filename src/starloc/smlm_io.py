@@ -54,6 +54,7 @@ __all__ = [
     "is_thunderstorm_csv",
     "write_picasso",
     "read_picasso",
+    "picasso_field_nm",
 ]
 
 Table = dict[str, np.ndarray]
@@ -434,7 +435,7 @@ def read_picasso(path: str | os.PathLike, pixel_size_nm: float | None = None,
     names = locs.dtype.names or ()
     if not {"frame", "x", "y"} <= set(names):
         raise InputError(f"{str(p)!r}: /locs needs frame, x and y fields, has {', '.join(names) or 'none'}")
-    ps = pixel_size_nm if pixel_size_nm is not None else _picasso_pixel_size(p.with_suffix(".yaml"))
+    ps = pixel_size_nm if pixel_size_nm is not None else _picasso_value(p.with_suffix(".yaml"), "Pixelsize")
     if ps is None or not (math.isfinite(ps) and ps > 0):
         raise InputError(f"{str(p)!r}: the pixel size is unknown (no Pixelsize in {p.with_suffix('.yaml').name}); "
                          "give the camera pixel size in nm")
@@ -455,15 +456,28 @@ def read_picasso(path: str | os.PathLike, pixel_size_nm: float | None = None,
     return table
 
 
-def _picasso_pixel_size(yaml_path: Path) -> float | None:
-    """``Pixelsize`` (nm) of the first YAML document that states one, or None."""
+def picasso_field_nm(path: str | os.PathLike, pixel_size_nm: float | None = None) -> tuple[float, float] | None:
+    """``(width, height)`` in nm of the camera frames a Picasso HDF5 file's localizations come
+    from: the YAML sidecar's ``Width`` and ``Height`` (camera pixels) times its ``Pixelsize``, or
+    ``pixel_size_nm`` (which wins). None where the sidecar does not state them. Never raises."""
+    yaml_path = Path(path).with_suffix(".yaml")
+    ps = pixel_size_nm if pixel_size_nm is not None else _picasso_value(yaml_path, "Pixelsize")
+    width, height = _picasso_value(yaml_path, "Width"), _picasso_value(yaml_path, "Height")
+    if ps is None or width is None or height is None:
+        return None
+    field = (width * ps, height * ps)
+    return field if all(math.isfinite(v) and v > 0 for v in field) else None
+
+
+def _picasso_value(yaml_path: Path, key: str) -> float | None:
+    """The number under ``key`` in the first YAML document that states one, or None."""
     import yaml
 
     try:
         with open(yaml_path, encoding="utf-8") as fh:
             for doc in yaml.safe_load_all(fh):
-                if isinstance(doc, dict) and "Pixelsize" in doc:
-                    return float(doc["Pixelsize"])
+                if isinstance(doc, dict) and key in doc:
+                    return float(doc[key])
     except (OSError, yaml.YAMLError, TypeError, ValueError):
         return None
     return None
