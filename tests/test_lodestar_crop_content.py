@@ -25,6 +25,9 @@ def test_two_objects_count_two_and_nothing_counts_zero():
     assert count_objects(np.stack([two, two])) == 2  # channels averaged
     assert count_objects(two.max() - two) == 2  # dark objects on a bright background too
     assert count_objects(rng.normal(size=(40, 40))) == 0 and count_objects(np.zeros((30, 30))) == 0
+    # low photon counts: the noise is measured from whole-count differences (MAD-based: 16 of 30)
+    empty = np.random.default_rng(7).poisson(2.0, (30, 32, 32))
+    assert sum(count_objects(crop) == 0 for crop in empty) >= 26
     # a neighbour's tail at the border is not an object, half a neighbour is
     tail = sim.render("point", (40, 40), np.array([[20.0, 20.0], [20.0, -4.0]]))
     half = sim.render("point", (40, 40), np.array([[20.0, 20.0], [20.0, 0.5]]))

@@ -24,6 +24,7 @@ JOIN = 2  # px: regions closer than about twice this are one object (fragments o
 EDGE = 2
 BORDER_FRACTION = 0.8
 RING = 2  # px: the crop's outer ring that gives its background level
+TRUNCATED_SD = 0.98658  # standard deviation of a unit normal distribution cut at +-3 sigma
 # A neighbour cut by the border whose region is smaller than this share of the largest object
 # inside is a sliver (told apart in the advice: usually harmless); a larger part is an object.
 SLIVER = 0.5
@@ -35,7 +36,7 @@ def smoothed_contrast(crop: np.ndarray) -> tuple[np.ndarray, float]:
     Gaussian smoothing of :data:`SMOOTHING` px, and the smoothed noise's standard deviation.
 
     The background level is the median of the crop's outer ring (:data:`RING` px), the noise
-    that of the differences between neighbouring pixels (robust: an object, smooth on the
+    that of the differences between neighbouring pixels (clipped: an object, smooth on the
     scale of a pixel, hardly counts). Both hold when the object fills most of its crop: the
     crop's robust (clipped) level and spread took the object's own pixels for the background
     and its texture for the objects; a coin filling a 48 px crop read as 6 objects 48 px wide
@@ -57,12 +58,25 @@ def _ring_level(image: np.ndarray) -> float:
 
 
 def _pixel_noise(image: np.ndarray) -> float:
-    """Standard deviation of white pixel noise from the differences of neighbouring pixels
-    (1.4826 MAD / sqrt 2)."""
+    """Standard deviation of white pixel noise from the differences of neighbouring pixels:
+    their standard deviation after iterative 3-sigma clipping (corrected for the clipped
+    tails), over sqrt 2.
+
+    Not their MAD: on low-count integer data it moves in whole steps (a quarter low at 2
+    counts per pixel), and 50-66 % of empty 24-40 px Poisson(2) crops passed for holding
+    objects (7-10 % now; Poisson noise of 1-100 counts per pixel: 1-16 %). Below 1 count per
+    pixel empty crops still pass: the ring's median, 0, lies below their mean."""
     diffs = np.concatenate([np.diff(image, axis=0).ravel(), np.diff(image, axis=1).ravel()])
-    if diffs.size == 0:
-        return 0.0
-    return float(1.4826 * np.median(np.abs(diffs - np.median(diffs))) / np.sqrt(2))
+    keep = diffs
+    for _ in range(10):
+        sd = float(keep.std()) if keep.size else 0.0
+        if sd == 0:
+            break
+        inside = diffs[np.abs(diffs - keep.mean()) <= 3 * sd]
+        if inside.size == keep.size:
+            break
+        keep = inside
+    return float(keep.std()) / TRUNCATED_SD / np.sqrt(2) if keep.size else 0.0
 
 
 def count_objects(crop: np.ndarray) -> int:
