@@ -542,3 +542,35 @@ def test_a_truncated_tiff_is_one_error_line_without_tifffiles_log(folder, tmp_pa
     assert code == EXIT_BAD_INPUT and not any("tifffile" in line for line in err), err
     assert err[-1].startswith("starloc: error:") and "truncated or corrupt" in err[-1]
     assert not [r for r in caplog.records if r.name == "tifffile"]  # logged, it would print to stderr
+
+
+def test_scmos_per_pixel_maps_convert_each_pixel(folder, tmp_path, capsys):
+    """--baseline / --e-per-adu / --read-noise take a calibration's per-pixel maps: the frames
+    converted with them localize as the same frames given in photons."""
+    model = DeepLoco.load(folder / "model.pt")
+    photons = model.camera.to_photons(tifffile.imread(folder / "stack.tif")).numpy()
+    rng = np.random.default_rng(0)
+    base = rng.normal(100.0, 5.0, photons.shape[1:]).astype(np.float32)
+    gain = rng.uniform(0.4, 0.6, photons.shape[1:]).astype(np.float32)  # e-/ADU
+    tifffile.imwrite(tmp_path / "photons.tif", photons.astype(np.float32), photometric="minisblack")
+    tifffile.imwrite(tmp_path / "adu.tif", (photons * 0.8 / gain + base).astype(np.float32), photometric="minisblack")
+    tifffile.imwrite(tmp_path / "base.tif", base)
+    np.save(tmp_path / "gain.npy", gain)
+    common = ["deeploco", "localize", "--model", str(folder / "model.pt"), "--threshold", "0"]
+    assert main([*common, str(tmp_path / "photons.tif"), "--units", "photons", "-o", str(tmp_path / "p.csv")]) == 0
+    assert main([*common, str(tmp_path / "adu.tif"), "--camera", "scmos", "--qe", "0.8", "--baseline",
+                 str(tmp_path / "base.tif"), "--e-per-adu", str(tmp_path / "gain.npy"), "--read-noise", "1.5",
+                 "-o", str(tmp_path / "a.csv")]) == 0
+    ref, got = read_thunderstorm_csv(tmp_path / "p.csv"), read_thunderstorm_csv(tmp_path / "a.csv")
+    assert len(ref["x"]) > 0 and np.array_equal(ref["frame"], got["frame"])
+    np.testing.assert_allclose(got["x"], ref["x"], atol=0.5)
+    np.testing.assert_allclose(got["y"], ref["y"], atol=0.5)
+    adu = [*common, str(tmp_path / "adu.tif"), "-o", str(tmp_path / "x.csv")]
+    _bad(capsys, [*adu, "--baseline", str(tmp_path / "base.tif")], "per-pixel camera maps are for an sCMOS camera")
+    np.save(tmp_path / "small.npy", gain[:10])
+    _bad(capsys, [*adu, "--camera", "scmos", "--e-per-adu", str(tmp_path / "small.npy")],
+         "per-pixel camera map of shape (10, 72) does not match frames")
+    with pytest.raises(SystemExit):
+        main([*adu, "--camera", "scmos", "--baseline", str(tmp_path / "missing.tif")])
+    assert "cannot read the camera map" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()

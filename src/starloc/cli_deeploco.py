@@ -21,7 +21,7 @@ from typing import Any
 
 from starloc.cli_common import (SUFFIXES, add_cluster_options, check_output, cluster_client, frames_type, positive,
                                 progress_bar, resolve_device, same_file)
-from starloc.errors import InputError
+from starloc.errors import InputError, one_line
 
 #: starloc.deeploco.camera.CAMERA_PRESETS, written out so that `starloc --help` imports no torch
 CAMERA_KINDS = ("smlm2016", "emccd", "scmos")
@@ -41,6 +41,44 @@ HDF5_SUFFIXES = SUFFIXES["hdf5"]
 # ------------------------------------------------------------------------------------------
 # argument types
 # ------------------------------------------------------------------------------------------
+
+
+#: files a per-pixel camera map may come in
+MAP_SUFFIXES = (".tif", ".tiff", ".npy")
+
+
+def _number_or_map(number: Any):
+    """An argparse type: a number (parsed by ``number``) or a per-pixel map, a 2D TIFF or .npy
+    file (an sCMOS calibration), read as a float32 array."""
+
+    def parse(text: str) -> Any:
+        if Path(text).suffix.lower() not in MAP_SUFFIXES:
+            return number(text)
+        return _read_camera_map(Path(text))
+
+    parse.__name__ = "number or map file"
+    return parse
+
+
+def _read_camera_map(path: Path) -> Any:
+    import numpy as np
+
+    try:
+        if path.suffix.lower() == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        else:
+            import tifffile
+
+            arr = tifffile.imread(path)
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot read the camera map {str(path)!r}: {one_line(exc)}") from None
+    arr = np.squeeze(np.asarray(arr))
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
+        raise argparse.ArgumentTypeError(f"the camera map {str(path)!r} must be one 2D image (rows x columns of "
+                                         f"the camera), got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise argparse.ArgumentTypeError(f"the camera map {str(path)!r} holds NaN or inf values")
+    return arr.astype(np.float32)
 
 
 def _range_type(kind: type = float):
@@ -85,6 +123,10 @@ def build_camera(kind: str | None, overrides: dict[str, float], base: Any = None
     ``base`` camera (e.g. a model's) with ``overrides``, or None when neither is given."""
     from starloc.deeploco.camera import Camera, camera_preset
 
+    maps = [f"--{k.replace('_', '-')}" for k, v in overrides.items() if not isinstance(v, (int, float))]
+    scmos = kind == "scmos" or (kind is None and base is not None and base.to_dict().get("kind") == "SCMOS")
+    if maps and not scmos:
+        raise InputError(f"{', '.join(maps)}: per-pixel camera maps are for an sCMOS camera (--camera scmos)")
     if kind is None:
         if base is None:
             if overrides:
@@ -102,16 +144,21 @@ def build_camera(kind: str | None, overrides: dict[str, float], base: Any = None
     return camera_preset(kind, **overrides)
 
 
-def _add_camera_options(p: argparse.ArgumentParser, what: str) -> None:
+def _add_camera_options(p: argparse.ArgumentParser, what: str, per_pixel: bool = False) -> None:
+    """The camera options; ``per_pixel``: baseline, e-/ADU and read noise also take sCMOS maps
+    (commands that convert whole frames: training simulates frames anywhere on the chip)."""
     g = p.add_argument_group("camera", what)
     g.add_argument("--camera", choices=CAMERA_KINDS, default=None,
                    help="camera model: smlm2016 (the SMLM Challenge 2016 EMCCD), emccd or scmos "
                         "(their defaults, see starloc.deeploco.camera), changed by the options below")
-    g.add_argument("--baseline", type=float, default=None, help="camera offset (ADU)")
-    g.add_argument("--e-per-adu", type=positive(), default=None, help="electrons per ADU (after EM gain)")
+    maps = " (sCMOS: or a per-pixel map, a 2D .tif/.npy of the frames' size)" if per_pixel else ""
+    number = _number_or_map if per_pixel else (lambda parse: parse)
+    g.add_argument("--baseline", type=number(float), default=None, help=f"camera offset (ADU){maps}")
+    g.add_argument("--e-per-adu", type=number(positive()), default=None,
+                   help=f"electrons per ADU (after EM gain){maps}")
     g.add_argument("--em-gain", type=positive(), default=None, help="EM gain (EMCCD)")
     g.add_argument("--qe", type=positive(), default=None, help="quantum efficiency (0..1)")
-    g.add_argument("--read-noise", type=float, default=None, help="read noise (electrons rms)")
+    g.add_argument("--read-noise", type=number(float), default=None, help=f"read noise (electrons rms){maps}")
 
 
 # ------------------------------------------------------------------------------------------
@@ -895,7 +942,7 @@ def add_commands(sub) -> None:
                          f"{PICASSO_PRECISION_NM:g} for models without one)")
     lo.add_argument("--units", choices=("adu", "photons"), default="adu",
                     help="stack units: camera ADU (converted with the model's camera, default) or photons")
-    _add_camera_options(lo, "override the model's camera (e.g. --baseline for another offset)")
+    _add_camera_options(lo, "override the model's camera (e.g. --baseline for another offset)", per_pixel=True)
     add_cluster_options(lo, "stack")
     lo.set_defaults(func=cmd_deeploco_localize)
 
@@ -911,7 +958,7 @@ def add_commands(sub) -> None:
     br.add_argument("--window", type=int, default=13, help="box side (px, odd) summed around each spot (default 13)")
     br.add_argument("--units", choices=("adu", "photons"), default="adu",
                     help="the stack's units (default adu: converted with the camera options)")
-    _add_camera_options(br, "the stack's camera (ADU -> photons)")
+    _add_camera_options(br, "the stack's camera (ADU -> photons)", per_pixel=True)
     br.set_defaults(func=cmd_deeploco_brightness)
 
     rd = sub.add_parser("render", help="render a localization table as a super-resolution image",
