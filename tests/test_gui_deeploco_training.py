@@ -110,6 +110,20 @@ def test_cancel_writes_nothing(make_napari_viewer, qtbot, messages, beads, tmp_p
     assert panel.train_button.isEnabled() and widget.model is None
 
 
+def test_closing_the_dock_stops_the_training(make_napari_viewer, qtbot, messages, beads, tmp_path):
+    viewer, widget, panel = _panel(make_napari_viewer, beads, steps=100_000)
+    out = tmp_path / "never.pt"
+    panel.output_edit.setText(str(out))
+    panel.train()
+    qtbot.waitUntil(lambda: panel.progress.value() >= 1, timeout=60_000)
+    worker = panel.jobs.worker
+    viewer.window.remove_dock_widget(widget)  # what the dock's close button does
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=60_000)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    viewer.layers.remove("beads")  # the closed widget no longer follows the layers
+    assert messages["error"] == []
+
+
 def test_parametric_psfs_and_a_photon_camera_need_no_beads(make_napari_viewer, messages, tmp_path):
     viewer, widget, panel = _panel(make_napari_viewer)
     panel.use_threads = False

@@ -229,6 +229,22 @@ def test_cancel_keeps_the_previous_model_and_adds_no_layers(make_napari_viewer, 
     assert messages["error"] == []
 
 
+def test_closing_the_dock_stops_the_training_and_lets_go_of_the_viewer(make_napari_viewer, qtbot, messages, scene):
+    image, truth = scene
+    stack = np.stack([image, image])
+    viewer, widget = _widget(make_napari_viewer, steps=5000)
+    viewer.add_image(stack, name="scene")
+    _draw(widget, truth[0])
+    worker = widget.train()
+    qtbot.waitUntil(lambda: widget.progress.value() >= 2, timeout=60_000)
+    viewer.window.remove_dock_widget(widget)  # what the dock's close button does
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=60_000)
+    viewer.dims.set_current_step(0, 1)  # a frame change once brought the maps back
+    qtbot.wait(500)  # past the debounce of a maps computation that must not start
+    assert widget.model is None and not any(n in viewer.layers for n in OUTPUTS)
+    assert messages["error"] == []
+
+
 def test_detect_all_frames_of_a_timelapse(make_napari_viewer, qtbot, messages, point_model):
     stack, tracks = sim.simulate_timelapse(4, 5, size=(64, 64), diffusion=1.0, rng=3)
     viewer, widget = _widget(make_napari_viewer)

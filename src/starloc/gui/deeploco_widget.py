@@ -47,7 +47,7 @@ from starloc.deeploco.model import DeepLoco
 from starloc.deeploco.stack import StackProgress, iter_localize_stack
 from starloc.errors import StarlocError
 from starloc.gui.deeploco_training import DeepLocoTrainPanel
-from starloc.gui.jobs import JobSlot, available_devices
+from starloc.gui.jobs import JobSlot, available_devices, stop_when_closed
 from starloc.gui.layer_watch import LayerWatch
 from starloc.gui.lodestar_source import OUTPUT_KEY
 from starloc.gui.render_layer import render_image, render_placement
@@ -113,7 +113,7 @@ class DeepLocoWidget(QWidget):
         self._layers = LayerWatch(viewer, self._refresh_image_choices)
         self._refresh_image_choices()
         self._set_running(False)
-        self.destroyed.connect(lambda *_: self._shutdown())
+        stop_when_closed(self, self._shutdown)
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:

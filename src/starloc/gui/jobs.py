@@ -4,6 +4,7 @@ A job is a generator run on a napari worker. :func:`start_job` runs every job un
 :func:`guarded`: the worker's thread budget is set, and user-facing errors (``StarlocError``)
 are returned as :class:`Failure` rather than raised, so the widget shows their one-line message
 instead of napari's traceback notification. Jobs themselves need neither.
+:func:`stop_when_closed` ends a widget's jobs when the user closes its dock.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 from napari.qt.threading import create_worker
+from qtpy.QtCore import QEvent, QObject
+from qtpy.QtWidgets import QWidget
 
 from starloc.errors import StarlocError
 from starloc.progress import finish
@@ -153,3 +156,31 @@ class JobSlot:
         self._job_id += 1
         if self.worker is not None:
             self.worker.quit()
+
+
+class _ClosedWatch(QObject):
+    """Calls ``shutdown`` once when its widget leaves its dock (see :func:`stop_when_closed`)."""
+
+    def __init__(self, widget: QWidget, shutdown: Callable[[], None]):
+        super().__init__(widget)
+        self._shutdown = shutdown
+        self._docked = widget.parent() is not None
+        widget.installEventFilter(self)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt's name)
+        if event.type() == QEvent.Type.ParentChange:
+            if obj.parent() is not None:
+                self._docked = True
+            elif self._docked:
+                self._docked = False
+                self._shutdown()
+        return False
+
+
+def stop_when_closed(widget: QWidget, shutdown: Callable[[], None]) -> None:
+    """Run ``shutdown`` (cancel the widget's jobs, let go of the viewer) when the widget is
+    closed: destroyed, or taken out of its dock. napari's close button only takes a dock's
+    widget out (``setParent(None)``) and deletes the dock, so a widget that waited for its own
+    ``destroyed`` kept training and kept adding layers to the viewer after it was closed."""
+    widget.destroyed.connect(lambda *_: shutdown())
+    _ClosedWatch(widget, shutdown)

@@ -21,7 +21,7 @@ from qtpy.QtWidgets import QFileDialog, QWidget
 
 from starloc.errors import InputError, StarlocError
 from starloc.gui import lodestar_layers as layers_
-from starloc.gui.jobs import Failure, start_job
+from starloc.gui.jobs import Failure, start_job, stop_when_closed
 from starloc.gui.lodestar_controls import THUMBNAIL_PX, LodeSTARControls
 from starloc.gui.lodestar_jobs import (
     PREVIEW_SECONDS,
@@ -125,8 +125,8 @@ class LodeSTARWidget(LodeSTARControls, QWidget):
             self._watch(layer)
         self._refresh_image_choices()
         self._set_busy(None)
-        # Results of a job that ends after the widget is gone (viewer closed) are dropped.
-        self.destroyed.connect(lambda *_: self._shutdown())
+        # Results of a job that ends after the widget is closed (or the viewer) are dropped.
+        stop_when_closed(self, self._shutdown)
 
     def _shutdown(self) -> None:
         self._job_id += 1
