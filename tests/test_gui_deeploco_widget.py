@@ -158,6 +158,9 @@ def test_bad_input_tells_the_user_what_to_do(make_napari_viewer, messages, model
     widget.image_combo.setCurrentText("nan")
     assert "NaN" in last_error_after(widget.localize)
     assert dw.POINTS_LAYER not in viewer.layers
+    viewer.add_image(stack, name="rotated", rotate=30)  # results would be placed unrotated
+    widget.image_combo.setCurrentText("rotated")
+    assert "rotated, sheared or has an affine transform" in last_error_after(widget.localize)
     viewer.add_image(np.zeros((3, 40, 40), np.float32), name="below baseline")
     widget.image_combo.setCurrentText("below baseline")
     assert "baseline" in last_error_after(widget.localize)

@@ -343,6 +343,9 @@ def test_bad_input_tells_the_user_what_to_do(make_napari_viewer, messages, scene
     viewer.add_image(np.zeros((2, 3, 32, 32), np.float32), name="4d")
     widget.set_image_layer(viewer.layers["4d"])
     assert "T×Y×X" in last_error_after(widget.train)
+    viewer.add_image(image, name="sheared", shear=[0.3])
+    widget.set_image_layer(viewer.layers["sheared"])
+    assert "rotated, sheared or has an affine transform" in last_error_after(widget.train)
     assert widget.model is None
 
 

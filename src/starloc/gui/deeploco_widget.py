@@ -45,13 +45,13 @@ from qtpy.QtWidgets import (
 
 from starloc.deeploco.model import DeepLoco
 from starloc.deeploco.stack import StackProgress, iter_localize_stack
-from starloc.errors import StarlocError
+from starloc.errors import InputError, StarlocError
 from starloc.gui.deeploco_training import DeepLocoTrainPanel
 from starloc.gui.jobs import JobSlot, available_devices, stop_when_closed
 from starloc.gui.layer_watch import LayerWatch
 from starloc.gui.lodestar_source import OUTPUT_KEY
 from starloc.gui.render_layer import render_image, render_placement
-from starloc.gui.units import placement, stated_pixel_size_nm
+from starloc.gui.units import check_axis_aligned, placement, stated_pixel_size_nm
 from starloc.smlm_io import write_thunderstorm_csv
 
 POINTS_LAYER = "DeepLoco localizations"
@@ -276,6 +276,11 @@ class DeepLocoWidget(QWidget):
             return None
         if layer.rgb:
             show_error(f"DeepLoco: {layer.name!r} is an RGB image; SMLM frames are single-channel camera images")
+            return None
+        try:
+            check_axis_aligned(layer)
+        except InputError as exc:
+            show_error(f"DeepLoco: {exc}")
             return None
         data = layer.data[0] if layer.multiscale else layer.data
         if data.ndim not in (2, 3):

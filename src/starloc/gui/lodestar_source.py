@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from starloc.errors import InputError
+from starloc.gui.units import check_axis_aligned
 from starloc.io import as_frames
 
 #: Names of the layers the widget creates (and refreshes in place).
@@ -97,6 +98,7 @@ def image_source(layer, channels_first: bool = False) -> ImageSource:
     InputError for layers LodeSTAR cannot read unambiguously: 4D+ non-RGB data (e.g.
     T×Z×Y×X or with a channel axis), 1D data; with ``channels_first``, anything but C×Y×X.
     """
+    check_axis_aligned(layer)
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
     rgb = bool(getattr(layer, "rgb", False))
     shape = tuple(int(s) for s in np.shape(data))
