@@ -3,6 +3,7 @@
 A tiny network (conftest.TINY) keeps training to a few seconds on a 2-core machine.
 """
 
+import copy
 import numpy as np
 import pytest
 import torch
@@ -758,6 +759,12 @@ def test_detect_all_frames_links_tracks(make_napari_viewer, qtbot, messages, poi
     assert "track(s)" in widget.status.text()
     assert widget.export_points(tmp_path / "tracks.csv")
     assert "track" in read_points_csv(tmp_path / "tracks.csv")[2]
+    assert messages["info"][-1].startswith(f"LodeSTAR: {len(points.data)} detection(s) of '{ALL_POINTS_LAYER}'")
+    # another model since: its detections are not those of the all-frames layer, which stays unexported
+    widget.model = copy.deepcopy(point_model)
+    assert not widget.export_points(tmp_path / "stale.csv") and not (tmp_path / "stale.csv").exists()
+    assert "no detections to export" in messages["error"].pop()
+    widget.model = point_model
     # detected again without linking: the old tracks go
     widget.link_check.setChecked(False)
     _detect_all_frames(qtbot, viewer, widget, point_model, messages)

@@ -98,6 +98,8 @@ class LodeSTARWidget(LodeSTARControls, QWidget):
         self.deblend_worker_pixels = 512 * 512
         self.model = None
         self.model_origin = ""
+        #: (image layer, model) of the all-frames detections layer
+        self._all_frames_of: tuple = (None, None)
         self.worker = None
         self._job_kind = None
         self._job_id = 0
@@ -801,7 +803,7 @@ class LodeSTARWidget(LodeSTARControls, QWidget):
         found = self._source()
         if found is None:
             return None
-        _, src = found
+        image_layer, src = found
         params = self.detect_params()
         self.progress.setRange(0, src.n_frames)
         self.progress.setValue(0)
@@ -819,6 +821,7 @@ class LodeSTARWidget(LodeSTARControls, QWidget):
                           **({} if track is None else {"track": track})}
             layers_.show_points(self.viewer, ALL_POINTS_LAYER, detections, src, with_frame=src.is_timelapse,
                                 properties=properties)
+            self._all_frames_of = (image_layer, model)
             linked = ""
             if track is None or len(track) == 0:
                 layers_.remove(self.viewer, TRACKS_LAYER)  # not those of these detections
@@ -868,9 +871,11 @@ class LodeSTARWidget(LodeSTARControls, QWidget):
         return True
 
     def export_points(self, path) -> list:
-        """Write the detections (all frames if detected, else the current frame) as CSV."""
+        """Write the detections as CSV: of all frames when they were detected on the image
+        layer chosen now with the model trained or loaded now, else of the current frame."""
         layer = layers_.find_layer(self.viewer, ALL_POINTS_LAYER, "Points")
-        if layer is None:
+        image, model = self._all_frames_of
+        if layer is None or image is not self.image_layer() or model is not self.model:  # since changed
             layer = layers_.find_layer(self.viewer, POINTS_LAYER, "Points")
         if layer is None:
             show_error("LodeSTAR: no detections to export; train or load a model first")
@@ -883,7 +888,7 @@ class LodeSTARWidget(LodeSTARControls, QWidget):
         if not written:  # napari reports some writer failures only in its log
             show_error(f"LodeSTAR: could not export {layer.name!r} to {path}; see the napari log")
             return []
-        show_info(f"LodeSTAR: {len(layer.data)} detection(s) written to {path}")
+        show_info(f"LodeSTAR: {len(layer.data)} detection(s) of {layer.name!r} written to {path}")
         return written
 
     def _save_dialog(self) -> None:
