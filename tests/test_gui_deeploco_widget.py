@@ -303,6 +303,11 @@ def test_the_image_choice_follows_the_stack_just_opened_not_the_bead_stack(make_
     widget.train_panel.psf_combo.setCurrentText("beads")
     widget._on_model_written(str(model_file))  # a model trained from the beads localizes the other stack
     assert widget.image_combo.currentText() == "smlm" and widget.tabs.currentIndex() == 0
+    # a widget opened after the stacks takes the one on top of the layer list, as napari lists it
+    later = dw.DeepLocoWidget(viewer)
+    assert later.image_combo.currentText() == "beads"
+    viewer.layers.move(viewer.layers.index("smlm"), len(viewer.layers))
+    assert dw.DeepLocoWidget(viewer).image_combo.currentText() == "smlm"
 
 
 def test_uncertainty_columns_become_features():

@@ -423,7 +423,9 @@ class EmpiricalPSF(PSFModel):
             floor = float(np.median(sm)) + min_snr * sm_noise
             cand = peak_local_max(sm, min_distance=2, threshold_abs=floor, exclude_border=False)
             if len(cand) == 0:
-                raise InputError("no bead found in the bead stack (nothing stands out of the noise)")
+                raise InputError("no bead found in the bead stack (nothing stands out of the noise of its "
+                                 "mean over z); is it a bead z-stack (Z, Y, X)? The blinking spots of an SMLM "
+                                 "time-lapse average out")
             heights = sm[cand[:, 0], cand[:, 1]]
             bright = heights >= 0.25 * heights.max()
             chosen = []

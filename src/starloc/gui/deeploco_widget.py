@@ -205,6 +205,8 @@ class DeepLocoWidget(QWidget):
             self.image_combo.setCurrentText(added.name)  # the stack just opened is the one to localize
         elif current in names:
             self.image_combo.setCurrentText(current)
+        elif names:  # the widget opened after the stacks: the one on top of the layer list
+            self.image_combo.setCurrentText(names[-1])
 
     @property
     def worker(self):
