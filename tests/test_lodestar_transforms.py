@@ -164,6 +164,36 @@ def test_a_frame_under_uneven_illumination_is_normalized_as_under_even_illuminat
     assert flatten_background(crop, 4 * TINY.receptive_field) is crop
 
 
+def test_hot_and_dead_pixels_are_replaced_by_their_neighbours_median_and_objects_are_not():
+    from starloc.lodestar.model import LodeSTAR, suppress_hot_pixels
+    from tests.conftest import TINY
+
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 1, 48, 48)).astype(np.float32))
+    assert suppress_hot_pixels(x) is x  # nothing stands out: the frame itself
+    bright = x + 500.0 * torch.from_numpy(sim.render("point", (48, 48), np.array([[20.0, 30.0]])))[None, None]
+    assert torch.equal(suppress_hot_pixels(bright), bright)  # an object's peak, however bright, stays
+    spiky = bright.clone()
+    spiky[0, 0, 5, 5], spiky[0, 0, 40, 10] = 6000.0, -800.0
+    out = suppress_hot_pixels(spiky)
+    for r, c in ((5, 5), (40, 10)):
+        around = torch.cat([spiky[0, 0, r - 1:r + 2, c - 1].flatten(), spiky[0, 0, r - 1:r + 2, c + 1].flatten(),
+                            spiky[0, 0, [r - 1, r + 1], c]])
+        assert float(out[0, 0, r, c]) == float(around.median())  # (torch's lower median of 8)
+    keep = torch.ones_like(out, dtype=torch.bool)
+    keep[0, 0, 5, 5] = keep[0, 0, 40, 10] = False
+    assert torch.equal(out[keep], spiky[keep])
+    # the model sees a frame with a camera's hot pixel as the frame without it, but for that pixel
+    # (and the pixel's slight pull on the frame's level and scale; the noise here is ~1.4)
+    model = LodeSTAR.new(TINY, seed=0)
+    frame = sim.add_poisson_noise(sim.render("sphere", (64, 64), np.array([[30.0, 30.0]])), 10, rng=1)
+    hot = frame.copy()
+    hot[30, 40] = 60000.0
+    a, b = (model.normalize(torch.from_numpy(f.astype(np.float32))[None, None]) for f in (frame, hot))
+    diff = (a - b).abs()[0, 0]
+    diff[30, 40] = 0
+    assert float(diff.max()) < 0.02
+
+
 def _background_of(normalized: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
     values = normalized[..., mask]
     return float(values.mean()), float(values.std())
