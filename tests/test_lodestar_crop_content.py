@@ -28,6 +28,10 @@ def test_two_objects_count_two_and_nothing_counts_zero():
     # low photon counts: the noise is measured from whole-count differences (MAD-based: 16 of 30)
     empty = np.random.default_rng(7).poisson(2.0, (30, 32, 32))
     assert sum(count_objects(crop) == 0 for crop in empty) >= 26
+    # an illumination gradient of one noise SD across the crop is no object (median level: 14 of 30)
+    r, c = np.mgrid[0:36, 0:36]
+    tilted = np.random.default_rng(3).poisson(200 + 14 * (0.6 * r + 0.8 * c) / 36, (30, 36, 36))
+    assert sum(count_objects(crop) == 0 for crop in tilted) >= 27
     # a neighbour's tail at the border is not an object, half a neighbour is
     tail = sim.render("point", (40, 40), np.array([[20.0, 20.0], [20.0, -4.0]]))
     half = sim.render("point", (40, 40), np.array([[20.0, 20.0], [20.0, 0.5]]))

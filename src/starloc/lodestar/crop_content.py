@@ -57,6 +57,43 @@ def _ring_level(image: np.ndarray) -> float:
     return float(np.median(ring))
 
 
+def _stands_out_of_a_plane(crop: np.ndarray, height: float) -> bool:
+    """Whether anything in the smoothed crop stands more than ``height`` out of the plane
+    fitted to its outer ring (least squares, ring pixels beyond 3 robust SDs of the fit
+    dropped, 5 rounds).
+
+    The ring's median alone takes a gradient across the crop for objects: with an
+    illumination gradient of one noise SD across a 36 px crop, 78 of 200 empty crops counted
+    1-7 objects (3 now). The plane only vetoes: a crop that an object nearly fills has the
+    object's rim in its ring, which tilts the plane, so its size is measured from the
+    median."""
+    image = np.asarray(crop, dtype=np.float64)
+    if image.ndim == 3:
+        image = image.mean(axis=0)
+    H, W = image.shape
+    if min(H, W) <= 2 * RING:
+        return True
+    ring = np.zeros((H, W), bool)
+    ring[:RING] = ring[-RING:] = True
+    ring[:, :RING] = ring[:, -RING:] = True
+    rows, cols = np.nonzero(ring)
+    design = np.column_stack([np.ones(rows.size), rows - (H - 1) / 2, cols - (W - 1) / 2])
+    values = image[ring]
+    keep = np.ones(values.size, bool)
+    for _ in range(5):
+        coef = np.linalg.lstsq(design[keep], values[keep], rcond=None)[0]
+        residual = values - design @ coef
+        spread = 1.4826 * float(np.median(np.abs(residual[keep] - np.median(residual[keep]))))
+        inside = np.abs(residual - np.median(residual[keep])) <= 3 * spread
+        if spread == 0 or np.array_equal(inside, keep) or inside.sum() < 3:
+            break
+        keep = inside
+    level = coef[0] + float(np.median(residual[keep]))
+    r, c = np.mgrid[0:H, 0:W]
+    plane = level + coef[1] * (r - (H - 1) / 2) + coef[2] * (c - (W - 1) / 2)
+    return float(np.abs(ndimage.gaussian_filter(image - plane, SMOOTHING)).max()) > height
+
+
 def _pixel_noise(image: np.ndarray) -> float:
     """Standard deviation of white pixel noise from the differences of neighbouring pixels:
     their standard deviation after iterative 3-sigma clipping (corrected for the clipped
@@ -102,7 +139,7 @@ def _objects(crop: np.ndarray) -> tuple[int, int]:
     """``(objects, slivers at the border)``: :func:`count_objects`'s objects, split."""
     contrast, noise = smoothed_contrast(crop)
     peak = float(contrast.max())
-    if not peak > 5 * noise:
+    if not peak > 5 * noise or not _stands_out_of_a_plane(crop, 5 * noise):
         return 0, 0
     mask = ndimage.binary_dilation(contrast > max(OBJECT_FRACTION * peak, 4 * noise), iterations=JOIN)
     labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
