@@ -241,6 +241,7 @@ def test_closing_the_dock_stops_the_training_and_lets_go_of_the_viewer(make_napa
     viewer.window.remove_dock_widget(widget)  # what the dock's close button does
     qtbot.waitUntil(lambda: not worker.is_running, timeout=60_000)
     viewer.dims.set_current_step(0, 1)  # a frame change once brought the maps back
+    viewer.layers["scene"].data = stack * 2  # and so could new pixels
     qtbot.wait(500)  # past the debounce of a maps computation that must not start
     assert widget.model is None and not any(n in viewer.layers for n in OUTPUTS)
     assert messages["error"] == []
@@ -457,6 +458,10 @@ def test_crop_info_warns_about_a_crop_with_several_objects_or_none(make_napari_v
     _draw(widget, (14.0, 66.0), size=26)  # background only
     widget._update_crop_preview()
     assert "crop 1 seems to hold no object" in widget.crop_info.text()
+    # moving the crop layer moves the crop: the line follows (debounced)
+    with qtbot.waitSignal(widget._preview_timer.timeout, timeout=2_000):
+        viewer.layers[CROP_LAYER].translate = (200.0, 0.0)
+    assert "outside the image" in widget.crop_info.text()
 
 
 def test_point_and_size_crop_matches_the_rectangle_and_trains(make_napari_viewer, qtbot, messages, scene):

@@ -67,6 +67,8 @@ from starloc.lodestar.network import NetworkConfig
 from starloc.lodestar.training import TrainConfig, step_budget
 
 DEBOUNCE_MS = 200
+#: layer events that move a layer on screen (the crop preview is recomputed)
+TRANSFORM_EVENTS = ("scale", "translate", "rotate", "shear", "affine")
 BUSY = "LodeSTAR: busy; wait for the current job or cancel it"
 
 
@@ -140,6 +142,8 @@ class LodeSTARWidget(LodeSTARControls, QWidget):
             self.viewer.layers.events.inserted.disconnect(self._on_layers_changed)
             self.viewer.layers.events.removed.disconnect(self._on_layers_changed)
             self.viewer.layers.events.moved.disconnect(self._on_layers_changed)
+            for layer in self.viewer.layers:
+                self._unwatch(layer)
         except Exception:  # the viewer may be gone already
             pass
 
@@ -256,6 +260,15 @@ class LodeSTARWidget(LodeSTARControls, QWidget):
             layer.events.data.connect(self._schedule_preview)
         else:
             layer.events.data.connect(self._on_layer_data)
+        for name in TRANSFORM_EVENTS:  # a moved crop or image layer changes what the crop holds
+            getattr(layer.events, name).connect(self._schedule_preview)
+
+    def _unwatch(self, layer) -> None:
+        layer.events.name.disconnect(self._on_layers_changed)
+        layer.events.data.disconnect(self._schedule_preview)
+        layer.events.data.disconnect(self._on_layer_data)
+        for name in TRANSFORM_EVENTS:
+            getattr(layer.events, name).disconnect(self._schedule_preview)
 
     def _on_layer_data(self, event=None) -> None:
         """The chosen image layer's pixels changed: the cached maps are of the old ones."""
