@@ -400,7 +400,7 @@ def cmd_deeploco_train(args) -> int:
     if args.checkpoint is not None:
         check_output(args.checkpoint, inputs=(args.psf,))
         if same_file(args.checkpoint, args.output):
-            raise InputError(f"--checkpoint and -o name the same file ({args.checkpoint!r}): the checkpoints "
+            raise InputError(f"--checkpoint and -o name the same file ({str(args.checkpoint)!r}): the checkpoints "
                              "would be replaced by the model and the model by checkpoints; give two names")
     if args.checkpoint_every is not None and args.checkpoint is None:
         raise InputError("--checkpoint-every needs --checkpoint PATH")
