@@ -7,8 +7,9 @@ import torch
 
 from starloc.errors import InputError, ModelFileError
 from starloc.lodestar.detection import DetectParams
-from starloc.lodestar.holography import (Optics, propagate, refocus_z, simulate_hologram_scene, simulate_holograms,
-                                         to_channels, to_complex, transfer_function)
+from starloc.lodestar.fixed_input import fixed_input_advice
+from starloc.lodestar.holography import (Optics, check_pixel_size, propagate, refocus_z, simulate_hologram_scene,
+                                         simulate_holograms, to_channels, to_complex, transfer_function)
 from starloc.lodestar.inference import detect_frames, property_columns, single_object
 from starloc.lodestar.model import LodeSTAR
 from starloc.lodestar.network import NetworkConfig
@@ -143,8 +144,31 @@ def test_detection_in_a_hologram_of_many_scatterers(holo_model):
 def test_a_field_model_refuses_one_channel_images(holo_model):
     """Its fixed normalization would broadcast one channel to two: refused instead."""
     model, _ = holo_model
-    with pytest.raises(InputError, match="takes images of 2 channel"):
+    with pytest.raises(InputError, match="takes images of 2 channel.*--channel-axis, e.g. 0 for a 2×Y×X image"):
         model.maps(np.zeros((1, 1, 48, 48), np.float32))
+
+
+def test_frames_of_another_pixel_size_are_refused(holo_model):
+    """z scales with the square of the pixel size the propagation assumes."""
+    model, _ = holo_model  # trained at 114 nm
+    check_pixel_size(model, None, "f.tif")  # nothing stated: nothing to check
+    check_pixel_size(model, 114.5, "f.tif")  # within 1 %
+    with pytest.raises(InputError, match=r"f.tif has 100 nm pixels .* trained at 114 nm: its z would be off by "
+                                         r"about 1.30x"):
+        check_pixel_size(model, 100.0, "f.tif")
+    check_pixel_size(LodeSTAR.new(NetworkConfig(), seed=0), 100.0, "f.tif")  # no axial property: no check
+
+
+def test_fields_unlike_the_crops_are_told(holo_model):
+    model, _ = holo_model
+    images, _ = simulate_holograms(2, 64, rng=7)
+    assert fixed_input_advice(model, images) is None
+    leftover = images + np.array([-0.12, 0.48], np.float32)[None, :, None, None]  # a reference phase of 0.5 rad
+    assert "noise levels from the training crop's" in fixed_input_advice(model, leftover)
+    intensity = images.copy()
+    intensity[:, 1] = 0.0
+    assert "channel 1 of the image is constant" in fixed_input_advice(model, intensity)
+    assert fixed_input_advice(LodeSTAR.new(NetworkConfig(), seed=0), images[:, :1]) is None  # per-frame normalization
 
 
 def test_holography_model_round_trip(holo_model, tmp_path):
@@ -235,3 +259,8 @@ def test_cli_trains_on_a_hologram_and_writes_z_and_signal(tmp_path, capsys):
     frames, positions, features = read_points_csv(out)
     assert list(frames) == [0, 1, 2] and positions.shape == (3, 2)
     assert {"z_um", "signal"} <= set(features) and np.all(features["signal"] > 0)
+    tifffile.imwrite(tmp_path / "px100.tif", stack, imagej=True, resolution=(10.0, 10.0), metadata={"unit": "um",
+                                                                                                    "axes": "TCYX"})
+    assert main(["lodestar", "detect", str(tmp_path / "px100.tif"), "--channel-axis", "1", "--model", str(model),
+                 "--single", "-o", str(tmp_path / "e.csv")]) == EXIT_BAD_INPUT
+    assert "100 nm pixels (its metadata), but the hologram model was trained at 114 nm" in capsys.readouterr().err

@@ -205,23 +205,30 @@ def _float_or_auto(text: str):
     return value
 
 
-def _warn_if_brighter(model, image, selected: range, layout: dict) -> None:
-    """Warn when the image's objects (in its first, middle and last frame) are far brighter
-    than those the model was trained for (:mod:`starloc.lodestar.brightness`)."""
+def _warn_about_frames(model, image, selected: range, layout: dict) -> None:
+    """Warn, from the image's first, middle and last frame, when its objects are far brighter
+    than those the model was trained for (:mod:`starloc.lodestar.brightness`), or when a
+    fixed-normalization model is given images unlike its crops (:mod:`starloc.lodestar.fixed_input`)."""
+    import numpy as np
+
     from starloc.io import iter_frame_chunks
     from starloc.lodestar.brightness import brightness_advice, brightness_ratio
+    from starloc.lodestar.fixed_input import fixed_input_advice
 
     picks = sorted({selected[0], selected[len(selected) // 2], selected[-1]}) if len(selected) else []
-    ratios = [brightness_ratio(model, block) for i in picks
-              for _, block in iter_frame_chunks(image, 1, frames=range(i, i + 1), **layout)]
-    advice = brightness_advice(model, max((r for r in ratios if r is not None), default=None))
-    if advice is not None:
-        warnings.warn(advice, StarlocWarning)
+    blocks = [block for i in picks for _, block in iter_frame_chunks(image, 1, frames=range(i, i + 1), **layout)]
+    ratios = [brightness_ratio(model, block) for block in blocks]
+    for advice in (brightness_advice(model, max((r for r in ratios if r is not None), default=None)),
+                   fixed_input_advice(model, np.concatenate(blocks)) if blocks else None):
+        if advice is not None:
+            warnings.warn(advice, StarlocWarning)
 
 
 def cmd_lodestar_detect(args) -> int:
     from starloc.io import image_frame_range, read_image, write_points_csv
     from starloc.lodestar.detection import DetectParams
+    from starloc.lodestar.holography import check_pixel_size
+    from starloc.tiff_metadata import tiff_spacing
     from starloc.lodestar.inference import iter_detect, iter_single, property_columns
     from starloc.lodestar.model import LodeSTAR
     from starloc.tracks import link_tracks, require_trackpy
@@ -250,7 +257,8 @@ def cmd_lodestar_detect(args) -> int:
     on_cluster = args.scheduler is not None or args.workers is not None
     # On a cluster the tasks load the model themselves; here it only names the output columns.
     model = LodeSTAR.load(args.model, device="cpu" if on_cluster else resolve_device(args.device))
-    _warn_if_brighter(model, image, selected, layout)
+    check_pixel_size(model, tiff_spacing(args.image)[0], Path(args.image).name)
+    _warn_about_frames(model, image, selected, layout)
     if on_cluster:
         found = _detect_on_cluster(args, params, augment, layout, total)
     else:

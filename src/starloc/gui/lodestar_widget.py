@@ -60,7 +60,8 @@ from starloc.lodestar.brightness import brightness_advice, brightness_ratio
 from starloc.lodestar.crop_content import crops_without_one_object, objects_at_border
 from starloc.lodestar.detection import DetectParams
 from starloc.lodestar.downsampling import auto_downsample, suggest_downsample
-from starloc.lodestar.holography import Optics, refocus_crops
+from starloc.lodestar.fixed_input import fixed_input_advice
+from starloc.lodestar.holography import Optics, check_pixel_size, refocus_crops
 from starloc.lodestar.inference import crops_from_frame, property_columns
 from starloc.lodestar.model import LodeSTAR
 from starloc.lodestar.network import NetworkConfig
@@ -713,6 +714,7 @@ class LodeSTARWidget(LodeSTARControls, QWidget):
             return None
         try:
             src = self._image_source(layer)
+            check_pixel_size(self.model, stated_pixel_size_nm(layer), repr(layer.name))
             frame = self._frame_of(layer)
             frame_data = read_frame(src, frame)
         except InputError as exc:
@@ -738,22 +740,24 @@ class LodeSTARWidget(LodeSTARControls, QWidget):
             return
         _, src = found
         layers_.show_map(self.viewer, WEIGHT_LAYER, weight_image(maps), src, "magma", key[1])
-        self._tell_if_brighter(key[0], frame)
+        self._tell_about_frame(key[0], frame)
         if self.status.text().startswith("computing maps"):
             self.status.setText(f"maps of frame {key[1]} ready" if src.is_timelapse else "maps ready")
         self._redetect()
 
-    def _tell_if_brighter(self, layer_name: str, frame) -> None:
+    def _tell_about_frame(self, layer_name: str, frame) -> None:
         """Once per model and image: say so when the image holds objects far brighter than
-        those the model was trained for (:mod:`starloc.lodestar.brightness`)."""
+        those the model was trained for (:mod:`starloc.lodestar.brightness`), or is unlike the
+        crops of a fixed-normalization model (:mod:`starloc.lodestar.fixed_input`)."""
         told = (id(self.model), layer_name)
         if told in self._brightness_told:
             return
         self._brightness_told.add(told)
-        advice = brightness_advice(self.model, brightness_ratio(self.model, frame),
-                                   how="set Advanced › Brighter objects to {x} and train again")
-        if advice is not None:
-            show_info(f"LodeSTAR: {advice}")
+        for advice in (brightness_advice(self.model, brightness_ratio(self.model, frame),
+                                         how="set Advanced › Brighter objects to {x} and train again"),
+                       fixed_input_advice(self.model, frame)):
+            if advice is not None:
+                show_info(f"LodeSTAR: {advice}")
 
     def _on_mode_changed(self, mode: str) -> None:
         if mode == "absolute":
@@ -817,6 +821,11 @@ class LodeSTARWidget(LodeSTARControls, QWidget):
         if found is None:
             return None
         image_layer, src = found
+        try:
+            check_pixel_size(self.model, stated_pixel_size_nm(image_layer), repr(image_layer.name))
+        except InputError as exc:
+            show_error(f"LodeSTAR: {exc}")
+            return None
         params = self.detect_params()
         self.progress.setRange(0, src.n_frames)
         self.progress.setValue(0)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,6 +49,19 @@ class Optics:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def check_pixel_size(model: Any, stated_nm: float | None, name: str) -> None:
+    """Refuse (InputError) frames whose stated pixel size (nm) is not the one a hologram
+    model (trained with a pixel size: the axial property) learned its propagation at: its z
+    would scale by about the square of the ratio, with no other sign (1.41x for 100 nm frames
+    to a 120 nm model). Nothing to check without a statement or for other models."""
+    trained = (getattr(model, "metadata", None) or {}).get("training", {}).get("pixel_size_nm")
+    if stated_nm is None or trained is None or abs(stated_nm - trained) <= 0.01 * trained:
+        return
+    raise InputError(f"{name} has {stated_nm:g} nm pixels (its metadata), but the hologram model was trained at "
+                     f"{trained:g} nm: its z would be off by about {(trained / stated_nm) ** 2:.2f}x; train a "
+                     "model on frames of this pixel size")
 
 
 def transfer_function(shape: tuple[int, int], dz_um: torch.Tensor, optics: Optics) -> torch.Tensor:

@@ -56,11 +56,6 @@ def _frame_slice(image, frame: int, n_frames: int):
     return image if n_frames == 1 else image[frame : frame + 1]
 
 
-def _check_channels(model: LodeSTAR, frames: np.ndarray) -> None:
-    if frames.shape[1] != model.config.in_channels:
-        raise InputError(f"the model expects {model.config.in_channels} channel(s), the image has {frames.shape[1]}")
-
-
 def detect_in_maps(model: LodeSTAR, frames: np.ndarray, maps: Maps, params: DetectParams = DetectParams(),
                    augment: bool = False, seen: np.ndarray | None = None) -> Detections:
     """:func:`~starloc.lodestar.detection.detect` on the maps of ``(T, C, H, W)`` frames, then
@@ -91,7 +86,7 @@ def iter_detect(
     selected = image_frame_range(image, frames, rgb=rgb, channel_axis=channel_axis)
     parts: list[Detections] = []
     for start, block in iter_frame_chunks(image, chunk, rgb=rgb, channel_axis=channel_axis, frames=selected):
-        _check_channels(model, block)
+        model.check_channels(block.shape[1])
         found = detect_frames(model, block, params, augment)
         found.frame += start
         parts.append(found)
@@ -129,7 +124,7 @@ def iter_single(
     selected = image_frame_range(image, frames, rgb=rgb, channel_axis=channel_axis)
     pos, weight, spread = [], [], []
     for start, block in iter_frame_chunks(image, chunk, rgb=rgb, channel_axis=channel_axis, frames=selected):
-        _check_channels(model, block)
+        model.check_channels(block.shape[1])
         p, maps = single_object(model, block, augment)
         w = maps.weights[:, None]
         dev = ((maps.positions[:, :2] - p[:, :2, None, None]) ** 2).sum(1, keepdims=True)

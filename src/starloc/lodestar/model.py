@@ -413,14 +413,20 @@ class LodeSTAR:
         (``(N, C, H // d, W // d)``, on the model's device). InputError when C is not the
         network's number of input channels (a fixed normalization would broadcast one channel
         to two silently)."""
-        want, got = self.config.in_channels, int(frames.shape[1])
-        if got != want:
-            colour = " (for colour images into a 1-channel model: convert to gray, --rgb gray)" \
-                if want == 1 and got in (3, 4) else ""
-            raise InputError(f"the model takes images of {want} channel(s), this one has {got}: give the image "
-                             "its channels as the model was trained (napari: 'First axis = channels'; command "
-                             f"line: --channel-axis){colour}")
+        self.check_channels(int(frames.shape[1]))
         return self.normalize(downsample_frames(frames.to(self.device), self.downsample))
+
+    def check_channels(self, got: int) -> None:
+        """InputError, saying how to fix it, when images of ``got`` channels are not what the
+        network takes."""
+        want = self.config.in_channels
+        if got == want:
+            return
+        colour = " (for colour images into a 1-channel model: convert to gray, --rgb gray)" \
+            if want == 1 and got in (3, 4) else ""
+        raise InputError(f"the model takes images of {want} channel(s), this one has {got}: give the image "
+                         "its channels as the model was trained (napari: 'First axis = channels'; command "
+                         f"line: --channel-axis, e.g. 0 for a {want}×Y×X image){colour}")
 
     @torch.inference_mode()
     def network_maps(self, x: torch.Tensor, tile: int = 1024, symmetries: bool = False, margin: bool = True) -> Maps:
