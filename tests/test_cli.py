@@ -47,6 +47,20 @@ def test_train_options_reach_the_training_config(scene, tmp_path):
     assert (training["max_steps"], training["min_steps"], training["copies"]) == (6, 4, 3)
 
 
+def test_a_training_that_uses_its_whole_default_budget_says_so(scene, tmp_path, capsys, monkeypatch):
+    from starloc.lodestar import training
+
+    monkeypatch.setattr(training, "BASE_STEPS", (4, 3))  # the default budget, shrunk: 8 steps for this crop
+    folder, (row, col) = scene
+    train = ["lodestar", "train", str(folder / "scene.tif"), "--crop", str(row), str(col), "40", "40",
+             "--device", "cpu", "-o", str(tmp_path / "m.pt")]
+    assert main(train) == 0
+    assert "trained 8 steps (the whole step budget: the loss had not levelled off; --steps N trains longer)" in \
+        capsys.readouterr().out
+    assert main([*train, "--steps", "8"]) == 0  # a budget of the user's own: nothing to say
+    assert "trained 8 steps in" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("option, value", [("--copies", "1"), ("--copies", "many"), ("--min-steps", "-1")])
 def test_train_refuses_bad_step_and_copy_counts(scene, tmp_path, capsys, option, value):
     folder, (row, col) = scene

@@ -118,7 +118,9 @@ def cmd_lodestar_train(args) -> int:
     record_crop_peaks(model, frames_and_boxes)
     model.save(args.output)
     steps = model.metadata["training"]["steps_done"]
-    print(f"trained {steps} steps in {p.elapsed:.1f} s (consistency {p.consistency:.4f} px); "
+    budget = " (the whole step budget: the loss had not levelled off; --steps N trains longer)" \
+        if args.steps is None and steps >= model.metadata["training"].get("max_steps", math.inf) else ""
+    print(f"trained {steps} steps{budget} in {p.elapsed:.1f} s (consistency {p.consistency:.4f} px); "
           f"model written to {args.output}")
     return 0
 
