@@ -230,9 +230,15 @@ def test_psf_choices_follow_the_layers(make_napari_viewer, messages, beads):
     assert panel.psf_combo.currentText() == dt.GAUSSIAN and not panel.z_step_spin.isEnabled()
     # an SMLM time-lapse is 3D too: a stack whose first axis is a length (z) is offered first
     viewer.add_image(np.zeros((5, 16, 16), np.uint16), name="smlm", units=("pixel", "nm", "nm"))
+    assert panel.psf_combo.currentText() == "smlm"  # the only 3D layer
     viewer.add_image(beads, name="z-stack", scale=(20, 100, 100), units=("nm", "nm", "nm"))
     names = [panel.psf_combo.itemText(i) for i in range(panel.psf_combo.count())]
     assert names == ["z-stack", "smlm", dt.GAUSSIAN, dt.ASTIGMATIC]
+    assert panel.psf_combo.currentText() == "z-stack"  # a z-stack opened later replaces the guess
+    panel.psf_combo.setCurrentText("smlm")
+    panel.psf_combo.activated.emit(1)  # the user's own pick
+    viewer.add_image(beads, name="more beads", scale=(20, 100, 100), units=("nm", "nm", "nm"))
+    assert panel.psf_combo.currentText() == "smlm"
 
 
 def test_the_samples_from_beads_to_a_rendered_csv(make_napari_viewer, qtbot, messages, tmp_path):

@@ -290,8 +290,9 @@ class DeepLocoTrainPanel(QWidget):
         self.psf_combo.clear()
         self.psf_combo.addItems(names)
         self.psf_combo.blockSignals(False)
-        keep = current in names and (self._psf_picked or current not in (GAUSSIAN, ASTIGMATIC))
-        self.psf_combo.setCurrentText(current if keep else names[0])  # a bead stack before a model
+        # the user's pick stays; else the best guess: a z-stack before other 3D layers before a model
+        keep = current in names and self._psf_picked
+        self.psf_combo.setCurrentText(current if keep else names[0])
         self._on_psf_changed()
 
     def _on_psf_picked(self, *_) -> None:
