@@ -264,11 +264,12 @@ class DeepLocoTrainPanel(QWidget):
         return row
 
     def _bead_layers(self) -> list:
-        """3D single-channel image layers; those whose first axis is a length (z) come first,
-        since a time-lapse SMLM stack is 3D too."""
+        """3D single-channel image layers; those whose first axis is a length (z: in the layer's
+        units, or the z step of the TIFF it was opened from) come first, since a time-lapse SMLM
+        stack is 3D too."""
         layers = [layer for layer in self.viewer.layers
                   if isinstance(layer, napari.layers.Image) and not layer.rgb and layer.ndim == 3]
-        return sorted(layers, key=lambda layer: axis_nm(layer, 0) is None)
+        return sorted(layers, key=lambda layer: stated_spacing_nm(layer)[1] is None)
 
     def _refresh_layer_choices(self, *_) -> None:
         self._refresh_psf_choices()
