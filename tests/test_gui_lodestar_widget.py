@@ -135,6 +135,7 @@ def test_train_in_a_worker_then_tune_save_load_and_export(make_napari_viewer, qt
     assert blocker.args == ["train", "returned"], messages["error"]
     assert widget.model is not None and widget.progress.value() == 150
     assert "step 150/150" in widget.status.text() or "done" in widget.status.text()
+    assert "150 steps (the whole budget: the loss had not levelled off)" in widget.model_info.text()
 
     weight, score, points = (viewer.layers[n] for n in (WEIGHT_LAYER, SCORE_LAYER, POINTS_LAYER))
     for out in (weight, score):

@@ -124,8 +124,10 @@ def downsampling_note(model: LodeSTAR) -> str:
 def describe_training(model: LodeSTAR, n_crops: int) -> str:
     """One line on how a freshly trained model was made (from its training metadata)."""
     t = model.metadata.get("training", {})
+    steps = t.get("steps_done", "?")
+    whole = " (the whole budget: the loss had not levelled off)" if steps == t.get("max_steps") else ""
     return (
-        f"trained on {n_crops} crop(s){downsampling_note(model)}, {t.get('steps_done', '?')} steps, "
+        f"trained on {n_crops} crop(s){downsampling_note(model)}, {steps} steps{whole}, "
         f"{t.get('seconds', 0):.1f} s, consistency {t.get('final_consistency', float('nan')):.3f} px"
     )
 
