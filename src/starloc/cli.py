@@ -230,9 +230,9 @@ def cmd_lodestar_detect(args) -> int:
     from starloc.io import image_frame_range, read_image, write_points_csv
     from starloc.lodestar.detection import DetectParams
     from starloc.lodestar.holography import check_pixel_size
-    from starloc.tiff_metadata import tiff_spacing
     from starloc.lodestar.inference import iter_detect, iter_single, property_columns
     from starloc.lodestar.model import LodeSTAR
+    from starloc.tiff_metadata import tiff_spacing
     from starloc.tracks import link_tracks, require_trackpy
 
     check_output(args.output, "csv", inputs=(args.image, args.model))
