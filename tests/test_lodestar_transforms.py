@@ -172,6 +172,13 @@ def test_hot_and_dead_pixels_are_replaced_by_their_neighbours_median_and_objects
     assert suppress_hot_pixels(x) is x  # nothing stands out: the frame itself
     bright = x + 500.0 * torch.from_numpy(sim.render("point", (48, 48), np.array([[20.0, 30.0]])))[None, None]
     assert torch.equal(suppress_hot_pixels(bright), bright)  # an object's peak, however bright, stays
+    # so does an undersampled spot's: a pixel-integrated Gaussian of sigma 0.45 px centred on a pixel
+    from scipy.special import erf
+
+    edges = (np.arange(49) - 24.5) / (0.45 * np.sqrt(2))
+    profile = np.diff(erf(edges)) / 2
+    spot = x + 5000.0 * torch.from_numpy(np.outer(profile, profile).astype(np.float32))[None, None]
+    assert torch.equal(suppress_hot_pixels(spot), spot)
     spiky = bright.clone()
     spiky[0, 0, 5, 5], spiky[0, 0, 40, 10] = 6000.0, -800.0
     out = suppress_hot_pixels(spiky)
