@@ -64,9 +64,12 @@ def _stands_out_of_a_plane(crop: np.ndarray, height: float) -> bool:
 
     The ring's median alone takes a gradient across the crop for objects: with an
     illumination gradient of one noise SD across a 36 px crop, 78 of 200 empty crops counted
-    1-7 objects (3 now). The plane only vetoes: a crop that an object nearly fills has the
-    object's rim in its ring, which tilts the plane, so its size is measured from the
-    median."""
+    1-7 objects (7 now). The plane only vetoes, and only when the strongest contrast lies at
+    the crop's border, where a gradient peaks: an object that covers part of the ring tilts
+    the plane towards itself, and a crop that an object nearly fills is measured from the
+    median. A dim object (about one noise SD per pixel) cut by the crop's edge is still
+    called empty more often than before (45 against 15 of 100 discs of radius 20 px in a
+    40 px crop; the median level counted most of them as 2-11 objects)."""
     image = np.asarray(crop, dtype=np.float64)
     if image.ndim == 3:
         image = image.mean(axis=0)
@@ -139,7 +142,12 @@ def _objects(crop: np.ndarray) -> tuple[int, int]:
     """``(objects, slivers at the border)``: :func:`count_objects`'s objects, split."""
     contrast, noise = smoothed_contrast(crop)
     peak = float(contrast.max())
-    if not peak > 5 * noise or not _stands_out_of_a_plane(crop, 5 * noise):
+    if not peak > 5 * noise:
+        return 0, 0
+    H, W = contrast.shape
+    r, c = np.unravel_index(int(np.argmax(contrast)), contrast.shape)
+    at_edge = min(r, c, H - 1 - r, W - 1 - c) < EDGE
+    if at_edge and not _stands_out_of_a_plane(crop, 5 * noise):  # the high side of a gradient
         return 0, 0
     mask = ndimage.binary_dilation(contrast > max(OBJECT_FRACTION * peak, 4 * noise), iterations=JOIN)
     labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
