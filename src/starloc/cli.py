@@ -259,7 +259,8 @@ def cmd_lodestar_detect(args) -> int:
     on_cluster = args.scheduler is not None or args.workers is not None
     # On a cluster the tasks load the model themselves; here it only names the output columns.
     model = LodeSTAR.load(args.model, device="cpu" if on_cluster else resolve_device(args.device))
-    check_pixel_size(model, tiff_spacing(args.image)[0], Path(args.image).name)
+    stated = args.pixel_size if args.pixel_size is not None else tiff_spacing(args.image)[0]
+    check_pixel_size(model, stated, Path(args.image).name, "--pixel-size" if args.pixel_size else "its metadata")
     _warn_about_frames(model, image, selected, layout)
     if on_cluster:
         found = _detect_on_cluster(args, params, augment, layout, total)
@@ -453,6 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "distance between neighbours), and the CSV gets a 'track' column (0-based ids)")
     d.add_argument("--memory", type=at_least(0), metavar="N",
                    help="with --link: frames an object may go undetected and keep its track (default 0)")
+    d.add_argument("--pixel-size", type=positive(), metavar="NM",
+                   help="hologram models: the frames' pixel size in the sample, nm, checked against the one the "
+                        "model was trained at (default: the TIFF's ImageJ/OME metadata; give it when they are "
+                        "wrong)")
     _add_common_image_options(d)
     d.add_argument("-o", "--output", type=Path, required=True, help="CSV file to write")
     add_cluster_options(d, "image")

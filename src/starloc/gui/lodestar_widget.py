@@ -714,7 +714,7 @@ class LodeSTARWidget(LodeSTARControls, QWidget):
             return None
         try:
             src = self._image_source(layer)
-            check_pixel_size(self.model, stated_pixel_size_nm(layer), repr(layer.name))
+            check_pixel_size(self.model, self.pixel_nm_spin.value() or None, repr(layer.name), "the Hologram box")
             frame = self._frame_of(layer)
             frame_data = read_frame(src, frame)
         except InputError as exc:
@@ -822,7 +822,7 @@ class LodeSTARWidget(LodeSTARControls, QWidget):
             return None
         image_layer, src = found
         try:
-            check_pixel_size(self.model, stated_pixel_size_nm(image_layer), repr(image_layer.name))
+            check_pixel_size(self.model, self.pixel_nm_spin.value() or None, repr(image_layer.name), "the Hologram box")
         except InputError as exc:
             show_error(f"LodeSTAR: {exc}")
             return None

@@ -51,17 +51,19 @@ class Optics:
         return asdict(self)
 
 
-def check_pixel_size(model: Any, stated_nm: float | None, name: str) -> None:
-    """Refuse (InputError) frames whose stated pixel size (nm) is not the one a hologram
-    model (trained with a pixel size: the axial property) learned its propagation at: its z
-    would scale by about the square of the ratio, with no other sign (1.41x for 100 nm frames
-    to a 120 nm model). Nothing to check without a statement or for other models."""
+def check_pixel_size(model: Any, stated_nm: float | None, name: str, source: str = "its metadata") -> None:
+    """Refuse (InputError) frames whose stated pixel size (nm; ``source`` says who states it)
+    is not the one a hologram model (trained with a pixel size: the axial property) learned
+    its propagation at: its z would scale by about the square of the ratio, with no other
+    sign (1.41x for 100 nm frames to a 120 nm model). Nothing to check without a statement
+    or for other models."""
     trained = (getattr(model, "metadata", None) or {}).get("training", {}).get("pixel_size_nm")
     if stated_nm is None or trained is None or abs(stated_nm - trained) <= 0.01 * trained:
         return
-    raise InputError(f"{name} has {stated_nm:g} nm pixels (its metadata), but the hologram model was trained at "
+    raise InputError(f"{name} has {stated_nm:g} nm pixels ({source}), but the hologram model was trained at "
                      f"{trained:g} nm: its z would be off by about {(trained / stated_nm) ** 2:.2f}x; train a "
-                     "model on frames of this pixel size")
+                     "model on frames of this pixel size, or, if the stated size is wrong, give the true one "
+                     "(command line: --pixel-size; napari: the Hologram box)")
 
 
 def transfer_function(shape: tuple[int, int], dz_um: torch.Tensor, optics: Optics) -> torch.Tensor:
