@@ -264,7 +264,10 @@ def test_cli_trains_on_a_hologram_and_writes_z_and_signal(tmp_path, capsys):
     assert main(["lodestar", "detect", str(tmp_path / "px100.tif"), "--channel-axis", "1", "--model", str(model),
                  "--single", "-o", str(tmp_path / "e.csv")]) == EXIT_BAD_INPUT
     assert "100 nm pixels (its metadata), but the hologram model was trained at 114 nm" in capsys.readouterr().err
-    # metadata that are wrong: the user's word wins, both ways
+    # metadata that are wrong: the user's word wins, both ways, with a warning when training
+    assert main(["lodestar", "train", str(tmp_path / "px100.tif"), "--channel-axis", "1", "--crop", "12", "12", "40",
+                 "40", "--steps", "2", "--z-range", "2", "--pixel-size", "114", "-o", str(tmp_path / "m2.pt")]) == 0
+    assert "--pixel-size 114 nm, where px100.tif's metadata say 100 nm" in " ".join(capsys.readouterr().err.split())
     assert main(["lodestar", "detect", str(tmp_path / "px100.tif"), "--channel-axis", "1", "--model", str(model),
                  "--single", "--pixel-size", "114", "-o", str(tmp_path / "e.csv")]) == 0
     assert main(["lodestar", "detect", str(tmp_path / "stack.tif"), "--channel-axis", "1", "--model", str(model),

@@ -158,8 +158,8 @@ def _check_axes(args, image) -> None:
 
 
 def _resolve_symmetry_options(args) -> None:
-    """Refuse the axial and signal options that would be ignored; with ``--z-range``, take the
-    pixel size from the TIFF's ImageJ/OME metadata when ``--pixel-size`` is left out."""
+    """Refuse the axial and signal options that would be ignored; with ``--z-range``, resolve
+    the pixel size (:func:`_resolve_pixel_size`)."""
     if args.z_range is None:
         unused = [opt for opt, value in (("--pixel-size", args.pixel_size), ("--wavelength", args.wavelength_nm),
                                          ("--n-medium", args.n_medium), ("--crop-z", args.crop_z))
@@ -167,18 +167,32 @@ def _resolve_symmetry_options(args) -> None:
         if unused:
             raise InputError(f"{', '.join(unused)}: only for the axial training of a hologram; "
                              "give --z-range UM too")
-    elif args.pixel_size is None:
-        from starloc.tiff_metadata import tiff_spacing
-
-        args.pixel_size = tiff_spacing(args.image)[0]
-        if args.pixel_size is None:
-            raise InputError("--z-range propagates the field in physical units: give --pixel-size NM (the "
-                             f"pixel size in the sample; {Path(args.image).name} states none)")
-        print(f"starloc: from {Path(args.image).name}'s metadata: pixel size {args.pixel_size:g} nm", file=sys.stderr)
+    else:
+        _resolve_pixel_size(args)
     if args.signal_range is None and args.crop_signal is not None:
         raise InputError("--crop-signal sets the unit of the learned signal: give --signal-range R too")
     if args.signal_range is not None and args.brighter is not None:
         raise InputError("--brighter: --signal-range teaches the objects' brightness itself (it replaces --brighter)")
+
+
+def _resolve_pixel_size(args) -> None:
+    """``--pixel-size``, else the TIFF's ImageJ/OME metadata (said on stderr); a given size
+    that the metadata contradict is warned about, since detection checks files against it."""
+    from starloc.tiff_metadata import tiff_spacing
+
+    name = Path(args.image).name
+    stated = tiff_spacing(args.image)[0]
+    if args.pixel_size is not None:
+        if stated is not None and abs(stated - args.pixel_size) > 0.01 * stated:
+            warnings.warn(f"--pixel-size {args.pixel_size:g} nm, where {name}'s metadata say {stated:g} nm: training "
+                          f"at {args.pixel_size:g} nm (detecting on such files will need --pixel-size "
+                          f"{args.pixel_size:g} too)", StarlocWarning)
+        return
+    if stated is None:
+        raise InputError("--z-range propagates the field in physical units: give --pixel-size NM (the "
+                         f"pixel size in the sample; {name} states none)")
+    args.pixel_size = stated
+    print(f"starloc: from {name}'s metadata: pixel size {stated:g} nm", file=sys.stderr)
 
 
 def _crop_z(args, crops, optics: dict) -> float:
