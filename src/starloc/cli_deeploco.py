@@ -72,7 +72,9 @@ def _read_camera_map(path: Path) -> Any:
             arr = tifffile.imread(path)
     except (OSError, ValueError) as exc:
         raise argparse.ArgumentTypeError(f"cannot read the camera map {str(path)!r}: {one_line(exc)}") from None
-    arr = np.squeeze(np.asarray(arr))
+    arr = np.asarray(arr)
+    while arr.ndim > 2 and arr.shape[0] == 1:  # a map saved as one frame of a stack; keep 1-px-wide maps 2D
+        arr = arr[0]
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
         raise argparse.ArgumentTypeError(f"the camera map {str(path)!r} must be one 2D image (rows x columns of "
                                          f"the camera), got shape {arr.shape}")
