@@ -102,3 +102,28 @@ def test_cli_scheduler_option_writes_the_local_csv(files, client, tmp_path, caps
     assert main([*common, "--workers", "2", "--scheduler", "tcp://127.0.0.1:1", "-o", str(tmp_path / "x.csv")]) == 2
     assert "either --scheduler" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_cluster_failures_are_one_line_errors(files, client, tmp_path, capsys):
+    common = ["lodestar", "detect", str(files / "stack.tif"), "--model", str(files / "model.pt"), "--device", "cpu",
+              "-o", str(tmp_path / "x.csv")]
+    for address, said in (("notanaddress", "missing port number"), ("http://127.0.0.1:8799", "unknown address scheme")):
+        assert main([*common, "--scheduler", address]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith(f"starloc: error: cannot reach the dask scheduler {address!r}") and said in err[-1]
+    # a task that fails on a worker (here: a model file gone by the time the worker reads it)
+    # is one line saying so, not the worker's traceback
+    from starloc.cluster import iter_completed
+
+    def lost(path):
+        raise FileNotFoundError(f"[Errno 2] No such file or directory: {path!r}")
+
+    with pytest.raises(InputError, match=r"^a dask worker failed: \[Errno 2\] No such file or directory: 'm.pt'$"):
+        finish(iter_completed({client.submit(lost, "m.pt", pure=False): 1}, lambda *a: a))
+
+    def refused():
+        raise InputError("image file 'x.tif' not found")
+
+    with pytest.raises(InputError, match=r"^on a dask worker: image file 'x.tif' not found$"):
+        finish(iter_completed({client.submit(refused, pure=False): 1}, lambda *a: a))
+    assert not (tmp_path / "x.csv").exists()

@@ -16,7 +16,7 @@ from collections.abc import Callable, Generator, Iterator
 from functools import lru_cache
 from typing import Any
 
-from .errors import InputError
+from .errors import InputError, StarlocError, one_line
 
 __all__ = ["DEFAULT_TASK_FRAMES", "chunk_ranges", "local_cluster", "open_client", "iter_completed", "worker_model"]
 
@@ -84,17 +84,30 @@ def open_client(scheduler: str | None = None, workers: int | None = None) -> Ite
         else:
             cluster = local_cluster(workers)
             client = Client(cluster)
-    except OSError as exc:
+    except (OSError, ValueError, TypeError) as exc:  # unreachable, or not an address ('http://', no port)
         if cluster is not None:
             cluster.close()
         where = f"reach the dask scheduler {scheduler!r}" if scheduler else "start a local dask cluster"
-        raise InputError(f"cannot {where}: {exc}") from None
+        raise InputError(f"cannot {where}: {one_line(exc)}") from None
     try:
         yield client
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _result(future: Any) -> Any:
+    """A task's result; its failure as a one-line InputError that says it happened on a
+    worker (a file the worker cannot read, a device it lacks), not dask's remote traceback."""
+    try:
+        return future.result()
+    except StarlocError as exc:
+        raise InputError(f"on a dask worker: {exc}") from None
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        raise InputError(f"a dask worker failed: {one_line(exc)}") from None
 
 
 def iter_completed(futures: dict[Any, int], progress: Callable[[int, int, Any, float], Any]
@@ -110,7 +123,7 @@ def iter_completed(futures: dict[Any, int], progress: Callable[[int, int, Any, f
     start = time.perf_counter()
     try:
         for future in as_completed(list(futures)):
-            result = future.result()
+            result = _result(future)
             results.append(result)
             done += futures[future]
             yield progress(done, total, result, time.perf_counter() - start)
