@@ -127,3 +127,14 @@ def test_cluster_failures_are_one_line_errors(files, client, tmp_path, capsys):
     with pytest.raises(InputError, match=r"^on a dask worker: image file 'x.tif' not found$"):
         finish(iter_completed({client.submit(refused, pure=False): 1}, lambda *a: a))
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_tasks_default_to_about_four_per_worker(client):
+    from argparse import Namespace
+
+    from starloc.cli_common import task_frames
+
+    auto = Namespace(frames_per_task=None)
+    assert task_frames(auto, client, 600) == 75  # 2 workers: 8 tasks (one task of 1000 kept a worker idle)
+    assert task_frames(auto, client, 3) == 1 and task_frames(auto, client, 100_000) == 1000
+    assert task_frames(Namespace(frames_per_task=7), client, 600) == 7

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from starloc import __version__
 from starloc.cli_common import (add_cluster_options, at_least, check_output, cluster_client, downsample_factor,
-                                frames_type, positive, progress_bar, resolve_device)
+                                frames_type, positive, progress_bar, resolve_device, task_frames)
 from starloc.errors import InputError, StarlocError, StarlocWarning
 
 EXIT_BAD_INPUT = 2
@@ -329,7 +329,8 @@ def _detect_on_cluster(args, params, augment: bool, layout: dict, total: int):
 
     with cluster_client(args) as client:
         gen = iter_detect_on_cluster(args.model, args.image, client, single=args.single, params=params,
-                                     augment=augment, frames=args.frames, frames_per_task=args.frames_per_task,
+                                     augment=augment, frames=args.frames,
+                                     frames_per_task=task_frames(args, client, total),
                                      device=args.device, **layout)
         return _run_frames(gen, total)
 

@@ -145,8 +145,21 @@ def add_cluster_options(p: argparse.ArgumentParser, what: str) -> None:
                         "must be readable at the same paths on every worker")
     g.add_argument("--workers", type=positive(int), default=None, metavar="N",
                    help="run on a local dask cluster of N worker processes (one range of frames per task)")
-    g.add_argument("--frames-per-task", type=positive(int), default=DEFAULT_TASK_FRAMES, metavar="N",
-                   help=f"frames per cluster task (default {DEFAULT_TASK_FRAMES})")
+    g.add_argument("--frames-per-task", type=positive(int), default=None, metavar="N",
+                   help="frames per cluster task (default: about four tasks per worker, at most "
+                        f"{DEFAULT_TASK_FRAMES} frames each)")
+
+
+def task_frames(args, client: Any, total: int) -> int:
+    """``--frames-per-task``, else about four tasks per worker of ``client`` for ``total``
+    frames (at most DEFAULT_TASK_FRAMES each), so that every worker has work and the progress
+    bar moves: a fixed 1000 made a 600-frame stack one task for one worker of two."""
+    from starloc.cluster import DEFAULT_TASK_FRAMES
+
+    if args.frames_per_task is not None:
+        return int(args.frames_per_task)
+    workers = max(1, len(client.scheduler_info().get("workers", {})))
+    return max(1, min(DEFAULT_TASK_FRAMES, math.ceil(total / (4 * workers))))
 
 
 def cluster_client(args) -> Any:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from starloc.cli_common import (SUFFIXES, add_cluster_options, check_output, cluster_client, frames_type, positive,
-                                progress_bar, resolve_device, same_file)
+                                progress_bar, resolve_device, same_file, task_frames)
 from starloc.errors import InputError, one_line
 
 #: starloc.deeploco.camera.CAMERA_PRESETS, written out so that `starloc --help` imports no torch
@@ -566,7 +566,7 @@ def _localize_on_cluster(args, camera: Any, options: dict[str, Any], total: int)
 
     with cluster_client(args) as client:
         gen = iter_localize_stack_on_cluster(args.model, args.stack, client, frames=args.frames,
-                                             frames_per_task=args.frames_per_task, device=args.device,
+                                             frames_per_task=task_frames(args, client, total), device=args.device,
                                              camera=camera, input_units=args.units, **options)
         return _run_with_bar(gen, total)
 
