@@ -21,7 +21,7 @@ from typing import Any
 
 from starloc.cli_common import (SUFFIXES, add_cluster_options, check_output, cluster_client, frames_type, positive,
                                 progress_bar, resolve_device, same_file, task_frames)
-from starloc.errors import InputError, one_line
+from starloc.errors import InputError
 
 #: starloc.deeploco.camera.CAMERA_PRESETS, written out so that `starloc --help` imports no torch
 CAMERA_KINDS = ("smlm2016", "emccd", "scmos")
@@ -63,16 +63,12 @@ def _number_or_map(number: Any):
 def _read_camera_map(path: Path) -> Any:
     import numpy as np
 
-    try:
-        if path.suffix.lower() == ".npy":
-            arr = np.load(path, allow_pickle=False)
-        else:
-            import tifffile
+    from starloc.io import read_image
 
-            arr = tifffile.imread(path)
-    except (OSError, ValueError) as exc:
-        raise argparse.ArgumentTypeError(f"cannot read the camera map {str(path)!r}: {one_line(exc)}") from None
-    arr = np.asarray(arr)
+    try:
+        arr = np.asarray(read_image(path))
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read the camera map {str(path)!r}: {exc}") from None
     while arr.ndim > 2 and arr.shape[0] == 1:  # a map saved as one frame of a stack; keep 1-px-wide maps 2D
         arr = arr[0]
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):

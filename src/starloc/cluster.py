@@ -104,8 +104,6 @@ def _result(future: Any) -> Any:
         return future.result()
     except StarlocError as exc:
         raise InputError(f"on a dask worker: {exc}") from None
-    except (KeyboardInterrupt, SystemExit):
-        raise
     except Exception as exc:
         raise InputError(f"a dask worker failed: {one_line(exc)}") from None
 

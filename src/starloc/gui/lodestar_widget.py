@@ -714,7 +714,7 @@ class LodeSTARWidget(LodeSTARControls, QWidget):
             return None
         try:
             src = self._image_source(layer)
-            check_pixel_size(self.model, self.pixel_nm_spin.value() or None, repr(layer.name), "the Hologram box")
+            self._check_pixel_size(layer)
             frame = self._frame_of(layer)
             frame_data = read_frame(src, frame)
         except InputError as exc:
@@ -744,6 +744,11 @@ class LodeSTARWidget(LodeSTARControls, QWidget):
         if self.status.text().startswith("computing maps"):
             self.status.setText(f"maps of frame {key[1]} ready" if src.is_timelapse else "maps ready")
         self._redetect()
+
+    def _check_pixel_size(self, layer) -> None:
+        """InputError when a hologram model meets a layer of another pixel size than it was
+        trained at (the Hologram box's value: the layer's, or the user's correction)."""
+        check_pixel_size(self.model, self.pixel_nm_spin.value() or None, repr(layer.name), "the Hologram box")
 
     def _tell_about_frame(self, layer_name: str, frame) -> None:
         """Once per model and image: say so when the image holds objects far brighter than
@@ -822,7 +827,7 @@ class LodeSTARWidget(LodeSTARControls, QWidget):
             return None
         image_layer, src = found
         try:
-            check_pixel_size(self.model, self.pixel_nm_spin.value() or None, repr(image_layer.name), "the Hologram box")
+            self._check_pixel_size(image_layer)
         except InputError as exc:
             show_error(f"LodeSTAR: {exc}")
             return None

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from starloc.lodestar.model import CLIPPED_STD
+
 SMOOTHING = 1.0  # px, Gaussian smoothing before thresholding (noise)
 # An object is a region where the smoothed contrast exceeds this share of the crop's peak.
 # Objects of one kind have about the same peak, and at 0.65 single objects of the simulator's
@@ -24,7 +26,6 @@ JOIN = 2  # px: regions closer than about twice this are one object (fragments o
 EDGE = 2
 BORDER_FRACTION = 0.8
 RING = 2  # px: the crop's outer ring that gives its background level
-TRUNCATED_SD = 0.98658  # standard deviation of a unit normal distribution cut at +-3 sigma
 # A neighbour cut by the border whose region is smaller than this share of the largest object
 # inside is a sliver (told apart in the advice: usually harmless); a larger part is an object.
 SLIVER = 0.5
@@ -48,13 +49,17 @@ def smoothed_contrast(crop: np.ndarray) -> tuple[np.ndarray, float]:
     return contrast, _pixel_noise(image) / (2 * np.sqrt(np.pi) * SMOOTHING)  # white noise after smoothing
 
 
+def _ring_mask(shape: tuple[int, int]) -> np.ndarray:
+    """The crop's outer ring of :data:`RING` px (the whole crop when it is that small)."""
+    ring = np.zeros(shape, bool)
+    ring[:RING] = ring[-RING:] = True
+    ring[:, :RING] = ring[:, -RING:] = True
+    return ring
+
+
 def _ring_level(image: np.ndarray) -> float:
     """Median of the outer ring of :data:`RING` px (the whole image when it is that small)."""
-    w = RING
-    if min(image.shape) <= 2 * w:
-        return float(np.median(image))
-    ring = np.concatenate([image[:w].ravel(), image[-w:].ravel(), image[w:-w, :w].ravel(), image[w:-w, -w:].ravel()])
-    return float(np.median(ring))
+    return float(np.median(image[_ring_mask(image.shape)]))
 
 
 def _stands_out_of_a_plane(crop: np.ndarray, height: float) -> bool:
@@ -76,9 +81,7 @@ def _stands_out_of_a_plane(crop: np.ndarray, height: float) -> bool:
     H, W = image.shape
     if min(H, W) <= 2 * RING:
         return True
-    ring = np.zeros((H, W), bool)
-    ring[:RING] = ring[-RING:] = True
-    ring[:, :RING] = ring[:, -RING:] = True
+    ring = _ring_mask((H, W))
     rows, cols = np.nonzero(ring)
     design = np.column_stack([np.ones(rows.size), rows - (H - 1) / 2, cols - (W - 1) / 2])
     values = image[ring]
@@ -116,7 +119,7 @@ def _pixel_noise(image: np.ndarray) -> float:
         if inside.size == keep.size:
             break
         keep = inside
-    return float(keep.std()) / TRUNCATED_SD / np.sqrt(2) if keep.size else 0.0
+    return float(keep.std()) / CLIPPED_STD / np.sqrt(2) if keep.size else 0.0
 
 
 def count_objects(crop: np.ndarray) -> int:
@@ -151,7 +154,6 @@ def _objects(crop: np.ndarray) -> tuple[int, int]:
         return 0, 0
     mask = ndimage.binary_dilation(contrast > max(OBJECT_FRACTION * peak, 4 * noise), iterations=JOIN)
     labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
-    H, W = contrast.shape
     index = range(1, n + 1)
     areas = ndimage.sum_labels(np.ones_like(contrast), labels, index)
     inside, border = [], []
