@@ -1,5 +1,6 @@
 """DeepLoco past one machine: a stack localized as dask.distributed tasks gives the local table."""
 
+import signal
 import warnings
 
 import numpy as np
@@ -98,14 +99,18 @@ def test_cli_workers_option_writes_the_local_result(files, tmp_path, capsys):
     assert "either --scheduler" in capsys.readouterr().err
 
 
-def test_local_cluster_workers_keep_the_default_malloc_trim():
+def test_local_cluster_workers_keep_the_default_malloc_trim_and_ignore_ctrl_c():
     from starloc.deeploco.cluster import local_cluster
 
     def environ():
         import os
+        import signal
 
-        return os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS")
+        return os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS"), signal.getsignal(signal.SIGINT)
 
+    handler = signal.getsignal(signal.SIGINT)
     with local_cluster(1) as cluster, distributed.Client(cluster) as c:
-        (trim, omp), = c.run(environ).values()
+        (trim, omp, sigint), = c.run(environ).values()
     assert trim is None and omp == "1"  # dask's other settings stay
+    # Ctrl-C is this process's to handle (workers printed a traceback each), and it still is
+    assert sigint == signal.SIG_IGN and signal.getsignal(signal.SIGINT) is handler

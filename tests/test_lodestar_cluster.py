@@ -126,6 +126,13 @@ def test_cluster_failures_are_one_line_errors(files, client, tmp_path, capsys):
 
     with pytest.raises(InputError, match=r"^on a dask worker: image file 'x.tif' not found$"):
         finish(iter_completed({client.submit(refused, pure=False): 1}, lambda *a: a))
+    import threading
+    import time
+
+    slow = client.submit(time.sleep, 2, pure=False)
+    threading.Timer(0.2, client.cancel, ([slow],)).start()  # as a restart or another client would
+    with pytest.raises(InputError, match=r"^the dask cluster cancelled this run's tasks"):
+        finish(iter_completed({slow: 1}, lambda *a: a))
     assert not (tmp_path / "x.csv").exists()
 
 
@@ -138,3 +145,67 @@ def test_tasks_default_to_about_four_per_worker(client):
     assert task_frames(auto, client, 600) == 75  # 2 workers: 8 tasks (one task of 1000 kept a worker idle)
     assert task_frames(auto, client, 3) == 1 and task_frames(auto, client, 100_000) == 1000
     assert task_frames(Namespace(frames_per_task=7), client, 600) == 7
+
+
+def test_the_output_is_written_before_the_cluster_closes(files, client, tmp_path, monkeypatch):
+    # closing a cluster takes seconds: a Ctrl-C then must find the results already on disk
+    import contextlib
+
+    import starloc.cluster
+
+    out = tmp_path / "x.csv"
+    closed_with = []
+
+    @contextlib.contextmanager
+    def recording_client(scheduler, workers):
+        yield client
+        closed_with.append(out.exists())
+
+    monkeypatch.setattr(starloc.cluster, "open_client", recording_client)
+    assert main(["lodestar", "detect", str(files / "stack.tif"), "--model", str(files / "model.pt"),
+                 "--workers", "2", "-o", str(out)]) == 0
+    assert closed_with == [True]
+
+
+def test_a_scheduler_without_workers_is_said_not_waited_on_silently(monkeypatch):
+    import warnings
+
+    import distributed
+
+    import starloc.cluster
+    from starloc.errors import StarlocWarning
+
+    monkeypatch.setattr(starloc.cluster, "POLL_S", 0.05)
+    monkeypatch.setattr(starloc.cluster, "NO_WORKERS_WARN_S", 0.0)
+    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster, \
+            distributed.Client(cluster) as c, warnings.catch_warnings():
+        warnings.simplefilter("error", StarlocWarning)  # stops the wait at the warning
+        future = c.submit(sum, [1, 2], pure=False)
+        with pytest.raises(StarlocWarning, match=r"has had no worker for 0 s .*Start workers"):
+            finish(starloc.cluster.iter_completed({future: 1}, lambda *a: a))
+        assert future.cancelled()  # closing the wait cancels its tasks
+
+
+def test_a_worker_without_a_gpu_refuses_device_cuda_in_one_line():
+    import torch
+
+    from starloc.cluster import worker_model
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(InputError, match=r"^--device cuda, but the worker on .* has no CUDA GPU"):
+        worker_model(LodeSTAR.load, "unused.pt", "cuda", 1)
+
+
+def test_a_timed_out_scheduler_address_hints_at_the_dashboard_port(monkeypatch):
+    import distributed
+
+    from starloc.cluster import open_client
+
+    def timed_out(address, timeout):
+        raise OSError(f"Timed out trying to connect to {address} after {timeout}")
+
+    monkeypatch.setattr(distributed, "Client", timed_out)
+    with pytest.raises(InputError, match=r"after 30s \(give the scheduler's own address, port 8786"):
+        with open_client("tcp://127.0.0.1:8787"):
+            pass

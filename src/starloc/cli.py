@@ -241,13 +241,13 @@ def _warn_about_frames(model, image, selected: range, layout: dict) -> None:
 
 
 def cmd_lodestar_detect(args) -> int:
-    from starloc.io import image_frame_range, read_image, write_points_csv
+    from starloc.io import image_frame_range, read_image
     from starloc.lodestar.detection import DetectParams
     from starloc.lodestar.holography import check_pixel_size
-    from starloc.lodestar.inference import iter_detect, iter_single, property_columns
+    from starloc.lodestar.inference import iter_detect, iter_single
     from starloc.lodestar.model import LodeSTAR
     from starloc.tiff_metadata import tiff_spacing
-    from starloc.tracks import link_tracks, require_trackpy
+    from starloc.tracks import require_trackpy
 
     check_output(args.output, "csv", inputs=(args.image, args.model))
     given = {k: getattr(args, k) for k in ("alpha", "beta", "cutoff", "mode", "min_weight", "radius",
@@ -276,14 +276,24 @@ def cmd_lodestar_detect(args) -> int:
     stated = args.pixel_size if args.pixel_size is not None else tiff_spacing(args.image)[0]
     check_pixel_size(model, stated, Path(args.image).name, "--pixel-size" if args.pixel_size else "its metadata")
     _warn_about_frames(model, image, selected, layout)
-    if on_cluster:
-        found = _detect_on_cluster(args, params, augment, layout, total)
-    else:
-        if args.single:
-            gen = iter_single(model, image, augment=augment, frames=args.frames, **layout)
+    with cluster_client(args) as client:
+        if client is not None:
+            found = _detect_on_cluster(args, client, params, augment, layout, total)
+        elif args.single:
+            found = _run_frames(iter_single(model, image, augment=augment, frames=args.frames, **layout), total)
         else:
-            gen = iter_detect(model, image, params, augment=augment, frames=args.frames, **layout)
-        found = _run_frames(gen, total)
+            found = _run_frames(iter_detect(model, image, params, augment=augment, frames=args.frames, **layout),
+                                total)
+        _write_detections(args, model, found, total)
+    return 0
+
+
+def _write_detections(args, model, found, total: int) -> None:
+    """The detections CSV, linked into tracks with ``--link``; a one-line summary."""
+    from starloc.io import write_points_csv
+    from starloc.lodestar.inference import property_columns
+    from starloc.tracks import link_tracks
+
     columns = {**property_columns(model, found.positions), **found.features}
     try:
         if args.link is not None:
@@ -295,7 +305,6 @@ def cmd_lodestar_detect(args) -> int:
     write_points_csv(args.output, found.frame, found.positions[:, :2], columns)
     linked = f" in {int(columns['track'].max(initial=-1)) + 1} track(s)" if "track" in columns else ""
     print(f"{len(found)} detection(s){linked} in {total} frame(s) written to {args.output}")
-    return 0
 
 
 def cmd_lodestar_link(args) -> int:
@@ -323,16 +332,14 @@ def _run_frames(gen, total: int):
             bar.update(done - bar.n)
 
 
-def _detect_on_cluster(args, params, augment: bool, layout: dict, total: int):
-    """``--scheduler`` / ``--workers``: the same detection as tasks on a dask.distributed cluster."""
+def _detect_on_cluster(args, client, params, augment: bool, layout: dict, total: int):
+    """``--scheduler`` / ``--workers``: the same detection as tasks on the dask cluster of ``client``."""
     from starloc.lodestar.cluster import iter_detect_on_cluster
 
-    with cluster_client(args) as client:
-        gen = iter_detect_on_cluster(args.model, args.image, client, single=args.single, params=params,
-                                     augment=augment, frames=args.frames,
-                                     frames_per_task=task_frames(args, client, total),
-                                     device=args.device, **layout)
-        return _run_frames(gen, total)
+    gen = iter_detect_on_cluster(args.model, args.image, client, single=args.single, params=params,
+                                 augment=augment, frames=args.frames, frames_per_task=task_frames(args, client, total),
+                                 device=args.device, **layout)
+    return _run_frames(gen, total)
 
 
 def cmd_demo(args) -> int:

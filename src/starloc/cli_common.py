@@ -5,6 +5,7 @@ only when used, so ``starloc --help`` stays fast."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import re
 import sys
@@ -163,9 +164,13 @@ def task_frames(args, client: Any, total: int) -> int:
 
 
 def cluster_client(args) -> Any:
-    """The dask client that ``--scheduler`` / ``--workers`` ask for (a context manager)."""
+    """A context manager giving the dask client that ``--scheduler`` / ``--workers`` ask for,
+    or None when they are not given (work in this process). Write the output inside it: closing
+    a cluster takes seconds, and a Ctrl-C then must not lose results already computed."""
     from starloc.cluster import open_client
 
+    if args.workers is None and args.scheduler is None:
+        return contextlib.nullcontext()
     if args.workers is not None and args.scheduler is not None:
         raise InputError("give either --scheduler (an existing cluster) or --workers (a local one), not both")
     return open_client(args.scheduler, args.workers)

@@ -556,21 +556,19 @@ def _run_with_bar(gen: Any, total: int) -> dict[str, Any]:
             bar.set_postfix(locs=p.localizations)
 
 
-def _localize_on_cluster(args, camera: Any, options: dict[str, Any], total: int) -> dict[str, Any]:
-    """``--scheduler`` / ``--workers``: the same localization as tasks on a dask.distributed cluster."""
+def _localize_on_cluster(args, client, camera: Any, options: dict[str, Any], total: int) -> dict[str, Any]:
+    """``--scheduler`` / ``--workers``: the same localization as tasks on the dask cluster of ``client``."""
     from starloc.deeploco.cluster import iter_localize_stack_on_cluster
 
-    with cluster_client(args) as client:
-        gen = iter_localize_stack_on_cluster(args.model, args.stack, client, frames=args.frames,
-                                             frames_per_task=task_frames(args, client, total), device=args.device,
-                                             camera=camera, input_units=args.units, **options)
-        return _run_with_bar(gen, total)
+    gen = iter_localize_stack_on_cluster(args.model, args.stack, client, frames=args.frames,
+                                         frames_per_task=task_frames(args, client, total), device=args.device,
+                                         camera=camera, input_units=args.units, **options)
+    return _run_with_bar(gen, total)
 
 
 def cmd_deeploco_localize(args) -> int:
     from starloc.deeploco.model import DeepLoco
     from starloc.deeploco.stack import iter_localize_stack, open_stack
-    from starloc.smlm_io import write_picasso, write_thunderstorm_csv
 
     out = Path(args.output)
     fmt = args.format or ("picasso" if out.suffix.lower() in HDF5_SUFFIXES else "thunderstorm")
@@ -578,23 +576,33 @@ def cmd_deeploco_localize(args) -> int:
         raise InputError(f"Picasso output needs a .hdf5 file name, got {str(out)!r}")
     check_output(out, "hdf5" if fmt == "picasso" else "csv", inputs=(args.stack, args.model))
     _refuse_camera_for_photons(args)
-    model = DeepLoco.load(args.model, device=resolve_device(args.device))
+    on_cluster = args.scheduler is not None or args.workers is not None
+    # On a cluster each worker loads the model on its own --device (the GPU may be theirs, not this machine's).
+    model = DeepLoco.load(args.model, device="cpu" if on_cluster else resolve_device(args.device))
     camera = build_camera(args.camera, _camera_overrides(args), base=model.camera)
     options = {"pixel_size": args.pixel_size, "batch_size": args.batch_size, "threshold": args.threshold,
                "tile": args.tile, "overlap": args.overlap, "chunk_frames": args.chunk_frames}
     options = {k: v for k, v in options.items() if v is not None}
-    on_cluster = args.scheduler is not None or args.workers is not None
-    with open_stack(args.stack) as src:
+    with open_stack(args.stack) as src, cluster_client(args) as client:
         frames = args.frames or slice(None)
         total = len(range(*frames.indices(src.n_frames)))
-        T, (H, W) = src.n_frames, src.frame_shape
-        if not on_cluster:
+        if client is not None:
+            table = _localize_on_cluster(args, client, camera, options, total)
+        else:
             table = _run_with_bar(iter_localize_stack(model, src, camera=camera, input_units=args.units,
                                                       frames=args.frames, **options), total)
-    if on_cluster:
-        table = _localize_on_cluster(args, camera, options, total)
+        _write_localizations(args, out, fmt, model, table, total, (src.n_frames, *src.frame_shape))
+    return 0
+
+
+def _write_localizations(args, out: Path, fmt: str, model: Any, table: dict[str, Any], total: int,
+                         stack_shape: tuple[int, int, int]) -> None:
+    """The ThunderSTORM CSV or Picasso HDF5 (+ YAML) of ``table``; a one-line summary."""
+    from starloc.smlm_io import write_picasso, write_thunderstorm_csv
+
     n = len(table["frame"])
     if fmt == "picasso":
+        T, H, W = stack_shape
         precision = PICASSO_PRECISION_NM if args.precision is None else args.precision
         if args.precision is not None:  # given: it replaces the model's per-localization uncertainty
             table = {k: v for k, v in table.items() if k != "uncertainty"}
@@ -605,7 +613,6 @@ def cmd_deeploco_localize(args) -> int:
     else:
         write_thunderstorm_csv(out, table)
         print(f"{n} localization(s) in {total} frame(s) written to {out}{_precision_note(table)}")
-    return 0
 
 
 def _precision_note(table: dict) -> str:
