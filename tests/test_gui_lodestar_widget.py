@@ -4,6 +4,8 @@ A tiny network (conftest.TINY) keeps training to a few seconds on a 2-core machi
 """
 
 import copy
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -582,13 +584,13 @@ def test_first_axis_as_channels_reads_one_multichannel_image(make_napari_viewer,
     _, crops, frame, _ = widget.crops()
     assert frame == 0 and crops[0].shape == (2, CROP, CROP)
     np.testing.assert_array_equal(crops[0], stack.data[:, 14:34, 14:34])
-    # layers that are not C×Y×X say so instead of guessing
-    for data, hint in ((np.zeros((48, 48)), "untick"), (np.zeros((3, 2, 48, 48)), "--channel-axis 1")):
+    # layers that are neither C×Y×X nor C×T×Y×X say so instead of guessing
+    for data, hint in ((np.zeros((48, 48)), "untick"), (np.zeros((3, 2, 48, 48)), "np.moveaxis(layer.data, 1, 0)")):
         layer = viewer.add_image(data, name=f"bad{data.ndim}")
         widget.set_image_layer(layer)
         assert not widget.channels_check.isChecked()  # choosing a layer that cannot be C×Y×X unticks it
         widget.channels_check.setChecked(True)
-        assert "C×Y×X" in widget.image_info.text() and hint in widget.image_info.text()
+        assert "C×T×Y×X" in widget.image_info.text() and hint in widget.image_info.text()
     # a layer whose metadata says its first axis holds channels (or not) sets the box itself
     widget.channels_check.setChecked(False)
     viewer.add_image(stack.data, name="marked", metadata={CHANNELS_FIRST_KEY: True})
@@ -854,3 +856,38 @@ def test_brighter_objects_setting_and_notice(make_napari_viewer, qtbot, messages
     told = [m for m in messages["info"] if "brighter than the training crop's" in m]
     assert len(told) == 1 and "Advanced › Brighter objects to" in told[0]
     assert messages["error"] == []
+
+
+def test_a_time_lapse_of_multichannel_frames_lines_up_with_its_layer(make_napari_viewer, qtbot, messages, scene):
+    """C×T×Y×X (e.g. a hologram video: real and imaginary parts over time): each frame is one
+    multichannel image; crops, maps and points refer to the frame on screen and line up with
+    the layer's T, Y, X axes."""
+    image, truth = scene
+    frames = np.stack([np.roll(image, 3 * t, axis=1) for t in range(3)])  # T×Y×X, moving right
+    stack = np.stack([frames, 0.5 * frames]).astype(np.float32)  # C×T×Y×X
+    viewer, widget = _widget(make_napari_viewer)
+    layer = viewer.add_image(stack, name="video", scale=(1.0, 2.0, SCALE[0], SCALE[1]),
+                             metadata={CHANNELS_FIRST_KEY: True})
+    assert widget.channels_check.isChecked()
+    assert widget.image_info.text() == f"time-lapse: 3 frames of 2 channels (C×T×Y×X), {image.shape[0]}×{image.shape[1]} px"
+    src = image_source(layer, channels_first=True)
+    assert (src.n_frames, src.channels, src.time_axis, src.full_scale) == (3, 2, 1, (2.0, *SCALE))
+    viewer.dims.set_point(1, 2 * 2.0)  # frame 2 on screen (world units of the T axis)
+    widget.crop_source_combo.setCurrentText(CROP_POINT)
+    widget.start_drawing()
+    centre = np.asarray(truth[0]) + [0, 6]  # where the object is in frame 2
+    viewer.layers[CENTRE_LAYER].add(centre)  # the centre layer has the image's transform: image pixels
+    _, crops, frame, _ = widget.crops()
+    r0, c0 = (int(round(v)) - CROP // 2 for v in centre)
+    assert frame == 2 and crops[0].shape == (2, CROP, CROP)
+    np.testing.assert_array_equal(crops[0], stack[:, 2, r0:r0 + CROP, c0:c0 + CROP])
+
+    config = TrainConfig(max_steps=150, min_steps=150, network=dataclasses.replace(TINY, in_channels=2), seed=0)
+    model = finish(train([crops[0]], config))
+    points = _detect_all_frames(qtbot, viewer, widget, model, messages)
+    assert points.ndim == 3 and tuple(points.scale) == (2.0, *SCALE)  # (t, row, col) on the layer's T, Y, X
+    for t in range(3):
+        found = points.data[points.data[:, 0] == t, 1:]
+        moved = np.asarray(truth) + [0, 3 * t]
+        near = [np.min(np.hypot(*(found - p).T)) for p in moved if 8 < p[1] < image.shape[1] - 8]
+        assert np.median(near) < 1.0  # each frame's objects, where they moved to

@@ -50,8 +50,10 @@ class ImageSource:
     of all its axes but a channel axis (with the time axis first for a time-lapse);
     ``full_units``/``units`` the same for napari's per-axis units (None where napari has
     none), so outputs line up.
-    channel_axis: 0 when the layer is one C×Y×X multichannel image (e.g. a hologram: real and
-    imaginary parts), else None; ``channels`` is C (1 without a channel axis).
+    channel_axis: 0 when the layer's first axis holds channels: one C×Y×X multichannel image
+    (e.g. a hologram: real and imaginary parts) or a C×T×Y×X time-lapse of them; else None.
+    ``channels`` is C (1 without a channel axis).
+    time_axis: the data axis of time (1 for C×T×Y×X, else 0; only meaningful for a time-lapse).
     """
 
     name: str
@@ -67,6 +69,7 @@ class ImageSource:
     full_units: tuple | None = None
     channel_axis: int | None = None
     channels: int = 1
+    time_axis: int = 0
 
     @property
     def units(self) -> tuple | None:
@@ -83,6 +86,8 @@ class ImageSource:
 
     def describe(self) -> str:
         size = f"{self.height}×{self.width} px"
+        if self.channel_axis is not None and self.is_timelapse:
+            return f"time-lapse: {self.n_frames} frames of {self.channels} channels (C×T×Y×X), {size}"
         if self.channel_axis is not None:
             return f"one image of {self.channels} channels (first axis), {size}"
         if self.is_timelapse:
@@ -93,10 +98,13 @@ class ImageSource:
 def image_source(layer, channels_first: bool = False) -> ImageSource:
     """Interpret an Image layer: 2D, T×Y×X (first axis = time), or RGB(A) of either; with
     ``channels_first``, C×Y×X: one image whose first axis holds channels (a hologram's real
-    and imaginary parts).
+    and imaginary parts), or C×T×Y×X: a time-lapse of such images. Channels come first so
+    that the outputs (T×Y×X maps, (t, row, col) points) line up with the layer's last axes,
+    as napari aligns layers.
 
     InputError for layers LodeSTAR cannot read unambiguously: 4D+ non-RGB data (e.g.
-    T×Z×Y×X or with a channel axis), 1D data; with ``channels_first``, anything but C×Y×X.
+    T×Z×Y×X, or T×C×Y×X with channels second), 1D data; with ``channels_first``, anything but
+    C×Y×X and C×T×Y×X.
     """
     check_axis_aligned(layer)
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
@@ -108,8 +116,9 @@ def image_source(layer, channels_first: bool = False) -> ImageSource:
     if spatial_ndim > 3:
         raise InputError(
             f"layer {layer.name!r} has {spatial_ndim} dimensions {shape}; LodeSTAR works on 2D "
-            "images or T×Y×X time-lapses (first axis = time). Split the channels or z-planes "
-            "into separate layers (layer list: right-click › Split Stack) and choose one"
+            "images or T×Y×X time-lapses (first axis = time), or with 'First axis = channels' on "
+            "C×T×Y×X time-lapses of multichannel images (holograms). Otherwise split the channels or "
+            "z-planes into separate layers (layer list: right-click › Split Stack) and choose one"
         )
     if spatial_ndim < 2:
         raise InputError(f"layer {layer.name!r} has shape {shape}; LodeSTAR needs a 2D image or a T×Y×X time-lapse")
@@ -128,19 +137,28 @@ def image_source(layer, channels_first: bool = False) -> ImageSource:
 
 
 def _multichannel_source(layer, data, shape: tuple[int, ...], rgb: bool) -> ImageSource:
-    """:func:`image_source` of a C×Y×X layer read as one image of C channels."""
-    if rgb or len(shape) != 3:
-        hint = ("a time-lapse of multichannel frames is read by the command line: starloc lodestar detect "
-                "--channel-axis 1" if len(shape) == 4 and not rgb else "untick 'First axis = channels'")
+    """:func:`image_source` of a C×Y×X layer read as one image of C channels, or of a C×T×Y×X
+    layer read as T such images."""
+    if rgb or len(shape) not in (3, 4):
         raise InputError(f"layer {layer.name!r} has shape {shape}{' (RGB)' if rgb else ''}; 'First axis = channels' "
-                         f"reads a C×Y×X image (e.g. 2×Y×X: a hologram's real and imaginary parts); {hint}")
-    scale = tuple(float(s) for s in layer.scale)[-2:]
-    translate = tuple(float(t) for t in layer.translate)[-2:]
+                         "reads a C×Y×X image (e.g. 2×Y×X: a hologram's real and imaginary parts) or a C×T×Y×X "
+                         "time-lapse of them; untick 'First axis = channels'")
+    if len(shape) == 4 and shape[0] > shape[1]:
+        raise InputError(
+            f"layer {layer.name!r} has shape {shape}: it looks like T×C×Y×X ({shape[0]} frames of {shape[1]} "
+            "channels), and 'First axis = channels' needs the channels first (C×T×Y×X), as napari lines up the "
+            "results with the layer's last axes. In napari's console: viewer.add_image(np.moveaxis(layer.data, 1, "
+            "0), metadata={'channels_first': True}); or the command line: starloc lodestar detect --channel-axis 1")
+    scale = tuple(float(s) for s in layer.scale)[1:]
+    translate = tuple(float(t) for t in layer.translate)[1:]
     units = getattr(layer, "units", None)
+    timelapse = len(shape) == 4
     return ImageSource(
-        name=layer.name, data=data, rgb="error", n_frames=1, height=shape[1], width=shape[2],
-        scale=scale, translate=translate, full_scale=scale, full_translate=translate,
-        full_units=tuple(units)[-2:] if units is not None else None, channel_axis=0, channels=shape[0],
+        name=layer.name, data=data, rgb="error", n_frames=shape[1] if timelapse else 1,
+        height=shape[-2], width=shape[-1], scale=scale[-2:], translate=translate[-2:],
+        full_scale=scale, full_translate=translate,
+        full_units=tuple(units)[1:] if units is not None else None, channel_axis=0, channels=shape[0],
+        time_axis=1 if timelapse else 0,
     )
 
 
@@ -151,12 +169,14 @@ def current_frame(layer, world_point, channels_first: bool = False) -> int:
     if not src.is_timelapse:
         return 0
     data_point = np.asarray(layer.world_to_data(tuple(world_point)), dtype=float)
-    return int(np.clip(round(float(data_point[0])), 0, src.n_frames - 1))
+    return int(np.clip(round(float(data_point[src.time_axis])), 0, src.n_frames - 1))
 
 
 def read_frame(src: ImageSource, frame: int) -> np.ndarray:
     """One frame as float32 ``(1, C, H, W)`` (a copy, safe to hand to a worker)."""
-    part = src.data[frame : frame + 1] if src.is_timelapse else src.data
+    if not src.is_timelapse:
+        return as_frames(src.data, rgb=src.rgb, channel_axis=src.channel_axis)
+    part = src.data[(slice(None),) * src.time_axis + (slice(frame, frame + 1),)]
     return as_frames(part, rgb=src.rgb, channel_axis=src.channel_axis)
 
 

@@ -321,7 +321,7 @@ class LodeSTARWidget(LodeSTARControls, QWidget):
                 self.image_info.setText(str(exc))
             else:
                 self.image_info.setText(src.describe())
-                if src.is_timelapse and layer.name not in self._announced:
+                if src.is_timelapse and src.channel_axis is None and layer.name not in self._announced:
                     self._announced.add(layer.name)
                     show_info(
                         f"LodeSTAR: the first axis of {layer.name!r} ({src.n_frames}) is taken as time; "
@@ -333,13 +333,13 @@ class LodeSTARWidget(LodeSTARControls, QWidget):
 
     def _adopt_layer_hints(self, layer) -> None:
         """Settings the layer states itself: whether its first axis holds channels (metadata; a
-        layer that cannot be C×Y×X unticks the box), its pixel size (length units, or the
+        layer that cannot be C×Y×X or C×T×Y×X unticks the box), its pixel size (length units, or the
         ImageJ/OME metadata of the TIFF it was opened from) and optics (``metadata["optics"]``)
         for the Hologram box."""
         stated = layer.metadata.get(CHANNELS_FIRST_KEY)
         channels = bool(stated) if stated is not None else self.channels_check.isChecked()
-        if layer.ndim != 3 or getattr(layer, "rgb", False):
-            channels = False
+        if layer.ndim not in (3, 4) or getattr(layer, "rgb", False) or (layer.ndim == 4 and stated is None):
+            channels = False  # a 4D layer without metadata is more often T×Z×Y×X: the message says to tick
         self.channels_check.blockSignals(True)
         self.channels_check.setChecked(channels)
         self.channels_check.blockSignals(False)
