@@ -10,6 +10,7 @@ import tifffile
 from starloc import sim
 from starloc.cli import EXIT_BAD_INPUT, main
 from starloc.io import read_points_csv
+from starloc.tiff_metadata import tiff_spacing
 
 
 @pytest.fixture(scope="module")
@@ -219,6 +220,7 @@ def test_deeploco_demo_runs_end_to_end_on_the_bundled_bead_stack(tmp_path, capsy
     with tifffile.TiffFile(tmp_path / "smlm-stack.tif") as tif:
         assert tif.asarray().shape == (100, 64, 64) and tif.asarray().dtype == np.uint16
     assert tifffile.imread(tmp_path / "smlm-render.tif").shape == (640, 640)
+    assert tiff_spacing(tmp_path / "smlm-render.tif")[0] == pytest.approx(10.0)  # nm/px, as 'starloc render'
     assert (tmp_path / "deeploco.pt").exists()
 
 

@@ -854,7 +854,7 @@ def add_commands(sub) -> None:
                    help="camera pixel size (nm; default: the bead TIFF's ImageJ/OME metadata, else 100)")
     g.add_argument("--in-focus", action="store_true",
                    help="bead stack: use only its in-focus slice (z = 0) and train a 2D model")
-    _add_camera_options(t, "the simulated camera (none: Poisson noise only, the model then expects photons)")
+    _add_camera_options(t, "the simulated camera (without --camera: Poisson noise only, and the model then expects frames in photons)")
     s = t.add_argument_group("simulation")
     s.add_argument("--frame-size", type=int, default=None, help="side of the square training frames (px, a multiple of 16; default 64)")
     dens = s.add_mutually_exclusive_group()
@@ -871,9 +871,11 @@ def add_commands(sub) -> None:
     s.add_argument("--z-range", type=_range_type(), default=None, metavar="LO:HI",
                    help="nm (3D PSFs); write --z-range=-750:750 for a negative LO")
     r = t.add_argument_group("training")
-    r.add_argument("--steps", type=int, default=None, help="optimizer steps")
-    r.add_argument("--batch", type=int, default=None, help="frames per step")
-    r.add_argument("--lr", type=positive(), default=None, help="initial learning rate")
+    r.add_argument("--steps", type=int, default=None, help="optimizer steps (default 3000; with --resume, the checkpoint's)")
+    r.add_argument("--batch", type=int, default=None, help="frames per step (default 32; with --resume, the checkpoint's)")
+    r.add_argument("--lr", type=positive(), default=None,
+                   help="initial learning rate, halved every fifth of the steps (default 0.001; with --resume, the "
+                        "checkpoint's)")
     r.add_argument("--arch", choices=ARCHITECTURES, default=None,
                    help="network: 'unet' (fully convolutional with full-resolution skip connections, the "
                         "default), 'fcn' (the same without them: about twice as fast, less accurate) "

@@ -81,6 +81,7 @@ def run_deeploco_demo(out_dir: Path, seed: int = 0, steps: int = 400, frames: in
     model.save(out_dir / "deeploco.pt")
     image = render_histogram(table["x"], table["y"], 10.0, extent=(0.0, 6400.0, 0.0, 6400.0))
     with atomic_path(out_dir / "smlm-render.tif") as tmp:
-        tifffile.imwrite(tmp, image.astype(np.float32))
+        tifffile.imwrite(tmp, image.astype(np.float32), imagej=True, resolution=(1e3 / 10.0,) * 2,
+                         metadata={"unit": "um"})  # 10 nm/px, as 'starloc render' states it
     print(f"wrote smlm-stack.tif, smlm-locs.csv, smlm-truth.csv, deeploco.pt and smlm-render.tif in {out_dir}")
     return m
