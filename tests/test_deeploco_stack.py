@@ -117,6 +117,17 @@ def test_tile_plan_covers_the_frame_and_owns_every_position_once():
     # 3 tiles of 380 px cover 1100 px with 20 px overlaps: the fewest pixels of any side in 128..512
     assert big.tile == (380, 88) and len(big.y_starts) == 3 and big.overlap == 20
     assert big.y_starts[0] == 0 and big.y_starts[-1] + 380 == 1100
+    # tiles start on the network's 4 px cells (the last one flush with the end), so each pools
+    # the cells the whole frame would: the network is equivariant only to whole cells
+    # (test_fcn_is_translation_equivariant_by_whole_cells); a 2048 px side once got tiles at 405,
+    # 810, 1215 px, whose localizations moved by 22-28 nm
+    assert all(s % 4 == 0 for s in big.y_starts[:-1])
+    for side in (1024, 2048, 4096):
+        starts = plan_tiles((side, 90), fcn).y_starts
+        assert len(starts) > 2 and all(s % 4 == 0 for s in starts) and starts[-1] + plan_tiles((side, 90), fcn).tile[0] == side
+    wide = plan_tiles((2048, 90), fcn, tile=300)
+    assert all(s % 4 == 0 for s in wide.y_starts) and min(np.diff(wide.y_starts)) <= 300 - wide.overlap
+    assert max(np.diff(wide.y_starts)) <= 300 - wide.overlap
     assert plan_tiles((300, 90), fcn, tile=62).tile == (64, 64)
     # a tile longer than an axis takes that axis whole, as without --tile: not padded
     assert plan_tiles((300, 90), fcn, tile=400) == odd
@@ -130,8 +141,9 @@ def test_spots_on_and_near_seams_are_found_exactly_once(arch, tile):
     frames, truth = spot_stack()
     plan = plan_tiles((80, 72), tiny(arch).config, tile=tile)
     assert plan.n_tiles > 4
-    # some spots lie exactly on an own-region boundary (x = 22.5 px is a pixel centre)
-    assert any(lo == 22.5 for lo, _ in plan.x_own)
+    # some spots lie on an own-region boundary (x = 22.5 px is a pixel centre), or half a pixel
+    # from it (fully convolutional tiles start on 4 px cells: the boundary is then at 22 px)
+    assert any(lo == (22.5 if arch == "paper" else 22.0) for lo, _ in plan.x_own)
     table = localize_stack(spot_model(arch), frames, input_units="photons", tile=tile, chunk_frames=1)
     assert as_rows(table) == sorted(map(tuple, truth.tolist()))
     assert set(table) == {"frame", "x", "y", "confidence"} and table["frame"].dtype == np.int64
