@@ -1,7 +1,9 @@
 """The starloc command end to end on tiny data, and its answers to bad input."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -302,6 +304,31 @@ def test_bad_output_paths_are_refused_before_any_work(scene, model_path, tmp_pat
     detect = ["lodestar", "detect", str(folder / "scene.tif"), "--model", str(model_path)]
     _bad(capsys, [*detect, "-o", str(tmp_path / "adir")], "it is a folder")
     _bad(capsys, [*detect, "-o", str(tmp_path / "no" / "d.csv")], "does not exist")
+    # a folder the user may not write to (root passes chmod, so the refusal is simulated)
+    import starloc.cli_common
+
+    readonly = tmp_path / "ro"
+    real_access = os.access
+    monkeypatch.setattr(starloc.cli_common.os, "access", lambda p, mode: Path(p) != readonly and real_access(p, mode))
+    readonly.mkdir()
+    _bad(capsys, [*detect, "-o", str(readonly / "d.csv")], f"directory {str(readonly)!r} is not writable")
+
+
+def test_a_system_refusal_while_writing_is_one_line_not_a_traceback(scene, model_path, tmp_path, capsys, monkeypatch):
+    # a full disk after the work: one line naming the file given (not its temporary), rc 1
+    import starloc.io
+
+    folder, _ = scene
+
+    def full(path, frames, positions, features=None):
+        raise OSError(28, "No space left on device", str(tmp_path / ".d.csv.k3_x9.tmp.csv"))
+
+    monkeypatch.setattr(starloc.io, "write_points_csv", full)
+    code = main(["lodestar", "detect", str(folder / "scene.tif"), "--model", str(model_path),
+                 "-o", str(tmp_path / "d.csv")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err[-1] == f"starloc: error: [Errno 28] No space left on device: {str(tmp_path / 'd.csv')!r}"
+    assert not list(tmp_path.iterdir())
 
 
 def test_an_output_that_is_an_input_or_another_format_is_refused(scene, model_path, tmp_path, capsys):

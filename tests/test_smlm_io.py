@@ -188,6 +188,32 @@ def test_picasso_file_readable_with_h5py_and_yaml(tmp_path, rng):
     assert yaml.safe_load((tmp_path / "m.yaml").read_text())["Frames"] == 5
 
 
+def test_a_csv_written_block_by_block_is_the_same_file(tmp_path, rng, monkeypatch):
+    import starloc.smlm_io
+
+    table = _table(rng, n=10, dim=3)
+    whole = write_thunderstorm_csv(tmp_path / "whole.csv", table).read_bytes()
+    monkeypatch.setattr(starloc.smlm_io, "CSV_BLOCK_ROWS", 3)  # blocks of 3, 3, 3 and 1 rows
+    assert write_thunderstorm_csv(tmp_path / "blocks.csv", table).read_bytes() == whole
+    np.testing.assert_array_equal(read_thunderstorm_csv(tmp_path / "blocks.csv")["x"], table["x"])
+
+
+def test_a_failed_picasso_write_leaves_the_old_pair_whole(tmp_path, rng, monkeypatch):
+    # a Ctrl-C or a full disk while the HDF5 is written: the old HDF5 and YAML stay, together
+    h5py = pytest.importorskip("h5py")
+    h5, ym = write_picasso(tmp_path / "locs.hdf5", _table(rng, n=10, dim=2), pixel_size_nm=100.0, width=64, height=64)
+    before = h5.read_bytes(), ym.read_bytes()
+
+    def interrupted(self, name, data):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(h5py.File, "create_dataset", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_picasso(h5, _table(rng, n=5, dim=2), pixel_size_nm=100.0, width=2048, height=2048)
+    assert (h5.read_bytes(), ym.read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["locs.hdf5", "locs.yaml"]  # no temporary left
+
+
 def test_picasso_round_trip_and_foreign_files(tmp_path, rng):
     h5py = pytest.importorskip("h5py")
     table = _table(rng, n=10, dim=3)

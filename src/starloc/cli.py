@@ -20,10 +20,12 @@ from pathlib import Path
 from starloc import __version__
 from starloc.cli_common import (add_cluster_options, at_least, check_output, cluster_client, downsample_factor,
                                 frames_type, positive, progress_bar, resolve_device, task_frames)
-from starloc.errors import InputError, StarlocError, StarlocWarning
+from starloc.errors import InputError, StarlocError, StarlocWarning, one_line
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+#: the system refused (a full disk, a read-only folder), after the input was accepted
+EXIT_SYSTEM_ERROR = 1
 
 
 def _announce_downsample(downsample: int, suggested: int, extent: float, field: int, smallest: int) -> None:
@@ -554,6 +556,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("starloc: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as exc:  # the system refused (a full disk, a read-only folder): one line, not a traceback
+        print(f"starloc: error: {_os_error(exc)}", file=sys.stderr)
+        return EXIT_SYSTEM_ERROR
+
+
+def _os_error(exc: OSError) -> str:
+    """``[Errno 28] No space left on device: 'x.csv'``, naming the file the user gave rather
+    than the temporary file it was being written to (``.x.csv.abc.tmp.csv``)."""
+    name = str(exc.filename) if exc.filename is not None else None
+    if name is not None:
+        path = Path(name)
+        if path.name.startswith(".") and ".tmp" in path.name:  # atomic_path's temporary
+            name = str(path.with_name(path.name[1:].split(".tmp")[0].rsplit(".", 1)[0]))
+    if exc.strerror is None:
+        return one_line(exc)
+    errno = f"[Errno {exc.errno}] " if exc.errno is not None else ""
+    return f"{errno}{exc.strerror}" + (f": {name!r}" if name is not None else "")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -29,7 +30,7 @@ SUFFIXES = {
 
 def check_output(path: Any, kind: str | None = None, inputs: tuple = ()) -> None:
     """Refuse, before any work, an output path that cannot be written or would destroy data:
-    its folder missing, the path itself an existing folder, the same file as one of ``inputs``
+    its folder missing or not writable, the path itself an existing folder, the same file as one of ``inputs``
     (the command's input files: writing would replace what is being read), or, for a writer of
     ``kind`` (a key of :data:`SUFFIXES`), a name whose suffix says another format (``-o
     stack.tif`` for a CSV). Names with no or an unknown suffix are allowed."""
@@ -38,6 +39,9 @@ def check_output(path: Any, kind: str | None = None, inputs: tuple = ()) -> None
         raise InputError(f"cannot write {str(path)!r}: it is a folder; give a file name")
     if not path.parent.is_dir():
         raise InputError(f"cannot write {str(path)!r}: directory {str(path.parent)!r} does not exist")
+    if not os.access(path.parent, os.W_OK | os.X_OK):  # said now, not after the work is done
+        raise InputError(f"cannot write {str(path)!r}: directory {str(path.parent)!r} is not writable "
+                         "(read-only, or not yours)")
     for source in inputs:
         if source is not None and same_file(path, Path(source)):
             raise InputError(f"cannot write {str(path)!r}: it is the input {str(source)!r}, which would be "
