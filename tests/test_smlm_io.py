@@ -188,14 +188,22 @@ def test_picasso_file_readable_with_h5py_and_yaml(tmp_path, rng):
     assert yaml.safe_load((tmp_path / "m.yaml").read_text())["Frames"] == 5
 
 
-def test_a_csv_written_block_by_block_is_the_same_file(tmp_path, rng, monkeypatch):
-    import starloc.smlm_io
+def test_csvs_written_block_by_block_are_the_same_files(tmp_path, rng, monkeypatch):
+    import starloc.io
 
     table = _table(rng, n=10, dim=3)
     whole = write_thunderstorm_csv(tmp_path / "whole.csv", table).read_bytes()
-    monkeypatch.setattr(starloc.smlm_io, "CSV_BLOCK_ROWS", 3)  # blocks of 3, 3, 3 and 1 rows
+    monkeypatch.setattr(starloc.io, "CSV_BLOCK_ROWS", 3)  # blocks of 3, 3, 3 and 1 rows
     assert write_thunderstorm_csv(tmp_path / "blocks.csv", table).read_bytes() == whole
     np.testing.assert_array_equal(read_thunderstorm_csv(tmp_path / "blocks.csv")["x"], table["x"])
+    from starloc.io import read_points_csv, write_points_csv
+
+    write_points_csv(tmp_path / "points.csv", table["frame"], np.column_stack([table["y"], table["x"]]),
+                     {"z": table["z"]})
+    frames, positions, features = read_points_csv(tmp_path / "points.csv")
+    np.testing.assert_array_equal(positions[:, 1], table["x"])
+    np.testing.assert_array_equal(frames, table["frame"])
+    np.testing.assert_array_equal(features["z"], table["z"])
 
 
 def test_a_failed_picasso_write_leaves_the_old_pair_whole(tmp_path, rng, monkeypatch):

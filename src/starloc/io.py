@@ -22,7 +22,7 @@ import pickle
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -500,6 +500,10 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[Path], Any]) -> Pa
 POINTS_HEADER = ("frame", "row", "col")
 
 
+#: rows formatted at a time by :func:`write_csv_rows` (bounded memory for millions of rows)
+CSV_BLOCK_ROWS = 65536
+
+
 def _format_column(values: np.ndarray) -> list[str]:
     if values.dtype.kind == "b":
         values = values.astype(np.int64)
@@ -507,6 +511,17 @@ def _format_column(values: np.ndarray) -> list[str]:
         return [str(v) for v in values.tolist()]
     # repr of a Python float is the shortest string that round-trips exactly.
     return [repr(v) for v in values.astype(np.float64).tolist()]
+
+
+def write_csv_rows(fh: Any, columns: Sequence[np.ndarray]) -> None:
+    """Write the rows of equal-length 1D ``columns`` to the text file ``fh`` as CSV lines:
+    integers as integers, floats by ``repr`` (the shortest exact round trip). Formatted
+    :data:`CSV_BLOCK_ROWS` rows at a time: the text of every row at once cost ~390 bytes per
+    row (2 GB for 5 million localizations)."""
+    n = len(columns[0]) if len(columns) else 0
+    for start in range(0, n, CSV_BLOCK_ROWS):
+        text = [_format_column(c[start:start + CSV_BLOCK_ROWS]) for c in columns]
+        fh.writelines(",".join(row) + "\n" for row in zip(*text))
 
 
 def write_points_csv(
@@ -537,7 +552,7 @@ def write_points_csv(
     frames_arr = frames_arr.astype(np.int64)
     if n and frames_arr.min() < 0:
         raise ValueError("frames must be >= 0 (0-based)")
-    columns = [_format_column(frames_arr), _format_column(pos[:, 0]), _format_column(pos[:, 1])]
+    columns = [frames_arr, pos[:, 0], pos[:, 1]]
     names = list(POINTS_HEADER)
     for name, values in features.items():
         name = str(name)
@@ -551,12 +566,12 @@ def write_points_csv(
         if arr.dtype.kind not in "biuf":
             raise ValueError(f"feature {name!r} must be numeric, got dtype {arr.dtype}")
         names.append(name)
-        columns.append(_format_column(arr))
+        columns.append(arr)
 
     def _write(tmp: Path) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
             fh.write(",".join(names) + "\n")
-            fh.writelines(",".join(row) + "\n" for row in zip(*columns))
+            write_csv_rows(fh, columns)
 
     return atomic_write(path, _write)
 
