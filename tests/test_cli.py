@@ -320,10 +320,10 @@ def test_a_system_refusal_while_writing_is_one_line_not_a_traceback(scene, model
 
     folder, _ = scene
 
-    def full(path, frames, positions, features=None):
-        raise OSError(28, "No space left on device", str(tmp_path / ".d.csv.k3_x9.tmp.csv"))
+    def full(fh, columns):
+        raise OSError(28, "No space left on device", fh.name)
 
-    monkeypatch.setattr(starloc.io, "write_points_csv", full)
+    monkeypatch.setattr(starloc.io, "write_csv_rows", full)
     code = main(["lodestar", "detect", str(folder / "scene.tif"), "--model", str(model_path),
                  "-o", str(tmp_path / "d.csv")])
     err = capsys.readouterr().err.strip().splitlines()

@@ -562,17 +562,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _os_error(exc: OSError) -> str:
-    """``[Errno 28] No space left on device: 'x.csv'``, naming the file the user gave rather
-    than the temporary file it was being written to (``.x.csv.abc.tmp.csv``)."""
-    name = str(exc.filename) if exc.filename is not None else None
-    if name is not None:
-        path = Path(name)
-        if path.name.startswith(".") and ".tmp" in path.name:  # atomic_path's temporary
-            name = str(path.with_name(path.name[1:].split(".tmp")[0].rsplit(".", 1)[0]))
+    """``[Errno 28] No space left on device: 'x.csv'`` (io.atomic_path names the file the user
+    gave, not its temporary)."""
     if exc.strerror is None:
         return one_line(exc)
     errno = f"[Errno {exc.errno}] " if exc.errno is not None else ""
-    return f"{errno}{exc.strerror}" + (f": {name!r}" if name is not None else "")
+    return f"{errno}{exc.strerror}" + (f": {str(exc.filename)!r}" if exc.filename is not None else "")
 
 
 if __name__ == "__main__":

@@ -30,10 +30,10 @@ SUFFIXES = {
 
 def check_output(path: Any, kind: str | None = None, inputs: tuple = ()) -> None:
     """Refuse, before any work, an output path that cannot be written or would destroy data:
-    its folder missing or not writable, the path itself an existing folder, the same file as one of ``inputs``
-    (the command's input files: writing would replace what is being read), or, for a writer of
-    ``kind`` (a key of :data:`SUFFIXES`), a name whose suffix says another format (``-o
-    stack.tif`` for a CSV). Names with no or an unknown suffix are allowed."""
+    its folder missing or not writable, the path itself an existing folder, the same file as
+    one of ``inputs`` (the command's input files: writing would replace what is being read),
+    or, for a writer of ``kind`` (a key of :data:`SUFFIXES`), a name whose suffix says another
+    format (``-o stack.tif`` for a CSV). Names with no or an unknown suffix are allowed."""
     path = Path(path)
     if path.is_dir():
         raise InputError(f"cannot write {str(path)!r}: it is a folder; give a file name")

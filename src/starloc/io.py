@@ -456,7 +456,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     Write the complete file to the yielded path inside the ``with`` block. When the block
     finishes, the file is flushed to disk and atomically renamed onto ``path``
     (:func:`os.replace`). If the block raises (or is interrupted), the temporary file is removed
-    and an existing file at ``path`` is left untouched — a reader never sees a half-written file.
+    and an existing file at ``path`` is left untouched — a reader never sees a half-written file;
+    a system error (a full disk) names ``path``, not the temporary file.
     The temporary name keeps ``path``'s suffix (writers such as ``np.save`` that append
     extensions behave). InputError if the directory does not exist.
     """
@@ -476,9 +477,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         mode = (target.stat().st_mode & 0o777) if target.exists() else (0o666 & ~_UMASK)
         os.chmod(tmp, mode)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.strerror and exc.filename == str(tmp):  # name the user's file
+            raise OSError(exc.errno, exc.strerror, str(target)) from exc
         raise
 
 
