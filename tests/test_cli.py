@@ -321,7 +321,7 @@ def test_a_system_refusal_while_writing_is_one_line_not_a_traceback(scene, model
     folder, _ = scene
 
     def full(fh, columns):
-        raise OSError(28, "No space left on device", fh.name)
+        raise OSError(28, "No space left on device")  # as a real full disk: no file name
 
     monkeypatch.setattr(starloc.io, "write_csv_rows", full)
     code = main(["lodestar", "detect", str(folder / "scene.tif"), "--model", str(model_path),

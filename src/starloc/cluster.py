@@ -9,6 +9,7 @@ one a single process would return. The scheduler is dask's (``distributed``; ins
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import logging
@@ -161,7 +162,7 @@ def iter_completed(futures: dict[Any, int], progress: Callable[[int, int, Any, f
         while pending:
             try:
                 finished, pending = wait(pending, timeout=POLL_S, return_when="FIRST_COMPLETED")
-            except TimeoutError:
+            except (TimeoutError, asyncio.TimeoutError):  # asyncio's is another class before Python 3.11
                 idle.check()
                 continue
             except concurrent.futures.CancelledError:  # on the scheduler: a restart, another client

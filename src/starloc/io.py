@@ -480,7 +480,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if isinstance(exc, OSError) and exc.strerror and exc.filename == str(tmp):  # name the user's file
+        if isinstance(exc, OSError) and exc.strerror and exc.filename in (None, str(tmp)):  # name the user's file
             raise OSError(exc.errno, exc.strerror, str(target)) from exc
         raise
 

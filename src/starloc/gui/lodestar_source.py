@@ -143,7 +143,7 @@ def _multichannel_source(layer, data, shape: tuple[int, ...], rgb: bool) -> Imag
         raise InputError(f"layer {layer.name!r} has shape {shape}{' (RGB)' if rgb else ''}; 'First axis = channels' "
                          "reads a C×Y×X image (e.g. 2×Y×X: a hologram's real and imaginary parts) or a C×T×Y×X "
                          "time-lapse of them; untick 'First axis = channels'")
-    if len(shape) == 4 and shape[0] > shape[1]:
+    if len(shape) == 4 and shape[0] > shape[1] and layer.metadata.get(CHANNELS_FIRST_KEY) is not True:
         raise InputError(
             f"layer {layer.name!r} has shape {shape}: it looks like T×C×Y×X ({shape[0]} frames of {shape[1]} "
             "channels), and 'First axis = channels' needs the channels first (C×T×Y×X), as napari lines up the "
