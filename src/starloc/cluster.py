@@ -120,7 +120,7 @@ def open_client(scheduler: str | None = None, workers: int | None = None) -> Ite
             cluster.close()
         where = f"reach the dask scheduler {scheduler!r}" if scheduler else "start a local dask cluster"
         hint = ""
-        if scheduler and "timed out" in str(exc).lower():  # e.g. the dashboard's port, which never answers
+        if scheduler and "timed out" in str(exc).lower():  # nothing answered as a dask scheduler there
             hint = " (give the scheduler's own address, port 8786 by default, not its dashboard's, 8787)"
         raise InputError(f"cannot {where}: {one_line(exc)}{hint}") from None
     try:
