@@ -51,6 +51,43 @@ def test_threshold_modes():
         threshold(s, 1.5, "quantile")
 
 
+def test_a_quantile_cutoff_keeps_at_least_a_few_pixels_per_candidate_peak():
+    s = np.arange(1001, dtype=float) / 10  # the q quantile is 100 q
+    assert threshold(s, 0.98, "quantile", peaks=0) == pytest.approx(98)
+    assert threshold(s, 0.98, "quantile", peaks=5) == pytest.approx(98)  # 20 px fit in 2 %
+    # 10 peaks want 40 of the 1001 pixels above the threshold
+    assert threshold(s, 0.98, "quantile", peaks=10) == pytest.approx(100 * (1 - 40 / 1001))
+    assert threshold(s, 0.98, "quantile", peaks=1000) == 0.0
+    assert threshold(s, 0.5, "ratio", peaks=1000) == pytest.approx(50)  # other modes ignore peaks
+
+
+def _crowded_maps(n_side=8, spacing=12, stride=2, sigma=1.5):
+    """64 objects 12 px apart, of weights 0.3-1 that fall off over ``sigma`` px from each
+    centre; each pixel predicts its nearest object with an error of 10 % of its distance to it."""
+    rng = np.random.default_rng(0)
+    size = n_side * spacing
+    objects = np.array([(spacing * (i + 0.5) + rng.uniform(-1, 1), spacing * (j + 0.5) + rng.uniform(-1, 1))
+                        for i in range(n_side) for j in range(n_side)])
+    brightness = rng.uniform(0.3, 1.0, len(objects))
+    h = size // stride
+    centres = np.stack(np.meshgrid(np.arange(h) * stride + 0.5, np.arange(h) * stride + 0.5, indexing="ij"))
+    dist = np.hypot(centres[0] - objects[:, 0, None, None], centres[1] - objects[:, 1, None, None])
+    target = objects[dist.argmin(0)].transpose(2, 0, 1)
+    P = target + 0.1 * (centres - target)
+    w = brightness[dist.argmin(0)] * np.exp(-dist.min(0) ** 2 / (2 * sigma**2))
+    return Maps(P[None].astype(np.float32), w[None].astype(np.float32), stride, (size, size)), objects
+
+
+def test_the_quantile_cutoff_does_not_drop_the_objects_of_a_crowded_frame(monkeypatch):
+    maps, objects = _crowded_maps()
+    found = detect(maps, DetectParams())
+    nearest = np.hypot(*(found.positions[:, None, :2] - objects[None]).transpose(2, 0, 1)).min(axis=1)
+    assert len(found) == len(objects) and nearest.max() < 0.01
+    # a fixed 0.98 quantile keeps 2 % of the map, less than the 64 objects' peaks fill
+    monkeypatch.setattr("starloc.lodestar.detection.PIXELS_PER_PEAK", 0.0)
+    assert len(detect(maps, DetectParams())) < 40
+
+
 def test_detect_finds_each_object_exactly_including_one_at_the_border():
     objects = [(10.3, 12.7), (27.1, 30.4), (0.6, 35.2)]
     found = detect(_maps_for(objects, scatter=None), DetectParams(cutoff=0.0, mode="absolute", min_weight=0.5))

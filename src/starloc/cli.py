@@ -449,8 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--beta", type=float, help="clustering exponent (default 1 - alpha)")
     d.add_argument("--cutoff", type=float, help="score threshold, its meaning set by --mode (default 0.98)")
     d.add_argument("--mode", choices=("quantile", "ratio", "absolute"),
-                   help="cutoff as a quantile of the score map (default), a fraction of its maximum, "
-                        "or an absolute value")
+                   help="cutoff as a quantile of the score map (default; lowered in a crowded frame to keep "
+                        "4 output pixels per candidate peak), a fraction of its maximum, or an absolute value")
     d.add_argument("--min-weight", type=float,
                    help="keep a detection only if one of the predictions it is refined from weighs at "
                         "least this (default 0.01)")

@@ -19,6 +19,10 @@ from starloc.errors import InputError
 from starloc.lodestar.model import Maps, to_image_coordinates
 
 CUTOFF_MODES = ("quantile", "ratio", "absolute")
+# Output pixels a quantile cutoff keeps per candidate peak at least. On simulated crowds (up to
+# 220 objects in 256 px) 4 found 90-100 % where the fixed 0.98 quantile found 67-93 %; 6 and more
+# let more texture through on a real photograph (scikit-image's coins: 7 -> 11 false detections).
+PIXELS_PER_PEAK = 4.0
 
 
 def pool_single(maps: Maps, radius: float = 2.0, iterations: int = 3) -> np.ndarray:
@@ -111,16 +115,20 @@ def _score(weights: np.ndarray, consistency: np.ndarray, alpha: float, beta: flo
     return np.power(weights.astype(np.float64), alpha) * np.power(consistency, beta)
 
 
-def threshold(score: np.ndarray, cutoff: float, mode: str) -> float:
+def threshold(score: np.ndarray, cutoff: float, mode: str, peaks: int = 0) -> float:
     """Absolute score threshold for one frame's score map.
 
-    quantile: the ``cutoff`` quantile of the score (paper: 0.99); ratio: ``cutoff`` times the
-    maximum score; absolute: ``cutoff`` itself.
+    quantile: the ``cutoff`` quantile of the score (paper: 0.99), lowered where the frame has
+    ``peaks`` candidate peaks so that at least :data:`PIXELS_PER_PEAK` output pixels per peak lie
+    above it: a fixed quantile keeps a fixed share of the map, which the objects of a crowded
+    frame fill, and it then cuts through their own scores. ratio: ``cutoff`` times the maximum
+    score; absolute: ``cutoff`` itself.
     """
     if mode == "quantile":
         if not 0 <= cutoff <= 1:
             raise ValueError(f"a quantile cutoff must lie in [0, 1], got {cutoff}")
-        return float(np.quantile(score, cutoff))
+        q = min(cutoff, 1.0 - PIXELS_PER_PEAK * peaks / score.size)
+        return float(np.quantile(score, max(q, 0.0)))
     if mode == "ratio":
         return float(cutoff * score.max())
     if mode == "absolute":
@@ -243,12 +251,12 @@ def _detect_frame(P, w, score, consistency, stride, params, crowded_distance):
     k = P.shape[0]
     r = max(1, int(round(params.radius / stride)))
     peaks = (score == ndimage.maximum_filter(score, size=2 * r + 1, mode="nearest"))
-    peaks &= score >= threshold(score, params.cutoff, params.mode)
     # The weight test is on the predictions that form the detection, not on the peak pixel: for
     # objects wider than a few pixels the network weighs their rim, and the score peaks at the
     # centre, where the predictions agree best but the weight can be ~0.005. The window maximum
     # (a necessary condition) only spares refining peaks of empty background.
     peaks &= ndimage.maximum_filter(w, size=2 * r + 1, mode="nearest") >= params.min_weight
+    peaks &= score >= threshold(score, params.cutoff, params.mode, int(peaks.sum()))
     ii, jj = np.nonzero(peaks)
     if len(ii):
         pos, mass, spread, heaviest = _refine(P, w, ii, jj, r, params.cluster_radius)
