@@ -73,6 +73,18 @@ def test_deblending_leaves_isolated_detections_features_and_frames_alone(rng):
     np.testing.assert_array_equal(off.positions, positions)
 
 
+def test_deblending_in_chunks_gives_the_same_positions(rng, monkeypatch):
+    model = LodeSTAR.new(TINY, seed=3)
+    frame, a, b = _two_spots(rng)
+    c = np.array([30.2, 24.0])  # crowded too: three detections, in chunks of 1 and 2
+    found = Detections(np.zeros(3, dtype=np.int64), np.stack([a, b, c]), {})
+    whole = deblend(model, frame[None, None], found)
+    for chunk in (1, 2):
+        monkeypatch.setattr("starloc.lodestar.deblend.CHUNK", chunk)
+        np.testing.assert_allclose(deblend(model, frame[None, None], found).positions, whole.positions, atol=1e-5)
+    assert not np.allclose(whole.positions, found.positions)
+
+
 def test_a_detection_whose_patch_finds_nothing_near_it_stays_where_it_was(rng, monkeypatch):
     model = LodeSTAR.new(TINY, seed=3)
     frame, a, b = _two_spots(rng)

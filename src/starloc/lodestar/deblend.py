@@ -30,6 +30,9 @@ from starloc.lodestar.detection import DetectParams, Detections, _crowded, _refi
 from starloc.lodestar.model import LodeSTAR, to_image_coordinates, to_network_coordinates
 
 FILL_SEED = 1
+#: crowded detections relocated at a time: their patches (~40x40 px) and the network's activations
+#: on them stay ~100 MB, however many objects a frame holds (all at once: +1.2 GB on a 4096 px frame)
+CHUNK = 512
 
 
 def deblend(model: LodeSTAR, frames: np.ndarray, found: Detections, params: DetectParams = DetectParams(),
@@ -55,8 +58,10 @@ def deblend(model: LodeSTAR, frames: np.ndarray, found: Detections, params: Dete
                 x = x[0].cpu().numpy()
             else:
                 x = seen[t]
-            moved, ok = _relocate(model, x, centres, own, params, augment)
-            positions[rows[own[ok]]] = moved[ok]
+            for start in range(0, len(own), CHUNK):
+                part = own[start : start + CHUNK]
+                moved, ok = _relocate(model, x, centres, part, params, augment)
+                positions[rows[part[ok]]] = moved[ok]
     return Detections(found.frame.copy(), positions, dict(found.features))
 
 
