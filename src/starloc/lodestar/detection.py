@@ -19,9 +19,10 @@ from starloc.errors import InputError
 from starloc.lodestar.model import Maps, to_image_coordinates
 
 CUTOFF_MODES = ("quantile", "ratio", "absolute")
-# Output pixels a quantile cutoff keeps per candidate peak at least. On simulated crowds (up to
-# 220 objects in 256 px) 4 found 90-100 % where the fixed 0.98 quantile found 67-93 %; 6 and more
-# let more texture through on a real photograph (scikit-image's coins: 7 -> 11 false detections).
+# Output pixels a quantile cutoff keeps per candidate peak at least. On simulated crowds of 220
+# objects in 256 px (bench/lodestar_crowding.py) 4 found 84-100 % where the fixed 0.98 quantile found
+# 59-89 %; 6 and more let more texture through on a real photograph (scikit-image's coins: 7 -> 11
+# false detections).
 PIXELS_PER_PEAK = 4.0
 
 
