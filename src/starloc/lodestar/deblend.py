@@ -30,8 +30,8 @@ from starloc.lodestar.detection import DetectParams, Detections, _crowded, _refi
 from starloc.lodestar.model import LodeSTAR, to_image_coordinates, to_network_coordinates
 
 FILL_SEED = 1
-#: crowded detections relocated at a time: their patches (~40x40 px) and the network's activations
-#: on them stay ~100 MB, however many objects a frame holds (all at once: +1.2 GB on a 4096 px frame)
+#: crowded detections relocated at a time, so that their patches and the network's activations on
+#: them stay bounded however many objects a frame holds (all at once: +1.2 GB on a 4096 px frame)
 CHUNK = 512
 
 
