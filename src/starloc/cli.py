@@ -453,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "4 output pixels per candidate peak), a fraction of its maximum, or an absolute value")
     d.add_argument("--min-weight", type=float,
                    help="keep a detection only if one of the predictions it is refined from weighs at "
-                        "least this (default 0.01)")
+                        "least this (default 0.002)")
     d.add_argument("--radius", type=positive(), metavar="PX",
                    help="half-size of the neighbourhood for peak finding and refinement (default 4; pixels "
                         "of the network's input, i.e. of the downsampled image for a --downsample model)")
