@@ -150,9 +150,10 @@ class DetectParams:
         least this weight (on simulated data empty background has none; on real images a
         bright or textured background can weigh more than the objects, and the score cutoff
         is the better filter there). 0.002, not 0.01: the network weighs crowded objects and
-        objects unlike the crop less, and at 0.01 it dropped 11 of 140 crowded nuclei and 1-3
+        objects unlike the crop less, and at 0.01 it dropped 11 of 140 crowded nuclei and 1-2
         of 12 membrane cells that 0.002 keeps, with no more false detections on noise, on
-        simulated crowds or on 13 other datasets of earlier audits (one more on *coins*).
+        simulated crowds or on 12 other datasets of earlier audits (on *coins* one more coin
+        and one more false detection).
     radius: half-size in pixels (of the network's input, see the module docstring) of the
         neighbourhood used for peak finding and for refinement; predictions farther than
         ``cluster_radius`` px from a detection do not take part in its refinement.
