@@ -4,7 +4,7 @@ For each shape: train LodeSTAR (default settings) on ONE 64x64 image at SNR 10, 
 40x40 px (as ``bench/lodestar_accuracy.py``), then detect with the default ``DetectParams`` in
 256x256 px scenes of 30, 100, 160 and 220 objects (``--scenes`` frames each, seeded) and in
 frames of Poisson noise only. Each row compares the fixed 0.98 quantile (the cutoff before it
-was lowered in crowded frames: ``PIXELS_PER_PEAK = 0``) with the default: objects found
+was lowered in crowded frames: ``DetectParams(pixels_per_peak=0)``) with the default: objects found
 (matched within 3 px) and false detections, summed over the frames.
 
 Prints a table and one JSON line.
@@ -23,7 +23,6 @@ import torch
 
 from lodestar_accuracy import train_model  # bench/lodestar_accuracy.py (the script's folder is on sys.path)
 from starloc import sim
-from starloc.lodestar import detection
 from starloc.lodestar.detection import DetectParams
 from starloc.lodestar.inference import detect_frames
 from starloc.lodestar.training import TrainConfig
@@ -50,19 +49,24 @@ def scenes(shape: str, count: int, n_frames: int, seed: int):
     return np.stack(frames), truths
 
 
-def count(model, frames, truths, pixels_per_peak: float) -> tuple[int, int]:
-    """(found, false) over the frames, with the quantile cutoff keeping ``pixels_per_peak``."""
-    saved = detection.PIXELS_PER_PEAK
-    detection.PIXELS_PER_PEAK = pixels_per_peak
-    try:
-        found = detect_frames(model, frames[:, None], DetectParams())
-    finally:
-        detection.PIXELS_PER_PEAK = saved
+def count(model, frames, truths, params: DetectParams) -> tuple[int, int]:
+    """(found, false) over the frames, detected with ``params``."""
+    found = detect_frames(model, frames[:, None], params)
     tp = fp = 0
     for t, truth in enumerate(truths):
         m = detection_metrics(found.positions[found.frame == t, :2], truth, 3.0)
         tp, fp = tp + m["tp"], fp + m["fp"]
     return tp, fp
+
+
+HEADER = f"{'shape':9s} {'objects':>7s} {'truth':>6s} {'found, fixed 0.98':>18s} {'found, default':>15s} " \
+         f"{'false, fixed':>13s} {'false, default':>15s}"
+
+
+def print_row(r: dict) -> None:
+    pct = lambda k: f"{100.0 * r[k] / r['truth']:.1f} %" if r["truth"] else "-"  # noqa: E731
+    print(f"{r['shape']:9s} {r['objects'] or 'noise':>7} {r['truth']:6d} {pct('fixed_found'):>18s} {pct('found'):>15s} "
+          f"{r['fixed_false']:13d} {r['false']:15d}", flush=True)
 
 
 def main(argv=None):
@@ -79,24 +83,15 @@ def main(argv=None):
         model, _ = train_model(shape, args.seed, TrainConfig(seed=args.seed))
         for n in (*COUNTS, 0):
             frames, truths = scenes(shape, n, args.scenes, 100 + args.seed)
-            fixed, default = count(model, frames, truths, 0.0), count(model, frames, truths, detection.PIXELS_PER_PEAK)
+            fixed = count(model, frames, truths, DetectParams(pixels_per_peak=0.0))
+            default = count(model, frames, truths, DetectParams())
             rows.append({"shape": shape, "objects": n, "truth": n * args.scenes,
                          "fixed_found": fixed[0], "fixed_false": fixed[1],
                          "found": default[0], "false": default[1]})
             print_row(rows[-1])
     print(json.dumps({"bench": "lodestar_crowding", "machine": platform.machine(), "threads": args.threads,
-                      "seed": args.seed, "scenes": args.scenes, "pixels_per_peak": detection.PIXELS_PER_PEAK,
+                      "seed": args.seed, "scenes": args.scenes, "pixels_per_peak": DetectParams().pixels_per_peak,
                       "rows": rows}))
-
-
-HEADER = f"{'shape':9s} {'objects':>7s} {'truth':>6s} {'found, fixed 0.98':>18s} {'found, default':>15s} " \
-         f"{'false, fixed':>13s} {'false, default':>15s}"
-
-
-def print_row(r: dict) -> None:
-    pct = lambda k: f"{100.0 * r[k] / r['truth']:.1f} %" if r["truth"] else "-"  # noqa: E731
-    print(f"{r['shape']:9s} {r['objects'] or 'noise':>7} {r['truth']:6d} {pct('fixed_found'):>18s} {pct('found'):>15s} "
-          f"{r['fixed_false']:13d} {r['false']:15d}", flush=True)
 
 
 if __name__ == "__main__":

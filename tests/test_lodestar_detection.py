@@ -53,12 +53,12 @@ def test_threshold_modes():
 
 def test_a_quantile_cutoff_keeps_at_least_a_few_pixels_per_candidate_peak():
     s = np.arange(1001, dtype=float) / 10  # the q quantile is 100 q
-    assert threshold(s, 0.98, "quantile", peaks=0) == pytest.approx(98)
-    assert threshold(s, 0.98, "quantile", peaks=5) == pytest.approx(98)  # 20 px fit in 2 %
+    assert threshold(s, 0.98, "quantile", n_peaks=0) == pytest.approx(98)
+    assert threshold(s, 0.98, "quantile", n_peaks=5) == pytest.approx(98)  # 20 px fit in 2 %
     # 10 peaks want 40 of the 1001 pixels above the threshold
-    assert threshold(s, 0.98, "quantile", peaks=10) == pytest.approx(100 * (1 - 40 / 1001))
-    assert threshold(s, 0.98, "quantile", peaks=1000) == 0.0
-    assert threshold(s, 0.5, "ratio", peaks=1000) == pytest.approx(50)  # other modes ignore peaks
+    assert threshold(s, 0.98, "quantile", n_peaks=10) == pytest.approx(100 * (1 - 40 / 1001))
+    assert threshold(s, 0.98, "quantile", n_peaks=1000) == 0.0
+    assert threshold(s, 0.5, "ratio", n_peaks=1000) == pytest.approx(50)  # other modes ignore peaks
 
 
 def _crowded_maps(n_side=8, spacing=12, stride=2, sigma=1.5):
@@ -78,14 +78,13 @@ def _crowded_maps(n_side=8, spacing=12, stride=2, sigma=1.5):
     return Maps(P[None].astype(np.float32), w[None].astype(np.float32), stride, (size, size)), objects
 
 
-def test_the_quantile_cutoff_does_not_drop_the_objects_of_a_crowded_frame(monkeypatch):
+def test_the_quantile_cutoff_does_not_drop_the_objects_of_a_crowded_frame():
     maps, objects = _crowded_maps()
     found = detect(maps, DetectParams())
     nearest = np.hypot(*(found.positions[:, None, :2] - objects[None]).transpose(2, 0, 1)).min(axis=1)
     assert len(found) == len(objects) and nearest.max() < 0.01
     # a fixed 0.98 quantile keeps 2 % of the map, less than the 64 objects' peaks fill
-    monkeypatch.setattr("starloc.lodestar.detection.PIXELS_PER_PEAK", 0.0)
-    assert len(detect(maps, DetectParams())) < 40
+    assert len(detect(maps, DetectParams(pixels_per_peak=0.0))) < 40
 
 
 def test_detect_finds_each_object_exactly_including_one_at_the_border():

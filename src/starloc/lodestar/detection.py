@@ -19,10 +19,10 @@ from starloc.errors import InputError
 from starloc.lodestar.model import Maps, to_image_coordinates
 
 CUTOFF_MODES = ("quantile", "ratio", "absolute")
-# Output pixels a quantile cutoff keeps per candidate peak at least. On simulated crowds of 220
-# objects in 256 px (bench/lodestar_crowding.py) 4 found 84-100 % where the fixed 0.98 quantile found
-# 59-89 %; 6 and more let more texture through on a real photograph (scikit-image's coins: 7 -> 11
-# false detections).
+# Default of DetectParams.pixels_per_peak. On simulated crowds of 220 objects in 256 px
+# (bench/lodestar_crowding.py, seed 0) 4 found 84-100 % where the fixed 0.98 quantile found 59-89 %;
+# 6 and more let more texture through on a real photograph (scikit-image's coins: 7 -> 11 false
+# detections).
 PIXELS_PER_PEAK = 4.0
 
 
@@ -116,11 +116,12 @@ def _score(weights: np.ndarray, consistency: np.ndarray, alpha: float, beta: flo
     return np.power(weights.astype(np.float64), alpha) * np.power(consistency, beta)
 
 
-def threshold(score: np.ndarray, cutoff: float, mode: str, peaks: int = 0) -> float:
+def threshold(score: np.ndarray, cutoff: float, mode: str, n_peaks: int = 0,
+              pixels_per_peak: float = PIXELS_PER_PEAK) -> float:
     """Absolute score threshold for one frame's score map.
 
     quantile: the ``cutoff`` quantile of the score (paper: 0.99), lowered where the frame has
-    ``peaks`` candidate peaks so that at least :data:`PIXELS_PER_PEAK` output pixels per peak lie
+    ``n_peaks`` candidate peaks so that at least ``pixels_per_peak`` output pixels per peak lie
     above it: a fixed quantile keeps a fixed share of the map, which the objects of a crowded
     frame fill, and it then cuts through their own scores. ratio: ``cutoff`` times the maximum
     score; absolute: ``cutoff`` itself.
@@ -128,7 +129,7 @@ def threshold(score: np.ndarray, cutoff: float, mode: str, peaks: int = 0) -> fl
     if mode == "quantile":
         if not 0 <= cutoff <= 1:
             raise ValueError(f"a quantile cutoff must lie in [0, 1], got {cutoff}")
-        q = min(cutoff, 1.0 - PIXELS_PER_PEAK * peaks / score.size)
+        q = min(cutoff, 1.0 - pixels_per_peak * n_peaks / score.size)
         return float(np.quantile(score, max(q, 0.0)))
     if mode == "ratio":
         return float(cutoff * score.max())
@@ -146,6 +147,9 @@ class DetectParams:
         the paper's 0.99: 0.99 keeps 1 % of the output pixels, fewer than 20-50 objects of a
         256x256 scene cover, and dropped up to 14 of ~380 objects in 10 such scenes (sphere,
         SNR 10) where 0.98 dropped none and added no false positive in sparse or SNR-5 scenes.
+    pixels_per_peak: a quantile cutoff keeps at least this many output pixels per candidate
+        peak (a local maximum with a weight >= ``min_weight`` in its window), so that it does not
+        cut through the objects of a crowded frame; 0 gives the paper's fixed quantile.
     min_weight: a detection is kept only if one of the predictions it is refined from has at
         least this weight (on simulated data empty background has none; on real images a
         bright or textured background can weigh more than the objects, and the score cutoff
@@ -172,6 +176,7 @@ class DetectParams:
     beta: float | None = None
     cutoff: float = 0.98
     mode: str = "quantile"
+    pixels_per_peak: float = PIXELS_PER_PEAK
     min_weight: float = 0.002
     radius: float = 4.0
     cluster_radius: float = 2.0
@@ -179,6 +184,8 @@ class DetectParams:
     deblend: bool = True
 
     def __post_init__(self) -> None:
+        if not (np.isfinite(self.pixels_per_peak) and self.pixels_per_peak >= 0):
+            raise InputError(f"detection pixels_per_peak must be >= 0 (0: a fixed quantile), got {self.pixels_per_peak!r}")
         for name in ("radius", "cluster_radius"):
             value = getattr(self, name)
             if not (np.isfinite(value) and value > 0):
@@ -261,7 +268,7 @@ def _detect_frame(P, w, score, consistency, stride, params, crowded_distance):
     # centre, where the predictions agree best but the weight can be ~0.005. The window maximum
     # (a necessary condition) only spares refining peaks of empty background.
     peaks &= ndimage.maximum_filter(w, size=2 * r + 1, mode="nearest") >= params.min_weight
-    peaks &= score >= threshold(score, params.cutoff, params.mode, int(peaks.sum()))
+    peaks &= score >= threshold(score, params.cutoff, params.mode, int(peaks.sum()), params.pixels_per_peak)
     ii, jj = np.nonzero(peaks)
     if len(ii):
         pos, mass, spread, heaviest = _refine(P, w, ii, jj, r, params.cluster_radius)
