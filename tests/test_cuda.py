@@ -52,16 +52,18 @@ def test_deeploco_trains_on_cuda_and_localizes_the_same_on_both_devices(tmp_path
     np.testing.assert_allclose(on_gpu["confidence"], on_cpu["confidence"], atol=1e-2)
 
 
-def test_lodestar_trains_on_cuda_and_its_maps_match_the_cpu(tiny_network):
+def test_lodestar_trains_on_cuda_and_its_maps_match_the_cpu(tiny_network, tmp_path):
+    """The model file trained on the GPU gives the same maps on the CPU (its measured
+    position offset included, which a copy of the weights alone would miss)."""
     images, truth, _ = sim.simulate_single("point", 10, 1, size=24, max_offset=1.0, rng=0)
     cfg = TrainConfig(max_steps=20, min_steps=20, patience=1000, copies=4, network=tiny_network, device="cuda")
     model = finish(train_lodestar([images[0]], cfg))
     assert model.device.type == "cuda"
     frames = sim.simulate_single("point", 10, 3, size=32, max_offset=2.0, rng=1)[0][:, None]
     gpu = model.maps(frames)
-    cpu = LodeSTAR.new(tiny_network).to("cpu")
-    cpu.net.load_state_dict({k: v.cpu() for k, v in model.net.state_dict().items()})
-    cpu.normalization = model.normalization
+    model.save(tmp_path / "m.pt")
+    cpu = LodeSTAR.load(tmp_path / "m.pt", device="cpu")
+    assert cpu.position_offset == model.position_offset
     ref = cpu.maps(frames)
     np.testing.assert_allclose(gpu.weights, ref.weights, atol=1e-3)
     np.testing.assert_allclose(gpu.positions, ref.positions, atol=1e-2)

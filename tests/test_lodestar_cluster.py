@@ -168,9 +168,8 @@ def test_the_output_is_written_before_the_cluster_closes(files, client, tmp_path
 
 
 def test_a_scheduler_without_workers_is_said_not_waited_on_silently(monkeypatch):
+    distributed = pytest.importorskip("distributed")
     import warnings
-
-    import distributed
 
     import starloc.cluster
     from starloc.errors import StarlocWarning
@@ -198,7 +197,7 @@ def test_a_worker_without_a_gpu_refuses_device_cuda_in_one_line():
 
 
 def test_a_timed_out_scheduler_address_hints_at_the_dashboard_port(monkeypatch):
-    import distributed
+    distributed = pytest.importorskip("distributed")
 
     from starloc.cluster import open_client
 
