@@ -49,6 +49,25 @@ def test_a_frame_selection_keeps_the_stack_numbering(files):
         finish(iter_detect(model, image, frames=slice(7, 9)))
 
 
+def test_chunks_of_large_frames_hold_a_bounded_number_of_pixels(files, monkeypatch):
+    import starloc.lodestar.inference as inference
+
+    assert inference.frames_per_chunk(8, (1, 1, 256, 256)) == 8
+    assert inference.frames_per_chunk(8, (4, 1, 1024, 1024)) == 4
+    assert inference.frames_per_chunk(8, (4, 1, 8192, 8192)) == 1
+    model, image = LodeSTAR.load(files / "model.pt"), tifffile.imread(files / "stack.tif")
+    whole = finish(iter_detect(model, image))
+    monkeypatch.setattr(inference, "CHUNK_PIXELS", 2 * 48 * 48)  # two of the 48 x 48 px frames
+    progress = []
+    part = finish(iter_detect(model, image), progress.append)
+    assert progress == [(2, 5), (4, 5), (5, 5)]
+    assert np.array_equal(part.frame, whole.frame)
+    np.testing.assert_allclose(part.positions, whole.positions, atol=1e-4)
+    progress = []
+    finish(iter_single(model, image, augment=False), progress.append)
+    assert progress == [(2, 5), (4, 5), (5, 5)]
+
+
 @pytest.fixture(scope="module")
 def client():
     distributed = pytest.importorskip("distributed")
