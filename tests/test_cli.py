@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import torch
 
 from starloc import sim
 from starloc.cli import EXIT_BAD_INPUT, main
@@ -329,6 +330,53 @@ def test_a_system_refusal_while_writing_is_one_line_not_a_traceback(scene, model
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and err[-1] == f"starloc: error: [Errno 28] No space left on device: {str(tmp_path / 'd.csv')!r}"
     assert not list(tmp_path.iterdir())
+
+
+def test_a_frame_too_large_for_the_free_memory_is_refused_before_the_work(scene, model_path, tmp_path, capsys,
+                                                                          monkeypatch):
+    import starloc.memory
+
+    folder, _ = scene
+    monkeypatch.setattr(starloc.memory, "available_bytes", lambda: 10**5)  # 0.1 MB free
+    code = main(["lodestar", "detect", str(folder / "scene.tif"), "--model", str(model_path),
+                 "-o", str(tmp_path / "d.csv")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1] == ("starloc: error: LodeSTAR on 2 frame(s) of 64 x 64 px needs about 0.3 MB of memory, "
+                                 "more than the 0.1 MB free: cut the image into pieces of at most about 1024 x 1024 px "
+                                 "and detect each")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("error", [MemoryError(), torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),
+                                   RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't "
+                                                "allocate memory: you tried to allocate 1000 bytes.")])
+def test_running_out_of_memory_is_one_line_not_a_traceback(scene, model_path, tmp_path, capsys, monkeypatch, error):
+    from starloc.lodestar.model import LodeSTAR
+
+    def fail(*args, **kwargs):
+        raise error
+
+    folder, _ = scene
+    monkeypatch.setattr(LodeSTAR, "maps_and_input", fail)
+    code = main(["lodestar", "detect", str(folder / "scene.tif"), "--model", str(model_path),
+                 "-o", str(tmp_path / "d.csv")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err[-1].startswith("starloc: error: out of memory (")
+    assert err[-1].endswith("cut the input into smaller pieces, or on a GPU run on the CPU (device cpu), which has "
+                            "the computer's memory")
+    assert not list(tmp_path.iterdir())
+
+
+def test_other_runtime_errors_still_raise(scene, model_path, tmp_path, monkeypatch):
+    from starloc.lodestar.model import LodeSTAR
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    folder, _ = scene
+    monkeypatch.setattr(LodeSTAR, "maps_and_input", fail)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["lodestar", "detect", str(folder / "scene.tif"), "--model", str(model_path), "-o", str(tmp_path / "d.csv")])
 
 
 def test_an_output_that_is_an_input_or_another_format_is_refused(scene, model_path, tmp_path, capsys):

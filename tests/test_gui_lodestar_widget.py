@@ -891,3 +891,24 @@ def test_a_time_lapse_of_multichannel_frames_lines_up_with_its_layer(make_napari
         moved = np.asarray(truth) + [0, 3 * t]
         near = [np.min(np.hypot(*(found - p).T)) for p in moved if 8 < p[1] < image.shape[1] - 8]
         assert np.median(near) < 1.0  # each frame's objects, where they moved to
+
+
+@pytest.mark.parametrize("error", [MemoryError(), torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")])
+def test_running_out_of_memory_in_a_job_is_a_one_line_failure_not_a_traceback(error):
+    from starloc.gui.jobs import Failure, guarded
+    from starloc.progress import finish
+
+    def job():
+        yield 1
+        raise error
+
+    result = finish(guarded(job()))
+    assert isinstance(result, Failure)
+    assert str(result.error).startswith("out of memory (") and "run on the CPU (device cpu)" in str(result.error)
+
+    def bug():
+        yield 1
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        finish(guarded(bug()))

@@ -6,6 +6,7 @@ import pytest
 from starloc.lodestar.detection import (
     DetectParams, clustering_map, detect, local_mean, pool_single, threshold, to_image_resolution,
 )
+from starloc.errors import InputError
 from starloc.lodestar.model import LodeSTAR, Maps
 from tests.conftest import TINY
 
@@ -213,3 +214,17 @@ def test_a_frames_maps_do_not_depend_on_the_frames_batched_with_it(rng, augment)
         alone = model.maps(frames[i : i + 1], augment=augment)
         np.testing.assert_allclose(alone.positions[0], together.positions[i], atol=1e-4)
         np.testing.assert_allclose(alone.weights[0], together.weights[i], atol=1e-5)
+
+
+def test_maps_that_cannot_fit_in_memory_are_refused_with_a_piece_size_that_fits(monkeypatch):
+    import starloc.memory
+    from starloc.lodestar.model import _require_maps_memory
+
+    monkeypatch.setattr(starloc.memory, "available_bytes", lambda: 16 * 10**9)
+    _require_maps_memory((1, 1, 8192, 8192), symmetries=False)  # 2.7 GB: fits
+    with pytest.raises(InputError, match=r"^LodeSTAR on 1 frame\(s\) of 100000 x 100000 px needs about 400\.0 GB of "
+                                         r"memory, more than the 16\.0 GB free: cut the image into pieces of at most "
+                                         r"about 13312 x 13312 px and detect each$"):
+        _require_maps_memory((1, 1, 100000, 100000), symmetries=False)
+    with pytest.raises(InputError, match=r"800\.0 GB .* about 9216 x 9216 px"):  # the 8 symmetries take twice that
+        _require_maps_memory((1, 1, 100000, 100000), symmetries=True)

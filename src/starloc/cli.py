@@ -21,6 +21,7 @@ from starloc import __version__
 from starloc.cli_common import (add_cluster_options, at_least, check_output, cluster_client, downsample_factor,
                                 frames_type, positive, progress_bar, resolve_device, task_frames)
 from starloc.errors import InputError, StarlocError, StarlocWarning, one_line
+from starloc.memory import out_of_memory_message
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -558,6 +559,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except OSError as exc:  # the system refused (a full disk, a read-only folder): one line, not a traceback
         print(f"starloc: error: {_os_error(exc)}", file=sys.stderr)
+        return EXIT_SYSTEM_ERROR
+    except (MemoryError, RuntimeError) as exc:
+        message = out_of_memory_message(exc)
+        if message is None:
+            raise
+        print(f"starloc: error: {message}", file=sys.stderr)
         return EXIT_SYSTEM_ERROR
 
 

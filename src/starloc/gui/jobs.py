@@ -19,6 +19,7 @@ from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QWidget
 
 from starloc.errors import StarlocError
+from starloc.memory import out_of_memory_message
 from starloc.progress import finish
 
 
@@ -46,12 +47,18 @@ def limit_threads() -> None:
 
 
 def guarded(gen: Generator) -> Generator:
-    """``gen`` run with :func:`limit_threads`, a ``StarlocError`` it raises returned as a :class:`Failure`."""
+    """``gen`` run with :func:`limit_threads`, a ``StarlocError`` it raises returned as a :class:`Failure`,
+    and so is running out of memory (with a one-line message saying what to do)."""
     limit_threads()
     try:
         return (yield from gen)
     except StarlocError as exc:
         return Failure(exc)
+    except (MemoryError, RuntimeError) as exc:
+        message = out_of_memory_message(exc)
+        if message is None:
+            raise
+        return Failure(StarlocError(message))
 
 
 def start_job(gen: Generator, use_threads: bool, yielded: Callable, returned: Callable, aborted: Callable,
