@@ -228,3 +228,5 @@ def test_maps_that_cannot_fit_in_memory_are_refused_with_a_piece_size_that_fits(
         _require_maps_memory((1, 1, 100000, 100000), symmetries=False)
     with pytest.raises(InputError, match=r"800\.0 GB .* about 9216 x 9216 px"):  # the 8 symmetries take twice that
         _require_maps_memory((1, 1, 100000, 100000), symmetries=True)
+    with pytest.raises(InputError, match=r"44\.0 GB .* about 30720 x 30720 px"):  # downsampled 3x: 4 + 36 / 9 B/px
+        _require_maps_memory((1, 1, 100000, 100000 // 2 + 5000), symmetries=False, downsample=3)

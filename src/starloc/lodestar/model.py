@@ -35,10 +35,11 @@ MAD_TO_SIGMA = 1.4826  # sigma / median absolute deviation of a Gaussian
 ROBUST_SCALE = 0.73123  # std of a unit Gaussian's values below its 75th percentile
 CROWDED_RATIO = 1.25  # robust scale / MAD scale above which objects are taken to inflate it
 
-#: host memory that the maps and the detection on them take per pixel of the frames, bytes:
-#: measured peaks 32 B/px on one 4096 x 4096 frame and 27 on 8192 x 8192 (the normalized
-#: copies of the frame, the maps, the scores), 72 on 4096 x 4096 with the 8 grid symmetries
-MAPS_BYTES_PER_PIXEL = {False: 40, True: 80}
+#: host memory that the maps and the detection on them take per pixel the network sees, bytes,
+#: beside the 4 bytes per pixel of the frames themselves: measured peaks 32 B/px in all on one
+#: 4096 x 4096 frame and 27 on 8192 x 8192 (the normalized copies of the frame, the maps, the
+#: scores), 72 on 4096 x 4096 with the 8 grid symmetries
+MAPS_BYTES_PER_PIXEL = {False: 36, True: 76}
 
 
 def check_downsample(factor) -> int:
@@ -415,7 +416,7 @@ class LodeSTAR:
               keep_input: bool = False) -> tuple[Maps, np.ndarray | None]:
         """The maps (leading axis: symmetries) and, with ``keep_input``, the network's input."""
         frames = torch.from_numpy(np.require(frames, np.float32, ["C", "W"]))
-        _require_maps_memory(tuple(frames.shape), symmetries)
+        _require_maps_memory(tuple(frames.shape), symmetries, self.downsample)
         d = self.downsample
         pos, wts, seen = [], [], []
         for start in range(0, frames.shape[0], batch_size):
@@ -569,11 +570,12 @@ class LodeSTAR:
         return model.to(device)
 
 
-def _require_maps_memory(shape: tuple[int, ...], symmetries: bool) -> None:
+def _require_maps_memory(shape: tuple[int, ...], symmetries: bool, downsample: int = 1) -> None:
     """InputError before the maps of ``(T, C, H, W)`` frames are computed when they and the
-    detection on them would not fit in the free memory (see :data:`MAPS_BYTES_PER_PIXEL`)."""
-    n, h, w = shape[0], shape[-2], shape[-1]
-    per_pixel = MAPS_BYTES_PER_PIXEL[bool(symmetries)]
+    detection on them would not fit in the free memory (see :data:`MAPS_BYTES_PER_PIXEL`; a
+    model that downsamples by d sees d² times fewer pixels)."""
+    n, c, h, w = shape
+    per_pixel = 4 * c + MAPS_BYTES_PER_PIXEL[bool(symmetries)] / downsample**2
     need, free = n * h * w * per_pixel, memory.available_bytes()
     if need <= free:
         return
