@@ -341,7 +341,7 @@ def test_a_frame_too_large_for_the_free_memory_is_refused_before_the_work(scene,
     code = main(["lodestar", "detect", str(folder / "scene.tif"), "--model", str(model_path),
                  "-o", str(tmp_path / "d.csv")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and err[-1] == ("starloc: error: LodeSTAR on 2 frame(s) of 64 x 64 px needs about 0.3 MB of memory, "
+    assert code == 2 and err[-1] == ("starloc: error: LodeSTAR on 2 frame(s) of 64 x 64 px needs about 3.4 MB of memory, "
                                  "more than the 0.1 MB free: cut the image into pieces of at most about 1024 x 1024 px "
                                  "and detect each")
     assert not list(tmp_path.iterdir())

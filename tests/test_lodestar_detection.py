@@ -221,12 +221,12 @@ def test_maps_that_cannot_fit_in_memory_are_refused_with_a_piece_size_that_fits(
     from starloc.lodestar.model import _require_maps_memory
 
     monkeypatch.setattr(starloc.memory, "available_bytes", lambda: 16 * 10**9)
-    _require_maps_memory((1, 1, 8192, 8192), symmetries=False)  # 2.7 GB: fits
-    with pytest.raises(InputError, match=r"^LodeSTAR on 1 frame\(s\) of 100000 x 100000 px needs about 400\.0 GB of "
+    _require_maps_memory((1, 1, 8192, 8192), symmetries=False)  # 2.3 GB: fits
+    with pytest.raises(InputError, match=r"^LodeSTAR on 1 frame\(s\) of 100000 x 100000 px needs about 280\.4 GB of "
                                          r"memory, more than the 16\.0 GB free: cut the image into pieces of at most "
-                                         r"about 13312 x 13312 px and detect each$"):
+                                         r"about 16384 x 16384 px and detect each$"):
         _require_maps_memory((1, 1, 100000, 100000), symmetries=False)
-    with pytest.raises(InputError, match=r"800\.0 GB .* about 9216 x 9216 px"):  # the 8 symmetries take twice that
+    with pytest.raises(InputError, match=r"640\.4 GB .* about 10240 x 10240 px"):  # the 8 symmetries
         _require_maps_memory((1, 1, 100000, 100000), symmetries=True)
-    with pytest.raises(InputError, match=r"44\.0 GB .* about 30720 x 30720 px"):  # downsampled 3x: 4 + 36 / 9 B/px
+    with pytest.raises(InputError, match=r"37\.1 GB .* about 33792 x 33792 px"):  # downsampled 3x: 4 + 24 / 9 B/px
         _require_maps_memory((1, 1, 100000, 100000 // 2 + 5000), symmetries=False, downsample=3)

@@ -36,10 +36,12 @@ ROBUST_SCALE = 0.73123  # std of a unit Gaussian's values below its 75th percent
 CROWDED_RATIO = 1.25  # robust scale / MAD scale above which objects are taken to inflate it
 
 #: host memory that the maps and the detection on them take per pixel the network sees, bytes,
-#: beside the 4 bytes per pixel of the frames themselves: measured peaks 32 B/px in all on one
-#: 4096 x 4096 frame and 27 on 8192 x 8192 (the normalized copies of the frame, the maps, the
-#: scores), 72 on 4096 x 4096 with the 8 grid symmetries
-MAPS_BYTES_PER_PIXEL = {False: 36, True: 76}
+#: beside the 4 bytes per pixel of the frames themselves and the network's activations on a
+#: 1024 x 1024 px tile (per frame of a batch; less on smaller frames, in proportion). Fitted to
+#: the peaks of one frame of 2048², 4096² and 8192² px: ~0.3 GB plus 17-22 B/px; with the 8
+#: grid symmetries 72 B/px in all on 4096² (docs/lodestar-method.md)
+MAPS_BYTES_PER_PIXEL = {False: 24, True: 60}
+MAPS_TILE_BYTES = 4 * 10**8
 
 
 def check_downsample(factor) -> int:
@@ -416,7 +418,7 @@ class LodeSTAR:
               keep_input: bool = False) -> tuple[Maps, np.ndarray | None]:
         """The maps (leading axis: symmetries) and, with ``keep_input``, the network's input."""
         frames = torch.from_numpy(np.require(frames, np.float32, ["C", "W"]))
-        _require_maps_memory(tuple(frames.shape), symmetries, self.downsample)
+        _require_maps_memory(tuple(frames.shape), symmetries, self.downsample, batch_size, tile)
         d = self.downsample
         pos, wts, seen = [], [], []
         for start in range(0, frames.shape[0], batch_size):
@@ -570,16 +572,20 @@ class LodeSTAR:
         return model.to(device)
 
 
-def _require_maps_memory(shape: tuple[int, ...], symmetries: bool, downsample: int = 1) -> None:
+def _require_maps_memory(shape: tuple[int, ...], symmetries: bool, downsample: int = 1, batch_size: int = 16,
+                         tile: int = 1024) -> None:
     """InputError before the maps of ``(T, C, H, W)`` frames are computed when they and the
     detection on them would not fit in the free memory (see :data:`MAPS_BYTES_PER_PIXEL`; a
-    model that downsamples by d sees d² times fewer pixels)."""
+    model that downsamples by d sees d² times fewer pixels; ``batch_size`` frames go through
+    the network at once, in tiles of ``tile`` px)."""
     n, c, h, w = shape
     per_pixel = 4 * c + MAPS_BYTES_PER_PIXEL[bool(symmetries)] / downsample**2
-    need, free = n * h * w * per_pixel, memory.available_bytes()
+    tiles = min(h * w / downsample**2, tile**2) / 1024**2 * min(n, batch_size)  # 1024² px tiles at once
+    need = n * h * w * per_pixel + MAPS_TILE_BYTES * tiles
+    free = memory.available_bytes()
     if need <= free:
         return
-    side = max(1024, int((free / 2 / per_pixel) ** 0.5) // 1024 * 1024)
+    side = max(1024, int((max(free - MAPS_TILE_BYTES, 0) / 2 / per_pixel) ** 0.5) // 1024 * 1024)
     raise InputError(f"LodeSTAR on {n} frame(s) of {h} x {w} px needs about {memory.size_text(need)} of memory, "
                      f"more than the {memory.size_text(free)} free: cut the image into pieces of at most about {side} x "
                      f"{side} px and detect each")
