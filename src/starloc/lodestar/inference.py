@@ -3,7 +3,8 @@
 Each ``iter_*`` function yields ``(frames_done, frames_total)`` after every chunk of frames
 (so the caller can show progress and cancel between chunks) and returns its result. Images
 are read chunk by chunk through :func:`starloc.io.iter_frame_chunks`, so memory stays
-bounded for long stacks; a chunk of large frames holds fewer of them (:data:`CHUNK_PIXELS`). Positions are (row, col) in pixels, frames 0-based.
+bounded for long stacks; a chunk of large frames holds fewer of them (:data:`CHUNK_PIXELS`).
+Positions are (row, col) in pixels, frames 0-based.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from starloc.lodestar.model import LodeSTAR, Maps
 FrameProgress = tuple[int, int]  # (frames done, frames in total)
 
 #: a chunk of frames holds at most about this many pixels (and at least one frame): detection
-#: holds ~75 bytes per pixel of its chunk (input, maps, scores, deblending), so `starloc
-#: lodestar detect` on 8 frames of 2048 x 2048 px in one chunk peaked at 3.0 GB, one frame at
-#: a time at 0.9 GB (and took 22 s instead of 28). Frames up to 724 x 724 px still go 8 at a time.
+#: holds ~20 bytes per pixel of its chunk and the network's activations on a 1024 px tile of
+#: every frame of it at once, so `starloc lodestar detect` on 8 frames of 2048 x 2048 px in one
+#: chunk peaked at 3.0 GB, one frame at a time at 0.9 GB (and took 22 s instead of 28).
+#: Frames up to 724 x 724 px still go 8 at a time.
 CHUNK_PIXELS = 2**22
 
 

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from starloc import memory
 from starloc.errors import InputError, ModelFileError
 from starloc.io import load_model_file, save_model_file
 from starloc.lodestar.dihedral import dihedral_maps
 from starloc.lodestar.network import LodeSTARNet, NetworkConfig, decode
-from starloc import memory
 
 MODEL_KIND = "lodestar"
 
