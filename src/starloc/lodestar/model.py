@@ -41,7 +41,8 @@ CROWDED_RATIO = 1.25  # robust scale / MAD scale above which objects are taken t
 #: the peaks of one frame of 2048², 4096² and 8192² px: ~0.3 GB plus 17-22 B/px; with the 8
 #: grid symmetries 72 B/px in all on 4096² (docs/lodestar-method.md)
 MAPS_BYTES_PER_PIXEL = {False: 24, True: 60}
-MAPS_TILE_BYTES = 4 * 10**8
+MAPS_TILE_BYTES = 4 * 10**8  # per tile of MAPS_TILE_PIXELS network pixels
+MAPS_TILE_PIXELS = 1024**2
 
 
 def check_downsample(factor) -> int:
@@ -580,7 +581,7 @@ def _require_maps_memory(shape: tuple[int, ...], symmetries: bool, downsample: i
     the network at once, in tiles of ``tile`` px)."""
     n, c, h, w = shape
     per_pixel = 4 * c + MAPS_BYTES_PER_PIXEL[bool(symmetries)] / downsample**2
-    tiles = min(h * w / downsample**2, tile**2) / 1024**2 * min(n, batch_size)  # 1024² px tiles at once
+    tiles = min(h * w / downsample**2, tile**2) / MAPS_TILE_PIXELS * min(n, batch_size)  # through the network at once
     need = n * h * w * per_pixel + MAPS_TILE_BYTES * tiles
     free = memory.available_bytes()
     if need <= free:
