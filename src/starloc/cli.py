@@ -406,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--brighter", type=at_least(1.0, float), default=None, metavar="X",
                    help="train for objects up to X times brighter than the cropped one (default 3); raise it "
                         "when some objects are much brighter ('detect' warns when it sees such objects)")
-    t.add_argument("--seed", type=int, default=0, help="random seed (same seed, same model)")
+    t.add_argument("--seed", type=int, default=0,
+                   help="random seed (same seed, same model on the same machine and thread count)")
     t.add_argument("--downsample", type=downsample_factor, default="auto", metavar="D",
                    help="look at the image in blocks of DxD pixels (their mean), in training and in "
                         "'detect', for objects larger than the network's receptive field (26 px). "

@@ -880,7 +880,8 @@ def add_commands(sub) -> None:
                    help="network: 'unet' (fully convolutional with full-resolution skip connections, the "
                         "default), 'fcn' (the same without them: about twice as fast, less accurate) "
                         "or 'paper' (conv + fully connected, fixed frame size)")
-    r.add_argument("--seed", type=int, default=None, help="random seed (same seed, same model)")
+    r.add_argument("--seed", type=int, default=None,
+                   help="random seed (same seed, same model on the same machine and thread count)")
     r.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
                    help="any other DeepLocoTrainConfig setting, e.g. --set val_every=250 or "
                         "--set conv_widths=16,64,256; repeatable")
