@@ -439,6 +439,9 @@ def test_tiff_axes_that_are_not_time(tmp_path, model_path, capsys):
     assert main([*detect, str(tmp_path / "cyx.tif")]) == 0
     assert "names its first axis C (axes CYX)" in capsys.readouterr().err
     _bad(capsys, [*detect, str(tmp_path / "tzyx.tif")], "has axes TZYX")
+    tifffile.imwrite(tmp_path / "tcyx.tif", np.stack([image] * 4).reshape(2, 2, 48, 48), imagej=True,
+                     metadata={"axes": "TCYX"})
+    _bad(capsys, [*detect, str(tmp_path / "tcyx.tif")], "has axes TCYX (shape (2, 2, 48, 48)): give --channel-axis 1")
 
 
 def test_crops_from_several_frames_of_a_stack(tmp_path, capsys):

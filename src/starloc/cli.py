@@ -143,8 +143,8 @@ def _crop_frames(given: list[int] | None, n_crops: int) -> list[int]:
 
 def _check_axes(args, image) -> None:
     """Say how the axes an ImageJ/OME TIFF names are read when that is not what they say:
-    channels read as frames (a warning), or four axes without channels (an error that names them,
-    where the generic one would suggest --channel-axis)."""
+    channels read as frames (a warning), or four axes (an error that names them, and the
+    --channel-axis to give where one of them is C)."""
     from starloc.tiff_metadata import stated_axes
 
     axes = stated_axes(args.image)
@@ -155,7 +155,10 @@ def _check_axes(args, image) -> None:
         warnings.warn(f"{name}'s metadata names its first axis C (axes {axes}): its {image.shape[0]} channels are "
                       "read as frames; give --channel-axis 0 to read them as the channels of one image",
                       StarlocWarning)
-    elif len(axes) == 4 and "C" not in axes:
+    elif len(axes) == 4 and "C" in axes:
+        raise InputError(f"{name} has axes {axes} (shape {tuple(image.shape)}): give --channel-axis "
+                         f"{axes.index('C')} to read its C axis as the channels of each frame")
+    elif len(axes) == 4:
         raise InputError(f"{name} has axes {axes} (shape {tuple(image.shape)}): starloc reads 2D frames (T×Y×X), "
                          "with --channel-axis for a channel axis; save the slices to analyse as a T×Y×X stack")
 
