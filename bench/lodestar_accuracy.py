@@ -30,6 +30,7 @@ import torch
 from starloc import baselines, sim
 from starloc.lodestar.detection import DetectParams
 from starloc.lodestar.inference import detect_frames, predict_single
+from starloc.lodestar.network import NetworkConfig
 from starloc.lodestar.training import TrainConfig, train
 from starloc.metrics import detection_metrics, match
 from starloc.progress import finish
@@ -191,6 +192,15 @@ def plot(single, path):
     fig.savefig(path, dpi=120)
 
 
+def train_config(seed: int, overrides: dict) -> TrainConfig:
+    """The default training with ``overrides``; a ``network`` dict changes only the
+    :class:`NetworkConfig` fields it names."""
+    if isinstance(overrides.get("network"), dict):
+        network = {**NetworkConfig().to_dict(), **overrides["network"]}
+        overrides = {**overrides, "network": NetworkConfig.from_dict(network)}
+    return TrainConfig(seed=seed, **overrides)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", nargs="+", default=list(sim.SHAPES))
@@ -201,14 +211,15 @@ def main(argv=None):
     ap.add_argument("--plot", default=None, help="write the RMSE-vs-SNR plot here (PNG)")
     ap.add_argument("--crop", type=int, default=40,
                     help="train on the central CROP x CROP px of the 64x64 training image (32-64; default 40)")
-    ap.add_argument("--config", default="{}", help="TrainConfig overrides as a Python dict literal")
+    ap.add_argument("--config", default="{}", help="TrainConfig overrides as a Python dict literal; 'network' "
+                    "takes NetworkConfig fields, e.g. \"{'network': {'half_res_widths': [40, 40, 40, 40, 40]}}\"")
     args = ap.parse_args(argv)
     if not 32 <= args.crop <= SIZE:
         ap.error("--crop must be 32-64 px: the largest object spans 24 px, 3 px off the centre")
     torch.set_num_threads(args.threads)
     import ast
 
-    config = TrainConfig(seed=args.seed, **ast.literal_eval(args.config))
+    config = train_config(args.seed, ast.literal_eval(args.config))
     single, multi, times = [], [], {}
     for shape in args.shapes:
         model, seconds = train_model(shape, args.seed, config, args.crop)
@@ -222,7 +233,7 @@ def main(argv=None):
     if args.plot:
         plot(single, args.plot)
     summary = {"bench": "lodestar_accuracy", "machine": platform.machine(), "threads": args.threads,
-               "torch": torch.__version__, "n_test": args.n_test, "crop": args.crop, "single": single, "multi": multi,
+               "torch": torch.__version__, "n_test": args.n_test, "crop": args.crop, "config": args.config, "single": single, "multi": multi,
                "train_seconds": {k: v[0] for k, v in times.items()},
                "train_steps": {k: v[1] for k, v in times.items()},
                "baseline_ties": sum(baseline_miss(r) == "tie" for r in single),
