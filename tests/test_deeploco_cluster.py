@@ -114,3 +114,28 @@ def test_local_cluster_workers_keep_the_default_malloc_trim_and_ignore_ctrl_c():
     assert trim is None and omp == "1"  # dask's other settings stay
     # Ctrl-C is this process's to handle (workers printed a traceback each), and it still is
     assert sigint == signal.SIG_IGN and signal.getsignal(signal.SIGINT) is handler
+
+
+def test_a_worker_its_nanny_starts_again_ignores_ctrl_c_too():
+    import os
+    import time
+
+    from starloc.deeploco.cluster import local_cluster
+
+    def sigint():
+        return signal.getsignal(signal.SIGINT)
+
+    with local_cluster(1) as cluster, distributed.Client(cluster) as c:
+        (first,) = c.run(os.getpid).values()
+        os.kill(first, signal.SIGKILL)
+        deadline, pids = time.monotonic() + 60, []
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            try:
+                pids = list(c.run(os.getpid).values())
+            except Exception:  # the dead worker is still listed
+                continue
+            if pids and pids != [first]:
+                break
+        assert pids and pids != [first], "the nanny did not start the worker again"
+        assert list(c.run(sigint).values()) == [signal.SIG_IGN]

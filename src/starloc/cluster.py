@@ -50,16 +50,19 @@ def local_cluster(n_workers: int) -> Any:
     import dask
     from distributed import LocalCluster
 
+    from .worker_plugins import IgnoreCtrlC
+
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
     environ.pop("MALLOC_TRIM_THRESHOLD_", None)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), _ctrl_c_ignored():
         return LocalCluster(n_workers=int(n_workers), threads_per_worker=1, processes=True, dashboard_address=":0",
-                            silence_logs=logging.CRITICAL)
+                            silence_logs=logging.CRITICAL, plugins=[IgnoreCtrlC()])
 
 
 @contextlib.contextmanager
 def _ctrl_c_ignored() -> Iterator[None]:
-    """SIGINT ignored while inside: worker processes started here inherit it, and a cluster's
+    """SIGINT ignored while inside: worker processes started here inherit it (those a nanny
+    starts again later get it from :class:`~starloc.worker_plugins.IgnoreCtrlC`), and a cluster's
     close (a second or two) runs to the end. Ctrl-C in a terminal reaches every process of its
     group: each local worker printed its own KeyboardInterrupt traceback (~30 lines each) over
     the one-line message, and a Ctrl-C while closing could leave workers behind. This process
