@@ -91,7 +91,8 @@ def single_object_rows(shape, model, n_test, seed):
         }
         row = {"shape": shape, "snr": snr, "crb": mean_crb(shape, snr)}
         row.update({k: per_axis_rmse(v, truth, shape, angles) for k, v in preds.items()})
-        row.update({f"z_{k}": paired_z(preds["lodestar"], preds[k], truth, shape, angles) for k in ("centroid", "radial")})
+        for k in ("centroid", "radial"):
+            row[f"z_{k}"] = paired_z(preds["lodestar"], preds[k], truth, shape, angles)
         rows.append(row)
     return rows
 
@@ -233,7 +234,8 @@ def main(argv=None):
     if args.plot:
         plot(single, args.plot)
     summary = {"bench": "lodestar_accuracy", "machine": platform.machine(), "threads": args.threads,
-               "torch": torch.__version__, "n_test": args.n_test, "crop": args.crop, "config": args.config, "single": single, "multi": multi,
+               "torch": torch.__version__, "n_test": args.n_test, "crop": args.crop, "config": args.config,
+               "single": single, "multi": multi,
                "train_seconds": {k: v[0] for k, v in times.items()},
                "train_steps": {k: v[1] for k, v in times.items()},
                "baseline_ties": sum(baseline_miss(r) == "tie" for r in single),

@@ -586,10 +586,11 @@ def _require_maps_memory(shape: tuple[int, ...], symmetries: bool, downsample: i
     free = memory.available_bytes()
     if need <= free:
         return
+    # pieces whose maps take half of what is free: a margin for the estimate and for other programs
     side = max(1024, int((max(free - MAPS_TILE_BYTES, 0) / 2 / per_pixel) ** 0.5) // 1024 * 1024)
     raise InputError(f"LodeSTAR on {n} frame(s) of {h} x {w} px needs about {memory.size_text(need)} of memory, "
-                     f"more than the {memory.size_text(free)} free: cut the image into pieces of at most about {side} x "
-                     f"{side} px and detect each")
+                     f"more than the {memory.size_text(free)} free: cut the image into pieces of at most about "
+                     f"{side} x {side} px and detect each")
 
 
 def _fixed_input(stored, normalization: str, channels: int) -> tuple[tuple[float, ...], float] | None:
