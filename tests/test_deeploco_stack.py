@@ -13,6 +13,7 @@ from starloc.deeploco.network import CELL, DeepLocoConfig
 from starloc.deeploco.stack import (
     FrameSource,
     check_noise,
+    check_photons,
     StackProgress,
     iter_localize_stack,
     localize_stack,
@@ -362,6 +363,39 @@ def test_background_outside_the_training_range_warns_once_and_still_localizes():
     with warnings.catch_warnings():
         warnings.simplefilter("error", StarlocWarning)
         localize_stack(model, frames * 50, input_units="photons", threshold=0.5)
+
+
+def sparse_spots(photons, frames=8, size=64, sigma=1.3, background=BG, seed=0):
+    """Frames in photons with 16 Gaussian spots each, 16 px apart (isolated), Poisson noise."""
+    rows, cols = np.mgrid[:size, :size]
+    image = np.full((size, size), background)
+    for r in range(8, size, 16):
+        for c in range(8, size, 16):
+            image = image + photons * np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * sigma**2)) / (2 * np.pi * sigma**2)
+    return np.random.default_rng(seed).poisson(image, size=(frames, size, size)).astype(np.float32)
+
+
+def test_emitters_brighter_or_dimmer_than_the_training_range_are_told():
+    model = spot_model()
+    model.metadata = {"training": {"simulator": {"photons_range": [500.0, 20000.0]}}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StarlocWarning)
+        brighter, dimmer = check_photons(sparse_spots(3000.0), model, "s")
+    assert brighter == 0 and dimmer == 0
+    with pytest.warns(StarlocWarning, match=r"100% of the isolated emitters .* of s \(median 4\d\d\d\d photons\) are "
+                                            r"brighter than any the model was trained on \(500-20000 photons\)"):
+        assert check_photons(sparse_spots(40000.0), model, "s") == (1.0, 0.0)
+    with pytest.warns(StarlocWarning, match=r"dimmer than any the model was trained on .* expect missed emitters"):
+        check_photons(sparse_spots(300.0, background=2.0), model, "s")
+    # too few isolated spots to judge, or no training range in the model file: not checked
+    assert check_photons(sparse_spots(40000.0, frames=1)[:, :16, :16], model, "s") is None
+    model.metadata = {}
+    assert check_photons(sparse_spots(40000.0), model, "s") is None
+    # localizing checks the first chunk and still localizes
+    model.metadata = {"training": {"simulator": {"photons_range": [500.0, 20000.0]}}}
+    with pytest.warns(StarlocWarning, match="brighter than any") as caught:
+        localize_stack(model, sparse_spots(40000.0), input_units="photons", chunk_frames=2)
+    assert len([w for w in caught if "brighter" in str(w.message)]) == 1
 
 
 def test_frames_whose_noise_does_not_fit_the_camera_settings_are_told():
