@@ -52,15 +52,17 @@ def test_train_writes_a_tiny_model(folder, capsys):
     assert model.camera.baseline == 100.0 and model.metadata["training"]["steps_done"] == 3
     assert model.metadata["source"]["psf"] == "gaussian"
     assert model.metadata["training"]["simulator"]["photons_distribution"] == "log-uniform"  # the default
+    assert model.metadata["training"]["simulator"]["background_variation"] == 0.5
     assert not list(folder.glob(".*ckpt"))  # the private checkpoint is gone
 
 
 def test_train_photons_options_reach_the_simulator(tmp_path):
     out = tmp_path / "m.pt"
     assert main([*TRAIN, "--steps", "1", "--photons", "800:900", "--photons-distribution", "uniform",
-                 "-o", str(out)]) == 0
+                 "--background-variation", "0", "-o", str(out)]) == 0
     sim = DeepLoco.load(out).metadata["training"]["simulator"]
     assert sim["photons_range"] == [800.0, 900.0] and sim["photons_distribution"] == "uniform"
+    assert sim["background_variation"] == 0.0
 
 
 def test_localize_writes_thunderstorm_csv_with_1_based_frames(folder, capsys):

@@ -5,8 +5,8 @@ import pytest
 import tifffile
 
 from starloc.deeploco import EMCCD, Gaussian2DPSF
-from starloc.deeploco.recipes import (BACKGROUND, MAX_DENSITY, PHOTONS, PHOTONS_DISTRIBUTION, bead_psf, default_n_range,
-                                      default_simulator)
+from starloc.deeploco.recipes import (BACKGROUND, BACKGROUND_VARIATION, MAX_DENSITY, PHOTONS, PHOTONS_DISTRIBUTION,
+                                      bead_psf, default_n_range, default_simulator)
 from starloc.errors import InputError
 
 
@@ -16,13 +16,15 @@ def test_default_simulator_covers_sparse_to_dense_frames():
     assert sim.n_range == (0, int(np.ceil(MAX_DENSITY * 6.4 * 6.4)))
     assert sim.photons_range == PHOTONS and sim.background_range == BACKGROUND
     assert sim.photons_distribution == PHOTONS_DISTRIBUTION == "log-uniform"
+    assert sim.background_variation == BACKGROUND_VARIATION == 0.5
     assert default_n_range((32, 32), 100.0) == (0, int(np.ceil(MAX_DENSITY * 3.2 * 3.2)))
 
 
 def test_default_simulator_overrides():
     sim = default_simulator(Gaussian2DPSF(130.0), None, frame_shape=(32, 32), density=0.5,
-                            photons_range=(100.0, 200.0))
+                            photons_range=(100.0, 200.0), background_variation=0.0)
     assert sim.density == 0.5 and sim.n_range is None and sim.photons_range == (100.0, 200.0)
+    assert sim.background_variation == 0.0
 
 
 def _bead_stack(path, z=11):

@@ -129,13 +129,17 @@ def test_bad_settings(empirical_psf):
         Simulator(Gaussian2DPSF(), photons_range=(0, 100), photons_distribution="log-uniform")
     with pytest.raises(InputError, match="PSFModel"):
         Simulator("beads.tif")
+    for bad in (-0.1, 1.0, "some"):
+        with pytest.raises(InputError, match="background_variation"):
+            Simulator(Gaussian2DPSF(), background_variation=bad)
     Simulator(Gaussian2DPSF(), z_range=(-350, 350))  # a z-independent PSF accepts any z range
 
 
 def test_settings_round_trip_gives_the_same_frames():
     psf = AstigmaticPSF()
     sim = Simulator(psf, EMCCD.smlm2016(), frame_shape=(24, 32), n_range=(2, 5), photons_range=(800, 9000),
-                    photons_distribution="log-uniform", background_range=(30, 60), z_range=(-200, 300))
+                    photons_distribution="log-uniform", background_range=(30, 60), z_range=(-200, 300),
+                    background_variation=0.4)
     again = Simulator.from_dict(sim.to_dict(), psf, sim.camera)
     assert again.to_dict() == sim.to_dict()
     a, ta = sim.sample(4, torch.Generator().manual_seed(3))
@@ -143,3 +147,38 @@ def test_settings_round_trip_gives_the_same_frames():
     assert torch.equal(a, b) and torch.equal(ta["z"], tb["z"])
     with pytest.raises(InputError, match="incomplete"):
         Simulator.from_dict({"frame_shape": [24, 32]}, psf)
+    older = {k: v for k, v in sim.to_dict().items() if k != "background_variation"}  # written before it existed
+    assert Simulator.from_dict(older, psf).background_variation == 0.0
+
+
+def test_a_varying_background_is_smooth_bounded_and_seeded():
+    sim = Simulator(Gaussian2DPSF(130.0), None, frame_shape=(64, 48), n_range=(0, 1), photons_range=(0, 0),
+                    background_range=(20, 200),
+                    background_variation=0.5)
+    frames, truth = sim.sample(64, torch.Generator().manual_seed(0), noiseless=True)
+    field, level = truth["background_field"], truth["background"][:, None, None]
+    assert field.shape == (64, 64, 48)
+    torch.testing.assert_close(frames[:, 0], level + field)  # emitters of 0 photons: background only
+    relative = field / level
+    assert float(relative.abs().max()) <= 0.5 + 1e-6 and float(frames.min()) >= 0.5 * 20 - 1e-3
+    assert float(relative.mean(dim=(1, 2)).abs().max()) < 1e-4  # varies around the frame's level
+    peaks = relative.abs().amax(dim=(1, 2))
+    assert float(peaks.min()) < 0.1 and float(peaks.max()) > 0.4  # amplitudes spread over [0, 0.5]
+    # smooth: correlation lengths of 0.5-4 um are 5-40 px, so neighbouring pixels nearly agree
+    step = (relative[:, :, 1:] - relative[:, :, :-1]).abs().amax(dim=(1, 2))
+    assert bool((step <= 0.25 * peaks + 1e-6).all())  # white noise: steps as large as the peak
+    again, t2 = sim.sample(64, torch.Generator().manual_seed(0), noiseless=True)
+    assert torch.equal(frames, again) and torch.equal(field, t2["background_field"])
+
+
+def test_a_flat_background_draws_what_it_drew_before_variation_existed():
+    """background_variation=0 adds no field and no random draws: seeded batches (and so models
+    trained on them) are the same as before the option."""
+    flat = Simulator(AstigmaticPSF(), EMCCD.smlm2016(), frame_shape=(16, 16), density=2.0)
+    a, ta = flat.sample(4, torch.Generator().manual_seed(7))
+    assert "background_field" not in ta
+    varying = Simulator(AstigmaticPSF(), EMCCD.smlm2016(), frame_shape=(16, 16), density=2.0,
+                        background_variation=0.3)
+    b, tb = varying.sample(4, torch.Generator().manual_seed(7))
+    assert torch.equal(ta["x"], tb["x"]) and torch.equal(ta["background"], tb["background"])
+    assert not torch.equal(a, b)

@@ -14,6 +14,8 @@ from starloc.deeploco.training import (
     DeepLocoTrainConfig,
     Progress,
     Trainer,
+    describe_simulation,
+    simulation_differences,
     train,
     truth_positions,
     validation_metrics,
@@ -122,6 +124,17 @@ def test_explicit_checkpoint_and_extending_the_run(sim, tmp_path):
     assert more.metadata["training"]["steps_done"] == 4
     with pytest.raises(ModelFileError):
         Trainer.from_checkpoint(tmp_path / "missing.ckpt", sim)
+
+
+def test_a_checkpoint_from_before_background_variation_resumes_on_a_flat_background(sim):
+    """Checkpoints written before the option record no background_variation: that is a flat
+    background, the same simulation as 0 and not the same as a varying one."""
+    now = describe_simulation(sim)
+    assert now["settings"]["background_variation"] == 0.0
+    older = {**now, "settings": {k: v for k, v in now["settings"].items() if k != "background_variation"}}
+    assert simulation_differences(now, older) == []
+    varying = {**now, "settings": {**now["settings"], "background_variation": 0.5}}
+    assert simulation_differences(varying, older) == ["settings.background_variation"]
 
 
 @pytest.mark.parametrize("arch", ["paper", "fcn", "unet"])

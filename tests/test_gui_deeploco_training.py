@@ -133,13 +133,16 @@ def test_parametric_psfs_and_a_photon_camera_need_no_beads(make_napari_viewer, m
     assert not any(s.isEnabled() for s in panel.camera_spins.values())
     panel.photons_spins[0].setValue(1000)
     panel.photons_spins[1].setValue(5000)
-    for psf, dim in ((dt.GAUSSIAN, 2), (dt.ASTIGMATIC, 3)):
+    assert panel.variation_spin.value() == 0.5  # recipes.BACKGROUND_VARIATION
+    for psf, dim, variation in ((dt.GAUSSIAN, 2, 0.5), (dt.ASTIGMATIC, 3, 0.0)):
         panel.psf_combo.setCurrentText(psf)
+        panel.variation_spin.setValue(variation)
         panel.output_edit.setText(str(tmp_path / "m"))  # ".pt" is added
         panel.train()
         model = DeepLoco.load(tmp_path / "m.pt")
         assert model.config.dim == dim and model.camera is None
-        assert model.metadata["training"]["simulator"]["photons_range"] == [1000.0, 5000.0]
+        simulated = model.metadata["training"]["simulator"]
+        assert simulated["photons_range"] == [1000.0, 5000.0] and simulated["background_variation"] == variation
     assert messages["error"] == []
 
 

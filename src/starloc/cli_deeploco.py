@@ -351,7 +351,8 @@ SIMULATION_OPTIONS = {"sigma": "--sigma", "astig_c": "--astig-c", "astig_d": "--
                       "psf_z0": "--psf-z0", "psf_baseline": "--psf-baseline", "pixel_size": "--pixel-size",
                       "frame_size": "--frame-size", "density": "--density", "emitters": "--emitters",
                       "photons": "--photons", "photons_distribution": "--photons-distribution",
-                      "background": "--background", "z_range": "--z-range", "camera": "--camera",
+                      "background": "--background", "background_variation": "--background-variation",
+                      "z_range": "--z-range", "camera": "--camera",
                       **{dest: "--" + dest.replace("_", "-") for dest in CAMERA_OPTIONS}}
 
 
@@ -383,7 +384,8 @@ def _simulator_from_options(args, device: str):
         sim_kw["pixel_size"] = pixel_size
     for dest, key in (("density", "density"), ("emitters", "n_range"), ("photons", "photons_range"),
                       ("background", "background_range"), ("z_range", "z_range"),
-                      ("photons_distribution", "photons_distribution")):
+                      ("photons_distribution", "photons_distribution"),
+                      ("background_variation", "background_variation")):
         if getattr(args, dest) is not None:
             sim_kw[key] = getattr(args, dest)
     return default_simulator(psf, camera, **sim_kw)
@@ -868,6 +870,10 @@ def add_commands(sub) -> None:
                    help="how photons are drawn in their range (default log-uniform)")
     s.add_argument("--background", type=_range_type(), default=None, metavar="LO:HI",
                    help="background photons per pixel (default 20:200)")
+    s.add_argument("--background-variation", type=float, default=None, metavar="F",
+                   help="let each training frame's background vary smoothly (over 0.5-4 µm) by up to this "
+                        "fraction of its level, 0 <= F < 1, as out-of-focus light and autofluorescence do "
+                        "in real frames (default 0.5; 0: flat)")
     s.add_argument("--z-range", type=_range_type(), default=None, metavar="LO:HI",
                    help="nm (3D PSFs); write --z-range=-750:750 for a negative LO")
     r = t.add_argument_group("training")

@@ -3,8 +3,9 @@
 Per frame: a number of emitters (Poisson from a density, or uniform in a range), positions uniform
 over the whole field ``x in [0, W * pixel_size)``, ``y in [0, H * pixel_size)`` nm (corner origin:
 pixel ``j``'s centre at ``(j + 0.5) * pixel_size``) and ``z`` uniform in ``z_range`` nm, photons
-uniform or log-uniform in ``photons_range``, a uniform background (photons/pixel) drawn per frame
-from ``background_range``; the PSF model renders expected photons, the camera adds noise, and
+uniform or log-uniform in ``photons_range``, a background (photons/pixel) drawn per frame from
+``background_range``, uniform or, with ``background_variation``, varying smoothly over the frame (see
+:meth:`Simulator.background_field`); the PSF model renders expected photons, the camera adds noise, and
 frames are normalized back to photons with the camera's
 :meth:`~starloc.deeploco.camera.Camera.normalize` (the same normalization real frames get).
 
@@ -62,7 +63,10 @@ class Simulator:
     photons_range : emitter photons (default 1000..7000 as in DeepLoco's sample code).
     photons_distribution : ``"uniform"`` (default) or ``"log-uniform"`` in ``photons_range``
         (as many emitters per factor of brightness: a wide range without starving the dim end).
-    background_range : background photons per pixel, uniform per frame (default 100..100).
+    background_range : background photons per pixel, one level per frame (default 100..100).
+    background_variation : in [0, 1); above 0 each frame's background varies smoothly around its
+        level, by up to this fraction of it (:meth:`background_field`), as out-of-focus light and
+        autofluorescence make it vary in real frames. Default 0: flat.
     z_range : nm, uniform; default the PSF's ``z_range`` (``(0, 0)`` for a 2D Gaussian). For a
         z-dependent PSF it must lie inside the PSF's calibrated ``z_range``.
     device : where frames and truth are made.
@@ -82,6 +86,7 @@ class Simulator:
         background_range: tuple[float, float] = (100.0, 100.0),
         z_range: tuple[float, float] | None = None,
         device: str | torch.device = "cpu",
+        background_variation: float = 0.0,
     ):
         if not isinstance(psf, PSFModel):
             raise InputError(f"psf must be a PSFModel, got {type(psf).__name__}")
@@ -126,6 +131,12 @@ class Simulator:
             raise InputError(f"a log-uniform photons_range needs a positive low end, got {photons_range!r}")
         self.photons_distribution = photons_distribution
         self.background_range = _range("background_range", background_range, low=0.0)
+        try:
+            self.background_variation = float(background_variation)
+        except (TypeError, ValueError):
+            raise InputError(f"background_variation must be a number, got {background_variation!r}") from None
+        if not 0.0 <= self.background_variation < 1.0:
+            raise InputError(f"background_variation must lie in [0, 1), got {background_variation!r}")
         self.z_range = _range("z_range", psf.z_range if z_range is None else z_range)
         if psf.z_dependent:
             plo, phi = psf.z_range
@@ -141,7 +152,9 @@ class Simulator:
 
     def sample_emitters(self, batch: int, generator: torch.Generator) -> dict[str, Tensor]:
         """Ground truth only: padded ``x, y, z, photons`` ``(B, N)`` (nm, nm, nm, photons; zeros in
-        padding slots), ``mask`` ``(B, N)`` bool, ``n`` ``(B,)`` counts, ``background`` ``(B,)``."""
+        padding slots), ``mask`` ``(B, N)`` bool, ``n`` ``(B,)`` counts, ``background`` ``(B,)``
+        and, with ``background_variation``, ``background_field`` ``(B, H, W)`` (photons/pixel added
+        to the background; mean about 0)."""
         B, N = int(batch), self.max_emitters
         if B < 1:
             raise InputError(f"batch must be >= 1, got {batch!r}")
@@ -167,7 +180,7 @@ class Simulator:
             photons = self._uniform((B, N), *self.photons_range, g)
         background = self._uniform((B,), *self.background_range, g)
         zero = torch.zeros((), device=self.device)
-        return {
+        truth = {
             "x": torch.where(mask, x, zero),
             "y": torch.where(mask, y, zero),
             "z": torch.where(mask, z, zero),
@@ -176,12 +189,40 @@ class Simulator:
             "n": n,
             "background": background,
         }
+        if self.background_variation > 0:  # no draw at 0: flat batches are what they were before the option
+            truth["background_field"] = background[:, None, None] * self.background_field(B, g)
+        return truth
 
     def expected(self, truth: dict[str, Tensor]) -> Tensor:
         """Noiseless expected photons per pixel ``(B, H, W)`` for a truth dictionary."""
         img = self.psf.render(truth["x"], truth["y"], truth["z"], truth["photons"], self.frame_shape,
                               self.pixel_size, mask=truth["mask"])
-        return img + truth["background"][:, None, None]
+        img = img + truth["background"][:, None, None]
+        if "background_field" in truth:
+            img = img + truth["background_field"]
+        return img
+
+    #: nm: the range (log-uniform) of the length over which a varying background changes
+    FIELD_LENGTHS = (500.0, 4000.0)
+
+    def background_field(self, batch: int, generator: torch.Generator) -> Tensor:
+        """``(B, H, W)`` smooth random fields, relative to each frame's background level: white
+        noise low-passed by a Gaussian of a standard deviation log-uniform in ``FIELD_LENGTHS``
+        nm (in Fourier space, so periodic across the frame), scaled to a peak of ``|1|`` and then
+        by a factor uniform in ``[0, background_variation]``. A frame's background is then at
+        least ``1 - background_variation`` times its level, never negative."""
+        H, W = self.frame_shape
+        g = generator
+        noise = torch.randn((batch, H, W), generator=g, device=self.device)
+        lo, hi = (math.log(v / self.pixel_size) for v in self.FIELD_LENGTHS)
+        sigma = torch.exp(self._uniform((batch,), lo, hi, g))[:, None, None]  # px
+        ky = torch.fft.fftfreq(H, device=self.device)[:, None]
+        kx = torch.fft.rfftfreq(W, device=self.device)[None, :]
+        low_pass = torch.exp(-2 * math.pi**2 * sigma**2 * (kx**2 + ky**2))
+        field = torch.fft.irfft2(torch.fft.rfft2(noise) * low_pass, s=(H, W))
+        field = field - field.mean(dim=(1, 2), keepdim=True)
+        field = field / field.abs().amax(dim=(1, 2), keepdim=True).clamp(min=1e-12)
+        return field * self._uniform((batch,), 0.0, self.background_variation, g)[:, None, None]
 
     def sample(
         self, batch: int, generator: torch.Generator, noiseless: bool = False
@@ -207,6 +248,7 @@ class Simulator:
             "max_emitters": self.max_emitters, "photons_range": list(self.photons_range),
             "photons_distribution": self.photons_distribution,
             "background_range": list(self.background_range), "z_range": list(self.z_range),
+            "background_variation": self.background_variation,
         }
 
     @classmethod
@@ -221,7 +263,8 @@ class Simulator:
         for key in ("frame_shape", "n_range", "photons_range", "background_range", "z_range"):
             if kw[key] is not None:
                 kw[key] = tuple(kw[key])
-        return cls(psf, camera, device=device, **kw)
+        # files written before background_variation existed simulated flat backgrounds
+        return cls(psf, camera, device=device, background_variation=d.get("background_variation", 0.0), **kw)
 
 
 def truth_table(truth: dict[str, Tensor], dim: int) -> tuple[np.ndarray, np.ndarray]:

@@ -426,6 +426,8 @@ def simulation_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "
     """Names of the entries in which two :func:`describe_simulation` dicts differ (numbers to a
     relative 1e-9, tensors exactly), e.g. ``["camera", "settings.photons_range"]``."""
     out = []
+    if prefix == "settings.":  # written before background_variation existed: flat backgrounds
+        a, b = ({"background_variation": 0.0, **d} for d in (a, b))
     for key in sorted(set(a) | set(b)):
         x, y, where = a.get(key), b.get(key), f"{prefix}{key}"
         if isinstance(x, dict) and isinstance(y, dict) and key == "settings":

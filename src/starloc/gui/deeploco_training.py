@@ -42,7 +42,7 @@ from qtpy.QtWidgets import (
 from starloc.deeploco.brightness import DEFAULT_FRAMES, measure_brightness
 from starloc.deeploco.camera import camera_preset
 from starloc.deeploco.psf import AstigmaticPSF, EmpiricalPSF, Gaussian2DPSF, centred_z0
-from starloc.deeploco.recipes import BACKGROUND, PHOTONS, default_simulator
+from starloc.deeploco.recipes import BACKGROUND, BACKGROUND_VARIATION, PHOTONS, default_simulator
 from starloc.deeploco.stack import to_photons
 from starloc.deeploco.training import DeepLocoTrainConfig, Progress, train
 from starloc.errors import InputError, StarlocError
@@ -90,6 +90,7 @@ class TrainRequest:
     camera_settings: dict
     photons: tuple[float, float]
     background: tuple[float, float]
+    background_variation: float
     config: DeepLocoTrainConfig
     output: Path
 
@@ -112,7 +113,7 @@ def train_job(request: TrainRequest):
     psf = request.build_psf()
     sim = default_simulator(psf, request.build_camera(), pixel_size=request.pixel_size,
                             photons_range=request.photons, background_range=request.background,
-                            device=request.config.device)
+                            background_variation=request.background_variation, device=request.config.device)
     model = yield from train(sim, request.config)
     model.metadata = {**model.metadata, "source": {"command": "napari DeepLoco widget", "psf": request.psf}}
     try:
@@ -186,6 +187,10 @@ class DeepLocoTrainPanel(QWidget):
         self.measure_button.clicked.connect(self.measure_brightness)
         self.photons_spins = self._range_spins(PHOTONS, 1.0, 1e7, "photons per emitter (log-uniform)")
         self.background_spins = self._range_spins(BACKGROUND, 0.0, 1e5, "background photons per pixel")
+        self.variation_spin = self._spin(0.0, 0.95, BACKGROUND_VARIATION, 2,
+                                         "how far each training frame's background varies over the frame "
+                                         "(0.5-4 µm), as a fraction of its level; 0: flat")
+        self.variation_spin.setSingleStep(0.1)
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(1, 1_000_000)
         self.steps_spin.setValue(DeepLocoTrainConfig().steps)
@@ -225,6 +230,7 @@ class DeepLocoTrainPanel(QWidget):
         form.addRow("Ranges from", measure)
         form.addRow("Photons", self._pair(self.photons_spins))
         form.addRow("Background", self._pair(self.background_spins))
+        form.addRow("Background variation", self.variation_spin)
         form.addRow("Steps", self.steps_spin)
         form.addRow("Seed", self.seed_spin)
         form.addRow("Device", self.device_combo)
@@ -390,7 +396,8 @@ class DeepLocoTrainPanel(QWidget):
             pixel_size=self.pixel_spin.value(), z_step=self.z_step_spin.value(), z0=self.z0_spin.value(),
             camera=CAMERAS[self.camera_combo.currentText()],
             camera_settings=self._camera_settings(),
-            photons=photons, background=background, config=config, output=output,
+            photons=photons, background=background, background_variation=self.variation_spin.value(),
+            config=config, output=output,
         )
 
     def train(self):
