@@ -14,6 +14,7 @@ from starloc.deeploco.stack import (
     FrameSource,
     check_noise,
     check_photons,
+    check_uneven_background,
     StackProgress,
     iter_localize_stack,
     localize_stack,
@@ -396,6 +397,28 @@ def test_emitters_brighter_or_dimmer_than_the_training_range_are_told():
     with pytest.warns(StarlocWarning, match="brighter than any") as caught:
         localize_stack(model, sparse_spots(40000.0), input_units="photons", chunk_frames=2)
     assert len([w for w in caught if "brighter" in str(w.message)]) == 1
+
+
+def test_a_model_trained_on_flat_backgrounds_is_told_of_a_background_that_varies():
+    frames = sparse_spots(3000.0, background=100.0)  # 64 x 64 px, 16 spots each
+    ramp = frames + np.linspace(-50.0, 50.0, 64, dtype=np.float32)[None, None, :]
+    model = spot_model()
+    for flat in ({"background_variation": 0.0}, {"photons_range": [500.0, 20000.0]}):  # the latter: an older file
+        model.metadata = {"training": {"simulator": flat}}
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", StarlocWarning)
+            assert check_uneven_background(frames, model, "s") < 0.05
+        with pytest.warns(StarlocWarning, match=r"background of s varies over the frame by about \+-4\d% of its "
+                                                r"level .* trained on flat backgrounds"):
+            assert check_uneven_background(ramp, model, "s") > 0.3
+    # trained with a varying background, or no training record: nothing to say
+    for metadata in ({"training": {"simulator": {"background_variation": 0.5}}}, {}):
+        model.metadata = metadata
+        assert check_uneven_background(ramp, model, "s") is None
+    model.metadata = {"training": {"simulator": {"background_variation": 0.0}}}
+    assert check_uneven_background(ramp[:, :16, :16], model, "s") is None  # one block: no map
+    with pytest.warns(StarlocWarning, match="trained on flat backgrounds"):
+        localize_stack(model, ramp, input_units="photons", chunk_frames=4)
 
 
 def test_frames_whose_noise_does_not_fit_the_camera_settings_are_told():
