@@ -558,48 +558,6 @@ def check_background(photons: np.ndarray, model: Any, name: str) -> float | None
     return background
 
 
-#: warn a model trained on flat backgrounds when a stack's background varies by more than +- this
-#: fraction of its level over the frame (flat simulated frames read 0.01-0.10, a +-50 % ramp 0.32-0.46)
-UNEVEN_BACKGROUND = 0.15
-#: side (px) of the blocks whose low percentile maps the background of a frame
-_BACKGROUND_BLOCK = 16
-
-
-def check_uneven_background(photons: np.ndarray, model: Any, name: str) -> float | None:
-    """Warn (:class:`~starloc.errors.StarlocWarning`) when the model was trained on flat
-    backgrounds (``background_variation`` 0, or a model file from before the setting) and the
-    background of frames in photons ``(T, H, W)`` varies over the frame by more than
-    ``UNEVEN_BACKGROUND`` of its level: such a model takes the brighter parts for emitters
-    (docs/benchmarks.md, "Uneven backgrounds"). The background map is the median over frames of
-    the 25th percentile of each 16x16 px block (emitters add to the top of a block, noise
-    averages out over frames), on at most ``PHOTONS_CHECK_PIXELS`` pixels. Returns the
-    variation (half the map's range over its median), or None when not checked: a model
-    trained with a varying background, no training record, frames under 32 px or a background
-    under 1 photon/px."""
-    sim = (getattr(model, "metadata", None) or {}).get("training", {}).get("simulator") or {}
-    if not sim or float(sim.get("background_variation", 0.0)) > 0 or not len(photons):
-        return None
-    b = _BACKGROUND_BLOCK
-    T, H, W = photons.shape
-    rows, cols = H // b, W // b
-    if rows * cols < 2:
-        return None
-    n = max(1, PHOTONS_CHECK_PIXELS // (H * W))
-    blocks = photons[:n, : rows * b, : cols * b].reshape(min(n, T), rows, b, cols, b).transpose(0, 1, 3, 2, 4)
-    field = np.median(np.percentile(blocks.reshape(*blocks.shape[:3], b * b), 25, axis=-1), axis=0)
-    level = float(np.median(field))
-    if level < 1.0:
-        return None
-    variation = float(field.max() - field.min()) / (2 * level)
-    if variation > UNEVEN_BACKGROUND:
-        warnings.warn(f"the background of {name} varies over the frame by about +-{variation:.0%} of its level "
-                      f"({level:.3g} photons/px) in its first frames, and the model was trained on flat backgrounds: "
-                      "expect false localizations where the background is higher. Train a new model: 'starloc "
-                      "deeploco train' trains on uneven backgrounds by default (--background-variation)",
-                      StarlocWarning, stacklevel=3)
-    return variation
-
-
 #: warn when more than this share of a stack's isolated emitters lie outside the model's photon range
 PHOTONS_OUTSIDE = 0.25
 #: pixels of the first chunk that :func:`check_photons` measures at most (~0.1 s)
@@ -644,6 +602,48 @@ def check_photons(photons: np.ndarray, model: Any, name: str) -> tuple[float, fl
                       f"photons) are dimmer than any the model was trained on ({lo:g}-{hi:g} photons): expect "
                       f"missed emitters. {advice}", StarlocWarning, stacklevel=3)
     return brighter, dimmer
+
+
+#: warn a model trained on flat backgrounds when a stack's background varies by more than +- this
+#: fraction of its level over the frame (flat simulated frames read 0.01-0.10, a +-50 % ramp 0.32-0.46)
+UNEVEN_BACKGROUND = 0.15
+#: side (px) of the blocks whose low percentile maps the background of a frame
+_BACKGROUND_BLOCK = 16
+
+
+def check_uneven_background(photons: np.ndarray, model: Any, name: str) -> float | None:
+    """Warn (:class:`~starloc.errors.StarlocWarning`) when the model was trained on flat
+    backgrounds (``background_variation`` 0, or a model file from before the setting) and the
+    background of frames in photons ``(T, H, W)`` varies over the frame by more than
+    ``UNEVEN_BACKGROUND`` of its level: such a model takes the brighter parts for emitters
+    (docs/benchmarks.md, "Uneven backgrounds"). The background map is the median over frames of
+    the 25th percentile of each 16x16 px block (emitters add to the top of a block, noise
+    averages out over frames), on at most ``PHOTONS_CHECK_PIXELS`` pixels. Returns the
+    variation (half the map's range over its median), or None when not checked: a model
+    trained with a varying background, no training record, frames too small for two 16x16 px
+    blocks or a background under 1 photon/px."""
+    sim = (getattr(model, "metadata", None) or {}).get("training", {}).get("simulator") or {}
+    if not sim or float(sim.get("background_variation", 0.0)) > 0 or not len(photons):
+        return None
+    b = _BACKGROUND_BLOCK
+    T, H, W = photons.shape
+    rows, cols = H // b, W // b
+    if rows * cols < 2:
+        return None
+    n = max(1, PHOTONS_CHECK_PIXELS // (H * W))
+    blocks = photons[:n, : rows * b, : cols * b].reshape(min(n, T), rows, b, cols, b).transpose(0, 1, 3, 2, 4)
+    field = np.median(np.percentile(blocks.reshape(*blocks.shape[:3], b * b), 25, axis=-1), axis=0)
+    level = float(np.median(field))
+    if level < 1.0:
+        return None
+    variation = float(field.max() - field.min()) / (2 * level)
+    if variation > UNEVEN_BACKGROUND:
+        warnings.warn(f"the background of {name} varies over the frame by about +-{variation:.0%} of its level "
+                      f"({level:.3g} photons/px) in its first frames, and the model was trained on flat backgrounds: "
+                      "expect false localizations where the background is higher. Train a new model: 'starloc "
+                      "deeploco train' trains on uneven backgrounds by default (--background-variation)",
+                      StarlocWarning, stacklevel=3)
+    return variation
 
 
 #: warn when the median frame is this much less noisy than the camera settings predict
