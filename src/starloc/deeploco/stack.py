@@ -560,7 +560,7 @@ def check_background(photons: np.ndarray, model: Any, name: str) -> float | None
 
 #: warn when more than this share of a stack's isolated emitters lie outside the model's photon range
 PHOTONS_OUTSIDE = 0.25
-#: pixels of the first chunk that :func:`check_photons` measures at most (~0.1 s)
+#: pixels of the first chunk that :func:`check_photons` and :func:`check_uneven_background` read at most
 PHOTONS_CHECK_PIXELS = 2 ** 21
 
 
