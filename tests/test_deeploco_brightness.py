@@ -43,6 +43,19 @@ def test_noiseless_spots_sum_to_their_photons(sparse):
     assert 2000 * 0.97 <= found.photons.min() and found.photons.max() <= 6000 * 1.001
 
 
+def test_each_spot_is_measured_over_its_own_background():
+    """A background that varies over the frame (here a ramp of +-80 %) would shift every spot's
+    photons by the difference between the frame's median and the background under it."""
+    sim = Simulator(Gaussian2DPSF(130.0), None, frame_shape=(64, 96), density=0.15, photons_range=(3000.0, 3000.0),
+                    background_range=(100.0, 100.0))
+    g = torch.Generator().manual_seed(2)
+    expected = sim.expected(sim.sample_emitters(80, g)) + torch.linspace(-80.0, 80.0, 96)[None, None, :]
+    found = measure_brightness(torch.poisson(expected, generator=g).numpy())
+    assert len(found.photons) >= 100
+    assert np.median(found.photons) == pytest.approx(3000.0, rel=0.05)
+    assert np.percentile(found.photons, 5) > 2000 and np.percentile(found.photons, 95) < 4000
+
+
 def test_bad_frames_are_refused(sparse):
     adu, camera, _ = sparse
     photons = camera.normalize(torch.from_numpy(adu.astype(np.float32))).numpy()
