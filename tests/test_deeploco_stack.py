@@ -372,7 +372,8 @@ def sparse_spots(photons, frames=8, size=64, sigma=1.3, background=BG, seed=0):
     image = np.full((size, size), background)
     for r in range(8, size, 16):
         for c in range(8, size, 16):
-            image = image + photons * np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * sigma**2)) / (2 * np.pi * sigma**2)
+            spot = np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * sigma**2)) / (2 * np.pi * sigma**2)
+            image = image + photons * spot
     return np.random.default_rng(seed).poisson(image, size=(frames, size, size)).astype(np.float32)
 
 

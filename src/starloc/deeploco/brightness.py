@@ -79,11 +79,11 @@ def _ring_background(masked: np.ndarray, t: np.ndarray, r: np.ndarray, c: np.nda
     k = h + RING_GAP + RING
     dr, dc = np.mgrid[-k:k + 1, -k:k + 1]
     ring = np.maximum(np.abs(dr), np.abs(dc)) > h + RING_GAP
-    dr, dc = dr[ring].astype(np.float64), dc[ring].astype(np.float64)
+    dr, dc = dr[ring], dc[ring]
     padded = np.pad(masked, ((0, 0), (k, k), (k, k)), constant_values=np.nan)
-    values = padded[t[:, None], r[:, None] + k + dr.astype(int)[None], c[:, None] + k + dc.astype(int)[None]]
+    values = padded[t[:, None], r[:, None] + k + dr[None], c[:, None] + k + dc[None]]
     seen = np.isfinite(values)
-    basis = np.stack([np.ones_like(dr), dr, dc], axis=-1)  # (P, 3): the plane a + b*dr + c*dc
+    basis = np.stack([np.ones(len(dr)), dr, dc], axis=-1).astype(np.float64)  # (P, 3): the plane a + b*dr + c*dc
     weights = seen.astype(np.float64)
     normal = np.einsum("kp,pi,pj->kij", weights, basis, basis)
     rhs = np.einsum("kp,pi->ki", weights * np.nan_to_num(values), basis)
