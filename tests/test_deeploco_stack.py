@@ -12,6 +12,7 @@ from starloc.deeploco.model import DeepLoco
 from starloc.deeploco.network import CELL, DeepLocoConfig
 from starloc.deeploco.stack import (
     FrameSource,
+    check_hot_pixels,
     check_noise,
     check_photons,
     check_uneven_background,
@@ -420,6 +421,23 @@ def test_a_model_trained_on_flat_backgrounds_is_told_of_a_background_that_varies
     assert check_uneven_background(ramp[:, :16, :16], model, "s") is None  # one block: no map
     with pytest.warns(StarlocWarning, match="trained on flat backgrounds"):
         localize_stack(model, ramp, input_units="photons", chunk_frames=4)
+
+
+def test_hot_pixels_are_told_and_beads_are_not():
+    frames = sparse_spots(3000.0, frames=20, background=100.0)  # 16 spots at the same places in every frame
+    rows, cols = np.mgrid[:64, :64]  # and a bead of 50000 photons in every frame: a spot, not a hot pixel
+    frames += 50000.0 * np.exp(-((rows - 10.3) ** 2 + (cols - 30.6) ** 2) / (2 * 1.3**2)) / (2 * np.pi * 1.3**2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StarlocWarning)
+        assert check_hot_pixels(frames, "s") == 0
+    hot = frames.copy()
+    hot[:, [3, 40, 60], [50, 5, 33]] += 400.0
+    with pytest.warns(StarlocWarning, match=r"3 pixel\(s\) of s stand 4\d\d photons \(median\) above their neighbours "
+                                            r"in every one of its first 20 frames: hot pixels"):
+        assert check_hot_pixels(hot, "s") == 3
+    assert check_hot_pixels(hot[:15], "s") is None  # too few frames for the median to hide the emitters
+    with pytest.warns(StarlocWarning, match="hot pixels"):
+        localize_stack(spot_model(), hot, input_units="photons", chunk_frames=20)
 
 
 def test_frames_whose_noise_does_not_fit_the_camera_settings_are_told():
