@@ -12,16 +12,13 @@ from starloc.deeploco.model import DeepLoco
 from starloc.deeploco.network import CELL, DeepLocoConfig
 from starloc.deeploco.stack import (
     FrameSource,
-    check_hot_pixels,
-    check_noise,
-    check_photons,
-    check_uneven_background,
     StackProgress,
     iter_localize_stack,
     localize_stack,
     open_stack,
     plan_tiles,
 )
+from starloc.deeploco.stack_checks import check_hot_pixels, check_noise, check_photons, check_uneven_background
 from starloc.errors import InputError, StarlocWarning
 from tests.conftest import simulated_adu_stack
 
