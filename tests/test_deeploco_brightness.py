@@ -8,7 +8,7 @@ import torch
 
 from starloc.cli import EXIT_BAD_INPUT, main
 from starloc.deeploco import EMCCD, Gaussian2DPSF, Simulator
-from starloc.deeploco.brightness import measure_brightness
+from starloc.deeploco.brightness import Brightness, measure_brightness
 from starloc.errors import InputError
 
 
@@ -67,6 +67,31 @@ def test_bad_frames_are_refused(sparse):
         measure_brightness(photons, window=12)
     with pytest.raises(InputError, match="isolated spots"):
         measure_brightness(photons[:3])
+
+
+def test_numbers_that_cannot_be_emitters_are_refused_not_suggested(sparse, tmp_path, capsys):
+    """Frames in the wrong units (here photons / 1000, as a wrong gain gives) still show spots,
+    but of a few photons: training on such ranges (the widget once set 1-10 photons, background
+    0) makes a useless model, so the suggestion is refused with what to check."""
+    adu, camera, _ = sparse
+    photons = camera.normalize(torch.from_numpy(adu.astype(np.float32))).numpy()
+    found = measure_brightness(photons / 1000.0)
+    assert np.median(found.photons) < 10
+    with pytest.raises(InputError, match="too few for emitters.*camera settings"):
+        found.suggested_ranges()
+    below = Brightness(photons=np.full(30, 3000.0), background=np.full(5, -20.0), frames=5)
+    with pytest.raises(InputError, match="below zero"):
+        below.suggested_ranges()
+    # a few spots read negative (a background mis-measured under them): the low end stays positive
+    spread = Brightness(photons=np.r_[np.full(3, -500.0), np.full(27, 4000.0)], background=np.full(5, 50.0),
+                        frames=5)
+    assert spread.suggested_ranges()[0] == (400.0, 6000.0)
+    path = tmp_path / "scaled.tif"
+    tifffile.imwrite(path, (photons / 1000.0).astype(np.float32))
+    assert main(["deeploco", "brightness", str(path), "--units", "photons"]) == EXIT_BAD_INPUT
+    captured = capsys.readouterr()
+    assert "emitters:" in captured.out and "train with" not in captured.out  # what was measured, shown
+    assert "too few for emitters" in captured.err
 
 
 def test_cli_prints_the_ranges_to_train_with(sparse, tmp_path, capsys):

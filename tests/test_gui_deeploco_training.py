@@ -270,6 +270,37 @@ def test_the_samples_from_beads_to_a_rendered_csv(make_napari_viewer, qtbot, mes
     assert messages["error"] == []
 
 
+def test_a_bead_stack_without_metadata_is_taken_for_the_psf_whatever_the_order(make_napari_viewer, messages,
+                                                                                 beads):
+    """A bead TIFF that states no z step (as the challenge's) is told from the SMLM data by its
+    name, or by being the chosen PSF: it is not the stack to measure or to localize."""
+    viewer, widget, panel = _panel(make_napari_viewer)
+    viewer.open_sample("napari-starloc", "smlm-astigmatic")
+    assert panel.psf_combo.currentText() == "AS SMLM stack"  # the only 3D layer: a guess
+    viewer.add_image(beads, name="beads-AS")
+    assert panel.psf_combo.currentText() == "beads-AS"
+    assert panel.measure_combo.currentText() == "AS SMLM stack"
+    assert widget.image_combo.currentText() == "AS SMLM stack"
+
+    viewer, widget, panel = _panel(make_napari_viewer)
+    viewer.add_image(beads, name="beads-AS")
+    viewer.open_sample("napari-starloc", "smlm-astigmatic")
+    assert panel.psf_combo.currentText() == "beads-AS" and panel.measure_combo.currentText() == "AS SMLM stack"
+    # named like nothing in particular: the first 3D layer is the PSF's guess, then not measured
+    viewer, widget, panel = _panel(make_napari_viewer)
+    viewer.add_image(beads, name="stack 2")
+    assert panel.psf_combo.currentText() == "stack 2" == panel.measure_combo.currentText()
+    viewer.open_sample("napari-starloc", "smlm-astigmatic")
+    assert panel.psf_combo.currentText() == "stack 2" and panel.measure_combo.currentText() == "AS SMLM stack"
+    # the user's PSF pick moves the measurement off it
+    panel.measure_combo.setCurrentText("stack 2")
+    panel.psf_combo.setCurrentText("AS SMLM stack")
+    panel.psf_combo.activated.emit(panel.psf_combo.currentIndex())
+    panel.psf_combo.setCurrentText("stack 2")
+    panel.psf_combo.activated.emit(panel.psf_combo.currentIndex())
+    assert panel.measure_combo.currentText() == "AS SMLM stack"
+
+
 def test_measure_sets_the_ranges_from_an_smlm_stack(make_napari_viewer, qtbot, messages):
     viewer, widget, panel = _panel(make_napari_viewer)
     viewer.open_sample("napari-starloc", "astigmatic-beads")

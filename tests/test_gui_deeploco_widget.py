@@ -298,11 +298,14 @@ def test_the_image_choice_follows_the_stack_just_opened_not_the_bead_stack(make_
     viewer, widget = _widget(make_napari_viewer)
     viewer.add_image(stack, name="smlm")
     assert widget.image_combo.currentText() == "smlm"
-    viewer.add_image(np.zeros((5, 40, 40), np.uint16), name="beads")  # opened last: taken
-    assert widget.image_combo.currentText() == "beads"
+    viewer.add_image(np.zeros((5, 40, 40), np.uint16), name="more data")  # opened last: taken
+    assert widget.image_combo.currentText() == "more data"
+    viewer.add_image(np.zeros((5, 40, 40), np.uint16), name="beads")  # but not a bead stack
+    assert widget.image_combo.currentText() == "more data"
+    widget.image_combo.setCurrentText("beads")
     widget.train_panel.psf_combo.setCurrentText("beads")
     widget._on_model_written(str(model_file))  # a model trained from the beads localizes the other stack
-    assert widget.image_combo.currentText() == "smlm" and widget.tabs.currentIndex() == 0
+    assert widget.image_combo.currentText() == "more data" and widget.tabs.currentIndex() == 0
     # a widget opened after the stacks takes the one on top of the layer list, as napari lists it
     later = dw.DeepLocoWidget(viewer)
     assert later.image_combo.currentText() == "beads"

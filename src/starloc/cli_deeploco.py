@@ -656,13 +656,13 @@ def cmd_deeploco_brightness(args) -> int:
     name = repr(str(args.stack))
     photons = to_photons(block, camera if args.units == "adu" else None, frames.start, name)
     found = measure_brightness(photons, window=args.window)
-    (p_lo, p_hi), (b_lo, b_hi) = found.suggested_ranges()
     b5, b50, b95 = np.percentile(found.background, [5, 50, 95])
     p5, p50, p95 = np.percentile(found.photons, [5, 50, 95])
     print(f"background: {b5:.1f} / {b50:.1f} / {b95:.1f} photons/px (5th / 50th / 95th percentile over "
           f"{found.frames} frames)")
     print(f"emitters:   {p5:.0f} / {p50:.0f} / {p95:.0f} photons ({len(found.photons)} isolated spots, "
           f"{args.window}x{args.window} px each)")
+    (p_lo, p_hi), (b_lo, b_hi) = found.suggested_ranges()  # after the numbers, which it may refuse
     print(f"train with: --photons {p_lo:g}:{p_hi:g} --background {b_lo:g}:{b_hi:g}")
     return 0
 

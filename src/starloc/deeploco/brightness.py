@@ -43,6 +43,11 @@ __all__ = ["DEFAULT_FRAMES", "Brightness", "measure_brightness"]
 MIN_SPOTS = 20
 #: frames of a stack the CLI and the napari Train tab measure unless told otherwise
 DEFAULT_FRAMES = 1000
+#: photons: isolated spots dimmer than this (median) are not emitters of SMLM frames in photons. A
+#: spot must stand 5 noise levels above its background to be found, which takes a few hundred
+#: photons on any real background; medians below this come from frames in other units (ADU read
+#: as photons, a wrong gain) or from noise found as spots where there are no emitters
+MIN_MEDIAN_PHOTONS = 50.0
 
 
 @dataclass(frozen=True)
@@ -56,11 +61,31 @@ class Brightness:
 
     def suggested_ranges(self) -> tuple[tuple[float, float], tuple[float, float]]:
         """Training ranges that cover these data with a margin: photons from half the 5th
-        percentile (the detector misses the dimmest) to 1.5x the 95th; background from 0.8x its
-        5th to 1.25x its 95th percentile."""
-        p5, p95 = np.percentile(self.photons, [5, 95])
+        percentile (the detector misses the dimmest; at least a tenth of the median) to 1.5x
+        the 95th; background from 0.8x its 5th to 1.25x its 95th percentile (at least 0).
+        Raises :class:`InputError` when the numbers cannot be an SMLM stack's in photons
+        (:meth:`check`)."""
+        self.check()
+        p5, p50, p95 = np.percentile(self.photons, [5, 50, 95])
         b5, b95 = np.percentile(self.background, [5, 95])
-        return (round(0.5 * p5, -1), round(1.5 * p95, -1)), (round(0.8 * b5, 1), round(1.25 * b95, 1))
+        low = max(round(0.5 * p5, -1), round(0.1 * p50, -1))
+        return (low, round(1.5 * p95, -1)), (max(round(0.8 * b5, 1), 0.0), round(1.25 * b95, 1))
+
+    def check(self) -> None:
+        """Raise :class:`InputError` when the spots are too dim to be emitters in photons (median
+        below ``MIN_MEDIAN_PHOTONS``) or the background is below zero: the frames' units or
+        camera settings are wrong, or the stack holds no emitters (a bead z-stack's single
+        beads are not isolated spots of every frame)."""
+        median = float(np.median(self.photons))
+        background = float(np.median(self.background))
+        hint = ("check the camera settings (baseline, gain, electrons per ADU) or the stack's units, and "
+                "that this is an SMLM stack of blinking emitters")
+        if median < MIN_MEDIAN_PHOTONS:
+            raise InputError(f"the isolated spots found hold {median:.0f} photons (median), too few for "
+                             f"emitters (at least {MIN_MEDIAN_PHOTONS:g}): {hint}")
+        if background < -1.0:
+            raise InputError(f"the background reads {background:.1f} photons/px, below zero: the camera "
+                             f"baseline is set too high; {hint}")
 
 
 #: px: the ring that gives a spot's own background lies RING_GAP px outside its box and is RING px

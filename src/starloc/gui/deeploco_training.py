@@ -16,6 +16,7 @@ Bad input (a stack without usable beads, NaN, a missing folder…) is a one-line
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import napari
@@ -48,7 +49,7 @@ from starloc.deeploco.training import DeepLocoTrainConfig, Progress, train
 from starloc.errors import InputError, StarlocError
 from starloc.gui.jobs import JobSlot, available_devices
 from starloc.gui.layer_watch import LayerWatch
-from starloc.gui.units import axis_nm, stated_spacing_nm
+from starloc.gui.units import stated_spacing_nm
 
 #: PSF choices that need no bead stack (the bead-stack layers are listed before them)
 GAUSSIAN, ASTIGMATIC = "Gaussian 2D (no beads)", "Astigmatic 3D (no beads)"
@@ -123,12 +124,23 @@ def train_job(request: TrainRequest):
     return request.output
 
 
+def looks_like_beads(layer) -> bool:
+    """Whether an image layer looks like a bead z-stack rather than SMLM data: its first axis is
+    a length (in the layer's units or its TIFF's z step), or its name says so ('beads-AS',
+    'PSF_zstack', …), the one hint left when the TIFF states no z step."""
+    return (stated_spacing_nm(layer)[1] is not None
+            or re.search(r"bead|psf|z-?stack|calib", layer.name, re.IGNORECASE) is not None)
+
+
 def measure_job(data, camera, name: str, max_frames: int = DEFAULT_FRAMES):
     """:func:`~starloc.deeploco.brightness.measure_brightness` of the first ``max_frames`` frames
-    of ``data`` (ADU with ``camera``, else photons)."""
+    of ``data`` (ADU with ``camera``, else photons), checked on the worker so that numbers that
+    cannot be emitters' fail there (:meth:`~starloc.deeploco.brightness.Brightness.check`)."""
     block = np.asarray(data[:max_frames] if np.ndim(data) == 3 else data[None])
     yield len(block)
-    return measure_brightness(to_photons(block, camera, 0, repr(name)))
+    found = measure_brightness(to_photons(block, camera, 0, repr(name)))
+    found.check()
+    return found
 
 
 class DeepLocoTrainPanel(QWidget):
@@ -271,20 +283,24 @@ class DeepLocoTrainPanel(QWidget):
 
     def _bead_layers(self) -> list:
         """3D single-channel image layers; those whose first axis is a length (z: in the layer's
-        units, or the z step of the TIFF it was opened from) come first, since a time-lapse SMLM
-        stack is 3D too."""
+        units, or the z step of the TIFF it was opened from) come first, then those named like a
+        bead stack, since a time-lapse SMLM stack is 3D too."""
         layers = [layer for layer in self.viewer.layers
                   if isinstance(layer, napari.layers.Image) and not layer.rgb and layer.ndim == 3]
-        return sorted(layers, key=lambda layer: stated_spacing_nm(layer)[1] is None)
+        return sorted(layers, key=lambda layer: (stated_spacing_nm(layer)[1] is None, not looks_like_beads(layer)))
 
     def _refresh_layer_choices(self, *_) -> None:
         self._refresh_psf_choices()
+        self._refresh_measure_choices()
+
+    def _refresh_measure_choices(self) -> None:
         current = self.measure_combo.currentText()
         names = [layer.name for layer in self.viewer.layers
                  if isinstance(layer, napari.layers.Image) and not layer.rgb and layer.ndim in (2, 3)]
         self.measure_combo.clear()
         self.measure_combo.addItems(names)
-        stacks = [n for n in names if axis_nm(self.viewer.layers[n], 0) is None]  # not z-stacks
+        psf = self.psf_combo.currentText()
+        stacks = [n for n in names if n != psf and not looks_like_beads(self.viewer.layers[n])]
         if current in names and (self._measure_picked or current in stacks):
             self.measure_combo.setCurrentText(current)
         elif names:  # the newest layer that is not a z-stack: likely the SMLM data
@@ -304,6 +320,7 @@ class DeepLocoTrainPanel(QWidget):
 
     def _on_psf_picked(self, *_) -> None:
         self._psf_picked = True
+        self._refresh_measure_choices()  # the bead stack is not the data to measure
 
     def _bead_layer(self):
         name = self.psf_combo.currentText()
@@ -322,12 +339,18 @@ class DeepLocoTrainPanel(QWidget):
 
     def _read_layer_scale(self, layer) -> None:
         """Take the pixel size and z step from a bead layer whose axes are in physical units, or
-        from the metadata of the TIFF file it was opened from."""
+        from the metadata of the TIFF file it was opened from; say which values it does not state,
+        since a wrong z step silently stretches the model's z."""
         pixel, z_step = stated_spacing_nm(layer)
         if pixel is not None:
             self.pixel_spin.setValue(pixel)
         if z_step is not None:
             self.z_step_spin.setValue(z_step)
+        missing = [f"{label} ({spin.value():g} nm kept)" for label, spin, value in
+                   (("pixel size", self.pixel_spin, pixel), ("z step", self.z_step_spin, z_step)) if value is None]
+        if missing:
+            show_info(f"DeepLoco: {layer.name!r} states no {' and no '.join(missing)}: check them against your "
+                      "bead stack in the Train tab")
 
     def _centre_z0(self, *_) -> None:
         """Put the focus (z = 0) at the stack's middle slice, as a symmetric scan has it."""

@@ -46,7 +46,7 @@ from qtpy.QtWidgets import (
 from starloc.deeploco.model import DeepLoco
 from starloc.deeploco.stack import StackProgress, iter_localize_stack
 from starloc.errors import InputError, StarlocError
-from starloc.gui.deeploco_training import DeepLocoTrainPanel
+from starloc.gui.deeploco_training import DeepLocoTrainPanel, looks_like_beads
 from starloc.gui.jobs import JobSlot, available_devices, stop_when_closed
 from starloc.gui.layer_watch import LayerWatch
 from starloc.gui.lodestar_source import OUTPUT_KEY
@@ -201,7 +201,7 @@ class DeepLocoWidget(QWidget):
         self.image_combo.clear()
         self.image_combo.addItems(names)
         added = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
-        if added is not None and added.name in names:
+        if added is not None and added.name in names and not looks_like_beads(added):
             self.image_combo.setCurrentText(added.name)  # the stack just opened is the one to localize
         elif current in names:
             self.image_combo.setCurrentText(current)
