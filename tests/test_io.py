@@ -159,13 +159,18 @@ def test_read_truncated_tiff(tmp_path):
     one_line(e)
 
 
-@pytest.mark.parametrize("kind", ["imagej", "ome"])
+@pytest.mark.parametrize("kind", ["imagej", "ome", "zlib"])
 def test_a_truncated_imagej_or_ome_stack_is_refused_not_read_as_its_first_frame(tmp_path, kind):
-    # tifffile only logs the broken page chain of these and returns the one frame it could read
+    """By the image reader (LodeSTAR) and the stack reader (DeepLoco) alike: tifffile only logs
+    the broken page chain of these and returns the one frame it could read."""
+    from starloc.deeploco.stack import open_stack
+
     path = tmp_path / ("cut.ome.tif" if kind == "ome" else "cut.tif")
     data = np.arange(5 * 64 * 64, dtype=np.uint16).reshape(5, 64, 64)
     if kind == "ome":
         tifffile.imwrite(path, data, ome=True, metadata={"axes": "TYX"})
+    elif kind == "zlib":
+        tifffile.imwrite(path, data, compression="zlib")
     else:
         tifffile.imwrite(path, data, imagej=True, metadata={"axes": "TYX"})
     whole = tmp_path / "whole.tif"
@@ -175,6 +180,11 @@ def test_a_truncated_imagej_or_ome_stack_is_refused_not_read_as_its_first_frame(
     path.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(InputError, match="truncated or corrupt") as e:
         read_image(path)
+    assert path.name in one_line(e)
+    with open_stack(whole) as src:
+        assert src.n_frames == 5
+    with pytest.raises(InputError, match="truncated or corrupt") as e:
+        open_stack(path)
     assert path.name in one_line(e)
 
 

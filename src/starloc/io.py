@@ -92,7 +92,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             raise InputError(f"{str(p)!r} does not contain a single array")
         return arr
     if suffix in TIFF_SUFFIXES:
-        with _tiff_damage(p):
+        with tiff_damage(p):
             return _read_tiff(p)
     raise InputError(
         f"cannot read {str(p)!r}: unsupported file type {suffix or '(no extension)'!r}; "
@@ -142,7 +142,7 @@ _TIFF_DAMAGE = ("invalid page offset", "corrupted", "truncated")
 
 
 @contextlib.contextmanager
-def _tiff_damage(p: Path) -> Iterator[None]:
+def tiff_damage(p: Path) -> Iterator[None]:
     """Turn the damage tifffile only logs while reading ``p`` into an InputError."""
     import logging
 

@@ -59,7 +59,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from ..errors import InputError, StarlocWarning, one_line
-from ..io import read_image, select_frames
+from ..io import read_image, select_frames, tiff_damage
 from ..lazy_tiff import TiffPages, is_paged_stack, read_tiff_folder
 from ..progress import finish
 from ..tiff_metadata import other_series_note, tiff_pixel_size, tiff_pixel_size_problem, tiff_spacing, tiff_z_step
@@ -219,6 +219,13 @@ def _array_source(arr: Any, name: str, pixel_size_nm: float | None = None,
 
 
 def _open_tiff(p: Path) -> FrameSource:
+    """A TIFF stack, memory-mapped or read page by page where it can be; a file cut short (an
+    interrupted copy), of which tifffile would return the first frame only, is refused."""
+    with tiff_damage(p):
+        return _open_tiff_stack(p)
+
+
+def _open_tiff_stack(p: Path) -> FrameSource:
     import tifffile
 
     name = repr(str(p))
