@@ -465,6 +465,13 @@ def test_a_bead_tiff_states_its_pixel_size_and_z_step(tmp_path, capsys):
     assert "metadata" not in err and "assuming pixel size 100 nm" in err and "z step 10 nm" in err
     plain_model = DeepLoco.load(tmp_path / "plain.pt")
     assert plain_model.config.pixel_size == 100.0 and plain_model.config.z_range == pytest.approx((-185.0, 185.0))
+    # a pixel size stated in a form starloc cannot use is not replaced by the default
+    odd = tmp_path / "beads-odd.tif"
+    tifffile.imwrite(odd, beads, imagej=True, resolution=(1 / 0.16, 1 / 0.1),
+                     metadata={"unit": "um", "spacing": 0.04, "axes": "ZYX"})
+    _bad(capsys, [*common, "--psf", str(odd), "-o", str(tmp_path / "odd.pt")], "non-square pixels")
+    assert not (tmp_path / "odd.pt").exists()
+    assert main([*common, "--psf", str(odd), "--pixel-size", "130", "-o", str(tmp_path / "odd.pt")]) == 0
 
 
 def test_calibrate_rechooses_threshold_and_refuses_what_it_cannot_calibrate(folder, tmp_path, capsys, monkeypatch):

@@ -5,6 +5,7 @@ states nothing (or is no TIFF) and never raises, so callers fall back to options
 
 from __future__ import annotations
 
+import html
 import math
 import os
 from typing import Any
@@ -27,9 +28,10 @@ _UNCALIBRATED = ("", "pixel", "pixels", "inch", "inches")
 
 
 def _unit(text: str) -> str:
-    """A unit as written in metadata, normalized: lower case, the micro sign for Greek mu
+    """A unit as written in metadata, normalized: XML character references decoded (OME
+    written by Python's ElementTree has ``&#181;m``), lower case, the micro sign for Greek mu
     (U+03BC) and for ImageJ's escaped ``\\u00b5``."""
-    return text.strip().lower().replace("\\u00b5", "µ").replace("\u03bc", "µ")
+    return html.unescape(text).strip().lower().replace("\\u00b5", "µ").replace("\u03bc", "µ")
 
 
 def _positive_nm(value: float) -> float | None:
@@ -57,10 +59,13 @@ def _ome_length_nm(tif: Any, axis: str) -> float | None:
     return _ome_length(tif, axis)[0]
 
 
-def _imagej_unit_nm(tif: Any) -> tuple[dict, float | None]:
-    """ImageJ metadata and nm per unit of its ``unit`` (None: no length unit)."""
+def _imagej_unit_nm(tif: Any, axis: str = "") -> tuple[dict, float | None]:
+    """ImageJ metadata and nm per unit of its ``unit`` (None: no length unit); with ``axis``
+    ``"y"`` or ``"z"``, of that axis's own unit (``yunit``, ``zunit``), which ImageJ writes when
+    it differs from ``unit``."""
     meta = tif.imagej_metadata or {}
-    return meta, _LENGTH_UNITS_NM.get(_unit(str(meta.get("unit", ""))))
+    unit = meta.get(f"{axis}unit", meta.get("unit", "")) if axis else meta.get("unit", "")
+    return meta, _LENGTH_UNITS_NM.get(_unit(str(unit)))
 
 
 def _square(x: float, y: float) -> bool:
@@ -95,6 +100,9 @@ def _pixel_size(tif: Any) -> tuple[float | None, str | None]:
         if unit is None or px_x == 1.0 or _unit(str(unit)) in _UNCALIBRATED:
             return None, None
         return None, f"ImageJ unit {unit!r}, not a length starloc reads"
+    y_scale = _imagej_unit_nm(tif, "y")[1]
+    if y_scale is not None:
+        px_y *= y_scale / scale  # in x's unit
     if not (px_x > 0 and _square(px_x, px_y)):
         return None, f"non-square pixels (ImageJ: {px_x * scale:g} nm in x, {px_y * scale:g} nm in y)"
     return _positive_nm((px_x + px_y) / 2 * scale), None
@@ -126,7 +134,7 @@ def tiff_z_step(tif: Any) -> float | None:
         ome = _ome_length_nm(tif, "Z")
         if ome is not None:
             return ome
-        meta, scale = _imagej_unit_nm(tif)
+        meta, scale = _imagej_unit_nm(tif, "z")
         if scale is None or "spacing" not in meta:
             return None
         return _positive_nm(float(meta["spacing"]) * scale)
