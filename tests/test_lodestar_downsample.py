@@ -7,10 +7,11 @@ import torch
 
 from starloc.cli import main
 from starloc.errors import InputError, ModelFileError
-from starloc.io import load_model_file, read_points_csv, save_model_file
+from starloc.io import as_frames, load_model_file, read_points_csv, save_model_file
 from starloc.lodestar.deblend import deblend
 from starloc.lodestar.detection import DetectParams, detect, pool_single, pool_single_symmetries, score_map
 from starloc.lodestar.downsampling import downsample_for, object_extent
+from starloc.lodestar.inference import detect_frames, predict_single
 from starloc.lodestar.model import LodeSTAR, downsample_frames
 from starloc.lodestar.training import TrainConfig, train
 from starloc.metrics import detection_metrics
@@ -99,6 +100,12 @@ def test_downsampling_rejects_images_smaller_than_two_blocks_and_bad_factors():
         downsample_frames(torch.zeros(1, 1, 7, 40), 4)
     with pytest.raises(InputError, match="too small"):
         LodeSTAR.new(TINY, downsample=4).maps(np.zeros((1, 1, 40, 7), np.float32))
+    # a line of pixels, not downsampled: one error, not a ZeroDivisionError of the score cutoff
+    line = np.random.default_rng(0).poisson(100.0, (3, 1, 64)).astype(np.float32)
+    with pytest.raises(InputError, match=r"\(1, 64\) px is too small: it needs at least 2 px"):
+        detect_frames(LodeSTAR.new(TINY), as_frames(line))
+    with pytest.raises(InputError, match="too small"):
+        predict_single(LodeSTAR.new(TINY), line[0])
     for bad in (0, -2, 1.5):
         with pytest.raises(InputError, match="downsample must be a whole number"):
             finish(train([np.zeros((40, 40), np.float32)], TrainConfig(downsample=bad, network=TINY)))

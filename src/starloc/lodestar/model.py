@@ -55,13 +55,13 @@ def check_downsample(factor) -> int:
 def downsample_frames(frames: torch.Tensor, factor: int) -> torch.Tensor:
     """Means of ``factor x factor`` pixel blocks of ``(N, C, H, W)`` frames; the last
     ``H % factor`` rows and ``W % factor`` columns, which fill no whole block, are dropped.
-    Downsampled pixel ``b`` is centred at input pixel ``factor * b + (factor - 1) / 2``."""
-    if factor == 1:
-        return frames
+    Downsampled pixel ``b`` is centred at input pixel ``factor * b + (factor - 1) / 2``. Frames
+    need at least 2 (downsampled) pixels per side: a line of pixels has no 2D object to find."""
     if min(frames.shape[-2:]) < 2 * factor:
-        raise InputError(f"an image of {tuple(frames.shape[-2:])} px is too small for downsampling "
-                         f"by {factor}: it needs at least {2 * factor} px per side")
-    return F.avg_pool2d(frames, factor)
+        by = f" for downsampling by {factor}" if factor != 1 else ""
+        raise InputError(f"an image of {tuple(frames.shape[-2:])} px is too small{by}: it needs at least "
+                         f"{2 * factor} px per side")
+    return frames if factor == 1 else F.avg_pool2d(frames, factor)
 
 
 def to_image_coordinates(rowcol: np.ndarray, factor: int) -> np.ndarray:
