@@ -583,3 +583,10 @@ def test_scmos_per_pixel_maps_convert_each_pixel(folder, tmp_path, capsys):
         main([*adu, "--camera", "scmos", "--baseline", str(tmp_path / "missing.tif")])
     assert "cannot read the camera map" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_render_names_the_option_a_table_in_pixels_needs(tmp_path, capsys):
+    px = tmp_path / "px.csv"
+    px.write_text('"frame","x [px]","y [px]"\n1,2.5,3.5\n')
+    _bad(capsys, ["render", str(px), "-o", str(tmp_path / "r.tif")], "with --camera-pixel-size NM")
+    assert main(["render", str(px), "--camera-pixel-size", "100", "-o", str(tmp_path / "r.tif")]) == 0

@@ -1,6 +1,8 @@
 """Brightness of a stack (photons per isolated spot, background per frame) and the training ranges
 it suggests: right on simulated frames of known brightness, through the CLI, bad input refused."""
 
+import warnings
+
 import numpy as np
 import pytest
 import tifffile
@@ -113,3 +115,14 @@ def test_the_cli_measures_as_many_frames_as_the_core_says():
     from starloc.deeploco.brightness import DEFAULT_FRAMES
 
     assert cli_deeploco.BRIGHTNESS_FRAMES == DEFAULT_FRAMES
+
+
+def test_frames_too_small_for_a_background_raise_no_numpy_warning():
+    """A 5x5 px frame is all within half a window of its spot: no background, and numpy's
+    all-NaN warning would leak to the user's terminal (deeploco localize checks the first frames)."""
+    frames = np.full((30, 5, 5), 10.0)
+    frames[:, 2, 2] = 5000.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match="isolated spots"):
+            measure_brightness(frames)

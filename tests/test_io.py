@@ -191,8 +191,17 @@ def test_a_truncated_imagej_or_ome_stack_is_refused_not_read_as_its_first_frame(
 def test_read_npy_with_pickled_objects_is_refused(tmp_path):
     path = tmp_path / "obj.npy"
     np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(InputError, match="obj.npy") as e:
+    with pytest.raises(InputError, match="obj.npy.*Python objects, which starloc does not load") as e:
         read_image(path)
+    # numpy would take these for pickles too, and suggest allow_pickle
+    tiff = tmp_path / "renamed.npy"
+    tifffile.imwrite(tiff, np.zeros((5, 16, 16), np.uint16))
+    with pytest.raises(InputError, match="it is a TIFF file; rename it to .tif"):
+        read_image(tiff)
+    junk = tmp_path / "junk.npy"
+    junk.write_bytes(b"frame,x,y\n1,2,3\n")
+    with pytest.raises(InputError, match="not a .npy file"):
+        read_image(junk)
     one_line(e)
 
 

@@ -7,7 +7,7 @@ import tifffile
 
 from starloc.tiff_metadata import tiff_spacing
 
-STACK = np.zeros((4, 16, 16), np.uint16)
+STACK = np.zeros((5, 16, 16), np.uint16)
 
 
 @pytest.mark.parametrize("micro", ["µm", "&#181;m", "&#xB5;m", "&#956;m", "&micro;m"])

@@ -698,10 +698,15 @@ def _read_locs(path: Path, camera_pixel_size: float | None) -> dict[str, Any]:
 
     if not path.is_file():
         raise InputError(f"localization file {str(path)!r} not found")
-    if path.suffix.lower() in HDF5_SUFFIXES:
-        return read_picasso(path, pixel_size_nm=camera_pixel_size)
-    if is_thunderstorm_csv(path):
-        return read_thunderstorm_csv(path, pixel_size_nm=camera_pixel_size)
+    reader = (read_picasso if path.suffix.lower() in HDF5_SUFFIXES
+              else read_thunderstorm_csv if is_thunderstorm_csv(path) else None)
+    if reader is not None:
+        try:
+            return reader(path, pixel_size_nm=camera_pixel_size)
+        except InputError as exc:  # the library's words for the option that gives it
+            if camera_pixel_size is None and "pixel size" in str(exc):
+                raise InputError(f"{exc} with --camera-pixel-size NM") from None
+            raise
     if is_points_csv(path):
         if camera_pixel_size is None:
             raise InputError(f"{str(path)!r} is a starloc points table (row, col in camera pixels): give "

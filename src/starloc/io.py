@@ -87,7 +87,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         try:
             arr = np.load(p, mmap_mode="r", allow_pickle=False)
         except Exception as exc:  # ValueError (pickled/object data, bad header), OSError, ...
-            raise InputError(f"cannot read {str(p)!r} as a .npy array: {one_line(exc)}") from exc
+            raise InputError(f"cannot read {str(p)!r} as a .npy array: {_npy_problem(p, exc)}") from exc
         if not isinstance(arr, np.ndarray):  # pragma: no cover - np.load of .npy gives arrays
             raise InputError(f"{str(p)!r} does not contain a single array")
         return arr
@@ -98,6 +98,23 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         f"cannot read {str(p)!r}: unsupported file type {suffix or '(no extension)'!r}; "
         f"expected one of {', '.join(IMAGE_SUFFIXES)}"
     )
+
+
+def _npy_problem(p: Path, exc: Exception) -> str:
+    """Why ``np.load`` refused ``p``, in the user's terms: numpy takes any file without its .npy
+    header for pickled data and suggests ``allow_pickle``, which would run code from the file."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(6)
+    except OSError:
+        return one_line(exc)
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "it is a TIFF file; rename it to .tif"
+    if head != b"\x93NUMPY":
+        return "it is not a .npy file (no .npy header)"
+    if any(word in str(exc).lower() for word in ("pickle", "object")):
+        return "it holds Python objects, which starloc does not load (they could run code); save a numeric array"
+    return one_line(exc)
 
 
 def _read_tiff(p: Path) -> np.ndarray:

@@ -28,6 +28,7 @@ Lengths in pixels; photons per emitter, photons per pixel.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,7 +144,9 @@ def measure_brightness(frames: Any, window: int = 13, snr: float = 5.0, sigma_px
     spots[t, r, c] = True
     near = ndimage.maximum_filter(spots, size=(1, w, w))  # within half a window of a spot
     masked = np.where(near, np.nan, arr)
-    background = np.nanmedian(masked.reshape(len(arr), -1), axis=1)
+    with warnings.catch_warnings():  # a frame all near spots (or tiny) has no background: NaN, left out below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        background = np.nanmedian(masked.reshape(len(arr), -1), axis=1)
     # isolated: the only spot within one window
     crowd = ndimage.uniform_filter(spots.astype(np.float64), size=(1, 2 * w + 1, 2 * w + 1),
                                    mode="constant") * (2 * w + 1) ** 2
