@@ -768,6 +768,7 @@ def test_detect_all_frames_links_tracks(make_napari_viewer, qtbot, messages, poi
     assert widget.export_points(tmp_path / "tracks.csv")
     assert "track" in read_points_csv(tmp_path / "tracks.csv")[2]
     assert messages["info"][-1].startswith(f"LodeSTAR: {len(points.data)} detection(s) of '{ALL_POINTS_LAYER}'")
+    assert "row, col in pixels of the image" in messages["info"][-1]
     # another model since: its detections are not those of the all-frames layer, which stays unexported
     widget.model = copy.deepcopy(point_model)
     assert not widget.export_points(tmp_path / "stale.csv") and not (tmp_path / "stale.csv").exists()
@@ -777,6 +778,13 @@ def test_detect_all_frames_links_tracks(make_napari_viewer, qtbot, messages, poi
     widget.link_check.setChecked(False)
     _detect_all_frames(qtbot, viewer, widget, point_model, messages)
     assert TRACKS_LAYER not in viewer.layers
+    assert widget.export_points(tmp_path / "all.csv") and "settings changed" not in messages["info"][-1]
+    # other detection settings since: the all-frames layer no longer shows them, and the export says so
+    widget.cutoff_spin.setValue(0.5)
+    qtbot.waitUntil(lambda: POINTS_LAYER in viewer.layers, timeout=30_000)
+    written = widget.export_points(tmp_path / "changed.csv")
+    assert written and "settings changed since 'Detect all frames'" in messages["info"][-1]
+    assert f"of '{POINTS_LAYER}'" in messages["info"][-1]
     assert messages["error"] == []
     # nothing detected: no tracks, no error
     widget.link_check.setChecked(True)

@@ -102,7 +102,7 @@ class LodeSTARWidget(LodeSTARControls, QWidget):
         self.model = None
         self.model_origin = ""
         #: (image layer, model) of the all-frames detections layer
-        self._all_frames_of: tuple = (None, None)
+        self._all_frames_of: tuple = (None, None, None)  # image layer, model, detection settings
         self.worker = None
         self._job_kind = None
         self._job_id = 0
@@ -848,7 +848,7 @@ class LodeSTARWidget(LodeSTARControls, QWidget):
                           **({} if track is None else {"track": track})}
             layers_.show_points(self.viewer, ALL_POINTS_LAYER, detections, src, with_frame=src.is_timelapse,
                                 properties=properties)
-            self._all_frames_of = (image_layer, model)
+            self._all_frames_of = (image_layer, model, settings)
             linked = ""
             if track is None or len(track) == 0:
                 layers_.remove(self.viewer, TRACKS_LAYER)  # not those of these detections
@@ -863,6 +863,7 @@ class LodeSTARWidget(LodeSTARControls, QWidget):
                 show_error(f"LodeSTAR: {result.link_error}; the detections are shown without tracks")
 
         model = self.model  # the one this job runs, even if another is loaded meanwhile
+        settings = self._detect_settings()
         link = ((self.link_distance_spin.value(), self.link_memory_spin.value())
                 if self.link_check.isChecked() and src.is_timelapse else None)
         gen = detect_all_job(model, src.data, params, src.rgb, self.augment_check.isChecked(),
@@ -897,12 +898,24 @@ class LodeSTARWidget(LodeSTARControls, QWidget):
             self._follow_frame()
         return True
 
+    def _detect_settings(self) -> tuple:
+        """What decides the detections besides the image and the model."""
+        return self.detect_params(), self.augment_check.isChecked()
+
     def export_points(self, path) -> list:
-        """Write the detections as CSV: of all frames when they were detected on the image
-        layer chosen now with the model trained or loaded now, else of the current frame."""
+        """Write the detections as CSV (frame, row, col in the image's pixels): of all frames when
+        they were detected on the image layer chosen now, with the model and the detection
+        settings of now, else of the current frame (and say why)."""
         layer = layers_.find_layer(self.viewer, ALL_POINTS_LAYER, "Points")
-        image, model = self._all_frames_of
-        if layer is None or image is not self.image_layer() or model is not self.model:  # since changed
+        image, model, settings = self._all_frames_of
+        stale = ""
+        if layer is not None and (image is not self.image_layer() or model is not self.model):
+            layer = None  # of another image or model
+        elif layer is not None and settings != self._detect_settings():
+            layer = None
+            stale = ("; the detection settings changed since 'Detect all frames', so these are the current "
+                     "frame's: run it again to export every frame")
+        if layer is None:
             layer = layers_.find_layer(self.viewer, POINTS_LAYER, "Points")
         if layer is None:
             show_error("LodeSTAR: no detections to export; train or load a model first")
@@ -915,7 +928,8 @@ class LodeSTARWidget(LodeSTARControls, QWidget):
         if not written:  # napari reports some writer failures only in its log
             show_error(f"LodeSTAR: could not export {layer.name!r} to {path}; see the napari log")
             return []
-        show_info(f"LodeSTAR: {len(layer.data)} detection(s) of {layer.name!r} written to {path}")
+        show_info(f"LodeSTAR: {len(layer.data)} detection(s) of {layer.name!r} written to {path} (row, col in "
+                  f"pixels of the image, frames 0-based){stale}")
         return written
 
     def _save_dialog(self) -> None:
