@@ -303,7 +303,7 @@ class DeepLocoTrainPanel(QWidget):
         stacks = [n for n in names if n != psf and not looks_like_beads(self.viewer.layers[n])]
         if current in names and (self._measure_picked or current in stacks):
             self.measure_combo.setCurrentText(current)
-        elif names:  # the newest layer that is not a z-stack: likely the SMLM data
+        elif names:  # the newest layer that is not a bead stack: likely the SMLM data
             self.measure_combo.setCurrentText((stacks or names)[-1])
 
     def _refresh_psf_choices(self, *_) -> None:
