@@ -277,8 +277,12 @@ def test_a_bead_stack_without_metadata_is_taken_for_the_psf_whatever_the_order(m
     viewer, widget, panel = _panel(make_napari_viewer)
     viewer.open_sample("napari-starloc", "smlm-astigmatic")
     assert panel.psf_combo.currentText() == "AS SMLM stack"  # the only 3D layer: a guess
+    assert not any("states no" in m for m in messages["info"])  # about a guess: nothing said
     viewer.add_image(beads, name="beads-AS")
     assert panel.psf_combo.currentText() == "beads-AS"
+    said = [m for m in messages["info"] if "states no" in m]
+    assert said == ["DeepLoco: 'beads-AS' states no pixel size (100 nm kept) and no z step (10 nm kept): check "
+                    "them against your bead stack in the Train tab"]
     assert panel.measure_combo.currentText() == "AS SMLM stack"
     assert widget.image_combo.currentText() == "AS SMLM stack"
 

@@ -103,6 +103,50 @@ def test_localize_in_a_worker_gives_the_core_table_as_points_on_the_image(make_n
     assert "no localization" in messages["info"][-1]
 
 
+def test_localizations_from_a_file_are_shown_as_if_localized_here(make_napari_viewer, messages, model_file, stack,
+                                                                     tmp_path):
+    """`starloc deeploco localize` on a large stack, then the CSV onto the stack in napari: the
+    same points, render and export as a localization in the widget; Picasso too; files from
+    other localizers (no confidence column) and files of another stack refused or shown."""
+    from starloc.smlm_io import write_picasso, write_thunderstorm_csv
+
+    viewer, widget = _widget(make_napari_viewer)
+    image = viewer.add_image(stack, name="smlm", scale=SCALE, translate=TRANSLATE, units=UNITS)
+    expected = localize_stack(DeepLoco.load(model_file), stack, threshold=0.05)
+    assert len(expected["frame"]) > 0
+    csv = write_thunderstorm_csv(tmp_path / "cli.csv", expected)
+    assert widget.open_localizations(csv), messages["error"]
+    layer = viewer.layers[dw.POINTS_LAYER]
+    np.testing.assert_array_equal(layer.data[:, 0], expected["frame"])
+    np.testing.assert_allclose(layer.data[:, 1], expected["y"] / 100.0 - 0.5, atol=1e-5)
+    np.testing.assert_allclose(layer.data[:, 2], expected["x"] / 100.0 - 0.5, atol=1e-5)
+    np.testing.assert_array_equal(layer.scale, image.scale)
+    np.testing.assert_array_equal(layer.translate, image.translate)
+    assert "cli.csv on 'smlm' (100 nm pixels)" in messages["info"][-1]
+    assert widget.render() is not None and widget.export_csv(tmp_path / "again.csv")
+
+    h5, _ = write_picasso(tmp_path / "cli.hdf5", expected, pixel_size_nm=100.0, width=stack.shape[2],
+                          height=stack.shape[1], n_frames=len(stack), precision_nm=10.0)
+    assert widget.open_localizations(h5), messages["error"]
+    np.testing.assert_allclose(viewer.layers[dw.POINTS_LAYER].data[:, 2], expected["x"] / 100.0 - 0.5, atol=1e-3)
+
+    other = tmp_path / "other.csv"  # another localizer's columns: no confidence
+    other.write_text('"frame","x [nm]","y [nm]","intensity [photon]"\n1,150.0,250.0,900\n3,400.0,50.0,1200\n')
+    assert widget.open_localizations(other)
+    np.testing.assert_allclose(viewer.layers[dw.POINTS_LAYER].data, [[0, 2.0, 1.0], [2, 0.0, 3.5]])
+
+    late = tmp_path / "late.csv"
+    late.write_text('"frame","x [nm]","y [nm]"\n9,150.0,250.0\n')
+    assert not widget.open_localizations(late)
+    assert "frame 9 (1-based), but the image has 3 frame(s)" in messages["error"][-1]
+    image.scale, image.units = (1.0, 0.16, 0.16), UNITS  # a 160 nm camera: the Picasso file is not its
+    assert not widget.open_localizations(h5) and "100 nm pixels, but the image has 160 nm" in messages["error"][-1]
+    viewer.add_image(stack, name="plain")  # no pixel size anywhere, no model: asked for
+    widget.image_combo.setCurrentText("plain")
+    assert not widget.open_localizations(csv) and "pixel size of 'plain' is unknown" in messages["error"][-1]
+    assert widget.load_model(model_file) and widget.open_localizations(csv)  # the model's 100 nm
+
+
 def test_one_frame_gives_row_col_points(make_napari_viewer, messages, model_file, stack):
     viewer, widget = _widget(make_napari_viewer, model_file)
     widget.use_threads = False

@@ -51,6 +51,7 @@ __all__ = [
     "read_activations",
     "write_thunderstorm_csv",
     "read_thunderstorm_csv",
+    "picasso_pixel_size",
     "is_thunderstorm_csv",
     "write_picasso",
     "read_picasso",
@@ -459,6 +460,13 @@ def picasso_field_nm(path: str | os.PathLike, pixel_size_nm: float | None = None
         return None
     field = (width * ps, height * ps)
     return field if all(math.isfinite(v) and v > 0 for v in field) else None
+
+
+def picasso_pixel_size(path: str | os.PathLike) -> float | None:
+    """The camera pixel size (nm) a Picasso HDF5 file's YAML sidecar states (``Pixelsize``), or
+    None. Never raises."""
+    ps = _picasso_value(Path(path).with_suffix(".yaml"), "Pixelsize")
+    return ps if ps is not None and math.isfinite(ps) and ps > 0 else None
 
 
 def _picasso_value(yaml_path: Path, key: str) -> float | None:

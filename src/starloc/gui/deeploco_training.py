@@ -175,6 +175,7 @@ class DeepLocoTrainPanel(QWidget):
         self.psf_combo.setToolTip("A bead z-stack image layer (Z, Y, X) in camera ADU, or a parametric PSF")
         self.psf_combo.currentTextChanged.connect(self._on_psf_changed)
         self._scale_read_from = None  # the bead layer whose units set the pixel size and z step
+        self._unstated_said = None  # the bead layer whose missing pixel size / z step was said
         self._psf_picked = False  # whether the user chose a PSF (then a new layer does not replace it)
         self.psf_combo.activated.connect(self._on_psf_picked)
         self.in_focus_check = QCheckBox("2D model (the stack's in-focus slice only)")
@@ -321,6 +322,9 @@ class DeepLocoTrainPanel(QWidget):
     def _on_psf_picked(self, *_) -> None:
         self._psf_picked = True
         self._refresh_measure_choices()  # the bead stack is not the data to measure
+        layer = self._bead_layer()
+        if layer is not None:
+            self._say_unstated(layer)
 
     def _bead_layer(self):
         name = self.psf_combo.currentText()
@@ -336,16 +340,25 @@ class DeepLocoTrainPanel(QWidget):
             self._scale_read_from = layer.name  # not again on every layer-list event: the
             self._read_layer_scale(layer)  # user's values stay until another stack is chosen
             self._centre_z0()
+            if looks_like_beads(layer):  # not for a guess that may be the SMLM data
+                self._say_unstated(layer)
 
     def _read_layer_scale(self, layer) -> None:
         """Take the pixel size and z step from a bead layer whose axes are in physical units, or
-        from the metadata of the TIFF file it was opened from; say which values it does not state,
-        since a wrong z step silently stretches the model's z."""
+        from the metadata of the TIFF file it was opened from."""
         pixel, z_step = stated_spacing_nm(layer)
         if pixel is not None:
             self.pixel_spin.setValue(pixel)
         if z_step is not None:
             self.z_step_spin.setValue(z_step)
+
+    def _say_unstated(self, layer) -> None:
+        """Say (once per layer) which of the pixel size and z step a bead layer does not state:
+        the form's values are then defaults, and a wrong z step silently stretches the model's z."""
+        if layer.name == self._unstated_said:
+            return
+        self._unstated_said = layer.name
+        pixel, z_step = stated_spacing_nm(layer)
         missing = [f"{label} ({spin.value():g} nm kept)" for label, spin, value in
                    (("pixel size", self.pixel_spin, pixel), ("z step", self.z_step_spin, z_step)) if value is None]
         if missing:

@@ -16,6 +16,8 @@ Features: ``x_nm``, ``y_nm`` (and ``z_nm`` for 3D models), ``confidence``, and f
 an error head ``uncertainty_nm`` (lateral) [and ``uncertainty_z_nm``]; colour by z (3D) or
 confidence (2D). **Export…** writes the localizations as a ThunderSTORM CSV (nm, 1-based frames);
 **Render** adds them as a super-resolved image layer (:mod:`starloc.gui.render_layer`).
+**Open localizations…** shows a ThunderSTORM CSV or Picasso HDF5 (``starloc deeploco localize``
+on a large stack, or another localizer's) on the chosen image the same way.
 
 Bad input is reported with ``show_error`` (one line saying what to do), never a traceback.
 """
@@ -52,7 +54,7 @@ from starloc.gui.layer_watch import LayerWatch
 from starloc.gui.lodestar_source import OUTPUT_KEY
 from starloc.gui.render_layer import render_image, render_placement
 from starloc.gui.units import check_axis_aligned, placement, stated_pixel_size_nm
-from starloc.smlm_io import write_thunderstorm_csv
+from starloc.smlm_io import picasso_pixel_size, read_picasso, read_thunderstorm_csv, write_thunderstorm_csv
 
 POINTS_LAYER = "DeepLoco localizations"
 RENDER_LAYER = "DeepLoco render"
@@ -84,11 +86,33 @@ def points_from_table(table: dict, pixel_size: float, stack: bool) -> tuple[np.n
     features = {"x_nm": x, "y_nm": y}
     if "z" in table:
         features["z_nm"] = np.asarray(table["z"], dtype=float)
-    features["confidence"] = np.asarray(table["confidence"], dtype=float)
+    if "confidence" in table:  # files of other localizers have none
+        features["confidence"] = np.asarray(table["confidence"], dtype=float)
     for name in ("uncertainty", "uncertainty_z"):  # models with an error head: nm
         if name in table:
             features[f"{name}_nm"] = np.asarray(table[name], dtype=float)
     return np.stack(cols, axis=1), features
+
+
+def read_localizations(path, pixel_size: float, data) -> dict:
+    """A ThunderSTORM CSV (``.csv``; columns in px converted with ``pixel_size``) or Picasso HDF5
+    (``.hdf5``/``.h5``, its own pixel size) as a localization table in nm, checked against the
+    image ``data`` it is to be shown on: ``(T, Y, X)`` frames or one ``(Y, X)`` frame."""
+    p = Path(path)
+    if p.suffix.lower() in (".hdf5", ".h5"):
+        stated = picasso_pixel_size(p)
+        if stated is not None and abs(stated - pixel_size) > 0.01 * pixel_size:
+            raise InputError(f"{p.name} was localized on {stated:g} nm pixels, but the image has {pixel_size:g} nm "
+                             "pixels: choose the stack it came from")
+        table = read_picasso(p, pixel_size_nm=pixel_size)
+    else:
+        table = read_thunderstorm_csv(p, pixel_size_nm=pixel_size)
+    frames = np.asarray(table["frame"])
+    n_frames = data.shape[0] if data.ndim == 3 else 1
+    if len(frames) and frames.max() >= n_frames:
+        raise InputError(f"{p.name} has localizations on frame {int(frames.max()) + 1} (1-based), but the image "
+                         f"has {n_frames} frame(s): choose the stack they came from")
+    return table
 
 
 class DeepLocoWidget(QWidget):
@@ -148,6 +172,10 @@ class DeepLocoWidget(QWidget):
         self.status.setWordWrap(True)
         self.export_button = QPushButton("Export ThunderSTORM CSV…")
         self.export_button.clicked.connect(self._ask_export)
+        self.open_button = QPushButton("Open localizations…")
+        self.open_button.setToolTip("A ThunderSTORM CSV or Picasso HDF5 (e.g. from `starloc deeploco localize`), "
+                                    "shown on the chosen image as if localized here")
+        self.open_button.clicked.connect(self._ask_open)
         self.render_spin = QDoubleSpinBox()
         self.render_spin.setRange(1.0, 1000.0)
         self.render_spin.setDecimals(1)
@@ -174,7 +202,7 @@ class DeepLocoWidget(QWidget):
             layout.addWidget(w)
         layout.addLayout(form)
         layout.addLayout(buttons)
-        for w in (self.progress, self.status, self.export_button):
+        for w in (self.progress, self.status, self.export_button, self.open_button):
             layout.addWidget(w)
         render_row = QHBoxLayout()
         render_row.addWidget(self.render_button)
@@ -214,7 +242,8 @@ class DeepLocoWidget(QWidget):
         return self.jobs.worker
 
     def _set_running(self, running: bool) -> None:
-        for button in (self.load_button, self.localize_button, self.export_button, self.render_button):
+        for button in (self.load_button, self.localize_button, self.export_button, self.render_button,
+                       self.open_button):
             button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
 
@@ -321,15 +350,16 @@ class DeepLocoWidget(QWidget):
             show_error(f"DeepLoco: {error}")
             self.status.setText("failed")
 
-        return self.jobs.start(gen, self.use_threads, progress, lambda table: self._show_result(table, source),
-                               failed)
+        return self.jobs.start(gen, self.use_threads, progress,
+                               lambda table: self._show_result(table, source, str(self.model_path)), failed)
 
     def cancel(self) -> None:
         """Stop the localization between two chunks of frames; no layer is added or changed."""
         if self.jobs.cancel():
             self.status.setText("cancelled")
 
-    def _show_result(self, table: dict, source: Source) -> None:
+    def _show_result(self, table: dict, source: Source, origin: str) -> None:
+        """Show ``table`` (nm) on the image of ``source``; ``origin``: the model (or file) it came from."""
         self.table, self.source = table, source
         name = source.name
         n = len(table["frame"])
@@ -340,12 +370,13 @@ class DeepLocoWidget(QWidget):
             show_info(f"DeepLoco: no localization in {name!r} above the threshold")
             return
         data, features = points_from_table(table, source.pixel_size, source.stack)
-        colour_by = "z_nm" if "z_nm" in features else "confidence"
+        colour_by = "z_nm" if "z_nm" in features else "confidence" if "confidence" in features else None
+        colours = {"face_color": "yellow"} if colour_by is None else {
+            "face_color": colour_by, "face_colormap": "turbo" if colour_by == "z_nm" else "viridis"}
         self.viewer.add_points(
             data, name=POINTS_LAYER, features=features, **placement(source.scale, source.translate, source.units),
-            size=1.5, face_color=colour_by, face_colormap="turbo" if colour_by == "z_nm" else "viridis",
-            border_width=0, metadata={"pixel_size_nm": source.pixel_size, "model": str(self.model_path),
-                                      "source": name},
+            size=1.5, **colours,
+            border_width=0, metadata={"pixel_size_nm": source.pixel_size, "model": origin, "source": name},
         )
 
     # ------------------------------------------------------------------ render
@@ -370,6 +401,45 @@ class DeepLocoWidget(QWidget):
         r_units = None if src.units is None else src.units[-2:]
         return self.viewer.add_image(image, name=RENDER_LAYER, **look, **placement(r_scale, r_translate, r_units),
                                      blending="additive", metadata=meta)
+
+    # ------------------------------------------------------------------ open
+    def _ask_open(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open localizations", "",
+                                              "Localizations (*.csv *.hdf5 *.h5);;All files (*)")
+        if path:
+            self.open_localizations(path)
+
+    def open_localizations(self, path) -> bool:
+        """Show a ThunderSTORM CSV or Picasso HDF5 on the chosen image layer, as the Points layer
+        (and the table behind Render and Export) a localization here would give: positions in nm
+        from the image's top-left corner, converted with the image's pixel size (its units or
+        TIFF metadata), else the loaded model's."""
+        if self.jobs.running:
+            show_error(BUSY)
+            return False
+        layer = self._image_layer()
+        if layer is None:
+            show_error("DeepLoco: no image layer; open the stack the localizations belong to first")
+            return False
+        data = layer.data[0] if layer.multiscale else layer.data
+        pixel = stated_pixel_size_nm(layer)
+        if pixel is None and self.model is not None:
+            pixel = float(self.model.config.pixel_size)
+        if pixel is None:
+            show_error(f"DeepLoco: the pixel size of {layer.name!r} is unknown; load the model the localizations "
+                       "came from, or give the layer a scale in nm")
+            return False
+        try:
+            table = read_localizations(path, pixel, data)
+        except StarlocError as exc:
+            show_error(f"DeepLoco: {exc}")
+            return False
+        source = Source(layer.name, data.ndim == 3, tuple(layer.scale), tuple(layer.translate),
+                        getattr(layer, "units", None), tuple(data.shape[-2:]), pixel)
+        self._show_result(table, source, str(path))
+        show_info(f"DeepLoco: {len(table['frame'])} localization(s) from {Path(path).name} on {layer.name!r} "
+                  f"({pixel:g} nm pixels)")
+        return True
 
     # ------------------------------------------------------------------ export
     def _ask_export(self) -> None:
