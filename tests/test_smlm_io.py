@@ -222,6 +222,18 @@ def test_a_failed_picasso_write_leaves_the_old_pair_whole(tmp_path, rng, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["locs.hdf5", "locs.yaml"]  # no temporary left
 
 
+def test_a_picasso_yaml_with_python_tags_is_read_without_running_them(tmp_path, rng, capfd):
+    """PyYAML's default dumper writes tuples as ``!!python/tuple``; safe_load refused the whole
+    sidecar, Pixelsize included. Such tags are read as plain data, and none constructs an object."""
+    pytest.importorskip("h5py")
+    h5, ym = write_picasso(tmp_path / "locs.hdf5", _table(rng, n=4, dim=2), pixel_size_nm=130.0, width=64, height=64)
+    ym.write_text("ROI: !!python/tuple\n- 10\n- 20\nhook: !!python/object/apply:os.system ['echo RAN']\n"
+                  + ym.read_text())
+    back = read_picasso(h5)
+    np.testing.assert_allclose(back["x"], read_picasso(h5, pixel_size_nm=130.0)["x"])
+    assert "RAN" not in capfd.readouterr().out
+
+
 def test_picasso_round_trip_and_foreign_files(tmp_path, rng):
     h5py = pytest.importorskip("h5py")
     table = _table(rng, n=10, dim=3)

@@ -469,13 +469,34 @@ def picasso_pixel_size(path: str | os.PathLike) -> float | None:
     return ps if ps is not None and math.isfinite(ps) and ps > 0 else None
 
 
+def _plain_yaml_loader():
+    """A safe YAML loader that reads Python-specific tags (``!!python/tuple``, which PyYAML's
+    default dumper writes for tuples in Picasso's info) as plain lists, mappings and scalars:
+    with ``safe_load`` the whole file, ``Pixelsize`` included, would be unreadable. Nothing is
+    constructed but plain data, so no code runs."""
+    import yaml
+
+    class PlainLoader(yaml.SafeLoader):
+        pass
+
+    def plain(loader, suffix, node):
+        if isinstance(node, yaml.SequenceNode):
+            return loader.construct_sequence(node, deep=True)
+        if isinstance(node, yaml.MappingNode):
+            return loader.construct_mapping(node, deep=True)
+        return loader.construct_scalar(node)
+
+    PlainLoader.add_multi_constructor("tag:yaml.org,2002:python/", plain)
+    return PlainLoader
+
+
 def _picasso_value(yaml_path: Path, key: str) -> float | None:
     """The number under ``key`` in the first YAML document that states one, or None."""
     import yaml
 
     try:
         with open(yaml_path, encoding="utf-8") as fh:
-            for doc in yaml.safe_load_all(fh):
+            for doc in yaml.load_all(fh, Loader=_plain_yaml_loader()):
                 if isinstance(doc, dict) and key in doc:
                     return float(doc[key])
     except (OSError, yaml.YAMLError, TypeError, ValueError):
