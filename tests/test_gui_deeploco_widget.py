@@ -135,6 +135,9 @@ def test_localizations_from_a_file_are_shown_as_if_localized_here(make_napari_vi
     assert widget.open_localizations(other)
     np.testing.assert_allclose(viewer.layers[dw.POINTS_LAYER].data, [[0, 2.0, 1.0], [2, 0.0, 3.5]])
 
+    empty = tmp_path / "empty.csv"
+    empty.write_text('"frame","x [nm]","y [nm]"\n')
+    assert not widget.open_localizations(empty) and "holds no localization" in messages["error"][-1]
     late = tmp_path / "late.csv"
     late.write_text('"frame","x [nm]","y [nm]"\n9,150.0,250.0\n')
     assert not widget.open_localizations(late)

@@ -96,8 +96,9 @@ def points_from_table(table: dict, pixel_size: float, stack: bool) -> tuple[np.n
 
 def read_localizations(path, pixel_size: float, data) -> dict:
     """A ThunderSTORM CSV (``.csv``; columns in px converted with ``pixel_size``) or Picasso HDF5
-    (``.hdf5``/``.h5``, its own pixel size) as a localization table in nm, checked against the
-    image ``data`` it is to be shown on: ``(T, Y, X)`` frames or one ``(Y, X)`` frame."""
+    (``.hdf5``/``.h5``; the pixel size its YAML states, if any, must be ``pixel_size``) as a
+    localization table in nm, checked against the image ``data`` it is to be shown on:
+    ``(T, Y, X)`` frames or one ``(Y, X)`` frame. InputError for a file of no localizations."""
     p = Path(path)
     if p.suffix.lower() in (".hdf5", ".h5"):
         stated = picasso_pixel_size(p)
@@ -108,8 +109,10 @@ def read_localizations(path, pixel_size: float, data) -> dict:
     else:
         table = read_thunderstorm_csv(p, pixel_size_nm=pixel_size)
     frames = np.asarray(table["frame"])
+    if not len(frames):
+        raise InputError(f"{p.name} holds no localization")
     n_frames = data.shape[0] if data.ndim == 3 else 1
-    if len(frames) and frames.max() >= n_frames:
+    if frames.max() >= n_frames:
         raise InputError(f"{p.name} has localizations on frame {int(frames.max()) + 1} (1-based), but the image "
                          f"has {n_frames} frame(s): choose the stack they came from")
     return table
