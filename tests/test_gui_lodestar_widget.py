@@ -796,6 +796,21 @@ def test_detect_all_frames_links_tracks(make_napari_viewer, qtbot, messages, poi
     assert TRACKS_LAYER not in viewer.layers and messages["error"] == []
 
 
+def test_a_z_stack_is_detected_slice_by_slice_and_not_linked(make_napari_viewer, qtbot, messages, point_model):
+    """A layer whose first axis is a length (z in µm) holds slices, not frames in time: each is
+    detected on its own, and 'Link into tracks' does not join objects across z."""
+    stack, _ = sim.simulate_timelapse(4, 5, size=(64, 64), diffusion=0.5, rng=3)
+    viewer, widget = _widget(make_napari_viewer)
+    viewer.add_image(stack.astype(np.float32), name="z", scale=(0.2, 0.1, 0.1), units=("um", "um", "um"))
+    assert widget.image_info.text() == "z-stack: 4 slices of 64×64 px (each detected on its own)"
+    assert not any("taken as time" in m for m in messages["info"])
+    widget.link_check.setChecked(True)
+    points = _detect_all_frames(qtbot, viewer, widget, point_model, messages)
+    assert len(points.data) > 0 and set(points.data[:, 0]) == {0, 1, 2, 3}
+    assert TRACKS_LAYER not in viewer.layers and "track" not in points.features
+    assert "(z-slices: not linked into tracks)" in widget.status.text()
+
+
 def test_linking_that_fails_keeps_the_detections(make_napari_viewer, qtbot, messages, point_model, monkeypatch):
     from starloc.errors import InputError
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from starloc.errors import InputError
-from starloc.gui.units import check_axis_aligned
+from starloc.gui.units import axis_nm, check_axis_aligned
 from starloc.io import as_frames
 
 #: Names of the layers the widget creates (and refreshes in place).
@@ -70,6 +70,7 @@ class ImageSource:
     channel_axis: int | None = None
     channels: int = 1
     time_axis: int = 0
+    z_stack: bool = False  # a T×Y×X layer whose first axis is a length: slices, not frames in time
 
     @property
     def units(self) -> tuple | None:
@@ -90,6 +91,8 @@ class ImageSource:
             return f"time-lapse: {self.n_frames} frames of {self.channels} channels (C×T×Y×X), {size}"
         if self.channel_axis is not None:
             return f"one image of {self.channels} channels (first axis), {size}"
+        if self.z_stack:
+            return f"z-stack: {self.n_frames} slices of {size} (each detected on its own)"
         if self.is_timelapse:
             return f"time-lapse: {self.n_frames} frames of {size} (first axis = time)"
         return f"2D image, {size}" + (" (RGB → gray)" if self.rgb == "gray" else "")
@@ -133,6 +136,7 @@ def image_source(layer, channels_first: bool = False) -> ImageSource:
         height=h, width=w, scale=scale[-2:], translate=translate[-2:],
         full_scale=scale, full_translate=translate,
         full_units=tuple(layer.units) if getattr(layer, "units", None) is not None else None,
+        z_stack=spatial_ndim == 3 and axis_nm(layer, 0) is not None,
     )
 
 

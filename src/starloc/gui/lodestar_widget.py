@@ -321,7 +321,8 @@ class LodeSTARWidget(LodeSTARControls, QWidget):
                 self.image_info.setText(str(exc))
             else:
                 self.image_info.setText(src.describe())
-                if src.is_timelapse and src.channel_axis is None and layer.name not in self._announced:
+                if src.is_timelapse and src.channel_axis is None and not src.z_stack \
+                        and layer.name not in self._announced:
                     self._announced.add(layer.name)
                     show_info(
                         f"LodeSTAR: the first axis of {layer.name!r} ({src.n_frames}) is taken as time; "
@@ -858,6 +859,8 @@ class LodeSTARWidget(LodeSTARControls, QWidget):
                 linked = f" in {int(track.max(initial=-1)) + 1} track(s)"
             elif self.link_check.isChecked() and not src.is_timelapse:
                 linked = " (one frame: nothing to link)"
+            elif self.link_check.isChecked() and src.z_stack:
+                linked = " (z-slices: not linked into tracks)"
             self.status.setText(f"{len(detections)} detection(s){linked} in {src.n_frames} frame(s)")
             if result.link_error is not None:
                 show_error(f"LodeSTAR: {result.link_error}; the detections are shown without tracks")
@@ -865,7 +868,7 @@ class LodeSTARWidget(LodeSTARControls, QWidget):
         model = self.model  # the one this job runs, even if another is loaded meanwhile
         settings = self._detect_settings()
         link = ((self.link_distance_spin.value(), self.link_memory_spin.value())
-                if self.link_check.isChecked() and src.is_timelapse else None)
+                if self.link_check.isChecked() and src.is_timelapse and not src.z_stack else None)
         gen = detect_all_job(model, src.data, params, src.rgb, self.augment_check.isChecked(),
                              channel_axis=src.channel_axis, link=link)
         return self._start("detect_all", gen, on_yield, on_return)
