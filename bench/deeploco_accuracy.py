@@ -45,7 +45,7 @@ from starloc.deeploco.baseline import GaussianFitLocalizer
 from starloc.deeploco.crb import crb_covariance
 from starloc.deeploco.model import DeepLoco
 from starloc.deeploco.simulate import truth_table
-from starloc.deeploco.recipes import bead_psf, default_simulator
+from starloc.deeploco.recipes import DEFOCUS_2D, bead_psf, default_simulator
 from starloc.deeploco.stack import localize_stack
 from starloc.deeploco.training import DeepLocoTrainConfig, train
 from starloc.progress import finish
@@ -162,7 +162,9 @@ def main(argv=None):
             train_s = model.metadata.get("training", {}).get("seconds")
         else:
             log = []
-            model = finish(train(default_simulator(psf, CAMERA),
+            train_psf = psf if mod != "2D" else bead_psf(args.beads / "beads-2D.tif", modality=mod,
+                                                         defocus=DEFOCUS_2D)  # as the CLI trains 2D models
+            model = finish(train(default_simulator(train_psf, CAMERA),
                                  DeepLocoTrainConfig(device=args.device)), log.append)
             train_s = log[-1].elapsed
         model.to(args.device)

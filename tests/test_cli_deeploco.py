@@ -425,10 +425,17 @@ def test_train_from_a_bead_stack_in_3d_and_in_focus_2d(tmp_path, capsys):
     assert main([*common, "-o", str(tmp_path / "3d.pt")]) == 0
     m3 = DeepLoco.load(tmp_path / "3d.pt")
     assert m3.config.dim == 3 and m3.config.z_range == (-750.0, 750.0) and m3.psf.stack.shape[0] == 76
+    # 2D: emitters within +-400 nm of focus by default (the slices there), x and y learnt
     assert main([*common, "--in-focus", "-o", str(tmp_path / "2d.pt")]) == 0
     m2 = DeepLoco.load(tmp_path / "2d.pt")
-    assert m2.config.dim == 2 and m2.psf.stack.shape[0] == 1
+    assert m2.config.dim == 2 and m2.psf.lateral and m2.psf.stack.shape[0] == 40  # slices at +-10, +-30 ... nm
+    assert m2.psf.z_range == (-390.0, 390.0) and not m2.psf.z_dependent
+    assert main([*common, "--in-focus", "--defocus", "0", "-o", str(tmp_path / "focus.pt")]) == 0
+    m0 = DeepLoco.load(tmp_path / "focus.pt")
+    assert m0.config.dim == 2 and m0.psf.stack.shape[0] == 1 and not m0.psf.lateral
     _bad(capsys, ["deeploco", "train", "--psf", "gaussian", "--in-focus", "-o", str(tmp_path / "g.pt")], "--in-focus")
+    _bad(capsys, [*common, "--defocus", "300", "-o", str(tmp_path / "d.pt")], "--defocus applies to 2D models")
+    _bad(capsys, [*common, "--in-focus", "--defocus", "-5", "-o", str(tmp_path / "d.pt")], "defocus must be")
 
 
 def test_a_bead_tiff_states_its_pixel_size_and_z_step(tmp_path, capsys):

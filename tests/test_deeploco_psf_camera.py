@@ -167,6 +167,32 @@ def test_empirical_round_trip_dict_and_pixel_mismatch(synthetic_psf):
                              mask=torch.zeros(1, 1, dtype=torch.bool))
 
 
+def test_a_2d_psf_out_of_focus_keeps_the_slices_near_focus_and_draws_emitters_there(synthetic_psf):
+    """in_focus(defocus): the slices within +-defocus, z_dependent False (a 2D model), z_range
+    the simulator samples from; rendered out of focus; round trip; bad values refused."""
+    from starloc.deeploco.simulate import Simulator
+
+    lo, hi = synthetic_psf.z_range
+    d = min(-lo, hi) / 2
+    out = synthetic_psf.in_focus(d)
+    assert out.lateral and not out.z_dependent and out.z_range[0] >= -d - 1e-6 and out.z_range[1] <= d + 1e-6
+    assert out.stack.shape[0] >= 2 and "2D" in repr(out)
+    torch.testing.assert_close(out.slice_at(0.0), synthetic_psf.slice_at(0.0))
+    again = EmpiricalPSF.from_dict(out.to_dict())
+    assert again.lateral and not again.z_dependent and again.z_range == out.z_range
+    assert "lateral" not in synthetic_psf.to_dict()  # 3D files unchanged
+    focus = synthetic_psf.in_focus()
+    assert focus.stack.shape[0] == 1 and not focus.lateral
+    sim = Simulator(out, None, frame_shape=(16, 16), pixel_size=synthetic_psf.pixel_size, n_range=(4, 4),
+                    photons_range=(1000.0, 1000.0), background_range=(0.0, 0.0))
+    truth = sim.sample_emitters(50, torch.Generator().manual_seed(0))
+    assert sim.z_range == out.z_range and float(truth["z"][truth["mask"]].abs().max()) > d / 2
+    with pytest.raises(InputError, match="defocus must be"):
+        synthetic_psf.in_focus(-10.0)
+    with pytest.raises(InputError, match="fewer than two slices"):
+        synthetic_psf.in_focus(0.1 * synthetic_psf.z_step)
+
+
 # ----------------------------------------------------------------------------- real bead stacks
 
 

@@ -44,6 +44,8 @@ def test_bead_psf_3d_and_in_focus_2d(tmp_path):
     psf2 = bead_psf(path, modality="2D", z_step=10.0, z0=-50.0, crop=15)
     assert not psf2.z_dependent and psf2.stack.shape == (1, 15, 15)
     assert np.allclose(psf2.stack[0].numpy(), psf3.slice_at(0.0).numpy(), atol=1e-7)
+    out = bead_psf(path, modality="2D", defocus=30.0, z_step=10.0, z0=-50.0, crop=15)
+    assert out.lateral and not out.z_dependent and out.z_range == (-30.0, 30.0) and out.stack.shape == (7, 15, 15)
     with pytest.raises(InputError, match="not found"):
         bead_psf(tmp_path / "missing.tif")
     (tmp_path / "bad.tif").write_bytes(b"not a tiff")

@@ -90,7 +90,7 @@ def test_same_form_same_seed_same_model(make_napari_viewer, messages, beads, tmp
         panel.output_edit.setText(str(tmp_path / name))
         panel.train()
         model = DeepLoco.load(tmp_path / name)
-        assert model.config.dim == 2  # the in-focus slice only
+        assert model.config.dim == 2 and model.psf.lateral  # 2D, emitters within +-DEFOCUS_2D of focus
         weights.append(model.net.state_dict())
     for key in weights[0]:
         np.testing.assert_array_equal(weights[0][key].numpy(), weights[1][key].numpy())

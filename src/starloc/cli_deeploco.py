@@ -27,6 +27,8 @@ from starloc.errors import InputError
 CAMERA_KINDS = ("smlm2016", "emccd", "scmos")
 #: starloc.deeploco.network.ARCHITECTURES, written out so that `starloc --help` imports no torch
 ARCHITECTURES = ("paper", "fcn", "unet")
+#: starloc.deeploco.recipes.DEFOCUS_2D, written out so that `starloc --help` imports no torch
+DEFOCUS_2D = 400.0
 #: EmpiricalPSF.from_bead_stack's spacing when neither the TIFF nor an option states it (nm)
 BEAD_DEFAULTS = {"pixel_size": 100.0, "z_step": 10.0}
 #: camera options: argparse dest -> Camera keyword
@@ -172,8 +174,8 @@ def _build_psf(args):
     bead_given = [k for k, v in bead_opts.items() if v is not None]
     kind = spec.lower()
     if kind in ("gaussian", "astigmatic"):
-        if args.in_focus:
-            raise InputError("--in-focus applies to a bead-stack PSF")
+        if args.in_focus or args.defocus is not None:
+            raise InputError("--in-focus and --defocus apply to a bead-stack PSF")
         if bead_given:
             raise InputError("--psf-z-step, --psf-z0 and --psf-baseline apply to a bead-stack PSF, not to "
                              f"--psf {kind}")
@@ -210,9 +212,12 @@ def _build_psf(args):
         kw["pixel_size"] = args.pixel_size
     kw.update(_stated_spacing(path, kw))
     if args.in_focus and args.z_range is not None:
-        raise InputError("--z-range applies to 3D models: --in-focus trains a 2D one")
+        raise InputError("--z-range applies to 3D models: --in-focus trains a 2D one (--defocus sets how far "
+                         "out of focus its emitters lie)")
+    if args.defocus is not None and not args.in_focus:
+        raise InputError("--defocus applies to 2D models (--in-focus); a 3D model's range is --z-range")
     psf = EmpiricalPSF.from_bead_stack(stack, **kw)  # the focus at the middle slice unless --psf-z0
-    return psf.in_focus() if args.in_focus else psf
+    return psf.in_focus(DEFOCUS_2D if args.defocus is None else args.defocus) if args.in_focus else psf
 
 
 def _stated_spacing(path: Path, given: dict[str, Any]) -> dict[str, float]:
@@ -382,6 +387,7 @@ def _resumed_simulator(args, device: str):
         raise InputError("--psf is required: a bead z-stack TIFF, 'gaussian' or 'astigmatic'")
     given = [opt for dest, opt in SIMULATION_OPTIONS.items() if getattr(args, dest, None) is not None]
     given += ["--in-focus"] if args.in_focus else []
+    given += ["--defocus"] if args.defocus is not None else []
     if given:
         raise InputError(f"{', '.join(given)} without --psf: --resume continues on the checkpoint's own simulation; "
                          "leave the simulation options out (or give all of them, --psf included, as in the first run)")
@@ -878,7 +884,10 @@ def add_commands(sub) -> None:
     g.add_argument("--pixel-size", type=positive(), default=None,
                    help="camera pixel size (nm; default: the bead TIFF's ImageJ/OME metadata, else 100)")
     g.add_argument("--in-focus", action="store_true",
-                   help="bead stack: use only its in-focus slice (z = 0) and train a 2D model")
+                   help="bead stack: train a 2D model (x, y only) on the stack's slices within --defocus of focus")
+    g.add_argument("--defocus", type=float, default=None, metavar="NM",
+                   help=f"with --in-focus: training emitters lie up to NM out of focus, as in real 2D data "
+                        f"(default {DEFOCUS_2D:g}; 0: the in-focus slice only)")
     _add_camera_options(t, "the simulated camera (without --camera: Poisson noise only, and the model then expects frames in photons)")
     s = t.add_argument_group("simulation")
     s.add_argument("--frame-size", type=int, default=None, help="side of the square training frames (px, a multiple of 16; default 64)")

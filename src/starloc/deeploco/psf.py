@@ -314,6 +314,7 @@ class EmpiricalPSF(PSFModel):
         z0: float,
         pad: int = 2,
         meta: dict[str, Any] | None = None,
+        lateral: bool = False,
     ):
         arr = torch.as_tensor(np.asarray(stack, dtype=np.float64) if not isinstance(stack, Tensor) else stack)
         if arr.ndim == 2:
@@ -336,7 +337,8 @@ class EmpiricalPSF(PSFModel):
         self.pad = int(pad)
         Z = self.stack.shape[0]
         self.z_range = (self.z0, self.z0 + (Z - 1) * self.z_step)
-        self.z_dependent = Z > 1
+        self.lateral = bool(lateral)  # several slices, but a 2D model: emitters out of focus, x and y only
+        self.z_dependent = Z > 1 and not self.lateral
         self.meta: dict[str, Any] = dict(meta or {})
         padded = torch.nn.functional.pad(self.stack.to(torch.float64), (self.pad,) * 4)
         self._spectra = torch.fft.rfft2(padded)  # (Z, Q, Q//2+1), complex128 on CPU
@@ -559,22 +561,40 @@ class EmpiricalPSF(PSFModel):
         k1 = min(int(k) + 1, self.stack.shape[0] - 1)
         return self.stack[int(k)] * (1 - float(w)) + self.stack[k1] * float(w)
 
-    def in_focus(self) -> EmpiricalPSF:
-        """A one-slice (2D, z-independent) PSF: this PSF at z = 0."""
-        return EmpiricalPSF(self.slice_at(0.0)[None], self.pixel_size, self.z_step, 0.0, pad=self.pad,
-                            meta={**self.meta, "slice": "in focus (z = 0)"})
+    def in_focus(self, defocus: float = 0.0) -> EmpiricalPSF:
+        """A PSF for 2D localization (``z_dependent`` False: the model learns x and y only).
+
+        ``defocus`` 0: one slice, this PSF at z = 0. ``defocus`` > 0 (nm): the slices within
+        ``±defocus`` of focus (clipped to the calibrated range), so that a simulator draws
+        emitters out of focus as real 2D data have them (a sample is thicker than the depth of
+        field); the model still reports x and y only. A model trained on the in-focus slice
+        alone splits spots 300 nm out of focus into two localizations (docs/benchmarks.md)."""
+        d = float(defocus)
+        if not (math.isfinite(d) and d >= 0):
+            raise InputError(f"defocus must be a distance >= 0 nm, got {defocus!r}")
+        if d == 0 or self.stack.shape[0] == 1:
+            return EmpiricalPSF(self.slice_at(0.0)[None], self.pixel_size, self.z_step, 0.0, pad=self.pad,
+                                meta={**self.meta, "slice": "in focus (z = 0)"})
+        zi = self.z0 + self.z_step * torch.arange(self.stack.shape[0], dtype=torch.float64)
+        keep = torch.nonzero(zi.abs() <= d + 1e-6 * self.z_step).flatten()
+        if len(keep) < 2:
+            raise InputError(f"defocus {d:g} nm holds fewer than two slices of the {self.z_step:g} nm z-stack")
+        first, last = int(keep[0]), int(keep[-1])
+        return EmpiricalPSF(self.stack[first:last + 1], self.pixel_size, self.z_step, float(zi[first]), pad=self.pad,
+                            meta={**self.meta, "slice": f"in focus +- {d:g} nm (2D)"}, lateral=True)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain description (the stack as a tensor) for self-describing model files."""
         return {"kind": "empirical", "stack": self.stack.clone(), "pixel_size": self.pixel_size,
-                "z_step": self.z_step, "z0": self.z0, "pad": self.pad, "meta": dict(self.meta)}
+                "z_step": self.z_step, "z0": self.z0, "pad": self.pad, "meta": dict(self.meta),
+                **({"lateral": True} if self.lateral else {})}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EmpiricalPSF:
         return cls(d["stack"], pixel_size=d["pixel_size"], z_step=d["z_step"], z0=d["z0"],
-                   pad=d.get("pad", 2), meta=d.get("meta"))
+                   pad=d.get("pad", 2), meta=d.get("meta"), lateral=bool(d.get("lateral", False)))
 
     def __repr__(self) -> str:
         Z, P, _ = self.stack.shape
         return (f"EmpiricalPSF({Z} slices of {P}x{P} px, {self.pixel_size:g} nm/px, "
-                f"z {self.z_range[0]:g}..{self.z_range[1]:g} nm)")
+                f"z {self.z_range[0]:g}..{self.z_range[1]:g} nm{', 2D' if self.lateral else ''})")

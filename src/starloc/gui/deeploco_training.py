@@ -43,7 +43,7 @@ from qtpy.QtWidgets import (
 from starloc.deeploco.brightness import DEFAULT_FRAMES, measure_brightness
 from starloc.deeploco.camera import camera_preset
 from starloc.deeploco.psf import AstigmaticPSF, EmpiricalPSF, Gaussian2DPSF, centred_z0
-from starloc.deeploco.recipes import BACKGROUND, BACKGROUND_VARIATION, PHOTONS, default_simulator
+from starloc.deeploco.recipes import BACKGROUND, BACKGROUND_VARIATION, DEFOCUS_2D, PHOTONS, default_simulator
 from starloc.deeploco.stack import to_photons
 from starloc.deeploco.training import DeepLocoTrainConfig, Progress, train
 from starloc.errors import InputError, StarlocError
@@ -102,7 +102,7 @@ class TrainRequest:
         if self.psf == ASTIGMATIC:
             return AstigmaticPSF()
         psf = EmpiricalPSF.from_bead_stack(self.stack, pixel_size=self.pixel_size, z_step=self.z_step, z0=self.z0)
-        return psf.in_focus() if self.in_focus else psf
+        return psf.in_focus(DEFOCUS_2D) if self.in_focus else psf
 
     def build_camera(self):
         return None if self.camera is None else form_camera(self.camera, self.camera_settings)
@@ -178,7 +178,7 @@ class DeepLocoTrainPanel(QWidget):
         self._unstated_said = None  # the bead layer whose missing pixel size / z step was said
         self._psf_picked = False  # whether the user chose a PSF (then a new layer does not replace it)
         self.psf_combo.activated.connect(self._on_psf_picked)
-        self.in_focus_check = QCheckBox("2D model (the stack's in-focus slice only)")
+        self.in_focus_check = QCheckBox(f"2D model (emitters within ±{DEFOCUS_2D:g} nm of focus)")
         self.pixel_spin = self._spin(1.0, 10_000.0, 100.0, 1, "camera pixel size (nm)")
         self.z_step_spin = self._spin(0.1, 10_000.0, 10.0, 1, "nm between the bead stack's slices")
         self.z_step_spin.valueChanged.connect(self._centre_z0)
