@@ -548,6 +548,13 @@ def test_the_camera_choices_are_the_camera_presets():
     assert cli_deeploco.CAMERA_KINDS == CAMERA_PRESETS
 
 
+def test_the_default_defocus_is_the_recipes():
+    from starloc import cli_deeploco
+    from starloc.deeploco.recipes import DEFOCUS_2D
+
+    assert cli_deeploco.DEFOCUS_2D == DEFOCUS_2D  # the CLI's copy, kept free of torch
+
+
 def test_a_truncated_tiff_is_one_error_line_without_tifffiles_log(folder, tmp_path, capsys, caplog):
     tifffile.imwrite(tmp_path / "whole.tif", np.full((20, 64, 64), 120, np.uint16))
     data = (tmp_path / "whole.tif").read_bytes()
