@@ -58,6 +58,17 @@ PAPER = {"AS": {0.1: "J 0.83, x 11.8 nm, z 24.8 nm (real MT0.N1 LD)", 2.0: "J 0.
          "2D": {0.1: "J 0.89, 11.6 nm (real MT0.N1 LD)", 2.0: "J 0.61, 18.2 nm (HD)"}}
 
 
+def comparison_options(ap: argparse.ArgumentParser, seed: int) -> None:
+    """The options of the benches that score saved models on frames of their own (backgrounds,
+    filaments, defocus): ``--model`` (repeatable), ``--beads``, ``--frame-size``, ``--seed``,
+    ``--threads``."""
+    ap.add_argument("--model", type=Path, action="append", required=True, help="a DeepLoco model (repeat to compare)")
+    ap.add_argument("--beads", type=Path, default=BEADS, help="folder with the SMLM 2016 bead stacks (beads-AS.tif, ...)")
+    ap.add_argument("--frame-size", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=seed)
+    ap.add_argument("--threads", type=int, default=2)
+
+
 def test_set(psf: EmpiricalPSF, density: float, frames: int, seed: int, z_range=None, size: int = 64,
              photons=(1000.0, 7000.0), background=100.0):
     sim = Simulator(psf, CAMERA, frame_shape=(size, size), density=density,

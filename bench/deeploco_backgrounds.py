@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from deeploco_accuracy import BEADS, CAMERA, score  # bench/deeploco_accuracy.py (the script's folder is on sys.path)
+from deeploco_accuracy import CAMERA, comparison_options, score  # bench/deeploco_accuracy.py (the script's folder is on sys.path)
 
 from starloc.deeploco import Simulator
 from starloc.deeploco.model import DeepLoco
@@ -60,14 +60,10 @@ def backgrounds(size: int, pixel_size: float, seed: int) -> dict[str, torch.Tens
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, action="append", required=True, help="a DeepLoco model (repeat to compare)")
+    comparison_options(ap, seed=5)
     ap.add_argument("--modality", choices=("AS", "2D"), default="AS")
-    ap.add_argument("--beads", type=Path, default=BEADS, help="folder with beads-AS.tif and beads-2D.tif")
-    ap.add_argument("--frame-size", type=int, default=128)
     ap.add_argument("--density", type=float, default=0.5, help="emitters per µm²")
     ap.add_argument("--emitters", type=int, default=4000, help="about this many true emitters")
-    ap.add_argument("--seed", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 

@@ -19,7 +19,7 @@ import platform
 from pathlib import Path
 
 import torch
-from deeploco_accuracy import BEADS, CAMERA, score  # bench/deeploco_accuracy.py (the script's folder is on sys.path)
+from deeploco_accuracy import CAMERA, comparison_options, score  # bench/deeploco_accuracy.py (the script's folder is on sys.path)
 
 from starloc.deeploco import Simulator
 from starloc.deeploco.model import DeepLoco
@@ -29,15 +29,11 @@ from starloc.deeploco.stack import localize_stack
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, action="append", required=True, help="a 2D DeepLoco model (repeat to compare)")
-    ap.add_argument("--beads", type=Path, default=BEADS, help="folder with beads-2D.tif")
-    ap.add_argument("--frame-size", type=int, default=128)
+    comparison_options(ap, seed=3)
     ap.add_argument("--density", type=float, default=0.5, help="emitters per µm²")
     ap.add_argument("--depths", type=float, nargs="+", default=[0.0, 150.0, 300.0, 500.0, 750.0],
                     help="nm: emitters within +- this of focus")
     ap.add_argument("--frames", type=int, default=40)
-    ap.add_argument("--seed", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 

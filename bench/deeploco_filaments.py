@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from deeploco_accuracy import BEADS, CAMERA, score  # bench/deeploco_accuracy.py (the script's folder is on sys.path)
+from deeploco_accuracy import CAMERA, comparison_options, score  # bench/deeploco_accuracy.py (the script's folder is on sys.path)
 from scipy.spatial import cKDTree
 
 from starloc.deeploco import Simulator
@@ -100,15 +100,11 @@ def near_share(truth: dict, radius: float = 250.0) -> float:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, action="append", required=True, help="a DeepLoco model (repeat to compare)")
+    comparison_options(ap, seed=7)
     ap.add_argument("--modality", choices=("AS", "2D"), default="2D")
-    ap.add_argument("--beads", type=Path, default=BEADS, help="folder with beads-AS.tif and beads-2D.tif")
-    ap.add_argument("--frame-size", type=int, default=128)
     ap.add_argument("--densities", type=float, nargs="+", default=[0.1, 0.5, 2.0], help="emitters/µm² of frame")
     ap.add_argument("--filaments", type=int, default=8, help="filaments per frame")
     ap.add_argument("--emitters", type=int, default=3000, help="about this many true emitters per density")
-    ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 

@@ -225,11 +225,11 @@ def _stated_spacing(path: Path, given: dict[str, Any]) -> dict[str, float]:
     (said on stderr); an option that contradicts the file is kept, with a warning. A pixel
     size the file states in a form starloc cannot use (non-square, an unknown unit) needs
     ``--pixel-size`` rather than the default."""
-    from starloc.tiff_metadata import tiff_pixel_size_problem, tiff_spacing
+    from starloc.tiff_metadata import tiff_spacing, tiff_spacing_problem
 
     stated = dict(zip(("pixel_size", "z_step"), tiff_spacing(path)))
     if stated["pixel_size"] is None and "pixel_size" not in given:
-        problem = _tiff_problem(path, tiff_pixel_size_problem)
+        problem = tiff_spacing_problem(path)
         if problem:
             raise InputError(f"{path.name} states its pixel size as {problem}: give --pixel-size (nm)")
     options = {"pixel_size": "--pixel-size", "z_step": "--psf-z-step"}
@@ -252,18 +252,6 @@ def _stated_spacing(path: Path, given: dict[str, Any]) -> dict[str, float]:
                                                               if k not in given and k not in used)
               + ": assuming " + ", ".join(assumed), file=sys.stderr)
     return used
-
-
-def _tiff_problem(path: Path, check) -> str | None:
-    """``check`` (a :mod:`starloc.tiff_metadata` reader) of the TIFF at ``path``; None when it
-    is no readable TIFF (the PSF reader says so)."""
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            return check(tif)
-    except Exception:
-        return None
 
 
 def _parse_value(key: str, text: str, default: Any) -> Any:

@@ -10,7 +10,8 @@ import math
 import os
 from typing import Any
 
-__all__ = ["tiff_pixel_size", "tiff_pixel_size_problem", "tiff_z_step", "tiff_spacing", "stated_axes",
+__all__ = ["tiff_pixel_size", "tiff_pixel_size_problem", "tiff_z_step", "tiff_spacing", "tiff_spacing_problem",
+           "stated_axes",
            "other_series_note"]
 
 
@@ -152,6 +153,18 @@ def tiff_spacing(path: Any) -> tuple[float | None, float | None]:
             return tiff_pixel_size(tif), tiff_z_step(tif)
     except Exception:
         return None, None
+
+
+def tiff_spacing_problem(path: Any) -> str | None:
+    """:func:`tiff_pixel_size_problem` of a TIFF file (None where it is no readable TIFF). Never
+    raises."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return tiff_pixel_size_problem(tif)
+    except Exception:
+        return None
 
 
 def stated_axes(path: str | os.PathLike) -> str | None:

@@ -124,12 +124,16 @@ def train_job(request: TrainRequest):
     return request.output
 
 
+def _named_like_beads(name: str) -> bool:
+    """Whether a layer's name says it is a PSF calibration stack ('beads-AS', 'PSF_zstack', …):
+    the one hint left when its TIFF states no z step."""
+    return re.search(r"bead|psf|z-?stack|calib", name, re.IGNORECASE) is not None
+
+
 def looks_like_beads(layer) -> bool:
     """Whether an image layer looks like a bead z-stack rather than SMLM data: its first axis is
-    a length (in the layer's units or its TIFF's z step), or its name says so ('beads-AS',
-    'PSF_zstack', …), the one hint left when the TIFF states no z step."""
-    return (stated_spacing_nm(layer)[1] is not None
-            or re.search(r"bead|psf|z-?stack|calib", layer.name, re.IGNORECASE) is not None)
+    a length (in the layer's units or its TIFF's z step), or its name says so."""
+    return stated_spacing_nm(layer)[1] is not None or _named_like_beads(layer.name)
 
 
 def measure_job(data, camera, name: str, max_frames: int = DEFAULT_FRAMES):
@@ -288,7 +292,11 @@ class DeepLocoTrainPanel(QWidget):
         bead stack, since a time-lapse SMLM stack is 3D too."""
         layers = [layer for layer in self.viewer.layers
                   if isinstance(layer, napari.layers.Image) and not layer.rgb and layer.ndim == 3]
-        return sorted(layers, key=lambda layer: (stated_spacing_nm(layer)[1] is None, not looks_like_beads(layer)))
+        def rank(layer) -> tuple[bool, bool]:
+            unstated = stated_spacing_nm(layer)[1] is None
+            return unstated, unstated and not _named_like_beads(layer.name)
+
+        return sorted(layers, key=rank)
 
     def _refresh_layer_choices(self, *_) -> None:
         self._refresh_psf_choices()
