@@ -59,12 +59,13 @@ def test_read_tiff_2d_and_uppercase_suffix(tmp_path):
     np.testing.assert_array_equal(read_image(path), data)
 
 
-def test_read_compressed_tiff_stack_page_by_page(tmp_path):
+@pytest.mark.parametrize("compression", ["zlib", "lzw", "packbits", "zstd"])
+def test_read_compressed_tiff_stack_page_by_page(tmp_path, compression):
     from starloc.lazy_tiff import TiffPages
 
     data = RNG.integers(0, 255, size=(5, 24, 20), dtype=np.uint8)
-    path = tmp_path / "zlib.tif"
-    tifffile.imwrite(path, data, compression="zlib", photometric="minisblack")
+    path = tmp_path / f"{compression}.tif"
+    tifffile.imwrite(path, data, compression=compression, photometric="minisblack")
     img = read_image(path)
     assert isinstance(img, TiffPages) and img.shape == (5, 24, 20) and img.dtype == np.uint8
     np.testing.assert_array_equal(img[1:4], data[1:4])
@@ -74,7 +75,7 @@ def test_read_compressed_tiff_stack_page_by_page(tmp_path):
     assert starts == [0, 2, 4]
     img.close()
     # a compressed single image is read whole
-    tifffile.imwrite(tmp_path / "one.tif", data[0], compression="zlib")
+    tifffile.imwrite(tmp_path / "one.tif", data[0], compression=compression)
     np.testing.assert_array_equal(read_image(tmp_path / "one.tif"), data[0])
 
 
