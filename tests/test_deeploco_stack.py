@@ -223,6 +223,7 @@ def test_lazy_tiff_reading_gives_the_in_memory_result(tmp_path, adu_stack, monke
     assert len(ref["x"]) > 0
     tifffile.imwrite(tmp_path / "plain.tif", adu_stack)
     tifffile.imwrite(tmp_path / "zip.tif", adu_stack, compression="zlib")
+    tifffile.imwrite(tmp_path / "lzw.tif", adu_stack, compression="lzw")
     np.save(tmp_path / "stack.npy", adu_stack)
     with open_stack(tmp_path / "plain.tif") as src:  # memory-mapped: nothing read yet
         assert src.shape == (5, 40, 52) and src.dtype == np.uint16
@@ -234,7 +235,7 @@ def test_lazy_tiff_reading_gives_the_in_memory_result(tmp_path, adu_stack, monke
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(tifffile.TiffFile, "asarray", spy)
-    for name in ("plain.tif", "zip.tif", "stack.npy"):
+    for name in ("plain.tif", "zip.tif", "lzw.tif", "stack.npy"):
         got = localize_stack(model, tmp_path / name, **kw)
         assert all(np.array_equal(got[k], ref[k]) for k in ref), name
     # the compressed file was read page range by page range, never the whole series
