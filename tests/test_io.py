@@ -847,6 +847,26 @@ def test_a_tiff_of_several_image_series_says_only_the_first_is_read(tmp_path):
         assert src.shape == (3, 32, 32)
 
 
+def test_a_folder_of_several_series_is_refused_not_interleaved(tmp_path):
+    from starloc.lazy_tiff import folder_series_problem
+
+    frames = [np.full((8, 8), i, np.uint16) for i in range(6)]
+    # Micro-Manager 2: two channels at each time point
+    mm2 = [f"img_channel{c:03d}_position000_time{t:09d}_z000.tif" for t in range(3) for c in range(2)]
+    with pytest.raises(InputError, match=r"2 numbers change.*values 0, 1 again.*folder of their own"):
+        read_image(_frames_folder(tmp_path / "mm2", frames, mm2))
+    # Micro-Manager 1.4: the channel is named
+    mm14 = [f"img_{t:09d}_{c}_000.tif" for t in range(3) for c in ("GFP", "DAPI")]
+    with pytest.raises(InputError, match=r"2 series named 'img_N_\w+_N.tif' \(3 files\), 'img_N_\w+_N.tif'") as err:
+        read_image(_frames_folder(tmp_path / "mm14", frames, mm14))
+    assert "gfp" in str(err.value) and "dapi" in str(err.value)
+    # one series: a frame index and a time stamp both change, neither repeats; stray single files
+    assert folder_series_problem([f"frame{t}_{1000 + 37 * t}ms.tif" for t in range(6)]) is None
+    assert folder_series_problem(["dark.tif", *[f"f{t}.tif" for t in range(5)], "bright.tif"]) is None
+    assert folder_series_problem([f"img_{t:09d}_Default_000.tif" for t in range(5)]) is None
+    assert folder_series_problem(["a.tif"]) is None
+
+
 def test_folder_notes_take_the_number_that_changes():
     from starloc.lazy_tiff import folder_order_notes
 

@@ -177,17 +177,62 @@ def read_tiff_folder(folder: str | Path) -> TiffFolder:
     if len(shape) != 2 and not is_colour:
         raise InputError(f"{str(paths[0])!r} in folder {str(folder)!r} holds an image of shape {shape}: a folder "
                          "is read as one 2D frame per file; give a multi-frame TIFF as a file, not its folder")
+    problem = folder_series_problem([p.name for p in paths])
+    if problem:
+        raise InputError(f"folder {str(folder)!r}: {problem}")
     for note in folder_order_notes([p.name for p in paths]):
         warnings.warn(f"folder {str(folder)!r}: {note}", StarlocWarning, stacklevel=2)
     return TiffFolder(paths, shape, dtype)
+
+
+def _stems_and_patterns(names: list[str]) -> tuple[list[str], list[str]]:
+    """Lower-case names without the TIFF suffix, and the same with each run of digits as ``#``."""
+    stems = [re.sub(r"\.tiff?$", "", name.lower()) for name in names]
+    return stems, [re.sub(r"\d+", "#", stem) for stem in stems]
+
+
+def folder_series_problem(names: list[str]) -> str | None:
+    """Why files ``names`` are not one series of frames, or None.
+
+    Acquisition software writes the files of several channels, positions or z planes into one
+    folder (Micro-Manager 2: ``img_channel000_position000_time000000003_z000.tif``; 1.4:
+    ``img_000000003_GFP_000.tif``). Read in name order they would interleave into one stack of
+    frames that belong to different series. Two signs: several name patterns with more than one
+    file each (``..._GFP_...`` and ``..._DAPI_...``), or, within one pattern, two numbers that
+    change while one of them repeats its values (channel 0 and 1, each at every time point).
+    Numbers that change without repeating (a frame index and a time stamp) are one series.
+    """
+    stems, pattern = _stems_and_patterns(names)
+    counts = Counter(pattern)
+    series = [pat for pat, n in counts.most_common() if n > 1]
+    def shown(pat: str) -> str:
+        return pat.replace("#", "N") + ".tif"
+    if len(series) > 1:
+        return (f"its TIFF files form {len(series)} series named {shown(series[0])!r} ({counts[series[0]]} files), "
+                f"{shown(series[1])!r} ({counts[series[1]]} files){', ...' if len(series) > 2 else ''}: read as "
+                "one stack they would interleave (channels? positions?); put the files of one series in a "
+                "folder of their own")
+    common = series[0] if series else pattern[0]
+    runs = [[int(n) for n in re.findall(r"\d+", stem)] for stem, pat in zip(stems, pattern) if pat == common]
+    varying = [i for i in range(common.count("#")) if len({r[i] for r in runs}) > 1]
+    repeating = [i for i in varying if len({r[i] for r in runs}) < len(runs)]
+    if len(varying) > 1 and repeating:
+        example = next(stem for stem, pat in zip(stems, pattern) if pat == common)
+        fewest = min(repeating, key=lambda i: len({r[i] for r in runs}))  # the channel, not the time
+        values = sorted({r[fewest] for r in runs})
+        listed = ", ".join(str(v) for v in values[:4]) + (", ..." if len(values) > 4 else "")
+        return (f"{len(varying)} numbers change in its file names (e.g. {example!r}), one of them taking the "
+                f"values {listed} again and again: the files hold several series (channels, positions or z "
+                "planes at each time point) that one stack would interleave; put the files of one series in "
+                "a folder of their own")
+    return None
 
 
 def folder_order_notes(names: list[str]) -> list[str]:
     """What a user may not expect of frames read from files ``names`` (in reading order):
     files named unlike the others (a stray ``dark.tif`` becomes a frame, and shifts the ones
     after it), and file numbers that skip (frames are numbered by position, not by file)."""
-    stems = [re.sub(r"\.tiff?$", "", name.lower()) for name in names]
-    pattern = [re.sub(r"\d+", "#", stem) for stem in stems]
+    stems, pattern = _stems_and_patterns(names)
     common, _ = Counter(pattern).most_common(1)[0]
     notes = []
     odd = [name for name, pat in zip(names, pattern) if pat != common]
