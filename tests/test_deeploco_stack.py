@@ -329,6 +329,13 @@ def test_bad_input_raises_input_error(tmp_path, adu_stack):
     bad(tmp_path / "x.png", "unsupported file type")
     tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((40, 40, 3), np.uint8), photometric="rgb")
     bad(tmp_path / "rgb.tif", "RGB")
+    tifffile.imwrite(tmp_path / "planar.tif", np.zeros((3, 40, 40), np.uint8), photometric="rgb",
+                     planarconfig="separate")
+    bad(tmp_path / "planar.tif", r"3 colour samples \(RGB\)")
+    tifffile.imwrite(tmp_path / "two.tif", adu_stack[:2], imagej=True, metadata={"axes": "CYX"})
+    bad(tmp_path / "two.tif", r"2 channels \(axes CYX.*save the channel to localize")
+    tifffile.imwrite(tmp_path / "tcyx.tif", np.stack([adu_stack, adu_stack], 1), ome=True, metadata={"axes": "TCYX"})
+    bad(tmp_path / "tcyx.tif", r"2 channels \(axes TCYX")
     no_camera = tiny()
     with pytest.raises(InputError, match="no camera"):
         localize_stack(no_camera, ok)

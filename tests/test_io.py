@@ -79,6 +79,17 @@ def test_read_compressed_tiff_stack_page_by_page(tmp_path, compression):
     np.testing.assert_array_equal(read_image(tmp_path / "one.tif"), data[0])
 
 
+def test_rgb_stored_plane_by_plane_is_colour_as_when_interleaved(tmp_path):
+    rgb = RNG.integers(0, 255, size=(3, 20, 24), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "planar.tif", rgb, photometric="rgb", planarconfig="separate")
+    img = read_image(tmp_path / "planar.tif")
+    assert img.shape == (20, 24, 3)  # not three frames
+    np.testing.assert_array_equal(img, np.moveaxis(rgb, 0, -1))
+    with pytest.raises(InputError, match="looks like RGB"):
+        as_frames(img)
+    assert as_frames(img, rgb="gray").shape == (1, 1, 20, 24)
+
+
 def test_read_npy_is_memmapped(tmp_path):
     data = RNG.random((4, 16, 16))
     path = tmp_path / "a.npy"

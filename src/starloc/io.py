@@ -120,17 +120,28 @@ def _npy_problem(p: Path, exc: Exception) -> str:
 def _read_tiff(p: Path) -> np.ndarray:
     import tifffile
 
-    from .tiff_metadata import other_series_note
+    from .tiff_metadata import other_series_note, planar_samples_axis
 
+    planar = None
     try:
         with tifffile.TiffFile(p) as tif:
             note = other_series_note(tif)
+            planar = planar_samples_axis(tif.series[0])
         if note:
             warnings.warn(f"{str(p)!r}: {note}", StarlocWarning, stacklevel=4)
     except tifffile.TiffFileError as exc:
         raise InputError(f"cannot read {str(p)!r}: not a valid TIFF file ({one_line(exc)})") from exc
     except OSError:
         pass  # reported by the reads below
+    if planar is not None:
+        # RGB stored plane by plane: samples last, as numpy (and as_frames' RGB check) expect
+        return np.moveaxis(_read_tiff_array(p), planar, -1)
+    return _read_tiff_array(p)
+
+
+def _read_tiff_array(p: Path) -> Any:
+    import tifffile
+
     try:
         return tifffile.memmap(p, mode="r")
     except tifffile.TiffFileError as exc:

@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 __all__ = ["tiff_pixel_size", "tiff_pixel_size_problem", "tiff_z_step", "tiff_spacing", "tiff_spacing_problem",
-           "stated_axes",
+           "stated_axes", "planar_samples_axis", "several_channels",
            "other_series_note"]
 
 
@@ -181,6 +181,32 @@ def stated_axes(path: str | os.PathLike) -> str | None:
             return "".join(a for a, n in zip(series.axes, series.shape) if n > 1 or a in "YX")
     except Exception:
         return None
+
+
+def planar_samples_axis(series: Any) -> int | None:
+    """The axis of a tifffile series that holds the 3 or 4 colour samples of an RGB(A) image
+    stored plane by plane (axes ``SYX``, ``TSYX``; "planar configuration" 2), or None where the
+    samples are interleaved (last axis, as numpy images hold them) or there are none. Never raises."""
+    try:
+        axes, shape = str(series.axes), tuple(series.shape)
+        i = axes.index("S")
+        return i if i != len(axes) - 1 and shape[i] in (3, 4) else None
+    except Exception:
+        return None
+
+
+def several_channels(series: Any) -> str | None:
+    """``"N channels (axes AXES, shape SHAPE)"`` when a tifffile series holds more than one
+    channel or colour sample (an axis ``C`` or ``S`` longer than 1), else None. Never raises."""
+    try:
+        axes, shape = str(series.axes), tuple(series.shape)
+        for a in "CS":
+            if a in axes and shape[axes.index(a)] > 1:
+                what = "channels" if a == "C" else "colour samples (RGB)"
+                return f"{shape[axes.index(a)]} {what} (axes {axes}, shape {shape})"
+    except Exception:
+        pass
+    return None
 
 
 def other_series_note(tif: Any) -> str | None:

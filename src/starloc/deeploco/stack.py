@@ -62,7 +62,8 @@ from ..errors import InputError, StarlocWarning, one_line
 from ..io import read_image, select_frames, tiff_damage
 from ..lazy_tiff import TiffPages, is_paged_stack, read_tiff_folder
 from ..progress import finish
-from ..tiff_metadata import other_series_note, tiff_pixel_size, tiff_pixel_size_problem, tiff_spacing, tiff_z_step
+from ..tiff_metadata import (other_series_note, several_channels, tiff_pixel_size, tiff_pixel_size_problem,
+                             tiff_spacing, tiff_z_step)
 from .camera import Camera
 from .network import CELL, CELL_ARCHITECTURES, inference_batch
 from .postprocess import cell_grid, concat_tables, empty_table, frame_separated, postprocess, sorted_by_frame
@@ -236,8 +237,11 @@ def _open_tiff_stack(p: Path) -> FrameSource:
     try:
         series = tif.series[0]
         shape, dtype = tuple(series.shape), series.dtype
-        rgb = "S" in str(getattr(series, "axes", "")) and len(shape) == 3 and shape[-1] in (3, 4)
-        _check_layout(_squeezed(shape), dtype, name, rgb=rgb)
+        channels = several_channels(series)
+        if channels:
+            raise InputError(f"{name} holds {channels}; SMLM needs single-channel camera frames: save the "
+                             "channel to localize as a T×Y×X stack")
+        _check_layout(_squeezed(shape), dtype, name)
         note = other_series_note(tif)
         if note:
             warnings.warn(f"{name}: {note}", StarlocWarning, stacklevel=3)
