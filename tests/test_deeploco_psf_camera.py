@@ -258,6 +258,9 @@ def test_bad_bead_stacks(synthetic_stack):
             EmpiricalPSF.from_bead_stack(synthetic_stack, pixel_size=ps)
     with pytest.raises(InputError, match="z_step"):
         EmpiricalPSF.from_bead_stack(synthetic_stack, z_step=0)
+    slices = synthetic_stack.shape[0]
+    with pytest.raises(InputError, match=rf"{slices} slices 2000 nm apart span .* µm.*is the z step right"):
+        EmpiricalPSF.from_bead_stack(synthetic_stack, z_step=2000)  # a scan deeper than 20 µm
     with pytest.raises(InputError, match="below the baseline"):
         EmpiricalPSF.from_bead_stack(synthetic_stack, baseline=1000.0)
     assert abs(estimate_baseline(synthetic_stack) - 100.0) < 1e-6

@@ -36,3 +36,18 @@ def test_imagej_per_axis_units_are_honoured(tmp_path):
     tifffile.imwrite(y_nm, STACK, imagej=True, resolution=(10, 0.01),
                      metadata={"axes": "ZYX", "unit": "micron", "spacing": 0.02, "yunit": "nm"})
     assert tiff_spacing(y_nm) == (pytest.approx(100.0), pytest.approx(20.0))
+
+
+def test_a_z_step_stated_for_a_time_series_is_not_taken(tmp_path):
+    """A bead scan saved as time points (axes TYX) with Micro-Manager's default PhysicalSizeZ of
+    1 µm: that z step describes none of the file's axes. Stated for a z-stack, it is read; and a
+    plain ImageJ stack (axes IYX, images= but no slices=) keeps its spacing."""
+    beads = np.zeros((6, 16, 16), np.uint16)
+    meta = {"PhysicalSizeX": 0.1, "PhysicalSizeY": 0.1, "PhysicalSizeZ": 1.0}
+    tifffile.imwrite(tmp_path / "t.tif", beads, ome=True, metadata={"axes": "TYX", **meta})
+    assert tiff_spacing(tmp_path / "t.tif") == (pytest.approx(100.0), None)
+    tifffile.imwrite(tmp_path / "z.tif", beads, ome=True, metadata={"axes": "ZYX", **meta})
+    assert tiff_spacing(tmp_path / "z.tif") == (pytest.approx(100.0), pytest.approx(1000.0))
+    tifffile.imwrite(tmp_path / "i.tif", beads, imagej=True, resolution=(10.0, 10.0),
+                     metadata={"unit": "micron", "spacing": 0.02})
+    assert tiff_spacing(tmp_path / "i.tif") == (pytest.approx(100.0), pytest.approx(20.0))

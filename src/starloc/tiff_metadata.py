@@ -130,8 +130,13 @@ def tiff_pixel_size_problem(tif: Any) -> str | None:
 
 def tiff_z_step(tif: Any) -> float | None:
     """Distance (nm) between the slices of a z-stack stated by an open :class:`tifffile.TiffFile`'s
-    OME (``PhysicalSizeZ``) or ImageJ (``spacing``, in ``unit``) metadata, or None. Never raises."""
+    OME (``PhysicalSizeZ``) or ImageJ (``spacing``, in ``unit``) metadata, or None. None too where
+    the axes say the slices are time points and none is z (``TYX``): the z spacing such a file
+    states (often the software's default) describes none of its axes. Never raises."""
     try:
+        axes = "".join(a for a, n in zip(tif.series[0].axes, tif.series[0].shape) if n > 1)
+        if "T" in axes and "Z" not in axes:
+            return None
         ome = _ome_length_nm(tif, "Z")
         if ome is not None:
             return ome

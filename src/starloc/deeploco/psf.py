@@ -40,6 +40,11 @@ __all__ = ["PSFModel", "EmpiricalPSF", "Gaussian2DPSF", "AstigmaticPSF", "centre
 Tensor = torch.Tensor
 
 
+#: nm: the deepest bead scan a PSF is read from (far-reaching engineered PSFs span ~10 µm; a
+#: longer scan means a wrong z step, e.g. a time-lapse's or a default 1 µm)
+MAX_PSF_DEPTH = 20000.0
+
+
 def _check_positive(name: str, value: Any, low: float, high: float, unit: str = "nm") -> float:
     try:
         v = float(value)
@@ -396,8 +401,11 @@ class EmpiricalPSF(PSFModel):
         if not np.isfinite(arr).all():
             raise InputError("bead stack contains NaN or inf values")
         ps = _check_positive("pixel_size", pixel_size, 1.0, 10000.0)
-        _check_positive("z_step", z_step, 0.01, 10000.0)
+        dz = _check_positive("z_step", z_step, 0.01, 10000.0)
         Z, Y, X = arr.shape
+        if (Z - 1) * dz > MAX_PSF_DEPTH:
+            raise InputError(f"{Z} slices {dz:g} nm apart span {(Z - 1) * dz / 1000:g} µm: no PSF is calibrated "
+                             f"over more than {MAX_PSF_DEPTH / 1000:g} µm; is the z step right?")
         crop = int(crop) | 1
         if crop < 5:
             raise InputError(f"crop must be at least 5 pixels, got {crop}")
