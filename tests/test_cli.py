@@ -432,7 +432,9 @@ def test_axial_options_need_z_range_and_the_pixel_size_comes_from_the_tiff(tmp_p
 
 def test_tiff_axes_that_are_not_time(tmp_path, model_path, capsys):
     image = sim.simulate_scene("point", 4, size=(48, 48), snr=10, rng=5)[0]
-    tifffile.imwrite(tmp_path / "cyx.tif", np.stack([image, image])[None], imagej=True, metadata={"axes": "ZCYX"})
+    # as ImageJ writes it (tifffile's own version string marks axes it was not told; see below)
+    tifffile.imwrite(tmp_path / "cyx.tif", np.stack([image, image])[None], imagej=True,
+                     metadata={"axes": "ZCYX", "ImageJ": "1.54f"})
     tifffile.imwrite(tmp_path / "tzyx.tif", np.stack([image] * 4).reshape(2, 2, 48, 48), imagej=True,
                      metadata={"axes": "TZYX"})
     detect = ["lodestar", "detect", "--model", str(model_path), "-o", str(tmp_path / "d.csv")]

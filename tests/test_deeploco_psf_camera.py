@@ -270,6 +270,29 @@ def test_bad_bead_stacks(synthetic_stack):
     assert psf.meta["n_beads"] == 1
 
 
+def test_hot_pixels_and_saturated_beads_are_not_averaged_into_the_psf(synthetic_stack):
+    """A hot pixel at the 16-bit maximum outshines every bead: it was taken for the brightest
+    bead (and pushed the real ones below the brightness cut). A bead that touches the maximum
+    is clipped. Both are left out, and counted."""
+    stack = np.round(synthetic_stack).astype(np.uint16)
+    ref = EmpiricalPSF.from_bead_stack(stack, z_step=10, z0=-300)
+    assert ref.meta["rejected_spots"] == {"hot pixel": 0, "saturated": 0}
+    hot = stack.copy()
+    hot[:, 31, 31] = 65535  # between the beads
+    psf = EmpiricalPSF.from_bead_stack(hot, z_step=10, z0=-300)
+    assert psf.meta["n_beads"] == ref.meta["n_beads"] and psf.meta["rejected_spots"]["hot pixel"] == 1
+    np.testing.assert_allclose(psf.stack, ref.stack, atol=1e-6)
+    r, c = np.round(np.array(ref.meta["bead_centres_nm"][0])[::-1] / PS - 0.5).astype(int)
+    clipped = stack.copy()
+    clipped[len(stack) // 2, r, c] = 65535  # the first bead saturates in focus
+    psf = EmpiricalPSF.from_bead_stack(clipped, z_step=10, z0=-300)
+    assert psf.meta["n_beads"] == ref.meta["n_beads"] - 1 and psf.meta["rejected_spots"]["saturated"] == 1
+    only = np.full((5, 32, 32), 100, np.uint16)
+    only[:, 16, 16] = 65535
+    with pytest.raises(InputError, match=r"no usable bead in the bead stack: every bright spot is hot pixel \(1\)"):
+        EmpiricalPSF.from_bead_stack(only)
+
+
 # ----------------------------------------------------------------------------- cameras
 
 

@@ -18,7 +18,8 @@ from starloc.deeploco.stack import (
     open_stack,
     plan_tiles,
 )
-from starloc.deeploco.stack_checks import check_hot_pixels, check_noise, check_photons, check_uneven_background
+from starloc.deeploco.stack_checks import (check_hot_pixels, check_noise, check_photons, check_saturation,
+                                          check_uneven_background)
 from starloc.errors import InputError, StarlocWarning
 from tests.conftest import simulated_adu_stack
 
@@ -332,8 +333,14 @@ def test_bad_input_raises_input_error(tmp_path, adu_stack):
     tifffile.imwrite(tmp_path / "planar.tif", np.zeros((3, 40, 40), np.uint8), photometric="rgb",
                      planarconfig="separate")
     bad(tmp_path / "planar.tif", r"3 colour samples \(RGB\)")
-    tifffile.imwrite(tmp_path / "two.tif", adu_stack[:2], imagej=True, metadata={"axes": "CYX"})
-    bad(tmp_path / "two.tif", r"2 channels \(axes CYX.*save the channel to localize")
+    tifffile.imwrite(tmp_path / "two.tif", adu_stack[:2], imagej=True, metadata={"axes": "CYX", "ImageJ": "1.54f"})
+    with pytest.warns(StarlocWarning, match=r"names its first axis C \(2 channels \(axes CYX.*read as frames"):
+        localize_stack(model, tmp_path / "two.tif")
+    # tifffile states any 3D array it is given without axes as channels: not a statement
+    tifffile.imwrite(tmp_path / "plain_ij.tif", adu_stack, imagej=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StarlocWarning)
+        localize_stack(model, tmp_path / "plain_ij.tif")
     tifffile.imwrite(tmp_path / "tcyx.tif", np.stack([adu_stack, adu_stack], 1), ome=True, metadata={"axes": "TCYX"})
     bad(tmp_path / "tcyx.tif", r"2 channels \(axes TCYX")
     no_camera = tiny()
@@ -443,6 +450,21 @@ def test_hot_pixels_are_told_and_beads_are_not():
     assert check_hot_pixels(hot[:15], "s") is None  # too few frames for the median to hide the emitters
     with pytest.warns(StarlocWarning, match="hot pixels"):
         localize_stack(spot_model(), hot, input_units="photons", chunk_frames=20)
+
+
+def test_pixels_at_the_maximum_of_their_integer_type_are_told(adu_stack):
+    assert adu_stack.dtype == np.uint16
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StarlocWarning)
+        assert check_saturation(adu_stack, "s") == 0
+        assert check_saturation(adu_stack.astype(np.float32), "s") is None  # float data have no maximum
+    spiked = adu_stack.copy()
+    spiked[[0, 0, 3], [2, 9, 30], [5, 7, 11]] = 65535
+    with pytest.warns(StarlocWarning, match=r"3 pixel\(s\) in 2 of the first 5 frames of s sit at 65535 ADU, the "
+                                            r"maximum of its uint16 data: saturated pixels or cosmic rays"):
+        assert check_saturation(spiked, "s") == 3
+    with pytest.warns(StarlocWarning, match="saturated pixels or cosmic rays"):
+        localize_stack(tiny(camera=EMCCD.smlm2016()), spiked, threshold=0.0)
 
 
 def test_frames_whose_noise_does_not_fit_the_camera_settings_are_told():

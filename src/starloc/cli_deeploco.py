@@ -217,7 +217,16 @@ def _build_psf(args):
     if args.defocus is not None and not args.in_focus:
         raise InputError("--defocus applies to 2D models (--in-focus); a 3D model's range is --z-range")
     psf = EmpiricalPSF.from_bead_stack(stack, **kw)  # the focus at the middle slice unless --psf-z0
+    _say_beads(path.name, psf.meta)
     return psf.in_focus(DEFOCUS_2D if args.defocus is None else args.defocus) if args.in_focus else psf
+
+
+def _say_beads(name: str, meta: dict[str, Any]) -> None:
+    """How many beads the PSF averages, and the bright spots left out (on stderr)."""
+    left_out = {k: n for k, n in (meta.get("rejected_spots") or {}).items() if n}
+    note = ("; left out: " + ", ".join(f"{n} {k}{'s' if n > 1 and k == 'hot pixel' else ''}"
+                                       for k, n in left_out.items())) if left_out else ""
+    print(f"starloc: PSF averaged over {meta.get('n_beads')} bead(s) of {name}{note}", file=sys.stderr)
 
 
 def _stated_spacing(path: Path, given: dict[str, Any]) -> dict[str, float]:

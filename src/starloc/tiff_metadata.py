@@ -180,7 +180,7 @@ def stated_axes(path: str | os.PathLike) -> str | None:
 
     try:
         with tifffile.TiffFile(path) as tif:
-            if not (tif.is_imagej or tif.is_ome):
+            if not (tif.is_imagej or tif.is_ome) or _tifffile_default_channels(tif):
                 return None
             series = tif.series[0]
             return "".join(a for a, n in zip(series.axes, series.shape) if n > 1 or a in "YX")
@@ -200,11 +200,25 @@ def planar_samples_axis(series: Any) -> int | None:
         return None
 
 
+def _tifffile_default_channels(tif: Any) -> bool:
+    """True for an ImageJ file that tifffile wrote from a 3D array without being told its axes:
+    it then states the first axis as channels (``images=N channels=N``) under its own version
+    string ``ImageJ=1.11a``. That says nothing of the data (most are stacks of frames)."""
+    try:
+        meta = tif.imagej_metadata or {}
+        return (str(meta.get("ImageJ")) == "1.11a" and meta.get("channels") == meta.get("images")
+                and not any(k in meta for k in ("slices", "frames")))
+    except Exception:
+        return False
+
+
 def several_channels(series: Any) -> str | None:
     """``"N channels (axes AXES, shape SHAPE)"`` when a tifffile series holds more than one
     channel or colour sample (an axis ``C`` or ``S`` longer than 1), else None. Never raises."""
     try:
         axes, shape = str(series.axes), tuple(series.shape)
+        if _tifffile_default_channels(series.parent):
+            axes = axes.replace("C", "I")
         for a in "CS":
             if a in axes and shape[axes.index(a)] > 1:
                 what = "channels" if a == "C" else "colour samples (RGB)"

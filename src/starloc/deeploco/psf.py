@@ -45,6 +45,27 @@ Tensor = torch.Tensor
 MAX_PSF_DEPTH = 20000.0
 
 
+#: a spot whose brightest pixel holds more than this part of its signal (mean over z) is a hot
+#: pixel: a bead's image spreads over its neighbours at every z
+SPIKE_FRACTION = 0.6
+
+
+def _spikes_and_clipped(mean_sig: np.ndarray, stored_max: float, raw: np.ndarray, cand: np.ndarray,
+                        h: int) -> tuple[np.ndarray, np.ndarray]:
+    """For candidate spots ``cand`` (row, col) of a bead stack: which are one hot pixel (its
+    brightest pixel holds more than ``SPIKE_FRACTION`` of the signal in the 3x3 window around
+    it, on the mean over z ``mean_sig``), and which touch the stored type's maximum
+    ``stored_max`` anywhere within ``h`` px (a saturated bead's PSF is clipped)."""
+    spiky, clipped = np.zeros(len(cand), bool), np.zeros(len(cand), bool)
+    Y, X = mean_sig.shape
+    for i, (r, c) in enumerate(cand):
+        win = mean_sig[max(r - 1, 0):r + 2, max(c - 1, 0):c + 2].clip(min=0)
+        spiky[i] = win.sum() > 0 and win.max() > SPIKE_FRACTION * win.sum()
+        if math.isfinite(stored_max):
+            clipped[i] = bool((raw[:, max(r - h, 0):r + h + 1, max(c - h, 0):c + h + 1] >= stored_max).any())
+    return spiky, clipped
+
+
 def _check_positive(name: str, value: Any, low: float, high: float, unit: str = "nm") -> float:
     try:
         v = float(value)
@@ -397,6 +418,7 @@ class EmpiricalPSF(PSFModel):
             raise InputError(f"bead stack must be 3D (Z, Y, X), got shape {arr.shape}")
         if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
             raise InputError(f"bead stack must hold numbers, got dtype {arr.dtype}")
+        stored_max = float(np.iinfo(arr.dtype).max) if arr.dtype.kind in "iu" else math.inf
         arr = arr.astype(np.float64)
         if not np.isfinite(arr).all():
             raise InputError("bead stack contains NaN or inf values")
@@ -436,6 +458,12 @@ class EmpiricalPSF(PSFModel):
                 raise InputError("no bead found in the bead stack (nothing stands out of the noise of its "
                                  "mean over z); is it a bead z-stack (Z, Y, X)? The blinking spots of an SMLM "
                                  "time-lapse average out")
+            spiky, clipped = _spikes_and_clipped(sig.mean(axis=0), stored_max, arr, cand, h)
+            rejected = {"hot pixel": int(spiky.sum()), "saturated": int((clipped & ~spiky).sum())}
+            cand = cand[~(spiky | clipped)]
+            if len(cand) == 0:
+                raise InputError("no usable bead in the bead stack: every bright spot is "
+                                 + " or ".join(f"{k} ({n})" for k, n in rejected.items() if n))
             heights = sm[cand[:, 0], cand[:, 1]]
             bright = heights >= 0.25 * heights.max()
             chosen = []
@@ -505,6 +533,7 @@ class EmpiricalPSF(PSFModel):
             raise InputError("bead stack has a z slice without bead signal")
         meta = {
             "source": "bead_stack",
+            "rejected_spots": rejected if positions is None else {},
             "baseline_adu": baseline,
             "n_beads": len(beads),
             "bead_centres_nm": [list(map(float, p)) for p in centres],

@@ -67,7 +67,7 @@ from ..tiff_metadata import (other_series_note, several_channels, tiff_pixel_siz
 from .camera import Camera
 from .network import CELL, CELL_ARCHITECTURES, inference_batch
 from .postprocess import cell_grid, concat_tables, empty_table, frame_separated, postprocess, sorted_by_frame
-from .stack_checks import check_first_frames
+from .stack_checks import check_first_frames, check_saturation
 
 __all__ = [
     "FrameSource",
@@ -238,9 +238,12 @@ def _open_tiff_stack(p: Path) -> FrameSource:
         series = tif.series[0]
         shape, dtype = tuple(series.shape), series.dtype
         channels = several_channels(series)
-        if channels:
+        if channels and ("colour" in channels or len(_squeezed(shape)) > 3):
             raise InputError(f"{name} holds {channels}; SMLM needs single-channel camera frames: save the "
                              "channel to localize as a T×Y×X stack")
+        if channels:  # C×Y×X: also what tifffile's ImageJ writer states for any 3D array without axes
+            warnings.warn(f"{name}'s metadata names its first axis C ({channels}): they are read as frames",
+                          StarlocWarning, stacklevel=3)
         _check_layout(_squeezed(shape), dtype, name)
         note = other_series_note(tif)
         if note:
@@ -726,6 +729,8 @@ def _run(model: Any, src: FrameSource, owned: bool, cam: Camera | None, selected
         for c0 in range(selected.start, selected.stop, chunk_frames):
             c1 = min(c0 + chunk_frames, selected.stop)
             block = src.read(c0, c1)
+            if c0 == selected.start:
+                check_saturation(block, src.name)
             photons = to_photons(block, cam, c0, src.name, check=(c0 == selected.start))
             del block
             if c0 == selected.start:

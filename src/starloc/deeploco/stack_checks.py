@@ -8,7 +8,8 @@ them all (:func:`~starloc.deeploco.stack.iter_localize_stack` on its first chunk
 - :func:`check_uneven_background`: a model trained on flat backgrounds, a stack whose
   background varies over the frame;
 - :func:`check_hot_pixels`: pixels bright in every frame unlike their neighbours;
-- :func:`check_noise`: frames far less noisy than the camera settings predict.
+- :func:`check_noise`: frames far less noisy than the camera settings predict;
+- :func:`check_saturation` (on the frames as stored): pixels at the integer type's maximum.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .brightness import measure_brightness
 from .camera import Camera
 
 __all__ = ["check_first_frames", "check_background", "check_photons", "check_uneven_background",
-           "check_hot_pixels", "check_noise"]
+           "check_hot_pixels", "check_noise", "check_saturation"]
 
 #: pixels of the first frames that the checks measuring spots or maps read at most (~0.1 s)
 CHECK_PIXELS = 2 ** 21
@@ -193,6 +194,28 @@ def check_hot_pixels(photons: np.ndarray, name: str) -> int | None:
                       f"neighbours in every one of its first {len(lead)} frames: hot pixels, which the network takes "
                       "for emitters. Give the camera's per-pixel offset map (--baseline offset.tif) or correct "
                       "them before localizing", StarlocWarning, stacklevel=4)
+    return count
+
+
+def check_saturation(frames: np.ndarray, name: str) -> int | None:
+    """Warn (:class:`~starloc.errors.StarlocWarning`) when frames as stored ``(T, H, W)`` of an
+    integer type hold pixels at that type's maximum (65535 for 16 bits): a saturated camera or
+    cosmic rays. Such a pixel is a spike the network takes for emitters (4 random pixels at
+    65535 in each 64 px frame of the AS sample stack: 2231 localizations instead of 622), and a
+    saturated emitter's position is biased. Returns how many such pixels the first frames hold,
+    or None for float frames."""
+    dtype = np.asarray(frames[:0]).dtype
+    if dtype.kind not in "iu":
+        return None
+    lead = _leading_frames(frames)
+    top = np.iinfo(dtype).max
+    at_top = np.asarray(lead) == top
+    count = int(at_top.sum())
+    if count:
+        hit = int(at_top.any(axis=(1, 2)).sum())
+        warnings.warn(f"{count} pixel(s) in {hit} of the first {len(lead)} frames of {name} sit at {top} ADU, the "
+                      f"maximum of its {dtype} data: saturated pixels or cosmic rays, which the network takes for "
+                      "emitters; localizations at them are spurious or biased", StarlocWarning, stacklevel=3)
     return count
 
 
