@@ -602,6 +602,10 @@ def test_write_points_csv_bad_arguments(tmp_path):
         ("frame,row,col\n0,1,abc\n", "'col' has a non-numeric value"),
         ("frame,row,col\n0.5,1,2\n", "frame column must hold integers"),
         ("frame,row,col,a,a\n0,1,2,3,4\n", "duplicate column"),
+        ("frame,row,col\n-1,1,2\n", r"negative frame \(-1\); frames are 0-based"),
+        ("frame,row,col\n99999999999999999999,1,2\n", "frame column must hold integers"),
+        ("frame,row,col\n0,inf,2\n", "row and col columns must hold finite numbers"),
+        ("frame,row,col\n0,1,nan\n", "row and col columns must hold finite numbers"),
     ],
 )
 def test_read_points_csv_bad_files(tmp_path, text, pattern):
@@ -624,6 +628,19 @@ def test_read_points_csv_tolerates_bom_crlf_and_float_frames(tmp_path):
     assert frames.dtype == np.int64 and frames.tolist() == [1]
     assert positions.tolist() == [[2.5, 3.5]]
     assert is_points_csv(path)
+
+
+def test_quoted_and_capitalized_headers_are_points_tables(tmp_path):
+    """R's write.csv quotes every name; spreadsheets capitalize them."""
+    quoted = tmp_path / "r.csv"
+    quoted.write_text('"frame","row","col","score"\n0,1.5,2.5,0.9\n')
+    capital = tmp_path / "x.csv"
+    capital.write_text("Frame,Row,Col\n3,4,5\n")
+    for path in (quoted, capital):
+        assert is_points_csv(path)
+    frames, positions, features = read_points_csv(quoted)
+    assert frames.tolist() == [0] and positions.tolist() == [[1.5, 2.5]] and features["score"].tolist() == [0.9]
+    assert read_points_csv(capital)[0].tolist() == [3]
 
 
 def test_is_points_csv(tmp_path):

@@ -636,9 +636,9 @@ def read_points_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, di
         raise InputError(f"{str(p)!r} is not a starloc points table: not a text (CSV) file") from None
     except (OSError, csv.Error) as exc:
         raise InputError(f"cannot read {str(p)!r}: {one_line(exc)}") from exc
-    if not rows or [h.strip() for h in rows[0][:3]] != list(POINTS_HEADER):
+    if not rows or _points_header(rows[0])[:3] != list(POINTS_HEADER):
         raise InputError(f"{str(p)!r} is not a starloc points table: the header must start with frame,row,col")
-    header = [h.strip() for h in rows[0]]
+    header = [*POINTS_HEADER, *(h.strip() for h in rows[0][3:])]
     if len(set(header)) != len(header):
         raise InputError(f"{str(p)!r}: duplicate column names in the header")
     body = [r for r in rows[1:] if r and any(c.strip() for c in r)]
@@ -651,11 +651,16 @@ def read_points_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, di
     }
     frames = parsed.pop("frame")
     if frames.dtype.kind == "f":
-        if not np.all(np.isfinite(frames)) or not np.all(frames == np.round(frames)):
+        if not np.all(np.isfinite(frames)) or not np.all(frames == np.round(frames)) or np.any(frames >= 2**53):
             raise InputError(f"{str(p)!r}: the frame column must hold integers")
         frames = frames.astype(np.int64)
+    if np.any(frames < 0):
+        raise InputError(f"{str(p)!r}: the frame column holds a negative frame ({int(frames.min())}); frames are "
+                         "0-based")
     rows_ = parsed.pop("row").astype(np.float64)
     cols_ = parsed.pop("col").astype(np.float64)
+    if not (np.all(np.isfinite(rows_)) and np.all(np.isfinite(cols_))):
+        raise InputError(f"{str(p)!r}: the row and col columns must hold finite numbers (NaN or inf found)")
     positions = np.stack([rows_, cols_], axis=1) if rows_.size else np.zeros((0, 2))
     return frames, positions, parsed
 
@@ -673,8 +678,15 @@ def read_header_line(path: str | os.PathLike) -> str | None:
     return head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace")
 
 
+def _points_header(fields: Sequence[str]) -> list[str]:
+    """Column names as compared with ``POINTS_HEADER``: stripped, lower case (``Frame``, as
+    spreadsheets capitalize it, is ``frame``)."""
+    return [f.strip().lower() for f in fields]
+
+
 def is_points_csv(path: str | os.PathLike) -> bool:
-    """Cheap sniff: True when ``path`` is a file whose first line starts with ``frame,row,col``.
+    """Cheap sniff: True when ``path`` is a file whose first line starts with ``frame,row,col``
+    (any case, quoted or not, as R's ``write.csv`` writes it).
 
     Reads at most 4 KiB whatever the file is; never raises.
     """
@@ -684,7 +696,13 @@ def is_points_csv(path: str | os.PathLike) -> bool:
     except (TypeError, ValueError):
         return False
     first = read_header_line(path)
-    return first is not None and [h.strip() for h in first.split(",")][:3] == list(POINTS_HEADER)
+    if first is None:
+        return False
+    try:
+        fields = next(csv.reader([first]), [])
+    except csv.Error:
+        return False
+    return _points_header(fields)[:3] == list(POINTS_HEADER)
 
 
 # --------------------------------------------------------------------------------------
