@@ -314,6 +314,16 @@ def test_as_frames_float64_overflowing_float32():
         as_frames(img)
 
 
+@pytest.mark.parametrize("shape", [(5, 1, 20, 24), (1, 5, 20, 24), (5, 20, 24, 1), (1, 1, 20, 24), (20, 24, 1)])
+def test_a_singleton_channel_axis_is_one_channel(shape):
+    """ImageJ hyperstacks with one channel, arrays saved with a trailing axis of 1."""
+    data = np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape)
+    frames = as_frames(data)
+    n = int(np.prod(shape)) // (20 * 24)
+    assert frames.shape == (n, 1, 20, 24) == frames_shape(data)
+    np.testing.assert_array_equal(frames.reshape(-1), data.reshape(-1))  # the order of the pixels is kept
+
+
 @pytest.mark.parametrize(
     "shape, pattern",
     [

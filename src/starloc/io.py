@@ -233,6 +233,19 @@ def _looks_rgb(shape: tuple[int, ...]) -> bool:
     return shape[-1] in (3, 4) and shape[-3] >= RGB_MIN_SIZE and shape[-2] >= RGB_MIN_SIZE
 
 
+def _singleton_channel(shape: tuple[int, ...]) -> int | None:
+    """The axis of length 1 that a 4D ``(T, 1, H, W)``, ``(1, T, H, W)`` or ``(T, H, W, 1)``, or
+    a 3D ``(H, W, 1)`` array holds besides its frames: one channel, unambiguous (ImageJ
+    hyperstacks with C = 1, arrays saved with a trailing axis). None for other shapes."""
+    if len(shape) == 4:
+        for axis in (1, 0, 3):
+            if shape[axis] == 1:
+                return axis
+    if len(shape) == 3 and shape[-1] == 1 and min(shape[:2]) >= RGB_MIN_SIZE:
+        return 2
+    return None
+
+
 def _layout(shape: tuple[int, ...], dtype: np.dtype, rgb: str, channel_axis: int | None) -> _Layout:
     if rgb not in _RGB_MODES:
         raise ValueError(f"rgb must be one of {_RGB_MODES}, got {rgb!r}")
@@ -261,6 +274,10 @@ def _layout(shape: tuple[int, ...], dtype: np.dtype, rgb: str, channel_axis: int
         time_axis = rest[0] if ndim == 4 else None
         return _Layout(shape, time_axis, ca, False)
 
+    singleton = _singleton_channel(shape)
+    if singleton is not None:
+        rest = [a for a in range(ndim) if a != singleton]
+        return _Layout(shape, rest[0] if ndim == 4 else None, singleton, False)
     if ndim >= 3 and _looks_rgb(shape):
         if rgb == "error":
             raise InputError(
