@@ -330,6 +330,8 @@ def test_bad_input_raises_input_error(tmp_path, adu_stack):
     bad(tmp_path / "x.png", "unsupported file type")
     tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((40, 40, 3), np.uint8), photometric="rgb")
     bad(tmp_path / "rgb.tif", "RGB")
+    with pytest.warns(StarlocWarning, match=r"read as 40 frames of 52×8 px; if its last axis is time"):
+        localize_stack(model, np.moveaxis(np.concatenate([ok, ok[:3]]), 0, -1))  # (40, 52, 8)
     tifffile.imwrite(tmp_path / "planar.tif", np.zeros((3, 40, 40), np.uint8), photometric="rgb",
                      planarconfig="separate")
     bad(tmp_path / "planar.tif", r"3 colour samples \(RGB\)")

@@ -314,6 +314,14 @@ def test_as_frames_float64_overflowing_float32():
         as_frames(img)
 
 
+def test_an_array_stored_time_last_is_told():
+    from starloc.io import time_last_note
+
+    assert "read as 128 frames of 128×10 px; if its last axis is time" in time_last_note((128, 128, 10))
+    for shape in [(10, 128, 128), (2000, 64, 64), (64, 64, 3), (100, 100, 30), (64, 64), (2, 5, 64, 64)]:
+        assert time_last_note(shape) is None, shape
+
+
 @pytest.mark.parametrize("shape", [(5, 1, 20, 24), (1, 5, 20, 24), (5, 20, 24, 1), (1, 1, 20, 24), (20, 24, 1)])
 def test_a_singleton_channel_axis_is_one_channel(shape):
     """ImageJ hyperstacks with one channel, arrays saved with a trailing axis of 1."""

@@ -142,11 +142,15 @@ def _crop_frames(given: list[int] | None, n_crops: int) -> list[int]:
 
 
 def _check_axes(args, image) -> None:
-    """Say how the axes an ImageJ/OME TIFF names are read when that is not what they say:
-    channels read as frames (a warning), or four axes (an error that names them, and the
+    """Say how the axes are read when that is likely not what they are: an (H, W, T) array (a
+    warning), an ImageJ/OME TIFF's channels read as frames (a warning), or four axes (an error that names them, and the
     --channel-axis to give where one of them is C)."""
+    from starloc.io import time_last_note
     from starloc.tiff_metadata import stated_axes
 
+    note = time_last_note(tuple(image.shape)) if args.channel_axis is None else None
+    if note:
+        warnings.warn(f"{Path(args.image).name}: {note}", StarlocWarning)
     axes = stated_axes(args.image)
     if args.channel_axis is not None or axes is None or len(axes) != len(image.shape):
         return

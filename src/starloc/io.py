@@ -233,6 +233,23 @@ def _looks_rgb(shape: tuple[int, ...]) -> bool:
     return shape[-1] in (3, 4) and shape[-3] >= RGB_MIN_SIZE and shape[-2] >= RGB_MIN_SIZE
 
 
+#: a last axis this short, after two long ones, is more likely frames than pixels
+_SHORT_LAST_AXIS = 16
+
+
+def time_last_note(shape: tuple[int, ...]) -> str | None:
+    """A note when a 3D array looks stored as ``(H, W, T)``: its last axis is shorter than 16
+    and shorter than a quarter of each other axis (``(128, 128, 10)``), which as ``(T, H, W)``
+    makes frames of 10 px in one direction. None otherwise."""
+    if len(shape) != 3:
+        return None
+    t, h, w = shape
+    if w < _SHORT_LAST_AXIS and 4 * w < min(t, h) and w not in (3, 4):
+        return (f"shape {tuple(shape)} is read as {t} frames of {h}×{w} px; if its last axis is time (an "
+                f"(H, W, T) array), move it first: numpy.moveaxis(a, -1, 0)")
+    return None
+
+
 def _singleton_channel(shape: tuple[int, ...]) -> int | None:
     """The axis of length 1 that a 4D ``(T, 1, H, W)``, ``(1, T, H, W)`` or ``(T, H, W, 1)``, or
     a 3D ``(H, W, 1)`` array holds besides its frames: one channel, unambiguous (ImageJ

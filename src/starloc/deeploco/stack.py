@@ -59,7 +59,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from ..errors import InputError, StarlocWarning, one_line
-from ..io import read_image, select_frames, tiff_damage
+from ..io import read_image, select_frames, tiff_damage, time_last_note
 from ..lazy_tiff import TiffPages, is_paged_stack, read_tiff_folder
 from ..progress import finish
 from ..tiff_metadata import (other_series_note, several_channels, tiff_pixel_size, tiff_pixel_size_problem,
@@ -181,6 +181,9 @@ def _check_layout(shape: tuple[int, ...], dtype: Any, name: str, rgb: bool = Fal
                          "stack of single-channel frames (T, H, W)")
     if 0 in shape:
         raise InputError(f"{name} is empty (shape {shape})")
+    note = time_last_note(shape)
+    if note:
+        warnings.warn(f"{name}: {note}", StarlocWarning, stacklevel=4)
     return (1,) + shape if len(shape) == 2 else shape  # type: ignore[return-value]
 
 
