@@ -51,3 +51,14 @@ def test_a_z_step_stated_for_a_time_series_is_not_taken(tmp_path):
     tifffile.imwrite(tmp_path / "i.tif", beads, imagej=True, resolution=(10.0, 10.0),
                      metadata={"unit": "micron", "spacing": 0.02})
     assert tiff_spacing(tmp_path / "i.tif") == (pytest.approx(100.0), pytest.approx(20.0))
+
+
+def test_plain_resolution_tags_in_centimetres_state_the_pixel_size(tmp_path):
+    """Some acquisition software calibrates the baseline TIFF tags (pixels per cm) and writes no
+    ImageJ or OME metadata; the default inch unit (72 dpi) calibrates nothing."""
+    tifffile.imwrite(tmp_path / "cm.tif", STACK, resolution=(1e7 / 160, 1e7 / 160), resolutionunit="CENTIMETER")
+    assert tiff_spacing(tmp_path / "cm.tif") == (pytest.approx(160.0), None)
+    tifffile.imwrite(tmp_path / "dpi.tif", STACK, resolution=(72, 72))
+    assert tiff_spacing(tmp_path / "dpi.tif") == (None, None)
+    tifffile.imwrite(tmp_path / "oblong.tif", STACK, resolution=(1e5, 2e5), resolutionunit="CENTIMETER")
+    assert tiff_spacing(tmp_path / "oblong.tif") == (None, None)

@@ -1,5 +1,5 @@
 """What a TIFF file's ImageJ or OME metadata states about its data: the pixel size and z step
-(nm) and the axes. Core: no napari, no torch. Every reader here returns None where the file
+(nm) and the axes (the pixel size also from plain resolution tags in centimetres). Core: no napari, no torch. Every reader here returns None where the file
 states nothing (or is no TIFF) and never raises, so callers fall back to options or defaults.
 """
 
@@ -76,6 +76,23 @@ def _square(x: float, y: float) -> bool:
     return abs(x - y) <= SQUARE_TOLERANCE * max(abs(x), abs(y))
 
 
+def _centimetre_resolution(tif: Any) -> tuple[float | None, str | None]:
+    """The pixel size of a TIFF without ImageJ or OME metadata from its baseline resolution tags,
+    where their unit is the centimetre (as some acquisition software calibrates them); the
+    default inch unit (72 dpi and the like) states no calibration."""
+    tags = tif.pages[0].tags
+    unit = tags.get("ResolutionUnit")
+    if unit is None or int(unit.value) != 3 or "XResolution" not in tags or "YResolution" not in tags:
+        return None, None
+    xr, yr = tags["XResolution"].value, tags["YResolution"].value
+    if not (xr[0] > 0 and yr[0] > 0):
+        return None, None
+    px_x, px_y = 1e7 * xr[1] / xr[0], 1e7 * yr[1] / yr[0]  # nm per pixel
+    if not _square(px_x, px_y):
+        return None, f"non-square pixels (resolution tags: {px_x:g} nm in x, {px_y:g} nm in y)"
+    return _positive_nm((px_x + px_y) / 2), None
+
+
 def _pixel_size(tif: Any) -> tuple[float | None, str | None]:
     """``(pixel size nm or None, why a stated pixel size cannot be used or None)``."""
     x, problem = _ome_length(tif, "X")
@@ -89,7 +106,7 @@ def _pixel_size(tif: Any) -> tuple[float | None, str | None]:
     if problem:
         return None, problem
     if not tif.is_imagej:
-        return None, None
+        return _centimetre_resolution(tif)
     meta, scale = _imagej_unit_nm(tif)
     tags = tif.pages[0].tags
     if "XResolution" not in tags or "YResolution" not in tags:
@@ -110,8 +127,8 @@ def _pixel_size(tif: Any) -> tuple[float | None, str | None]:
 
 
 def tiff_pixel_size(tif: Any) -> float | None:
-    """Pixel size (nm) stated by an open :class:`tifffile.TiffFile`'s ImageJ or OME metadata, or
-    None (no metadata, unknown unit, or non-square pixels: see :func:`tiff_pixel_size_problem`).
+    """Pixel size (nm) stated by an open :class:`tifffile.TiffFile`'s ImageJ or OME metadata (or,
+    without them, by resolution tags in centimetres), or None (no metadata, unknown unit, or non-square pixels: see :func:`tiff_pixel_size_problem`).
     Never raises."""
     try:
         return _pixel_size(tif)[0]
