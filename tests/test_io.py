@@ -52,6 +52,13 @@ def test_read_tiff_stack_is_memmapped(tmp_path):
     assert not img.flags.writeable
 
 
+def test_bigtiff_file_names_are_tiffs(tmp_path):
+    data = RNG.integers(0, 255, size=(3, 20, 24), dtype=np.uint16)
+    for name in ("a.btf", "b.TF8", "c.tf2"):
+        tifffile.imwrite(tmp_path / name, data, bigtiff=True)
+        np.testing.assert_array_equal(np.asarray(read_image(tmp_path / name)), data)
+
+
 def test_read_tiff_2d_and_uppercase_suffix(tmp_path):
     data = RNG.random((20, 30)).astype(np.float32)
     path = tmp_path / "img.TIFF"

@@ -24,7 +24,8 @@ import numpy as np
 
 from .errors import InputError, StarlocWarning, one_line
 
-TIFF_SUFFIXES = (".tif", ".tiff")
+#: TIFF and BigTIFF file name endings (lower case)
+TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
 
 
 def natural_key(name: str) -> list:
@@ -187,7 +188,7 @@ def read_tiff_folder(folder: str | Path) -> TiffFolder:
 
 def _stems_and_patterns(names: list[str]) -> tuple[list[str], list[str]]:
     """Lower-case names without the TIFF suffix, and the same with each run of digits as ``#``."""
-    stems = [re.sub(r"\.tiff?$", "", name.lower()) for name in names]
+    stems = [re.sub(r"\.(tiff?|btf|tf8|tf2)$", "", name.lower()) for name in names]
     return stems, [re.sub(r"\d+", "#", stem) for stem in stems]
 
 

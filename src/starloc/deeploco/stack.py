@@ -60,7 +60,7 @@ from scipy.spatial import cKDTree
 
 from ..errors import InputError, StarlocWarning, one_line
 from ..io import read_image, select_frames, tiff_damage, time_last_note
-from ..lazy_tiff import TiffPages, is_paged_stack, read_tiff_folder
+from ..lazy_tiff import TIFF_SUFFIXES, TiffPages, is_paged_stack, read_tiff_folder
 from ..progress import finish
 from ..tiff_metadata import (other_series_note, several_channels, tiff_pixel_size, tiff_pixel_size_problem,
                              tiff_spacing, tiff_z_step)
@@ -302,7 +302,7 @@ def open_stack(source: Any) -> FrameSource:
         if p.is_dir():
             return _folder_source(p)
         suffix = p.suffix.lower()
-        if suffix in (".tif", ".tiff"):
+        if suffix in TIFF_SUFFIXES:
             return _open_tiff(p)
         if suffix == ".npy":
             return _array_source(read_image(p), repr(str(p)))  # memory-mapped

@@ -57,7 +57,9 @@ def stated_spacing_nm(layer) -> tuple[float | None, float | None]:
     ImageJ/OME metadata of the TIFF file it was opened from; None where neither says."""
     pixel, first = pixel_size_nm(layer), axis_nm(layer, 0)
     path = getattr(getattr(layer, "source", None), "path", None)
-    if (pixel is None or first is None) and path and str(path).lower().endswith((".tif", ".tiff")):
+    from starloc.lazy_tiff import TIFF_SUFFIXES
+
+    if (pixel is None or first is None) and path and str(path).lower().endswith(TIFF_SUFFIXES):
         from starloc.tiff_metadata import tiff_spacing
 
         stated = tiff_spacing(path)
