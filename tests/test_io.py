@@ -53,7 +53,7 @@ def test_read_tiff_stack_is_memmapped(tmp_path):
 
 
 def test_bigtiff_file_names_are_tiffs(tmp_path):
-    data = RNG.integers(0, 255, size=(3, 20, 24), dtype=np.uint16)
+    data = RNG.integers(0, 255, size=(5, 20, 24), dtype=np.uint16)  # 3 slices would be written as RGB
     for name in ("a.btf", "b.TF8", "c.tf2"):
         tifffile.imwrite(tmp_path / name, data, bigtiff=True)
         np.testing.assert_array_equal(np.asarray(read_image(tmp_path / name)), data)
