@@ -333,7 +333,7 @@ def test_bad_input_raises_input_error(tmp_path, adu_stack):
     with pytest.warns(StarlocWarning, match=r"read as 40 frames of 52×8 px; if its last axis is time"):
         localize_stack(model, np.moveaxis(np.concatenate([ok, ok[:3]]), 0, -1))  # (40, 52, 8)
     tifffile.imwrite(tmp_path / "planar.tif", np.zeros((3, 40, 40), np.uint8), photometric="rgb",
-                     planarconfig="separate")
+                     planarconfig="separate", metadata=None)
     bad(tmp_path / "planar.tif", r"3 colour samples \(RGB\)")
     tifffile.imwrite(tmp_path / "two.tif", adu_stack[:2], imagej=True, metadata={"axes": "CYX", "ImageJ": "1.54f"})
     with pytest.warns(StarlocWarning, match=r"names its first axis C \(2 channels \(axes CYX.*read as frames"):

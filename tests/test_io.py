@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -88,13 +89,20 @@ def test_read_compressed_tiff_stack_page_by_page(tmp_path, compression):
 
 def test_rgb_stored_plane_by_plane_is_colour_as_when_interleaved(tmp_path):
     rgb = RNG.integers(0, 255, size=(3, 20, 24), dtype=np.uint8)
-    tifffile.imwrite(tmp_path / "planar.tif", rgb, photometric="rgb", planarconfig="separate")
+    # as software other than tifffile writes it (tifffile's own description would mark a numpy array)
+    tifffile.imwrite(tmp_path / "planar.tif", rgb, photometric="rgb", planarconfig="separate", metadata=None)
     img = read_image(tmp_path / "planar.tif")
     assert img.shape == (20, 24, 3)  # not three frames
     np.testing.assert_array_equal(img, np.moveaxis(rgb, 0, -1))
     with pytest.raises(InputError, match="looks like RGB"):
         as_frames(img)
     assert as_frames(img, rgb="gray").shape == (1, 1, 20, 24)
+    # tifffile stores any (3, H, W) array it is not told the photometric of as planar RGB: most
+    # are three frames, and are read so
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        tifffile.imwrite(tmp_path / "three.tif", rgb)
+    np.testing.assert_array_equal(read_image(tmp_path / "three.tif"), rgb)
 
 
 def test_read_npy_is_memmapped(tmp_path):

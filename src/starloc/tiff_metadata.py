@@ -212,9 +212,22 @@ def planar_samples_axis(series: Any) -> int | None:
     try:
         axes, shape = str(series.axes), tuple(series.shape)
         i = axes.index("S")
+        if _numpy_planes(series):
+            return None
         return i if i != len(axes) - 1 and shape[i] in (3, 4) else None
     except Exception:
         return None
+
+
+def _numpy_planes(series: Any) -> bool:
+    """True for planar samples that tifffile wrote from a numpy array of shape ``(3|4, H, W)``
+    it was not told the photometric of (its "shaped" description): tifffile then stores them as
+    RGB, though most such arrays are three or four frames. Read as stored, frames first."""
+    try:
+        axes = str(series.axes)
+        return bool(series.parent.is_shaped) and "S" in axes and axes.index("S") != len(axes) - 1
+    except Exception:
+        return False
 
 
 def _tifffile_default_channels(tif: Any) -> bool:
@@ -236,6 +249,8 @@ def several_channels(series: Any) -> str | None:
         axes, shape = str(series.axes), tuple(series.shape)
         if _tifffile_default_channels(series.parent):
             axes = axes.replace("C", "I")
+        if _numpy_planes(series):
+            axes = axes.replace("S", "I")
         for a in "CS":
             if a in axes and shape[axes.index(a)] > 1:
                 what = "channels" if a == "C" else "colour samples (RGB)"
