@@ -663,6 +663,17 @@ def test_read_points_csv_tolerates_bom_crlf_and_float_frames(tmp_path):
     assert is_points_csv(path)
 
 
+def test_a_windows_spreadsheet_csv_is_read_and_a_binary_file_is_not(tmp_path):
+    excel = tmp_path / "excel.csv"
+    excel.write_bytes("frame,row,col,size [µm]\r\n0,1,2,0.5\r\n".encode("cp1252"))  # µ is byte 0xB5
+    frames, positions, features = read_points_csv(excel)
+    assert frames.tolist() == [0] and positions.tolist() == [[1.0, 2.0]] and features["size [µm]"].tolist() == [0.5]
+    tifffile.imwrite(tmp_path / "img.tif", np.zeros((5, 16, 16), np.uint16))
+    (tmp_path / "img.csv").write_bytes((tmp_path / "img.tif").read_bytes())
+    with pytest.raises(InputError, match="not a text"):
+        read_points_csv(tmp_path / "img.csv")
+
+
 def test_quoted_and_capitalized_headers_are_points_tables(tmp_path):
     """R's write.csv quotes every name; spreadsheets capitalize them."""
     quoted = tmp_path / "r.csv"

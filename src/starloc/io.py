@@ -663,13 +663,18 @@ def read_points_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, di
     p = Path(path)
     if not p.is_file():
         raise InputError(f"points file {str(p)!r} not found")
-    try:
-        with open(p, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.reader(fh))
-    except UnicodeDecodeError:
-        raise InputError(f"{str(p)!r} is not a starloc points table: not a text (CSV) file") from None
-    except (OSError, csv.Error) as exc:
-        raise InputError(f"cannot read {str(p)!r}: {one_line(exc)}") from exc
+    rows = None
+    for encoding in ("utf-8-sig", "cp1252"):  # spreadsheets on Windows save CSVs in cp1252 (µ as 0xB5)
+        try:
+            with open(p, newline="", encoding=encoding) as fh:
+                rows = list(csv.reader(fh))
+            break
+        except UnicodeDecodeError:
+            continue
+        except (OSError, csv.Error) as exc:
+            raise InputError(f"cannot read {str(p)!r}: {one_line(exc)}") from exc
+    if rows is None or any("\x00" in field for row in rows[:5] for field in row):
+        raise InputError(f"{str(p)!r} is not a starloc points table: not a text (CSV) file")
     if not rows or _points_header(rows[0])[:3] != list(POINTS_HEADER):
         raise InputError(f"{str(p)!r} is not a starloc points table: the header must start with frame,row,col")
     header = [*POINTS_HEADER, *(h.strip() for h in rows[0][3:])]
