@@ -70,3 +70,33 @@ def test_the_crop_peak_measured_in_its_frame_survives_a_tight_crop():
     assert brightness_ratio(model, frame) < 0.5 or brightness_ratio(model, frame) > 1.5  # misread on the crop
     record_crop_peaks(model, [(frame, [box])])
     assert brightness_ratio(model, frame) == pytest.approx(1.0, abs=0.2)
+
+
+def test_a_crop_its_object_fills_is_told_and_one_with_background_is_not():
+    """The same blob in a crop it fills and in one with background around it: in the first the
+    object reads far fainter than in its frame (the model would learn it so), and the user is
+    told to draw a larger crop; in the second, nothing is said."""
+    from starloc.lodestar.brightness import CROP_SCALE_LIMIT, crop_scale_advice, record_crop_peaks
+
+    gen = np.random.default_rng(0)
+    rows, cols = np.meshgrid(np.arange(160), np.arange(160), indexing="ij")
+    profile = 8.0 * np.exp(-((rows - 80.0) ** 2 + (cols - 80.0) ** 2) / (2 * 6.0**2))
+    profile += 0.4 * np.exp(-((rows - 80.0) ** 2 + (cols - 80.0) ** 2) / (2 * 14.0**2))  # a wide halo
+    frame = sim.add_poisson_noise(profile, 10, rng=gen)[None, None]
+    ratios = {}
+    for side in (24, 96):
+        r0 = 80 - side // 2
+        crop = frame[0, 0, r0:r0 + side, r0:r0 + side]
+        m = finish(train([crop], TrainConfig(seed=0, max_steps=2, min_steps=2, network=TINY)))
+        assert crop_scale_advice(m) is None  # nothing to compare before the frame is measured
+        record_crop_peaks(m, [(frame, [(r0, r0, side, side)])])
+        t = m.metadata["training"]
+        ratios[side] = t["object_peak"] / t["crop_alone_peak"]
+        advice = crop_scale_advice(m, how="redraw it")
+        assert (advice is not None) == (ratios[side] > CROP_SCALE_LIMIT)
+        if side == 24:
+            m24 = m
+    assert ratios[24] > 2 * CROP_SCALE_LIMIT and ratios[96] < 2.0, ratios
+    assert "reads" in crop_scale_advice(m24, how="redraw it") and crop_scale_advice(m24, how="redraw it").endswith("redraw it")
+    record_crop_peaks(m, [(frame, [(r0, r0, side, side)])])  # measured again: the crop-alone peak is kept
+    assert m.metadata["training"]["object_peak"] / m.metadata["training"]["crop_alone_peak"] == ratios[96]

@@ -52,7 +52,7 @@ def cmd_lodestar_train(args) -> int:
     from starloc.io import read_image
     from starloc.lodestar.crop_content import crop_advice, crops_without_one_object, objects_at_border
     from starloc.lodestar.downsampling import auto_downsample, smallest_side, suggest_downsample
-    from starloc.lodestar.brightness import record_crop_peaks
+    from starloc.lodestar.brightness import crop_scale_advice, record_crop_peaks
     from starloc.lodestar.inference import crops_from_frame, read_frame
     from starloc.lodestar.network import NetworkConfig
     from starloc.lodestar.training import TrainConfig, step_budget, train
@@ -119,6 +119,9 @@ def cmd_lodestar_train(args) -> int:
     model.metadata["source"] = {"image": str(args.image), "crops": [list(c) for c in args.crop],
                                 "frame": frames[0] if len(set(frames)) == 1 else frames}
     record_crop_peaks(model, frames_and_boxes)
+    advice = crop_scale_advice(model, how="draw a larger --crop, with background around the object, and train again")
+    if advice:
+        warnings.warn(advice, StarlocWarning)
     model.save(args.output)
     steps = model.metadata["training"]["steps_done"]
     budget = " (the whole step budget: the loss had not levelled off; --steps N trains longer)" \
@@ -238,13 +241,15 @@ def _warn_about_frames(model, image, selected: range, layout: dict) -> None:
     import numpy as np
 
     from starloc.io import iter_frame_chunks
-    from starloc.lodestar.brightness import brightness_advice, brightness_ratio
+    from starloc.lodestar.brightness import brightness_advice, brightness_ratio, crop_scale_advice
     from starloc.lodestar.fixed_input import fixed_input_advice
 
     picks = sorted({selected[0], selected[len(selected) // 2], selected[-1]}) if len(selected) else []
     blocks = [block for i in picks for _, block in iter_frame_chunks(image, 1, frames=range(i, i + 1), **layout)]
     ratios = [brightness_ratio(model, block) for block in blocks]
-    for advice in (brightness_advice(model, max((r for r in ratios if r is not None), default=None)),
+    for advice in (crop_scale_advice(model, how="draw a larger --crop, with background around the object, and "
+                                              "train again"),
+                   brightness_advice(model, max((r for r in ratios if r is not None), default=None)),
                    fixed_input_advice(model, np.concatenate(blocks)) if blocks else None):
         if advice is not None:
             warnings.warn(advice, StarlocWarning)

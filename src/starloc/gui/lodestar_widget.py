@@ -56,7 +56,7 @@ from starloc.gui.lodestar_source import (
     to_uint8,
 )
 from starloc.gui.units import placement, stated_pixel_size_nm
-from starloc.lodestar.brightness import brightness_advice, brightness_ratio
+from starloc.lodestar.brightness import brightness_advice, brightness_ratio, crop_scale_advice
 from starloc.lodestar.crop_content import crops_without_one_object, objects_at_border
 from starloc.lodestar.detection import DetectParams
 from starloc.lodestar.downsampling import auto_downsample, suggest_downsample
@@ -759,7 +759,9 @@ class LodeSTARWidget(LodeSTARControls, QWidget):
         if told in self._brightness_told:
             return
         self._brightness_told.add(told)
-        for advice in (brightness_advice(self.model, brightness_ratio(self.model, frame),
+        for advice in (crop_scale_advice(self.model, how="draw a larger crop, with background around the object, "
+                                                       "and train again"),
+                       brightness_advice(self.model, brightness_ratio(self.model, frame),
                                          how="set Advanced › Brighter objects to {x} and train again"),
                        fixed_input_advice(self.model, frame)):
             if advice is not None:
