@@ -244,6 +244,11 @@ def test_detect_tuning_options_reach_the_detection(scene, model_path, capsys):
     assert "crowded_distance" in capsys.readouterr().err and not (folder / "bad.csv").exists()
     with pytest.raises(SystemExit):
         main([*common, "--radius", "0", "-o", str(folder / "bad.csv")])
+    # the fixed quantile (--pixels-per-peak 0): the cutoff alone sets how much of the map is kept
+    assert main([*common, "--cutoff", "0.99999", "--pixels-per-peak", "0", "-o", str(folder / "top.csv")]) == 0
+    assert 0 < len(read_points_csv(folder / "top.csv")[0]) < len(read_points_csv(folder / "all.csv")[0])
+    assert main([*common, "--pixels-per-peak", "-1", "-o", str(folder / "bad.csv")]) == 2
+    assert "pixels_per_peak" in capsys.readouterr().err
 
 
 def test_detect_reads_a_folder_of_one_tiff_per_frame_as_the_stack(scene, model_path, tmp_path):

@@ -265,8 +265,8 @@ def cmd_lodestar_detect(args) -> int:
     from starloc.tracks import require_trackpy
 
     check_output(args.output, "csv", inputs=(args.image, args.model))
-    given = {k: getattr(args, k) for k in ("alpha", "beta", "cutoff", "mode", "min_weight", "radius",
-                                           "cluster_radius", "crowded_distance", "deblend")}
+    given = {k: getattr(args, k) for k in ("alpha", "beta", "cutoff", "mode", "pixels_per_peak", "min_weight",
+                                           "radius", "cluster_radius", "crowded_distance", "deblend")}
     given = {k: v for k, v in given.items() if v is not None}
     if args.single and given:
         names = ", ".join("--" + k.replace("_", "-") if k != "deblend" else "--(no-)deblend" for k in given)
@@ -464,7 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--cutoff", type=float, help="score threshold, its meaning set by --mode (default 0.98)")
     d.add_argument("--mode", choices=("quantile", "ratio", "absolute"),
                    help="cutoff as a quantile of the score map (default; lowered in a crowded frame to keep "
-                        "4 output pixels per candidate peak), a fraction of its maximum, or an absolute value")
+                        "--pixels-per-peak output pixels per candidate peak: on a textured image, where every "
+                        "local maximum is a candidate, raising --cutoff then changes nothing), a fraction of its "
+                        "maximum (ratio), or an absolute value")
+    d.add_argument("--pixels-per-peak", type=float, metavar="N",
+                   help="quantile mode: keep at least N output pixels per candidate peak above the cutoff "
+                        "(default 4; 0: the paper's fixed quantile, which --cutoff then sets alone)")
     d.add_argument("--min-weight", type=float,
                    help="keep a detection only if one of the predictions it is refined from weighs at "
                         "least this (default 0.002)")
