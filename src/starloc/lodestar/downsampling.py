@@ -29,22 +29,40 @@ def object_extent(crop: np.ndarray) -> float:
     """Side in pixels of the bounding box of the object in a crop (``(H, W)`` or
     ``(C, H, W)``, channels averaged): of the connected regions where the smoothed contrast
     (brighter or darker than the background) exceeds 20 % of its peak and twice its noise,
-    the one nearest the crop's centre. 0 for a crop without anything 5 noise levels above
-    the background."""
+    the one nearest the crop's centre; where that region reaches the crop's border, the first
+    of the higher cuts ``TEXTURE_FRACTIONS`` whose region does not (texture around a small
+    object). 0 for a crop without anything 5 noise levels above the background."""
     contrast, noise = smoothed_contrast(crop)
     peak = np.unravel_index(np.argmax(contrast), contrast.shape)
     if not contrast[peak] > 5 * noise:
         return 0.0
-    # the noise floor keeps a dim object's region from spreading over the noise around it
-    cut = max(PEAK_FRACTION * contrast[peak], 2 * noise)
-    labels, _ = ndimage.label(contrast > cut, structure=np.ones((3, 3)))
-    # the object is the region nearest the crop's centre (the user centres the crop on it;
-    # a ring has an empty middle), not the strongest one, which may be a neighbour's edge
+    first = None
+    for fraction in (PEAK_FRACTION, *TEXTURE_FRACTIONS):
+        # the noise floor keeps a dim object's region from spreading over the noise around it
+        region = _central_region(contrast > max(fraction * contrast[peak], 2 * noise))
+        rows, cols = np.nonzero(region)
+        extent = float(max(rows.max() - rows.min(), cols.max() - cols.min()) + 1)
+        first = extent if first is None else first
+        if not (region[0].any() or region[-1].any() or region[:, 0].any() or region[:, -1].any()):
+            return extent
+    return first
+
+
+#: higher cuts tried, in turn, when the region at ``PEAK_FRACTION`` reaches the crop's border:
+#: on a textured background (vessels around a 5 px microaneurysm) that region is the texture's,
+#: 25 px across; an object that fills the crop reaches the border at every cut and keeps the first
+TEXTURE_FRACTIONS = (0.35, 0.5)
+
+
+def _central_region(mask: np.ndarray) -> np.ndarray:
+    """The connected region of ``mask`` (8-connected) nearest the crop's centre: the user
+    centres the crop on the object (a ring has an empty middle); the strongest region may be
+    a neighbour's edge."""
+    labels, _ = ndimage.label(mask, structure=np.ones((3, 3)))
     rows, cols = np.nonzero(labels)
-    centre = (np.array(contrast.shape) - 1) / 2
+    centre = (np.array(mask.shape) - 1) / 2
     nearest = np.argmin(np.hypot(rows - centre[0], cols - centre[1]))
-    rows, cols = np.nonzero(labels == labels[rows[nearest], cols[nearest]])
-    return float(max(rows.max() - rows.min(), cols.max() - cols.min()) + 1)
+    return labels == labels[rows[nearest], cols[nearest]]
 
 
 def downsample_for(extent: float) -> int:
