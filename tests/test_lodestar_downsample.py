@@ -200,6 +200,7 @@ def test_cli_trains_downsampled_and_detect_uses_the_model_factor(tmp_path, capsy
     assert main(ring + ["--crop", "9", "9", "72", "72"]) == 0
     err = capsys.readouterr().err
     assert "needs a crop of at least 78 px (this one: 72 px): training at --downsample 2" in err
+    assert "keep this (give --downsample 2 to say so)" in " ".join(err.split())
     assert "edges and texture" not in err  # said only when the object is trained at full resolution
     assert LodeSTAR.load(tmp_path / "r.pt").downsample == 2
     # a 50 px crop allows no downsampling at all: the model risks following the ring's edges
@@ -213,6 +214,11 @@ def test_cli_trains_downsampled_and_detect_uses_the_model_factor(tmp_path, capsy
                  "--crop", "32", "32", "64", "64", "--downsample", "auto", "-o", str(tmp_path / "r2.pt")]) == 0
     err = " ".join(capsys.readouterr().err.split())
     assert "--downsample 4 would fit it" in err and "this one: 64 px; a crop of 78 px already allows 3" in err
+    # two crops: the message names the largest object and the smallest crop
+    assert main(["lodestar", "train", str(tmp_path / "ring2.tif"), "--steps", "2", "--device", "cpu",
+                 "--crop", "32", "32", "64", "64", "--crop", "30", "30", "68", "68", "-o", str(tmp_path / "r3.pt")]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the largest object in the crops is about" in err and "(the smallest crop: 64 px" in err
     # these spots (sigma 6 px, ~22 px across) are trained at 2; smaller ones (sigma 4) at full
     # resolution, silently
     assert main(base + ["--crop", "4", "8", "56", "56", "-o", str(tmp_path / "m.pt")]) == 0

@@ -29,7 +29,8 @@ EXIT_INTERRUPTED = 130
 EXIT_SYSTEM_ERROR = 1
 
 
-def _announce_downsample(downsample: int, suggested: int, extent: float, field: int, smallest: int) -> None:
+def _announce_downsample(downsample: int, suggested: int, extent: float, field: int, smallest: int,
+                         n_crops: int = 1) -> None:
     """Say on stderr what ``--downsample auto`` chose, when that is not 1 or not the suggestion."""
     from tqdm import tqdm
 
@@ -38,10 +39,13 @@ def _announce_downsample(downsample: int, suggested: int, extent: float, field: 
             if downsample + 1 < suggested else ""
         risk = (" (at full resolution a model of an object this large tends to follow its edges and texture, "
                 "not the object)") if downsample == 1 else ""
-        warnings.warn(f"the object in the crop is about {extent:.0f} px across, more than the network sees whole; "
+        which = ("the largest object in the crops", "the smallest crop") if n_crops > 1 else \
+            ("the object in the crop", "this one")
+        warnings.warn(f"{which[0]} is about {extent:.0f} px across, more than the network sees whole; "
                       f"--downsample {suggested} would fit it but needs a crop of at least {field * suggested} px "
-                      f"(this one: {smallest} px{better}): training at --downsample {downsample}{risk}",
-                      StarlocWarning)
+                      f"({which[1]}: {smallest} px{better}): training at --downsample {downsample}{risk}. Where "
+                      "a crop that large would hold a neighbour too, keep this (give --downsample "
+                      f"{downsample} to say so)", StarlocWarning)
     elif downsample > 1:
         tqdm.write(f"starloc: the object in the crop is about {extent:.0f} px across: training on images "
                    f"downsampled by {downsample} (--downsample auto; give --downsample 1 to keep full resolution)",
@@ -79,7 +83,7 @@ def cmd_lodestar_train(args) -> int:
             crops[i] = crop
     if auto:
         downsample, suggested, extent = auto_downsample(crops, field)
-        _announce_downsample(downsample, suggested, extent, field, smallest_side(crops))
+        _announce_downsample(downsample, suggested, extent, field, smallest_side(crops), len(crops))
     elif hologram:  # fringes spread far beyond the object: its size says nothing here
         downsample = args.downsample
     else:
