@@ -249,6 +249,14 @@ def test_detect_tuning_options_reach_the_detection(scene, model_path, capsys):
     assert 0 < len(read_points_csv(folder / "top.csv")[0]) < len(read_points_csv(folder / "all.csv")[0])
     assert main([*common, "--pixels-per-peak", "-1", "-o", str(folder / "bad.csv")]) == 2
     assert "pixels_per_peak" in capsys.readouterr().err
+    # --max-consistency drops the detections whose predictions disagree more than it
+    _, _, features = read_points_csv(folder / "all.csv")
+    limit = float(np.median(features["consistency"]))
+    assert main([*common, "--max-consistency", str(limit), "-o", str(folder / "agree.csv")]) == 0
+    kept = read_points_csv(folder / "agree.csv")[2]["consistency"]
+    assert 0 < len(kept) < len(features["consistency"]) and kept.max() <= limit
+    assert main([*common, "--max-consistency", "0", "-o", str(folder / "bad.csv")]) == 2
+    assert "max_consistency" in capsys.readouterr().err
 
 
 def test_detect_reads_a_folder_of_one_tiff_per_frame_as_the_stack(scene, model_path, tmp_path):

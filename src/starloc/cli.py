@@ -270,7 +270,8 @@ def cmd_lodestar_detect(args) -> int:
 
     check_output(args.output, "csv", inputs=(args.image, args.model))
     given = {k: getattr(args, k) for k in ("alpha", "beta", "cutoff", "mode", "pixels_per_peak", "min_weight",
-                                           "radius", "cluster_radius", "crowded_distance", "deblend")}
+                                           "max_consistency", "radius", "cluster_radius", "crowded_distance",
+                                           "deblend")}
     given = {k: v for k, v in given.items() if v is not None}
     if args.single and given:
         names = ", ".join("--" + k.replace("_", "-") if k != "deblend" else "--(no-)deblend" for k in given)
@@ -474,6 +475,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--pixels-per-peak", type=float, metavar="N",
                    help="quantile mode: keep at least N output pixels per candidate peak above the cutoff "
                         "(default 4; 0: the paper's fixed quantile, which --cutoff then sets alone)")
+    d.add_argument("--max-consistency", type=float, metavar="PX2",
+                   help="drop detections whose consistency column (how much the predictions behind them "
+                        "disagree, px²) exceeds this: false detections on texture or background disagree far "
+                        "more than objects like the crop (default: keep all)")
     d.add_argument("--min-weight", type=float,
                    help="keep a detection only if one of the predictions it is refined from weighs at "
                         "least this (default 0.002)")
