@@ -175,6 +175,16 @@ def test_train_in_a_worker_then_tune_save_load_and_export(make_napari_viewer, qt
     with qtbot.waitSignal(widget.detection_updated, timeout=5000):
         widget.min_weight_spin.setValue(DetectParams().min_weight)
     assert len(points.data) == n_default
+    # Max consistency (as --max-consistency; "off" by default) drops the detections that disagree more
+    assert widget.detect_params().max_consistency is None
+    limit = float(np.median(points.features["consistency"]))
+    with qtbot.waitSignal(widget.detection_updated, timeout=5000):
+        widget.max_consistency_spin.setValue(limit)
+    assert widget.detect_params().max_consistency == pytest.approx(limit, abs=1e-3)
+    assert 0 < len(points.data) < n_default and points.features["consistency"].max() <= limit + 1e-3
+    with qtbot.waitSignal(widget.detection_updated, timeout=5000):
+        widget.max_consistency_spin.setValue(0.0)
+    assert len(points.data) == n_default
     # Deblending runs the network: above deblend_worker_pixels detection goes to a worker.
     widget.deblend_worker_pixels = 0
     with _wait_job(qtbot, widget, "detect") as blocker, qtbot.waitSignal(widget.detection_updated, timeout=5000):

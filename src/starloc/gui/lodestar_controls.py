@@ -258,6 +258,14 @@ class LodeSTARControls:
             "Keep a detection only if one of the predictions it is refined from weighs at least this (empty "
             "background has none). Lower it when objects unlike the cropped one (another size) are missed")
         form.addRow("Min weight", self.min_weight_spin)
+        self.max_consistency_spin = self._float_spin(0.0, 1000.0, 0.0, 3, 0.1)
+        self.max_consistency_spin.setSpecialValueText("off")
+        self.max_consistency_spin.setSuffix(" px²")
+        self.max_consistency_spin.setToolTip(
+            "Drop detections whose predictions disagree more than this (their 'consistency' feature): false "
+            "detections on texture or a bright background often do, where their score does not set them apart. "
+            "Read a value off the points' features; 0: off")
+        form.addRow("Max consistency", self.max_consistency_spin)
         self.augment_check = QCheckBox("Average 8 rotations/flips (8× slower)")
         form.addRow(self.augment_check)
         self.deblend_check = QCheckBox("Deblend crowded objects")
@@ -266,7 +274,8 @@ class LodeSTARControls:
                                       "out (more accurate in crowded images, a little slower)")
         form.addRow(self.deblend_check)
         det_layout.addLayout(form)
-        for spin in (self.alpha_spin, self.beta_spin, self.cutoff_spin, self.min_weight_spin):
+        for spin in (self.alpha_spin, self.beta_spin, self.cutoff_spin, self.min_weight_spin,
+                     self.max_consistency_spin):
             spin.valueChanged.connect(self._schedule_detect)
         self.mode_combo.currentTextChanged.connect(self._on_mode_changed)
         self.augment_check.toggled.connect(self._on_augment_changed)

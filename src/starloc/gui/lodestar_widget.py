@@ -226,6 +226,7 @@ class LodeSTARWidget(LodeSTARControls, QWidget):
             beta=None if beta <= self.beta_spin.minimum() else beta,
             cutoff=self.cutoff_spin.value(),
             min_weight=self.min_weight_spin.value(),
+            max_consistency=self.max_consistency_spin.value() or None,
             mode=self.mode_combo.currentText(),
             deblend=self.deblend_check.isChecked(),
         )
