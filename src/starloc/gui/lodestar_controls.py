@@ -249,7 +249,8 @@ class LodeSTARControls:
         self.mode_combo = QComboBox()
         self.mode_combo.addItems(CUTOFF_MODES)
         self.mode_combo.setToolTip("quantile: of the score map (lowered in a crowded frame to keep 4 pixels "
-                                   "per candidate peak); ratio: of its maximum; absolute: the score itself")
+                                   "per candidate peak, so on a textured image raising it may change nothing: "
+                                   "use ratio there); ratio: of its maximum; absolute: the score itself")
         form.addRow("Cutoff mode", self.mode_combo)
         self.cutoff_spin = self._float_spin(0.0, 1.0, defaults.cutoff, 4, 0.01)
         form.addRow("Cutoff", self.cutoff_spin)
