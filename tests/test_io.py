@@ -337,7 +337,8 @@ def test_an_array_stored_time_last_is_told():
         assert time_last_note(shape) is None, shape
 
 
-@pytest.mark.parametrize("shape", [(5, 1, 20, 24), (1, 5, 20, 24), (5, 20, 24, 1), (1, 1, 20, 24), (20, 24, 1)])
+@pytest.mark.parametrize("shape", [(5, 1, 20, 24), (1, 5, 20, 24), (5, 20, 24, 1), (1, 1, 20, 24), (1, 20, 24, 1),
+                                   (20, 24, 1)])
 def test_a_singleton_channel_axis_is_one_channel(shape):
     """ImageJ hyperstacks with one channel, arrays saved with a trailing axis of 1."""
     data = np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape)

@@ -255,7 +255,7 @@ def _singleton_channel(shape: tuple[int, ...]) -> int | None:
     a 3D ``(H, W, 1)`` array holds besides its frames: one channel, unambiguous (ImageJ
     hyperstacks with C = 1, arrays saved with a trailing axis). None for other shapes."""
     if len(shape) == 4:
-        for axis in (1, 0, 3):
+        for axis in (1, 3, 0):  # (1, H, W, 1): the channel is last, the single frame first
             if shape[axis] == 1:
                 return axis
     if len(shape) == 3 and shape[-1] == 1 and min(shape[:2]) >= RGB_MIN_SIZE:

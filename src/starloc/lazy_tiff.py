@@ -186,6 +186,11 @@ def read_tiff_folder(folder: str | Path) -> TiffFolder:
     return TiffFolder(paths, shape, dtype)
 
 
+def _shown(pattern: str) -> str:
+    """A name pattern of :func:`_stems_and_patterns` as the user reads it: ``img_N.tif``."""
+    return pattern.replace("#", "N") + ".tif"
+
+
 def _stems_and_patterns(names: list[str]) -> tuple[list[str], list[str]]:
     """Lower-case names without the TIFF suffix, and the same with each run of digits as ``#``."""
     stems = [re.sub(r"\.(tiff?|btf|tf8|tf2)$", "", name.lower()) for name in names]
@@ -206,11 +211,10 @@ def folder_series_problem(names: list[str]) -> str | None:
     stems, pattern = _stems_and_patterns(names)
     counts = Counter(pattern)
     series = [pat for pat, n in counts.most_common() if n > 1]
-    def shown(pat: str) -> str:
-        return pat.replace("#", "N") + ".tif"
     if len(series) > 1:
-        return (f"its TIFF files form {len(series)} series named {shown(series[0])!r} ({counts[series[0]]} files), "
-                f"{shown(series[1])!r} ({counts[series[1]]} files){', ...' if len(series) > 2 else ''}: read as "
+        first, second = series[:2]
+        return (f"its TIFF files form {len(series)} series named {_shown(first)!r} ({counts[first]} files), "
+                f"{_shown(second)!r} ({counts[second]} files){', ...' if len(series) > 2 else ''}: read as "
                 "one stack they would interleave (channels? positions?); put the files of one series in a "
                 "folder of their own")
     common = series[0] if series else pattern[0]
@@ -239,7 +243,7 @@ def folder_order_notes(names: list[str]) -> list[str]:
     odd = [name for name, pat in zip(names, pattern) if pat != common]
     if odd:
         notes.append(f"{len(odd)} file(s) named unlike the others ({odd[0]!r} among "
-                     f"{common.replace('#', 'N') + '.tif'!r}) are read as frames too, in name order; move them out "
+                     f"{_shown(common)!r}) are read as frames too, in name order; move them out "
                      "if they are no frames")
     runs = [[int(n) for n in re.findall(r"\d+", stem)] for stem, pat in zip(stems, pattern) if pat == common]
     varying = [i for i in range(common.count("#")) if len({r[i] for r in runs}) > 1]

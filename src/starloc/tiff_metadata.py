@@ -1,6 +1,7 @@
 """What a TIFF file's ImageJ or OME metadata states about its data: the pixel size and z step
-(nm) and the axes (the pixel size also from plain resolution tags in centimetres). Core: no napari, no torch. Every reader here returns None where the file
-states nothing (or is no TIFF) and never raises, so callers fall back to options or defaults.
+(nm) and the axes (the pixel size also from plain resolution tags in centimetres). Core: no
+napari, no torch. Every reader here returns None where the file states nothing (or is no
+TIFF) and never raises, so callers fall back to options or defaults.
 """
 
 from __future__ import annotations
@@ -128,8 +129,8 @@ def _pixel_size(tif: Any) -> tuple[float | None, str | None]:
 
 def tiff_pixel_size(tif: Any) -> float | None:
     """Pixel size (nm) stated by an open :class:`tifffile.TiffFile`'s ImageJ or OME metadata (or,
-    without them, by resolution tags in centimetres), or None (no metadata, unknown unit, or non-square pixels: see :func:`tiff_pixel_size_problem`).
-    Never raises."""
+    without them, by resolution tags in centimetres), or None (no metadata, unknown unit, or
+    non-square pixels: see :func:`tiff_pixel_size_problem`). Never raises."""
     try:
         return _pixel_size(tif)[0]
     except Exception:

@@ -57,7 +57,6 @@ def _spikes_and_clipped(mean_sig: np.ndarray, stored_max: float, raw: np.ndarray
     it, on the mean over z ``mean_sig``), and which touch the stored type's maximum
     ``stored_max`` anywhere within ``h`` px (a saturated bead's PSF is clipped)."""
     spiky, clipped = np.zeros(len(cand), bool), np.zeros(len(cand), bool)
-    Y, X = mean_sig.shape
     for i, (r, c) in enumerate(cand):
         win = mean_sig[max(r - 1, 0):r + 2, max(c - 1, 0):c + 2].clip(min=0)
         spiky[i] = win.sum() > 0 and win.max() > SPIKE_FRACTION * win.sum()
