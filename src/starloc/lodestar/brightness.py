@@ -70,9 +70,12 @@ def record_crop_peaks(model: LodeSTAR, frames_and_boxes) -> None:
 
 
 #: a crop's object may read this much brighter in its frame than in the crop alone before a warning
-#: (measured: a 125 px cell in a 200 px crop 3.0, and found; 2D beads in 56 / 64 px crops 3.5 / 1.0,
-#: in 52 / 40 / 32 px crops 13 / 19 / 24, and a 32 px crop's model found none of them)
-CROP_SCALE_LIMIT = 5.0
+#: (measured on the SMLM 2016 2D beads: crops of 32 / 40 / 52 / 56 / 64 px read 24 / 19 / 13 / 3.5 /
+#: 1.0; the 32 and 56 px crops' models found none of the 6 beads, the 64 px crop's all 6; a 125 px
+#: cell in a 200 px crop read 3.0 and was found, at the limit). It is the default brightness range
+#: of training (TrainConfig.gain), but a fixed number: training for brighter objects (a larger
+#: gain) did not rescue the 32 px crop (the halo that fills it misleads more than the scale).
+CROP_SCALE_LIMIT = 3.0
 
 
 def crop_scale_advice(model: LodeSTAR, how: str = "draw a larger crop, with background around the object, "
@@ -82,8 +85,8 @@ def crop_scale_advice(model: LodeSTAR, how: str = "draw a larger crop, with back
     background and noise; a crop that its object nearly fills (a bright bead and its halo in
     32 px) has little background, reads noisy, and the network learns the object many times
     fainter than detection, which normalizes whole frames, then sees it: on the SMLM 2016 2D
-    beads a 32 px crop found none of 6 beads (rings of false detections around them), a 64
-    px crop all 6 within 0.11 px."""
+    beads 32 and 56 px crops found none of 6 beads (rings of false detections around them), a
+    64 px crop all 6 within 0.11 px."""
     training = model.metadata.get("training", {})
     alone, in_frame = training.get("crop_alone_peak"), training.get("object_peak")
     if not alone or not in_frame or model.normalization == "fixed":
