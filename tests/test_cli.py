@@ -459,6 +459,34 @@ def test_tiff_axes_that_are_not_time(tmp_path, model_path, capsys):
     _bad(capsys, [*detect, str(tmp_path / "tcyx.tif")], "has axes TCYX (shape (2, 2, 48, 48)): give --channel-axis 1")
 
 
+def test_one_channel_of_a_multichannel_stack(tmp_path, model_path, capsys):
+    """--channel K with --channel-axis: a 1-channel model on one channel of a T×C×Y×X stack
+    finds what it finds in that channel saved alone; the other channel holds other spots."""
+    images = [sim.simulate_scene("point", 4, size=(48, 48), snr=10, rng=seed)[0] for seed in (5, 6, 7, 8)]
+    stack = np.stack(images).reshape(2, 2, 48, 48)  # frames 0, 1; channels 0, 1
+    tifffile.imwrite(tmp_path / "tcyx.tif", stack, imagej=True, metadata={"axes": "TCYX", "ImageJ": "1.54f"})
+    tifffile.imwrite(tmp_path / "c1.tif", stack[:, 1])
+    detect = ["lodestar", "detect", "--model", str(model_path)]
+    assert main([*detect, str(tmp_path / "c1.tif"), "-o", str(tmp_path / "alone.csv")]) == 0
+    assert main([*detect, str(tmp_path / "tcyx.tif"), "--channel-axis", "1", "--channel", "1",
+                 "-o", str(tmp_path / "picked.csv")]) == 0
+    alone, picked = read_points_csv(tmp_path / "alone.csv"), read_points_csv(tmp_path / "picked.csv")
+    assert len(alone[0]) > 0 and np.array_equal(alone[0], picked[0]) and np.allclose(alone[1], picked[1])
+    _bad(capsys, [*detect, str(tmp_path / "tcyx.tif"), "--channel", "1", "-o", str(tmp_path / "x.csv")],
+         "give the axis too")
+    _bad(capsys, [*detect, str(tmp_path / "tcyx.tif"), "--channel-axis", "1", "--channel", "2",
+                  "-o", str(tmp_path / "x.csv")],
+         "channel 2 does not exist: axis 1 of the image (shape (2, 2, 48, 48)) holds channels 0..1")
+    _bad(capsys, [*detect, str(tmp_path / "tcyx.tif"), "--channel-axis", "1", "-o", str(tmp_path / "x.csv")],
+         "--channel K with the --channel-axis")
+    train = ["lodestar", "train", str(tmp_path / "tcyx.tif"), "--channel-axis", "1", "--channel", "0", "--steps",
+             "2", "--device", "cpu", "--crop", "0", "0", "40", "40", "-o", str(tmp_path / "m.pt")]
+    assert main(train) == 0
+    from starloc.lodestar.model import LodeSTAR
+
+    assert LodeSTAR.load(tmp_path / "m.pt").config.in_channels == 1
+
+
 def test_crops_from_several_frames_of_a_stack(tmp_path, capsys):
     # frame 0 holds a spot at (30, 30), frame 1 one at (48, 48): one --frame per --crop
     spots = [sim.add_poisson_noise(sim.render("point", (64, 64), np.array([centre])), 10, rng=i)

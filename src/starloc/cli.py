@@ -63,7 +63,7 @@ def cmd_lodestar_train(args) -> int:
 
     check_output(args.output, "model", inputs=(args.image,))
     _resolve_symmetry_options(args)
-    image = read_image(args.image)
+    image = _pick_channel(args, read_image(args.image))
     _check_axes(args, image)
     field = NetworkConfig().receptive_field
     hologram = args.z_range is not None  # a field propagates at the camera's pixels: never downsampled
@@ -148,6 +148,21 @@ def _crop_frames(given: list[int] | None, n_crops: int) -> list[int]:
     return list(given)
 
 
+def _pick_channel(args, image):
+    """With ``--channel K``: channel K of the image along ``--channel-axis``, read from then on as
+    a single-channel image (``args.channel_axis`` is cleared)."""
+    if args.channel is None:
+        return image
+    from starloc.io import select_channel
+
+    if args.channel_axis is None:
+        raise InputError("--channel K picks one channel along --channel-axis A: give the axis too (e.g. 1 for a "
+                         "T×C×Y×X stack)")
+    picked = select_channel(image, args.channel_axis, args.channel)
+    args.channel_axis = None
+    return picked
+
+
 def _check_axes(args, image) -> None:
     """Say how the axes are read when that is likely not what they are: an (H, W, T) array (a
     warning), an ImageJ/OME TIFF's channels read as frames (a warning), or four axes (an error that names them, and the
@@ -168,7 +183,8 @@ def _check_axes(args, image) -> None:
                       StarlocWarning)
     elif len(axes) == 4 and "C" in axes:
         raise InputError(f"{name} has axes {axes} (shape {tuple(image.shape)}): give --channel-axis "
-                         f"{axes.index('C')} to read its C axis as the channels of each frame")
+                         f"{axes.index('C')} to read its C axis as the channels of each frame, and --channel K "
+                         "to use channel K alone")
     elif len(axes) == 4:
         raise InputError(f"{name} has axes {axes} (shape {tuple(image.shape)}): starloc reads 2D frames (T×Y×X), "
                          "with --channel-axis for a channel axis; save the slices to analyse as a T×Y×X stack")
@@ -284,7 +300,10 @@ def cmd_lodestar_detect(args) -> int:
             raise InputError("--link: --single gives one object per frame, one track already")
         require_trackpy()
     params = DetectParams(**given)
-    image = read_image(args.image)
+    if args.channel is not None and (args.scheduler is not None or args.workers is not None):
+        raise InputError("--channel: the tasks on a cluster read the whole image; save the channel as an image of "
+                         "its own to detect on a cluster")
+    image = _pick_channel(args, read_image(args.image))
     _check_axes(args, image)
     layout = {"rgb": args.rgb, "channel_axis": args.channel_axis}
     selected = image_frame_range(image, args.frames, name=str(args.image), **layout)
@@ -382,6 +401,8 @@ def _add_common_image_options(p: argparse.ArgumentParser) -> None:
                    help="what to do with RGB/RGBA images: refuse (default) or convert to gray")
     p.add_argument("--channel-axis", type=int, default=None,
                    help="axis of a multichannel image that holds the channels (no colour detection)")
+    p.add_argument("--channel", type=int, default=None, metavar="K",
+                   help="use channel K (0-based) of the --channel-axis alone, as a single-channel image")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="compute device (default: cuda when available, else cpu)")
 

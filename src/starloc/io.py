@@ -34,6 +34,7 @@ from .lazy_tiff import TIFF_SUFFIXES, open_paged_stack, read_tiff_folder
 
 __all__ = [
     "TIFF_SUFFIXES",
+    "select_channel",
     "IMAGE_SUFFIXES",
     "read_image",
     "as_frames",
@@ -341,6 +342,23 @@ def _convert(block: Any, layout: _Layout) -> np.ndarray:
                 "float32); replace them (e.g. with 0) before running starloc"
             )
     return out
+
+
+def select_channel(image: Any, channel_axis: int, channel: int) -> Any:
+    """Channel ``channel`` (0-based) of a multichannel ``image`` whose channels lie along
+    ``channel_axis``: a view without that axis (nothing read from a memory-mapped file).
+    InputError for an axis or channel out of range, or an image that cannot be sliced so."""
+    shape = tuple(np.shape(image))
+    ndim = len(shape)
+    if ndim < 3 or not -ndim <= int(channel_axis) < ndim:
+        raise InputError(f"channel axis {channel_axis} is out of range for an image of shape {shape}")
+    axis = int(channel_axis) % ndim
+    if not 0 <= int(channel) < shape[axis]:
+        raise InputError(f"channel {channel} does not exist: axis {axis} of the image (shape {shape}) holds "
+                         f"channels 0..{shape[axis] - 1}")
+    if not isinstance(image, np.ndarray):
+        image = np.asarray(image)  # lazy stacks of one page per frame hold no channel axis anyway
+    return image[(slice(None),) * axis + (int(channel),)]
 
 
 def as_frames(image: Any, *, rgb: str = "error", channel_axis: int | None = None) -> np.ndarray:

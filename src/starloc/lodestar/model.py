@@ -451,8 +451,8 @@ class LodeSTAR:
         colour = " (for colour images into a 1-channel model: convert to gray, --rgb gray)" \
             if want == 1 and got in (3, 4) else ""
         if want == 1 and got > 1:
-            colour += (f"; to analyse one of its {got} channels with this model, save that channel as an "
-                       "image of its own (napari: split the layer's channels)")
+            colour += (f"; to analyse one of its {got} channels with this model: --channel K with the "
+                       "--channel-axis (napari: split the layer's channels)")
         raise InputError(f"the model takes images of {want} channel(s), this one has {got}: give the image "
                          "its channels as the model was trained (napari: 'First axis = channels'; command "
                          f"line: --channel-axis, e.g. 0 for a {want}×Y×X image){colour}")
