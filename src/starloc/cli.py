@@ -27,6 +27,8 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 #: the system refused (a full disk, a read-only folder), after the input was accepted
 EXIT_SYSTEM_ERROR = 1
+#: what to do about a training crop with too little background (crop_scale_advice)
+LARGER_CROP = "draw a larger --crop, with background around the object, and train again"
 
 
 def _announce_downsample(downsample: int, suggested: int, extent: float, field: int, smallest: int,
@@ -123,7 +125,7 @@ def cmd_lodestar_train(args) -> int:
     model.metadata["source"] = {"image": str(args.image), "crops": [list(c) for c in args.crop],
                                 "frame": frames[0] if len(set(frames)) == 1 else frames}
     record_crop_peaks(model, frames_and_boxes)
-    advice = crop_scale_advice(model, how="draw a larger --crop, with background around the object, and train again")
+    advice = crop_scale_advice(model, how=LARGER_CROP)
     if advice:
         warnings.warn(advice, StarlocWarning)
     model.save(args.output)
@@ -165,8 +167,8 @@ def _pick_channel(args, image):
 
 def _check_axes(args, image) -> None:
     """Say how the axes are read when that is likely not what they are: an (H, W, T) array (a
-    warning), an ImageJ/OME TIFF's channels read as frames (a warning), or four axes (an error that names them, and the
-    --channel-axis to give where one of them is C)."""
+    warning), an ImageJ/OME TIFF's channels read as frames (a warning), or four axes (an error
+    that names them, and the --channel-axis to give where one of them is C)."""
     from starloc.io import time_last_note
     from starloc.tiff_metadata import stated_axes
 
@@ -267,8 +269,7 @@ def _warn_about_frames(model, image, selected: range, layout: dict) -> None:
     picks = sorted({selected[0], selected[len(selected) // 2], selected[-1]}) if len(selected) else []
     blocks = [block for i in picks for _, block in iter_frame_chunks(image, 1, frames=range(i, i + 1), **layout)]
     ratios = [brightness_ratio(model, block) for block in blocks]
-    for advice in (crop_scale_advice(model, how="draw a larger --crop, with background around the object, and "
-                                              "train again"),
+    for advice in (crop_scale_advice(model, how=LARGER_CROP),
                    brightness_advice(model, max((r for r in ratios if r is not None), default=None)),
                    fixed_input_advice(model, np.concatenate(blocks)) if blocks else None):
         if advice is not None:
@@ -498,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 4; 0: the paper's fixed quantile, which --cutoff then sets alone)")
     d.add_argument("--max-consistency", type=float, metavar="PX2",
                    help="drop detections whose consistency column (how much the predictions behind them "
-                        "disagree, px²) exceeds this: false detections on texture or background disagree far "
+                        "disagree, px²) exceeds this: false detections on texture or background often disagree "
                         "more than objects like the crop (default: keep all)")
     d.add_argument("--min-weight", type=float,
                    help="keep a detection only if one of the predictions it is refined from weighs at "

@@ -224,8 +224,8 @@ def _build_psf(args):
 def _say_beads(name: str, meta: dict[str, Any]) -> None:
     """How many beads the PSF averages, and the bright spots left out (on stderr)."""
     left_out = {k: n for k, n in (meta.get("rejected_spots") or {}).items() if n}
-    note = ("; left out: " + ", ".join(f"{n} {k}{'s' if n > 1 and k == 'hot pixel' else ''}"
-                                       for k, n in left_out.items())) if left_out else ""
+    nouns = {"hot pixel": "hot pixel(s)", "saturated": "saturated bead(s)"}
+    note = ("; left out: " + ", ".join(f"{n} {nouns.get(k, k)}" for k, n in left_out.items())) if left_out else ""
     print(f"starloc: PSF averaged over {meta.get('n_beads')} bead(s) of {name}{note}", file=sys.stderr)
 
 
