@@ -891,6 +891,27 @@ def test_brighter_objects_setting_and_notice(make_napari_viewer, qtbot, messages
     assert messages["error"] == []
 
 
+def test_a_crop_with_too_little_background_is_told(make_napari_viewer, qtbot, messages, point_model, scene):
+    """A model whose crop's object read 10x fainter in the crop than in its image (a crop the
+    object fills): the widget says so once, with what to do in napari's terms."""
+    import copy
+
+    viewer, widget = _widget(make_napari_viewer)
+    image, _ = scene
+    viewer.add_image(image.astype(np.float32), name="img")
+    model = copy.copy(point_model)
+    training = dict(point_model.metadata["training"])
+    training["crop_alone_peak"] = training["object_peak"] / 10
+    model.metadata = {**point_model.metadata, "training": training}
+    widget.model = model
+    for _ in range(2):  # told once per model and image
+        with qtbot.waitSignal(widget.detection_updated, timeout=20_000):
+            widget._follow_frame()
+    told = [m for m in messages["info"] if "too little background" in m]
+    assert len(told) == 1 and "10x brighter in its image" in told[0] and "draw a larger crop" in told[0]
+    assert messages["error"] == []
+
+
 def test_a_time_lapse_of_multichannel_frames_lines_up_with_its_layer(make_napari_viewer, qtbot, messages, scene):
     """C×T×Y×X (e.g. a hologram video: real and imaginary parts over time): each frame is one
     multichannel image; crops, maps and points refer to the frame on screen and line up with
