@@ -281,6 +281,12 @@ def test_hot_pixels_and_saturated_beads_are_not_averaged_into_the_psf(synthetic_
     hot[:, 31, 31] = 65535  # between the beads
     psf = EmpiricalPSF.from_bead_stack(hot, z_step=10, z0=-300)
     assert psf.meta["n_beads"] == ref.meta["n_beads"] and psf.meta["rejected_spots"]["hot pixel"] == 1
+    from starloc.deeploco.psf import bead_summary
+
+    n = ref.meta["n_beads"]
+    assert bead_summary(ref.meta) == f"averaged over {n} bead(s)"
+    assert bead_summary(psf.meta) == f"averaged over {n} bead(s); left out: 1 hot pixel(s)"
+    assert bead_summary({}) is None  # not read from beads
     np.testing.assert_allclose(psf.stack, ref.stack, atol=1e-6)
     r, c = np.round(np.array(ref.meta["bead_centres_nm"][0])[::-1] / PS - 0.5).astype(int)
     clipped = stack.copy()

@@ -66,6 +66,8 @@ def test_train_from_a_bead_layer_in_a_worker_writes_and_loads_the_model(make_nap
     assert panel.train_button.isEnabled() and not panel.cancel_button.isEnabled()
     assert panel.progress.value() == 3
     assert "model written to" in panel.status.text()
+    told = [m for m in messages["info"] if "model written to" in m]
+    assert len(told) == 1 and "(PSF of 'beads' averaged over 1 bead(s))" in told[0]  # the bundled crop: 1 bead
 
     model = DeepLoco.load(out)
     assert model.config.dim == 3 and model.config.conv_widths == (4, 8, 8)

@@ -167,7 +167,7 @@ def _add_camera_options(p: argparse.ArgumentParser, what: str, per_pixel: bool =
 
 
 def _build_psf(args):
-    from starloc.deeploco.psf import AstigmaticPSF, EmpiricalPSF, Gaussian2DPSF
+    from starloc.deeploco.psf import AstigmaticPSF, EmpiricalPSF, Gaussian2DPSF, bead_summary
 
     spec = str(args.psf)
     bead_opts = {"z_step": args.psf_z_step, "z0": args.psf_z0, "baseline": args.psf_baseline}
@@ -217,16 +217,8 @@ def _build_psf(args):
     if args.defocus is not None and not args.in_focus:
         raise InputError("--defocus applies to 2D models (--in-focus); a 3D model's range is --z-range")
     psf = EmpiricalPSF.from_bead_stack(stack, **kw)  # the focus at the middle slice unless --psf-z0
-    _say_beads(path.name, psf.meta)
+    print(f"starloc: PSF of {path.name} {bead_summary(psf.meta)}", file=sys.stderr)
     return psf.in_focus(DEFOCUS_2D if args.defocus is None else args.defocus) if args.in_focus else psf
-
-
-def _say_beads(name: str, meta: dict[str, Any]) -> None:
-    """How many beads the PSF averages, and the bright spots left out (on stderr)."""
-    left_out = {k: n for k, n in (meta.get("rejected_spots") or {}).items() if n}
-    nouns = {"hot pixel": "hot pixel(s)", "saturated": "saturated bead(s)"}
-    note = ("; left out: " + ", ".join(f"{n} {nouns.get(k, k)}" for k, n in left_out.items())) if left_out else ""
-    print(f"starloc: PSF averaged over {meta.get('n_beads')} bead(s) of {name}{note}", file=sys.stderr)
 
 
 def _stated_spacing(path: Path, given: dict[str, Any]) -> dict[str, float]:

@@ -35,7 +35,8 @@ import torch
 
 from ..errors import InputError
 
-__all__ = ["PSFModel", "EmpiricalPSF", "Gaussian2DPSF", "AstigmaticPSF", "centred_z0", "estimate_baseline"]
+__all__ = ["PSFModel", "EmpiricalPSF", "Gaussian2DPSF", "AstigmaticPSF", "bead_summary", "centred_z0",
+           "estimate_baseline"]
 
 Tensor = torch.Tensor
 
@@ -63,6 +64,16 @@ def _spikes_and_clipped(mean_sig: np.ndarray, stored_max: float, raw: np.ndarray
         if math.isfinite(stored_max):
             clipped[i] = bool((raw[:, max(r - h, 0):r + h + 1, max(c - h, 0):c + h + 1] >= stored_max).any())
     return spiky, clipped
+
+
+def bead_summary(meta: dict) -> str | None:
+    """``"averaged over N bead(s); left out: ..."`` for the ``meta`` of a PSF read from a bead
+    stack (:meth:`EmpiricalPSF.from_bead_stack`), None for other PSFs."""
+    if meta.get("source") != "bead_stack":
+        return None
+    nouns = {"hot pixel": "hot pixel(s)", "saturated": "saturated bead(s)"}
+    left_out = [f"{n} {nouns.get(k, k)}" for k, n in (meta.get("rejected_spots") or {}).items() if n]
+    return f"averaged over {meta.get('n_beads')} bead(s)" + ("; left out: " + ", ".join(left_out) if left_out else "")
 
 
 def _check_positive(name: str, value: Any, low: float, high: float, unit: str = "nm") -> float:

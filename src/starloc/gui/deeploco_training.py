@@ -42,7 +42,7 @@ from qtpy.QtWidgets import (
 
 from starloc.deeploco.brightness import DEFAULT_FRAMES, measure_brightness
 from starloc.deeploco.camera import camera_preset
-from starloc.deeploco.psf import AstigmaticPSF, EmpiricalPSF, Gaussian2DPSF, centred_z0
+from starloc.deeploco.psf import AstigmaticPSF, EmpiricalPSF, Gaussian2DPSF, bead_summary, centred_z0
 from starloc.deeploco.recipes import BACKGROUND, BACKGROUND_VARIATION, DEFOCUS_2D, PHOTONS, default_simulator
 from starloc.deeploco.stack import to_photons
 from starloc.deeploco.training import DeepLocoTrainConfig, Progress, train
@@ -110,7 +110,7 @@ class TrainRequest:
 
 def train_job(request: TrainRequest):
     """Build the PSF, camera and simulator, train (yielding :class:`Progress`), write the model;
-    returns the model's path."""
+    returns the model's path and what the bead PSF averaged (None for a parametric PSF)."""
     psf = request.build_psf()
     sim = default_simulator(psf, request.build_camera(), pixel_size=request.pixel_size,
                             photons_range=request.photons, background_range=request.background,
@@ -121,7 +121,7 @@ def train_job(request: TrainRequest):
         model.save(request.output)
     except OSError as exc:
         raise InputError(f"could not write {str(request.output)!r}: {exc}") from None
-    return request.output
+    return request.output, bead_summary(psf.meta) if isinstance(psf, EmpiricalPSF) else None
 
 
 def _named_like_beads(name: str) -> bool:
@@ -465,9 +465,10 @@ class DeepLocoTrainPanel(QWidget):
             if p.step == p.max_steps and request.config.calibration_frames:
                 self.status.setText(self.status.text() + " · calibrating the threshold…")
 
-        def written(path):
+        def written(result):
+            path, beads = result
             self.status.setText(f"model written to {path}")
-            show_info(f"DeepLoco: model written to {path}")
+            show_info(f"DeepLoco: model written to {path}" + (f" (PSF of {request.psf!r} {beads})" if beads else ""))
             self.model_written.emit(str(path))
 
         def failed(error):
