@@ -97,6 +97,7 @@ def test_a_crop_its_object_fills_is_told_and_one_with_background_is_not():
         if side == 24:
             m24 = m
     assert ratios[24] > 2 * CROP_SCALE_LIMIT and ratios[96] < 2.0, ratios
-    assert "reads" in crop_scale_advice(m24, how="redraw it") and crop_scale_advice(m24, how="redraw it").endswith("redraw it")
+    told = crop_scale_advice(m24, how="redraw it")
+    assert "reads" in told and told.endswith("redraw it")
     record_crop_peaks(m, [(frame, [(r0, r0, side, side)])])  # measured again: the crop-alone peak is kept
     assert m.metadata["training"]["object_peak"] / m.metadata["training"]["crop_alone_peak"] == ratios[96]

@@ -216,7 +216,8 @@ def test_cli_trains_downsampled_and_detect_uses_the_model_factor(tmp_path, capsy
     assert "--downsample 4 would fit it" in err and "this one: 64 px; a crop of 78 px already allows 3" in err
     # two crops: the message names the largest object and the smallest crop
     assert main(["lodestar", "train", str(tmp_path / "ring2.tif"), "--steps", "2", "--device", "cpu",
-                 "--crop", "32", "32", "64", "64", "--crop", "30", "30", "68", "68", "-o", str(tmp_path / "r3.pt")]) == 0
+                 "--crop", "32", "32", "64", "64", "--crop", "30", "30", "68", "68",
+                 "-o", str(tmp_path / "r3.pt")]) == 0
     err = " ".join(capsys.readouterr().err.split())
     assert "the largest object in the crops is about" in err and "(the smallest crop: 64 px" in err
     # these spots (sigma 6 px, ~22 px across) are trained at 2; smaller ones (sigma 4) at full

@@ -243,9 +243,10 @@ def _tifffile_default_channels(tif: Any) -> bool:
         return False
 
 
-def several_channels(series: Any) -> str | None:
-    """``"N channels (axes AXES, shape SHAPE)"`` when a tifffile series holds more than one
-    channel or colour sample (an axis ``C`` or ``S`` longer than 1), else None. Never raises."""
+def several_channels(series: Any) -> tuple[bool, str] | None:
+    """``(colour, "N channels (axes AXES, shape SHAPE)")`` when a tifffile series holds more than
+    one channel (an axis ``C`` longer than 1; ``colour`` False) or colour sample (``S``; ``colour``
+    True), else None. Never raises."""
     try:
         axes, shape = str(series.axes), tuple(series.shape)
         if _tifffile_default_channels(series.parent):
@@ -255,7 +256,7 @@ def several_channels(series: Any) -> str | None:
         for a in "CS":
             if a in axes and shape[axes.index(a)] > 1:
                 what = "channels" if a == "C" else "colour samples (RGB)"
-                return f"{shape[axes.index(a)]} {what} (axes {axes}, shape {shape})"
+                return a == "S", f"{shape[axes.index(a)]} {what} (axes {axes}, shape {shape})"
     except Exception:
         pass
     return None

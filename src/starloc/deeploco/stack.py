@@ -240,11 +240,12 @@ def _open_tiff_stack(p: Path) -> FrameSource:
     try:
         series = tif.series[0]
         shape, dtype = tuple(series.shape), series.dtype
-        channels = several_channels(series)
-        if channels and ("colour" in channels or len(_squeezed(shape)) > 3):
-            raise InputError(f"{name} holds {channels}; SMLM needs single-channel camera frames: save the "
-                             "channel to localize as a T×Y×X stack")
-        if channels:  # C×Y×X: also what tifffile's ImageJ writer states for any 3D array without axes
+        found = several_channels(series)
+        if found:
+            colour, channels = found
+            if colour or len(_squeezed(shape)) > 3:
+                raise InputError(f"{name} holds {channels}; SMLM needs single-channel camera frames: save the "
+                                 "channel to localize as a T×Y×X stack")
             warnings.warn(f"{name}'s metadata names its first axis C ({channels}): they are read as frames",
                           StarlocWarning, stacklevel=3)
         _check_layout(_squeezed(shape), dtype, name)
