@@ -438,6 +438,32 @@ def test_train_from_a_bead_stack_in_3d_and_in_focus_2d(tmp_path, capsys):
     _bad(capsys, [*common, "--in-focus", "--defocus", "-5", "-o", str(tmp_path / "d.pt")], "defocus must be")
 
 
+def test_train_centres_the_psf_on_the_given_bead_positions(tmp_path, capsys):
+    """--bead-positions: the PSF's origin is each bead's given (true) position, not its image's
+    centroid, and stderr says how far apart the two are."""
+    from starloc.deeploco.demo import bundled_bead_stack
+    from starloc.deeploco.psf import EmpiricalPSF
+
+    beads = tifffile.imread(bundled_bead_stack())
+    (cx, cy), = EmpiricalPSF.from_bead_stack(beads, z_step=20).meta["bead_centres_nm"]
+    table = tmp_path / "beads.csv"
+    table.write_text(f"bead,x_nm,y_nm\n1,{cx + 20:.3f},{cy - 30:.3f}\n")
+    common = ["deeploco", "train", "--psf", str(bundled_bead_stack()), "--psf-z-step", "20", "--camera", "smlm2016",
+              "--frame-size", "32", "--steps", "1", "--batch", "2", "--set", "val_size=0", "--device", "cpu"]
+    assert main([*common, "--bead-positions", str(table), "-o", str(tmp_path / "m.pt")]) == 0
+    err = capsys.readouterr().err
+    assert "centred on the given bead positions (the beads' images are centred -20 nm in x, +30 nm in y" in err
+    meta = DeepLoco.load(tmp_path / "m.pt").psf.meta
+    assert meta["anchor"] == "positions" and meta["centroid_offset_nm"] == pytest.approx([-20.0, 30.0], abs=0.01)
+    _bad(capsys, ["deeploco", "train", "--psf", "gaussian", "--bead-positions", str(table), "-o",
+                  str(tmp_path / "g.pt")], "--bead-positions apply to a bead-stack PSF")
+    pixels = tmp_path / "px.csv"
+    pixels.write_text(f"x [px],y [px]\n{cx / 100:.3f},{cy / 100:.3f}\n")
+    _bad(capsys, [*common, "--bead-positions", str(pixels), "-o", str(tmp_path / "p.pt")], "must be in nm")
+    _bad(capsys, [*common, "--bead-positions", str(tmp_path / "none.csv"), "-o", str(tmp_path / "n.pt")], "not found")
+    assert not (tmp_path / "p.pt").exists() and not (tmp_path / "n.pt").exists()
+
+
 def test_a_bead_tiff_states_its_pixel_size_and_z_step(tmp_path, capsys):
     from starloc.deeploco.demo import bundled_bead_stack
     from starloc.deeploco.stack import tiff_spacing

@@ -161,6 +161,33 @@ def test_camera_presets_fill_the_form_and_reach_the_model(make_napari_viewer, me
     assert camera["kind"] == "SCMOS" and camera["baseline"] == 400.0
 
 
+def test_bead_positions_centre_the_psf_on_the_beads_true_positions(make_napari_viewer, messages, beads, tmp_path):
+    from starloc.deeploco.psf import EmpiricalPSF
+
+    viewer, widget, panel = _panel(make_napari_viewer, beads, steps=1)
+    panel.use_threads = False
+    panel.z_step_spin.setValue(BUNDLED_Z_STEP)
+    (cx, cy), = EmpiricalPSF.from_bead_stack(beads, z_step=BUNDLED_Z_STEP).meta["bead_centres_nm"]
+    table = tmp_path / "beads.csv"
+    table.write_text(f"x_nm,y_nm\n{cx - 25:.3f},{cy + 10:.3f}\n")
+    panel.output_edit.setText(str(tmp_path / "m.pt"))
+    panel.positions_edit.setText(str(tmp_path / "missing.csv"))
+    panel.train()
+    assert messages["error"][-1].startswith("DeepLoco: bead positions file") and "not found" in messages["error"][-1]
+    assert not (tmp_path / "m.pt").exists()
+    panel.positions_edit.setText(str(table))
+    panel.train()
+    told = [m for m in messages["info"] if "model written to" in m]
+    assert len(told) == 1 and "the beads' images are centred +25 nm in x, -10 nm in y from them" in told[0]
+    meta = DeepLoco.load(tmp_path / "m.pt").psf.meta
+    assert meta["anchor"] == "positions" and meta["centroid_offset_nm"] == pytest.approx([25.0, -10.0], abs=0.01)
+    panel.psf_combo.setCurrentText(dt.GAUSSIAN)  # no beads: the file has nothing to centre
+    assert not panel.positions_edit.isEnabled()
+    panel.output_edit.setText(str(tmp_path / "g.pt"))
+    panel.train()
+    assert "anchor" not in DeepLoco.load(tmp_path / "g.pt").psf.to_dict().get("meta", {})
+
+
 def test_bad_input_is_one_notification_and_writes_nothing(make_napari_viewer, messages, beads, tmp_path):
     viewer, widget, panel = _panel(make_napari_viewer, beads)
     panel.use_threads = False

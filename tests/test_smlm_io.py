@@ -7,6 +7,7 @@ from starloc.errors import InputError
 from starloc.smlm_io import (
     is_thunderstorm_csv,
     read_activations,
+    read_bead_positions,
     read_picasso,
     read_thunderstorm_csv,
     write_picasso,
@@ -55,6 +56,39 @@ def test_read_activations_rejects_foreign_and_bad_frames(tmp_path):
         read_activations(zero)
     with pytest.raises(InputError, match="not found"):
         read_activations(tmp_path / "missing.csv")
+
+
+def test_bead_positions_from_the_usual_tables(tmp_path):
+    bead_list = tmp_path / "bead-positions.csv"  # as the challenge's bead list
+    bead_list.write_text("bead,x_nm,y_nm,photons\n1,2505.051,2037.593,30000\n2,9343.403,2825.086,30000\n")
+    np.testing.assert_array_equal(read_bead_positions(bead_list), [[2505.051, 2037.593], [9343.403, 2825.086]])
+    ts = tmp_path / "ts.csv"  # ThunderSTORM: quoted, units in brackets, one row per frame of each bead
+    ts.write_text('"id","frame","x [nm]","y [nm]","z [nm]"\n1,1,500.5,700.25,-750\n2,2,500.5,700.25,-740\n'
+                  '3,1,1200,300,-750\n')
+    np.testing.assert_array_equal(read_bead_positions(ts), [[500.5, 700.25], [1200.0, 300.0]])
+    path = tmp_path / "activations.csv"
+    path.write_text(ACTIVATIONS)
+    np.testing.assert_array_equal(read_bead_positions(path)[:, 0], [4267.5, 50.0, 6399.99])
+    path.write_text(ACTIVATIONS.split("\n", 1)[1])  # the challenge's file without its header
+    np.testing.assert_array_equal(read_bead_positions(path)[:, 1], [1203.25, 150.0, 0.01])
+    plain = tmp_path / "plain.csv"
+    plain.write_text("X (nm),Y (nm)\n10,20\n")
+    np.testing.assert_array_equal(read_bead_positions(plain), [[10.0, 20.0]])
+
+
+def test_bead_positions_in_pixels_or_foreign_tables_are_refused(tmp_path):
+    cases = {
+        '"frame","x [px]","y [px]"\n1,5.5,6.5\n': "bead x in 'px': bead positions must be in nm",
+        "frame,row,col\n0,1.5,2.5\n": "holds no bead positions",
+        "x_nm,y_nm\n": "lists no bead",
+        "x_nm,y_nm\n1,nan\n": "must be finite",
+        "x_nm,y_nm\n1,two\n": "non-numeric",
+    }
+    for i, (text, message) in enumerate(cases.items()):
+        path = tmp_path / f"bad{i}.csv"
+        path.write_text(text)
+        with pytest.raises(InputError, match=message):
+            read_bead_positions(path)
 
 
 def _table(rng, n=25, dim=3):

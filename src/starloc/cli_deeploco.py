@@ -176,9 +176,9 @@ def _build_psf(args):
     if kind in ("gaussian", "astigmatic"):
         if args.in_focus or args.defocus is not None:
             raise InputError("--in-focus and --defocus apply to a bead-stack PSF")
-        if bead_given:
-            raise InputError("--psf-z-step, --psf-z0 and --psf-baseline apply to a bead-stack PSF, not to "
-                             f"--psf {kind}")
+        if bead_given or args.bead_positions is not None:
+            raise InputError("--psf-z-step, --psf-z0, --psf-baseline and --bead-positions apply to a bead-stack "
+                             f"PSF, not to --psf {kind}")
         if kind == "gaussian":
             if args.astig_c is not None or args.astig_d is not None:
                 raise InputError("--astig-c and --astig-d apply to --psf astigmatic")
@@ -211,6 +211,10 @@ def _build_psf(args):
     if args.pixel_size is not None:
         kw["pixel_size"] = args.pixel_size
     kw.update(_stated_spacing(path, kw))
+    if args.bead_positions is not None:
+        from starloc.smlm_io import read_bead_positions
+
+        kw.update(positions=read_bead_positions(args.bead_positions), anchor="positions")
     if args.in_focus and args.z_range is not None:
         raise InputError("--z-range applies to 3D models: --in-focus trains a 2D one (--defocus sets how far "
                          "out of focus its emitters lie)")
@@ -360,7 +364,8 @@ class _Interrupt:
 
 #: train options that describe the simulation (argparse dest -> option), all left out with --resume
 SIMULATION_OPTIONS = {"sigma": "--sigma", "astig_c": "--astig-c", "astig_d": "--astig-d", "psf_z_step": "--psf-z-step",
-                      "psf_z0": "--psf-z0", "psf_baseline": "--psf-baseline", "pixel_size": "--pixel-size",
+                      "psf_z0": "--psf-z0", "psf_baseline": "--psf-baseline", "bead_positions": "--bead-positions",
+                      "pixel_size": "--pixel-size",
                       "frame_size": "--frame-size", "density": "--density", "emitters": "--emitters",
                       "photons": "--photons", "photons_distribution": "--photons-distribution",
                       "background": "--background", "background_variation": "--background-variation",
@@ -870,6 +875,11 @@ def add_commands(sub) -> None:
                         "-(Z-1)/2 x z step)")
     g.add_argument("--psf-baseline", type=float, default=None,
                    help="bead stack camera baseline (ADU; estimated when left out)")
+    g.add_argument("--bead-positions", type=Path, default=None, metavar="CSV",
+                   help="the beads' true lateral positions (CSV with x and y columns in nm, x along columns, "
+                        "origin at the top-left corner, e.g. x_nm,y_nm or a challenge activations.csv): the "
+                        "PSF is centred on them instead of on the beads' images, so localizations come out in "
+                        "their frame (for the SMLM Challenge 2016 astigmatic beads the two differ by 46 nm)")
     g.add_argument("--pixel-size", type=positive(), default=None,
                    help="camera pixel size (nm; default: the bead TIFF's ImageJ/OME metadata, else 100)")
     g.add_argument("--in-focus", action="store_true",

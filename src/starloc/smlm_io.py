@@ -49,6 +49,7 @@ __all__ = [
     "ACTIVATIONS_HEADER",
     "THUNDERSTORM_COLUMNS",
     "read_activations",
+    "read_bead_positions",
     "write_thunderstorm_csv",
     "read_thunderstorm_csv",
     "picasso_pixel_size",
@@ -164,6 +165,55 @@ def read_activations(path: str | os.PathLike) -> Table:
         "z": _numbers(cols[4], "znano", p),
         "intensity": _numbers(cols[5], "intensity", p),
     }
+
+
+def _coordinate_column(name: str) -> tuple[str, str] | None:
+    """``("x" | "y", unit)`` for a header naming a lateral coordinate (``x``, ``x_nm``,
+    ``x [nm]``, ``X (px)``, ``xnano``), else None; unit ``""`` when the name states none."""
+    n = name.strip().strip('"').lower()
+    for axis in ("x", "y"):
+        if n in (axis, f"{axis}nano"):
+            return axis, "nm" if n.endswith("nano") else ""
+        for sep in ("_", " [", " (", "[", "("):
+            if n.startswith(axis + sep):
+                return axis, n[len(axis) + len(sep):].rstrip("])").strip()
+    return None
+
+
+def read_bead_positions(path: str | os.PathLike) -> np.ndarray:
+    """The beads' true lateral positions, an ``(n, 2)`` array of distinct ``(x, y)`` in nm
+    (x along columns, origin at the image's top-left corner), from a CSV that names its ``x``
+    and ``y`` columns (``x_nm``, ``x [nm]``, ``xnano``, or a bare ``x`` taken as nm; e.g. the
+    SMLM Challenge's bead list or a ThunderSTORM table), or from an SMLM Challenge
+    ``activations.csv`` without a header. Rows repeating a position (a bead listed once per
+    z slice) count once. InputError for a missing or foreign file, positions stated in
+    another unit than nm, non-numeric or non-finite values, or no row.
+    """
+    p, rows = _read_rows(path, "bead positions")
+    header = rows[0] if rows else []
+    columns = {c[0]: (i, c[1]) for i, c in ((i, _coordinate_column(h)) for i, h in enumerate(header)) if c}
+    if {"x", "y"} <= set(columns):
+        for axis, (_, unit) in columns.items():
+            if unit not in ("", "nm", "nano"):
+                raise InputError(f"{str(p)!r} gives bead {axis} in {unit!r}: bead positions must be in nm")
+        body = rows[1:]
+        for lineno, r in enumerate(body, start=2):
+            if len(r) <= max(columns["x"][0], columns["y"][0]):
+                raise InputError(f"{str(p)!r}: a row near line {lineno} has {len(r)} fields")
+        xy = np.stack([_numbers([r[columns[a][0]] for r in body], a, p) for a in ("x", "y")], axis=1)
+    elif header and all(_is_number(v) for v in header if v):
+        table = read_activations(p)
+        xy = np.stack([table["x"], table["y"]], axis=1)
+    else:
+        found = ",".join(header)[:80] if header else "an empty file"
+        raise InputError(f"{str(p)!r} holds no bead positions: expected a header naming x and y columns in nm "
+                         f"(e.g. x_nm,y_nm or \"x [nm]\",\"y [nm]\") or a challenge activations.csv, found {found!r}")
+    if len(xy) == 0:
+        raise InputError(f"{str(p)!r} lists no bead")
+    if not np.isfinite(xy).all():
+        raise InputError(f"{str(p)!r}: bead positions must be finite numbers")
+    _, first = np.unique(xy.round(3), axis=0, return_index=True)
+    return xy[np.sort(first)]
 
 
 # --------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Pick the bead z-stack (an image layer ``(Z, Y, X)`` in camera ADU) or a parametric PSF for
 users without beads, say how the stack was taken (pixel size, z step, z of its first slice,
 all in nm; read from the layer when its axes carry length units, or from the metadata of
-the TIFF it was opened from) and which camera the SMLM
+the TIFF it was opened from), optionally a CSV of the beads' true positions (the PSF is then
+centred on them, not on the beads' images), and which camera the SMLM
 data come from, then **Train**. The same core as ``starloc deeploco train`` builds the empirical PSF, simulates frames with the default
 training ranges (``starloc.deeploco.recipes``; photons and background can be narrowed here),
 trains, calibrates the confidence threshold and writes the model file (atomically) when it is
@@ -47,6 +48,7 @@ from starloc.deeploco.recipes import BACKGROUND, BACKGROUND_VARIATION, DEFOCUS_2
 from starloc.deeploco.stack import to_photons
 from starloc.deeploco.training import DeepLocoTrainConfig, Progress, train
 from starloc.errors import InputError, StarlocError
+from starloc.smlm_io import read_bead_positions
 from starloc.gui.jobs import JobSlot, available_devices
 from starloc.gui.layer_watch import LayerWatch
 from starloc.gui.units import stated_spacing_nm
@@ -84,6 +86,7 @@ class TrainRequest:
     psf: str  # a layer's name, GAUSSIAN or ASTIGMATIC
     stack: np.ndarray | None  # the bead z-stack (Z, Y, X), ADU
     in_focus: bool
+    bead_positions: Path | None  # CSV of the beads' true (x, y) in nm, or None: centre on their images
     pixel_size: float
     z_step: float
     z0: float
@@ -101,7 +104,11 @@ class TrainRequest:
             return Gaussian2DPSF()
         if self.psf == ASTIGMATIC:
             return AstigmaticPSF()
-        psf = EmpiricalPSF.from_bead_stack(self.stack, pixel_size=self.pixel_size, z_step=self.z_step, z0=self.z0)
+        anchor = {}
+        if self.bead_positions is not None:
+            anchor = {"positions": read_bead_positions(self.bead_positions), "anchor": "positions"}
+        psf = EmpiricalPSF.from_bead_stack(self.stack, pixel_size=self.pixel_size, z_step=self.z_step, z0=self.z0,
+                                           **anchor)
         return psf.in_focus(DEFOCUS_2D) if self.in_focus else psf
 
     def build_camera(self):
@@ -188,6 +195,16 @@ class DeepLocoTrainPanel(QWidget):
         self.z_step_spin.valueChanged.connect(self._centre_z0)
         self.z0_spin = self._spin(-100_000.0, 100_000.0, -750.0, 1,
                                   "z of the stack's first slice (nm); focus at 0, centred by default")
+        self.positions_edit = QLineEdit()
+        self.positions_edit.setPlaceholderText("optional: CSV of the beads' true x, y (nm)")
+        self.positions_edit.setToolTip(
+            "The beads' true lateral positions, when known (CSV with x and y columns in nm, x along columns, "
+            "origin at the stack's top-left corner, e.g. the SMLM Challenge's bead list): the PSF is centred on "
+            "them instead of on the beads' images, so localizations come out in their frame (for the "
+            "challenge's astigmatic beads the two differ by 46 nm). Empty: centred on the images.")
+        self.positions_browse = QToolButton()
+        self.positions_browse.setText("…")
+        self.positions_browse.clicked.connect(self._ask_positions)
         self.camera_combo = QComboBox()
         self.camera_combo.addItems(list(CAMERAS))
         self.camera_combo.setToolTip("The camera of the SMLM data the model will localize")
@@ -238,6 +255,10 @@ class DeepLocoTrainPanel(QWidget):
         form.addRow("Pixel size (nm)", self.pixel_spin)
         form.addRow("Z step (nm)", self.z_step_spin)
         form.addRow("First slice z (nm)", self.z0_spin)
+        positions = QHBoxLayout()
+        positions.addWidget(self.positions_edit)
+        positions.addWidget(self.positions_browse)
+        form.addRow("Bead positions", positions)
         form.addRow("Camera", self.camera_combo)
         for key, spin in self.camera_spins.items():
             form.addRow(CAMERA_FIELDS[key][0], spin)
@@ -342,7 +363,7 @@ class DeepLocoTrainPanel(QWidget):
 
     def _on_psf_changed(self, *_) -> None:
         layer = self._bead_layer()
-        for w in (self.in_focus_check, self.z_step_spin, self.z0_spin):
+        for w in (self.in_focus_check, self.z_step_spin, self.z0_spin, self.positions_edit, self.positions_browse):
             w.setEnabled(layer is not None)
         if layer is not None and layer.name != self._scale_read_from:
             self._scale_read_from = layer.name  # not again on every layer-list event: the
@@ -394,6 +415,21 @@ class DeepLocoTrainPanel(QWidget):
         if path:
             self.output_edit.setText(path)
 
+    def _ask_positions(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "The beads' true positions", "", "CSV (*.csv);;All files (*)")
+        if path:
+            self.positions_edit.setText(path)
+
+    def _bead_positions(self, layer) -> Path | None:
+        """The bead-positions file the form names (only for a bead-stack PSF), or None."""
+        text = self.positions_edit.text().strip()
+        if layer is None or not text:
+            return None
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise InputError(f"bead positions file {str(path)!r} not found")
+        return path
+
     @property
     def worker(self):
         """The napari worker of the current training (None inline or before the first)."""
@@ -437,6 +473,7 @@ class DeepLocoTrainPanel(QWidget):
                                         "device": self.device_combo.currentText(), **self.extra_settings})
         return TrainRequest(
             psf=self.psf_combo.currentText(), stack=stack, in_focus=self.in_focus_check.isChecked(),
+            bead_positions=self._bead_positions(layer),
             pixel_size=self.pixel_spin.value(), z_step=self.z_step_spin.value(), z0=self.z0_spin.value(),
             camera=CAMERAS[self.camera_combo.currentText()],
             camera_settings=self._camera_settings(),
