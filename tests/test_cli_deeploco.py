@@ -450,8 +450,13 @@ def test_train_centres_the_psf_on_the_given_bead_positions(tmp_path, capsys):
     table.write_text(f"bead,x_nm,y_nm\n1,{cx + 20:.3f},{cy - 30:.3f}\n")
     common = ["deeploco", "train", "--psf", str(bundled_bead_stack()), "--psf-z-step", "20", "--camera", "smlm2016",
               "--frame-size", "32", "--steps", "1", "--batch", "2", "--set", "val_size=0", "--device", "cpu"]
+    capsys.readouterr()
+    assert main([*common, "-o", str(tmp_path / "c.pt")]) == 0
+    err = capsys.readouterr().err  # centred on the image: says how to centre it on the truth
+    assert "averaged over 1 bead(s); centred on their images (--bead-positions: on the beads' true positions)" in err
     assert main([*common, "--bead-positions", str(table), "-o", str(tmp_path / "m.pt")]) == 0
     err = capsys.readouterr().err
+    assert "centred on their images" not in err
     assert "centred on the given bead positions (the beads' images are centred -20 nm in x, +30 nm in y" in err
     meta = DeepLoco.load(tmp_path / "m.pt").psf.meta
     assert meta["anchor"] == "positions" and meta["centroid_offset_nm"] == pytest.approx([-20.0, 30.0], abs=0.01)

@@ -221,7 +221,8 @@ def _build_psf(args):
     if args.defocus is not None and not args.in_focus:
         raise InputError("--defocus applies to 2D models (--in-focus); a 3D model's range is --z-range")
     psf = EmpiricalPSF.from_bead_stack(stack, **kw)  # the focus at the middle slice unless --psf-z0
-    print(f"starloc: PSF of {path.name} {bead_summary(psf.meta)}", file=sys.stderr)
+    hint = "" if args.bead_positions else "; centred on their images (--bead-positions: on the beads' true positions)"
+    print(f"starloc: PSF of {path.name} {bead_summary(psf.meta)}{hint}", file=sys.stderr)
     return psf.in_focus(DEFOCUS_2D if args.defocus is None else args.defocus) if args.in_focus else psf
 
 
