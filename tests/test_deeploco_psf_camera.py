@@ -344,6 +344,9 @@ def test_bead_positions_that_do_not_match_the_beads_are_refused(synthetic_stack)
         EmpiricalPSF.from_bead_stack(synthetic_stack, z_step=10, z0=-300, anchor="positions")
     with pytest.raises(InputError, match="anchor must be"):
         EmpiricalPSF.from_bead_stack(synthetic_stack, z_step=10, z0=-300, anchor="peak")
+    twice = np.r_[truth, truth[:1] + 40.0]  # a bead listed twice (e.g. localized slice by slice)
+    with pytest.raises(InputError, match=r"57 nm apart: list each bead once, at least 1000 nm from the next"):
+        EmpiricalPSF.from_bead_stack(synthetic_stack, z_step=10, z0=-300, positions=twice, anchor="positions")
     off = truth + np.array([[0.0, 300.0]])  # 3 px off: not where the beads are
     with pytest.raises(InputError, match=r"300 nm away: bead positions are in nm, origin at the image's top-left"):
         EmpiricalPSF.from_bead_stack(synthetic_stack, z_step=10, z0=-300, positions=off, anchor="positions")

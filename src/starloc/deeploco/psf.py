@@ -85,6 +85,20 @@ def _anchor_offset(centre_nm: tuple[float, float], rc: float, cc: float, ps: flo
     return dx, dy
 
 
+def _check_distinct(pos: np.ndarray, spacing: float) -> None:
+    """InputError when two given bead positions ``(x, y)`` nm lie closer than ``spacing`` nm: one
+    bead listed twice (e.g. its localizations slice by slice), or two beads whose crops overlap."""
+    if len(pos) < 2:
+        return
+    d = np.hypot(*(pos[:, None] - pos[None]).transpose(2, 0, 1))
+    i, j = np.unravel_index(np.argmin(d + np.diag(np.full(len(pos), np.inf))), d.shape)
+    if d[i, j] < spacing:
+        raise InputError(
+            f"bead positions (x={pos[i, 0]:g}, y={pos[i, 1]:g}) and (x={pos[j, 0]:g}, y={pos[j, 1]:g}) nm are "
+            f"{d[i, j]:.0f} nm apart: list each bead once, at least {spacing:g} nm from the next"
+        )
+
+
 def bead_summary(meta: dict) -> str | None:
     """``"averaged over N bead(s); left out: ..."`` for the ``meta`` of a PSF read from a bead
     stack (:meth:`EmpiricalPSF.from_bead_stack`), None for other PSFs."""
@@ -535,6 +549,7 @@ class EmpiricalPSF(PSFModel):
             pos = np.asarray(positions, dtype=np.float64)
             if pos.ndim != 2 or pos.shape[1] != 2 or len(pos) == 0 or not np.isfinite(pos).all():
                 raise InputError(f"positions must be a non-empty (n, 2) array of (x, y) nm, got {pos.shape}")
+            _check_distinct(pos, h * ps)
             starts = []
             for xn, yn in pos:
                 r, c = int(round(yn / ps - 0.5)), int(round(xn / ps - 0.5))

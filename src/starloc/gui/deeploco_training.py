@@ -48,10 +48,10 @@ from starloc.deeploco.recipes import BACKGROUND, BACKGROUND_VARIATION, DEFOCUS_2
 from starloc.deeploco.stack import to_photons
 from starloc.deeploco.training import DeepLocoTrainConfig, Progress, train
 from starloc.errors import InputError, StarlocError
-from starloc.smlm_io import read_bead_positions
 from starloc.gui.jobs import JobSlot, available_devices
 from starloc.gui.layer_watch import LayerWatch
 from starloc.gui.units import stated_spacing_nm
+from starloc.smlm_io import read_bead_positions
 
 #: PSF choices that need no bead stack (the bead-stack layers are listed before them)
 GAUSSIAN, ASTIGMATIC = "Gaussian 2D (no beads)", "Astigmatic 3D (no beads)"
