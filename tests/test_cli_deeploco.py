@@ -407,6 +407,47 @@ def test_evaluate_scores_localizations_against_challenge_ground_truth(tmp_path, 
     _bad(capsys, ["evaluate", str(tmp_path / "locs.csv"), "--truth", str(tmp_path / "none.csv")], "not found")
 
 
+def test_evaluate_reads_a_2d_truth_and_says_when_frames_do_not_line_up(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    n = 60
+    frames = np.repeat(np.arange(20), 3)
+    xy = rng.uniform(500, 6000, (n, 2))
+    truth = "Ground-truth,frame,xnano,ynano,znano,intensity\n" + "".join(
+        f"{i + 1},{f + 1},{x:.1f},{y:.1f},,1000\n" for i, (f, (x, y)) in enumerate(zip(frames, xy)))
+    (tmp_path / "truth.csv").write_text(truth)  # a 2D ground truth: its znano column is empty
+    locs = {"frame": frames, "x": xy[:, 0] + 5, "y": xy[:, 1], "z": np.zeros(n)}
+    write_thunderstorm_csv(tmp_path / "locs.csv", locs)
+    argv = ["evaluate", str(tmp_path / "locs.csv"), "--truth", str(tmp_path / "truth.csv")]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "60 localization(s) against 60 true emitter(s), 2D" in captured.out and "60 matched" in captured.out
+    assert "truth.csv has no z values: scored in 2D" in captured.err and "warning" not in captured.err
+    # a stack localized in part (--frames 1:10): the rest of the truth counts as missed, and is said
+    write_thunderstorm_csv(tmp_path / "part.csv", {k: v[:30] for k, v in locs.items()})
+    assert main(["evaluate", str(tmp_path / "part.csv"), "--truth", str(tmp_path / "truth.csv")]) == 0
+    assert ("30 of the 60 true emitters lie in frames outside the localized ones (1-10, 1-based)"
+            in capsys.readouterr().err)
+    # frame numbers one apart (a 0-based table read as 1-based)
+    write_thunderstorm_csv(tmp_path / "shifted.csv", {**locs, "frame": frames + 1})
+    assert main(["evaluate", str(tmp_path / "shifted.csv"), "--truth", str(tmp_path / "truth.csv")]) == 0
+    assert "with its frame numbers +1: does one file count frames from 0" in capsys.readouterr().err
+    (tmp_path / "empty.csv").write_text("Ground-truth,frame,xnano,ynano,znano,intensity\n")
+    _bad(capsys, [*argv[:2], "--truth", str(tmp_path / "empty.csv")], "lists no true emitter")
+
+
+def test_a_closed_stdout_ends_the_command_quietly(tmp_path):
+    """`starloc evaluate ... | head -1`: the reader leaving is no error to report."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom starloc import cli, cli_deeploco\n"
+            "def gone(args):\n    raise BrokenPipeError(32, 'Broken pipe')\n"
+            "cli_deeploco.cmd_evaluate = gone\n"
+            "sys.exit(cli.main(['evaluate', 'a.csv', '--truth', 'b.csv']))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 1 and done.stderr == "", done.stderr
+
+
 def test_argument_parsers():
     assert frames_type("2:5") == slice(2, 5) and frames_type(":5") == slice(None, 5)
     assert frames_type("3") == slice(3, 4) and frames_type("-2:") == slice(-2, None)

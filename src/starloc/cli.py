@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import logging
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -606,6 +607,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("starloc: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader of stdout left (`starloc ... | head`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail
+        return EXIT_SYSTEM_ERROR
     except OSError as exc:  # the system refused (a full disk, a read-only folder): one line, not a traceback
         print(f"starloc: error: {_os_error(exc)}", file=sys.stderr)
         return EXIT_SYSTEM_ERROR

@@ -16,12 +16,13 @@ import signal
 import sys
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
 from starloc.cli_common import (SUFFIXES, add_cluster_options, check_output, cluster_client, frames_type, positive,
                                 progress_bar, resolve_device, same_file, task_frames)
-from starloc.errors import InputError
+from starloc.errors import InputError, StarlocWarning
 
 #: starloc.deeploco.camera.CAMERA_PRESETS, written out so that `starloc --help` imports no torch
 CAMERA_KINDS = ("smlm2016", "emccd", "scmos")
@@ -731,7 +732,8 @@ def cmd_render(args) -> int:
 
     out = Path(args.output)
     check_output(out, "tiff", inputs=(args.locs,))
-    table = _finite_rows(_read_locs(Path(args.locs), args.camera_pixel_size), Path(args.locs).name)
+    table = _finite_rows(_read_locs(Path(args.locs), args.camera_pixel_size), Path(args.locs).name, ("x", "y", "z"),
+                         "localization(s)")
     x, y = np.asarray(table["x"], np.float64), np.asarray(table["y"], np.float64)
     p = float(args.pixel_size)
     sigma: Any = args.sigma
@@ -809,12 +811,22 @@ def cmd_evaluate(args) -> int:
 
     if args.json is not None:
         check_output(args.json, "json", inputs=(args.locs, args.truth))
-    pred = _finite_rows(_read_locs(Path(args.locs), args.camera_pixel_size), Path(args.locs).name)
-    truth = _finite_rows(_read_truth(Path(args.truth), args.camera_pixel_size), Path(args.truth).name)
+    pred = _without_empty_z(_read_locs(Path(args.locs), args.camera_pixel_size), Path(args.locs).name)
+    truth = _without_empty_z(_read_truth(Path(args.truth), args.camera_pixel_size), Path(args.truth).name)
     dim = 3 if ("z" in pred and "z" in truth and not args.lateral_only) else 2
     axes = ("x", "y", "z")[:dim]
-    result = assess(pred["frame"], np.stack([pred[a] for a in axes], 1), truth["frame"],
-                    np.stack([truth[a] for a in axes], 1), args.tolerance, args.axial_tolerance if dim == 3 else None)
+    pred = _finite_rows(pred, Path(args.locs).name, axes, "localization(s)")
+    truth = _finite_rows(truth, Path(args.truth).name, axes, "true emitter(s)")
+    if len(truth["x"]) == 0:
+        raise InputError(f"{str(args.truth)!r} lists no true emitter to score against")
+
+    def score(shift: int = 0) -> dict[str, Any]:
+        return assess(pred["frame"], np.stack([pred[a] for a in axes], 1), truth["frame"] + shift,
+                      np.stack([truth[a] for a in axes], 1), args.tolerance,
+                      args.axial_tolerance if dim == 3 else None)
+
+    result = score()
+    _warn_frame_mismatch(pred["frame"], truth["frame"], result, score)
     tol = f"{args.tolerance:g} nm lateral" + (f", {args.axial_tolerance:g} nm axial" if dim == 3 else "")
     print(f"{len(pred['x'])} localization(s) against {len(truth['x'])} true emitter(s), {dim}D, matched within {tol}: "
           f"{result['tp']} matched, {result['fp']} false, {result['fn']} missed")
@@ -830,16 +842,53 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _finite_rows(table: dict[str, Any], name: str) -> dict[str, Any]:
-    """The rows of a localization table whose x, y (and z) are finite; says how many were not.
-    (Other tools write NaN for failed fits.)"""
+def _without_empty_z(table: dict[str, Any], name: str) -> dict[str, Any]:
+    """The table without its z column when no row has a finite z (an empty ``znano`` column of
+    a 2D ground truth): a 2D table, said on stderr."""
     import numpy as np
 
-    keys = [k for k in ("x", "y", "z") if k in table]
+    if "z" in table and len(table["z"]) and not np.isfinite(np.asarray(table["z"], np.float64)).any():
+        print(f"starloc: note: {name} has no z values: scored in 2D", file=sys.stderr)
+        return {k: v for k, v in table.items() if k != "z"}
+    return table
+
+
+#: frames of ground truth outside the localized frames, as a fraction of it, that are worth a warning
+UNLOCALIZED_FRAMES_SHARE = 0.05
+
+
+def _warn_frame_mismatch(pred_frame, truth_frame, result: dict[str, Any], score) -> None:
+    """Warn when much of the truth lies in frames before the first or after the last localized
+    one (a stack localized with --frames), or when shifting the truth by one frame matches far
+    more (0- against 1-based frame numbers); ``score(shift)`` re-scores with shifted truth."""
+    import numpy as np
+
+    if len(pred_frame):
+        lo, hi = int(np.min(pred_frame)), int(np.max(pred_frame))
+        outside = int(np.count_nonzero((truth_frame < lo) | (truth_frame > hi)))
+        if outside > UNLOCALIZED_FRAMES_SHARE * len(truth_frame):
+            warnings.warn(f"{outside} of the {len(truth_frame)} true emitters lie in frames outside the localized "
+                          f"ones ({lo + 1}-{hi + 1}, 1-based) and count as missed: was only part of the stack "
+                          "localized (--frames)?", StarlocWarning, stacklevel=2)
+    if result["tp"] < 0.5 * max(len(truth_frame), 1):
+        for shift in (-1, 1):
+            if score(shift)["tp"] > 2 * result["tp"] + 10:
+                warnings.warn(f"the truth matches {'more' if result['tp'] else 'many'} localizations with its frame "
+                              f"numbers {shift:+d}: does one file count frames from 0 and the other from 1?",
+                              StarlocWarning, stacklevel=2)
+                return
+
+
+def _finite_rows(table: dict[str, Any], name: str, axes: tuple[str, ...], noun: str) -> dict[str, Any]:
+    """The rows of a table whose ``axes`` columns are finite; says how many were not. (Other
+    tools write NaN for failed fits.)"""
+    import numpy as np
+
+    keys = [k for k in axes if k in table]
     ok = np.logical_and.reduce([np.isfinite(np.asarray(table[k], np.float64)) for k in keys])
     if ok.all():
         return table
-    print(f"starloc: note: {int((~ok).sum())} localization(s) of {name} without finite {'/'.join(keys)} left out",
+    print(f"starloc: note: {int((~ok).sum())} {noun} of {name} without finite {'/'.join(keys)} left out",
           file=sys.stderr)
     n = len(ok)
     return {k: (np.asarray(v)[ok] if np.ndim(v) and len(v) == n else v) for k, v in table.items()}
