@@ -1,27 +1,29 @@
-"""DeepLoco through the CLI on challenge-like astigmatic microtubule stacks from a simulator of
-their own, with emitters at the positions the SMLM Challenge 2016 would list.
+"""DeepLoco through the CLI on challenge-like microtubule stacks from a simulator of their own,
+with emitters at the positions the SMLM Challenge 2016 would list.
 
 The other DeepLoco benchmarks draw test frames with starloc's own PSF model. Here the stacks
 come from code that shares nothing with starloc (numpy and tifffile only), written as the
-challenge draws its data from the real astigmatic bead stack
-(``../shared/data/smlm2016-beads/beads-AS.tif``, slice k at z = -750 + 10 k nm, 100 nm pixels):
+challenge draws its data from the real bead stacks (``../shared/data/smlm2016-beads/``,
+``beads-AS.tif`` or, with ``--modality 2D``, ``beads-2D.tif``; slice k at z = -750 + 10 k nm,
+100 nm pixels):
 
 - PSF of an emitter at (x, y, z) nm: for each of the six beads, a 41x41 px window around the
   pixel holding the bead's TRUE position (``bead-positions.csv``), baseline 100 ADU removed,
   linearly interpolated between the two slices around z, Fourier-shifted so that the bead's
   true position lands on (x, y), its central 21x21 px normalized to unit sum; the six averaged.
 - Scene: four smooth random curves across a 64x64 px field (label sites with 8 nm jitter,
-  z varying slowly along each curve within +-600 nm), two-state blinking (mean 2 frames on) at
+  z varying slowly along each curve within +-``--z-max`` nm, default 600), two-state blinking (mean 2 frames on) at
   ``--densities`` emitters per um^2 per frame, 1000-7000 photons (uniform) per emitter and frame
   over 100 photons/px, the challenge EMCCD (QE 0.9, EM gain 300 as a Gamma register, read noise
   74.4 e-, 45 e-/ADU, baseline 100 ADU), uint16.
 - Truth written as the challenge's ``activations.csv`` (1-based frames, nm).
 
 Then only the CLI: ``starloc deeploco localize STACK --model M`` with the defaults, and ``starloc
-evaluate LOCS --truth activations.csv`` (100 nm lateral, 500 nm axial). Prints a table and one
-JSON line.
+evaluate LOCS --truth activations.csv`` (100 nm lateral, 500 nm axial; 2D models are scored
+in x and y). Prints a table and one JSON line.
 
     python bench/deeploco_microtubules.py --out /tmp/mt --model as.pt --model as_positions.pt
+    python bench/deeploco_microtubules.py --out /tmp/mt2d --modality 2D --z-max 300 --model 2d.pt
 """
 
 from __future__ import annotations
@@ -44,10 +46,10 @@ QE, EM_GAIN, READ_NOISE, E_PER_ADU, BACKGROUND = 0.9, 300.0, 74.4, 45.0, 100.0
 
 
 class BeadPSF:
-    """The astigmatic bead stack's PSF placed by the beads' true positions (see the docstring)."""
+    """A bead stack's PSF placed by the beads' true positions (see the docstring)."""
 
-    def __init__(self, folder: Path):
-        stack = tifffile.imread(folder / "beads-AS.tif").astype(np.float64) - BASELINE
+    def __init__(self, folder: Path, modality: str = "AS"):
+        stack = tifffile.imread(folder / f"beads-{modality}.tif").astype(np.float64) - BASELINE
         beads = np.loadtxt(folder / "bead-positions.csv", delimiter=",", skiprows=1)[:, 1:3]
         self.slices = len(stack)
         spectra, fractions = [], []
@@ -75,8 +77,8 @@ class BeadPSF:
         return total / len(self.spectra), i - HALF, j - HALF
 
 
-def filaments(rng, curves: int = 4, points: int = 20000) -> np.ndarray:
-    """Label sites ``(n, 3)`` (x, y, z nm) along smooth random curves across the field."""
+def filaments(rng, z_max: float, curves: int = 4, points: int = 20000) -> np.ndarray:
+    """Label sites ``(n, 3)`` (x, y, z nm) along smooth random curves across the field, |z| <= z_max."""
     field = SIDE * PIXEL
     t = np.linspace(0, 1, points)
     sites = []
@@ -87,19 +89,20 @@ def filaments(rng, curves: int = 4, points: int = 20000) -> np.ndarray:
         xy = start + t[:, None] * (end - start)
         for h in (1, 2, 3):
             xy += rng.normal(0, 600 / h, 2) * np.sin(np.pi * h * t)[:, None]
-        z = rng.uniform(-250, 250) + rng.uniform(250, 350) * np.sin(2 * np.pi * (rng.uniform(0.3, 1.2) * t
-                                                                                  + rng.random()))
+        z = z_max / 600 * (rng.uniform(-250, 250) + rng.uniform(250, 350) * np.sin(
+            2 * np.pi * (rng.uniform(0.3, 1.2) * t + rng.random())))
         sites.append(np.c_[xy, z])
     s = np.vstack(sites)
     s[:, :2] += rng.normal(0, 8, (len(s), 2))
-    s[:, 2] = np.clip(s[:, 2] + rng.normal(0, 8, len(s)), -600, 600)
+    s[:, 2] = np.clip(s[:, 2] + rng.normal(0, 8, len(s)), -z_max, z_max)
     return s[((s[:, :2] >= 0) & (s[:, :2] < field)).all(1)]
 
 
-def simulate(psf: BeadPSF, frames: int, density: float, seed: int, stack: Path, truth: Path) -> int:
+def simulate(psf: BeadPSF, frames: int, density: float, seed: int, stack: Path, truth: Path,
+             z_max: float = 600.0) -> int:
     """Write a uint16 stack and its activations.csv; returns the number of emitters."""
     rng = np.random.default_rng(seed)
-    sites = filaments(rng)
+    sites = filaments(rng, z_max)
     on_per_frame = density * (SIDE * PIXEL / 1000) ** 2
     stay = 0.5  # mean on-time 2 frames
     switch_on = on_per_frame * (1 - stay) / (len(sites) - on_per_frame)  # the steady state
@@ -132,7 +135,9 @@ def starloc(*args: str) -> None:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="folder for the stacks, truths and localizations")
-    ap.add_argument("--model", action="append", required=True, help="astigmatic model file (repeatable)")
+    ap.add_argument("--model", action="append", required=True, help="model file (repeatable)")
+    ap.add_argument("--modality", choices=("AS", "2D"), default="AS", help="bead stack the frames are drawn from")
+    ap.add_argument("--z-max", type=float, default=600.0, help="nm: emitters lie within +-z-max of focus")
     ap.add_argument("--densities", type=float, nargs="+", default=[0.1, 1.0], help="emitters per um^2 per frame")
     ap.add_argument("--frames", type=int, nargs="+", default=[1000, 300], help="frames per density")
     ap.add_argument("--beads", type=Path, default=BEADS)
@@ -140,11 +145,11 @@ def main(argv=None):
     if len(args.frames) != len(args.densities):
         ap.error("give one --frames per density")
     args.out.mkdir(parents=True, exist_ok=True)
-    psf = BeadPSF(args.beads)
+    psf = BeadPSF(args.beads, args.modality)
     rows = []
     for k, (density, frames) in enumerate(zip(args.densities, args.frames)):
         stack, truth = args.out / f"mt_{density:g}.tif", args.out / f"mt_{density:g}_activations.csv"
-        emitters = simulate(psf, frames, density, seed=1 + k, stack=stack, truth=truth)
+        emitters = simulate(psf, frames, density, seed=1 + k, stack=stack, truth=truth, z_max=args.z_max)
         for i, model in enumerate(args.model):
             locs, metrics = args.out / f"mt_{density:g}_m{i}.csv", args.out / f"mt_{density:g}_m{i}.json"
             start = time.perf_counter()
@@ -156,15 +161,18 @@ def main(argv=None):
                          "localize_s": seconds, **{key: m[key] for key in ("jaccard", "recall", "precision",
                                                                           "rmse_lateral", "rmse_axial",
                                                                           "mean_offset")}})
-    print("# DeepLoco via the CLI on challenge-like AS microtubule stacks (independent simulator, real bead "
-          "PSF at the beads' true positions, challenge EMCCD); 100 nm lateral, 500 nm axial")
+    print(f"# DeepLoco via the CLI on challenge-like {args.modality} microtubule stacks (independent simulator, "
+          f"real bead PSF at the beads' true positions, |z| <= {args.z_max:g} nm, challenge EMCCD); 100 nm "
+          "lateral, 500 nm axial")
     print(f"{'density':>7s} {'frames':>6s} {'model':28s} {'Jaccard':>8s} {'recall':>7s} {'precis.':>7s} "
           f"{'RMSE xy':>8s} {'RMSE z':>7s}  mean offset x, y, z (nm)")
     for r in rows:
         off = ", ".join(f"{v:+.1f}" for v in r["mean_offset"])
+        axial = "-" if r["rmse_axial"] is None else f"{r['rmse_axial']:.1f}"  # 2D: no z
         print(f"{r['density']:7g} {r['frames']:6d} {Path(r['model']).name[:28]:28s} {r['jaccard']:8.3f} "
-              f"{r['recall']:7.3f} {r['precision']:7.3f} {r['rmse_lateral']:8.1f} {r['rmse_axial']:7.1f}  {off}")
-    print(json.dumps({"bench": "deeploco_microtubules", "machine": platform.node(), "results": rows}))
+              f"{r['recall']:7.3f} {r['precision']:7.3f} {r['rmse_lateral']:8.1f} {axial:>7s}  {off}")
+    print(json.dumps({"bench": "deeploco_microtubules", "machine": platform.node(), "modality": args.modality,
+                      "z_max": args.z_max, "results": rows}))
 
 
 if __name__ == "__main__":
