@@ -76,6 +76,19 @@ def test_bead_positions_from_the_usual_tables(tmp_path):
     np.testing.assert_array_equal(read_bead_positions(plain), [[10.0, 20.0]])
 
 
+def test_a_folder_or_a_pipe_is_no_table_file(tmp_path):
+    import os
+
+    with pytest.raises(InputError, match="is a folder"):
+        read_thunderstorm_csv(tmp_path)
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match=r"is not a regular file \(a pipe\?\): save it to a file first"):
+        read_activations(fifo)
+    with pytest.raises(InputError, match="not found"):
+        read_bead_positions(tmp_path / "none.csv")
+
+
 def test_bead_positions_in_pixels_or_foreign_tables_are_refused(tmp_path):
     cases = {
         '"frame","x [px]","y [px]"\n1,5.5,6.5\n': "bead x in 'px': bead positions must be in nm",

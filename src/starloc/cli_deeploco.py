@@ -695,11 +695,11 @@ def cmd_deeploco_brightness(args) -> int:
 def _read_locs(path: Path, camera_pixel_size: float | None) -> dict[str, Any]:
     import numpy as np
 
-    from starloc.io import is_points_csv, read_points_csv
+    from starloc.io import is_points_csv, no_file, read_points_csv
     from starloc.smlm_io import is_thunderstorm_csv, read_picasso, read_thunderstorm_csv
 
     if not path.is_file():
-        raise InputError(f"localization file {str(path)!r} not found")
+        raise no_file(path, "localization")
     reader = (read_picasso if path.suffix.lower() in HDF5_SUFFIXES
               else read_thunderstorm_csv if is_thunderstorm_csv(path) else None)
     if reader is not None:
@@ -784,11 +784,11 @@ def cmd_render(args) -> int:
 def _read_truth(path: Path, camera_pixel_size: float | None) -> dict[str, Any]:
     """Ground truth: any table ``render`` reads (ThunderSTORM CSV, starloc points CSV), else an
     SMLM Challenge activations.csv (with or without its header)."""
-    from starloc.io import is_points_csv
+    from starloc.io import is_points_csv, no_file
     from starloc.smlm_io import is_thunderstorm_csv, read_activations
 
     if not path.is_file():
-        raise InputError(f"ground-truth file {str(path)!r} not found")
+        raise no_file(path, "ground-truth")
     if is_thunderstorm_csv(path) or is_points_csv(path) or path.suffix.lower() in HDF5_SUFFIXES:
         return _read_locs(path, camera_pixel_size)
     return read_activations(path)

@@ -33,6 +33,7 @@ from .errors import InputError, ModelFileError, StarlocWarning, one_line
 from .lazy_tiff import TIFF_SUFFIXES, open_paged_stack, read_tiff_folder
 
 __all__ = [
+    "no_file",
     "TIFF_SUFFIXES",
     "select_channel",
     "IMAGE_SUFFIXES",
@@ -61,6 +62,16 @@ __all__ = [
 # --------------------------------------------------------------------------------------
 
 IMAGE_SUFFIXES = TIFF_SUFFIXES + (".npy",)
+
+
+def no_file(p: Path, what: str) -> InputError:
+    """The error for a ``what`` file ``p`` that cannot be read as one: missing, a folder, or not
+    a regular file (a pipe such as ``/dev/stdin``, which starloc cannot read twice to sniff it)."""
+    if not p.exists():
+        return InputError(f"{what} file {str(p)!r} not found")
+    if p.is_dir():
+        return InputError(f"{what} file {str(p)!r} is a folder")
+    return InputError(f"{what} file {str(p)!r} is not a regular file (a pipe?): save it to a file first")
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -680,7 +691,7 @@ def read_points_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, di
     """
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"points file {str(p)!r} not found")
+        raise no_file(p, "points")
     rows = None
     for encoding in ("utf-8-sig", "cp1252"):  # spreadsheets on Windows save CSVs in cp1252 (µ as 0xB5)
         try:

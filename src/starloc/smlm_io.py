@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError, one_line
-from .io import atomic_path, read_header_line, write_csv_rows
+from .io import atomic_path, no_file, read_header_line, write_csv_rows
 
 __all__ = [
     "ACTIVATIONS_HEADER",
@@ -90,7 +90,7 @@ _PX_COLUMNS = {"x [px]": "x", "y [px]": "y"}
 def _read_rows(path: str | os.PathLike, what: str) -> tuple[Path, list[list[str]]]:
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"{what} file {str(p)!r} not found")
+        raise no_file(p, what)
     try:
         with open(p, newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.reader(fh, skipinitialspace=True))
@@ -467,7 +467,7 @@ def read_picasso(path: str | os.PathLike, pixel_size_nm: float | None = None,
 
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"localization file {str(p)!r} not found")
+        raise no_file(p, "localization")
     try:
         with h5py.File(p, "r") as fh:
             if not isinstance(fh.get("locs"), h5py.Dataset):
