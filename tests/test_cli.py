@@ -86,6 +86,26 @@ def test_detect_writes_frame_row_col_and_features(scene, model_path):
     assert np.all((positions >= -0.5) & (positions <= 63.5))
 
 
+def test_detect_passes_its_detections_to_the_background_advice(scene, model_path, capsys, monkeypatch):
+    import starloc.lodestar.detection as detection
+
+    seen = []
+
+    def advice(features, max_consistency, **_):
+        seen.append((sorted(features), max_consistency))
+        return "many detections look like background"
+
+    monkeypatch.setattr(detection, "noise_detections_advice", advice)
+    folder, _ = scene
+    base = ["lodestar", "detect", str(folder / "scene.tif"), "--model", str(model_path)]
+    assert main([*base, "-o", str(folder / "adv.csv")]) == 0
+    assert "starloc: warning: many detections look like background" in capsys.readouterr().err
+    assert main([*base, "--max-consistency", "2", "-o", str(folder / "adv2.csv")]) == 0
+    assert seen == [(["consistency", "score", "weight"], None), (["consistency", "score", "weight"], 2.0)]
+    assert main([*base, "--single", "-o", str(folder / "adv3.csv")]) == 0
+    assert len(seen) == 2  # one object per frame: no background detections to speak of
+
+
 def test_detect_single_gives_one_row_per_frame(scene, model_path):
     folder, _ = scene
     out = folder / "single.csv"

@@ -260,13 +260,19 @@ def test_closing_the_dock_stops_the_training_and_lets_go_of_the_viewer(make_napa
     assert messages["error"] == []
 
 
-def test_detect_all_frames_of_a_timelapse(make_napari_viewer, qtbot, messages, point_model):
+def test_detect_all_frames_of_a_timelapse(make_napari_viewer, qtbot, messages, point_model, monkeypatch):
     stack, tracks = sim.simulate_timelapse(4, 5, size=(64, 64), diffusion=1.0, rng=3)
     viewer, widget = _widget(make_napari_viewer)
     layer = viewer.add_image(stack.astype(np.float32), name="movie", scale=(2.0, *SCALE), translate=(0, *TRANSLATE),
                              units=("s", "um", "um"))
     assert any("first axis" in m for m in messages["info"])
+    advised = []  # the detections reach the background advice, told with the widget's own box name
+    monkeypatch.setattr(lw, "noise_detections_advice",
+                        lambda features, limit, option: advised.append((len(features["weight"]), limit, option))
+                        or "many look like background")
     points = _detect_all_frames(qtbot, viewer, widget, point_model, messages)
+    assert advised == [(len(points.data), None, "Max consistency")]
+    assert "LodeSTAR: many look like background" in messages["info"]
     assert points.data.shape[1] == 3
     assert set(np.unique(points.data[:, 0])) == {0, 1, 2, 3}
     np.testing.assert_allclose(points.scale, layer.scale)

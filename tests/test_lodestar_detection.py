@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from starloc.lodestar.detection import (
-    DetectParams, clustering_map, detect, local_mean, pool_single, threshold, to_image_resolution,
+    DetectParams, clustering_map, detect, local_mean, noise_detections_advice, pool_single, threshold,
+    to_image_resolution,
 )
 from starloc.errors import InputError
 from starloc.lodestar.model import LodeSTAR, Maps
@@ -230,3 +231,25 @@ def test_maps_that_cannot_fit_in_memory_are_refused_with_a_piece_size_that_fits(
         _require_maps_memory((1, 1, 100000, 100000), symmetries=True)
     with pytest.raises(InputError, match=r"37\.1 GB .* about 33792 x 33792 px"):  # downsampled 3x: 4 + 24 / 9 B/px
         _require_maps_memory((1, 1, 100000, 100000 // 2 + 5000), symmetries=False, downsample=3)
+
+
+def test_many_light_and_self_disagreeing_detections_are_told_as_background():
+    """A third of a sparse movie's default detections weighed 0.009 with consistency ~1 px²,
+    the particles 0.37 and 0.02: advice names a limit between the two."""
+    rng = np.random.default_rng(0)
+    objects = {"weight": rng.uniform(0.3, 0.5, 60), "consistency": rng.uniform(0.01, 0.03, 60)}
+    noise = {"weight": rng.uniform(0.005, 0.02, 30), "consistency": np.linspace(0.6, 1.5, 30)}
+    both = {k: np.r_[objects[k], noise[k]] for k in objects}
+    advice = noise_detections_advice(both, None)
+    limit = 0.5 * np.percentile(noise["consistency"], 10)
+    assert advice.startswith("30 of 90 detections weigh less than a tenth of a typical heavy one")
+    assert f"--max-consistency {limit:.2g} drops them" in advice
+    assert "Max consistency" in noise_detections_advice(both, None, option="Max consistency")
+    assert noise_detections_advice(both, 0.5) is None  # the user already limits it
+    assert noise_detections_advice(objects, None) is None  # objects alike: nothing to say
+    few = {k: np.r_[objects[k], noise[k][:4]] for k in objects}  # 4 of 64: too few to speak of
+    assert noise_detections_advice(few, None) is None
+    light = {"weight": np.r_[objects["weight"], noise["weight"]], "consistency": np.r_[objects["consistency"],
+                                                                                       np.full(30, 0.05)]}
+    assert noise_detections_advice(light, None) is None  # light but self-consistent: crowded or dim objects
+    assert noise_detections_advice({k: v[:9] for k, v in both.items()}, None) is None

@@ -122,7 +122,7 @@ def cmd_lodestar_train(args) -> int:
                 model = stop.value
                 break
             bar.update(1)
-            bar.set_postfix(consistency=f"{p.consistency:.4f}", within=f"{p.within:.3f}")
+            bar.set_postfix(between=f"{p.consistency:.4f}px", within=f"{p.within:.3f}px")  # the two loss terms
     model.metadata["source"] = {"image": str(args.image), "crops": [list(c) for c in args.crop],
                                 "frame": frames[0] if len(set(frames)) == 1 else frames}
     record_crop_peaks(model, frames_and_boxes)
@@ -133,7 +133,8 @@ def cmd_lodestar_train(args) -> int:
     steps = model.metadata["training"]["steps_done"]
     budget = " (the whole step budget: the loss had not levelled off; --steps N trains longer)" \
         if args.steps is None and steps >= model.metadata["training"].get("max_steps", math.inf) else ""
-    print(f"trained {steps} steps{budget} in {p.elapsed:.1f} s (consistency {p.consistency:.4f} px); "
+    print(f"trained {steps} steps{budget} in {p.elapsed:.1f} s (loss: the copies' predictions disagree by "
+          f"{p.consistency:.4f} px); "
           f"model written to {args.output}")
     return 0
 
@@ -279,7 +280,7 @@ def _warn_about_frames(model, image, selected: range, layout: dict) -> None:
 
 def cmd_lodestar_detect(args) -> int:
     from starloc.io import image_frame_range, read_image
-    from starloc.lodestar.detection import DetectParams
+    from starloc.lodestar.detection import DetectParams, noise_detections_advice
     from starloc.lodestar.holography import check_pixel_size
     from starloc.lodestar.inference import iter_detect, iter_single
     from starloc.lodestar.model import LodeSTAR
@@ -326,6 +327,10 @@ def cmd_lodestar_detect(args) -> int:
             found = _run_frames(iter_detect(model, image, params, augment=augment, frames=args.frames, **layout),
                                 total)
         _write_detections(args, model, found, total)
+    if not args.single:
+        advice = noise_detections_advice(found.features, params.max_consistency)
+        if advice is not None:
+            warnings.warn(advice, StarlocWarning)
     return 0
 
 

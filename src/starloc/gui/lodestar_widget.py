@@ -58,7 +58,7 @@ from starloc.gui.lodestar_source import (
 from starloc.gui.units import placement, stated_pixel_size_nm
 from starloc.lodestar.brightness import brightness_advice, brightness_ratio, crop_scale_advice
 from starloc.lodestar.crop_content import crops_without_one_object, objects_at_border
-from starloc.lodestar.detection import DetectParams
+from starloc.lodestar.detection import DetectParams, noise_detections_advice
 from starloc.lodestar.downsampling import auto_downsample, suggest_downsample
 from starloc.lodestar.fixed_input import fixed_input_advice
 from starloc.lodestar.holography import Optics, check_pixel_size, refocus_crops
@@ -865,6 +865,9 @@ class LodeSTARWidget(LodeSTARControls, QWidget):
             elif self.link_check.isChecked() and src.z_stack:
                 linked = " (z-slices: not linked into tracks)"
             self.status.setText(f"{len(detections)} detection(s){linked} in {src.n_frames} frame(s)")
+            advice = noise_detections_advice(detections.features, params.max_consistency, option="Max consistency")
+            if advice is not None:
+                show_info(f"LodeSTAR: {advice}")
             if result.link_error is not None:
                 show_error(f"LodeSTAR: {result.link_error}; the detections are shown without tracks")
 
