@@ -529,11 +529,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="0-based frames A..B-1 of a stack (Python slice; a negative start counts from the end: "
                         "write --frames=-3:); the CSV keeps the stack's numbering")
     d.add_argument("--link", type=positive(), metavar="PX",
-                   help="link the detections of a time-lapse into trajectories (trackpy): a detection joins "
-                        "the nearest trajectory within PX pixels of its last position (keep PX below half the "
-                        "distance between neighbours), and the CSV gets a 'track' column (0-based ids)")
+                   help="link the detections of a time-lapse into trajectories (trackpy): detections join "
+                        "trajectories within PX pixels of their last positions, assigned jointly among nearby "
+                        "ones (keep PX below half the distance between neighbours), and the CSV gets a 'track' "
+                        "column (0-based ids)")
     d.add_argument("--memory", type=at_least(0), metavar="N",
-                   help="with --link: frames an object may go undetected and keep its track (default 0)")
+                   help="with --link: frames an object may go undetected and keep its track (default 0); it must "
+                        "reappear within the link distance of where it was last seen, which does not grow with "
+                        "the gap")
     d.add_argument("--pixel-size", type=positive(), metavar="NM",
                    help="hologram models: the frames' pixel size in the sample, nm, checked against the one the "
                         "model was trained at (default: the TIFF's ImageJ/OME metadata; give it when they are "
@@ -552,7 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="farthest an object moves from one frame to the next (pixels); keep it below half "
                         "the distance between neighbours")
     k.add_argument("--memory", type=at_least(0), default=0, metavar="N",
-                   help="frames an object may go undetected and keep its track (default 0)")
+                   help="frames an object may go undetected and keep its track (default 0); it must reappear "
+                        "within --distance of where it was last seen, which does not grow with the gap")
     k.add_argument("-o", "--output", type=Path, required=True, help="CSV file to write (may be the input)")
     k.set_defaults(func=cmd_lodestar_link)
 
