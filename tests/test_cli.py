@@ -586,3 +586,16 @@ def test_brighter_objects_are_trained_for_on_request_and_told_at_detection(scene
         assert main(["lodestar", "detect", str(image), "--model", str(model_path), "-o", str(tmp_path / "d.csv")]) == 0
         err = capsys.readouterr().err
         assert ("brighter than the training crop's" in err and "--brighter" in err) == warned, err
+
+
+def test_progress_bars_written_to_a_log_update_seldom(capsys):
+    """A 5200-step training wrote a 670 kB log: ten updates a second, each with the loss."""
+    from starloc.cli_common import LOG_INTERVAL, progress_bar
+
+    bar = progress_bar(10, "training", "step")  # stderr is captured here: a file, not a terminal
+    assert bar.mininterval == LOG_INTERVAL
+    for _ in range(10):
+        bar.update(1)
+        bar.set_postfix(loss="1.0", refresh=False)
+    bar.close()
+    assert capsys.readouterr().err.count("\r") <= 3

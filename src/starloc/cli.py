@@ -122,7 +122,8 @@ def cmd_lodestar_train(args) -> int:
                 model = stop.value
                 break
             bar.update(1)
-            bar.set_postfix(between=f"{p.consistency:.4f}px", within=f"{p.within:.3f}px")  # the two loss terms
+            # the two loss terms, shown at the bar's next refresh (a log file gets one every LOG_INTERVAL s)
+            bar.set_postfix(between=f"{p.consistency:.4f}px", within=f"{p.within:.3f}px", refresh=False)
     model.metadata["source"] = {"image": str(args.image), "crops": [list(c) for c in args.crop],
                                 "frame": frames[0] if len(set(frames)) == 1 else frames}
     record_crop_peaks(model, frames_and_boxes)

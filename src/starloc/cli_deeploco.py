@@ -463,7 +463,7 @@ def cmd_deeploco_train(args) -> int:
                     val = {"val_J": f"{p.val_jaccard:.3f}"}
                     if p.val_rmse_lateral is not None and math.isfinite(p.val_rmse_lateral):
                         val["rmse"] = f"{p.val_rmse_lateral:.1f}nm"
-                bar.set_postfix(loss=f"{p.loss:.4g}", **val)
+                bar.set_postfix(loss=f"{p.loss:.4g}", **val, refresh=False)
         if interrupt.requested and not finished:
             if last is None:
                 print("starloc: interrupted before the first training step; nothing written", file=sys.stderr)
@@ -575,7 +575,7 @@ def _run_with_bar(gen: Any, total: int) -> dict[str, Any]:
             except StopIteration as stop:
                 return stop.value
             bar.update(p.frames_done - bar.n)
-            bar.set_postfix(locs=p.localizations)
+            bar.set_postfix(locs=p.localizations, refresh=False)
 
 
 def _localize_on_cluster(args, client, camera: Any, options: dict[str, Any], total: int) -> dict[str, Any]:
