@@ -358,6 +358,7 @@ def test_the_challenge_bead_list_anchors_the_astigmatic_psf_on_the_true_position
     tifffile = pytest.importorskip("tifffile")
     from starloc.smlm_io import read_bead_positions
 
+    real_psf("AS")  # skips where the challenge's bead data are not at hand (a fresh clone)
     table = read_bead_positions(BEADS / "bead-positions.csv")
     psf = EmpiricalPSF.from_bead_stack(tifffile.imread(BEADS / "beads-AS.tif"), pixel_size=100, z_step=10,
                                        z0=-750, positions=table, anchor="positions")
