@@ -253,3 +253,26 @@ def test_many_light_and_self_disagreeing_detections_are_told_as_background():
                                                                                        np.full(30, 0.05)]}
     assert noise_detections_advice(light, None) is None  # light but self-consistent: crowded or dim objects
     assert noise_detections_advice({k: v[:9] for k, v in both.items()}, None) is None
+
+
+def test_the_margin_around_a_frame_continues_its_border_background():
+    """Median and robust spread of the pixels within the band along the border (objects in the
+    band do not move them); a flat band falls back to its standard deviation (0 when flat)."""
+    import torch
+
+    from starloc.lodestar.model import border_background
+
+    g = torch.Generator().manual_seed(0)
+    frame = torch.randn((1, 1, 64, 64), generator=g) * 0.6 + 1.5
+    frame[..., 2, 2] = 50.0  # an object in the band
+    frame[..., 8:56, 8:56] = 7.0  # the inside does not count
+    level, spread = border_background(frame, 8)
+    band = torch.cat([frame[..., :8, :].flatten(), frame[..., 56:, :].flatten(), frame[..., 8:56, :8].flatten(),
+                      frame[..., 8:56, 56:].flatten()])
+    assert level.shape == (1, 1, 1, 1) and float(level) == float(band.median())
+    assert float(spread) == pytest.approx(1.4826 * float((band - band.median()).abs().median()))
+    assert abs(float(level) - 1.5) < 0.05 and abs(float(spread) - 0.6) < 0.05
+    flat = torch.zeros((2, 1, 16, 16))
+    flat[1] = 3.0
+    level, spread = border_background(flat, 4)
+    assert level.flatten().tolist() == [0.0, 3.0] and spread.flatten().tolist() == [0.0, 0.0]
