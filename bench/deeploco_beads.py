@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -33,6 +31,7 @@ import numpy as np
 import tifffile
 import torch
 
+from _cli import starloc  # bench/_cli.py (the script's folder is on sys.path)
 from starloc.deeploco.camera import EMCCD
 from starloc.smlm_io import read_bead_positions, read_thunderstorm_csv
 from starloc.smlm_metrics import match_localizations
@@ -95,9 +94,7 @@ def main(argv=None):
         tifffile.imwrite(stack, frames)
         for i, model in enumerate(args.model):
             locs = Path(tmp) / f"locs{i}.csv"
-            subprocess.run([sys.executable, "-c", "import sys; from starloc.cli import main; sys.exit(main())",
-                            "deeploco", "localize", str(stack), "--model", model, "-o", str(locs)],
-                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            starloc("deeploco", "localize", str(stack), "--model", model, "-o", str(locs))
             rows.append({"model": model, **score(read_thunderstorm_csv(locs), truth, z)})
     print(f"# DeepLoco on the {args.modality} bead stack's own slices ({len(frames)} frames, {args.photons:g} "
           f"photons per bead, {args.background:g}/px, challenge EMCCD); errors truth - localization (nm)")

@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -33,6 +31,7 @@ import numpy as np
 import tifffile
 from scipy.special import erf
 
+from _cli import starloc  # bench/_cli.py (the script's folder is on sys.path)
 from starloc.smlm_io import read_thunderstorm_csv
 from starloc.smlm_metrics import match_localizations
 
@@ -58,11 +57,6 @@ def simulate(frames: int, size: int, rng) -> tuple[np.ndarray, list[np.ndarray]]
         stack.append(np.clip(np.round(electrons * ADU_PER_E + OFFSET), 0, 65535).astype(np.uint16))
         truth.append(xy)
     return np.stack(stack), truth
-
-
-def starloc(*args: str) -> None:
-    cmd = [sys.executable, "-c", "import sys; from starloc.cli import main; sys.exit(main())", *args]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def score(table: dict, truth: list[np.ndarray], tolerance: float = 100.0) -> dict:

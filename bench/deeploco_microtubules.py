@@ -31,13 +31,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import tifffile
+
+from _cli import starloc  # bench/_cli.py (the script's folder is on sys.path)
 
 BEADS = Path(__file__).resolve().parents[2] / "shared" / "data" / "smlm2016-beads"
 PIXEL, SIDE, BASELINE = 100.0, 64, 100.0
@@ -125,11 +125,6 @@ def simulate(psf: BeadPSF, frames: int, density: float, seed: int, stack: Path, 
     tifffile.imwrite(stack, out)
     truth.write_text("Ground-truth,frame,xnano,ynano,znano,intensity\n" + "".join(rows))
     return len(rows)
-
-
-def starloc(*args: str) -> None:
-    cmd = [sys.executable, "-c", "import sys; from starloc.cli import main; sys.exit(main())", *args]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def main(argv=None):

@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -34,6 +32,7 @@ import numpy as np
 import tifffile
 from scipy.spatial.distance import cdist
 
+from _cli import starloc  # bench/_cli.py (the script's folder is on sys.path)
 from starloc.metrics import match
 
 FRAMES, SIZE = 3, 256
@@ -89,11 +88,6 @@ def score(found: np.ndarray, truth: np.ndarray, tolerance: float = 3.0) -> tuple
     """tp, fp, fn and the (row, col) errors (truth - found) of the matched pairs."""
     fi, ti = match(found, truth, tolerance)
     return len(fi), len(found) - len(fi), len(truth) - len(ti), truth[ti] - found[fi]
-
-
-def starloc(*args: str) -> None:
-    cmd = [sys.executable, "-c", "import sys; from starloc.cli import main; sys.exit(main())", *args]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def run(kind: str, out: Path, seed: int) -> dict:

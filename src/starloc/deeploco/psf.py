@@ -71,11 +71,10 @@ def _spikes_and_clipped(mean_sig: np.ndarray, stored_max: float, raw: np.ndarray
 MAX_ANCHOR_OFFSET = 2.0
 
 
-def _anchor_offset(centre_nm: tuple[float, float], rc: float, cc: float, ps: float,
-                   given_xy: np.ndarray) -> tuple[float, float]:
-    """(x, y) nm from a bead's given position (pixel ``rc``, ``cc``) to its measured centre;
-    InputError when farther than ``MAX_ANCHOR_OFFSET`` pixels."""
-    dx, dy = centre_nm[0] - (cc + 0.5) * ps, centre_nm[1] - (rc + 0.5) * ps
+def _anchor_offset(centre_nm: tuple[float, float], given_xy: np.ndarray, ps: float) -> tuple[float, float]:
+    """(x, y) nm from a bead's given position to its measured centre (both (x, y) nm, corner
+    origin); InputError when farther than ``MAX_ANCHOR_OFFSET`` pixels of ``ps`` nm."""
+    dx, dy = centre_nm[0] - given_xy[0], centre_nm[1] - given_xy[1]
     if math.hypot(dx, dy) > MAX_ANCHOR_OFFSET * ps:
         raise InputError(
             f"the bead given at (x={given_xy[0]:g}, y={given_xy[1]:g}) nm has its image centred at "
@@ -565,7 +564,6 @@ class EmpiricalPSF(PSFModel):
         ring = np.ones((crop, crop), dtype=bool)
         ring[1:-1, 1:-1] = False
         kk = np.arange(-h, h + 1, dtype=np.float64)
-        given = [(yn / ps - 0.5, xn / ps - 0.5) for xn, yn in pos] if anchor == "positions" else None
         beads, centres, offsets = [], [], []
         for i, (r, c) in enumerate(starts):
             rc, cc = float(r), float(c)
@@ -586,9 +584,9 @@ class EmpiricalPSF(PSFModel):
                     raise InputError(f"no bead signal around pixel (row {r}, col {c})")
                 continue
             centres.append(((cc + 0.5) * ps, (rc + 0.5) * ps))
-            if given is not None:
-                rc, cc = given[i]
-                offsets.append(_anchor_offset(centres[-1], rc, cc, ps, pos[i]))
+            if anchor == "positions":  # shift the given position, not the measured centre, onto the crop centre
+                offsets.append(_anchor_offset(centres[-1], pos[i], ps))
+                rc, cc = pos[i][1] / ps - 0.5, pos[i][0] / ps - 0.5
                 r, c = int(round(rc)), int(round(cc))
             sub = sig[:, r - h : r + h + 1, c - h : c + h + 1]
             sub = sub - np.median(sub[:, ring])  # residual local background
